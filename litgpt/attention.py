@@ -1,0 +1,255 @@
+"""Causal self-attention: MHA/GQA/MQA (`CausalSelfAttention`) and multi-head latent attention
+(`MultiheadLatentAttention`, DeepSeek-V2), sharing one base for rope, cache plumbing and the SDPA call.
+
+Mask convention for every forward: `mask` is None for a causal pass over the new tokens alone (training,
+no cache), or a boolean tensor (T, S) or (B, 1, T, S) that is True where a query may attend a cached key.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from litgpt.config import Config
+from litgpt.kv_cache import KVCache, KVCacheCompressed
+from litgpt.norm import RMSNorm
+from litgpt.rope import apply_partial_rope, apply_rope
+
+
+def causal_mask(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
+    """(q_len, kv_len) boolean mask for the last q_len of kv_len tokens attending causally."""
+    return torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(diagonal=kv_len - q_len)
+
+
+def latent_attention_torch(
+    q: torch.Tensor, kv: torch.Tensor, kv_lora_rank: int, scale: float, mask: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Absorbed MLA attention over the latent cache (the reference that kernels are checked against).
+
+    q: (B, h, T, d_c + d_R) = [q_nope absorbed into latent space | roped q]; kv: (B, S, d_c + d_R) = [c | k_rope].
+    scores = q . kv * scale; output = softmax(scores) @ c: (B, h, T, d_c). The latent doubles as V.
+    """
+    B, h, T, D = q.shape
+    S = kv.size(1)
+    compute = torch.promote_types(q.dtype, torch.float32)
+    scores = torch.matmul(q.reshape(B, h * T, D), kv.transpose(1, 2))  # (B, h*T, S): one bmm, no K copy per head
+    scores = scores.view(B, h, T, S).to(compute) * scale  # (B, h, T, S)
+    if mask is None:
+        mask = causal_mask(T, S, q.device)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(kv.dtype)  # (B, h, T, S)
+    out = torch.matmul(probs.view(B, h * T, S), kv[..., :kv_lora_rank])  # (B, h*T, d_c)
+    return out.view(B, h, T, kv_lora_rank)
+
+
+class AttentionBase(nn.Module):
+    """What MHA and MLA share: the config, rope application, the SDPA call and KV-cache plumbing."""
+
+    kv_cache: Optional[nn.Module]
+
+    def __init__(self, config: Config, block_idx: int) -> None:
+        super().__init__()
+        self.config = config
+        self.block_idx = block_idx
+        self.kv_cache = None
+
+    def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotate the first `config.rope_n_elem` dims of x (..., T, hs) in the configured layout."""
+        return apply_partial_rope(x, cos, sin, self.config.rope_n_elem, self.config.rope_interleave)
+
+    @staticmethod
+    def attend(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: Optional[float] = None
+    ) -> torch.Tensor:
+        """SDPA of q (B, nh, T, d) over k, v (B, ng, S, d[_v]); grouped heads are not repeated in memory."""
+        enable_gqa = q.size(1) != k.size(1)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=enable_gqa
+        )  # (B, nh, T, d_v)
+
+    def check_cache(self, input_pos: Optional[torch.Tensor]) -> None:
+        if input_pos is not None and self.kv_cache is None:
+            raise TypeError("input_pos was given but no KV cache is set: call `model.set_kv_cache(batch_size)` first")
+
+    def build_kv_cache(
+        self,
+        batch_size: int,
+        max_seq_length: int,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> nn.Module:
+        raise NotImplementedError
+
+    def kv_cache_bytes(self) -> int:
+        """Bytes held by this layer's cache buffers (0 when none is set)."""
+        if self.kv_cache is None:
+            return 0
+        return sum(b.numel() * b.element_size() for b in self.kv_cache.buffers())
+
+
+class CausalSelfAttention(AttentionBase):
+    """MHA (n_query_groups == n_head), GQA (1 < groups < n_head) and MQA (groups == 1).
+
+    `qkv` rows are [all Q heads | all K groups | all V groups], as in upstream litgpt.
+    """
+
+    def __init__(self, config: Config, block_idx: int) -> None:
+        super().__init__(config, block_idx)
+        hs, n_head, n_groups = config.head_size, config.n_head, config.n_query_groups
+        self.qkv = nn.Linear(config.n_embd, (n_head + 2 * n_groups) * hs, bias=config.bias or config.attn_bias)
+        self.proj = nn.Linear(n_head * hs, config.n_embd, bias=config.bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        input_pos: Optional[torch.Tensor] = None,
+        input_pos_maxp1: Optional[int] = None,
+    ) -> torch.Tensor:
+        self.check_cache(input_pos)
+        B, T, _ = x.shape  # (B, T, n_embd)
+        hs, n_head, n_groups = self.config.head_size, self.config.n_head, self.config.n_query_groups
+        q, k, v = self.qkv(x).split((n_head * hs, n_groups * hs, n_groups * hs), dim=-1)
+        q = q.view(B, T, n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, n_groups, hs).transpose(1, 2)  # (B, ng, T, hs)
+        v = v.view(B, T, n_groups, hs).transpose(1, 2)  # (B, ng, T, hs)
+        q, k = self.rope(q, cos, sin), self.rope(k, cos, sin)
+        if input_pos is not None:
+            k, v = self.kv_cache(input_pos, k, v)  # (B, ng, S, hs)
+            if input_pos_maxp1 is not None:
+                k, v = k[:, :, :input_pos_maxp1], v[:, :, :input_pos_maxp1]
+        y = self.attend(q, k, v, mask)  # (B, nh, T, hs)
+        return self.proj(y.transpose(1, 2).reshape(B, T, n_head * hs))  # (B, T, n_embd)
+
+    def build_kv_cache(
+        self,
+        batch_size: int,
+        max_seq_length: int,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> KVCache:
+        c = self.config
+        return KVCache(batch_size, c.n_query_groups, max_seq_length, c.head_size, device=device, dtype=dtype)
+
+
+class MultiheadLatentAttention(AttentionBase):
+    """Multi-head latent attention with decoupled RoPE (DeepSeek-V2).
+
+    Keys and values are compressed into a latent c = kv_a_norm(W_DKV x) of width d_c shared by all heads, plus
+    one roped key k_R of width d_R shared by all heads; the cache stores only [c | k_R].
+
+    Two paths compute the same function:
+      naive    -- decompress per-head K/V with kv_b_proj, then SDPA (training and prefill);
+      absorbed -- fold W_UK into the query and W_UV into the output, attend directly over the latent (decode).
+    `absorb=None` (default) picks absorbed for cached steps of one token and naive otherwise; True/False forces one.
+    """
+
+    def __init__(self, config: Config, block_idx: int) -> None:
+        super().__init__(config, block_idx)
+        mla = config.mla
+        assert mla is not None
+        self.dims = mla
+        n_head, bias = config.n_head, config.bias or config.attn_bias
+        if mla.q_lora_rank is None:
+            self.q_proj = nn.Linear(config.n_embd, n_head * mla.qk_head_dim, bias=bias)
+        else:
+            self.q_a_proj = nn.Linear(config.n_embd, mla.q_lora_rank, bias=bias)
+            self.q_a_norm = RMSNorm(mla.q_lora_rank, eps=config.norm_eps)
+            self.q_b_proj = nn.Linear(mla.q_lora_rank, n_head * mla.qk_head_dim, bias=bias)
+        self.kv_a_proj_with_mqa = nn.Linear(config.n_embd, mla.kv_lora_rank + mla.qk_rope_head_dim, bias=bias)
+        self.kv_a_norm = RMSNorm(mla.kv_lora_rank, eps=config.norm_eps)
+        self.kv_b_proj = nn.Linear(mla.kv_lora_rank, n_head * (mla.qk_nope_head_dim + mla.v_head_dim), bias=bias)
+        self.proj = nn.Linear(n_head * mla.v_head_dim, config.n_embd, bias=config.bias)
+        self.scale = 1.0 / math.sqrt(mla.qk_head_dim)
+        self.absorb: Optional[bool] = None
+
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, n_embd) -> (B, T, h * (d_n + d_R))."""
+        if self.dims.q_lora_rank is None:
+            return self.q_proj(x)
+        return self.q_b_proj(self.q_a_norm(self.q_a_proj(x)))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        input_pos: Optional[torch.Tensor] = None,
+        input_pos_maxp1: Optional[int] = None,
+    ) -> torch.Tensor:
+        self.check_cache(input_pos)
+        d = self.dims
+        B, T, _ = x.shape  # (B, T, n_embd)
+        interleave = self.config.rope_interleave
+        q = self.query(x).view(B, T, self.config.n_head, d.qk_head_dim).transpose(1, 2)  # (B, h, T, d_n+d_R)
+        q_nope, q_rope = q.split((d.qk_nope_head_dim, d.qk_rope_head_dim), dim=-1)  # (B, h, T, d_n), (B, h, T, d_R)
+        q_rope = apply_rope(q_rope, cos, sin, interleave)
+        latent, k_rope = self.kv_a_proj_with_mqa(x).split((d.kv_lora_rank, d.qk_rope_head_dim), dim=-1)
+        latent = self.kv_a_norm(latent)  # (B, T, d_c)
+        k_rope = apply_rope(k_rope, cos, sin, interleave)  # (B, T, d_R): one rope key for all heads
+        if input_pos is None:
+            kv = torch.cat((latent, k_rope), dim=-1)  # (B, T, d_c+d_R)
+        else:
+            kv = self.kv_cache(input_pos, latent, k_rope)  # (B, S, d_c+d_R)
+            if input_pos_maxp1 is not None:
+                kv = kv[:, :input_pos_maxp1]
+        absorb = self.absorb if self.absorb is not None else (input_pos is not None and T == 1)
+        if absorb:
+            y = self.absorbed(q_nope, q_rope, kv, mask)
+        else:
+            y = self.naive(q_nope, q_rope, kv, mask)
+        return self.proj(y)  # (B, T, n_embd)
+
+    def naive(
+        self, q_nope: torch.Tensor, q_rope: torch.Tensor, kv: torch.Tensor, mask: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """Decompress per-head K/V from the latent and run SDPA. Returns (B, T, h * d_v)."""
+        d, h = self.dims, self.config.n_head
+        B, S, _ = kv.shape
+        T = q_nope.size(2)
+        latent, k_rope = kv.split((d.kv_lora_rank, d.qk_rope_head_dim), dim=-1)  # (B, S, d_c), (B, S, d_R)
+        k_nope, v = (
+            self.kv_b_proj(latent).view(B, S, h, d.qk_nope_head_dim + d.v_head_dim).transpose(1, 2)
+        ).split((d.qk_nope_head_dim, d.v_head_dim), dim=-1)  # (B, h, S, d_n), (B, h, S, d_v)
+        k = torch.cat((k_nope, k_rope.unsqueeze(1).expand(B, h, S, d.qk_rope_head_dim)), dim=-1)  # (B, h, S, d_n+d_R)
+        q = torch.cat((q_nope, q_rope), dim=-1)  # (B, h, T, d_n+d_R)
+        y = self.attend(q, k, v, mask, scale=self.scale)  # (B, h, T, d_v)
+        return y.transpose(1, 2).reshape(B, T, h * d.v_head_dim)
+
+    def absorbed(
+        self, q_nope: torch.Tensor, q_rope: torch.Tensor, kv: torch.Tensor, mask: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """Attend over the latent with W_UK absorbed into q and W_UV applied after. Returns (B, T, h * d_v)."""
+        d, h = self.dims, self.config.n_head
+        B, _, T, _ = q_nope.shape
+        w_uk, w_uv = self.kv_b_proj.weight.view(h, d.qk_nope_head_dim + d.v_head_dim, d.kv_lora_rank).split(
+            (d.qk_nope_head_dim, d.v_head_dim), dim=1
+        )  # (h, d_n, d_c), (h, d_v, d_c)
+        # A key bias b_k would add the same q_nope . b_k to every score of a query: softmax ignores it.
+        q_latent = torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk)  # (B, h, T, d_c)
+        q = torch.cat((q_latent, q_rope), dim=-1)  # (B, h, T, d_c+d_R)
+        o_latent = latent_attention_torch(q, kv, d.kv_lora_rank, self.scale, mask)  # (B, h, T, d_c)
+        y = torch.einsum("bhtc,hvc->bthv", o_latent, w_uv)  # (B, T, h, d_v)
+        if self.kv_b_proj.bias is not None:
+            b_v = self.kv_b_proj.bias.view(h, d.qk_nope_head_dim + d.v_head_dim)[:, d.qk_nope_head_dim :]  # (h, d_v)
+            y = y + b_v  # softmax weights sum to one, so the value bias passes through unchanged
+        return y.reshape(B, T, h * d.v_head_dim)
+
+    def build_kv_cache(
+        self,
+        batch_size: int,
+        max_seq_length: int,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> KVCacheCompressed:
+        d = self.dims
+        return KVCacheCompressed(
+            batch_size, max_seq_length, d.kv_lora_rank, d.qk_rope_head_dim, device=device, dtype=dtype
+        )

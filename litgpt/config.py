@@ -1,0 +1,322 @@
+"""Model configuration: the `Config` dataclass, its validation, and the named configs.
+
+Field names follow upstream litgpt wherever the same concept exists, so `model_config.yaml` files move
+between the two. Everything derived (head size, padded vocabulary, MLA dimensions) is filled in and
+checked in one place, `Config.__post_init__`.
+"""
+
+from __future__ import annotations
+
+import math
+from copy import deepcopy
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+NORM_CLASSES = ("LayerNorm", "RMSNorm")
+MLP_CLASSES = ("GptNeoxMLP", "LLaMAMLP")
+LATENT_ATTENTION_KEYS = ("q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
+
+
+@dataclass(frozen=True)
+class LatentAttentionDims:
+    """Resolved MLA dimensions (DeepSeek-V2 notation in comments)."""
+
+    q_lora_rank: Optional[int]  # d_q; None means a full-rank query projection
+    kv_lora_rank: int  # d_c, the width of the cached latent
+    qk_rope_head_dim: int  # d_R, the decoupled rope key shared by all heads
+    qk_nope_head_dim: int  # d_n
+    v_head_dim: int  # d_v
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    @property
+    def cache_width(self) -> int:
+        """Values cached per token per layer: the latent plus the rope key."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+
+@dataclass
+class Config:
+    """Architecture of a GPT. Derived fields left as None are computed from the others."""
+
+    name: str = ""
+    hf_config: dict = field(default_factory=dict)
+    block_size: int = 4096
+    n_layer: int = 16
+    n_embd: int = 4096
+    vocab_size: int = 50254
+    padding_multiple: int = 512
+    padded_vocab_size: Optional[int] = None
+    n_head: int = 32
+    head_size: Optional[int] = None
+    n_query_groups: Optional[int] = None
+    rotary_percentage: float = 0.25
+    rope_base: int = 10000
+    rope_condense_ratio: int = 1
+    rope_interleave: bool = False
+    parallel_residual: bool = True
+    shared_attention_norm: bool = False
+    bias: bool = True
+    attn_bias: bool = False
+    lm_head_bias: bool = False
+    norm_class_name: Literal["LayerNorm", "RMSNorm"] = "LayerNorm"
+    norm_eps: float = 1e-5
+    mlp_class_name: Literal["GptNeoxMLP", "LLaMAMLP"] = "GptNeoxMLP"
+    gelu_approximate: str = "none"
+    intermediate_size: Optional[int] = None
+    scale_embeddings: bool = False
+    latent_attention: Optional[Union[bool, dict]] = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = self.hf_config.get("name", "")
+        _require_positive(self, ("block_size", "n_layer", "n_embd", "vocab_size", "padding_multiple", "n_head"))
+        if self.head_size is None:
+            if self.n_embd % self.n_head:
+                raise ValueError(
+                    f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}), or set head_size explicitly"
+                )
+            self.head_size = self.n_embd // self.n_head
+        if self.padded_vocab_size is None:
+            self.padded_vocab_size = _find_multiple(self.vocab_size, self.padding_multiple)
+        else:
+            self.vocab_size = min(self.vocab_size, self.padded_vocab_size)
+        if self.n_query_groups is None:
+            self.n_query_groups = self.n_head
+        if self.intermediate_size is None:
+            if self.mlp_class_name == "LLaMAMLP":
+                raise ValueError("intermediate_size must be set when mlp_class_name is 'LLaMAMLP'")
+            self.intermediate_size = 4 * self.n_embd
+        if self.latent_attention is True:
+            hs = self.head_size
+            self.latent_attention = dict(
+                q_lora_rank=None, kv_lora_rank=4 * hs, qk_rope_head_dim=hs // 2, qk_nope_head_dim=hs, v_head_dim=hs
+            )
+        elif self.latent_attention is False:
+            self.latent_attention = None
+        self._validate()
+
+    def _validate(self) -> None:
+        _require_positive(self, ("head_size", "padded_vocab_size", "n_query_groups", "intermediate_size"))
+        if self.padded_vocab_size < self.vocab_size:
+            raise ValueError(f"padded_vocab_size ({self.padded_vocab_size}) must be >= vocab_size ({self.vocab_size})")
+        if self.n_head % self.n_query_groups:
+            raise ValueError(
+                f"n_head ({self.n_head}) must be divisible by n_query_groups ({self.n_query_groups})"
+            )
+        if self.norm_class_name not in NORM_CLASSES:
+            raise ValueError(f"norm_class_name must be one of {NORM_CLASSES}, got {self.norm_class_name!r}")
+        if self.mlp_class_name not in MLP_CLASSES:
+            raise ValueError(f"mlp_class_name must be one of {MLP_CLASSES}, got {self.mlp_class_name!r}")
+        if self.gelu_approximate not in ("none", "tanh"):
+            raise ValueError(f"gelu_approximate must be 'none' or 'tanh', got {self.gelu_approximate!r}")
+        if not 0.0 <= self.rotary_percentage <= 1.0:
+            raise ValueError(f"rotary_percentage must be in [0, 1], got {self.rotary_percentage}")
+        if self.rope_base <= 0 or self.rope_condense_ratio <= 0:
+            raise ValueError("rope_base and rope_condense_ratio must be positive")
+        if self.norm_eps <= 0:
+            raise ValueError(f"norm_eps must be positive, got {self.norm_eps}")
+        if self.shared_attention_norm and not self.parallel_residual:
+            raise ValueError("shared_attention_norm=True requires parallel_residual=True")
+        if self.latent_attention is None:
+            if self.rope_n_elem % 2:
+                raise ValueError(
+                    f"rotary_percentage * head_size = {self.rope_n_elem} rotary dims; the rope dimension must be even"
+                )
+            return
+        if not isinstance(self.latent_attention, dict):
+            raise ValueError(
+                f"latent_attention must be true, false/null or a dict with keys {LATENT_ATTENTION_KEYS}, "
+                f"got {self.latent_attention!r}"
+            )
+        unknown = sorted(set(self.latent_attention) - set(LATENT_ATTENTION_KEYS))
+        missing = sorted(set(LATENT_ATTENTION_KEYS[1:]) - set(self.latent_attention))
+        if unknown or missing:
+            raise ValueError(
+                f"latent_attention: unknown keys {unknown} / missing keys {missing}; expected {LATENT_ATTENTION_KEYS}"
+            )
+        for key in LATENT_ATTENTION_KEYS:
+            value = self.latent_attention.get(key)
+            if key == "q_lora_rank" and value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"latent_attention.{key} must be a positive integer, got {value!r}")
+        if self.latent_attention["qk_rope_head_dim"] % 2:
+            raise ValueError(
+                f"latent_attention.qk_rope_head_dim must be even, got {self.latent_attention['qk_rope_head_dim']}"
+            )
+        if self.n_query_groups != self.n_head:
+            raise ValueError(
+                f"latent attention needs n_query_groups == n_head (got {self.n_query_groups} and {self.n_head}): "
+                "MLA shares one latent across all heads, so grouping does not apply"
+            )
+
+    # ------------------------------------------------------------------ derived properties
+    @property
+    def mla(self) -> Optional[LatentAttentionDims]:
+        """Resolved MLA dimensions, or None for MHA/GQA/MQA."""
+        if self.latent_attention is None:
+            return None
+        return LatentAttentionDims(**{k: self.latent_attention.get(k) for k in LATENT_ATTENTION_KEYS})
+
+    @property
+    def rope_n_elem(self) -> int:
+        """Rotary dims per head: the decoupled rope key for MLA, a fraction of head_size otherwise."""
+        if self.latent_attention is not None:
+            return self.latent_attention["qk_rope_head_dim"]
+        return int(self.rotary_percentage * self.head_size)
+
+    @property
+    def kv_values_per_token(self) -> int:
+        """Values one layer's KV cache holds per token: 2*groups*head_size, or kv_lora_rank+rope for MLA."""
+        if self.mla is not None:
+            return self.mla.cache_width
+        return 2 * self.n_query_groups * self.head_size
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_name(cls, name: str, **kwargs: Any) -> "Config":
+        """A named config (see `Config.names()`), with fields overridden by `kwargs`."""
+        if name not in name_to_config:
+            close = [n for n in name_to_config if name.split("-")[0] in n][:8]
+            hint = f" Similar: {', '.join(close)}." if close else ""
+            raise ValueError(f"unknown model name {name!r}.{hint} See litgpt.Config.names() for all of them.")
+        conf = deepcopy(name_to_config[name])
+        conf.update(kwargs)
+        return cls(**conf)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return sorted(name_to_config)
+
+    @classmethod
+    def from_file(cls, path: Union[str, Path], **kwargs: Any) -> "Config":
+        """Load a `model_config.yaml` (ours or upstream litgpt's)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"model config file {str(path)!r} does not exist")
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
+        data.update(kwargs)
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> "Config":
+        """Build from a mapping, rejecting unknown keys and upstream options we do not implement."""
+        known = {f.name for f in fields(cls)}
+        data = dict(data)
+        for key in list(data):
+            if key in known:
+                continue
+            if key in UPSTREAM_UNSUPPORTED_DEFAULTS:
+                if _same_value(data[key], UPSTREAM_UNSUPPORTED_DEFAULTS[key]):
+                    del data[key]
+                    continue
+                raise ValueError(
+                    f"{source}: field {key!r}={data[key]!r} is an upstream litgpt option this library does not "
+                    f"implement; remove it or set it to {UPSTREAM_UNSUPPORTED_DEFAULTS[key]!r}"
+                )
+            raise ValueError(f"{source}: unknown config field {key!r}; valid fields: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_dir: Union[str, Path], **kwargs: Any) -> "Config":
+        """Load `checkpoint_dir/model_config.yaml`."""
+        checkpoint_dir = Path(checkpoint_dir)
+        path = checkpoint_dir / "model_config.yaml"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{str(checkpoint_dir)!r} has no model_config.yaml; point at a directory written by "
+                "`litgpt pretrain` or a conversion script"
+            )
+        return cls.from_file(path, **kwargs)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: Union[str, Path]) -> None:
+        """Write as yaml (the `model_config.yaml` format)."""
+        with open(path, "w", encoding="utf-8") as f:
+            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+
+
+def _find_multiple(n: int, k: int) -> int:
+    return n if n % k == 0 else n + k - (n % k)
+
+
+def _require_positive(config: Config, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return math.isclose(float(a), float(b))
+        except (TypeError, ValueError):
+            return False
+    return a == b
+
+
+# Upstream litgpt 0.5.13 Config fields that this library does not implement, with upstream's default.
+# A yaml that sets one of them to its default loads fine; any other value is an error, never a silent ignore.
+UPSTREAM_UNSUPPORTED_DEFAULTS: dict[str, Any] = {}
+
+# ---------------------------------------------------------------------------------------------------- named configs
+_pythia = dict(
+    hf_config=dict(org="EleutherAI"),
+    vocab_size=50254,
+    padding_multiple=128,
+    rotary_percentage=0.25,
+    parallel_residual=True,
+    bias=True,
+    norm_class_name="LayerNorm",
+    mlp_class_name="GptNeoxMLP",
+)
+_base_configs: list[dict] = [
+    dict(name="pythia-14m", block_size=512, n_layer=6, n_embd=128, n_head=4, **_pythia),
+    dict(name="pythia-31m", block_size=1024, n_layer=6, n_embd=256, n_head=8, **_pythia),
+    dict(name="pythia-70m", block_size=2048, n_layer=6, n_embd=512, n_head=8, **_pythia),
+    dict(name="pythia-160m", block_size=2048, n_layer=12, n_embd=768, n_head=12, **_pythia),
+    dict(name="pythia-410m", block_size=2048, n_layer=24, n_embd=1024, n_head=16, **_pythia),
+    # tiny family for tests and CPU smoke runs
+    dict(
+        name="debug",
+        block_size=128,
+        n_layer=2,
+        n_embd=64,
+        n_head=4,
+        vocab_size=1024,
+        padding_multiple=64,
+        rotary_percentage=0.5,
+        parallel_residual=True,
+        bias=True,
+    ),
+]
+
+
+def _variants(base: dict) -> list[dict]:
+    """A base config plus its -gqa (n_head/4 groups), -mqa and -mla (latent_attention: true) variants."""
+    out = [base]
+    for suffix, override in (
+        ("gqa", dict(n_query_groups=max(1, base["n_head"] // 4))),
+        ("mqa", dict(n_query_groups=1)),
+        ("mla", dict(latent_attention=True)),
+    ):
+        variant = deepcopy(base)
+        variant.update(override, name=f"{base['name']}-{suffix}")
+        out.append(variant)
+    return out
+
+
+configs: list[dict] = [variant for base in _base_configs for variant in _variants(base)]
+name_to_config: dict[str, dict] = {c["name"]: c for c in configs}

@@ -1,0 +1,211 @@
+"""The GPT model, top to bottom: embedding, blocks (attention + MLP), final norm, LM head.
+
+State-dict keys equal upstream litgpt's, so `lit_model.pth` files load in both directions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from litgpt.attention import AttentionBase, CausalSelfAttention, MultiheadLatentAttention
+from litgpt.config import Config
+from litgpt.norm import RMSNorm, build_norm
+from litgpt.rope import build_rope_cache
+
+
+class GPT(nn.Module):
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=config.lm_head_bias)
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
+                h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
+                ln_f=build_norm(config, config.n_embd),
+            )
+        )
+        self._max_seq_length = 0
+        self.max_seq_length = config.block_size
+
+    @classmethod
+    def from_name(cls, name: str, **kwargs: Any) -> "GPT":
+        return cls(Config.from_name(name, **kwargs))
+
+    # ------------------------------------------------------------------ rope cache and sequence length
+    @property
+    def max_seq_length(self) -> int:
+        """Longest sequence the rope cache (and a KV cache built without an explicit length) covers."""
+        return self._max_seq_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        if value > self.config.block_size:
+            raise ValueError(
+                f"max_seq_length {value} exceeds the model's block_size {self.config.block_size}; "
+                "use a shorter length or a config with a larger block_size"
+            )
+        if value == self._max_seq_length:
+            return
+        self._max_seq_length = value
+        device = self.lm_head.weight.device
+        cos, sin = self.rope_cache(device=None if device.type == "meta" else device)
+        self.register_buffer("cos", cos, persistent=False)  # (max_seq_length, rope_n_elem)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def rope_cache(self, device: Optional[torch.device] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.config
+        return build_rope_cache(self._max_seq_length, c.rope_n_elem, device, c.rope_base, c.rope_condense_ratio)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        idx: torch.Tensor,
+        input_pos: Optional[torch.Tensor] = None,
+        input_pos_maxp1: Optional[int] = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, padded_vocab_size) for token ids idx (B, T).
+
+        Without input_pos: a causal pass over idx alone (training). With input_pos ((T,) or per-row (B, T)
+        positions): the tokens are written into the KV cache at those positions and attend to every cached
+        position <= their own. input_pos_maxp1, if given, bounds the cache read to its first input_pos_maxp1
+        positions (fewer FLOPs, but the shape then changes with it).
+        """
+        B, T = idx.shape
+        if T > self.max_seq_length:
+            raise ValueError(f"cannot forward a sequence of length {T}: max_seq_length is {self.max_seq_length}")
+        if input_pos is None:
+            cos, sin = self.cos[:T], self.sin[:T]  # (T, rope_n_elem)
+            mask = None
+        else:
+            cos, sin = self.cos[input_pos], self.sin[input_pos]  # (T, n) or (B, T, n)
+            mask = self.cache_mask(input_pos, input_pos_maxp1)
+        x = self.transformer.wte(idx)  # (B, T, n_embd)
+        if self.config.scale_embeddings:
+            x = x * torch.tensor(self.config.n_embd**0.5, dtype=x.dtype)
+        for block in self.transformer.h:
+            x = block(x, cos, sin, mask, input_pos, input_pos_maxp1)
+        x = self.transformer.ln_f(x)
+        return self.lm_head(x)  # (B, T, padded_vocab_size)
+
+    def cache_mask(self, input_pos: torch.Tensor, input_pos_maxp1: Optional[int] = None) -> torch.Tensor:
+        """Boolean (T, S) or (B, 1, T, S): a query at position p sees cached positions <= p."""
+        caches = [block.attn.kv_cache for block in self.transformer.h]
+        if any(c is None for c in caches):
+            raise TypeError("input_pos was given but no KV cache is set: call `model.set_kv_cache(batch_size)` first")
+        cache_len = self.kv_cache_length
+        if input_pos_maxp1 is not None:
+            cache_len = min(cache_len, input_pos_maxp1)
+        key_pos = torch.arange(cache_len, device=input_pos.device)  # (S,)
+        mask = key_pos <= input_pos.unsqueeze(-1)  # (T, S) or (B, T, S)
+        return mask.unsqueeze(1) if mask.dim() == 3 else mask
+
+    # ------------------------------------------------------------------ KV cache
+    def set_kv_cache(
+        self,
+        batch_size: int,
+        max_seq_length: Optional[int] = None,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        """Preallocate every layer's static KV cache for batch_size rows of max_seq_length tokens."""
+        if max_seq_length is None:
+            max_seq_length = self.max_seq_length
+        if max_seq_length > self.max_seq_length:
+            raise ValueError(
+                f"KV cache length {max_seq_length} exceeds max_seq_length {self.max_seq_length}; "
+                "raise model.max_seq_length first (up to block_size)"
+            )
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        device = self.lm_head.weight.device if device is None else device
+        dtype = self.lm_head.weight.dtype if dtype is None else dtype
+        for block in self.transformer.h:
+            block.attn.kv_cache = block.attn.build_kv_cache(batch_size, max_seq_length, device, dtype)
+        self.kv_cache_length = max_seq_length
+
+    def clear_kv_cache(self) -> None:
+        for block in self.transformer.h:
+            block.attn.kv_cache = None
+
+    def kv_cache_bytes(self) -> int:
+        """Bytes held by all layers' KV caches (0 when none is set)."""
+        return sum(block.attn.kv_cache_bytes() for block in self.transformer.h)
+
+    def attention_modules(self) -> list[AttentionBase]:
+        return [block.attn for block in self.transformer.h]
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block, with a parallel (GPT-NeoX) or sequential (Llama) residual."""
+
+    def __init__(self, config: Config, block_idx: int) -> None:
+        super().__init__()
+        self.config = config
+        self.norm_1 = build_norm(config, config.n_embd)
+        attention_class = MultiheadLatentAttention if config.latent_attention is not None else CausalSelfAttention
+        self.attn = attention_class(config, block_idx)
+        self.norm_2 = None if config.shared_attention_norm else build_norm(config, config.n_embd)
+        self.mlp = GptNeoxMLP(config) if config.mlp_class_name == "GptNeoxMLP" else LLaMAMLP(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        input_pos: Optional[torch.Tensor] = None,
+        input_pos_maxp1: Optional[int] = None,
+    ) -> torch.Tensor:
+        x_normed = self.norm_1(x)  # (B, T, n_embd)
+        attention_output = self.attn(x_normed, cos, sin, mask, input_pos, input_pos_maxp1)
+        if self.config.parallel_residual:
+            mlp_input = x_normed if self.norm_2 is None else self.norm_2(x)
+            return self.mlp(mlp_input) + attention_output + x
+        x = attention_output + x
+        return self.mlp(self.norm_2(x)) + x
+
+
+class GptNeoxMLP(nn.Module):
+    """fc -> GELU -> proj."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
+        self.proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)
+        self.approximate = config.gelu_approximate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x), approximate=self.approximate))
+
+
+class LLaMAMLP(nn.Module):
+    """SwiGLU: proj(silu(fc_1 x) * fc_2 x)."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.fc_1 = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
+        self.fc_2 = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
+        self.proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.silu(self.fc_1(x)) * self.fc_2(x))
+
+
+def init_weights(model: GPT) -> None:
+    """GPT-NeoX "small init": N(0, sqrt(2/(5 d))) everywhere, output projections scaled by 1/(sqrt(d) n_layer)."""
+    n_embd, n_layer = model.config.n_embd, model.config.n_layer
+    std = math.sqrt(2.0 / (5 * n_embd))
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            out_std = 1 / math.sqrt(n_embd) / n_layer if name.endswith(("attn.proj", "mlp.proj")) else std
+            nn.init.normal_(module.weight, mean=0.0, std=out_std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, RMSNorm)):
+            module.reset_parameters()

@@ -1,0 +1,105 @@
+"""MLA: the absorbed path equals the naive path; the reference latent attention is right."""
+
+import math
+
+import pytest
+import torch
+
+from litgpt import GPT, Config
+from litgpt.attention import latent_attention_torch
+
+from test_model import MLA_DIMS, randomize
+
+
+def mla_layer(dtype, **overrides):
+    config = Config.from_name("debug", block_size=64, latent_attention=overrides.pop("dims", MLA_DIMS), **overrides)
+    model = randomize(GPT(config)).to(dtype)
+    return model, model.transformer.h[0].attn
+
+
+@pytest.mark.parametrize("dims", [MLA_DIMS, {**MLA_DIMS, "q_lora_rank": None}, True])
+@pytest.mark.parametrize("interleave", [False, True])
+@pytest.mark.parametrize("attn_bias", [False, True])
+def test_absorbed_equals_naive_float64(dims, interleave, attn_bias):
+    model, attn = mla_layer(torch.float64, dims=dims, rope_interleave=interleave, attn_bias=attn_bias)
+    x = torch.randn(3, 11, model.config.n_embd, dtype=torch.float64)
+    cos, sin = model.cos[:11], model.sin[:11]
+    with torch.no_grad():
+        attn.absorb = False
+        naive = attn(x, cos, sin)
+        attn.absorb = True
+        absorbed = attn(x, cos, sin)
+    assert (naive - absorbed).abs().max().item() < 1e-10
+    assert naive.abs().max().item() > 1e-2  # the comparison is not between two near-zero tensors
+
+
+def test_absorbed_equals_naive_cached_decode_float64():
+    model, attn = mla_layer(torch.float64)
+    idx = torch.randint(0, 100, (2, 9))
+    outs = {}
+    with torch.no_grad():
+        for absorb in (False, True):
+            for block in model.transformer.h:
+                block.attn.absorb = absorb
+            model.set_kv_cache(batch_size=2, max_seq_length=16)
+            model(idx[:, :5], input_pos=torch.arange(5))
+            outs[absorb] = torch.cat([model(idx[:, i : i + 1], input_pos=torch.tensor([i])) for i in range(5, 9)], 1)
+    assert (outs[False] - outs[True]).abs().max().item() < 1e-10
+
+
+def test_absorbed_equals_naive_bf16():
+    model, attn = mla_layer(torch.float32)
+    x = torch.randn(2, 16, model.config.n_embd)
+    cos, sin = model.cos[:16], model.sin[:16]
+    with torch.no_grad():
+        attn.absorb = False
+        reference = attn(x, cos, sin)  # float32
+        attn.to(torch.bfloat16)
+        results = {}
+        for absorb in (False, True):
+            attn.absorb = absorb
+            results[absorb] = attn(x.bfloat16(), cos, sin).float()
+    scale = reference.abs().max()
+    # each bf16 path is within bf16 rounding of the float32 truth, and so of each other
+    for out in results.values():
+        assert ((out - reference).abs().max() / scale).item() < 3e-2
+    assert ((results[True] - results[False]).abs().max() / scale).item() < 3e-2
+
+
+def test_default_path_choice():
+    model, attn = mla_layer(torch.float32)
+    seen = []
+    attn.naive_orig, attn.absorbed_orig = attn.naive, attn.absorbed
+    attn.naive = lambda *a: seen.append("naive") or attn.naive_orig(*a)
+    attn.absorbed = lambda *a: seen.append("absorbed") or attn.absorbed_orig(*a)
+    with torch.no_grad():
+        model(torch.randint(0, 100, (1, 4)))  # training-style forward
+        model.set_kv_cache(batch_size=1, max_seq_length=8)
+        model(torch.randint(0, 100, (1, 4)), input_pos=torch.arange(4))  # prefill
+        model(torch.randint(0, 100, (1, 1)), input_pos=torch.tensor([4]))  # decode
+    assert seen == ["naive", "naive", "absorbed"]
+
+
+def test_latent_attention_reference_against_explicit_loops():
+    B, h, T, S, d_c, d_r = 2, 3, 2, 7, 8, 4
+    q = torch.randn(B, h, T, d_c + d_r, dtype=torch.float64)
+    kv = torch.randn(B, S, d_c + d_r, dtype=torch.float64)
+    lengths = [5, 7]  # ragged: row 0 has 5 valid tokens, row 1 has 7
+    mask = torch.zeros(B, 1, T, S, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        for t in range(T):
+            mask[b, 0, t, : n - T + t + 1] = True  # causal within the new tokens
+    out = latent_attention_torch(q, kv, d_c, scale=0.3, mask=mask)
+    for b, n in enumerate(lengths):
+        for head in range(h):
+            for t in range(T):
+                visible = n - T + t + 1
+                scores = [0.3 * float(q[b, head, t] @ kv[b, s]) for s in range(visible)]
+                weights = torch.softmax(torch.tensor(scores, dtype=torch.float64), 0)
+                expected = sum(weights[s] * kv[b, s, :d_c] for s in range(visible))
+                torch.testing.assert_close(out[b, head, t], expected, atol=1e-12, rtol=1e-12)
+
+
+def test_mla_scale_is_inverse_sqrt_of_qk_head_dim():
+    _, attn = mla_layer(torch.float32)
+    assert math.isclose(attn.scale, 1 / math.sqrt(MLA_DIMS["qk_nope_head_dim"] + MLA_DIMS["qk_rope_head_dim"]))
