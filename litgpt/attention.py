@@ -155,16 +155,19 @@ class MultiheadLatentAttention(AttentionBase):
         mla = config.mla
         assert mla is not None
         self.dims = mla
-        n_head, bias = config.n_head, config.bias or config.attn_bias
+        # As upstream litgpt: the down-projections follow attn_bias, the up-projections and proj follow bias.
+        n_head = config.n_head
         if mla.q_lora_rank is None:
-            self.q_proj = nn.Linear(config.n_embd, n_head * mla.qk_head_dim, bias=bias)
+            self.q_proj = nn.Linear(config.n_embd, n_head * mla.qk_head_dim, bias=config.bias)
         else:
-            self.q_a_proj = nn.Linear(config.n_embd, mla.q_lora_rank, bias=bias)
+            self.q_a_proj = nn.Linear(config.n_embd, mla.q_lora_rank, bias=config.attn_bias)
             self.q_a_norm = RMSNorm(mla.q_lora_rank, eps=config.norm_eps)
-            self.q_b_proj = nn.Linear(mla.q_lora_rank, n_head * mla.qk_head_dim, bias=bias)
-        self.kv_a_proj_with_mqa = nn.Linear(config.n_embd, mla.kv_lora_rank + mla.qk_rope_head_dim, bias=bias)
+            self.q_b_proj = nn.Linear(mla.q_lora_rank, n_head * mla.qk_head_dim, bias=config.bias)
+        kv_a_width = mla.kv_lora_rank + mla.qk_rope_head_dim
+        self.kv_a_proj_with_mqa = nn.Linear(config.n_embd, kv_a_width, bias=config.attn_bias)
         self.kv_a_norm = RMSNorm(mla.kv_lora_rank, eps=config.norm_eps)
-        self.kv_b_proj = nn.Linear(mla.kv_lora_rank, n_head * (mla.qk_nope_head_dim + mla.v_head_dim), bias=bias)
+        kv_b_width = n_head * (mla.qk_nope_head_dim + mla.v_head_dim)
+        self.kv_b_proj = nn.Linear(mla.kv_lora_rank, kv_b_width, bias=config.bias)
         self.proj = nn.Linear(n_head * mla.v_head_dim, config.n_embd, bias=config.bias)
         self.scale = 1.0 / math.sqrt(mla.qk_head_dim)
         self.absorb: Optional[bool] = None

@@ -224,6 +224,12 @@ class Config:
                     f"implement; remove it or set it to {UPSTREAM_UNSUPPORTED_DEFAULTS[key]!r}"
                 )
             raise ValueError(f"{source}: unknown config field {key!r}; valid fields: {', '.join(sorted(known))}")
+        special = [s for s in UPSTREAM_NAME_SPECIFIC if s in str(data.get("name", ""))]
+        if special:
+            raise ValueError(
+                f"{source}: name {data['name']!r} selects upstream litgpt's {special[0]}-specific norms, which this "
+                "library does not implement; rename the model if its norms are standard"
+            )
         return cls(**data)
 
     @classmethod
@@ -269,11 +275,37 @@ def _same_value(a: Any, b: Any) -> bool:
 
 # Upstream litgpt 0.5.13 Config fields that this library does not implement, with upstream's default.
 # A yaml that sets one of them to its default loads fine; any other value is an error, never a silent ignore.
-UPSTREAM_UNSUPPORTED_DEFAULTS: dict[str, Any] = {}
+UPSTREAM_UNSUPPORTED_DEFAULTS: dict[str, Any] = {
+    "norm_qk": False,
+    "norm_qk_type": "default",
+    "post_attention_norm": False,
+    "post_mlp_norm": False,
+    "norm_1": True,
+    "norm_2": True,
+    "attention_scores_scalar": None,
+    "sliding_window_size": None,
+    "sliding_window_indices": None,
+    "attention_logit_softcapping": None,
+    "final_logit_softcapping": None,
+    "rope_adjustments": None,
+    "rope_local_base_freq": None,
+    "rope_indices": None,
+    "moe_intermediate_size": None,
+    "n_expert": 0,
+    "n_shared_expert": None,
+    "n_expert_groups": None,
+    "n_topk_groups": None,
+    "n_topk_scores_per_group": None,
+    "n_expert_per_token": 0,
+    "first_k_dense_replace": None,
+    "routed_scaling_factor": 1.0,
+    "norm_topk_prob": False,
+}
+# Upstream switches norm behaviour on these substrings of `name` (unit-offset RMSNorm, affine-free LayerNorm).
+UPSTREAM_NAME_SPECIFIC = ("Gemma", "OLMo")
 
 # ---------------------------------------------------------------------------------------------------- named configs
 _pythia = dict(
-    hf_config=dict(org="EleutherAI"),
     vocab_size=50254,
     padding_multiple=128,
     rotary_percentage=0.25,
@@ -288,6 +320,10 @@ _base_configs: list[dict] = [
     dict(name="pythia-70m", block_size=2048, n_layer=6, n_embd=512, n_head=8, **_pythia),
     dict(name="pythia-160m", block_size=2048, n_layer=12, n_embd=768, n_head=12, **_pythia),
     dict(name="pythia-410m", block_size=2048, n_layer=24, n_embd=1024, n_head=16, **_pythia),
+]
+for _c in _base_configs:
+    _c["hf_config"] = dict(org="EleutherAI", name=_c["name"])
+_base_configs += [
     # tiny family for tests and CPU smoke runs
     dict(
         name="debug",

@@ -53,14 +53,16 @@ class GPT(nn.Module):
         if value == self._max_seq_length:
             return
         self._max_seq_length = value
+        self.reset_rope_cache()
+
+    def reset_rope_cache(self) -> None:
+        """(Re)build the cos/sin buffers (max_seq_length, rope_n_elem) on the device of the weights."""
+        c = self.config
         device = self.lm_head.weight.device
-        cos, sin = self.rope_cache(device=None if device.type == "meta" else device)
+        device = torch.device("cpu") if device.type == "meta" else device
+        cos, sin = build_rope_cache(self._max_seq_length, c.rope_n_elem, device, c.rope_base, c.rope_condense_ratio)
         self.register_buffer("cos", cos, persistent=False)  # (max_seq_length, rope_n_elem)
         self.register_buffer("sin", sin, persistent=False)
-
-    def rope_cache(self, device: Optional[torch.device] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.config
-        return build_rope_cache(self._max_seq_length, c.rope_n_elem, device, c.rope_base, c.rope_condense_ratio)
 
     # ------------------------------------------------------------------ forward
     def forward(

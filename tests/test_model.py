@@ -130,3 +130,9 @@ def test_qkv_rows_are_all_q_then_all_k_then_all_v():
         v_mean = v.cumsum(1) / torch.arange(1, 6).view(1, 5, 1, 1)  # causal mean of V per group
         v_mean = v_mean.repeat_interleave(c.n_head // c.n_query_groups, dim=2).reshape(1, 5, -1)
     torch.testing.assert_close(y, attn.proj(v_mean), atol=1e-5, rtol=1e-5)
+
+
+def test_rope_cache_follows_weights_device_and_meta_build():
+    with torch.device("meta"):
+        model = GPT.from_name("debug")
+    assert model.cos.device.type == "cpu" and model.cos.shape == (128, model.config.rope_n_elem)

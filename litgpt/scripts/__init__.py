@@ -1,0 +1,1 @@
+"""Command-line scripts: checkpoint conversion, reports."""

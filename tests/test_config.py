@@ -1,0 +1,116 @@
+"""Config: derived fields, named configs, yaml loading and validation."""
+
+import pytest
+import yaml
+
+from litgpt import Config
+from litgpt.config import UPSTREAM_UNSUPPORTED_DEFAULTS
+
+# upstream litgpt 0.5.13's values (the fields its pythia configs set or derive)
+PYTHIA = {
+    "pythia-14m": (512, 6, 128, 4, 32, 512),
+    "pythia-31m": (1024, 6, 256, 8, 32, 1024),
+    "pythia-70m": (2048, 6, 512, 8, 64, 2048),
+    "pythia-160m": (2048, 12, 768, 12, 64, 3072),
+    "pythia-410m": (2048, 24, 1024, 16, 64, 4096),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PYTHIA))
+def test_pythia_configs_match_upstream(name):
+    c = Config.from_name(name)
+    assert (c.block_size, c.n_layer, c.n_embd, c.n_head, c.head_size, c.intermediate_size) == PYTHIA[name]
+    assert (c.vocab_size, c.padded_vocab_size, c.padding_multiple) == (50254, 50304, 128)
+    assert (c.rotary_percentage, c.parallel_residual, c.bias, c.norm_class_name, c.mlp_class_name) == (
+        0.25, True, True, "LayerNorm", "GptNeoxMLP")
+    assert c.n_query_groups == c.n_head and c.rope_n_elem == c.head_size // 4
+    assert c.hf_config == {"org": "EleutherAI", "name": name}
+    assert Config.from_name(name + "-gqa").n_query_groups == c.n_head // 4
+    assert Config.from_name(name + "-mqa").n_query_groups == 1
+
+
+def test_latent_attention_true_derives_deepseek_v2_proportions():
+    c = Config.from_name("pythia-160m-mla")
+    assert c.latent_attention == dict(
+        q_lora_rank=None, kv_lora_rank=256, qk_rope_head_dim=32, qk_nope_head_dim=64, v_head_dim=64)
+    assert c.rope_n_elem == 32 and c.kv_values_per_token == 288
+    assert Config(n_embd=64, n_head=4, latent_attention=False).latent_attention is None
+
+
+def test_yaml_round_trip(tmp_path):
+    c = Config.from_name("pythia-70m-mla", n_layer=2)
+    c.save(tmp_path / "model_config.yaml")
+    assert Config.from_file(tmp_path / "model_config.yaml") == c
+    assert Config.from_checkpoint(tmp_path) == c
+    assert Config.from_file(tmp_path / "model_config.yaml", n_layer=3).n_layer == 3
+
+
+def test_upstream_fields_at_default_are_accepted(tmp_path):
+    data = {**Config.from_name("debug").to_dict(), **UPSTREAM_UNSUPPORTED_DEFAULTS}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    assert Config.from_file(tmp_path / "c.yaml") == Config.from_name("debug")
+
+
+def _write(tmp_path, **fields):
+    data = {**Config.from_name("debug").to_dict(), **fields}
+    path = tmp_path / "model_config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ({"n_expert": 8}, "'n_expert'=8 is an upstream litgpt option"),
+        ({"post_attention_norm": True}, "'post_attention_norm'"),
+        ({"rope_adjustments": {"factor": 2.0}}, "'rope_adjustments'"),
+        ({"n_embdd": 64}, "unknown config field 'n_embdd'"),
+        ({"name": "Gemma-2b"}, "Gemma-specific norms"),
+    ],
+)
+def test_yaml_rejects_what_it_cannot_honour(tmp_path, fields, match):
+    with pytest.raises(ValueError, match=match):
+        Config.from_file(_write(tmp_path, **fields))
+
+
+MLA = dict(q_lora_rank=None, kv_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16)
+
+INVALID = [
+    (dict(n_embd=65, n_head=4), "n_embd"),
+    (dict(n_head=4, n_query_groups=3), "n_query_groups"),
+    (dict(n_layer=0), "n_layer"),
+    (dict(block_size=-1), "block_size"),
+    (dict(head_size=10, rotary_percentage=0.5), "rope dimension must be even"),
+    (dict(rotary_percentage=1.5), "rotary_percentage"),
+    (dict(norm_class_name="BatchNorm"), "norm_class_name"),
+    (dict(mlp_class_name="GemmaMLP"), "mlp_class_name"),
+    (dict(mlp_class_name="LLaMAMLP", intermediate_size=None), "intermediate_size"),
+    (dict(gelu_approximate="fast"), "gelu_approximate"),
+    (dict(norm_eps=0.0), "norm_eps"),
+    (dict(parallel_residual=False, shared_attention_norm=True), "shared_attention_norm"),
+    (dict(latent_attention={**MLA, "qk_rope_head_dim": 7}), "qk_rope_head_dim must be even"),
+    (dict(latent_attention={**MLA, "kv_lora_rank": 0}), "latent_attention.kv_lora_rank must be a positive"),
+    (dict(latent_attention={**MLA, "q_lora_rank": -4}), "latent_attention.q_lora_rank"),
+    (dict(latent_attention={**MLA, "rank": 3}), "unknown keys \\['rank'\\]"),
+    (dict(latent_attention={k: v for k, v in MLA.items() if k != "v_head_dim"}), "missing keys \\['v_head_dim'\\]"),
+    (dict(latent_attention=True, n_query_groups=2), "n_query_groups == n_head"),
+    (dict(latent_attention="yes"), "latent_attention must be"),
+    (dict(n_head=0), "n_head"),
+    (dict(rope_base=0), "rope_base"),
+]
+
+
+@pytest.mark.parametrize("overrides, match", INVALID)
+def test_invalid_configs_name_the_field(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        Config.from_name("debug", **overrides)
+
+
+def test_explicit_padded_vocab_clamps_vocab_size_like_upstream():
+    assert Config.from_name("debug", padded_vocab_size=10, vocab_size=1024).vocab_size == 10
+
+
+def test_unknown_name():
+    with pytest.raises(ValueError, match="unknown model name 'pythia-7b'.*Similar: pythia-14m"):
+        Config.from_name("pythia-7b")
+    assert {"pythia-160m", "pythia-160m-mla", "debug-gqa"} <= set(Config.names())
