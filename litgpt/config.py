@@ -188,7 +188,7 @@ class Config:
             raise ValueError(f"unknown model name {name!r}.{hint} See litgpt.Config.names() for all of them.")
         conf = deepcopy(name_to_config[name])
         conf.update(kwargs)
-        return cls(**conf)
+        return cls.from_dict(conf, source=f"config {name!r}")
 
     @classmethod
     def names(cls) -> list[str]:

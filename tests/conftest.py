@@ -1,3 +1,4 @@
+import lightning.fabric  # noqa: F401  (binds Lightning's log handler to the session's stderr, not a test's capsys)
 import pytest
 import torch
 

@@ -1,0 +1,1 @@
+"""Benchmarks: attention, decode, pretraining throughput, and the attention-variant comparison."""

@@ -1,0 +1,105 @@
+"""`litgpt benchmark pretrain`: tokens/s, MFU and peak memory of the real training step, per model config.
+
+The step is the one `litgpt pretrain` runs (Fabric precision plugin, fused AdamW, gradient clipping, the same
+loss function) on random token ids, which cost the same as real text. Peak memory is reset per configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from litgpt.config import Config
+from litgpt.flops import flops_per_token, peak_flops
+from litgpt.model import GPT, init_weights
+from litgpt.pretrain import next_token_loss
+
+
+def benchmark_pretrain(
+    models: Optional[list[str]] = None,
+    micro_batch_size: int = 16,
+    seq_len: int = 1024,
+    compile: Optional[list[bool]] = None,
+    precision: str = "bf16-mixed",
+    warmup_steps: int = 5,
+    steps: int = 20,
+    out_dir: Path = Path("out/benchmark/pretrain"),
+) -> list[dict]:
+    """Time training steps (one micro-batch each, as with global = micro batch) and write results.json.
+
+    Args:
+        models: named configs (default: pythia-160m and its -gqa, -mqa, -mla variants).
+        micro_batch_size: sequences per step.
+        seq_len: tokens per sequence.
+        compile: for each value, one run with/without torch.compile (default: [false, true]).
+        precision: Fabric precision.
+        warmup_steps: untimed steps first (compilation happens here).
+        steps: timed steps.
+        out_dir: where results.json goes.
+    """
+    import lightning as L
+
+    models = models or ["pythia-160m", "pythia-160m-gqa", "pythia-160m-mqa", "pythia-160m-mla"]
+    compile = [False, True] if compile is None else compile
+    fabric = L.Fabric(devices=1, precision=precision)
+    rows = []
+    print(f"{'model':<18} {'compile':>7} {'tokens/s':>10} {'MFU':>6} {'step ms':>8} {'peak GiB':>9} {'loss':>7}")
+    for name in models:
+        for use_compile in compile:
+            rows.append(_run(fabric, Config.from_name(name), micro_batch_size, seq_len, use_compile, warmup_steps, steps))
+            r = rows[-1]
+            mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+            print(f"{name:<18} {str(use_compile):>7} {r['tokens_per_sec']:>10,.0f} {mfu:>6} {r['step_ms']:>8.1f} "
+                  f"{r['peak_memory_gib']:>9.2f} {r['final_loss']:>7.3f}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                torch=torch.__version__, precision=precision, micro_batch_size=micro_batch_size, seq_len=seq_len)
+    (out_dir / "results.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
+    print(f"wrote {out_dir / 'results.json'}")
+    return rows
+
+
+def _run(fabric, config: Config, batch: int, seq_len: int, use_compile: bool, warmup: int, steps: int) -> dict:
+    torch.manual_seed(0)
+    model = GPT(config)
+    init_weights(model)
+    model.max_seq_length = seq_len
+    if use_compile:
+        model = torch.compile(model)
+    model = fabric.setup(model)
+    optimizer = fabric.setup_optimizers(torch.optim.AdamW(
+        model.parameters(), lr=3e-4, weight_decay=0.1, fused=fabric.device.type == "cuda"))
+    data = torch.randint(0, config.vocab_size, (warmup + steps, batch, seq_len + 1), device=fabric.device)
+    cuda = fabric.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(warmup + steps):
+        if i == warmup:
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        loss = next_token_loss(model, data[i])
+        fabric.backward(loss)
+        fabric.clip_gradients(model, optimizer, max_norm=1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    final_loss = loss.item()  # syncs
+    seconds = time.perf_counter() - start
+    tokens_per_sec = steps * batch * seq_len / seconds
+    peak = peak_flops(fabric.device)
+    row = dict(
+        model=config.name, compile=use_compile, tokens_per_sec=tokens_per_sec, step_ms=1e3 * seconds / steps,
+        mfu=flops_per_token(config, seq_len) * tokens_per_sec / peak if peak else None,
+        peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
+        final_loss=final_loss, params=sum(p.numel() for p in model.parameters()),
+    )
+    del model, optimizer, data
+    if cuda:
+        torch.cuda.empty_cache()
+    return row

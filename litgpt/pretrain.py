@@ -1,0 +1,475 @@
+"""`litgpt pretrain`: train a GPT from scratch with Lightning Fabric.
+
+`setup()` checks the arguments, builds Fabric (devices, precision, strategy, loggers) and launches `fit()`,
+the loop: gradient accumulation, warmup + cosine learning rate, clipping, validation, atomic checkpoints and
+exact resume (model, optimizer, step counters, data position and RNG all live in the checkpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterator, Literal, Optional, Union
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+from litgpt.args import EvalArgs, TrainArgs
+from litgpt.checkpoint import extract_state_dict
+from litgpt.config import Config
+from litgpt.data import DataModule, TinyStories
+from litgpt.data.base import make_train_loader, make_val_loader
+from litgpt.flops import flops_per_token, peak_flops
+from litgpt.model import GPT, Block, init_weights
+from litgpt.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
+STEP_DIR = "step-{:08d}"
+
+
+def setup(
+    model_name: Optional[str] = None,
+    model_config: Optional[dict] = None,
+    out_dir: Path = Path("out/pretrain"),
+    precision: Optional[str] = None,
+    initial_checkpoint_dir: Optional[Path] = None,
+    resume: Union[bool, Literal["auto"], Path] = False,
+    data: Optional[DataModule] = None,
+    train: TrainArgs = TrainArgs(),
+    eval: EvalArgs = EvalArgs(),
+    optimizer: Union[str, dict] = "AdamW",
+    devices: Union[int, str] = "auto",
+    num_nodes: int = 1,
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto",
+    tokenizer_dir: Optional[Path] = None,
+    logger_name: Literal["csv", "tensorboard", "wandb"] = "csv",
+    seed: int = 42,
+    compile: bool = False,
+) -> None:
+    """Pretrain a model.
+
+    Args:
+        model_name: a named config (`litgpt.Config.names()`); optional when `model_config` is given.
+        model_config: config fields; with `model_name` they override that config's fields, alone they define it.
+        out_dir: where checkpoints (`step-XXXXXXXX/`, `final/`) and logs go.
+        precision: `32-true`, `bf16-mixed`, `bf16-true`, `16-mixed`... (default: bf16-mixed on CUDA, else 32-true).
+        initial_checkpoint_dir: start from the weights in this checkpoint directory.
+        resume: `auto` (latest checkpoint in out_dir if any), `true` (latest, must exist) or a checkpoint path.
+        data: the data module (default: TinyStories).
+        train: training loop settings.
+        eval: validation settings.
+        optimizer: a `torch.optim` class name, or {class_path, init_args} (e.g. lr, weight_decay, betas).
+        devices: devices per node, or "auto".
+        num_nodes: number of nodes.
+        strategy: `auto`, `ddp`, or `fsdp` (sharded per Block).
+        tokenizer_dir: directory with tokenizer.json / tokenizer.model; if omitted, a byte-level BPE with the
+            model's vocab_size is trained on the training text and saved to out_dir/tokenizer.
+        logger_name: `csv`, `tensorboard` or `wandb` (the last two need their package installed).
+        seed: random seed for weights and data order.
+        compile: compile the model with torch.compile.
+    """
+    hparams = _hyperparameters(locals())
+    train.validate()
+    eval.validate()
+    config = resolve_config(model_name, model_config)
+    precision = precision or ("bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not supported; choose one of {', '.join(PRECISIONS)}")
+    if isinstance(resume, Path) and not resume.exists():
+        raise FileNotFoundError(f"--resume {str(resume)!r} does not exist")
+    _resume_path(resume, out_dir)  # --resume true with nothing to resume fails here, before any work
+    if initial_checkpoint_dir is not None and not (initial_checkpoint_dir / "lit_model.pth").is_file():
+        raise FileNotFoundError(f"--initial_checkpoint_dir {str(initial_checkpoint_dir)!r} has no lit_model.pth")
+    if tokenizer_dir is not None and not tokenizer_dir.is_dir():
+        raise FileNotFoundError(f"--tokenizer_dir {str(tokenizer_dir)!r} is not a directory")
+    seq_len = train.max_seq_length or config.block_size
+    if seq_len > config.block_size:
+        raise ValueError(f"train.max_seq_length ({seq_len}) exceeds the model's block_size ({config.block_size})")
+    data = TinyStories() if data is None else data
+
+    import lightning as L
+
+    fabric = L.Fabric(
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=_strategy(strategy),
+        precision=precision,
+        loggers=[_logger(logger_name, out_dir)],
+    )
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    fabric.launch(
+        fit, config=config, out_dir=out_dir, initial_checkpoint_dir=initial_checkpoint_dir, resume=resume,
+        data=data, train=train, eval=eval, optimizer=optimizer, tokenizer_dir=tokenizer_dir, seed=seed,
+        compile=compile, seq_len=seq_len, hparams=hparams,
+    )
+
+
+def resolve_config(model_name: Optional[str], model_config: Optional[dict]) -> Config:
+    """A named config with `model_config` overriding its fields, or a config built from `model_config` alone."""
+    if model_name is None and model_config is None:
+        raise ValueError("pass a model name (e.g. `litgpt pretrain pythia-160m-mla`) or --model_config")
+    if model_name is None:
+        return Config.from_dict(dict(model_config), source="--model_config")
+    return Config.from_name(model_name, **(model_config or {}))
+
+
+def fit(
+    fabric: Any,
+    config: Config,
+    out_dir: Path,
+    initial_checkpoint_dir: Optional[Path],
+    resume: Union[bool, str, Path],
+    data: DataModule,
+    train: TrainArgs,
+    eval: EvalArgs,
+    optimizer: Union[str, dict],
+    tokenizer_dir: Optional[Path],
+    seed: int,
+    compile: bool,
+    seq_len: int,
+    hparams: dict,
+) -> None:
+    fabric.seed_everything(seed)
+    tokenizer = _tokenizer(fabric, tokenizer_dir, data, config, out_dir)
+    data.connect(tokenizer, batch_size=train.micro_batch_size, max_seq_length=seq_len)
+    with fabric.rank_zero_first():
+        data.prepare_data()
+    data.setup()
+    train_data, val_data = data.train_dataset(), data.val_dataset()
+
+    model = GPT(config)
+    init_weights(model)
+    if initial_checkpoint_dir is not None:
+        state_dict = torch.load(initial_checkpoint_dir / "lit_model.pth", map_location="cpu", weights_only=True)
+        model.load_state_dict(extract_state_dict(state_dict, str(initial_checkpoint_dir)))
+    model.max_seq_length = seq_len
+    n_params = sum(p.numel() for p in model.parameters())
+    fabric.print(f"model {config.name or '(custom)'}: {n_params / 1e6:.1f}M parameters, sequence length {seq_len}")
+    if compile:
+        model = torch.compile(model)
+    model = fabric.setup(model)
+    opt = fabric.setup_optimizers(_optimizer(optimizer, model.parameters(), fabric.device))
+
+    base_lr = opt.param_groups[0]["lr"]  # before a resume overwrites the param groups with the last step's lr
+    state: dict[str, Any] = dict(model=model, optimizer=opt, step_count=0, iter_num=0, tokens=0, train_time=0.0)
+    checkpoint = _resume_path(resume, out_dir)
+    if checkpoint is not None:
+        fabric.print(f"resuming from {checkpoint}")
+        remainder = fabric.load(checkpoint, state)
+        _set_rng(remainder.get("rng"))
+
+    accum = train.gradient_accumulation_iters(fabric.world_size)
+    train_loader = fabric.setup_dataloaders(
+        make_train_loader(
+            train_data, train.micro_batch_size, seed, fabric.global_rank, fabric.world_size,
+            consumed_samples=state["iter_num"] * train.micro_batch_size, num_workers=0,
+        ),
+        use_distributed_sampler=False,
+    )
+    val_loader = fabric.setup_dataloaders(
+        make_val_loader(val_data, train.micro_batch_size, eval.max_iters), use_distributed_sampler=False
+    )
+    tokens_per_step = train.global_batch_size * seq_len
+    total_steps = _total_steps(train, tokens_per_step)
+    flops = flops_per_token(config, seq_len)
+    peak = peak_flops(fabric.device)
+    checkpoint_dir_args = dict(fabric=fabric, state=state, tokenizer=tokenizer, config=config, hparams=hparams)
+
+    if eval.initial_validation and state["step_count"] == 0:
+        _validate(fabric, model, val_loader, state, eval)
+    run_start_tokens, run_start_time = state["tokens"], state["train_time"]
+    window = _Window()
+    batches = iter(train_loader)
+    model.train()
+    while not _done(state, train, total_steps):
+        lr = _lr(state["step_count"], base_lr, train, total_steps)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=fabric.device)
+        for micro in range(accum):
+            batch = next(batches)  # (micro_batch, seq_len + 1)
+            with fabric.no_backward_sync(model, enabled=micro < accum - 1):
+                loss = next_token_loss(model, batch)
+                fabric.backward(loss / accum)
+            loss_sum += loss.detach()
+            state["iter_num"] += 1
+        if train.max_norm is not None:
+            fabric.clip_gradients(model, opt, max_norm=train.max_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        state["step_count"] += 1
+        state["tokens"] += tokens_per_step
+        window.tokens += tokens_per_step
+        window.steps += 1
+        step = state["step_count"]
+        done = _done(state, train, total_steps, extra_time=window.elapsed())
+
+        if step % train.log_interval == 0 or done:
+            loss_value = fabric.all_reduce(loss_sum / accum, reduce_op="mean").item()  # syncs the device
+            elapsed = window.elapsed()
+            state["train_time"] += elapsed
+            tokens_per_sec = window.tokens / elapsed
+            metrics = dict(loss=loss_value, lr=lr, tokens=state["tokens"], tokens_per_sec=tokens_per_sec,
+                           step_time=elapsed / window.steps)
+            if peak is not None:
+                metrics["mfu"] = flops * tokens_per_sec / (peak * fabric.world_size)
+            fabric.log_dict(metrics, step=step)
+            fabric.print(_progress_line(state, metrics, total_steps, train))
+            window = _Window()
+            done = _done(state, train, total_steps)
+        with window.paused():
+            if step % eval.interval == 0 and not (done and eval.final_validation):
+                _validate(fabric, model, val_loader, state, eval)
+            if train.save_interval is not None and step % train.save_interval == 0 and not done:
+                save_training_checkpoint(out_dir / STEP_DIR.format(step), **checkpoint_dir_args)
+
+    if eval.final_validation:
+        _validate(fabric, model, val_loader, state, eval)
+    save_training_checkpoint(out_dir / "final", **checkpoint_dir_args)
+    run_tokens, run_time = state["tokens"] - run_start_tokens, state["train_time"] - run_start_time
+    if run_time > 0:
+        fabric.print(
+            f"done: {state['step_count']} steps, {state['tokens']:,} tokens; this run trained {run_tokens:,} tokens "
+            f"in {run_time:.1f}s of training time ({run_tokens / run_time:,.0f} tokens/s). Checkpoint: {out_dir / 'final'}"
+        )
+    if torch.cuda.is_available():
+        fabric.print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+
+
+# ---------------------------------------------------------------------------------------------- loop helpers
+def next_token_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting batch[:, 1:] from batch[:, :-1]; batch is (B, T + 1) token ids."""
+    logits = model(batch[:, :-1])  # (B, T, vocab)
+    return F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
+
+
+class _Window:
+    """Training time and tokens since the last progress line, excluding validation and checkpoint time."""
+
+    def __init__(self) -> None:
+        self.start, self.excluded, self.tokens, self.steps = time.perf_counter(), 0.0, 0, 0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start - self.excluded
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.excluded += time.perf_counter() - start
+
+
+def _total_steps(train: TrainArgs, tokens_per_step: int) -> Optional[int]:
+    limits = []
+    if train.max_steps is not None:
+        limits.append(train.max_steps)
+    if train.max_tokens is not None:
+        limits.append(math.ceil(train.max_tokens / tokens_per_step))
+    return min(limits) if limits else None
+
+
+def _done(state: dict, train: TrainArgs, total_steps: Optional[int], extra_time: float = 0.0) -> bool:
+    if total_steps is not None and state["step_count"] >= total_steps:
+        return True
+    return train.max_time is not None and state["train_time"] + extra_time >= train.max_time
+
+
+def _lr(step: int, base_lr: float, train: TrainArgs, total_steps: Optional[int]) -> float:
+    """Linear warmup over lr_warmup_steps, then cosine decay to min_lr at total_steps (constant if unknown)."""
+    if step < train.lr_warmup_steps:
+        return base_lr * (step + 1) / train.lr_warmup_steps
+    if total_steps is None:
+        return base_lr
+    progress = min(1.0, (step - train.lr_warmup_steps) / max(1, total_steps - train.lr_warmup_steps))
+    return train.min_lr + 0.5 * (base_lr - train.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def _validate(fabric: Any, model: torch.nn.Module, val_loader: Any, state: dict, eval: EvalArgs) -> float:
+    model.eval()
+    losses = []
+    for batch in val_loader:
+        losses.append(next_token_loss(model, batch))
+    val_loss = fabric.all_reduce(torch.stack(losses).mean(), reduce_op="mean").item()
+    model.train()
+    fabric.log_dict(dict(val_loss=val_loss, val_ppl=math.exp(val_loss)), step=state["step_count"])
+    fabric.print(f"step {state['step_count']}: val loss {val_loss:.4f}, val ppl {math.exp(val_loss):.2f}")
+    return val_loss
+
+
+def _progress_line(state: dict, metrics: dict, total_steps: Optional[int], train: TrainArgs) -> str:
+    step = state["step_count"]
+    parts = [f"step {step}" + (f"/{total_steps}" if total_steps else ""), f"loss {metrics['loss']:.4f}",
+             f"{metrics['tokens_per_sec']:,.0f} tok/s"]
+    if "mfu" in metrics:
+        parts.append(f"MFU {100 * metrics['mfu']:.1f}%")
+    parts.append(f"lr {metrics['lr']:.2e}")
+    remaining = []
+    if total_steps is not None:
+        remaining.append((total_steps - step) * state["train_time"] / max(1, step))
+    if train.max_time is not None:
+        remaining.append(train.max_time - state["train_time"])
+    if remaining:
+        parts.append(f"ETA {_hms(max(0.0, min(remaining)))}")
+    return " | ".join(parts)
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+# ------------------------------------------------------------------------------------ checkpoints and resume
+def save_training_checkpoint(
+    checkpoint_dir: Path, fabric: Any, state: dict, tokenizer: Tokenizer, config: Config, hparams: dict
+) -> None:
+    """Write lit_model.pth (full training state), configs and tokenizer into a temporary directory, then rename it.
+
+    A kill at any point leaves either the previous checkpoint directory or the new, complete one.
+    """
+    tmp = checkpoint_dir.with_name(f".{checkpoint_dir.name}.tmp")
+    if fabric.global_rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    fabric.barrier()
+    fabric.save(tmp / "lit_model.pth", {**state, "rng": _get_rng()})
+    if fabric.global_rank == 0:
+        config.save(tmp / "model_config.yaml")
+        with open(tmp / "hyperparameters.yaml", "w", encoding="utf-8") as f:
+            yaml.safe_dump(hparams, f, sort_keys=False)
+        tokenizer.save(tmp)
+        old = checkpoint_dir.with_name(f".{checkpoint_dir.name}.old")
+        if checkpoint_dir.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(checkpoint_dir, old)
+        os.replace(tmp, checkpoint_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    fabric.barrier()
+    fabric.print(f"saved checkpoint {checkpoint_dir}")
+
+
+def _resume_path(resume: Union[bool, str, Path], out_dir: Path) -> Optional[Path]:
+    if resume is False:
+        return None
+    if isinstance(resume, Path):
+        return resume / "lit_model.pth" if resume.is_dir() else resume
+    checkpoints = sorted(out_dir.glob("step-*/lit_model.pth"))
+    if (out_dir / "final" / "lit_model.pth").is_file():
+        checkpoints.append(out_dir / "final" / "lit_model.pth")
+    if checkpoints:
+        return checkpoints[-1]
+    if resume == "auto":
+        return None
+    raise FileNotFoundError(f"--resume true: no checkpoint found in {str(out_dir)!r}; use --resume auto to start fresh")
+
+
+def _get_rng() -> dict[str, torch.Tensor]:
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    return rng
+
+
+def _set_rng(rng: Optional[dict]) -> None:
+    if not rng:
+        return
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+
+
+# ---------------------------------------------------------------------------------------- builders
+def _tokenizer(fabric: Any, tokenizer_dir: Optional[Path], data: DataModule, config: Config, out_dir: Path) -> Tokenizer:
+    if tokenizer_dir is None:
+        tokenizer_dir = out_dir / "tokenizer"
+        if fabric.global_rank == 0 and not (tokenizer_dir / "tokenizer.json").is_file():
+            from litgpt.scripts.train_tokenizer import train_tokenizer
+
+            fabric.print(f"no --tokenizer_dir: training a {config.vocab_size}-token BPE on the training text")
+            train_tokenizer(data=data, out_dir=tokenizer_dir, vocab_size=config.vocab_size)
+        fabric.barrier()
+    tokenizer = Tokenizer(tokenizer_dir)
+    if tokenizer.vocab_size > config.padded_vocab_size:
+        raise ValueError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the model's padded_vocab_size is "
+            f"{config.padded_vocab_size}; set --model_config.vocab_size to at least {tokenizer.vocab_size}"
+        )
+    return tokenizer
+
+
+def _optimizer(spec: Union[str, dict], params: Any, device: torch.device) -> torch.optim.Optimizer:
+    if isinstance(spec, str):
+        class_path, init_args = spec, {}
+    else:
+        class_path, init_args = spec.get("class_path", "AdamW"), dict(spec.get("init_args", {}))
+    name = class_path.rsplit(".", 1)[-1]
+    cls = getattr(torch.optim, name, None)
+    if cls is None or not isinstance(cls, type):
+        raise ValueError(f"optimizer {class_path!r} is not a torch.optim class (e.g. AdamW, SGD)")
+    if name in ("AdamW", "Adam") and device.type == "cuda":
+        init_args.setdefault("fused", True)
+    try:
+        return cls(params, **init_args)
+    except TypeError as e:
+        raise ValueError(f"optimizer {name}: bad init_args {init_args}: {e}") from None
+
+
+def _strategy(name: str) -> Any:
+    if name == "fsdp":
+        from lightning.fabric.strategies import FSDPStrategy
+
+        return FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full", sharding_strategy="FULL_SHARD")
+    return name
+
+
+def _logger(name: str, out_dir: Path) -> Any:
+    if name == "csv":
+        from lightning.fabric.loggers import CSVLogger
+
+        return CSVLogger(root_dir=out_dir / "logs", name="csv", flush_logs_every_n_steps=1)
+    if name == "tensorboard":
+        try:
+            from lightning.fabric.loggers import TensorBoardLogger
+
+            return TensorBoardLogger(root_dir=out_dir / "logs", name="tensorboard")
+        except ModuleNotFoundError as e:
+            raise ValueError(f"--logger_name tensorboard needs `pip install tensorboard` ({e})") from None
+    if name == "wandb":
+        try:
+            from lightning.pytorch.loggers import WandbLogger
+
+            return WandbLogger(project="litgpt-mla", save_dir=str(out_dir / "logs"))
+        except ModuleNotFoundError as e:
+            raise ValueError(f"--logger_name wandb needs `pip install wandb` ({e})") from None
+    raise ValueError(f"--logger_name must be csv, tensorboard or wandb, got {name!r}")
+
+
+def _hyperparameters(args: dict) -> dict:
+    """The arguments of `setup` as a yaml-safe dict that `litgpt pretrain --config` can read back."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, DataModule):
+            init_args = {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+            return {"class_path": f"{type(value).__module__}.{type(value).__qualname__}", "init_args": init_args}
+        if dataclasses.is_dataclass(value):
+            return {k: plain(v) for k, v in dataclasses.asdict(value).items()}
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return {k: plain(v) for k, v in args.items()}

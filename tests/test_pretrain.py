@@ -1,0 +1,196 @@
+"""`litgpt pretrain` through the real CLI: end to end, kill-and-resume equivalence, config_hub, bad inputs."""
+
+import csv
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from litgpt.__main__ import main
+from litgpt.checkpoint import load_checkpoint
+from litgpt.pretrain import _lr
+from litgpt.args import TrainArgs
+from litgpt.tokenizer import Tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = ("the a cat dog ran sat on mat and then he she it was happy sad big small red blue tree house "
+         "bird sang song day night sun moon went home to school friend played with ball").split()
+
+
+@pytest.fixture(scope="module")
+def text_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("text")
+    rng = random.Random(0)
+    for split, n_files in (("train", 8), ("val", 2)):
+        (root / split).mkdir()
+        for i in range(n_files):
+            stories = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60))).capitalize() + "."
+                       for _ in range(60)]
+            (root / split / f"{i}.txt").write_text("\n\n".join(stories))
+    return root
+
+
+def tiny_args(text_dir: Path, out_dir: Path, **extra: str) -> list[str]:
+    args = {
+        "model_name": "debug",
+        "model_config": "{n_layer: 1, n_embd: 32, n_head: 2, block_size: 32, vocab_size: 384, padding_multiple: 64}",
+        "out_dir": str(out_dir),
+        "precision": "32-true",
+        "data": "TextFiles",
+        "data.train_data_path": str(text_dir / "train"),
+        "data.val_data_path": str(text_dir / "val"),
+        "data.cache_dir": str(out_dir.parent / f"{out_dir.name}-cache"),
+        "data.num_workers": "1",
+        "train.global_batch_size": "4",
+        "train.micro_batch_size": "2",
+        "train.max_seq_length": "32",
+        "train.lr_warmup_steps": "2",
+        "train.log_interval": "1",
+        "eval.interval": "1000",
+        "eval.max_iters": "2",
+        "devices": "1",
+        "seed": "7",
+    }
+    args.update(extra)
+    return ["pretrain"] + [f"--{k}={v}" for k, v in args.items()]
+
+
+def run_cli(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "litgpt", *args], capture_output=True, text=True, env=env, **kwargs)
+
+
+def logged_losses(out_dir: Path, version: int) -> dict[int, str]:
+    with open(out_dir / "logs" / "csv" / f"version_{version}" / "metrics.csv") as f:
+        return {int(r["step"]): r["loss"] for r in csv.DictReader(f) if r.get("loss")}
+
+
+def test_end_to_end_checkpoint_loads(tmp_path, text_dir):
+    out = tmp_path / "run"
+    result = run_cli(tiny_args(text_dir, out, **{"train.max_steps": "6", "train.save_interval": "3"}))
+    assert result.returncode == 0, result.stderr
+    assert "val loss" in result.stdout and "tok/s" in result.stdout
+    for name in ("step-00000003", "final"):
+        files = sorted(p.name for p in (out / name).iterdir())
+        assert files == ["hyperparameters.yaml", "lit_model.pth", "model_config.yaml", "tokenizer.json",
+                         "tokenizer_config.json"], files
+    model = load_checkpoint(out / "final")
+    assert model.config.n_embd == 32 and model.config.vocab_size == 384
+    tokenizer = Tokenizer(out / "final")
+    ids = tokenizer.encode("the cat sat on the mat").view(1, -1)
+    assert model(ids).shape == (1, ids.size(1), 384)
+    hparams = yaml.safe_load((out / "final" / "hyperparameters.yaml").read_text())
+    assert hparams["train"]["max_steps"] == 6 and hparams["data"]["class_path"].endswith("TextFiles")
+    state = torch.load(out / "final" / "lit_model.pth", weights_only=True)
+    assert (state["step_count"], state["iter_num"], state["tokens"]) == (6, 12, 6 * 4 * 32)
+    assert logged_losses(out, 0).keys() == set(range(1, 7))
+
+
+def test_kill_and_resume_is_exact(tmp_path, text_dir):
+    extra = {"train.max_steps": "400", "train.save_interval": "10"}
+    reference = run_cli(tiny_args(text_dir, tmp_path / "ref", **extra))
+    assert reference.returncode == 0, reference.stderr
+    expected = logged_losses(tmp_path / "ref", 0)
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "litgpt", *tiny_args(text_dir, out, **extra)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while not list(out.glob("step-*/lit_model.pth")) and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "final").exists(), "the run finished before it could be killed"
+    resumed_from = int(sorted(out.glob("step-*"))[-1].name.split("-")[1])
+
+    resumed = run_cli(tiny_args(text_dir, out, **extra, resume="auto"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from {out}/step-{resumed_from:08d}" in resumed.stdout
+    after = logged_losses(out, 1)
+    assert min(after) == resumed_from + 1 and max(after) == 400
+    assert after == {step: loss for step, loss in expected.items() if step > resumed_from}  # bitwise (as text)
+
+
+def test_lr_schedule():
+    train = TrainArgs(lr_warmup_steps=10, max_steps=110, min_lr=1e-4)
+    assert _lr(0, 1e-3, train, 110) == pytest.approx(1e-4)
+    assert _lr(9, 1e-3, train, 110) == pytest.approx(1e-3)
+    assert _lr(60, 1e-3, train, 110) == pytest.approx((1e-3 + 1e-4) / 2)
+    assert _lr(110, 1e-3, train, 110) == pytest.approx(1e-4)
+    assert _lr(500, 1e-3, train, None) == 1e-3  # max_time only: constant after warmup
+
+
+@pytest.mark.parametrize("yaml_path", sorted((ROOT / "config_hub" / "pretrain").glob("*.yaml")), ids=lambda p: p.name)
+def test_config_hub_parses(yaml_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", "--config", str(yaml_path), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model_name"].startswith(("pythia-160m", "debug"))
+    assert printed["data"]["class_path"].startswith("litgpt.data.")
+
+
+def test_config_hub_comparisons_differ_only_in_model():
+    configs = {p.stem: yaml.safe_load(p.read_text()) for p in (ROOT / "config_hub" / "pretrain").glob("m*.yaml")}
+    configs["gqa"] = yaml.safe_load((ROOT / "config_hub" / "pretrain" / "gqa.yaml").read_text())
+    strip = lambda c: {k: v for k, v in c.items() if k not in ("model_name", "out_dir")}
+    assert strip(configs["mla"]) == strip(configs["mha"]) == strip(configs["gqa"]) == strip(configs["mqa"])
+
+
+BAD_INPUTS = [
+    ({"data.train_data_path": "/does/not/exist"}, "does not exist"),
+    ({"precision": "17-bad"}, "precision '17-bad' is not supported"),
+    ({"train.micro_batch_size": "8"}, "micro_batch_size (8) cannot exceed train.global_batch_size (4)"),
+    ({"model_name": "pythia-7b"}, "unknown model name 'pythia-7b'"),
+    ({"train.max_seq_length": "64"}, "exceeds the model's block_size (32)"),
+    ({"resume": "true"}, "no checkpoint found"),
+    ({"tokenizer_dir": "/does/not/exist"}, "is not a directory"),
+    ({"train.global_batch_size": "6", "train.micro_batch_size": "4"}, "must be a multiple of"),
+    ({"model_config": "{n_embdd: 3}"}, "unknown config field 'n_embdd'"),
+    ({"optimizer": "Adamm"}, "optimizer 'Adamm' is not a torch.optim class"),
+    ({"train.micro_batch_size": "two"}, "micro_batch_size"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
+def test_bad_cli_input_is_one_line_error(tmp_path, text_dir, capsys, extra, message):
+    args = tiny_args(text_dir, tmp_path / "out", **{"train.max_steps": "1", **extra})
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    last = err.splitlines()[-1]
+    assert "error:" in last and message in err, err
+
+
+def test_no_model_is_an_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--out_dir", str(tmp_path), "--train.max_steps", "1"])
+    assert "pass a model name" in capsys.readouterr().err
+
+
+def test_tinystories_offline_without_data_path(tmp_path, text_dir, capsys, monkeypatch):
+    from litgpt.data import TextFiles
+    from litgpt.scripts.train_tokenizer import train_tokenizer
+
+    tokenizer_dir = train_tokenizer(TextFiles(train_data_path=text_dir / "train", cache_dir=tmp_path / "c"),
+                                    out_dir=tmp_path / "tok", vocab_size=300)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(SystemExit):
+        main(["pretrain", "debug", "--out_dir", str(tmp_path / "out"), "--data", "TinyStories",
+              "--data.cache_dir", str(tmp_path / "cache"), "--train.max_steps", "1", "--tokenizer_dir",
+              str(tokenizer_dir)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data_path" in err[0], err
