@@ -8,11 +8,17 @@ from typing import Callable
 
 
 def commands() -> dict[str, Callable]:
+    from litgpt.benchmark.pretrain import benchmark_pretrain
     from litgpt.pretrain import setup as pretrain
     from litgpt.scripts.download import download
     from litgpt.scripts.train_tokenizer import train_tokenizer
 
-    return {"pretrain": pretrain, "train_tokenizer": train_tokenizer, "download": download}
+    return {
+        "pretrain": pretrain,
+        "train_tokenizer": train_tokenizer,
+        "download": download,
+        "benchmark": {"pretrain": benchmark_pretrain},
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
