@@ -8,7 +8,7 @@ set -euo pipefail
 source benchmarks/gpu_setup.sh
 OUT=${OUT:-out/gpu}
 mkdir -p "$OUT"
-python3 -m litgpt benchmark pretrain --out_dir "$OUT/pretrain_bench" 2>&1 | tee "$OUT/pretrain_bench.log"
+python3 -m litgpt benchmark pretrain --out_dir "$OUT/pretrain_bench" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/pretrain_bench.log"
 cp "$OUT/pretrain_bench/results.json" "$OUT/pretrain_bench.json"
 python3 -m litgpt pretrain --config config_hub/pretrain/mla.yaml --out_dir /tmp/mla_run --resume false \
   --data TextFiles --data.train_data_path .devdata/corpus/train --data.val_data_path .devdata/corpus/val \

@@ -223,7 +223,10 @@ class MultiheadLatentAttention(AttentionBase):
         ).split((d.qk_nope_head_dim, d.v_head_dim), dim=-1)  # (B, h, S, d_n), (B, h, S, d_v)
         k = torch.cat((k_nope, k_rope.unsqueeze(1).expand(B, h, S, d.qk_rope_head_dim)), dim=-1)  # (B, h, S, d_n+d_R)
         q = torch.cat((q_nope, q_rope), dim=-1)  # (B, h, T, d_n+d_R)
-        y = self.attend(q, k, v, mask, scale=self.scale)  # (B, h, T, d_v)
+        pad = d.qk_head_dim - d.v_head_dim
+        if pad > 0:  # SDPA's flash kernel needs one head dim for q, k and v: pad V with zeros, drop them after
+            v = F.pad(v, (0, pad))  # (B, h, S, d_n+d_R)
+        y = self.attend(q, k, v, mask, scale=self.scale)[..., : d.v_head_dim]  # (B, h, T, d_v)
         return y.transpose(1, 2).reshape(B, T, h * d.v_head_dim)
 
     def absorbed(

@@ -106,8 +106,7 @@ def setup(
         loggers=[_logger(logger_name, out_dir)],
     )
     if torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
     fabric.launch(
         fit, config=config, out_dir=out_dir, initial_checkpoint_dir=initial_checkpoint_dir, resume=resume,
         data=data, train=train, eval=eval, optimizer=optimizer, tokenizer_dir=tokenizer_dir, seed=seed,
@@ -156,8 +155,10 @@ def fit(
     model.max_seq_length = seq_len
     n_params = sum(p.numel() for p in model.parameters())
     fabric.print(f"model {config.name or '(custom)'}: {n_params / 1e6:.1f}M parameters, sequence length {seq_len}")
+    cross_entropy = F.cross_entropy
     if compile:
         model = torch.compile(model)
+        cross_entropy = torch.compile(F.cross_entropy)
     model = fabric.setup(model)
     opt = fabric.setup_optimizers(_optimizer(optimizer, model.parameters(), fabric.device))
 
@@ -200,7 +201,7 @@ def fit(
         for micro in range(accum):
             batch = next(batches)  # (micro_batch, seq_len + 1)
             with fabric.no_backward_sync(model, enabled=micro < accum - 1):
-                loss = next_token_loss(model, batch)
+                loss = next_token_loss(model, batch, cross_entropy)
                 fabric.backward(loss / accum)
             loss_sum += loss.detach()
             state["iter_num"] += 1
@@ -248,10 +249,13 @@ def fit(
 
 
 # ---------------------------------------------------------------------------------------------- loop helpers
-def next_token_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of predicting batch[:, 1:] from batch[:, :-1]; batch is (B, T + 1) token ids."""
-    logits = model(batch[:, :-1])  # (B, T, vocab)
-    return F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
+def next_token_loss(model: torch.nn.Module, batch: torch.Tensor, cross_entropy: Any = F.cross_entropy) -> torch.Tensor:
+    """Mean cross-entropy of predicting batch[:, 1:] from batch[:, :-1]; batch is (B, T + 1) token ids.
+
+    `cross_entropy` may be a compiled F.cross_entropy: fusing log-softmax and NLL saves passes over the logits.
+    """
+    logits = model(batch[:, :-1])  # (B, T, vocab), bf16 under bf16 precision: no fp32 copy of the logits
+    return cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())  # log-softmax accumulates in fp32
 
 
 class _Window:

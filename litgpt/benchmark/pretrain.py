@@ -28,6 +28,7 @@ def benchmark_pretrain(
     warmup_steps: int = 5,
     steps: int = 20,
     out_dir: Path = Path("out/benchmark/pretrain"),
+    profile: bool = False,
 ) -> list[dict]:
     """Time training steps (one micro-batch each, as with global = micro batch) and write results.json.
 
@@ -40,17 +41,23 @@ def benchmark_pretrain(
         warmup_steps: untimed steps first (compilation happens here).
         steps: timed steps.
         out_dir: where results.json goes.
+        profile: also profile 3 steps per configuration and write the top CUDA kernels to profile_*.txt.
     """
     import lightning as L
 
     models = models or ["pythia-160m", "pythia-160m-gqa", "pythia-160m-mqa", "pythia-160m-mla"]
     compile = [False, True] if compile is None else compile
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
     fabric = L.Fabric(devices=1, precision=precision)
     rows = []
+    out_dir.mkdir(parents=True, exist_ok=True)
     print(f"{'model':<18} {'compile':>7} {'tokens/s':>10} {'MFU':>6} {'step ms':>8} {'peak GiB':>9} {'loss':>7}")
     for name in models:
         for use_compile in compile:
-            rows.append(_run(fabric, Config.from_name(name), micro_batch_size, seq_len, use_compile, warmup_steps, steps))
+            profile_path = out_dir / f"profile_{name}_{'compiled' if use_compile else 'eager'}.txt" if profile else None
+            rows.append(_run(fabric, Config.from_name(name), micro_batch_size, seq_len, use_compile, warmup_steps,
+                             steps, profile_path))
             r = rows[-1]
             mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
             print(f"{name:<18} {str(use_compile):>7} {r['tokens_per_sec']:>10,.0f} {mfu:>6} {r['step_ms']:>8.1f} "
@@ -63,13 +70,18 @@ def benchmark_pretrain(
     return rows
 
 
-def _run(fabric, config: Config, batch: int, seq_len: int, use_compile: bool, warmup: int, steps: int) -> dict:
+def _run(
+    fabric, config: Config, batch: int, seq_len: int, use_compile: bool, warmup: int, steps: int,
+    profile_path: Optional[Path] = None,
+) -> dict:
     torch.manual_seed(0)
     model = GPT(config)
     init_weights(model)
     model.max_seq_length = seq_len
+    cross_entropy = torch.nn.functional.cross_entropy
     if use_compile:
         model = torch.compile(model)
+        cross_entropy = torch.compile(cross_entropy)
     model = fabric.setup(model)
     optimizer = fabric.setup_optimizers(torch.optim.AdamW(
         model.parameters(), lr=3e-4, weight_decay=0.1, fused=fabric.device.type == "cuda"))
@@ -79,18 +91,29 @@ def _run(fabric, config: Config, batch: int, seq_len: int, use_compile: bool, wa
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+
+    def step(tokens: torch.Tensor) -> torch.Tensor:
+        loss = next_token_loss(model, tokens, cross_entropy)
+        fabric.backward(loss)
+        fabric.clip_gradients(model, optimizer, max_norm=1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
     for i in range(warmup + steps):
         if i == warmup:
             if cuda:
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        loss = next_token_loss(model, data[i])
-        fabric.backward(loss)
-        fabric.clip_gradients(model, optimizer, max_norm=1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss = step(data[i])
     final_loss = loss.item()  # syncs
     seconds = time.perf_counter() - start
+    if profile_path is not None and cuda:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for i in range(3):
+                step(data[i])
+            torch.cuda.synchronize()
+        profile_path.write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
     tokens_per_sec = steps * batch * seq_len / seconds
     peak = peak_flops(fabric.device)
     row = dict(

@@ -1,0 +1,278 @@
+"""Convert our checkpoint (`lit_model.pth` + `model_config.yaml`) into a Hugging Face model directory.
+
+    python -m litgpt.scripts.convert_lit_checkpoint out/pretrain/final out/hf
+
+Writes `model.safetensors` and `config.json` for the HF architecture that computes the same function:
+GPTNeoXForCausalLM (LayerNorm + GptNeoxMLP, MHA), LlamaForCausalLM (sequential RMSNorm + LLaMAMLP) or
+DeepseekV3ForCausalLM (MLA, sequential RMSNorm + LLaMAMLP); DeepseekV2ForCausalLM on request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from litgpt.checkpoint import atomic_write, extract_state_dict
+from litgpt.config import Config
+from litgpt.scripts.convert_hf_checkpoint import (
+    DEEPSEEK_LATENT_NORM_EPS,
+    DEEPSEEK_V2,
+    DEEPSEEK_V3,
+    GPT_NEOX,
+    LAYOUTS,
+    LLAMA,
+    LLAMA_QKV,
+    NEOX_QKV,
+    SUPPORTED_ARCHITECTURES,
+    copy_tokenizer_files,
+)
+
+log = logging.getLogger(__name__)
+
+MODEL_TYPE = {GPT_NEOX: "gpt_neox", LLAMA: "llama", DEEPSEEK_V2: "deepseek_v2", DEEPSEEK_V3: "deepseek_v3"}
+_MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+# ---------------------------------------------------------------------------------------------------- architecture
+def default_architecture(config: Config) -> str:
+    """The HF architecture a config maps to (checked afterwards by `unsupported_properties`)."""
+    if config.mla is not None:
+        return DEEPSEEK_V3
+    if config.parallel_residual or config.norm_class_name == "LayerNorm" or config.mlp_class_name == "GptNeoxMLP":
+        return GPT_NEOX
+    return LLAMA
+
+
+def unsupported_properties(config: Config, arch: str) -> list[str]:
+    """Our config's properties that `arch` cannot express, as 'field=value' strings (empty: convertible)."""
+    c = config
+    checks: list[tuple[bool, str]] = [
+        (not c.scale_embeddings, "scale_embeddings=True"),
+        (c.rope_condense_ratio == 1, f"rope_condense_ratio={c.rope_condense_ratio}"),
+        (not c.lm_head_bias, "lm_head_bias=True"),
+    ]
+    if arch in (GPT_NEOX, LLAMA):
+        checks.append((c.mla is None, "latent_attention (MLA)"))
+    else:
+        checks.append((c.mla is not None, "latent_attention=None (no MLA)"))
+    if arch == GPT_NEOX:
+        checks += [
+            (c.norm_class_name == "LayerNorm", f"norm_class_name={c.norm_class_name!r}"),
+            (c.mlp_class_name == "GptNeoxMLP", f"mlp_class_name={c.mlp_class_name!r}"),
+            (c.n_query_groups == c.n_head, f"n_query_groups={c.n_query_groups} (GQA/MQA)"),
+            (c.head_size * c.n_head == c.n_embd, f"head_size={c.head_size} != n_embd/n_head"),
+        ]
+    else:
+        checks += [
+            (not c.parallel_residual, "parallel_residual=True"),
+            (c.norm_class_name == "RMSNorm", f"norm_class_name={c.norm_class_name!r}"),
+            (c.mlp_class_name == "LLaMAMLP", f"mlp_class_name={c.mlp_class_name!r}"),
+        ]
+    if arch == LLAMA:
+        checks.append((c.rope_n_elem == c.head_size, f"rotary_percentage={c.rotary_percentage} (partial rope)"))
+    if arch == DEEPSEEK_V2:
+        checks.append((c.rope_interleave, "rope_interleave=False"))
+    return [what for ok, what in checks if not ok]
+
+
+def check_convertible(config: Config, arch: str) -> None:
+    """Raise a one-line ValueError naming what `arch` has no equivalent for."""
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(f"unsupported architecture {arch}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+    problems = unsupported_properties(config, arch)
+    if problems:
+        only = " (the HF architecture with MLA)" if config.mla is not None and arch == DEEPSEEK_V3 else ""
+        raise ValueError(
+            f"cannot convert {config.name or 'the model'!r} to {arch}{only}: it has no equivalent of "
+            f"{', '.join(problems)}"
+        )
+
+
+def hf_bias_flags(config: Config, arch: str) -> dict[str, bool]:
+    """HF bias flags for our config: an HF projection gets a bias if the one of ours it maps to has one."""
+    flags = dict(attention_bias=config.bias or config.attn_bias)
+    if arch in (LLAMA, DEEPSEEK_V2):
+        flags["mlp_bias"] = config.bias
+    return flags
+
+
+def hf_bias_modules(arch: str, hf_config: dict) -> set[str]:
+    """HF block modules (Linear layers) that carry a bias under hf_config's flags."""
+    attention = bool(hf_config.get("attention_bias"))
+    if arch == GPT_NEOX:  # GPT-NeoX's MLP always has biases
+        return {"mlp.dense_h_to_4h", "mlp.dense_4h_to_h"} | ({NEOX_QKV, "attention.dense"} if attention else set())
+    mlp = set(_MLP) if hf_config.get("mlp_bias") else set()
+    if arch == LLAMA:
+        return mlp | ({*LLAMA_QKV, "self_attn.o_proj"} if attention else set())
+    return mlp | ({"self_attn.q_a_proj", "self_attn.kv_a_proj_with_mqa", "self_attn.o_proj"} if attention else set())
+
+
+def hf_config_for(config: Config, arch: str, dtype: torch.dtype) -> dict[str, Any]:
+    """config.json content for `arch`; rope is written in both the transformers 5 and the legacy keys."""
+    c = config
+    rope = dict(rope_type="default", rope_theta=float(c.rope_base))
+    hf: dict[str, Any] = dict(
+        architectures=[arch],
+        model_type=MODEL_TYPE[arch],
+        vocab_size=c.padded_vocab_size,
+        hidden_size=c.n_embd,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.n_layer,
+        num_attention_heads=c.n_head,
+        max_position_embeddings=c.block_size,
+        tie_word_embeddings=False,
+        dtype=str(dtype).removeprefix("torch."),
+    )
+    hf.update(hf_bias_flags(c, arch))
+    if arch == GPT_NEOX:
+        rope["partial_rotary_factor"] = c.rotary_percentage
+        hf.update(
+            hidden_act="gelu" if c.gelu_approximate == "none" else "gelu_pytorch_tanh",
+            layer_norm_eps=c.norm_eps,
+            use_parallel_residual=c.parallel_residual,
+            rotary_pct=c.rotary_percentage,
+            rotary_emb_base=c.rope_base,
+        )
+    else:
+        hf.update(hidden_act="silu", rms_norm_eps=c.norm_eps, rope_theta=c.rope_base,
+                  num_key_value_heads=c.n_query_groups)
+    if arch == LLAMA:
+        hf.update(head_dim=c.head_size)
+    if arch in (DEEPSEEK_V2, DEEPSEEK_V3):
+        d = c.mla
+        assert d is not None
+        hf.update(
+            q_lora_rank=d.q_lora_rank,
+            kv_lora_rank=d.kv_lora_rank,
+            qk_rope_head_dim=d.qk_rope_head_dim,
+            qk_nope_head_dim=d.qk_nope_head_dim,
+            v_head_dim=d.v_head_dim,
+            first_k_dense_replace=c.n_layer,  # every layer dense: no MoE
+        )
+        if arch == DEEPSEEK_V3:
+            hf.update(rope_interleave=c.rope_interleave, num_nextn_predict_layers=0)
+        if not math.isclose(c.norm_eps, DEEPSEEK_LATENT_NORM_EPS):
+            warnings.warn(
+                f"{arch}'s q_a/kv_a norms use eps={DEEPSEEK_LATENT_NORM_EPS}, ours norm_eps={c.norm_eps}; "
+                "outputs differ slightly",
+                stacklevel=3,
+            )
+    hf["rope_parameters"] = rope
+    return hf
+
+
+# ---------------------------------------------------------------------------------------------------- weights
+def ours_qkv_to_neox(t: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Our qkv rows [q h0..hn | k h0..hn | v h0..hn] -> GPT-NeoX [h0: q k v | h1: q k v | ...]."""
+    return t.reshape(3, n_head, -1, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
+
+
+def interleaved_to_half(t: torch.Tensor, n_heads: int, n_elem: int) -> torch.Tensor:
+    """Permute each head's first n_elem rows from interleaved pairs (2i, 2i+1) to rotate-half pairs (i, i+n/2).
+
+    Applied to the q and k rows alike, it turns interleaved rope into rotate-half rope with equal scores.
+    """
+    rows = t.reshape(n_heads, -1, *t.shape[1:])  # (heads, head_size, ...)
+    order = torch.cat((torch.arange(0, n_elem, 2), torch.arange(1, n_elem, 2), torch.arange(n_elem, rows.size(1))))
+    return rows[:, order].reshape(t.shape)
+
+
+def convert_state_dict(config: Config, state_dict: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
+    """HF tensors for `arch` from our state dict. Our biases HF cannot hold must be zero; HF's extra ones are zeros."""
+    c = config
+    layout = LAYOUTS[arch]
+    with_bias = hf_bias_modules(arch, hf_bias_flags(c, arch))
+    top = {ours: theirs for theirs, ours in layout.top.items()}
+    block = {ours: theirs for theirs, ours in layout.layer.items()}
+    qkv_sizes = (c.n_head * c.head_size, c.n_query_groups * c.head_size, c.n_query_groups * c.head_size)
+    out: dict[str, torch.Tensor] = {}
+    linears: dict[str, str] = {}  # HF module name -> its block-relative name, for bias filling
+
+    def put(prefix: str, hf_module: str, param: str, tensor: torch.Tensor, linear: bool = True) -> None:
+        name = f"{prefix}{hf_module}.{param}"
+        if linear:
+            linears[f"{prefix}{hf_module}"] = hf_module
+        if linear and param == "bias" and hf_module not in with_bias:
+            if torch.count_nonzero(tensor):
+                raise ValueError(f"cannot convert to {arch}: it has no bias {name!r} and ours is non-zero")
+            return
+        out[name] = tensor.contiguous()
+
+    for key, tensor in state_dict.items():
+        module, _, param = key.rpartition(".")
+        if module in top:
+            out[f"{top[module]}.{param}"] = tensor.contiguous()
+            continue
+        if not module.startswith("transformer.h."):
+            raise ValueError(f"unexpected tensor {key!r} in the checkpoint")
+        i, sub = module.removeprefix("transformer.h.").split(".", 1)
+        prefix = layout.layer_prefix.format(i=i)
+        if sub == "attn.qkv":
+            if c.rope_interleave:  # HF's GPT-NeoX and Llama rotate halves: permute the q and k rows instead
+                q, k, v = tensor.split(qkv_sizes)
+                q = interleaved_to_half(q, c.n_head, c.rope_n_elem)
+                k = interleaved_to_half(k, c.n_query_groups, c.rope_n_elem)
+                tensor = torch.cat((q, k, v))
+            if arch == GPT_NEOX:
+                put(prefix, NEOX_QKV, param, ours_qkv_to_neox(tensor, c.n_head))
+            else:
+                for hf_module, part in zip(LLAMA_QKV, tensor.split(qkv_sizes)):
+                    put(prefix, hf_module, param, part)
+            continue
+        if sub not in block:
+            raise ValueError(f"cannot convert to {arch}: it has no equivalent of our {key!r}")
+        is_norm = "norm" in sub
+        put(prefix, block[sub], param, tensor, linear=not is_norm)
+        if sub == "norm_1" and c.shared_attention_norm:  # the MLP reads norm_1's output: give HF's norm a copy
+            put(prefix, block["norm_2"], param, tensor.clone(), linear=False)
+    for module, hf_module in linears.items():  # biases HF has and we lack (e.g. NeoX MLP with bias=False): zeros
+        if hf_module in with_bias and f"{module}.bias" not in out:
+            weight = out[f"{module}.weight"]
+            out[f"{module}.bias"] = torch.zeros(weight.shape[0], dtype=weight.dtype)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- entry point
+def convert_lit_checkpoint(checkpoint_dir: Path, output_dir: Path, architecture: Optional[str] = None) -> Path:
+    """Convert our checkpoint into a Hugging Face directory (`model.safetensors` + `config.json`).
+
+    Args:
+        checkpoint_dir: directory with lit_model.pth and model_config.yaml.
+        output_dir: where to write the Hugging Face files (tokenizer files are copied along).
+        architecture: HF architecture to write, one of GPTNeoXForCausalLM, LlamaForCausalLM,
+            DeepseekV2ForCausalLM, DeepseekV3ForCausalLM (default: the one matching the config).
+
+    Returns:
+        The output directory.
+    """
+    from safetensors.torch import save_file
+
+    checkpoint_dir, output_dir = Path(checkpoint_dir), Path(output_dir)
+    config = Config.from_checkpoint(checkpoint_dir)
+    arch = architecture or default_architecture(config)
+    check_convertible(config, arch)
+    weights = checkpoint_dir / "lit_model.pth"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{str(checkpoint_dir)!r} has no lit_model.pth")
+    state_dict = extract_state_dict(torch.load(weights, map_location="cpu", mmap=True, weights_only=True), str(weights))
+    hf_weights = convert_state_dict(config, state_dict, arch)
+    hf_config = hf_config_for(config, arch, state_dict["transformer.wte.weight"].dtype)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    metadata = {"format": "pt"}  # transformers refuses safetensors files without it
+    atomic_write(output_dir / "model.safetensors", lambda tmp: save_file(hf_weights, str(tmp), metadata=metadata))
+    atomic_write(output_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(hf_config, indent=2) + "\n"))
+    copy_tokenizer_files(checkpoint_dir, output_dir)
+    log.info("converted %s to %s (%s)", checkpoint_dir, output_dir, arch)
+    return output_dir
+
+
+if __name__ == "__main__":
+    from jsonargparse import CLI
+
+    CLI(convert_lit_checkpoint)

@@ -1,0 +1,193 @@
+"""Hugging Face -> ours: tiny random HF models, converted, must give HF's logits."""
+
+import json
+import warnings
+
+import pytest
+import torch
+from transformers import (
+    DeepseekV2Config,
+    DeepseekV2ForCausalLM,
+    DeepseekV3Config,
+    DeepseekV3ForCausalLM,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
+
+from litgpt import Config
+from litgpt.checkpoint import load_checkpoint
+from litgpt.scripts.convert_hf_checkpoint import config_from_hf, convert_hf_checkpoint
+
+VOCAB = 96
+COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+              max_position_embeddings=64)
+MLA = dict(kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=12, v_head_dim=10, num_key_value_heads=4,
+           first_k_dense_replace=2, rope_scaling=None)
+
+CASES = {
+    "neox": (GPTNeoXForCausalLM, GPTNeoXConfig, dict(rotary_pct=0.5, rotary_emb_base=500)),
+    "neox-sequential-nobias-tanh": (
+        GPTNeoXForCausalLM, GPTNeoXConfig,
+        dict(use_parallel_residual=False, attention_bias=False, hidden_act="gelu_new", layer_norm_eps=1e-4),
+    ),
+    "llama-gqa": (LlamaForCausalLM, LlamaConfig, dict(num_key_value_heads=2, rope_theta=5000.0, rope_scaling=None)),
+    "llama-headdim-tied-bias": (
+        LlamaForCausalLM, LlamaConfig,
+        dict(num_key_value_heads=1, head_dim=12, tie_word_embeddings=True, attention_bias=True, rms_norm_eps=1e-5),
+    ),
+    "deepseek-v3-qlora": (DeepseekV3ForCausalLM, DeepseekV3Config, dict(q_lora_rank=24, rope_interleave=True, **MLA)),
+    "deepseek-v3-qlora-rotate-half": (
+        DeepseekV3ForCausalLM, DeepseekV3Config, dict(q_lora_rank=24, rope_interleave=False, **MLA),
+    ),
+    "deepseek-v3-attention-bias": (
+        DeepseekV3ForCausalLM, DeepseekV3Config, dict(q_lora_rank=24, attention_bias=True, **MLA),
+    ),
+    "deepseek-v2-no-qlora": (DeepseekV2ForCausalLM, DeepseekV2Config, dict(q_lora_rank=None, **MLA)),
+    "deepseek-v2-mlp-bias": (
+        DeepseekV2ForCausalLM, DeepseekV2Config, dict(q_lora_rank=None, attention_bias=True, mlp_bias=True, **MLA),
+    ),
+}
+
+
+def randomize_(model: torch.nn.Module) -> None:
+    """Noticeable random values in every parameter, norm weights around 1 (and LayerNorm biases around 0)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            is_norm_weight = "norm" in name and name.endswith("weight")
+            p.copy_(torch.randn_like(p) * 0.3 + (1.0 if is_norm_weight else 0.0))
+
+
+def make_hf(case: str, tmp_path, **save_kwargs):
+    model_cls, config_cls, overrides = CASES[case]
+    config = config_cls(**{**COMMON, **overrides}, attn_implementation="eager")
+    model = model_cls(config).eval()
+    randomize_(model)
+    hf_dir = tmp_path / "hf" / case
+    model.save_pretrained(hf_dir, **save_kwargs)
+    return model, hf_dir
+
+
+def hf_logits(model, idx: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(idx).logits
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_logits_match_hf(case, tmp_path):
+    hf_model, hf_dir = make_hf(case, tmp_path)
+    out_dir = convert_hf_checkpoint(hf_dir, output_dir=tmp_path / "lit")
+    model = load_checkpoint(out_dir).eval()
+    idx = torch.randint(0, VOCAB, (2, 10))
+    with torch.no_grad():
+        ours = model(idx)
+    torch.testing.assert_close(ours, hf_logits(hf_model, idx), atol=1e-5, rtol=1e-5)
+    assert model.config.name == case  # no _name_or_path in a save_pretrained config.json: the directory name
+    assert (out_dir / "generation_config.json").is_file()
+
+
+def test_converted_deepseek_cached_decode_equals_full_forward(tmp_path):
+    hf_model, hf_dir = make_hf("deepseek-v3-qlora", tmp_path)
+    model = load_checkpoint(convert_hf_checkpoint(hf_dir, output_dir=tmp_path / "lit")).eval()
+    idx = torch.randint(0, VOCAB, (2, 10))
+    with torch.no_grad():
+        full = model(idx)
+        model.set_kv_cache(batch_size=2, max_seq_length=16)
+        steps = [model(idx[:, :6], input_pos=torch.arange(6))]
+        steps += [model(idx[:, t : t + 1], input_pos=torch.tensor([t])) for t in range(6, 10)]  # absorbed path
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(full, hf_logits(hf_model, idx), atol=1e-5, rtol=1e-5)
+
+
+def test_sharded_bin_weights_dtype_and_tokenizer_files(tmp_path):
+    hf_model, hf_dir = make_hf("llama-gqa", tmp_path, max_shard_size="20KB")
+    assert (hf_dir / "model.safetensors.index.json").is_file()
+    (hf_dir / "tokenizer.json").write_text("{}")
+    (hf_dir / "tokenizer_config.json").write_text("{}")
+    out_dir = convert_hf_checkpoint(hf_dir, output_dir=tmp_path / "lit", dtype="bfloat16")
+    assert {"tokenizer.json", "tokenizer_config.json", "generation_config.json"} <= {p.name for p in out_dir.iterdir()}
+    model = load_checkpoint(out_dir)
+    assert model.lm_head.weight.dtype == torch.bfloat16
+    # the same weights as pytorch_model.bin, converted in place (output_dir defaults to the input directory)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "config.json").write_text((hf_dir / "config.json").read_text())
+    torch.save(hf_model.state_dict(), bin_dir / "pytorch_model.bin")
+    model = load_checkpoint(convert_hf_checkpoint(bin_dir)).eval()
+    idx = torch.randint(0, VOCAB, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), hf_logits(hf_model, idx), atol=1e-5, rtol=1e-5)
+
+
+def test_cli(tmp_path):
+    from jsonargparse import CLI
+
+    _, hf_dir = make_hf("neox", tmp_path)
+    CLI(convert_hf_checkpoint, args=[str(hf_dir), "--output_dir", str(tmp_path / "cli"), "--dtype", "float32"])
+    assert (tmp_path / "cli" / "lit_model.pth").is_file() and (tmp_path / "cli" / "model_config.yaml").is_file()
+
+
+def test_legacy_pythia_config_matches_named_config():
+    """A transformers-4 style config.json (rotary_pct, rotary_emb_base) gives our pythia-160m architecture."""
+    hf = {"architectures": ["GPTNeoXForCausalLM"], "hidden_act": "gelu", "hidden_size": 768, "intermediate_size": 3072,
+          "layer_norm_eps": 1e-05, "max_position_embeddings": 2048, "model_type": "gpt_neox", "num_attention_heads": 12,
+          "num_hidden_layers": 12, "rotary_emb_base": 10000, "rotary_pct": 0.25, "tie_word_embeddings": False,
+          "use_parallel_residual": True, "vocab_size": 50304, "_name_or_path": "EleutherAI/pythia-160m"}
+    ours, named = config_from_hf(hf), Config.from_name("pythia-160m")
+    assert ours.name == "pythia-160m" and ours.hf_config == dict(org="EleutherAI", name="pythia-160m")
+    for field in ("block_size", "n_layer", "n_embd", "n_head", "head_size", "n_query_groups", "padded_vocab_size",
+                  "rotary_percentage", "rope_base", "parallel_residual", "bias", "norm_class_name", "norm_eps",
+                  "mlp_class_name", "gelu_approximate", "intermediate_size", "rope_interleave"):
+        assert getattr(ours, field) == getattr(named, field), field
+
+
+def _deepseek_v3_dict(**overrides) -> dict:
+    config = DeepseekV3Config(**{**COMMON, "q_lora_rank": 24, **MLA, **overrides})
+    return {**config.to_dict(), "architectures": ["DeepseekV3ForCausalLM"]}
+
+
+@pytest.mark.parametrize(
+    "hf, match",
+    [
+        ({"architectures": ["MistralForCausalLM"]}, r"unsupported architecture MistralForCausalLM; supported: GPTNeoX"),
+        ({"model_type": "t5"}, "unsupported architecture <none given>"),
+        (_deepseek_v3_dict(first_k_dense_replace=1), r"layers 1\.\.1 are mixture-of-experts.*not supported"),
+        (
+            {**_deepseek_v3_dict(), "rope_parameters": None,
+             "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096}},
+            "rope scaling 'yarn' is not supported",
+        ),
+        (
+            {**LlamaConfig(**COMMON).to_dict(), "architectures": ["LlamaForCausalLM"],
+             "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}},
+            "rope scaling 'llama3' is not supported",
+        ),
+        ({**LlamaConfig(**COMMON).to_dict(), "architectures": ["LlamaForCausalLM"], "hidden_act": "gelu"},
+         "hidden_act 'gelu' is not supported"),
+    ],
+)
+def test_config_errors(hf, match):
+    with pytest.raises(ValueError, match=match):
+        config_from_hf(hf)
+
+
+def test_deepseek_dense_when_no_routed_experts_and_eps_warning():
+    """Original DeepSeek configs disable MoE with n_routed_experts=null; HF's latent norms fix eps at 1e-6."""
+    config = config_from_hf(_deepseek_v3_dict(first_k_dense_replace=0) | {"n_routed_experts": None})
+    assert config.mla is not None and config.rope_interleave and config.mla.q_lora_rank == 24
+    with pytest.warns(UserWarning, match="q_a/kv_a norms use eps=1e-06"):
+        config_from_hf(_deepseek_v3_dict(rms_norm_eps=1e-5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config_from_hf(_deepseek_v3_dict())
+
+
+def test_missing_config_and_weights(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        convert_hf_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**LlamaConfig(**COMMON).to_dict(),
+                                                      "architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(FileNotFoundError, match="no .*safetensors"):
+        convert_hf_checkpoint(tmp_path)
+

@@ -1,0 +1,124 @@
+"""Ours -> Hugging Face: tiny random models, converted, must give our logits in transformers."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from litgpt import GPT, Config
+from litgpt.checkpoint import load_checkpoint, save_checkpoint, save_config
+from litgpt.scripts.convert_hf_checkpoint import convert_hf_checkpoint
+from litgpt.scripts.convert_lit_checkpoint import convert_lit_checkpoint
+
+VOCAB = 96
+MLA = dict(q_lora_rank=24, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=12, v_head_dim=10)
+LLAMA = dict(parallel_residual=False, norm_class_name="RMSNorm", mlp_class_name="LLaMAMLP",
+             bias=False, rotary_percentage=1.0, norm_eps=1e-6)
+
+# case: (config overrides, architecture argument, HF architecture expected in config.json)
+CASES = {
+    "neox": (dict(), None, "GPTNeoXForCausalLM"),
+    "neox-sequential-nobias-tanh": (
+        dict(parallel_residual=False, bias=False, gelu_approximate="tanh"), None, "GPTNeoXForCausalLM",
+    ),
+    "neox-interleaved-shared-norm": (
+        dict(rope_interleave=True, shared_attention_norm=True), None, "GPTNeoXForCausalLM",
+    ),
+    "llama-gqa": (dict(LLAMA, n_query_groups=2), None, "LlamaForCausalLM"),
+    "llama-attn-bias-interleaved": (
+        dict(LLAMA, n_query_groups=1, attn_bias=True, rope_interleave=True), None, "LlamaForCausalLM",
+    ),
+    "mla-v3": (dict(LLAMA, latent_attention=MLA), None, "DeepseekV3ForCausalLM"),
+    "mla-v3-interleaved-noqlora": (
+        dict(LLAMA, latent_attention={**MLA, "q_lora_rank": None}, rope_interleave=True), None, "DeepseekV3ForCausalLM",
+    ),
+    "mla-v3-attn-bias": (dict(LLAMA, latent_attention=MLA, attn_bias=True), None, "DeepseekV3ForCausalLM"),
+    "mla-v2": (
+        dict(LLAMA, latent_attention=MLA, rope_interleave=True, bias=True), "DeepseekV2ForCausalLM",
+        "DeepseekV2ForCausalLM",
+    ),
+}
+ROUND_TRIP = ("neox", "neox-sequential-nobias-tanh", "llama-gqa", "mla-v3", "mla-v3-attn-bias")
+
+
+def make_ours(overrides: dict, zero_biases: bool = False) -> GPT:
+    """Tiny model with noticeable random weights; with zero_biases, Linear biases are zero (as HF may need)."""
+    fields = dict(name="tiny", block_size=64, n_layer=2, n_embd=32, n_head=4, vocab_size=VOCAB, padding_multiple=32,
+                  intermediate_size=48, rotary_percentage=0.5)
+    config = Config(**{**fields, **overrides})
+    model = GPT(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            is_norm = "norm" in name or "ln_f" in name
+            zero = zero_biases and name.endswith(".bias") and not is_norm
+            p.copy_(torch.zeros_like(p) if zero else torch.randn_like(p) * 0.3 + float(is_norm and "weight" in name))
+    return model
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_logits_match_in_transformers(case, tmp_path):
+    overrides, architecture, expected_arch = CASES[case]
+    # HF DeepSeek has no bias on q_b/kv_b/MLP: our bias=True model converts only while those are zero
+    model = make_ours(overrides, zero_biases=case == "mla-v2")
+    save_checkpoint(model, tmp_path / "lit")
+    hf_dir = convert_lit_checkpoint(tmp_path / "lit", tmp_path / "hf", architecture=architecture)
+    assert json.loads((hf_dir / "config.json").read_text())["architectures"] == [expected_arch]
+    hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, attn_implementation="eager", dtype=torch.float32).eval()
+    idx = torch.randint(0, VOCAB, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(idx).logits, model(idx), atol=1e-5, rtol=1e-5)
+    if case in ROUND_TRIP:  # and back: the same tensors, plus zero biases where HF's bias flags are coarser
+        back = load_checkpoint(convert_hf_checkpoint(hf_dir, output_dir=tmp_path / "back")).state_dict()
+        ours = model.state_dict()
+        assert set(ours) <= set(back)
+        for key, value in back.items():
+            expected = ours[key] if key in ours else torch.zeros_like(value)
+            torch.testing.assert_close(value, expected, atol=0, rtol=0, msg=key)
+
+
+def test_mla_with_parallel_residual_has_no_hf_equivalent(tmp_path):
+    save_config(Config.from_name("pythia-14m-mla"), tmp_path)  # the error comes before any weight is read
+    with pytest.raises(ValueError, match=r"^cannot convert 'pythia-14m-mla' to DeepseekV3ForCausalLM \(the HF "
+                       r"architecture with MLA\): it has no equivalent of parallel_residual=True, "
+                       r"norm_class_name='LayerNorm', mlp_class_name='GptNeoxMLP'$"):
+        convert_lit_checkpoint(tmp_path, tmp_path / "hf")
+
+
+@pytest.mark.parametrize(
+    "overrides, architecture, match",
+    [
+        (dict(n_query_groups=2), None, r"GPTNeoXForCausalLM: it has no equivalent of n_query_groups=2 \(GQA/MQA\)"),
+        (dict(LLAMA, rotary_percentage=0.5), None, r"LlamaForCausalLM: .*rotary_percentage=0.5 \(partial rope\)"),
+        (dict(LLAMA, latent_attention=MLA), "DeepseekV2ForCausalLM", "rope_interleave=False"),
+        (dict(LLAMA), "DeepseekV3ForCausalLM", r"latent_attention=None \(no MLA\)"),
+        (dict(LLAMA, scale_embeddings=True), None, "scale_embeddings=True"),
+        (dict(), "MistralForCausalLM", "unsupported architecture MistralForCausalLM"),
+    ],
+)
+def test_unsupported_configs(tmp_path, overrides, architecture, match):
+    save_config(make_ours(overrides).config, tmp_path)
+    with pytest.raises(ValueError, match=match):
+        convert_lit_checkpoint(tmp_path, tmp_path / "hf", architecture=architecture)
+
+
+def test_nonzero_bias_without_hf_equivalent(tmp_path):
+    save_checkpoint(make_ours(dict(LLAMA, latent_attention=MLA, bias=True)), tmp_path / "lit")
+    with pytest.raises(ValueError, match=r"DeepseekV3ForCausalLM: it has no bias 'model\.layers\.0\..*' and ours is"):
+        convert_lit_checkpoint(tmp_path / "lit", tmp_path / "hf")
+
+
+def test_cli_and_tokenizer_files(tmp_path):
+    from jsonargparse import CLI
+
+    save_checkpoint(make_ours(LLAMA), tmp_path / "lit")
+    (tmp_path / "lit" / "tokenizer.json").write_text("{}")
+    CLI(convert_lit_checkpoint, args=[str(tmp_path / "lit"), str(tmp_path / "hf")])
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in (tmp_path / "hf").iterdir()}
+
+
+def test_deepseek_latent_norm_eps_warning(tmp_path):
+    """HF's DeepSeek builds q_a/kv_a norms with eps 1e-6 whatever rms_norm_eps says; ours use norm_eps."""
+    save_checkpoint(make_ours(dict(LLAMA, latent_attention=MLA, norm_eps=1e-5)), tmp_path / "lit")
+    with pytest.warns(UserWarning, match="q_a/kv_a norms use eps=1e-06"):
+        convert_lit_checkpoint(tmp_path / "lit", tmp_path / "hf")
