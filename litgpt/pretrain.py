@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Optional, Union
 
 import torch
-import torch.nn.functional as F
 import yaml
 
 from litgpt.args import EvalArgs, TrainArgs
@@ -155,10 +154,8 @@ def fit(
     model.max_seq_length = seq_len
     n_params = sum(p.numel() for p in model.parameters())
     fabric.print(f"model {config.name or '(custom)'}: {n_params / 1e6:.1f}M parameters, sequence length {seq_len}")
-    cross_entropy = F.cross_entropy
     if compile:
         model = torch.compile(model)
-        cross_entropy = torch.compile(F.cross_entropy)
     model = fabric.setup(model)
     opt = fabric.setup_optimizers(_optimizer(optimizer, model.parameters(), fabric.device))
 
@@ -201,12 +198,13 @@ def fit(
         for micro in range(accum):
             batch = next(batches)  # (micro_batch, seq_len + 1)
             with fabric.no_backward_sync(model, enabled=micro < accum - 1):
-                loss = next_token_loss(model, batch, cross_entropy)
+                loss = next_token_loss(model, batch)
                 fabric.backward(loss / accum)
             loss_sum += loss.detach()
             state["iter_num"] += 1
         if train.max_norm is not None:
-            fabric.clip_gradients(model, opt, max_norm=train.max_norm)
+            # No finiteness check here: it would sync the host every step. A non-finite loss shows in the log line.
+            fabric.clip_gradients(model, opt, max_norm=train.max_norm, error_if_nonfinite=False)
         opt.step()
         opt.zero_grad(set_to_none=True)
         state["step_count"] += 1
@@ -249,13 +247,13 @@ def fit(
 
 
 # ---------------------------------------------------------------------------------------------- loop helpers
-def next_token_loss(model: torch.nn.Module, batch: torch.Tensor, cross_entropy: Any = F.cross_entropy) -> torch.Tensor:
+def next_token_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of predicting batch[:, 1:] from batch[:, :-1]; batch is (B, T + 1) token ids.
 
-    `cross_entropy` may be a compiled F.cross_entropy: fusing log-softmax and NLL saves passes over the logits.
+    The loss is computed inside the model's forward (`targets=`), chunked, so the (B, T, vocab) logits never exist
+    in full and data-parallel wrappers see one forward.
     """
-    logits = model(batch[:, :-1])  # (B, T, vocab), bf16 under bf16 precision: no fp32 copy of the logits
-    return cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())  # log-softmax accumulates in fp32
+    return model(batch[:, :-1], targets=batch[:, 1:])  # ()
 
 
 class _Window:

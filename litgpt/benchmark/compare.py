@@ -1,0 +1,312 @@
+"""`litgpt compare`: train several model configs under identical conditions and compare them.
+
+Every model is trained by `litgpt pretrain` (`litgpt.pretrain.setup`, the real loop) into `out_dir/<model>/`
+with the same data, tokenizer, token budget, seed, optimizer and hyperparameters, then judged on the same
+held-out tokens (the first `eval.max_iters` validation batches, validated after the last step). Results go to
+`results.json` and `results.md`; loss curves (from each run's CSV log) to `loss_vs_tokens.png` and
+`loss_vs_time.png`. Rerunning the same command skips finished models and resumes an interrupted one from its
+latest step checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import json
+import math
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from litgpt.args import EvalArgs, TrainArgs
+from litgpt.config import Config
+from litgpt.data import DataModule, TinyStories
+from litgpt.model import GPT
+from litgpt.pretrain import PRECISIONS, _hyperparameters, resolve_config, setup
+
+DEFAULT_MODELS = ["pythia-70m", "pythia-70m-gqa", "pythia-70m-mqa", "pythia-70m-mla"]
+RESULTS_VERSION = 1
+
+
+def compare(
+    models: Optional[list[str]] = None,
+    model_config: Optional[dict] = None,
+    out_dir: Path = Path("out/compare"),
+    precision: Optional[str] = None,
+    data: Optional[DataModule] = None,
+    train: TrainArgs = TrainArgs(),
+    eval: EvalArgs = EvalArgs(),
+    optimizer: Union[str, dict] = "AdamW",
+    devices: Union[int, str] = 1,
+    tokenizer_dir: Optional[Path] = None,
+    seed: int = 42,
+    compile: bool = False,
+) -> dict:
+    """Pretrain each model with identical settings, validate on the same held-out tokens, tabulate and plot.
+
+    Args:
+        models: named configs to compare (default: pythia-70m, pythia-70m-gqa, pythia-70m-mqa, pythia-70m-mla).
+        model_config: config fields overriding every model's (e.g. `{block_size: 1024}`).
+        out_dir: each model trains into out_dir/<model>/; results.json, results.md and the plots go here.
+        precision: as `litgpt pretrain` (default: bf16-mixed on CUDA, else 32-true).
+        data: the data module, shared by all models (default: TinyStories).
+        train: training loop settings, shared by all models (set a token budget with train.max_tokens).
+        eval: validation settings; the final validation over eval.max_iters batches is the compared val loss.
+        optimizer: a `torch.optim` class name, or {class_path, init_args}, shared by all models.
+        devices: devices per model run.
+        tokenizer_dir: tokenizer for all models; if omitted, one BPE with the first model's vocab_size is trained
+            on the training text into out_dir/tokenizer and shared by all models.
+        seed: random seed of weights and data order, the same for every model.
+        compile: compile each model with torch.compile.
+    """
+    settings = _hyperparameters(locals())
+    settings.pop("models"), settings.pop("out_dir")
+    from tqdm import tqdm
+
+    models = list(DEFAULT_MODELS if models is None else models)
+    if not models or len(set(models)) != len(models):
+        raise ValueError(f"--models must be a non-empty list of distinct model names, got {models}")
+    configs = {name: resolve_config(name, model_config) for name in models}  # bad names fail here, before work
+    if not eval.final_validation:
+        raise ValueError("compare reads each model's val loss from the final validation; keep eval.final_validation")
+    train.validate()
+    eval.validate()
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not supported; choose one of {', '.join(PRECISIONS)}")
+    if tokenizer_dir is not None and not tokenizer_dir.is_dir():
+        raise FileNotFoundError(f"--tokenizer_dir {str(tokenizer_dir)!r} is not a directory")
+    results_path = out_dir / "results.json"
+    results = _load_results(results_path, settings)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(results_path, results)  # settings are recorded before any training, so a rerun can be matched
+    data = TinyStories() if data is None else data
+    if tokenizer_dir is None:
+        tokenizer_dir = _shared_tokenizer(data, configs[models[0]], out_dir / "tokenizer")
+
+    progress = tqdm(models, desc="compare", unit="model")
+    for name in progress:
+        progress.set_postfix_str(name)
+        run_dir = out_dir / name
+        finished = (run_dir / "final" / "lit_model.pth").is_file()
+        if finished and name in results["models"]:
+            progress.write(f"compare: {name} is finished (results recorded), skipping it")
+            continue
+        if finished:  # stopped between the final checkpoint and recording: the peak memory is lost
+            progress.write(f"compare: {name} finished training earlier; recording its results (peak memory unknown)")
+            peak_memory = None
+        else:
+            progress.write(f"compare: training {name} into {run_dir}")
+            peak_memory = _train(name, model_config, run_dir, precision, data, train, eval, optimizer, devices,
+                                 tokenizer_dir, seed, compile)
+        results["models"][name] = collect(name, configs[name], run_dir, precision, peak_memory)
+        _write_json(results_path, results)
+
+    rows = [results["models"][name] for name in models]
+    results["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    _write_json(results_path, results)
+    write_table(rows, results, out_dir / "results.md")
+    plot_curves(rows, out_dir, x_key="tokens", x_label="training tokens", path=out_dir / "loss_vs_tokens.png")
+    plot_curves(rows, out_dir, x_key="time", x_label="training time (s)", path=out_dir / "loss_vs_time.png")
+    progress.write(f"compare: wrote {results_path}, results.md, loss_vs_tokens.png, loss_vs_time.png in {out_dir}")
+    print(open(out_dir / "results.md", encoding="utf-8").read())
+    return results
+
+
+# ---------------------------------------------------------------------------------------- training
+def _train(
+    name: str, model_config: Optional[dict], run_dir: Path, precision: Optional[str], data: DataModule,
+    train: TrainArgs, eval: EvalArgs, optimizer: Union[str, dict], devices: Union[int, str],
+    tokenizer_dir: Path, seed: int, compile: bool,
+) -> Optional[float]:
+    """Run `litgpt pretrain` for one model (resuming from its latest checkpoint); return its peak GiB on CUDA."""
+    cuda = torch.cuda.is_available()
+    if cuda:
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()  # each model's own peak, never the previous model's
+    setup(model_name=name, model_config=model_config, out_dir=run_dir, precision=precision, resume="auto",
+          data=data, train=train, eval=eval, optimizer=optimizer, devices=devices, tokenizer_dir=tokenizer_dir,
+          logger_name="csv", seed=seed, compile=compile)
+    return torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+
+
+def _shared_tokenizer(data: DataModule, config: Config, tokenizer_dir: Path) -> Path:
+    """Train one BPE for every model (unless already there), as `litgpt pretrain` would for a single run."""
+    if not (tokenizer_dir / "tokenizer.json").is_file():
+        from litgpt.scripts.train_tokenizer import train_tokenizer
+
+        train_tokenizer(data=data, out_dir=tokenizer_dir, vocab_size=config.vocab_size)
+    return tokenizer_dir
+
+
+# ---------------------------------------------------------------------------------------- results
+def collect(name: str, config: Config, run_dir: Path, precision: Optional[str], peak_memory_gib: Optional[float]
+            ) -> dict:
+    """One model's row: size, final val loss / ppl, throughput, memory, KV bytes per token, train time."""
+    state = torch.load(run_dir / "final" / "lit_model.pth", map_location="cpu", weights_only=True, mmap=True)
+    log = read_metrics(run_dir)
+    val = [r for r in log if r.get("val_loss") is not None]
+    if not val or val[-1]["step"] != state["step_count"]:
+        raise ValueError(f"{run_dir}: no validation logged at the final step {state['step_count']}; rerun compare")
+    with torch.device("meta"):
+        params = sum(p.numel() for p in GPT(config).parameters())
+    element_size = _element_size(precision)
+    return dict(
+        model=name,
+        params=params,
+        val_loss=val[-1]["val_loss"],
+        val_ppl=math.exp(val[-1]["val_loss"]),
+        steps=state["step_count"],
+        tokens=state["tokens"],
+        train_time_s=state["train_time"],
+        tokens_per_s=state["tokens"] / state["train_time"],
+        peak_memory_gib=peak_memory_gib,
+        kv_values_per_token_per_layer=config.kv_values_per_token,
+        kv_bytes_per_token=config.kv_values_per_token * config.n_layer * element_size,
+        kv_element_bytes=element_size,
+        n_layer=config.n_layer,
+    )
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """Logged rows of all runs of `run_dir` (resumes add version_N), by step; a later run's row wins a tie.
+
+    Each row has `step` and whichever of loss, tokens, step_time, val_loss were logged, plus `time`: the
+    cumulative training time (excluding validation and checkpointing) at that step.
+    """
+    versions = sorted((run_dir / "logs" / "csv").glob("version_*/metrics.csv"),
+                      key=lambda p: int(p.parent.name.split("_")[1]))
+    if not versions:
+        raise FileNotFoundError(f"{run_dir}/logs/csv has no metrics.csv; was this model trained by compare?")
+    train_rows: dict[int, dict] = {}
+    val_rows: dict[int, dict] = {}
+    for path in versions:
+        with open(path, newline="", encoding="utf-8") as f:
+            for raw in csv.DictReader(f):
+                row = {k: float(v) for k, v in raw.items() if v not in ("", None)}
+                step = int(row.pop("step"))
+                target = val_rows if "val_loss" in row else train_rows
+                target[step] = {"step": step, **row}
+    steps = sorted(train_rows)
+    elapsed, previous, clock = [], 0, 0.0
+    for step in steps:  # step_time is the mean over the steps since the previous logged row
+        clock += (step - previous) * train_rows[step]["step_time"]
+        elapsed.append(clock)
+        train_rows[step]["time"], previous = clock, step
+    for step, row in val_rows.items():  # validation rows have no tokens/time: take them from the training rows
+        row["tokens"] = float(np.interp(step, [0] + steps, [0.0] + [train_rows[s]["tokens"] for s in steps]))
+        row["time"] = float(np.interp(step, [0] + steps, [0.0] + elapsed))
+    return sorted([*train_rows.values(), *val_rows.values()], key=lambda r: (r["step"], "val_loss" in r))
+
+
+def _element_size(precision: Optional[str]) -> int:
+    """Bytes per cached value at the precision's compute dtype (bf16/fp16: 2, fp32: 4, fp64: 8)."""
+    if precision is None:
+        precision = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    return {"bf16": 2, "16": 2, "32": 4, "64": 8}[precision.split("-")[0]]
+
+
+def _load_results(path: Path, settings: dict) -> dict:
+    """Recorded results of this experiment, or a fresh record; a different experiment in out_dir is an error."""
+    fresh = dict(version=RESULTS_VERSION, settings=settings, models={})
+    if not path.is_file():
+        return fresh
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    if recorded.get("version") != RESULTS_VERSION:
+        raise ValueError(f"{path} was written by another version of compare; use a new --out_dir")
+    old, new = _flatten(recorded.get("settings", {})), _flatten(json.loads(json.dumps(settings)))
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if changed:
+        raise ValueError(
+            f"{path.parent} holds a comparison run with different settings ({', '.join(changed)} changed); "
+            "use a new --out_dir or the original settings"
+        )
+    return recorded
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """{"train": {"max_steps": 6}} -> {"train.max_steps": 6}."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        flat.update(_flatten(item, f"{prefix}.{key}" if prefix else key))
+    return flat
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(value, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_table(rows: list[dict], results: dict, path: Path) -> None:
+    """results.md: one line per model plus the shared settings."""
+    s = results["settings"]
+    train, eval = s["train"], s["eval"]
+    lines = [
+        "# Model comparison",
+        "",
+        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; device: {results['device']}; "
+        f"torch {torch.__version__}; precision {s['precision'] or 'default'}; seed {s['seed']}; "
+        f"compile {s['compile']}",
+        f"- shared: data {json.dumps(s['data'])}; model_config overrides {json.dumps(s['model_config'])}",
+        f"- train: {json.dumps(train)}; optimizer {json.dumps(s['optimizer'])}",
+        f"- val loss: final validation on the same first {eval['max_iters']} validation batches for every model",
+        "",
+        "| model | params | val loss | val ppl | tokens | tokens/s | peak memory | KV bytes/token | train time |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        memory = "-" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.2f} GiB"
+        lines.append(
+            f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['val_loss']:.4f} | {r['val_ppl']:.2f} | {r['tokens']:,} "
+            f"| {r['tokens_per_s']:,.0f} | {memory} | {r['kv_bytes_per_token']:,} | {_hms(r['train_time_s'])} |"
+        )
+    lines += [
+        "",
+        "tokens/s and train time count training steps only (validation and checkpointing excluded). Peak memory is "
+        "`torch.cuda.max_memory_allocated` reset before each model (- on CPU). KV bytes/token: the cache of all "
+        "layers for one token at the compute dtype's "
+        f"{rows[0]['kv_element_bytes']} bytes per value (MLA: kv_lora_rank + qk_rope_head_dim values per layer; "
+        "others: 2 x n_query_groups x head_size).",
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def plot_curves(rows: list[dict], out_dir: Path, x_key: str, x_label: str, path: Path) -> None:
+    """Train loss (thin) and val loss (markers) of every model against tokens or training time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(8, 5))
+    for i, r in enumerate(rows):
+        log = read_metrics(out_dir / r["model"])
+        color = f"C{i}"
+        train = [(x[x_key], x["loss"]) for x in log if "loss" in x]
+        val = [(x[x_key], x["val_loss"]) for x in log if "val_loss" in x]
+        if train:
+            ax.plot(*zip(*train), color=color, alpha=0.45, linewidth=1, label=f"{r['model']} train")
+        if val:
+            ax.plot(*zip(*val), color=color, marker="o", linewidth=2, label=f"{r['model']} val")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title("loss vs " + x_label)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _hms(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

@@ -1,0 +1,145 @@
+"""`litgpt compare` through the CLI: files and their contents, skipping finished models, exact resume of an
+interrupted one, and bad inputs."""
+
+import json
+import math
+import random
+import shutil
+
+import pytest
+
+from litgpt.__main__ import main
+from litgpt.benchmark.compare import read_metrics
+
+WORDS = ("the a cat dog ran sat on mat and then he she it was happy sad big small red blue tree house "
+         "bird sang song day night sun moon went home to school friend played with ball").split()
+MODELS = ["debug", "debug-mla"]
+TABLE_HEADER = "| model | params | val loss | val ppl | tokens | tokens/s | peak memory | KV bytes/token | train time |"
+
+
+@pytest.fixture(scope="module")
+def text_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("text")
+    rng = random.Random(0)
+    for split, n_files in (("train", 4), ("val", 1)):
+        (root / split).mkdir()
+        for i in range(n_files):
+            stories = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60))).capitalize() + "."
+                       for _ in range(40)]
+            (root / split / f"{i}.txt").write_text("\n\n".join(stories))
+    return root
+
+
+def compare_args(text_dir, out_dir, **extra):
+    args = {
+        "models": "[" + ", ".join(MODELS) + "]",
+        "model_config": "{n_layer: 1, n_embd: 32, n_head: 2, block_size: 32, vocab_size: 384, padding_multiple: 64}",
+        "out_dir": str(out_dir),
+        "precision": "32-true",
+        "data": "TextFiles",
+        "data.train_data_path": str(text_dir / "train"),
+        "data.val_data_path": str(text_dir / "val"),
+        "data.cache_dir": str(out_dir.parent / "data-cache"),
+        "data.num_workers": "1",
+        "train.global_batch_size": "4",
+        "train.micro_batch_size": "2",
+        "train.max_seq_length": "32",
+        "train.lr_warmup_steps": "2",
+        "train.max_steps": "6",
+        "train.save_interval": "3",
+        "eval.interval": "3",
+        "eval.max_iters": "2",
+        "seed": "7",
+    }
+    args.update(extra)
+    return ["compare"] + [f"--{k}={v}" for k, v in args.items()]
+
+
+def test_compare_writes_results_skips_finished_and_resumes_exactly(tmp_path, text_dir, capsys):
+    out = tmp_path / "compare"
+    main(compare_args(text_dir, out))
+    first_output = capsys.readouterr().out
+    assert first_output.count("step 6/6") == 2 and "val loss" in first_output  # pretrain's own progress lines
+
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["models"]) == MODELS
+    assert results["settings"]["train"]["max_steps"] == 6 and results["settings"]["seed"] == 7
+    for name, row in results["models"].items():
+        assert set(row) >= {"model", "params", "val_loss", "val_ppl", "tokens", "tokens_per_s", "peak_memory_gib",
+                            "kv_bytes_per_token", "train_time_s"}
+        assert math.isfinite(row["val_loss"]) and 0 < row["val_loss"] < 7  # ln(384) = 5.95 at chance; it trains
+        assert row["val_ppl"] == pytest.approx(math.exp(row["val_loss"]))
+        assert (row["steps"], row["tokens"]) == (6, 6 * 4 * 32)
+        assert row["tokens_per_s"] == pytest.approx(row["tokens"] / row["train_time_s"])
+        assert row["peak_memory_gib"] is None  # CPU: not measured
+        log = read_metrics(out / name)
+        train_rows = [r for r in log if "loss" in r]
+        assert [r["step"] for r in train_rows] == list(range(1, 7))
+        assert all(math.isfinite(r["loss"]) for r in train_rows)
+        times = [r["time"] for r in train_rows]
+        assert times == sorted(times) and times[0] > 0
+        assert [(r["step"], r["tokens"]) for r in log if "val_loss" in r] == [(3, 384.0), (6, 768.0)]
+        assert [r["val_loss"] for r in log if "val_loss" in r][-1] == row["val_loss"]
+    # KV cache per token, all layers, fp32: MHA 2 x 2 groups x 16 x 1 layer; MLA (4*16 + 16/2) x 1 layer
+    assert results["models"]["debug"]["kv_bytes_per_token"] == 2 * 2 * 16 * 4
+    assert results["models"]["debug-mla"]["kv_bytes_per_token"] == (64 + 8) * 4
+
+    table = (out / "results.md").read_text().splitlines()
+    assert TABLE_HEADER in table
+    rows = [line for line in table if line.startswith("| debug")]
+    assert [r.split("|")[1].strip() for r in rows] == MODELS
+    assert f"{results['models']['debug']['val_loss']:.4f}" in rows[0]
+    for name in ("loss_vs_tokens.png", "loss_vs_time.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # the same command again: both models are finished and recorded, nothing is retrained
+    checkpoints = {name: (out / name / "final" / "lit_model.pth").stat().st_mtime_ns for name in MODELS}
+    main(compare_args(text_dir, out))
+    second_output = capsys.readouterr().out
+    assert all(f"compare: {name} is finished (results recorded), skipping it" in second_output for name in MODELS)
+    assert "step 1/6" not in second_output
+    assert {name: (out / name / "final" / "lit_model.pth").stat().st_mtime_ns for name in MODELS} == checkpoints
+
+    # interrupted after the step-3 checkpoint: no final/, no recorded results -> it resumes from step 3
+    shutil.rmtree(out / "debug-mla" / "final")
+    recorded = json.loads((out / "results.json").read_text())
+    expected = recorded["models"].pop("debug-mla")
+    (out / "results.json").write_text(json.dumps(recorded))
+    main(compare_args(text_dir, out))
+    third_output = capsys.readouterr().out
+    assert "compare: debug is finished" in third_output
+    assert f"resuming from {out / 'debug-mla' / 'step-00000003'}" in third_output
+    resumed = json.loads((out / "results.json").read_text())["models"]["debug-mla"]
+    assert resumed["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-6)  # exact resume, same final model
+    assert resumed["tokens"] == expected["tokens"]
+    assert [r["step"] for r in read_metrics(out / "debug-mla") if "loss" in r] == list(range(1, 7))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"models": "[debug, debug]"}, "--models must be a non-empty list of distinct model names"),
+        ({"models": "[debug, nope]"}, "unknown model name 'nope'"),
+        ({"eval.final_validation": "false"}, "keep eval.final_validation"),
+        ({"train.max_steps": "null"}, "set at least one of train.max_tokens"),
+        ({"tokenizer_dir": "/does/not/exist"}, "--tokenizer_dir '/does/not/exist' is not a directory"),
+    ],
+)
+def test_bad_inputs_are_one_line_errors(tmp_path, text_dir, capsys, extra, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(compare_args(text_dir, tmp_path / "out", **extra))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()  # nothing is written before the arguments are checked
+
+
+def test_other_settings_in_same_out_dir_are_refused(tmp_path, text_dir, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    settings = dict(precision="32-true", train={"max_steps": 99})
+    (out / "results.json").write_text(json.dumps(dict(version=1, settings=settings, models={})))
+    with pytest.raises(SystemExit):
+        main(compare_args(text_dir, out))
+    err = capsys.readouterr().err
+    assert "holds a comparison run with different settings" in err and "train.max_steps" in err
