@@ -16,3 +16,6 @@ python3 -m litgpt pretrain --config config_hub/pretrain/mla.yaml --out_dir /tmp/
   --train.max_steps ${MLA_STEPS:-120} --train.lr_warmup_steps 20 --train.log_interval 10 --eval.interval 40 \
   --train.save_interval 1000 2>&1 | tee "$OUT/mla_run.log"
 cp /tmp/mla_run/logs/csv/version_0/metrics.csv "$OUT/mla_run_metrics.csv"
+# 3. `litgpt generate` on the run's final checkpoint (greedy, then sampled) prints text.
+python3 -m litgpt generate /tmp/mla_run/final --prompt "The king" --max_new_tokens 60 --temperature 0 2>&1 | tee "$OUT/mla_generate.log"
+python3 -m litgpt generate /tmp/mla_run/final --prompt "Thou art" --max_new_tokens 60 --temperature 0.8 --top_k 50 2>&1 | tee -a "$OUT/mla_generate.log"

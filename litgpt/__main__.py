@@ -8,7 +8,12 @@ from typing import Callable
 
 
 def commands() -> dict[str, Callable]:
+    from litgpt.benchmark.attention import benchmark_attention
+    from litgpt.benchmark.compare import compare
+    from litgpt.benchmark.decode import benchmark_decode_command
     from litgpt.benchmark.pretrain import benchmark_pretrain
+    from litgpt.generate.base import main as generate
+    from litgpt.generate.chat import main as chat
     from litgpt.pretrain import setup as pretrain
     from litgpt.scripts.download import download
     from litgpt.scripts.train_tokenizer import train_tokenizer
@@ -17,7 +22,10 @@ def commands() -> dict[str, Callable]:
         "pretrain": pretrain,
         "train_tokenizer": train_tokenizer,
         "download": download,
-        "benchmark": {"pretrain": benchmark_pretrain},
+        "generate": generate,
+        "chat": chat,
+        "benchmark": {"attention": benchmark_attention, "decode": benchmark_decode_command, "pretrain": benchmark_pretrain},
+        "compare": compare,
     }
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from litgpt.config import Config
+from litgpt.kernels import gqa_decode_attention, mla_decode_attention, mla_decode_attention_reference
 from litgpt.kv_cache import KVCache, KVCacheCompressed
 from litgpt.norm import RMSNorm
 from litgpt.rope import apply_partial_rope, apply_rope
@@ -23,27 +24,6 @@ from litgpt.rope import apply_partial_rope, apply_rope
 def causal_mask(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
     """(q_len, kv_len) boolean mask for the last q_len of kv_len tokens attending causally."""
     return torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(diagonal=kv_len - q_len)
-
-
-def latent_attention_torch(
-    q: torch.Tensor, kv: torch.Tensor, kv_lora_rank: int, scale: float, mask: Optional[torch.Tensor] = None
-) -> torch.Tensor:
-    """Absorbed MLA attention over the latent cache (the reference that kernels are checked against).
-
-    q: (B, h, T, d_c + d_R) = [q_nope absorbed into latent space | roped q]; kv: (B, S, d_c + d_R) = [c | k_rope].
-    scores = q . kv * scale; output = softmax(scores) @ c: (B, h, T, d_c). The latent doubles as V.
-    """
-    B, h, T, D = q.shape
-    S = kv.size(1)
-    compute = torch.promote_types(q.dtype, torch.float32)
-    scores = torch.matmul(q.reshape(B, h * T, D), kv.transpose(1, 2))  # (B, h*T, S): one bmm, no K copy per head
-    scores = scores.view(B, h, T, S).to(compute) * scale  # (B, h, T, S)
-    if mask is None:
-        mask = causal_mask(T, S, q.device)
-    scores = scores.masked_fill(~mask, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).to(kv.dtype)  # (B, h, T, S)
-    out = torch.matmul(probs.view(B, h * T, S), kv[..., :kv_lora_rank])  # (B, h*T, d_c)
-    return out.view(B, h, T, kv_lora_rank)
 
 
 class AttentionBase(nn.Module):
@@ -56,6 +36,9 @@ class AttentionBase(nn.Module):
         self.config = config
         self.block_idx = block_idx
         self.kv_cache = None
+        # Cached one-token steps run the Triton decode kernel on CUDA where it applies (`litgpt.kernels`);
+        # False keeps the pure-torch path. `litgpt.kernels.set_kernels(model, enabled)` sets it on a whole model.
+        self.use_kernel = True
 
     def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Rotate the first `config.rope_n_elem` dims of x (..., T, hs) in the configured layout."""
@@ -124,7 +107,10 @@ class CausalSelfAttention(AttentionBase):
             k, v = self.kv_cache(input_pos, k, v)  # (B, ng, S, hs)
             if input_pos_maxp1 is not None:
                 k, v = k[:, :, :input_pos_maxp1], v[:, :, :input_pos_maxp1]
-        y = self.attend(q, k, v, mask)  # (B, nh, T, hs)
+        if input_pos is not None and T == 1 and self.use_kernel:  # decode: split-KV kernel, reads only valid tokens
+            y = gqa_decode_attention(q, k, v, input_pos, 1.0 / math.sqrt(hs))  # (B, nh, 1, hs)
+        else:
+            y = self.attend(q, k, v, mask)  # (B, nh, T, hs)
         return self.proj(y.transpose(1, 2).reshape(B, T, n_head * hs))  # (B, T, n_embd)
 
     def build_kv_cache(
@@ -148,6 +134,9 @@ class MultiheadLatentAttention(AttentionBase):
       naive    -- decompress per-head K/V with kv_b_proj, then SDPA (training and prefill);
       absorbed -- fold W_UK into the query and W_UV into the output, attend directly over the latent (decode).
     `absorb=None` (default) picks absorbed for cached steps of one token and naive otherwise; True/False forces one.
+    `use_kernel=True` (default) runs the absorbed attention with the Triton split-KV kernel on CUDA where it applies
+    (`litgpt.kernels.mla_decode_attention`); False keeps the pure-torch path. `litgpt.kernels.set_kernels` sets it
+    on a whole model.
     """
 
     def __init__(self, config: Config, block_idx: int) -> None:
@@ -205,7 +194,7 @@ class MultiheadLatentAttention(AttentionBase):
                 kv = kv[:, :input_pos_maxp1]
         absorb = self.absorb if self.absorb is not None else (input_pos is not None and T == 1)
         if absorb:
-            y = self.absorbed(q_nope, q_rope, kv, mask)
+            y = self.absorbed(q_nope, q_rope, kv, input_pos)
         else:
             y = self.naive(q_nope, q_rope, kv, mask)
         return self.proj(y)  # (B, T, n_embd)
@@ -230,9 +219,13 @@ class MultiheadLatentAttention(AttentionBase):
         return y.transpose(1, 2).reshape(B, T, h * d.v_head_dim)
 
     def absorbed(
-        self, q_nope: torch.Tensor, q_rope: torch.Tensor, kv: torch.Tensor, mask: Optional[torch.Tensor]
+        self, q_nope: torch.Tensor, q_rope: torch.Tensor, kv: torch.Tensor, input_pos: Optional[torch.Tensor]
     ) -> torch.Tensor:
-        """Attend over the latent with W_UK absorbed into q and W_UV applied after. Returns (B, T, h * d_v)."""
+        """Attend over the latent with W_UK absorbed into q and W_UV applied after. Returns (B, T, h * d_v).
+
+        The query at position p sees cached tokens 0..p (input_pos (T,) or (B, T)); without input_pos, kv holds just
+        the T new tokens and attention is causal among them.
+        """
         d, h = self.dims, self.config.n_head
         B, _, T, _ = q_nope.shape
         w_uk, w_uv = self.kv_b_proj.weight.view(h, d.qk_nope_head_dim + d.v_head_dim, d.kv_lora_rank).split(
@@ -241,7 +234,10 @@ class MultiheadLatentAttention(AttentionBase):
         # A key bias b_k would add the same q_nope . b_k to every score of a query: softmax ignores it.
         q_latent = torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk)  # (B, h, T, d_c)
         q = torch.cat((q_latent, q_rope), dim=-1)  # (B, h, T, d_c+d_R)
-        o_latent = latent_attention_torch(q, kv, d.kv_lora_rank, self.scale, mask)  # (B, h, T, d_c)
+        if input_pos is None:
+            input_pos = torch.arange(T, device=q.device)  # kv is the new tokens alone: causal among them
+        attention = mla_decode_attention if self.use_kernel else mla_decode_attention_reference
+        o_latent = attention(q, kv, input_pos, d.kv_lora_rank, self.scale)  # (B, h, T, d_c)
         y = torch.einsum("bhtc,hvc->bthv", o_latent, w_uv)  # (B, T, h, d_v)
         if self.kv_b_proj.bias is not None:
             b_v = self.kv_b_proj.bias.view(h, d.qk_nope_head_dim + d.v_head_dim)[:, d.qk_nope_head_dim :]  # (h, d_v)

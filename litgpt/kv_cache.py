@@ -14,15 +14,24 @@ from torch import nn
 
 
 def _write(buffer: torch.Tensor, input_pos: torch.Tensor, values: torch.Tensor, seq_dim: int) -> None:
-    """buffer[..., input_pos, ...] = values along seq_dim; input_pos is (T,) or per-row (B, T)."""
+    """buffer[..., input_pos, ...] = values along seq_dim; input_pos is (T,) or per-row (B, T).
+
+    Both forms write in place: per-row positions index every dim up to seq_dim with broadcast index tensors
+    (batch, then any head-group dims, then position), so the indexed shape equals the values' shape.
+    """
     values = values.to(buffer.dtype)
     if input_pos.dim() == 1:
         buffer.index_copy_(seq_dim, input_pos, values)
         return
-    shape = [values.size(0)] + [1] * (values.dim() - 1)
-    shape[seq_dim] = values.size(seq_dim)
-    index = input_pos.view(shape).expand_as(values)  # (B, ..., T, ...) matching values
-    buffer.scatter_(seq_dim, index, values)
+    B, T = input_pos.shape
+    index: list[torch.Tensor] = []
+    for dim in range(seq_dim):  # (B, 1, .., 1), (1, G, 1, .., 1), ...: each broadcasts to values.shape[:seq_dim + 1]
+        shape = [1] * (seq_dim + 1)
+        shape[dim] = buffer.size(dim)
+        index.append(torch.arange(buffer.size(dim), device=buffer.device).view(shape))
+    pos_shape = [B] + [1] * (seq_dim - 1) + [T]
+    index.append(input_pos.view(pos_shape))  # (B, 1, .., T)
+    buffer.index_put_(tuple(index), values)
 
 
 class KVCache(nn.Module):

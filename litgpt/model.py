@@ -14,6 +14,7 @@ from torch import nn
 
 from litgpt.attention import AttentionBase, CausalSelfAttention, MultiheadLatentAttention
 from litgpt.config import Config
+from litgpt.loss import linear_cross_entropy
 from litgpt.norm import RMSNorm, build_norm
 from litgpt.rope import build_rope_cache
 
@@ -70,13 +71,16 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         input_pos: Optional[torch.Tensor] = None,
         input_pos_maxp1: Optional[int] = None,
+        targets: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """Logits (B, T, padded_vocab_size) for token ids idx (B, T).
+        """Logits (B, T, padded_vocab_size) for token ids idx (B, T), or with `targets` the training loss.
 
         Without input_pos: a causal pass over idx alone (training). With input_pos ((T,) or per-row (B, T)
         positions): the tokens are written into the KV cache at those positions and attend to every cached
         position <= their own. input_pos_maxp1, if given, bounds the cache read to its first input_pos_maxp1
         positions (fewer FLOPs, but the shape then changes with it).
+        targets (B, T), if given, makes forward return the mean cross-entropy of the logits against them, computed
+        in chunks by `litgpt.loss.linear_cross_entropy` without ever holding the full (B, T, vocab) logits.
         """
         B, T = idx.shape
         if T > self.max_seq_length:
@@ -93,6 +97,8 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x = block(x, cos, sin, mask, input_pos, input_pos_maxp1)
         x = self.transformer.ln_f(x)
+        if targets is not None:
+            return linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, self.lm_head.bias, targets.flatten())
         return self.lm_head(x)  # (B, T, padded_vocab_size)
 
     def cache_mask(self, input_pos: torch.Tensor, input_pos_maxp1: Optional[int] = None) -> torch.Tensor:

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from litgpt import GPT, Config
-from litgpt.attention import latent_attention_torch
 
 from test_model import MLA_DIMS, randomize
 
@@ -78,26 +77,6 @@ def test_default_path_choice():
         model(torch.randint(0, 100, (1, 4)), input_pos=torch.arange(4))  # prefill
         model(torch.randint(0, 100, (1, 1)), input_pos=torch.tensor([4]))  # decode
     assert seen == ["naive", "naive", "absorbed"]
-
-
-def test_latent_attention_reference_against_explicit_loops():
-    B, h, T, S, d_c, d_r = 2, 3, 2, 7, 8, 4
-    q = torch.randn(B, h, T, d_c + d_r, dtype=torch.float64)
-    kv = torch.randn(B, S, d_c + d_r, dtype=torch.float64)
-    lengths = [5, 7]  # ragged: row 0 has 5 valid tokens, row 1 has 7
-    mask = torch.zeros(B, 1, T, S, dtype=torch.bool)
-    for b, n in enumerate(lengths):
-        for t in range(T):
-            mask[b, 0, t, : n - T + t + 1] = True  # causal within the new tokens
-    out = latent_attention_torch(q, kv, d_c, scale=0.3, mask=mask)
-    for b, n in enumerate(lengths):
-        for head in range(h):
-            for t in range(T):
-                visible = n - T + t + 1
-                scores = [0.3 * float(q[b, head, t] @ kv[b, s]) for s in range(visible)]
-                weights = torch.softmax(torch.tensor(scores, dtype=torch.float64), 0)
-                expected = sum(weights[s] * kv[b, s, :d_c] for s in range(visible))
-                torch.testing.assert_close(out[b, head, t], expected, atol=1e-12, rtol=1e-12)
 
 
 def test_mla_scale_is_inverse_sqrt_of_qk_head_dim():

@@ -442,8 +442,8 @@ def _fmt(value: float, spec: str) -> str:
     return "" if isinstance(value, float) and math.isnan(value) else format(value, spec)
 
 
-def _command_line(args: dict) -> str:
-    parts = ["litgpt benchmark attention"]
+def _command_line(args: dict, command: str = "litgpt benchmark attention") -> str:
+    parts = [command]
     for key, value in args.items():
         if value is None:
             continue

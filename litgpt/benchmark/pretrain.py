@@ -111,7 +111,7 @@ def _run(
             for i in range(3):
                 step(data[i])
             torch.cuda.synchronize()
-        profile_path.write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
+        profile_path.write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=60, max_name_column_width=90))
     tokens_per_sec = steps * batch * seq_len / seconds
     peak = peak_flops(fabric.device)
     row = dict(

@@ -1,0 +1,228 @@
+"""The Python API: `LLM.load(checkpoint_dir)` then `llm.generate(prompt)` or `llm.benchmark(...)`.
+
+    from litgpt import LLM
+    llm = LLM.load("out/pretrain/debug/final")
+    print(llm.generate("def main(", max_new_tokens=30, temperature=0))
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional, TextIO, Union
+
+import torch
+
+from litgpt.checkpoint import load_checkpoint
+from litgpt.config import Config
+from litgpt.generate.base import (
+    DecodeStep,
+    Sampler,
+    SamplingParams,
+    check_lengths,
+    generate,
+    generate_tokens,
+    peak_memory_bytes,
+    resolve_device,
+    resolve_dtype,
+    stream_tokens,
+)
+from litgpt.model import GPT
+from litgpt.prompts import PromptStyle, load_prompt_style
+from litgpt.tokenizer import Tokenizer
+
+
+class LLM:
+    """A model with its tokenizer and prompt style, ready to generate.
+
+    With `compile=True` the KV cache spans the whole context (`model.max_seq_length`) and the compiled decode step
+    is kept between calls with the same batch size and sampling settings, so it compiles once; without it each call
+    allocates a cache of exactly prompt + max_new_tokens.
+    """
+
+    def __init__(
+        self,
+        model: GPT,
+        tokenizer: Optional[Tokenizer] = None,
+        prompt_style: Optional[PromptStyle] = None,
+        checkpoint_dir: Optional[Path] = None,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.prompt_style = prompt_style or PromptStyle()
+        self.checkpoint_dir = checkpoint_dir
+        self._session: Optional[tuple[tuple, Sampler, DecodeStep]] = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.lm_head.weight.device
+
+    @classmethod
+    def load(
+        cls,
+        checkpoint_dir: Union[str, Path],
+        device: Optional[Union[str, torch.device]] = "auto",
+        precision: Optional[str] = None,
+        prompt_style: Optional[str] = None,
+    ) -> "LLM":
+        """Load a checkpoint directory (lit_model.pth, model_config.yaml, tokenizer files).
+
+        device: "auto" (CUDA when available), "cpu", "cuda"...; precision: 32-true, bf16-true, 16-true, 64-true
+        (default bf16 on CUDA, else float32); prompt_style: a name from `litgpt.prompts.prompt_styles`.
+        """
+        checkpoint_dir = Path(checkpoint_dir)
+        if not checkpoint_dir.is_dir():
+            raise FileNotFoundError(
+                f"checkpoint directory {str(checkpoint_dir)!r} does not exist; point at a directory written by "
+                "`litgpt pretrain` (e.g. out/pretrain/debug/final)"
+            )
+        for name in ("model_config.yaml", "lit_model.pth"):
+            if not (checkpoint_dir / name).is_file():
+                raise FileNotFoundError(
+                    f"checkpoint directory {str(checkpoint_dir)!r} is incomplete: it has no {name}; point at a "
+                    "directory written by `litgpt pretrain` or a conversion script"
+                )
+        tokenizer = Tokenizer(checkpoint_dir)  # fails fast, before the weights load, when the files are missing
+        style = load_prompt_style(checkpoint_dir, prompt_style)
+        device = resolve_device(device)
+        model = load_checkpoint(checkpoint_dir, device=device, dtype=resolve_dtype(precision, device))
+        return cls(model, tokenizer, style, checkpoint_dir)
+
+    # ------------------------------------------------------------------------------------------------ generation
+    def generate(
+        self,
+        prompt: Union[str, list[str]],
+        max_new_tokens: int = 50,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        top_p: float = 1.0,
+        seed: int = 1234,
+        compile: bool = False,
+    ) -> Union[str, list[str]]:
+        """The continuation of `prompt` (a str), or of each prompt of a list (batched, any lengths).
+
+        temperature 0 is greedy. Each row stops at the tokenizer's EOS (or the prompt style's stop tokens).
+        """
+        texts, _ = self.generate_with_stats(
+            [prompt] if isinstance(prompt, str) else list(prompt), max_new_tokens, temperature, top_k, top_p, seed,
+            compile,
+        )
+        return texts[0] if isinstance(prompt, str) else texts
+
+    def encode_prompts(self, prompts: list[str]) -> list[torch.Tensor]:
+        if self.tokenizer is None:
+            raise ValueError("this LLM has no tokenizer; load one with LLM.load(checkpoint_dir)")
+        if not prompts:
+            raise ValueError("no prompts given; pass a string or a non-empty list of strings")
+        tk = self.tokenizer
+        bos = tk.bos_id is not None and tk.bos_id != tk.eos_id  # Llama-style <s>; not GPT-2-style <|endoftext|>
+        encoded = []
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str) or not prompt:
+                raise ValueError(f"prompt {i} is empty; every prompt needs some text")
+            encoded.append(tk.encode(self.prompt_style.apply(prompt), bos=bos))
+        return encoded
+
+    def generate_with_stats(
+        self,
+        prompts: list[str],
+        max_new_tokens: int = 50,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        top_p: float = 1.0,
+        seed: int = 1234,
+        compile: bool = False,
+        stream: Optional[TextIO] = None,
+    ) -> tuple[list[str], dict]:
+        """`generate` for a list of prompts, plus timings, peak memory and KV-cache bytes.
+
+        With `stream` (batch of one only) the prompt and then each piece of text is written to it as it comes.
+        """
+        params = SamplingParams(temperature, top_k, top_p)
+        prompt_ids = self.encode_prompts(prompts)
+        cache_len = check_lengths(self.model, [len(p) for p in prompt_ids], max_new_tokens)
+        sampler, step = self._prepare(len(prompts), params, cache_len, compile)
+        sampler.seed(seed)
+        stop_tokens = self.prompt_style.stop_tokens(self.tokenizer)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        t0 = time.perf_counter()
+        if stream is not None:
+            if len(prompts) != 1:
+                raise ValueError("streaming works for one prompt at a time")
+            stream.write(prompts[0])
+            stream.flush()
+            tokens = generate_tokens(self.model, prompt_ids, max_new_tokens, sampler, step)
+            ids, _, ttft = stream_tokens(tokens, self.tokenizer, stop_tokens, stream)
+            rows = [ids]
+        else:
+            rows, ttft = generate(self.model, prompt_ids, max_new_tokens, sampler, step, stop_tokens)
+        total = time.perf_counter() - t0
+        new_tokens = sum(len(r) for r in rows)
+        decode_time = max(total - ttft, 1e-9)
+        steps = max(len(r) for r in rows) - 1
+        peak, kind = peak_memory_bytes(self.device)
+        stats = dict(
+            batch=len(prompts),
+            prompt_tokens=[len(p) for p in prompt_ids],
+            new_tokens=new_tokens,
+            time_to_first_token_s=ttft,
+            total_s=total,
+            decode_tokens_per_s=len(prompts) * steps / decode_time if steps > 0 else 0.0,
+            peak_memory_bytes=peak,
+            peak_memory_kind=kind,
+            kv_cache_bytes=self.model.kv_cache_bytes(),
+        )
+        return [self.tokenizer.decode(r) for r in rows], stats
+
+    def _prepare(self, batch_size: int, params: SamplingParams, cache_len: int, compile: bool) -> tuple[Sampler, DecodeStep]:
+        """A sampler, decode step and KV cache for this batch; compiled ones are reused across calls."""
+        if compile:
+            cache_len = self.model.max_seq_length
+            key = (batch_size, params, cache_len)
+            if self._session is not None and self._session[0] == key:
+                return self._session[1], self._session[2]
+        else:
+            self.model.max_seq_length = max(self.model.max_seq_length, cache_len)
+        self.model.set_kv_cache(batch_size, max_seq_length=cache_len)
+        sampler = Sampler(params, self.model.config.vocab_size, batch_size, self.device)
+        step = DecodeStep(self.model, sampler, mode="compile" if compile else "eager")
+        self._session = (key, sampler, step) if compile else None
+        return sampler, step
+
+    # ------------------------------------------------------------------------------------------------ benchmark
+    def benchmark(
+        self,
+        batch_size: int = 1,
+        context_length: int = 1024,
+        decode_steps: int = 100,
+        warmup: int = 10,
+        compile: bool = True,
+        mode: Optional[str] = None,
+        temperature: float = 0.0,
+        top_k: Optional[int] = None,
+    ) -> dict:
+        """Decode speed at a nearly full cache: see `litgpt.benchmark.decode.benchmark_decode` for the fields.
+
+        mode: "eager", "compile" or "cuda_graph" (overrides `compile`, which picks "compile" or "eager").
+        """
+        from litgpt.benchmark.decode import benchmark_decode
+
+        mode = mode or ("compile" if compile else "eager")
+        return benchmark_decode(
+            self.model, batch_size, context_length, decode_steps, warmup, mode, SamplingParams(temperature, top_k)
+        )
+
+    @classmethod
+    def from_config(
+        cls, config: Union[str, Config], device: Optional[Union[str, torch.device]] = "auto", precision: Optional[str] = None
+    ) -> "LLM":
+        """A randomly initialised model with no tokenizer (for `benchmark`): a config or a named config."""
+        from litgpt.model import init_weights
+
+        config = Config.from_name(config) if isinstance(config, str) else config
+        device = resolve_device(device)
+        with torch.device(device):
+            model = GPT(config)
+        init_weights(model)
+        return cls(model.to(dtype=resolve_dtype(precision, device)))

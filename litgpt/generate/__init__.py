@@ -1,0 +1,1 @@
+"""Generation: `base` (prefill, the decode step, sampling, `litgpt generate`) and `chat` (`litgpt chat`)."""

@@ -1,0 +1,445 @@
+"""Text generation: prefill, the one decode step, on-device sampling, the generation loop and `litgpt generate`.
+
+The decode step has static shapes: the KV caches are preallocated, the token and its position come in as (B, 1)
+device tensors (each row at its own position), the mask is `arange(cache_len) <= input_pos` and the next token
+is sampled on the device. Nothing in it reads a value back to the host, so it can be compiled with
+`torch.compile(mode="reduce-overhead")` or captured as a CUDA graph once and replayed for every token.
+
+Batched prompts of different lengths are right-padded and prefilled at shared positions 0..T-1; each row's first
+token comes from the logits at its own last prompt position and its decode starts at its own next position. The
+pad tokens' cache entries sit beyond the row's position, so the mask hides them until a decode step overwrites
+them: every row generates exactly what it would alone.
+
+Sampling noise is a counter-based hash of (seed, row, position, token id), not a stateful RNG: it is capturable,
+identical in eager and compiled runs, and the same seed always gives the same text.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional, TextIO, Union
+
+import torch
+from torch import nn
+
+from litgpt.model import GPT
+from litgpt.tokenizer import Tokenizer
+
+PRECISION_DTYPES = {
+    "32-true": torch.float32,
+    "bf16-true": torch.bfloat16,
+    "bf16-mixed": torch.bfloat16,
+    "16-true": torch.float16,
+    "16-mixed": torch.float16,
+    "64-true": torch.float64,
+}
+DECODE_MODES = ("eager", "compile", "max-autotune", "cuda_graph")
+PREFILL_TOKENS_PER_CHUNK = 8192  # rows x tokens per prefill forward: bounds the logits and mask memory
+_M32 = 0xFFFFFFFF
+
+
+# ------------------------------------------------------------------------------------------------ device and dtype
+def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
+    """`None`/"auto": CUDA when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} was requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def resolve_dtype(precision: Optional[str], device: torch.device) -> torch.dtype:
+    """The weight dtype for `precision` (default: bf16 on CUDA when supported, else float32)."""
+    if precision is None:
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if precision not in PRECISION_DTYPES:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_DTYPES)}")
+    return PRECISION_DTYPES[precision]
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+@dataclass(frozen=True)
+class SamplingParams:
+    """temperature 0 is greedy (argmax); top_k keeps the k likeliest tokens; top_p keeps the smallest set of
+    likeliest tokens whose probability reaches top_p (1.0 keeps all)."""
+
+    temperature: float = 1.0
+    top_k: Optional[int] = None
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be a positive integer or None, got {self.top_k}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xorshift-multiply rounds) on int64 tensors holding values in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32  # products stay below 2**63: no signed overflow
+    x = x ^ (x >> 15)
+    x = (x * 0x2C1B3C6D) & _M32
+    return x ^ (x >> 16)
+
+
+def _mix32_int(x: int) -> int:
+    return int(_mix32(torch.tensor([x & _M32]))[0])
+
+
+class Sampler(nn.Module):
+    """Next token ids (B, 1) from logits (B, V) on the device, with no host sync.
+
+    Sampling uses the Gumbel-max trick: argmax(logits / temperature + Gumbel noise) is a draw from
+    softmax(logits / temperature). The noise comes from hashing (row seed, position, token id), so a step has no
+    RNG state to advance: it replays under a CUDA graph and gives the same tokens for the same seed everywhere.
+    """
+
+    def __init__(self, params: SamplingParams, vocab_size: int, batch_size: int, device: torch.device) -> None:
+        super().__init__()
+        self.params = params
+        self.vocab_size = vocab_size  # logits of padded ids beyond it are never sampled
+        token_ids = torch.arange(vocab_size, dtype=torch.int64, device=device)
+        self.register_buffer("token_hash", _mix32(token_ids ^ 0x9E3779B9).view(1, vocab_size), persistent=False)
+        self.register_buffer("row_seeds", torch.zeros(batch_size, 1, dtype=torch.int64, device=device), persistent=False)
+        self.seed(0)
+
+    def seed(self, seed: int) -> None:
+        """Give row i the stream `hash(seed, i)`: in place, so captured graphs keep seeing the buffer."""
+        seeds = [_mix32_int(_mix32_int(seed) ^ _mix32_int(row + 1)) for row in range(self.row_seeds.size(0))]
+        self.row_seeds.copy_(torch.tensor(seeds, dtype=torch.int64).view(-1, 1))
+
+    def forward(self, logits: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """logits (B, V_padded) for the token at `position` (B, 1) -> token ids (B, 1)."""
+        logits = logits[:, : self.vocab_size].float()  # (B, V)
+        if self.params.greedy:
+            return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+        logits = logits / self.params.temperature
+        if self.params.top_k is not None and self.params.top_k < self.vocab_size:
+            kth = torch.topk(logits, self.params.top_k, dim=-1).values[:, -1:]  # (B, 1)
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if self.params.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+            probs = torch.softmax(sorted_logits, dim=-1)
+            outside = (torch.cumsum(probs, dim=-1) - probs) > self.params.top_p  # the likeliest token always stays
+            sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
+            logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+        key = _mix32(self.row_seeds ^ _mix32(position & _M32))  # (B, 1)
+        bits = _mix32(self.token_hash ^ key)  # (B, V) uniform 32-bit integers
+        uniform = ((bits >> 8).float() + 0.5) * (1.0 / (1 << 24))  # (B, V) in (0, 1)
+        gumbel = -torch.log(-torch.log(uniform))
+        return (logits + gumbel).argmax(dim=-1, keepdim=True)  # (B, 1)
+
+
+# ------------------------------------------------------------------------------------------------ the decode step
+class DecodeStep:
+    """The one decode step: (B, 1) token ids at (B, 1) positions -> the next token ids (B, 1).
+
+    Modes: "eager" runs the module as is; "compile" wraps it in torch.compile (on CUDA with
+    mode="reduce-overhead", i.e. CUDA graphs; on CPU inductor's default mode); "max-autotune" likewise with
+    mode="max-autotune" on CUDA (Triton GEMM templates with fused epilogues, plus CUDA graphs; slow to compile);
+    "cuda_graph" captures the eager step as an explicit CUDA graph on the first call and replays it after. The caller owns the model's KV cache, which
+    must be set (and must not be reallocated) before the first call.
+    """
+
+    def __init__(self, model: GPT, sampler: Sampler, mode: str = "eager") -> None:
+        if mode not in DECODE_MODES:
+            raise ValueError(f"decode mode must be one of {DECODE_MODES}, got {mode!r}")
+        self.model, self.sampler, self.mode = model, sampler, mode
+        self.device = model.lm_head.weight.device
+        if mode == "cuda_graph" and self.device.type != "cuda":
+            raise ValueError("decode mode 'cuda_graph' needs the model on a CUDA device")
+        self._fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.forward
+        self._graph: Optional[torch.cuda.CUDAGraph] = None
+        if mode in ("compile", "max-autotune"):
+            if self.device.type == "cuda":
+                self._mark_static_buffers()
+                self.compile(mode="reduce-overhead" if mode == "compile" else mode, fullgraph=True, dynamic=False)
+            else:
+                self.compile(fullgraph=True, dynamic=False)
+
+    def forward(self, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """token (B, 1) at input_pos (B, 1) -> next token (B, 1), sampled for position input_pos + 1."""
+        logits = self.model(token, input_pos)[:, -1]  # (B, V_padded)
+        return self.sampler(logits, input_pos + 1)
+
+    def compile(self, **compile_kwargs) -> None:
+        """Wrap the step in torch.compile with these arguments (e.g. backend="eager" to test for recompiles)."""
+        self._fn = torch.compile(self.forward, **compile_kwargs)
+
+    def _mark_static_buffers(self) -> None:
+        """KV caches, rope tables and sampler buffers keep their addresses: let CUDA graphs read them in place."""
+        for buffer in list(self.model.buffers()) + list(self.sampler.buffers()):
+            torch._dynamo.mark_static_address(buffer)
+
+    @torch.inference_mode()
+    def __call__(self, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        if self.mode == "cuda_graph":
+            return self._replay(token, input_pos)
+        if self.mode in ("compile", "max-autotune") and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+            return self._fn(token, input_pos).clone()  # the graph's output buffer is reused by the next replay
+        return self._fn(token, input_pos)
+
+    def _replay(self, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        if self._graph is None:
+            self._static_token, self._static_pos = token.clone(), input_pos.clone()
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):  # warm up kernels (and their workspaces) outside the capture
+                for _ in range(2):
+                    self.forward(self._static_token, self._static_pos)
+            torch.cuda.current_stream().wait_stream(stream)
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph):
+                self._static_out = self.forward(self._static_token, self._static_pos)
+            # the warm-up and capture wrote this position's cache entry; replaying below writes it again, the same
+        self._static_token.copy_(token)
+        self._static_pos.copy_(input_pos)
+        self._graph.replay()
+        return self._static_out.clone()
+
+
+# ------------------------------------------------------------------------------------------------ prefill and loop
+def check_lengths(model: GPT, prompt_lengths: list[int], max_new_tokens: int) -> int:
+    """The cache length a generation needs, or a ValueError naming the limit it breaks."""
+    if not prompt_lengths or min(prompt_lengths) < 1:
+        raise ValueError("the prompt is empty (it encodes to no tokens); pass some text with --prompt")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    total = max(prompt_lengths) + max_new_tokens
+    if total > model.config.block_size:
+        raise ValueError(
+            f"prompt ({max(prompt_lengths)} tokens) + max_new_tokens ({max_new_tokens}) = {total} exceeds the "
+            f"model's context of {model.config.block_size} tokens; shorten the prompt or lower --max_new_tokens"
+        )
+    return total
+
+
+@torch.inference_mode()
+def prefill(
+    model: GPT, prompts: list[torch.Tensor], sampler: Sampler, start: int = 0, tokens_per_chunk: int = PREFILL_TOKENS_PER_CHUNK
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write the prompts (right-padded) into the cache at positions start.. and sample each row's first token.
+
+    Returns the first new tokens (B, 1) and each row's next position (B, 1). Long prompts run in chunks of at
+    most `tokens_per_chunk` rows x tokens, which bounds the memory of the logits and masks.
+    """
+    device = model.lm_head.weight.device
+    B, lengths = len(prompts), [len(p) for p in prompts]
+    T = max(lengths)
+    idx = torch.zeros(B, T, dtype=torch.int64, device=device)  # (B, T), right-padded with id 0
+    for row, prompt in enumerate(prompts):
+        idx[row, : lengths[row]] = prompt.to(device)
+    last_logits = torch.empty(B, model.config.padded_vocab_size, device=device)  # (B, V_padded)
+    chunk = max(1, tokens_per_chunk // B)
+    for begin in range(0, T, chunk):
+        end = min(T, begin + chunk)
+        input_pos = torch.arange(start + begin, start + end, device=device)  # (t,)
+        logits = model(idx[:, begin:end], input_pos=input_pos, input_pos_maxp1=start + end)  # (B, t, V_padded)
+        for row in range(B):
+            if begin <= lengths[row] - 1 < end:
+                last_logits[row] = logits[row, lengths[row] - 1 - begin]
+    next_pos = start + torch.tensor(lengths, device=device).view(B, 1)  # (B, 1)
+    return sampler(last_logits, next_pos), next_pos
+
+
+@torch.inference_mode()  # every token and position is an inference tensor: the compiled step sees one kind
+def generate_tokens(
+    model: GPT, prompts: list[torch.Tensor], max_new_tokens: int, sampler: Sampler, step: DecodeStep, start: int = 0
+) -> Iterator[torch.Tensor]:
+    """Yield the new tokens (B, 1), one device tensor per position; the KV cache must already be set and hold
+    the conversation so far in its first `start` positions.
+
+    Nothing here syncs with the host: a caller that never looks at the values runs fully asynchronously.
+    """
+    token, input_pos = prefill(model, prompts, sampler, start)
+    yield token
+    for _ in range(max_new_tokens - 1):
+        token = step(token, input_pos)
+        input_pos = input_pos + 1
+        yield token
+
+
+def trim_at_stop(ids: list[int], stop_tokens: list[list[int]]) -> tuple[list[int], bool]:
+    """Cut ids before the earliest stop sequence; also says whether one was found."""
+    cut = len(ids)
+    for stop in stop_tokens:
+        n = len(stop)
+        for i in range(len(ids) - n + 1):
+            if i >= cut:
+                break
+            if ids[i : i + n] == stop:
+                cut = i
+                break
+    return ids[:cut], cut < len(ids)
+
+
+def generate(
+    model: GPT,
+    prompts: list[torch.Tensor],
+    max_new_tokens: int,
+    sampler: Sampler,
+    step: DecodeStep,
+    stop_tokens: list[list[int]] = (),
+    check_every: int = 16,
+) -> tuple[list[list[int]], float]:
+    """Generate for every prompt at once: each row's new ids, cut before its first stop sequence, and the
+    seconds until the first tokens were ready.
+
+    Single-token stops are tracked on the device; the host looks at them only every `check_every` tokens to end
+    early once every row has stopped.
+    """
+    t0 = time.perf_counter()
+    device = model.lm_head.weight.device
+    B = len(prompts)
+    out = torch.empty(B, max_new_tokens, dtype=torch.int64, device=device)  # (B, max_new_tokens)
+    single = [s[0] for s in stop_tokens if len(s) == 1]
+    stop_ids = torch.tensor(single, dtype=torch.int64, device=device)
+    stopped = torch.zeros(B, 1, dtype=torch.bool, device=device)
+    n, time_to_first = 0, 0.0
+    for n, token in enumerate(generate_tokens(model, prompts, max_new_tokens, sampler, step), start=1):
+        out[:, n - 1 : n] = token
+        if n == 1:
+            _synchronize(device)
+            time_to_first = time.perf_counter() - t0
+        if single:
+            stopped |= torch.isin(token, stop_ids)
+            if n % check_every == 0 and bool(stopped.all()):
+                break
+    rows = out[:, :n].tolist()
+    return [trim_at_stop(row, list(stop_tokens))[0] for row in rows], time_to_first
+
+
+def stream_tokens(
+    tokens: Iterator[torch.Tensor], tokenizer: Tokenizer, stop_tokens: list[list[int]], out: TextIO
+) -> tuple[list[int], list[int], float]:
+    """Write the text of a batch-of-one token stream to `out` as it comes (one host sync per token) and stop at
+    the first stop sequence. Returns the ids without the stop sequence, every id taken from the stream (the stop
+    sequence included) and the seconds to the first token.
+
+    Text is written only once it decodes cleanly: a character split over several byte-level tokens waits for
+    its last byte, and the tail that could still become a stop sequence is held back.
+    """
+    t0 = time.perf_counter()
+    ids: list[int] = []
+    written, time_to_first = "", 0.0
+    hold = max((len(s) for s in stop_tokens), default=1) - 1
+    kept: list[int] = []
+    for token in tokens:
+        ids.append(int(token))
+        if len(ids) == 1:
+            time_to_first = time.perf_counter() - t0
+        kept, stopped = trim_at_stop(ids, stop_tokens)
+        if stopped:
+            break
+        written = _write_new_text(tokenizer.decode(kept[: len(kept) - hold]), written, out)
+    _write_new_text(tokenizer.decode(kept), written, out, final=True)
+    return kept, ids, time_to_first
+
+
+def _write_new_text(text: str, written: str, out: TextIO, final: bool = False) -> str:
+    """Write what `text` adds to `written` (once it no longer ends in a partial character); return what is out."""
+    if text.startswith(written) and (final or not text.endswith("\ufffd")):
+        out.write(text[len(written) :])
+        out.flush()
+        return text
+    return written
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_bytes(device: torch.device) -> tuple[int, str]:
+    """Peak CUDA memory allocated on `device`, or this process's peak resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "CUDA allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process RSS"
+
+
+# ------------------------------------------------------------------------------------------------ the CLI command
+def main(
+    checkpoint_dir: Path,
+    prompt: str = "What food do llamas eat?",
+    max_new_tokens: int = 50,
+    temperature: float = 0.8,
+    top_k: Optional[int] = 50,
+    top_p: float = 1.0,
+    num_samples: int = 1,
+    batch_size: int = 1,
+    seed: int = 1234,
+    precision: Optional[str] = None,
+    device: str = "auto",
+    compile: bool = False,
+    kernels: bool = True,
+    prompt_style: Optional[str] = None,
+) -> None:
+    """Generate text from a checkpoint, streaming it to stdout; timings and memory go to stderr.
+
+    Args:
+        checkpoint_dir: a directory with lit_model.pth, model_config.yaml and tokenizer files (e.g. the `final`
+            directory that `litgpt pretrain` writes).
+        prompt: the text to continue.
+        max_new_tokens: tokens to generate per sample (fewer if the model ends the text).
+        temperature: sampling temperature; 0 is greedy decoding (argmax).
+        top_k: sample only among the k likeliest tokens (null for all).
+        top_p: sample only among the likeliest tokens whose probability adds up to top_p (1.0 for all).
+        num_samples: how many samples to generate.
+        batch_size: samples generated at once; with 1, text streams token by token.
+        seed: sampling seed: the same seed gives the same text.
+        precision: weight precision: 32-true, bf16-true, 16-true, 64-true (default: bf16 on CUDA, else 32-true).
+        device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
+        compile: compile the decode step (on CUDA: torch.compile with CUDA graphs; on CPU: inductor).
+        kernels: on CUDA, decode attention runs the Triton split-KV kernels of `litgpt.kernels` (false: the
+            pure-torch attention). No effect on CPU, where the torch path always runs.
+        prompt_style: how the prompt is framed (default: the checkpoint's prompt_style.yaml, else plain text).
+    """
+    from litgpt.api import LLM
+    from litgpt.kernels import set_kernels
+
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
+    SamplingParams(temperature, top_k, top_p)  # bad values fail before the weights load
+    if not prompt:
+        raise ValueError("the prompt is empty; pass some text with --prompt")
+    llm = LLM.load(checkpoint_dir, device=device, precision=precision, prompt_style=prompt_style)
+    set_kernels(llm.model, kernels)
+    for first in range(0, num_samples, batch_size):
+        rows = min(batch_size, num_samples - first)
+        stream = sys.stdout if rows == 1 else None
+        texts, stats = llm.generate_with_stats(
+            [prompt] * rows, max_new_tokens, temperature, top_k, top_p, seed=seed + first, compile=compile,
+            stream=stream,
+        )
+        for text in texts:
+            if stream is None:
+                sys.stdout.write(prompt + text)
+            sys.stdout.write("\n")
+            if num_samples > 1:
+                sys.stdout.write("-" * 40 + "\n")
+        sys.stdout.flush()
+        sys.stderr.write(format_stats(stats) + "\n")
+
+
+def format_stats(stats: dict) -> str:
+    return (
+        f"time to first token {stats['time_to_first_token_s'] * 1000:.1f} ms; "
+        f"{stats['new_tokens']} tokens in {stats['total_s']:.2f} s: decode {stats['decode_tokens_per_s']:,.1f} "
+        f"tokens/s (batch {stats['batch']}); peak memory {stats['peak_memory_bytes'] / 1e9:.3f} GB "
+        f"({stats['peak_memory_kind']}); KV cache {stats['kv_cache_bytes'] / 1e6:.2f} MB"
+    )

@@ -1,0 +1,105 @@
+"""`litgpt chat`: a multi-turn conversation on stdin that keeps the KV cache between turns.
+
+Each turn prefills only the new text (the user's message, framed by the prompt style, after the last token of the
+previous reply) at the positions after the conversation so far, then decodes with the same static step as
+`litgpt generate`. When the context is full the conversation starts over. EOF or an empty line ends the session.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional, TextIO
+
+import torch
+
+from litgpt.api import LLM
+from litgpt.generate.base import DecodeStep, Sampler, SamplingParams, generate_tokens, stream_tokens
+
+
+class Conversation:
+    """The state of one chat: the cache holds `position` tokens; `pending` ids are sampled but not yet cached."""
+
+    def __init__(self, llm: LLM, params: SamplingParams, seed: int, compile: bool) -> None:
+        self.llm = llm
+        model = llm.model
+        self.cache_len = model.max_seq_length
+        model.set_kv_cache(1, max_seq_length=self.cache_len)
+        self.sampler = Sampler(params, model.config.vocab_size, 1, llm.device)
+        self.sampler.seed(seed)
+        self.step = DecodeStep(model, self.sampler, mode="compile" if compile else "eager")
+        self.stop_tokens = llm.prompt_style.stop_tokens(llm.tokenizer)
+        self.position = 0
+        self.pending: list[int] = []
+
+    def reply(self, message: str, max_new_tokens: int, out: TextIO) -> tuple[list[int], float]:
+        """Stream the reply to `message` to `out`; returns its ids and the seconds it took."""
+        new_ids = self.llm.encode_prompts([message])[0].tolist()
+        if len(new_ids) + max_new_tokens > self.cache_len:
+            raise ValueError(
+                f"message ({len(new_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context of "
+                f"{self.cache_len} tokens; send a shorter message or lower --max_new_tokens"
+            )
+        ids = self.pending + new_ids
+        if self.position + len(ids) + max_new_tokens > self.cache_len:
+            sys.stderr.write("[context full: starting a new conversation]\n")
+            self.position, ids = 0, new_ids
+        t0 = time.perf_counter()
+        prompt = torch.tensor(ids, dtype=torch.int64)
+        tokens = generate_tokens(self.llm.model, [prompt], max_new_tokens, self.sampler, self.step, self.position)
+        kept, taken, _ = stream_tokens(tokens, self.llm.tokenizer, self.stop_tokens, out)
+        # the cache now holds the message and every reply token but the last, which opens the next turn
+        self.position += len(ids) + len(taken) - 1
+        self.pending = taken[-1:]
+        return kept, time.perf_counter() - t0
+
+
+def main(
+    checkpoint_dir: Path,
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: Optional[int] = 50,
+    top_p: float = 1.0,
+    seed: int = 1234,
+    precision: Optional[str] = None,
+    device: str = "auto",
+    compile: bool = False,
+    prompt_style: Optional[str] = None,
+) -> None:
+    """Chat with a checkpoint: type a message, read the streamed reply; an empty line or EOF (Ctrl-D) quits.
+
+    Args:
+        checkpoint_dir: a directory with lit_model.pth, model_config.yaml and tokenizer files.
+        max_new_tokens: most tokens per reply.
+        temperature: sampling temperature; 0 is greedy decoding.
+        top_k: sample only among the k likeliest tokens (null for all).
+        top_p: sample only among the likeliest tokens whose probability adds up to top_p (1.0 for all).
+        seed: sampling seed.
+        precision: weight precision: 32-true, bf16-true, 16-true, 64-true (default: bf16 on CUDA, else 32-true).
+        device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
+        compile: compile the decode step (on CUDA: torch.compile with CUDA graphs; on CPU: inductor).
+        prompt_style: how messages are framed (default: the checkpoint's prompt_style.yaml, else plain text).
+    """
+    params = SamplingParams(temperature, top_k, top_p)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    llm = LLM.load(checkpoint_dir, device=device, precision=precision, prompt_style=prompt_style)
+    conversation = Conversation(llm, params, seed, compile)
+    sys.stderr.write("Chat: type a message and press Enter; an empty line or Ctrl-D quits.\n")
+    while True:
+        sys.stdout.write(">> Prompt: ")
+        sys.stdout.flush()
+        line = sys.stdin.readline()
+        if not line.strip():  # "" is EOF, "\n" an empty line
+            sys.stdout.write("\n")
+            break
+        sys.stdout.write(">> Reply: ")
+        try:
+            ids, seconds = conversation.reply(line.rstrip("\n"), max_new_tokens, sys.stdout)
+        except ValueError as e:
+            sys.stderr.write(f"litgpt: error: {e}\n")
+            continue
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        sys.stderr.write(f"[{len(ids)} tokens in {seconds:.2f} s, {conversation.position} in context]\n")

@@ -1,0 +1,21 @@
+"""Decode-attention kernels (Triton, on CUDA) with their pure-torch references.
+
+`mla_decode_attention` is the absorbed MLA decode over `KVCacheCompressed`; `gqa_decode_attention` the MHA/GQA/MQA
+decode over `KVCache`. `set_kernels(model, False)` switches every module back to the torch path.
+"""
+
+from litgpt.kernels.decode_attention import (
+    gqa_decode_attention,
+    gqa_decode_attention_reference,
+    mla_decode_attention,
+    mla_decode_attention_reference,
+    set_kernels,
+)
+
+__all__ = [
+    "gqa_decode_attention",
+    "gqa_decode_attention_reference",
+    "mla_decode_attention",
+    "mla_decode_attention_reference",
+    "set_kernels",
+]

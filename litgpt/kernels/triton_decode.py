@@ -1,0 +1,249 @@
+"""Triton split-KV flash-decoding over a cache shared by a group of query heads (needs `triton`).
+
+One kernel serves both caches:
+  MLA  -- K = [latent c | rope key] (B, 1, S, d_c + d_R), V = c, read once per tile for scores and output;
+  GQA  -- K (B, G, S, d), V (B, G, S, d_v), separate tensors (MHA: G = n_head, MQA: G = 1).
+
+Stage 1 (`_split_kernel`): one program per (row b and group g, block of query rows, KV split). The query rows of
+a program are the (head, new token) pairs of group g, stacked into a (BLOCK_H, d) tile so that every K/V tile
+read from memory feeds one tensor-core product for all of them. Row (head, t) of batch row b sees cached tokens
+0..input_pos[b, t]; the loop stops at the largest valid length in the block, so only valid tokens are read, and a
+split that lies beyond it reads nothing. Online softmax in fp32 with exp2 (log2(e) folded into the scale).
+Stage 2 (`_merge_kernel`): for each row, a log-sum-exp merge of the splits that hold its valid tokens.
+With one split, stage 1 writes the normalised output directly and stage 2 is skipped.
+
+The split count depends only on static sizes (S_max, B, G, rows, SM count), never on input_pos, and nothing
+syncs with the host: the launch can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _split_kernel(
+    Q, K, V, POS, OUT, PART_O, PART_LSE,
+    qk_scale,  # softmax scale * log2(e)
+    stride_qb, stride_qh, stride_qt,
+    stride_kb, stride_kg, stride_ks,
+    stride_vb, stride_vg, stride_vs,
+    stride_pb, stride_pt,
+    stride_ob, stride_oh, stride_ot,
+    n_groups, heads_per_group, T, n_rows, S, split_len, n_splits,
+    D_MAIN: tl.constexpr, D_ROPE: tl.constexpr, D_V: tl.constexpr,
+    BLOCK_DM: tl.constexpr, BLOCK_DR: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
+    SHARED_V: tl.constexpr, SINGLE_SPLIT: tl.constexpr,
+):
+    pid_rows = tl.program_id(0)  # fastest-varying: row blocks that share a KV tile run side by side (L2 reuse)
+    pid_bg = tl.program_id(1)
+    pid_split = tl.program_id(2)
+    b = (pid_bg // n_groups).to(tl.int64)  # 64-bit: b * stride_kb passes 2**31 for large caches
+    g = pid_bg % n_groups
+
+    rows = pid_rows * BLOCK_H + tl.arange(0, BLOCK_H)  # (BLOCK_H,) query rows = (head in group, token)
+    row_ok = rows < n_rows
+    t = rows % T
+    head = g * heads_per_group + rows // T
+    pos = tl.load(POS + b * stride_pb + t * stride_pt, mask=row_ok, other=-1)
+    valid = tl.minimum(pos + 1, S).to(tl.int32)  # (BLOCK_H,) tokens this row may attend
+    block_valid = tl.max(valid, axis=0)
+    start = pid_split * split_len
+    end = tl.minimum(start + split_len, block_valid)
+
+    offs_dm = tl.arange(0, BLOCK_DM)
+    dm_ok = offs_dm < D_MAIN
+    q_rows = Q + b * stride_qb + head * stride_qh + t * stride_qt  # (BLOCK_H,) row pointers
+    q_main = tl.load(q_rows[:, None] + offs_dm[None, :], mask=row_ok[:, None] & dm_ok[None, :], other=0.0)
+    if D_ROPE > 0:
+        offs_dr = tl.arange(0, BLOCK_DR)
+        dr_ok = offs_dr < D_ROPE
+        q_rope = tl.load(q_rows[:, None] + D_MAIN + offs_dr[None, :], mask=row_ok[:, None] & dr_ok[None, :], other=0.0)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    dv_ok = offs_dv < D_V
+
+    k_base = K + b * stride_kb + g * stride_kg
+    v_base = V + b * stride_vb + g * stride_vg
+    m_i = tl.full([BLOCK_H], -1.0e30, dtype=tl.float32)  # finite: a row with no key in a tile stays NaN-free
+    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_DV], dtype=tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < end
+        k_rows = k_base + offs_n * stride_ks  # (BLOCK_N,)
+        if BLOCK_DM == D_MAIN:
+            k_main = tl.load(k_rows[:, None] + offs_dm[None, :], mask=n_ok[:, None], other=0.0)
+        else:
+            k_main = tl.load(k_rows[:, None] + offs_dm[None, :], mask=n_ok[:, None] & dm_ok[None, :], other=0.0)
+        scores = tl.dot(q_main, tl.trans(k_main))  # (BLOCK_H, BLOCK_N) fp32
+        if D_ROPE > 0:
+            k_rope = tl.load(k_rows[:, None] + D_MAIN + offs_dr[None, :], mask=n_ok[:, None] & dr_ok[None, :], other=0.0)
+            scores = tl.dot(q_rope, tl.trans(k_rope), scores)
+        scores = tl.where(offs_n[None, :] < valid[:, None], scores * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(scores - m_new[:, None])  # (BLOCK_H, BLOCK_N)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if SHARED_V:
+            v = k_main  # MLA: the latent doubles as V, already in on-chip memory
+        else:
+            v_rows = v_base + offs_n * stride_vs
+            v = tl.load(v_rows[:, None] + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])  # (BLOCK_H, BLOCK_DV)
+        m_i = m_new
+
+    has_keys = row_ok & (start < valid)
+    l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+    o = acc / l_safe[:, None]
+    if SINGLE_SPLIT:
+        o_rows = OUT + b * stride_ob + head * stride_oh + t * stride_ot
+        tl.store(o_rows[:, None] + offs_dv[None, :], o.to(OUT.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
+    else:
+        part = ((pid_bg * n_rows + rows) * n_splits + pid_split).to(tl.int64)  # (BLOCK_H,) index into (B*G, rows, splits)
+        tl.store(PART_O + part[:, None] * BLOCK_DV + offs_dv[None, :], o, mask=has_keys[:, None])
+        tl.store(PART_LSE + part, m_i + tl.log2(l_safe), mask=has_keys)
+
+
+@triton.jit
+def _merge_kernel(
+    POS, OUT, PART_O, PART_LSE,
+    stride_pb, stride_pt,
+    stride_ob, stride_oh, stride_ot,
+    n_groups, heads_per_group, T, n_rows, S, split_len, n_splits,
+    D_V: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    pid_bg = tl.program_id(0)
+    row = tl.program_id(1)
+    b = (pid_bg // n_groups).to(tl.int64)
+    g = pid_bg % n_groups
+    t = row % T
+    head = g * heads_per_group + row // T
+    valid = tl.minimum(tl.load(POS + b * stride_pb + t * stride_pt) + 1, S).to(tl.int32)
+    n_used = tl.cdiv(valid, split_len)  # splits that hold this row's tokens; later ones are empty for it
+    offs_dv = tl.arange(0, BLOCK_DV)
+    base = ((pid_bg * n_rows + row) * n_splits).to(tl.int64)
+    m = -1.0e30
+    l = 0.0
+    acc = tl.zeros([BLOCK_DV], dtype=tl.float32)
+    for s in range(0, n_used):
+        lse = tl.load(PART_LSE + base + s)
+        o = tl.load(PART_O + (base + s) * BLOCK_DV + offs_dv)
+        m_new = tl.maximum(m, lse)
+        alpha = tl.exp2(m - m_new)
+        w = tl.exp2(lse - m_new)
+        acc = acc * alpha + w * o
+        l = l * alpha + w
+        m = m_new
+    out = acc / l
+    tl.store(OUT + b * stride_ob + head * stride_oh + t * stride_ot + offs_dv, out.to(OUT.dtype.element_ty),
+             mask=offs_dv < D_V)
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Tile sizes and KV split of one launch: `block_h` query rows and `block_n` keys per iteration, `num_stages`
+    of cp.async pipelining; the KV is split only until there are `waves` programs per SM, each split at least
+    `min_split` tokens long."""
+
+    block_h: int = 16
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 3
+    waves: float = 1.0
+    min_split: int = 256
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+@functools.lru_cache(maxsize=None)
+def default_config(n_rows: int, d_v: int, batch_groups: int, n_sms: int) -> LaunchConfig:
+    """What measured best on an H100 (benchmarks/RESULTS.md, sweeps): 64 keys per iteration, 3 stages, about one
+    program per SM before splitting the KV. Up to 16 query rows: 16 per program. More rows: 32 per program
+    (8 warps when the accumulator is wider than 256, so it stays in registers), except for wide latents when
+    16-row blocks alone give half the SMs a program: then neighbouring 16-row programs share each KV tile in L2."""
+    if n_rows <= 16 or (d_v > 256 and batch_groups * triton.cdiv(n_rows, 16) >= n_sms // 2):
+        return LaunchConfig()
+    return LaunchConfig(block_h=32, num_warps=4 if d_v <= 256 else 8)
+
+
+def split_plan(programs: int, S: int, n_sms: int, config: LaunchConfig) -> tuple[int, int]:
+    """(split_len, n_splits) from static sizes only: enough programs for `waves` per SM, splits >= min_split."""
+    wanted = max(1, math.ceil(config.waves * n_sms / programs))
+    split_len = max(math.ceil(S / wanted), config.min_split)
+    block_n = config.block_n
+    split_len = min(triton.cdiv(split_len, block_n) * block_n, triton.cdiv(S, block_n) * block_n)
+    return split_len, triton.cdiv(S, split_len)
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    positions: torch.Tensor,
+    d_main: int,
+    d_v: int,
+    scale: float,
+    shared_v: bool,
+    config: Optional[LaunchConfig] = None,
+) -> torch.Tensor:
+    """Launch split-KV decoding. Shapes are checked by the callers in `litgpt.kernels.decode_attention`.
+
+    q: (B, H, T, d_main + d_rope) with unit last stride; k: (B, G, S, d_main + d_rope); v: (B, G, S, d_v)
+    (ignored and taken from k[..., :d_v] when shared_v); positions: (B, T) view (batch stride may be 0).
+    Returns (B, H, T, d_v) in q.dtype.
+    """
+    B, H, T, Dq = q.shape
+    G, S = k.size(1), k.size(2)
+    d_rope = Dq - d_main
+    heads_per_group = H // G
+    n_rows = heads_per_group * T
+    n_sms = sm_count(q.device.index if q.device.index is not None else torch.cuda.current_device()) if q.is_cuda else 4
+    config = config or default_config(n_rows, d_v, B * G, n_sms)
+    block_dv = triton.next_power_of_2(d_v)
+    row_blocks = triton.cdiv(n_rows, config.block_h)
+    split_len, n_splits = split_plan(B * G * row_blocks, S, n_sms, config)
+    out = torch.empty(B, H, T, d_v, device=q.device, dtype=q.dtype)
+    if n_splits > 1:
+        part_o = torch.empty(B * G * n_rows * n_splits * block_dv, device=q.device, dtype=torch.float32)
+        part_lse = torch.empty(B * G * n_rows * n_splits, device=q.device, dtype=torch.float32)
+    else:
+        part_o = part_lse = out  # unused
+    sizes = (G, heads_per_group, T, n_rows, S, split_len, n_splits)
+    pos_strides = (positions.stride(0), positions.stride(1))
+    out_strides = (out.stride(0), out.stride(1), out.stride(2))
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+        _split_kernel[(row_blocks, B * G, n_splits)](
+            q, k, v, positions, out, part_o, part_lse,
+            scale * LOG2E,
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            *pos_strides, *out_strides, *sizes,
+            D_MAIN=d_main, D_ROPE=d_rope, D_V=d_v,
+            BLOCK_DM=triton.next_power_of_2(d_main),
+            BLOCK_DR=triton.next_power_of_2(max(d_rope, 16)),
+            BLOCK_DV=block_dv,
+            BLOCK_H=config.block_h, BLOCK_N=config.block_n,
+            SHARED_V=shared_v, SINGLE_SPLIT=n_splits == 1,
+            num_warps=config.num_warps, num_stages=config.num_stages,
+        )
+        if n_splits > 1:
+            _merge_kernel[(B * G, n_rows)](
+                positions, out, part_o, part_lse, *pos_strides, *out_strides, *sizes,
+                D_V=d_v, BLOCK_DV=block_dv, num_warps=4 if block_dv >= 512 else 2,
+            )
+    return out

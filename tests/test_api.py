@@ -1,0 +1,85 @@
+import pytest
+import torch
+
+import litgpt
+from litgpt import LLM
+from test_generate import argmax_reference, make_checkpoint
+
+
+@pytest.fixture
+def llm(tmp_path) -> LLM:
+    return LLM.load(make_checkpoint(tmp_path), device="cpu", precision="32-true")
+
+
+def test_generate_greedy_batched_prompts_equal_alone_and_reference(llm):
+    prompts = ["The cat", "A big happy dog saw the small sun and then", "Moon"]
+    batched = llm.generate(prompts, max_new_tokens=6, temperature=0)
+    assert isinstance(batched, list) and len(batched) == 3
+    assert batched == [llm.generate(p, max_new_tokens=6, temperature=0) for p in prompts]
+    ids = argmax_reference(llm.model, llm.tokenizer.encode(prompts[1]), 6)
+    eos = llm.tokenizer.eos_id
+    assert batched[1] == llm.tokenizer.decode(ids[: ids.index(eos)] if eos in ids else ids)
+
+
+def test_generate_sampling_is_reproducible(llm):
+    kwargs = dict(max_new_tokens=10, temperature=1.0, top_k=50, top_p=0.9)
+    assert llm.generate("The dog", seed=1, **kwargs) == llm.generate("The dog", seed=1, **kwargs)
+
+
+def test_load_precision_and_exports(tmp_path):
+    llm = LLM.load(make_checkpoint(tmp_path), device="cpu", precision="64-true")
+    assert llm.model.lm_head.weight.dtype == torch.float64
+    assert litgpt.LLM is LLM and litgpt.Tokenizer is type(llm.tokenizer)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(temperature=-1.0), "temperature must be >= 0"),
+        (dict(top_p=0.0), "top_p must be in (0, 1]"),
+        (dict(top_p=1.01), "top_p must be in (0, 1]"),
+        (dict(top_k=0), "top_k must be a positive integer"),
+        (dict(max_new_tokens=0), "max_new_tokens must be >= 1"),
+        (dict(max_new_tokens=200), "exceeds the model's context of 128 tokens"),
+    ],
+)
+def test_generate_bad_arguments(llm, kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
+        llm.generate("The cat", **kwargs)
+
+
+def test_generate_empty_prompts(llm):
+    with pytest.raises(ValueError, match="prompt 0 is empty"):
+        llm.generate("")
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        llm.generate(["The cat", ""])
+    with pytest.raises(ValueError, match="no prompts given"):
+        llm.generate([])
+
+
+def test_load_missing_pieces(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        LLM.load(tmp_path / "nowhere")
+    checkpoint_dir = make_checkpoint(tmp_path)
+    (checkpoint_dir / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json or tokenizer.model"):
+        LLM.load(checkpoint_dir)
+    (checkpoint_dir / "lit_model.pth").unlink()
+    with pytest.raises(FileNotFoundError, match="incomplete: it has no lit_model.pth"):
+        LLM.load(checkpoint_dir)
+    with pytest.raises(ValueError, match="unknown prompt style"):
+        LLM.load(make_checkpoint(tmp_path / "other"), prompt_style="nope")
+
+
+def test_benchmark_reports_the_issue_numbers():
+    llm = LLM.from_config("debug-mla", device="cpu")
+    result = llm.benchmark(batch_size=2, context_length=64, decode_steps=4, warmup=1, compile=False)
+    config = llm.model.config
+    expected_kv = 2 * 64 * config.mla.cache_width * config.n_layer * 4  # float32
+    assert result["kv_cache_bytes"] == expected_kv
+    assert result["batch"] == 2 and result["context"] == 64 and result["mode"] == "eager"
+    assert result["decode_tokens_per_s"] > 0 and result["ms_per_step"] > 0 and result["time_to_first_token_s"] > 0
+    assert result["decode_tokens_per_s"] == pytest.approx(2 * 1000 / result["ms_per_step"])
+    assert result["peak_memory_bytes"] > 0 and result["gap"] > 1
+    with pytest.raises(ValueError, match="exceeds the model's block_size"):
+        llm.benchmark(context_length=config.block_size + 1)

@@ -1,0 +1,105 @@
+"""`litgpt benchmark decode`: output files and columns, throughput numbers, the capacity formula (KV bytes per
+token of MHA and MLA), block_size raising, and bad inputs."""
+
+import csv
+import math
+
+import pytest
+
+from litgpt.__main__ import main
+from litgpt.benchmark.decode import (
+    CAPACITY_COLUMNS,
+    RESULTS_COLUMNS,
+    benchmark_decode_command,
+    largest_batch,
+    longest_context,
+    memory_needed,
+)
+from litgpt.config import Config
+from litgpt.model import GPT
+
+TINY = dict(models=["debug", "debug-mla"], batch_sizes=[1, 2], context_lengths=[16, 160], decode_steps=2, warmup=1,
+            device="cpu", memory_budget_gib=0.5, reserve_gib=0.25, fit_batch_at_context=1000)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return tuple(reader.fieldnames), list(reader)
+
+
+def test_outputs_throughput_and_capacity(tmp_path):
+    result = benchmark_decode_command(**TINY, out_dir=tmp_path)
+    columns, rows = read_csv(tmp_path / "results.csv")
+    assert columns == RESULTS_COLUMNS
+    assert {(r["model"], int(r["batch"]), int(r["context"])) for r in rows} == {
+        (m, b, t) for m in ("debug", "debug-mla") for b in (1, 2) for t in (16, 160)}
+    for r in result["results"]:
+        assert r["status"] == "ok" and r["mode"] == "eager" and r["kernels"] is True
+        assert math.isfinite(r["tokens_per_s"]) and r["tokens_per_s"] > 0
+        assert r["tokens_per_s"] == pytest.approx(r["batch"] * 1e3 / r["ms_per_step"])
+        assert r["kv_cache_bytes"] == r["batch"] * r["context"] * r["kv_bytes_per_token"]
+        assert math.isnan(r["peak_memory_bytes"])  # not measured on CPU, never a stale number
+
+    columns, caps = read_csv(tmp_path / "capacity.csv")
+    assert columns == CAPACITY_COLUMNS and [c["model"] for c in caps] == ["debug", "debug-mla"]
+    mha, mla = Config.from_name("debug"), Config.from_name("debug-mla")
+    f32 = 4
+    expected_kv = {"debug": mha.n_layer * 2 * mha.n_query_groups * mha.head_size * f32,
+                   "debug-mla": mla.n_layer * (mla.mla.kv_lora_rank + mla.mla.qk_rope_head_dim) * f32}
+    assert expected_kv == {"debug": 2 * 2 * 4 * 16 * 4, "debug-mla": 2 * (64 + 8) * 4}  # the dims themselves
+    for cap in result["capacity"]:
+        config = Config.from_name(cap["model"])
+        assert cap["kv_bytes_per_token"] == expected_kv[cap["model"]]
+        assert cap["step_bytes_per_token"] == cap["step_bytes_per_row"] == cap["step_bytes_fixed"] == 0  # CPU
+        assert cap["rope_bytes_per_position"] == 2 * config.rope_n_elem * 4
+        assert cap["weights_bytes"] == 4 * sum(p.numel() for p in GPT(config).parameters())
+        budget, reserve = int(0.5 * 2**30), int(0.25 * 2**30)
+        per_position = cap["kv_bytes_per_token"] + cap["rope_bytes_per_position"]
+        assert cap["longest_context_batch1"] == (budget - cap["weights_bytes"] - reserve) // per_position
+        rows_at = (budget - cap["weights_bytes"] - reserve - 1000 * cap["rope_bytes_per_position"])
+        assert cap["largest_batch"] == rows_at // (1000 * cap["kv_bytes_per_token"])
+        S, B = cap["longest_context_batch1"], cap["largest_batch"]  # the largest that fit: one more does not
+        assert memory_needed(cap, 1, S) <= budget < memory_needed(cap, 1, S + 1)
+        assert memory_needed(cap, B, 1000) <= budget < memory_needed(cap, B + 1, 1000)
+        assert cap["verified"] == cap["verified_batch"] == "skipped (CPU)"
+    by_model = {c["model"]: c for c in result["capacity"]}
+    assert by_model["debug-mla"]["longest_context_batch1"] > by_model["debug"]["longest_context_batch1"]
+
+    assert (tmp_path / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = (tmp_path / "summary.md").read_text()
+    assert "litgpt benchmark decode --models '[debug, debug-mla]'" in summary
+    assert "## What fits in 0.5 GiB" in summary and "skipped on CPU" in summary
+    assert "block_size raised" in summary and "debug (was 128)" in summary  # 160 > debug's block_size of 128
+    assert sum(line.startswith("| debug-mla |") for line in summary.splitlines()) == 4 + 1
+
+
+def test_capacity_helpers_with_step_overheads():
+    cap = dict(memory_budget_bytes=10_000, weights_bytes=1_000, reserve_bytes=500, step_bytes_fixed=100,
+               kv_bytes_per_token=10, step_bytes_per_token=2, step_bytes_per_row=50, rope_bytes_per_position=4)
+    assert memory_needed(cap, 3, 20) == 1_000 + 3 * 20 * 12 + 3 * 50 + 100 + 20 * 4 + 500
+    assert longest_context(cap) == (10_000 - 1_600 - 50) // 16
+    assert largest_batch(cap, 100) == (10_000 - 1_600 - 400) // (100 * 12 + 50)
+    cap["memory_budget_bytes"] = 1_000
+    assert longest_context(cap) == 0 and largest_batch(cap, 100) == 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--models", "[]"], "--models must be a non-empty list"),
+        (["--models", "[nope]"], "unknown model name 'nope'"),
+        (["--context_lengths", "[1]"], "--context_lengths: 1 is too short"),
+        (["--context_lengths", "[4]", "--decode_steps", "5"], "--context_lengths: 4 is too short"),
+        (["--batch_sizes", "[0]"], "--batch_sizes must be a non-empty list of positive integers"),
+        (["--mode", "cuda_graph"], "--mode 'cuda_graph' is not available on cpu"),
+        (["--memory_budget_gib", "0"], "--memory_budget_gib must be positive"),
+    ],
+)
+def test_bad_input_is_one_line(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["benchmark", "decode", "--device", "cpu", "--out_dir", str(tmp_path), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("litgpt: error:") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "results.csv").exists()

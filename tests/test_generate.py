@@ -1,0 +1,223 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from litgpt.checkpoint import save_checkpoint
+from litgpt.config import Config
+from litgpt.generate.base import DecodeStep, Sampler, SamplingParams, generate, trim_at_stop
+from litgpt.model import GPT
+from litgpt.scripts.train_tokenizer import train_tokenizer
+from test_model import randomize
+from test_tokenizer import ListTexts, make_corpus
+
+CASES = ["debug", "debug-gqa", "debug-mqa", "debug-mla"]
+
+
+def make_model(name: str, **kwargs) -> GPT:
+    torch.manual_seed(0)
+    return randomize(GPT(Config.from_name(name, **kwargs))).eval()
+
+
+def make_checkpoint(tmp_path: Path, name: str = "debug-mla") -> Path:
+    """A complete checkpoint directory: random weights, model_config.yaml and a 300-token BPE tokenizer."""
+    checkpoint_dir = tmp_path / "checkpoint"
+    train_tokenizer(ListTexts(texts=make_corpus()), checkpoint_dir, vocab_size=300, min_frequency=1)
+    save_checkpoint(make_model(name, vocab_size=300), checkpoint_dir)
+    return checkpoint_dir
+
+
+def run_generate(model: GPT, prompts: list[torch.Tensor], max_new_tokens: int, params: SamplingParams, seed: int = 0,
+                 stop_tokens=()) -> list[list[int]]:
+    model.set_kv_cache(len(prompts), max_seq_length=max(len(p) for p in prompts) + max_new_tokens)
+    sampler = Sampler(params, model.config.vocab_size, len(prompts), torch.device("cpu"))
+    sampler.seed(seed)
+    rows, _ = generate(model, prompts, max_new_tokens, sampler, DecodeStep(model, sampler), stop_tokens)
+    return rows
+
+
+@torch.inference_mode()
+def argmax_reference(model: GPT, prompt: torch.Tensor, max_new_tokens: int) -> list[int]:
+    """Repeated argmax of the full (uncached) forward over the whole sequence so far."""
+    idx, out = prompt.clone(), []
+    for _ in range(max_new_tokens):
+        logits = model(idx.unsqueeze(0))[0, -1, : model.config.vocab_size]
+        token = int(logits.argmax())
+        out.append(token)
+        idx = torch.cat((idx, torch.tensor([token])))
+    return out
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_greedy_equals_argmax_of_full_forward(case):
+    model = make_model(case)
+    prompt = torch.randint(model.config.vocab_size, (7,))
+    assert run_generate(model, [prompt], 12, SamplingParams(temperature=0.0))[0] == argmax_reference(model, prompt, 12)
+
+
+@pytest.mark.parametrize("case", ["debug", "debug-gqa", "debug-mla"])
+def test_batched_prompts_of_different_lengths_equal_each_alone(case):
+    model = make_model(case)
+    prompts = [torch.randint(model.config.vocab_size, (n,)) for n in (3, 11, 6)]
+    for params in (SamplingParams(temperature=0.0), SamplingParams(temperature=1.0, top_k=20)):
+        batched = run_generate(model, prompts, 10, params)
+        alone = [run_generate(model, [p], 10, params)[0] for p in prompts]
+        if params.greedy:
+            assert batched == alone
+        else:  # a row's noise depends on its row index: compare row 0 (index 0 alone too)
+            assert batched[0] == alone[0]
+    # and the batched greedy rows are the reference's
+    assert run_generate(model, prompts, 10, SamplingParams(0.0))[1] == argmax_reference(model, prompts[1], 10)
+
+
+def test_same_seed_same_tokens_and_other_seed_differs():
+    model = make_model("debug-mla")
+    prompt = [torch.randint(model.config.vocab_size, (5,))]
+    params = SamplingParams(temperature=1.0, top_p=0.95)
+    first, again = run_generate(model, prompt, 16, params, seed=7), run_generate(model, prompt, 16, params, seed=7)
+    assert first == again
+    assert run_generate(model, prompt, 16, params, seed=8) != first
+
+
+def test_top_k_one_is_greedy():
+    model = make_model("debug")
+    prompt = [torch.randint(model.config.vocab_size, (5,))]
+    assert run_generate(model, prompt, 8, SamplingParams(1.0, top_k=1)) == run_generate(model, prompt, 8,
+                                                                                         SamplingParams(0.0))
+
+
+def test_sampler_draws_from_the_filtered_softmax():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().view(1, 4).expand(4000, 4)
+    positions = torch.arange(4000).view(-1, 1)
+
+    def frequencies(params: SamplingParams) -> torch.Tensor:
+        sampler = Sampler(params, 4, 4000, torch.device("cpu"))
+        tokens = sampler(logits, positions)  # every row is its own stream, every position its own draw
+        return torch.bincount(tokens.view(-1), minlength=4).float() / tokens.numel()
+
+    torch.testing.assert_close(frequencies(SamplingParams(1.0)), probs, atol=0.03, rtol=0)
+    hot = torch.softmax(probs.log() / 2.0, dim=0)  # temperature 2 flattens the distribution
+    torch.testing.assert_close(frequencies(SamplingParams(2.0)), hot, atol=0.03, rtol=0)
+    top2 = frequencies(SamplingParams(1.0, top_k=2))
+    torch.testing.assert_close(top2, torch.tensor([0.625, 0.375, 0.0, 0.0]), atol=0.03, rtol=0)
+    nucleus = frequencies(SamplingParams(1.0, top_p=0.7))  # 0.5 < 0.7 <= 0.8: the two likeliest tokens
+    assert nucleus[2:].sum() == 0 and nucleus[1] > 0.3
+    assert frequencies(SamplingParams(1.0, top_p=0.4))[0] == 1.0
+
+
+def test_stops_at_eos_per_row():
+    model = make_model("debug")
+    prompts = [torch.randint(model.config.vocab_size, (n,)) for n in (4, 9)]
+    free = run_generate(model, prompts, 10, SamplingParams(0.0))
+    stop = free[0][3]
+    rows = run_generate(model, prompts, 10, SamplingParams(0.0), stop_tokens=[[stop]])
+    assert rows[0] == free[0][: free[0].index(stop)]
+    assert rows[1] == (free[1][: free[1].index(stop)] if stop in free[1] else free[1])
+    assert trim_at_stop([1, 2, 3, 4, 2, 3], [[2, 3]]) == ([1], True)
+    assert trim_at_stop([1, 2, 4], [[2, 3], [9]]) == ([1, 2, 4], False)
+
+
+@pytest.mark.parametrize("case", ["debug", "debug-mla"])
+def test_compiled_step_does_not_recompile_per_token(case):
+    """The decode step keeps its shapes: one compiled graph serves every position (dynamo would raise otherwise)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = make_model(case)
+    prompt = [torch.randint(model.config.vocab_size, (6,))]
+    expected = run_generate(model, prompt, 6, SamplingParams(0.0))
+    model.set_kv_cache(1, max_seq_length=12)
+    sampler = Sampler(SamplingParams(0.0), model.config.vocab_size, 1, torch.device("cpu"))
+    step = DecodeStep(model, sampler)
+    step.compile(backend="eager", fullgraph=True, dynamic=False)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        rows, _ = generate(model, prompt, 6, sampler, step)
+    assert rows == expected
+    torch._dynamo.reset()
+
+
+def test_mla_decode_uses_absorbed_path_and_prefill_naive(monkeypatch):
+    from litgpt.attention import MultiheadLatentAttention
+
+    calls = []
+    for path in ("naive", "absorbed"):
+        original = getattr(MultiheadLatentAttention, path)
+
+        def spy(self, *args, _original=original, _path=path):
+            calls.append((_path, args[0].size(2)))  # (path, T)
+            return _original(self, *args)
+
+        monkeypatch.setattr(MultiheadLatentAttention, path, spy)
+    model = make_model("debug-mla")
+    run_generate(model, [torch.randint(model.config.vocab_size, (5,))], 3, SamplingParams(0.0))
+    n_layer = model.config.n_layer
+    assert calls == [("naive", 5)] * n_layer + [("absorbed", 1)] * (2 * n_layer)
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "litgpt", *args], input=stdin, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_cli_generate_streams_text_and_reports_stats(tmp_path):
+    checkpoint_dir = make_checkpoint(tmp_path)
+    result = cli("generate", str(checkpoint_dir), "--prompt", "The cat", "--max_new_tokens", "8", "--temperature",
+                 "0", "--precision", "32-true", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("The cat")
+    from litgpt import LLM
+
+    llm = LLM.load(checkpoint_dir, device="cpu")
+    assert result.stdout == "The cat" + llm.generate("The cat", max_new_tokens=8, temperature=0) + "\n"
+    stats = result.stderr.strip().splitlines()[-1]
+    for field in ("time to first token", "tokens/s", "peak memory", "KV cache"):
+        assert field in stats
+
+
+def test_cli_same_seed_same_text_and_samples(tmp_path):
+    checkpoint_dir = make_checkpoint(tmp_path)
+    args = ("generate", str(checkpoint_dir), "--prompt", "A dog", "--max_new_tokens", "6", "--device", "cpu",
+            "--temperature", "1.0", "--num_samples", "3", "--batch_size", "2", "--seed", "3")
+    first, again = cli(*args), cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == again.stdout
+    assert first.stdout.count("A dog") == 3
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--temperature", "-0.5"), "temperature must be >= 0"),
+        (("--top_p", "0"), "top_p must be in (0, 1]"),
+        (("--top_p", "1.5"), "top_p must be in (0, 1]"),
+        (("--prompt", ""), "prompt is empty"),
+        (("--max_new_tokens", "1000"), "exceeds the model's context of 128 tokens"),
+    ],
+)
+def test_cli_bad_generation_arguments(tmp_path, args, message):
+    result = cli("generate", str(make_checkpoint(tmp_path)), "--device", "cpu", *args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("litgpt: error: ")
+    assert message in result.stderr
+
+
+@pytest.mark.parametrize("remove, message", [
+    (None, "does not exist"),
+    ("lit_model.pth", "has no lit_model.pth"),
+    ("model_config.yaml", "has no model_config.yaml"),
+    ("tokenizer.json", "no tokenizer.json or tokenizer.model"),
+])
+def test_cli_missing_or_incomplete_checkpoint(tmp_path, remove, message):
+    checkpoint_dir = make_checkpoint(tmp_path)
+    if remove is None:
+        checkpoint_dir = tmp_path / "nowhere"
+    else:
+        (checkpoint_dir / remove).unlink()
+    result = cli("generate", str(checkpoint_dir), "--device", "cpu")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("litgpt: error: ")
+    assert message in result.stderr

@@ -1,0 +1,217 @@
+"""Decode attention: the torch references against explicit loops and the model; the Triton kernel (GPU) against
+the float32 reference on fresh random inputs, with poisoned outputs.
+
+All GPU checks: `python -m pytest -q -m cuda tests/test_kernels.py`.
+"""
+
+import pytest
+import torch
+
+from litgpt import GPT, Config
+from litgpt.kernels import (
+    gqa_decode_attention,
+    gqa_decode_attention_reference,
+    mla_decode_attention,
+    mla_decode_attention_reference,
+    set_kernels,
+)
+
+from test_model import MLA_DIMS, randomize
+
+
+def explicit_mla(q, kv, input_pos, d_c, scale):
+    """Loop-by-loop absorbed attention in float64: row b, head, token t sees keys 0..input_pos[b, t]."""
+    B, h, T, _ = q.shape
+    pos = input_pos.expand(B, T) if input_pos.dim() == 1 else input_pos
+    out = torch.empty(B, h, T, d_c, dtype=torch.float64)
+    for b in range(B):
+        for head in range(h):
+            for t in range(T):
+                visible = int(pos[b, t]) + 1
+                scores = torch.tensor([scale * float(q[b, head, t] @ kv[b, s]) for s in range(visible)], dtype=torch.float64)
+                weights = torch.softmax(scores, 0)
+                out[b, head, t] = sum(weights[s] * kv[b, s, :d_c] for s in range(visible))
+    return out
+
+
+def test_mla_reference_against_explicit_loops():
+    B, h, T, S, d_c, d_r = 2, 3, 2, 7, 8, 4
+    q = torch.randn(B, h, T, d_c + d_r, dtype=torch.float64)
+    kv = torch.randn(B, S, d_c + d_r, dtype=torch.float64)
+    input_pos = torch.tensor([[3, 4], [5, 6]])  # ragged: row 0 has 5 valid tokens, row 1 has 7; causal within T
+    out = mla_decode_attention_reference(q, kv, input_pos, d_c, scale=0.3)
+    torch.testing.assert_close(out, explicit_mla(q, kv, input_pos, d_c, 0.3), atol=1e-12, rtol=1e-12)
+    shared = mla_decode_attention_reference(q, kv, torch.tensor([2, 3]), d_c, scale=0.3)  # (T,) for all rows
+    torch.testing.assert_close(shared, explicit_mla(q, kv, torch.tensor([2, 3]), d_c, 0.3), atol=1e-12, rtol=1e-12)
+
+
+def test_gqa_reference_equals_sdpa():
+    B, H, G, T, S, d = 2, 6, 2, 3, 9, 8
+    q, k, v = torch.randn(B, H, T, d).double(), torch.randn(B, G, S, d).double(), torch.randn(B, G, S, d).double()
+    input_pos = torch.tensor([[2, 3, 4], [6, 7, 8]])
+    mask = torch.arange(S) <= input_pos.unsqueeze(-1)  # (B, T, S)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(H // G, 1), v.repeat_interleave(H // G, 1), attn_mask=mask.unsqueeze(1), scale=0.4
+    )
+    torch.testing.assert_close(gqa_decode_attention_reference(q, k, v, input_pos, 0.4), expected)
+
+
+def test_cpu_dispatch_runs_the_reference_and_rejects_bad_shapes():
+    q, kv = torch.randn(2, 4, 1, 40), torch.randn(2, 16, 40)
+    pos = torch.tensor([9])
+    torch.testing.assert_close(mla_decode_attention(q, kv, pos, 32, 0.2), mla_decode_attention_reference(q, kv, pos, 32, 0.2))
+    with pytest.raises(ValueError, match="input_pos must have shape"):
+        mla_decode_attention(q, kv, torch.tensor([[1, 2]]), 32, 0.2)
+    with pytest.raises(ValueError, match="kv_lora_rank"):
+        mla_decode_attention(q, kv, pos, 40, 0.2)
+    with pytest.raises(ValueError, match="same B and D"):
+        mla_decode_attention(q, kv[..., :32], pos, 16, 0.2)
+    with pytest.raises(ValueError, match="multiple of the KV groups"):
+        gqa_decode_attention(torch.randn(1, 3, 1, 8), torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8), pos, 0.2)
+
+
+def mla_model(dtype: torch.dtype, device: str = "cpu") -> GPT:
+    config = Config.from_name("debug", block_size=96, latent_attention={**MLA_DIMS, "kv_lora_rank": 64,
+                                                                        "qk_rope_head_dim": 16})
+    return randomize(GPT(config)).to(device=device, dtype=dtype)
+
+
+def cached_decode(model: GPT, idx: torch.Tensor, prefill: int, use_kernel: bool) -> torch.Tensor:
+    """Prefill `prefill` tokens, then decode the rest one at a time with per-row (B, 1) positions."""
+    set_kernels(model, use_kernel)
+    B, T = idx.shape
+    model.set_kv_cache(batch_size=B, max_seq_length=model.config.block_size)
+    logits = [model(idx[:, :prefill], input_pos=torch.arange(prefill, device=idx.device))[:, -1:]]
+    for t in range(prefill, T):
+        pos = torch.full((B, 1), t, device=idx.device)
+        logits.append(model(idx[:, t : t + 1], input_pos=pos))
+    return torch.cat(logits, 1)
+
+
+def test_absorbed_decode_with_per_row_positions_equals_naive_float64():
+    model = mla_model(torch.float64)
+    idx = torch.randint(0, model.config.padded_vocab_size, (2, 12))
+    with torch.no_grad():
+        absorbed = cached_decode(model, idx, prefill=5, use_kernel=True)  # CPU: the reference path
+        for block in model.transformer.h:
+            block.attn.absorb = False
+        naive = cached_decode(model, idx, prefill=5, use_kernel=True)
+    assert (absorbed - naive).abs().max().item() < 1e-10
+
+
+def test_set_kernels_switches_every_mla_module():
+    model = mla_model(torch.float32)
+    assert set_kernels(model, False) == model.config.n_layer
+    assert all(block.attn.use_kernel is False for block in model.transformer.h)
+    set_kernels(model, True)
+    assert all(block.attn.use_kernel is True for block in model.transformer.h)
+
+
+# ---------------------------------------------------------------- GPU: the Triton kernel
+
+MLA_CASES = [  # (B, h, T, S_max, d_c, d_R, valid lengths of the last new token per row)
+    (1, 16, 1, 64, 512, 64, [1]),
+    (2, 12, 1, 300, 256, 32, [17, 300]),
+    (3, 16, 1, 4096, 512, 64, [4096, 2048, 1000]),  # block multiples and non-multiples
+    (4, 32, 1, 2048, 256, 32, [5, 64, 1999, 2048]),
+    (8, 12, 1, 16384, 256, 32, [16384, 1, 8191, 33, 12000, 16383, 512, 77]),
+    (2, 16, 3, 1024, 512, 64, [3, 1024]),  # q_len > 1: causal within the new tokens
+    (2, 128, 2, 700, 512, 64, [700, 123]),  # more rows than one program holds
+    (2, 8, 1, 333, 320, 48, [333, 200]),  # widths that are multiples of 16, not powers of 2
+]
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.float() - ref).norm() / ref.norm()).item()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("B, h, T, S, d_c, d_r, lengths", MLA_CASES)
+def test_mla_kernel_matches_float32_reference(B, h, T, S, d_c, d_r, lengths, dtype, monkeypatch):
+    torch.manual_seed(sum(lengths) + h)
+    q = torch.randn(B, h, T, d_c + d_r, device="cuda", dtype=dtype)
+    kv = torch.randn(B, S, d_c + d_r, device="cuda", dtype=dtype)
+    input_pos = torch.tensor([[n - T + t for t in range(T)] for n in lengths], device="cuda")
+    ref = mla_decode_attention_reference(q.float(), kv.float(), input_pos, d_c, 0.07)
+    original_empty = torch.empty
+
+    def poisoned_empty(*args, **kwargs):  # the kernel's output and partial buffers start as NaN, not stale zeros
+        return original_empty(*args, **kwargs).fill_(float("nan"))
+
+    monkeypatch.setattr(torch, "empty", poisoned_empty)
+    out = mla_decode_attention(q, kv, input_pos, d_c, 0.07)
+    monkeypatch.undo()
+    assert out.shape == (B, h, T, d_c) and out.dtype == dtype
+    assert not out.isnan().any(), "some output elements were never written"
+    assert rel_error(out, ref) < 1e-2
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("B, H, G, T, S, d, lengths", [
+    (2, 12, 12, 1, 1000, 64, [1000, 17]),  # MHA
+    (3, 12, 3, 1, 4096, 64, [4096, 1, 2049]),  # GQA
+    (2, 8, 1, 2, 300, 128, [300, 64]),  # MQA, q_len 2
+])
+def test_gqa_kernel_matches_float32_reference(B, H, G, T, S, d, lengths):
+    q = torch.randn(B, H, T, d, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(B, G, S, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    input_pos = torch.tensor([[n - T + t for t in range(T)] for n in lengths], device="cuda")
+    ref = gqa_decode_attention_reference(q.float(), k.float(), v.float(), input_pos, 0.125)
+    out = gqa_decode_attention(q, k, v, input_pos, 0.125)
+    assert not out.isnan().any()
+    assert rel_error(out, ref) < 1e-2
+
+
+@pytest.mark.cuda
+def test_mla_kernel_reads_only_valid_tokens():
+    """Garbage (inf/NaN) past each row's valid length must not leak into the output."""
+    B, h, S, d_c, d_r = 3, 16, 2048, 512, 64
+    q = torch.randn(B, h, 1, d_c + d_r, device="cuda", dtype=torch.bfloat16)
+    kv = torch.randn(B, S, d_c + d_r, device="cuda", dtype=torch.bfloat16)
+    lengths = [100, 1500, 2048]
+    for b, n in enumerate(lengths):
+        kv[b, n:] = float("nan")
+    input_pos = torch.tensor(lengths, device="cuda").unsqueeze(1) - 1
+    out = mla_decode_attention(q, kv, input_pos, d_c, 0.05)
+    clean = kv.nan_to_num(0.0)
+    assert rel_error(out, mla_decode_attention_reference(q.float(), clean.float(), input_pos, d_c, 0.05)) < 1e-2
+
+
+@pytest.mark.cuda
+def test_mla_kernel_is_cuda_graph_capturable():
+    B, h, S, d_c, d_r = 4, 16, 4096, 512, 64
+    q = torch.randn(B, h, 1, d_c + d_r, device="cuda", dtype=torch.bfloat16)
+    kv = torch.randn(B, S, d_c + d_r, device="cuda", dtype=torch.bfloat16)
+    input_pos = torch.tensor([[10], [20], [30], [40]], device="cuda")
+    mla_decode_attention(q, kv, input_pos, d_c, 0.05)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = mla_decode_attention(q, kv, input_pos, d_c, 0.05)
+    for lengths in ([1, 4096, 2000, 17], [4096, 4096, 4096, 4096]):  # new lengths, same captured launch
+        input_pos.copy_(torch.tensor(lengths, device="cuda").unsqueeze(1) - 1)
+        q.normal_()
+        graph.replay()
+        ref = mla_decode_attention_reference(q.float(), kv.float(), input_pos, d_c, 0.05)
+        assert rel_error(out, ref) < 1e-2
+
+
+@pytest.mark.cuda
+def test_model_decode_with_kernel_matches_torch_path():
+    model = mla_model(torch.bfloat16, "cuda")
+    idx = torch.randint(0, model.config.padded_vocab_size, (3, 40), device="cuda")
+    with torch.no_grad():
+        torch_logits = cached_decode(model, idx, prefill=20, use_kernel=False).float()
+        kernel_logits = cached_decode(model, idx, prefill=20, use_kernel=True).float()
+    assert rel_error(kernel_logits, torch_logits) < 2e-2
+
+
+@pytest.mark.cuda
+def test_mla_kernel_compiles_as_one_opaque_op():
+    """torch.compile(fullgraph=True) traces the launch as the `litgpt::decode_attention` op: no graph break, same result."""
+    B, h, S, d_c, d_r = 3, 12, 1000, 256, 32
+    q = torch.randn(B, h, 1, d_c + d_r, device="cuda", dtype=torch.bfloat16)
+    kv = torch.randn(B, S, d_c + d_r, device="cuda", dtype=torch.bfloat16)
+    input_pos = torch.tensor([[5], [999], [500]], device="cuda")
+    compiled = torch.compile(mla_decode_attention, fullgraph=True, dynamic=False)
+    torch.testing.assert_close(compiled(q, kv, input_pos, d_c, 0.07), mla_decode_attention(q, kv, input_pos, d_c, 0.07))
