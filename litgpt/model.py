@@ -80,7 +80,7 @@ class GPT(nn.Module):
         position <= their own. input_pos_maxp1, if given, bounds the cache read to its first input_pos_maxp1
         positions (fewer FLOPs, but the shape then changes with it).
         targets (B, T), if given, makes forward return the mean cross-entropy of the logits against them, computed
-        in chunks by `litgpt.loss.linear_cross_entropy` without ever holding the full (B, T, vocab) logits.
+        in chunks by `litgpt.loss.linear_cross_entropy` without an fp32 copy of the (B, T, vocab) logits.
         """
         B, T = idx.shape
         if T > self.max_seq_length:

@@ -250,8 +250,8 @@ def fit(
 def next_token_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of predicting batch[:, 1:] from batch[:, :-1]; batch is (B, T + 1) token ids.
 
-    The loss is computed inside the model's forward (`targets=`), chunked, so the (B, T, vocab) logits never exist
-    in full and data-parallel wrappers see one forward.
+    The loss is computed inside the model's forward (`targets=`), chunked, so no fp32 copy of the (B, T, vocab)
+    logits exists and data-parallel wrappers see one forward.
     """
     return model(batch[:, :-1], targets=batch[:, 1:])  # ()
 

@@ -3,7 +3,6 @@ interrupted one, and bad inputs."""
 
 import json
 import math
-import random
 import shutil
 
 import pytest
@@ -11,23 +10,15 @@ import pytest
 from litgpt.__main__ import main
 from litgpt.benchmark.compare import read_metrics
 
-WORDS = ("the a cat dog ran sat on mat and then he she it was happy sad big small red blue tree house "
-         "bird sang song day night sun moon went home to school friend played with ball").split()
+from test_pretrain import write_stories
+
 MODELS = ["debug", "debug-mla"]
 TABLE_HEADER = "| model | params | val loss | val ppl | tokens | tokens/s | peak memory | KV bytes/token | train time |"
 
 
 @pytest.fixture(scope="module")
 def text_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("text")
-    rng = random.Random(0)
-    for split, n_files in (("train", 4), ("val", 1)):
-        (root / split).mkdir()
-        for i in range(n_files):
-            stories = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60))).capitalize() + "."
-                       for _ in range(40)]
-            (root / split / f"{i}.txt").write_text("\n\n".join(stories))
-    return root
+    return write_stories(tmp_path_factory.mktemp("text"), (4, 1), 40)
 
 
 def compare_args(text_dir, out_dir, **extra):

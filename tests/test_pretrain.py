@@ -24,17 +24,21 @@ WORDS = ("the a cat dog ran sat on mat and then he she it was happy sad big smal
          "bird sang song day night sun moon went home to school friend played with ball").split()
 
 
-@pytest.fixture(scope="module")
-def text_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("text")
+def write_stories(root: Path, files_per_split: tuple[int, int], stories_per_file: int) -> Path:
+    """train/ and val/ directories of .txt files of random little stories (seeded), for TextFiles."""
     rng = random.Random(0)
-    for split, n_files in (("train", 8), ("val", 2)):
+    for split, n_files in zip(("train", "val"), files_per_split):
         (root / split).mkdir()
         for i in range(n_files):
             stories = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60))).capitalize() + "."
-                       for _ in range(60)]
+                       for _ in range(stories_per_file)]
             (root / split / f"{i}.txt").write_text("\n\n".join(stories))
     return root
+
+
+@pytest.fixture(scope="module")
+def text_dir(tmp_path_factory):
+    return write_stories(tmp_path_factory.mktemp("text"), (8, 2), 60)
 
 
 def tiny_args(text_dir: Path, out_dir: Path, **extra: str) -> list[str]:
