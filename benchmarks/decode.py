@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain s
 
 from litgpt.benchmark.decode import benchmark_decode  # noqa: E402
 from litgpt.config import Config  # noqa: E402
+from litgpt.generate.base import DECODE_MODES  # noqa: E402
 from litgpt.model import GPT, init_weights  # noqa: E402
 
 
@@ -30,9 +31,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", default=["pythia-160m-mla", "pythia-160m"])
     parser.add_argument("--shapes", nargs="+", default=["1x1024", "32x4096", "8x32768"], help="BATCHxCONTEXT")
     parser.add_argument("--modes", nargs="+", default=["cuda_graph", "compile", "eager"],
-                        choices=["eager", "cuda_graph", "compile", "max-autotune"])
+                        choices=list(DECODE_MODES))
     parser.add_argument("--attention", nargs="+", default=["torch", "kernel"], choices=["torch", "kernel"],
                         help="decode attention: the pure-torch path and/or the Triton decode kernel")
+    parser.add_argument("--fold", nargs="+", default=["on"], choices=["off", "on"],
+                        help="decode on folded weights (litgpt.fold) or the blocks' own modules")
     parser.add_argument("--steps", type=int, default=100, help="timed decode steps")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (compile/capture happen here)")
     parser.add_argument("--profile", type=Path, default=None, help="directory for top-kernel tables per run")
@@ -46,7 +49,7 @@ def main() -> None:
     meta = dict(date=date.today().isoformat(), device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                 torch=torch.__version__, command=" ".join(sys.argv), floor_bandwidth_bytes_per_s=3.0e12)
     rows: list[dict] = []
-    header = (f"{'model':<16} {'mode/attention':<18} {'batch':>5} {'context':>7} {'tok/s':>9} {'ms/step':>8} {'floor ms':>8} "
+    header = (f"{'model':<16} {'mode/attention':<24} {'batch':>5} {'context':>7} {'tok/s':>9} {'ms/step':>8} {'floor ms':>8} "
               f"{'gap':>5} {'prefill s':>9} {'warmup s':>8} {'KV MB':>8} {'peak GB':>7}")
     print(header, flush=True)
     for name in args.models:
@@ -59,22 +62,24 @@ def main() -> None:
             init_weights(model)
             model = model.to(dtype=dtype).eval()
             switches = [m for m in model.modules() if hasattr(m, "use_kernel")]  # MLA's decode-kernel switch
-            variants = [(mode, attn) for attn in (args.attention if switches else ["torch"]) for mode in args.modes]
-            for mode, attn in variants:
+            variants = [(mode, attn, fold) for attn in (args.attention if switches else ["torch"])
+                        for mode in args.modes for fold in args.fold]
+            for mode, attn, fold in variants:
                 for module in switches:
                     module.use_kernel = attn == "kernel"
                 torch._dynamo.reset()  # each shape compiles its own static graph
-                label = f"{mode}/{attn}"
-                profile = args.profile / f"{name}_{shape}_{mode}_{attn}.txt" if args.profile else None
+                label = f"{mode}/{attn}" + ("/fold" if fold == "on" else "")
+                profile = args.profile / f"{name}_{shape}_{label.replace('/', '_').replace('+', '-')}.txt" if args.profile else None
                 try:
-                    r = benchmark_decode(model, batch, context, args.steps, args.warmup, mode, profile_path=profile)
+                    r = benchmark_decode(model, batch, context, args.steps, args.warmup, mode, profile_path=profile,
+                                         fold=fold == "on")
                     r["attention"] = attn
                 except Exception as e:  # keep measuring the other variants; the failure is recorded in the JSON
-                    r = dict(model=name, mode=mode, attention=attn, batch=batch, context=context,
+                    r = dict(model=name, mode=mode, attention=attn, fold=fold == "on", batch=batch, context=context,
                              error=f"{type(e).__name__}: {str(e)[:2000]}")
-                    print(f"{name:<16} {label:<18} {batch:>5} {context:>7} FAILED {r['error'][:200]!r}", flush=True)
+                    print(f"{name:<16} {label:<24} {batch:>5} {context:>7} FAILED {r['error'][:200]!r}", flush=True)
                 else:
-                    print(f"{name:<16} {label:<18} {batch:>5} {context:>7} {r['decode_tokens_per_s']:>9,.0f} "
+                    print(f"{name:<16} {label:<24} {batch:>5} {context:>7} {r['decode_tokens_per_s']:>9,.0f} "
                           f"{r['ms_per_step']:>8.3f} {r['floor_ms']:>8.3f} {r['gap']:>5.1f} "
                           f"{r['time_to_first_token_s']:>9.2f} {r['warmup_s']:>8.1f} {r['kv_cache_bytes'] / 1e6:>8.1f} "
                           f"{r['peak_memory_bytes'] / 1e9:>7.2f}", flush=True)

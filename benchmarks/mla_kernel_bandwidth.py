@@ -71,9 +71,14 @@ def mla_row(B: int, h: int, S: int, d_c: int, d_r: int, kvs: list[torch.Tensor],
     return row
 
 
-def sweep(rows: list[dict]) -> None:
-    """Time alternative launch configs on a few shapes; prints the best per shape."""
-    shapes = [(64, 32, 4096, 512, 64), (8, 32, 16384, 512, 64), (8, 32, 16384, 256, 32)]
+LARGE_SHAPES = [(64, 32, 4096, 512, 64), (8, 32, 16384, 512, 64), (8, 32, 16384, 256, 32)]
+SMALL_SHAPES = [(1, 12, 1024, 256, 32), (1, 12, 16384, 256, 32), (1, 16, 16384, 512, 64), (8, 12, 4096, 256, 32),
+                (32, 12, 4096, 256, 32)]  # batch 1 and the end-to-end decode shapes: latency-bound launches
+
+
+def sweep(rows: list[dict], shapes: list[tuple[int, ...]], small: bool = False) -> None:
+    """Time alternative launch configs on a few shapes; prints the best per shape. `small` sweeps what matters
+    for latency-bound problems (split length, waves, pipeline depth) instead of the tile shapes."""
     for B, h, S, d_c, d_r in shapes:
         nbytes = B * S * (d_c + d_r) * 2
         sets = [(torch.randn(B, h, 1, d_c + d_r, device="cuda", dtype=torch.bfloat16),
@@ -81,20 +86,19 @@ def sweep(rows: list[dict]) -> None:
         pos = torch.full((B, 1), S - 1, device="cuda")
         base = default_config(h, d_c, B, sm_count(torch.cuda.current_device()))
         results = []
-        for block_h in (16, 32):
-            for block_n in (32, 64):
-                for num_warps in (4, 8):
-                    for num_stages in (3,):
-                        for waves in (1.0,):
-                            config = dataclasses.replace(base, block_h=block_h, block_n=block_n, num_warps=num_warps,
-                                                         num_stages=num_stages, waves=waves)
-                            try:
-                                ms = time_ms(lambda q, k: decode_attention(q, k, k, pos, d_c, d_c, 0.1, True, config),
-                                             sets, replays=5)
-                            except Exception as error:  # out of shared memory for the largest tiles
-                                print(f"  skip {config}: {type(error).__name__}")
-                                continue
-                            results.append((ms, config))
+        if small:
+            grid = [dict(block_n=n, num_stages=st, waves=w, min_split=m) for n in (32, 64) for st in (2, 3)
+                    for w in (1.0, 2.0, 4.0) for m in (64, 128, 256) if m % n == 0]
+        else:
+            grid = [dict(block_h=bh, block_n=n, num_warps=nw) for bh in (16, 32) for n in (32, 64) for nw in (4, 8)]
+        for changes in grid:
+            config = dataclasses.replace(base, **changes)
+            try:
+                ms = time_ms(lambda q, k: decode_attention(q, k, k, pos, d_c, d_c, 0.1, True, config), sets, replays=5)
+            except Exception as error:  # out of shared memory for the largest tiles
+                print(f"  skip {config}: {type(error).__name__}")
+                continue
+            results.append((ms, config))
         results.sort(key=lambda r: r[0])
         default_ms = time_ms(lambda q, k: decode_attention(q, k, k, pos, d_c, d_c, 0.1, True, base), sets)
         print(f"sweep B={B} h={h} S={S} d={d_c}+{d_r}: default {nbytes / default_ms / 1e9:.2f} TB/s ({base})")
@@ -103,6 +107,25 @@ def sweep(rows: list[dict]) -> None:
         rows.append(dict(kind="sweep", B=B, h=h, context=S, d_c=d_c, d_R=d_r, default_TBps=nbytes / default_ms / 1e9,
                          best=[dict(TBps=nbytes / ms / 1e9, **dataclasses.asdict(c)) for ms, c in results[:4]]))
         del sets
+
+
+def gemv_rows(rows: list[dict]) -> None:
+    """The batch-1 GEMV (litgpt.kernels.triton_linear: y = x W^T + b + residual, autotuned) against cuBLAS
+    (F.linear, then the residual add), at pythia-160m's folded shapes (in maps N > K, out maps K > N)."""
+    import torch.nn.functional as F
+
+    from litgpt.kernels.triton_linear import gemv
+
+    for M, N, K in ((1, 6816, 768), (1, 768, 6144), (1, 5376, 768), (1, 768, 3840)):
+        nbytes = N * K * 2
+        sets = [tuple(torch.randn(*shape, device="cuda", dtype=torch.bfloat16)
+                      for shape in ((M, K), (N, K), (N,), (M, N))) for _ in range(n_sets(nbytes))]
+        kernel_ms = time_ms(lambda x, w, b, r: gemv(x, w, b, r), sets)
+        cublas_ms = time_ms(lambda x, w, b, r: F.linear(x, w, b) + r, sets)
+        rows.append(dict(kind="gemv", M=M, N=N, K=K, bytes=nbytes, kernel_ms=kernel_ms, cublas_ms=cublas_ms))
+        print(f"gemv M={M} N={N:>5} K={K:>5} ({nbytes / 1e6:5.1f} MB): kernel {kernel_ms * 1e3:6.2f} us "
+              f"{nbytes / kernel_ms / 1e9:5.2f} TB/s | cuBLAS + add {cublas_ms * 1e3:6.2f} us "
+              f"{nbytes / cublas_ms / 1e9:5.2f} TB/s")
 
 
 def mha_rows(rows: list[dict]) -> None:
@@ -131,7 +154,10 @@ def main() -> None:
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
     parser.add_argument("--no-torch", action="store_true", help="skip the torch absorbed path")
     parser.add_argument("--sweep", action="store_true", help="also time alternative launch configs")
+    parser.add_argument("--sweep-small", action="store_true",
+                        help="also time split lengths / waves / stages on small (latency-bound) shapes")
     parser.add_argument("--mha", action="store_true", help="also time the kernel over an MHA/GQA KVCache")
+    parser.add_argument("--gemv", action="store_true", help="also time the small-batch GEMV against cuBLAS")
     args = parser.parse_args()
     torch.manual_seed(0)
     rows: list[dict] = []
@@ -155,8 +181,12 @@ def main() -> None:
                 torch.cuda.empty_cache()
     if args.mha:
         mha_rows(rows)
+    if args.gemv:
+        gemv_rows(rows)
     if args.sweep:
-        sweep(rows)
+        sweep(rows, LARGE_SHAPES)
+    if args.sweep_small:
+        sweep(rows, SMALL_SHAPES, small=True)
     meta = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
                 torch=torch.__version__, triton=triton.__version__, copy_bandwidth=COPY_BANDWIDTH)
     args.out.parent.mkdir(parents=True, exist_ok=True)

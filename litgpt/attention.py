@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from litgpt.config import Config
+from litgpt.fold import Projection, stack_outputs
 from litgpt.kernels import gqa_decode_attention, mla_decode_attention, mla_decode_attention_reference
 from litgpt.kv_cache import KVCache, KVCacheCompressed
 from litgpt.norm import RMSNorm
@@ -53,6 +54,23 @@ class AttentionBase(nn.Module):
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=enable_gqa
         )  # (B, nh, T, d_v)
+
+    def decode_projections(self) -> tuple[Projection, Projection]:
+        """(weight, bias) of the one linear map from the normed input to what `attend_projected` takes, and of the
+        one linear map from what it returns to the attention output. `litgpt.fold` builds the decode GEMMs on them."""
+        raise NotImplementedError
+
+    def attend_projected(
+        self,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        input_pos: Optional[torch.Tensor] = None,
+        input_pos_maxp1: Optional[int] = None,
+    ) -> torch.Tensor:
+        """What lies between the two maps of `decode_projections`: (B, T, in width) -> (B, T, out width)."""
+        raise NotImplementedError
 
     def check_cache(self, input_pos: Optional[torch.Tensor]) -> None:
         if input_pos is not None and self.kv_cache is None:
@@ -95,10 +113,23 @@ class CausalSelfAttention(AttentionBase):
         input_pos: Optional[torch.Tensor] = None,
         input_pos_maxp1: Optional[int] = None,
     ) -> torch.Tensor:
+        y = self.attend_projected(self.qkv(x), cos, sin, mask, input_pos, input_pos_maxp1)  # (B, T, nh * hs)
+        return self.proj(y)  # (B, T, n_embd)
+
+    def attend_projected(
+        self,
+        qkv: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        input_pos: Optional[torch.Tensor] = None,
+        input_pos_maxp1: Optional[int] = None,
+    ) -> torch.Tensor:
+        """Attention between the two projections: qkv (B, T, (nh + 2 ng) hs) -> (B, T, nh * hs)."""
         self.check_cache(input_pos)
-        B, T, _ = x.shape  # (B, T, n_embd)
+        B, T, _ = qkv.shape
         hs, n_head, n_groups = self.config.head_size, self.config.n_head, self.config.n_query_groups
-        q, k, v = self.qkv(x).split((n_head * hs, n_groups * hs, n_groups * hs), dim=-1)
+        q, k, v = qkv.split((n_head * hs, n_groups * hs, n_groups * hs), dim=-1)
         q = q.view(B, T, n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, n_groups, hs).transpose(1, 2)  # (B, ng, T, hs)
         v = v.view(B, T, n_groups, hs).transpose(1, 2)  # (B, ng, T, hs)
@@ -111,7 +142,10 @@ class CausalSelfAttention(AttentionBase):
             y = gqa_decode_attention(q, k, v, input_pos, 1.0 / math.sqrt(hs))  # (B, nh, 1, hs)
         else:
             y = self.attend(q, k, v, mask)  # (B, nh, T, hs)
-        return self.proj(y.transpose(1, 2).reshape(B, T, n_head * hs))  # (B, T, n_embd)
+        return y.transpose(1, 2).reshape(B, T, n_head * hs)
+
+    def decode_projections(self) -> tuple[Projection, Projection]:
+        return (self.qkv.weight, self.qkv.bias), (self.proj.weight, self.proj.bias)
 
     def build_kv_cache(
         self,
@@ -179,25 +213,35 @@ class MultiheadLatentAttention(AttentionBase):
         self.check_cache(input_pos)
         d = self.dims
         B, T, _ = x.shape  # (B, T, n_embd)
-        interleave = self.config.rope_interleave
         q = self.query(x).view(B, T, self.config.n_head, d.qk_head_dim).transpose(1, 2)  # (B, h, T, d_n+d_R)
         q_nope, q_rope = q.split((d.qk_nope_head_dim, d.qk_rope_head_dim), dim=-1)  # (B, h, T, d_n), (B, h, T, d_R)
-        q_rope = apply_rope(q_rope, cos, sin, interleave)
-        latent, k_rope = self.kv_a_proj_with_mqa(x).split((d.kv_lora_rank, d.qk_rope_head_dim), dim=-1)
-        latent = self.kv_a_norm(latent)  # (B, T, d_c)
-        k_rope = apply_rope(k_rope, cos, sin, interleave)  # (B, T, d_R): one rope key for all heads
-        if input_pos is None:
-            kv = torch.cat((latent, k_rope), dim=-1)  # (B, T, d_c+d_R)
-        else:
-            kv = self.kv_cache(input_pos, latent, k_rope)  # (B, S, d_c+d_R)
-            if input_pos_maxp1 is not None:
-                kv = kv[:, :input_pos_maxp1]
+        q_rope = apply_rope(q_rope, cos, sin, self.config.rope_interleave)
+        kv = self.latent_kv(self.kv_a_proj_with_mqa(x), cos, sin, input_pos, input_pos_maxp1)  # (B, S, d_c+d_R)
         absorb = self.absorb if self.absorb is not None else (input_pos is not None and T == 1)
         if absorb:
             y = self.absorbed(q_nope, q_rope, kv, input_pos)
         else:
             y = self.naive(q_nope, q_rope, kv, mask)
         return self.proj(y)  # (B, T, n_embd)
+
+    def latent_kv(
+        self,
+        kv_a: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        input_pos: Optional[torch.Tensor],
+        input_pos_maxp1: Optional[int],
+    ) -> torch.Tensor:
+        """kv_a_proj's output (B, T, d_c+d_R) -> the attended [normed latent c | roped k_R]: the T new tokens
+        alone without a cache, else the cache (B, S, d_c+d_R) after writing them at input_pos."""
+        d = self.dims
+        latent, k_rope = kv_a.split((d.kv_lora_rank, d.qk_rope_head_dim), dim=-1)  # (B, T, d_c), (B, T, d_R)
+        latent = self.kv_a_norm(latent)
+        k_rope = apply_rope(k_rope, cos, sin, self.config.rope_interleave)  # one rope key for all heads
+        if input_pos is None:
+            return torch.cat((latent, k_rope), dim=-1)  # (B, T, d_c+d_R)
+        kv = self.kv_cache(input_pos, latent, k_rope)  # (B, S, d_c+d_R)
+        return kv if input_pos_maxp1 is None else kv[:, :input_pos_maxp1]
 
     def naive(
         self, q_nope: torch.Tensor, q_rope: torch.Tensor, kv: torch.Tensor, mask: Optional[torch.Tensor]
@@ -218,6 +262,21 @@ class MultiheadLatentAttention(AttentionBase):
         y = self.attend(q, k, v, mask, scale=self.scale)[..., : d.v_head_dim]  # (B, h, T, d_v)
         return y.transpose(1, 2).reshape(B, T, h * d.v_head_dim)
 
+    def absorbed_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """W_UK (h, d_n, d_c) and W_UV (h, d_v, d_c): views of kv_b_proj's weight."""
+        d, h = self.dims, self.config.n_head
+        return self.kv_b_proj.weight.view(h, d.qk_nope_head_dim + d.v_head_dim, d.kv_lora_rank).split(
+            (d.qk_nope_head_dim, d.v_head_dim), dim=1
+        )
+
+    def value_bias(self) -> Optional[torch.Tensor]:
+        """kv_b_proj's value bias (h, d_v), or None. (A key bias adds one constant to all of a query's scores,
+        which softmax ignores, so the absorbed path drops it.)"""
+        if self.kv_b_proj.bias is None:
+            return None
+        d = self.dims
+        return self.kv_b_proj.bias.view(self.config.n_head, d.qk_nope_head_dim + d.v_head_dim)[:, d.qk_nope_head_dim :]
+
     def absorbed(
         self, q_nope: torch.Tensor, q_rope: torch.Tensor, kv: torch.Tensor, input_pos: Optional[torch.Tensor]
     ) -> torch.Tensor:
@@ -228,21 +287,84 @@ class MultiheadLatentAttention(AttentionBase):
         """
         d, h = self.dims, self.config.n_head
         B, _, T, _ = q_nope.shape
-        w_uk, w_uv = self.kv_b_proj.weight.view(h, d.qk_nope_head_dim + d.v_head_dim, d.kv_lora_rank).split(
-            (d.qk_nope_head_dim, d.v_head_dim), dim=1
-        )  # (h, d_n, d_c), (h, d_v, d_c)
-        # A key bias b_k would add the same q_nope . b_k to every score of a query: softmax ignores it.
+        w_uk, w_uv = self.absorbed_weights()  # (h, d_n, d_c), (h, d_v, d_c)
         q_latent = torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk)  # (B, h, T, d_c)
-        q = torch.cat((q_latent, q_rope), dim=-1)  # (B, h, T, d_c+d_R)
-        if input_pos is None:
-            input_pos = torch.arange(T, device=q.device)  # kv is the new tokens alone: causal among them
-        attention = mla_decode_attention if self.use_kernel else mla_decode_attention_reference
-        o_latent = attention(q, kv, input_pos, d.kv_lora_rank, self.scale)  # (B, h, T, d_c)
+        o_latent = self.latent_attend(q_latent, q_rope, kv, input_pos)  # (B, h, T, d_c)
         y = torch.einsum("bhtc,hvc->bthv", o_latent, w_uv)  # (B, T, h, d_v)
-        if self.kv_b_proj.bias is not None:
-            b_v = self.kv_b_proj.bias.view(h, d.qk_nope_head_dim + d.v_head_dim)[:, d.qk_nope_head_dim :]  # (h, d_v)
+        b_v = self.value_bias()
+        if b_v is not None:
             y = y + b_v  # softmax weights sum to one, so the value bias passes through unchanged
         return y.reshape(B, T, h * d.v_head_dim)
+
+    def latent_attend(
+        self, q_latent: torch.Tensor, q_rope: torch.Tensor, kv: torch.Tensor, input_pos: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """Softmax attention of [q_latent | q_rope] (B, h, T, d_c + d_R) over kv (B, S, d_c+d_R), the latent
+        doubling as values: the Triton kernel or the torch reference. Returns (B, h, T, d_c)."""
+        q = torch.cat((q_latent, q_rope), dim=-1)  # (B, h, T, d_c+d_R)
+        if input_pos is None:
+            input_pos = torch.arange(q.size(2), device=q.device)  # kv is the new tokens alone: causal among them
+        attention = mla_decode_attention if self.use_kernel else mla_decode_attention_reference
+        return attention(q, kv, input_pos, self.dims.kv_lora_rank, self.scale)
+
+    def attend_projected(
+        self,
+        h_in: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        input_pos: Optional[torch.Tensor] = None,
+        input_pos_maxp1: Optional[int] = None,
+    ) -> torch.Tensor:
+        """The absorbed path between the maps of `decode_projections`: h_in (B, T, q width + d_c + d_R) -> the
+        latent attention output (B, T, h * d_c); W_UV lives in the output map. Positions define what each query
+        sees (as in `absorbed`), so `mask` is not needed.
+
+        Without q_lora_rank the query part of h_in is already in latent space, [q_latent | q_rope] per head (W_UK
+        folded into q_proj); with it, that part is q_a_proj's output and the query is finished here.
+        """
+        self.check_cache(input_pos)
+        d, h = self.dims, self.config.n_head
+        B, T, _ = h_in.shape
+        q_part, kv_a = h_in.split((h_in.size(-1) - d.cache_width, d.cache_width), dim=-1)
+        if d.q_lora_rank is None:
+            q = q_part.view(B, T, h, d.kv_lora_rank + d.qk_rope_head_dim).transpose(1, 2)  # (B, h, T, d_c+d_R)
+            q_latent, q_rope = q.split((d.kv_lora_rank, d.qk_rope_head_dim), dim=-1)
+        else:
+            q = self.q_b_proj(self.q_a_norm(q_part)).view(B, T, h, d.qk_head_dim).transpose(1, 2)  # (B, h, T, d_n+d_R)
+            q_nope, q_rope = q.split((d.qk_nope_head_dim, d.qk_rope_head_dim), dim=-1)
+            q_latent = torch.einsum("bhtn,hnc->bhtc", q_nope, self.absorbed_weights()[0])  # (B, h, T, d_c)
+        q_rope = apply_rope(q_rope, cos, sin, self.config.rope_interleave)  # (B, h, T, d_R)
+        kv = self.latent_kv(kv_a, cos, sin, input_pos, input_pos_maxp1)  # (B, S, d_c+d_R)
+        o_latent = self.latent_attend(q_latent, q_rope, kv, input_pos)  # (B, h, T, d_c)
+        return o_latent.transpose(1, 2).reshape(B, T, h * d.kv_lora_rank)
+
+    def decode_projections(self) -> tuple[Projection, Projection]:
+        """The absorbed path's input map [q_proj with W_UK folded in per head | kv_a] (or [q_a | kv_a] with
+        q_lora_rank) and output map proj . W_UV, computed in float32 or wider."""
+        d, h = self.dims, self.config.n_head
+        compute = torch.promote_types(self.proj.weight.dtype, torch.float32)
+        w_uk, w_uv = (w.to(compute) for w in self.absorbed_weights())  # (h, d_n, d_c), (h, d_v, d_c)
+        if d.q_lora_rank is None:
+            n_embd = self.config.n_embd
+            w_q = self.q_proj.weight.to(compute).view(h, d.qk_head_dim, n_embd)
+            w_latent = torch.einsum("hnc,hnm->hcm", w_uk, w_q[:, : d.qk_nope_head_dim])  # (h, d_c, n_embd)
+            query: Projection = (torch.cat((w_latent, w_q[:, d.qk_nope_head_dim :]), dim=1).reshape(-1, n_embd), None)
+            if self.q_proj.bias is not None:
+                b_q = self.q_proj.bias.to(compute).view(h, d.qk_head_dim)
+                b_latent = torch.einsum("hnc,hn->hc", w_uk, b_q[:, : d.qk_nope_head_dim])  # (h, d_c)
+                query = (query[0], torch.cat((b_latent, b_q[:, d.qk_nope_head_dim :]), dim=1).flatten())
+        else:
+            query = (self.q_a_proj.weight, self.q_a_proj.bias)
+        kv_a = (self.kv_a_proj_with_mqa.weight, self.kv_a_proj_with_mqa.bias)
+        w_o = self.proj.weight.to(compute).view(-1, h, d.v_head_dim)  # (n_embd, h, d_v)
+        w_out = torch.einsum("mhv,hvc->mhc", w_o, w_uv).flatten(1)  # (n_embd, h * d_c)
+        b_out = None if self.proj.bias is None else self.proj.bias.to(compute)
+        b_v = self.value_bias()
+        if b_v is not None:
+            b_v_out = w_o.flatten(1) @ b_v.to(compute).flatten()  # (n_embd,)
+            b_out = b_v_out if b_out is None else b_out + b_v_out
+        return stack_outputs(query, kv_a), (w_out, b_out)
 
     def build_kv_cache(
         self,

@@ -14,6 +14,7 @@ from torch import nn
 
 from litgpt.attention import AttentionBase, CausalSelfAttention, MultiheadLatentAttention
 from litgpt.config import Config
+from litgpt.fold import FoldedBlock, Projection, stack_outputs
 from litgpt.loss import linear_cross_entropy
 from litgpt.norm import RMSNorm, build_norm
 from litgpt.rope import build_rope_cache
@@ -160,6 +161,7 @@ class Block(nn.Module):
         self.attn = attention_class(config, block_idx)
         self.norm_2 = None if config.shared_attention_norm else build_norm(config, config.n_embd)
         self.mlp = GptNeoxMLP(config) if config.mlp_class_name == "GptNeoxMLP" else LLaMAMLP(config)
+        self.folded: Optional[FoldedBlock] = None  # decode-time folded weights (`litgpt.fold.fold_for_decode`)
 
     def forward(
         self,
@@ -170,6 +172,8 @@ class Block(nn.Module):
         input_pos: Optional[torch.Tensor] = None,
         input_pos_maxp1: Optional[int] = None,
     ) -> torch.Tensor:
+        if self.folded is not None and input_pos is not None and x.size(1) == 1:  # cached one-token step
+            return self.folded(self, x, cos, sin, mask, input_pos, input_pos_maxp1)
         x_normed = self.norm_1(x)  # (B, T, n_embd)
         attention_output = self.attn(x_normed, cos, sin, mask, input_pos, input_pos_maxp1)
         if self.config.parallel_residual:
@@ -189,7 +193,14 @@ class GptNeoxMLP(nn.Module):
         self.approximate = config.gelu_approximate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.gelu(self.fc(x), approximate=self.approximate))
+        return self.proj(self.activate(self.fc(x)))
+
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        return F.gelu(h, approximate=self.approximate)
+
+    def projections(self) -> tuple[Projection, Projection]:
+        """The input map (fc) and output map (proj) around `activate`."""
+        return (self.fc.weight, self.fc.bias), (self.proj.weight, self.proj.bias)
 
 
 class LLaMAMLP(nn.Module):
@@ -202,7 +213,22 @@ class LLaMAMLP(nn.Module):
         self.proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.silu(self.fc_1(x)) * self.fc_2(x))
+        return self.proj(self.gate(self.fc_1(x), self.fc_2(x)))
+
+    @staticmethod
+    def gate(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return F.silu(a) * b
+
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        """h = [fc_1 x | fc_2 x] (..., 2 * intermediate) -> the gated activation (..., intermediate)."""
+        return self.gate(*h.chunk(2, dim=-1))
+
+    def projections(self) -> tuple[Projection, Projection]:
+        """The input map [fc_1 | fc_2] and output map (proj) around `activate`."""
+        return stack_outputs((self.fc_1.weight, self.fc_1.bias), (self.fc_2.weight, self.fc_2.bias)), (
+            self.proj.weight,
+            self.proj.bias,
+        )
 
 
 def init_weights(model: GPT) -> None:

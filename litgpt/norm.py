@@ -17,11 +17,16 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        compute = torch.promote_types(dtype, torch.float32)
-        x = x.to(compute)
-        x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return (x * self.weight.to(compute)).to(dtype)
+        unit = self._unit(x)
+        return (unit * self.weight.to(unit.dtype)).to(x.dtype)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """x / rms(x) without the gain, in x's dtype."""
+        return self._unit(x).to(x.dtype)
+
+    def _unit(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
+        return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)
 
     def reset_parameters(self) -> None:
         nn.init.ones_(self.weight)

@@ -83,6 +83,10 @@ def setup(
     precision = precision or ("bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true")
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not supported; choose one of {', '.join(PRECISIONS)}")
+    if strategy == "fsdp" and not torch.cuda.is_available():
+        raise ValueError(
+            "--strategy fsdp needs CUDA GPUs (Lightning Fabric runs FSDP on GPU only); on CPU use --strategy ddp"
+        )
     if isinstance(resume, Path) and not resume.exists():
         raise FileNotFoundError(f"--resume {str(resume)!r} does not exist")
     _resume_path(resume, out_dir)  # --resume true with nothing to resume fails here, before any work
@@ -168,10 +172,14 @@ def fit(
         _set_rng(remainder.get("rng"))
 
     accum = train.gradient_accumulation_iters(fabric.world_size)
+    # Windows this rank has consumed, derived from the global count: rank r reads every world_size-th window of
+    # the seeded order, so step s trains on the same global_batch windows whatever the device count, and a run
+    # can resume on another number of devices (exactly while epochs, world_size * (n // world_size), agree).
+    consumed = state["step_count"] * train.global_batch_size // fabric.world_size
     train_loader = fabric.setup_dataloaders(
         make_train_loader(
             train_data, train.micro_batch_size, seed, fabric.global_rank, fabric.world_size,
-            consumed_samples=state["iter_num"] * train.micro_batch_size, num_workers=0,
+            consumed_samples=consumed, num_workers=0,
         ),
         use_distributed_sampler=False,
     )

@@ -142,8 +142,8 @@ def test_compiled_step_does_not_recompile_per_token(case):
 def test_mla_decode_uses_absorbed_path_and_prefill_naive(monkeypatch):
     from litgpt.attention import MultiheadLatentAttention
 
-    calls = []
-    for path in ("naive", "absorbed"):
+    calls = []  # the absorbed path attends the latent in `latent_attend`, folded (the default) or not
+    for path in ("naive", "latent_attend"):
         original = getattr(MultiheadLatentAttention, path)
 
         def spy(self, *args, _original=original, _path=path):
@@ -154,7 +154,7 @@ def test_mla_decode_uses_absorbed_path_and_prefill_naive(monkeypatch):
     model = make_model("debug-mla")
     run_generate(model, [torch.randint(model.config.vocab_size, (5,))], 3, SamplingParams(0.0))
     n_layer = model.config.n_layer
-    assert calls == [("naive", 5)] * n_layer + [("absorbed", 1)] * (2 * n_layer)
+    assert calls == [("naive", 5)] * n_layer + [("latent_attend", 1)] * (2 * n_layer)
 
 
 # ------------------------------------------------------------------------------------------------ the CLI

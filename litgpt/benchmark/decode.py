@@ -56,6 +56,7 @@ def benchmark_decode(
     mode: str = "compile",
     params: SamplingParams = SamplingParams(temperature=0.0),
     profile_path: Optional[Path] = None,
+    fold: bool = True,
 ) -> dict:
     """Time `decode_steps` steps (after `warmup` untimed ones) of batch_size rows at positions ending at
     context_length - 1. Returns tokens/s, ms/step, prefill time, peak memory, KV-cache bytes and the floor."""
@@ -74,7 +75,7 @@ def benchmark_decode(
     model.max_seq_length = context_length
     model.set_kv_cache(batch_size, context_length)
     sampler = Sampler(params, model.config.vocab_size, batch_size, device)
-    step = DecodeStep(model, sampler, mode)
+    step = DecodeStep(model, sampler, mode, fold=fold)
     generator = torch.Generator().manual_seed(0)
     prompts = list(torch.randint(model.config.vocab_size, (batch_size, prompt_len), generator=generator))
     if device.type == "cuda":
@@ -105,6 +106,7 @@ def benchmark_decode(
     return dict(
         model=model.config.name,
         mode=mode,
+        fold=fold,
         batch=batch_size,
         context=context_length,
         dtype=str(model.lm_head.weight.dtype).removeprefix("torch."),

@@ -29,6 +29,8 @@ def benchmark_pretrain(
     steps: int = 20,
     out_dir: Path = Path("out/benchmark/pretrain"),
     profile: bool = False,
+    compile_mode: str = "default",
+    cudnn_attention: bool = True,
 ) -> list[dict]:
     """Time training steps (one micro-batch each, as with global = micro batch) and write results.json.
 
@@ -42,6 +44,8 @@ def benchmark_pretrain(
         steps: timed steps.
         out_dir: where results.json goes.
         profile: also profile 3 steps per configuration and write the top CUDA kernels to profile_*.txt.
+        compile_mode: torch.compile's mode for the compiled runs ("default", "max-autotune-no-cudagraphs", ...).
+        cudnn_attention: let SDPA pick cuDNN attention on CUDA (false: FlashAttention or the other backends).
     """
     import lightning as L
 
@@ -49,6 +53,7 @@ def benchmark_pretrain(
     compile = [False, True] if compile is None else compile
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
+        torch.backends.cuda.enable_cudnn_sdp(cudnn_attention)
     fabric = L.Fabric(devices=1, precision=precision)
     rows = []
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -57,14 +62,15 @@ def benchmark_pretrain(
         for use_compile in compile:
             profile_path = out_dir / f"profile_{name}_{'compiled' if use_compile else 'eager'}.txt" if profile else None
             rows.append(_run(fabric, Config.from_name(name), micro_batch_size, seq_len, use_compile, warmup_steps,
-                             steps, profile_path))
+                             steps, profile_path, compile_mode))
             r = rows[-1]
             mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
             print(f"{name:<18} {str(use_compile):>7} {r['tokens_per_sec']:>10,.0f} {mfu:>6} {r['step_ms']:>8.1f} "
                   f"{r['peak_memory_gib']:>9.2f} {r['final_loss']:>7.3f}")
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                torch=torch.__version__, precision=precision, micro_batch_size=micro_batch_size, seq_len=seq_len)
+                torch=torch.__version__, precision=precision, micro_batch_size=micro_batch_size, seq_len=seq_len,
+                compile_mode=compile_mode, cudnn_attention=cudnn_attention)
     (out_dir / "results.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
     print(f"wrote {out_dir / 'results.json'}")
     return rows
@@ -73,13 +79,14 @@ def benchmark_pretrain(
 def _run(
     fabric, config: Config, batch: int, seq_len: int, use_compile: bool, warmup: int, steps: int,
     profile_path: Optional[Path] = None,
+    compile_mode: str = "default",
 ) -> dict:
     torch.manual_seed(0)
     model = GPT(config)
     init_weights(model)
     model.max_seq_length = seq_len
     if use_compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=compile_mode)
     model = fabric.setup(model)
     optimizer = fabric.setup_optimizers(torch.optim.AdamW(
         model.parameters(), lr=3e-4, weight_decay=0.1, fused=fabric.device.type == "cuda"))

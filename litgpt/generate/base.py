@@ -26,6 +26,7 @@ from typing import Callable, Iterator, Optional, TextIO, Union
 import torch
 from torch import nn
 
+from litgpt.fold import fold_for_decode, unfold
 from litgpt.model import GPT
 from litgpt.tokenizer import Tokenizer
 
@@ -37,7 +38,7 @@ PRECISION_DTYPES = {
     "16-mixed": torch.float16,
     "64-true": torch.float64,
 }
-DECODE_MODES = ("eager", "compile", "max-autotune", "cuda_graph")
+DECODE_MODES = ("eager", "compile", "max-autotune", "cuda_graph", "compile+cuda_graph")
 PREFILL_TOKENS_PER_CHUNK = 8192  # rows x tokens per prefill forward: bounds the logits and mask memory
 _M32 = 0xFFFFFFFF
 
@@ -151,17 +152,25 @@ class DecodeStep:
     Modes: "eager" runs the module as is; "compile" wraps it in torch.compile (on CUDA with
     mode="reduce-overhead", i.e. CUDA graphs; on CPU inductor's default mode); "max-autotune" likewise with
     mode="max-autotune" on CUDA (Triton GEMM templates with fused epilogues, plus CUDA graphs; slow to compile);
-    "cuda_graph" captures the eager step as an explicit CUDA graph on the first call and replays it after. The caller owns the model's KV cache, which
-    must be set (and must not be reallocated) before the first call.
+    "cuda_graph" captures the eager step as an explicit CUDA graph on the first call and replays it after;
+    "compile+cuda_graph" compiles the step without torch's CUDA-graph machinery and captures the compiled code as
+    one explicit graph (a replay costs one launch and no guard checks). The caller owns the model's KV cache,
+    which must be set (and must not be reallocated) before the first call.
+
+    `fold=True` (default) gives the model folded decode weights first (`litgpt.fold`: two GEMMs per
+    parallel-residual block instead of about nine), computed from the weights as they are now; it costs memory
+    beside the weights (about 1.4x the blocks' weights for pythia-160m-mla) and measured faster at every shape
+    (benchmarks/RESULTS.md). False drops any earlier folding.
     """
 
-    def __init__(self, model: GPT, sampler: Sampler, mode: str = "eager") -> None:
+    def __init__(self, model: GPT, sampler: Sampler, mode: str = "eager", fold: bool = True) -> None:
         if mode not in DECODE_MODES:
             raise ValueError(f"decode mode must be one of {DECODE_MODES}, got {mode!r}")
         self.model, self.sampler, self.mode = model, sampler, mode
         self.device = model.lm_head.weight.device
-        if mode == "cuda_graph" and self.device.type != "cuda":
-            raise ValueError("decode mode 'cuda_graph' needs the model on a CUDA device")
+        if mode in ("cuda_graph", "compile+cuda_graph") and self.device.type != "cuda":
+            raise ValueError(f"decode mode {mode!r} needs the model on a CUDA device; use 'compile' or 'eager'")
+        fold_for_decode(model) if fold else unfold(model)
         self._fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.forward
         self._graph: Optional[torch.cuda.CUDAGraph] = None
         if mode in ("compile", "max-autotune"):
@@ -170,6 +179,8 @@ class DecodeStep:
                 self.compile(mode="reduce-overhead" if mode == "compile" else mode, fullgraph=True, dynamic=False)
             else:
                 self.compile(fullgraph=True, dynamic=False)
+        elif mode == "compile+cuda_graph":
+            self.compile(fullgraph=True, dynamic=False)
 
     def forward(self, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         """token (B, 1) at input_pos (B, 1) -> next token (B, 1), sampled for position input_pos + 1."""
@@ -187,7 +198,7 @@ class DecodeStep:
 
     @torch.inference_mode()
     def __call__(self, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        if self.mode == "cuda_graph":
+        if self.mode in ("cuda_graph", "compile+cuda_graph"):
             return self._replay(token, input_pos)
         if self.mode in ("compile", "max-autotune") and self.device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()
@@ -201,11 +212,11 @@ class DecodeStep:
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):  # warm up kernels (and their workspaces) outside the capture
                 for _ in range(2):
-                    self.forward(self._static_token, self._static_pos)
+                    self._fn(self._static_token, self._static_pos)
             torch.cuda.current_stream().wait_stream(stream)
             self._graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self._graph):
-                self._static_out = self.forward(self._static_token, self._static_pos)
+                self._static_out = self._fn(self._static_token, self._static_pos)
             # the warm-up and capture wrote this position's cache entry; replaying below writes it again, the same
         self._static_token.copy_(token)
         self._static_pos.copy_(input_pos)

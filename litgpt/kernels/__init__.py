@@ -1,7 +1,8 @@
 """Decode-attention kernels (Triton, on CUDA) with their pure-torch references.
 
 `mla_decode_attention` is the absorbed MLA decode over `KVCacheCompressed`; `gqa_decode_attention` the MHA/GQA/MQA
-decode over `KVCache`. `set_kernels(model, False)` switches every module back to the torch path.
+decode over `KVCache`. `linear` is the small-batch GEMV (+ bias + residual) of folded decode steps (`litgpt.fold`).
+`set_kernels(model, False)` switches every module back to the torch path.
 """
 
 from litgpt.kernels.decode_attention import (
@@ -11,9 +12,11 @@ from litgpt.kernels.decode_attention import (
     mla_decode_attention_reference,
     set_kernels,
 )
+from litgpt.kernels.linear import linear
 
 __all__ = [
     "gqa_decode_attention",
+    "linear",
     "gqa_decode_attention_reference",
     "mla_decode_attention",
     "mla_decode_attention_reference",

@@ -161,7 +161,7 @@ class LaunchConfig:
     num_warps: int = 4
     num_stages: int = 3
     waves: float = 1.0
-    min_split: int = 256
+    min_split: int = 64
 
 
 @functools.lru_cache(maxsize=None)

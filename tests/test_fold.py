@@ -1,0 +1,134 @@
+"""Decode-time weight folding: a folded one-token step computes what the block's own modules compute."""
+
+import pytest
+import torch
+
+from litgpt import GPT, Config
+from litgpt.fold import FoldedBlock, fold_for_decode, is_folded, stack_inputs, stack_outputs, unfold
+
+from test_model import CASES, MLA_DIMS, randomize
+
+FOLD_CASES = {
+    **CASES,
+    "mla-llama": dict(
+        latent_attention={**MLA_DIMS, "q_lora_rank": None}, parallel_residual=False, norm_class_name="RMSNorm",
+        mlp_class_name="LLaMAMLP", intermediate_size=96, bias=False,
+    ),
+    "mla-all-biases": dict(latent_attention={**MLA_DIMS, "q_lora_rank": None}, attn_bias=True, bias=True),
+}
+
+
+def decode_logits(model: GPT, prompt: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """Prefill `prompt` (B, T), then feed `steps` (B, n) one token at a time at per-row positions; logits (B, n, V)."""
+    B, T = prompt.shape
+    model.set_kv_cache(B, T + steps.size(1))
+    model(prompt, input_pos=torch.arange(T))
+    out = []
+    for i in range(steps.size(1)):
+        pos = torch.full((B, 1), T + i)
+        out.append(model(steps[:, i : i + 1], input_pos=pos)[:, 0])
+    return torch.stack(out, dim=1)
+
+
+@pytest.mark.parametrize("case", sorted(FOLD_CASES))
+def test_folded_decode_equals_unfolded_float64(case):
+    torch.manual_seed(0)
+    config = Config.from_name("debug", block_size=64, **FOLD_CASES[case])
+    model = randomize(GPT(config)).to(torch.float64).eval()
+    prompt, steps = torch.randint(0, config.vocab_size, (2, 7)), torch.randint(0, config.vocab_size, (2, 4))
+    with torch.no_grad():
+        plain = decode_logits(model, prompt, steps)
+        fold_for_decode(model)
+        assert is_folded(model)
+        folded = decode_logits(model, prompt, steps)
+    assert (plain - folded).abs().max().item() < 1e-9 * plain.abs().max().item()
+    assert plain.abs().max().item() > 1e-2
+
+
+def test_only_cached_one_token_steps_take_the_folded_path(monkeypatch):
+    config = Config.from_name("debug-mla", block_size=32)
+    model = randomize(GPT(config)).eval()
+    fold_for_decode(model)
+
+    def folded_forward(*args):
+        raise RuntimeError("folded path taken")
+
+    monkeypatch.setattr(FoldedBlock, "forward", folded_forward)
+    model.set_kv_cache(1, 16)
+    with torch.no_grad():
+        model(torch.zeros(1, 5, dtype=torch.long), input_pos=torch.arange(5))  # prefill: the blocks' own modules
+        model(torch.zeros(1, 5, dtype=torch.long))  # no cache: the blocks' own modules
+        model(torch.zeros(1, 1, dtype=torch.long))  # one token without a cache: the blocks' own modules
+        with pytest.raises(RuntimeError, match="folded path taken"):
+            model(torch.zeros(1, 1, dtype=torch.long), input_pos=torch.tensor([5]))
+
+
+def test_folded_weights_are_not_in_the_state_dict_and_unfold_restores():
+    config = Config.from_name("debug-mla", block_size=32)
+    model = GPT(config)
+    keys = set(model.state_dict())
+    fold_for_decode(model)
+    assert set(model.state_dict()) == keys
+    assert any(name.startswith("transformer.h.0.folded.") for name, _ in model.named_buffers())
+    unfold(model)
+    assert not is_folded(model)
+    assert not any(".folded." in name for name, _ in model.named_buffers())
+
+
+def test_folded_bf16_close_to_unfolded():
+    torch.manual_seed(0)
+    config = Config.from_name("debug-mla", block_size=64)
+    model = randomize(GPT(config)).to(torch.bfloat16).eval()
+    prompt, steps = torch.randint(0, config.vocab_size, (2, 9)), torch.randint(0, config.vocab_size, (2, 3))
+    with torch.no_grad():
+        plain = decode_logits(model, prompt, steps).float()
+        fold_for_decode(model)
+        folded = decode_logits(model, prompt, steps).float()
+    assert ((plain - folded).norm() / plain.norm()).item() < 2e-2
+
+
+def test_stacked_maps():
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, dtype=torch.float64)
+    a = (torch.randn(4, 5, dtype=torch.float64), torch.randn(4, dtype=torch.float64))
+    b = (torch.randn(2, 5, dtype=torch.float64), None)
+    w, bias = stack_outputs(a, b)
+    expected = torch.cat((x @ a[0].T + a[1], x @ b[0].T), dim=-1)
+    assert torch.allclose(x @ w.T + bias, expected)
+    u = torch.randn(3, 4, dtype=torch.float64)
+    c = (torch.randn(6, 5, dtype=torch.float64), torch.randn(6, dtype=torch.float64))
+    d = (torch.randn(6, 4, dtype=torch.float64), torch.randn(6, dtype=torch.float64))
+    w, bias = stack_inputs(c, d)
+    assert torch.allclose(torch.cat((x, u), dim=-1) @ w.T + bias, x @ c[0].T + c[1] + u @ d[0].T + d[1])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["eager", "cuda_graph", "compile", "compile+cuda_graph"])
+@pytest.mark.parametrize("name", ["debug-mla", "debug"])
+def test_folded_decode_step_on_cuda_matches_unfolded(mode, name):
+    """bf16 with the Triton kernels: 12 steps of each decode mode over folded weights leave the KV caches and give
+    the logits that the unfolded eager step does (to bf16 rounding), fed the same tokens."""
+    from litgpt.generate.base import DecodeStep, Sampler, SamplingParams, prefill
+
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    config = Config.from_name(name, block_size=128)
+    model = randomize(GPT(config)).to(device=device, dtype=torch.bfloat16).eval()
+    prompts = [torch.arange(5, 14), torch.arange(3, 8)]
+    tokens = torch.randint(0, config.vocab_size, (2, 13), device=device)
+    start = torch.tensor([[9], [5]], device=device)  # each row's next position after its prompt
+    caches, logits = {}, {}
+    for fold, step_mode in ((False, "eager"), (True, mode)):
+        torch._dynamo.reset()
+        model.set_kv_cache(2, 64)
+        sampler = Sampler(SamplingParams(temperature=0.0), config.vocab_size, 2, device)
+        step = DecodeStep(model, sampler, step_mode, fold=fold)
+        prefill(model, prompts, sampler)
+        for i in range(12):
+            step(tokens[:, i : i + 1], start + i)
+        caches[fold] = torch.cat([b.float().flatten() for block in model.transformer.h for b in block.attn.kv_cache.buffers()])
+        with torch.inference_mode():
+            logits[fold] = model(tokens[:, 12:13], start + 12)[:, -1].float()
+    for results in (caches, logits):
+        assert ((results[True] - results[False]).norm() / results[False].norm()).item() < 3e-2
+    assert caches[False].abs().max().item() > 0.1
