@@ -84,14 +84,14 @@ class FoldedBlock(nn.Module):
         dtype = block.attn.proj.weight.dtype
         compute = torch.promote_types(dtype, torch.float32)
         attn_in, attn_out = (_as(m, compute) for m in block.attn.decode_projections())
-        mlp_in, mlp_out = (_as(m, compute) for m in block.mlp.projections())
+        mlp_in, mlp_out = block.mlp.projections()
         attn_in = fold_norm(block.norm_1, attn_in)
-        mlp_in = fold_norm(block.norm_1 if block.norm_2 is None else block.norm_2, mlp_in)
+        mlp_in = fold_norm(block.norm_1 if block.norm_2 is None else block.norm_2, _as(mlp_in, compute))
         self.parallel = block.config.parallel_residual
         self.use_kernel = True  # the maps run as Triton GEMVs on CUDA at small batch (`litgpt.kernels.linear`)
         self.widths = (attn_in[0].size(0), mlp_in[0].size(0))
         if self.parallel:  # one GEMM in, one out
-            maps = {"in": stack_outputs(attn_in, mlp_in), "out": stack_inputs(attn_out, mlp_out)}
+            maps = {"in": stack_outputs(attn_in, mlp_in), "out": stack_inputs(attn_out, mlp_out)}  # in compute dtype
         else:  # the MLP reads the attention's residual: its output map stays `block.mlp.proj`
             maps = {"attn_in": attn_in, "attn_out": attn_out, "mlp_in": mlp_in}
         for name, (weight, bias) in maps.items():

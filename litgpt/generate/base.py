@@ -170,7 +170,10 @@ class DecodeStep:
         self.device = model.lm_head.weight.device
         if mode in ("cuda_graph", "compile+cuda_graph") and self.device.type != "cuda":
             raise ValueError(f"decode mode {mode!r} needs the model on a CUDA device; use 'compile' or 'eager'")
-        fold_for_decode(model) if fold else unfold(model)
+        if fold:
+            fold_for_decode(model)
+        else:
+            unfold(model)
         self._fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.forward
         self._graph: Optional[torch.cuda.CUDAGraph] = None
         if mode in ("compile", "max-autotune"):

@@ -16,8 +16,8 @@ from litgpt.kernels.linear import linear
 
 __all__ = [
     "gqa_decode_attention",
-    "linear",
     "gqa_decode_attention_reference",
+    "linear",
     "mla_decode_attention",
     "mla_decode_attention_reference",
     "set_kernels",

@@ -71,16 +71,25 @@ def _positions(input_pos: torch.Tensor, B: int, T: int) -> torch.Tensor:
                      f"got {tuple(input_pos.shape)}")
 
 
-def _kernel_applies(tensors: tuple[torch.Tensor, ...], widths: tuple[int, ...]) -> bool:
-    """True where the Triton kernel runs: CUDA, bf16/fp16 of one dtype, widths multiples of 16, no autograd."""
+def triton_can_run(tensors: tuple[torch.Tensor, ...]) -> bool:
+    """True where a Triton kernel of `litgpt.kernels` may take these inputs: Triton installed, all on one CUDA
+    device, bf16/fp16 of one dtype, no autograd."""
     first = tensors[0]
     return (
         TRITON_AVAILABLE
         and first.is_cuda
         and first.dtype in KERNEL_DTYPES
-        and all(t.dtype == first.dtype and t.device == first.device and t.stride(-1) == 1 for t in tensors)
-        and all(w % 16 == 0 and w > 0 for w in widths)
+        and all(t.dtype == first.dtype and t.device == first.device for t in tensors)
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    )
+
+
+def _kernel_applies(tensors: tuple[torch.Tensor, ...], widths: tuple[int, ...]) -> bool:
+    """True where the decode-attention kernel runs: `triton_can_run`, unit last strides, widths multiples of 16."""
+    return (
+        triton_can_run(tensors)
+        and all(t.stride(-1) == 1 for t in tensors)
+        and all(w % 16 == 0 and w > 0 for w in widths)
     )
 
 

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from litgpt.kernels.decode_attention import KERNEL_DTYPES, TRITON_AVAILABLE
+from litgpt.kernels.decode_attention import triton_can_run
 
 
 def linear(
@@ -20,15 +20,7 @@ def linear(
 ) -> torch.Tensor:
     """x (..., K) @ weight (N, K).T + bias (N,) + residual (..., N): one GEMV launch on CUDA for one row."""
     rows = x.numel() // x.size(-1)
-    tensors = [t for t in (x, weight, bias, residual) if t is not None]
-    if (
-        use_kernel
-        and TRITON_AVAILABLE
-        and x.is_cuda
-        and rows == 1
-        and all(t.dtype == x.dtype and t.dtype in KERNEL_DTYPES and t.device == x.device for t in tensors)
-        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-    ):
+    if use_kernel and rows == 1 and triton_can_run(tuple(t for t in (x, weight, bias, residual) if t is not None)):
         flat_residual = None if residual is None else residual.reshape(rows, -1).contiguous()
         y = _gemv_op(x.reshape(rows, -1).contiguous(), weight.contiguous(), bias, flat_residual)  # (rows, N)
         return y.view(*x.shape[:-1], weight.size(0))
