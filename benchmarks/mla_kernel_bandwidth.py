@@ -122,10 +122,21 @@ def gemv_rows(rows: list[dict]) -> None:
                       for shape in ((M, K), (N, K), (N,), (M, N))) for _ in range(n_sets(nbytes))]
         kernel_ms = time_ms(lambda x, w, b, r: gemv(x, w, b, r), sets)
         cublas_ms = time_ms(lambda x, w, b, r: F.linear(x, w, b) + r, sets)
-        rows.append(dict(kind="gemv", M=M, N=N, K=K, bytes=nbytes, kernel_ms=kernel_ms, cublas_ms=cublas_ms))
+        if N > K:  # an input map: LayerNorm in the prologue, against a separate LayerNorm launch
+            fused_ms = time_ms(lambda x, w, b, r: gemv(x, w, b, None, norm="layer"), sets)
+            apart_ms = time_ms(lambda x, w, b, r: gemv(F.layer_norm(x, (K,)), w, b, None), sets)
+            prologue = "LayerNorm"
+        else:  # an output map: GELU of the second half of the input in the prologue, against GELU + cat launches
+            half = K // 2
+            fused_ms = time_ms(lambda x, w, b, r: gemv(x[:, :half], w, b, r, x[:, half:], activation="gelu"), sets)
+            apart_ms = time_ms(lambda x, w, b, r: gemv(torch.cat((x[:, :half], F.gelu(x[:, half:])), -1), w, b, r), sets)
+            prologue = "GELU half"
+        rows.append(dict(kind="gemv", M=M, N=N, K=K, bytes=nbytes, kernel_ms=kernel_ms, cublas_ms=cublas_ms,
+                         prologue=prologue, fused_ms=fused_ms, apart_ms=apart_ms))
         print(f"gemv M={M} N={N:>5} K={K:>5} ({nbytes / 1e6:5.1f} MB): kernel {kernel_ms * 1e3:6.2f} us "
               f"{nbytes / kernel_ms / 1e9:5.2f} TB/s | cuBLAS + add {cublas_ms * 1e3:6.2f} us "
-              f"{nbytes / cublas_ms / 1e9:5.2f} TB/s")
+              f"{nbytes / cublas_ms / 1e9:5.2f} TB/s | {prologue} fused {fused_ms * 1e3:6.2f} us, "
+              f"as separate launches {apart_ms * 1e3:6.2f} us")
 
 
 def mha_rows(rows: list[dict]) -> None:

@@ -16,7 +16,13 @@ from torch import nn
 
 from litgpt.config import Config
 from litgpt.fold import Projection, stack_outputs
-from litgpt.kernels import gqa_decode_attention, mla_decode_attention, mla_decode_attention_reference
+from litgpt.kernels import (
+    gqa_decode_attention,
+    mla_decode_attention,
+    mla_decode_attention_reference,
+    mla_decode_step,
+    mla_decode_step_applies,
+)
 from litgpt.kv_cache import KVCache, KVCacheCompressed
 from litgpt.norm import RMSNorm
 from litgpt.rope import apply_partial_rope, apply_rope
@@ -321,15 +327,20 @@ class MultiheadLatentAttention(AttentionBase):
         sees (as in `absorbed`), so `mask` is not needed.
 
         Without q_lora_rank the query part of h_in is already in latent space, [q_latent | q_rope] per head (W_UK
-        folded into q_proj); with it, that part is q_a_proj's output and the query is finished here.
+        folded into q_proj); with it, that part is q_a_proj's output and the query is finished here. A cached
+        one-token step without q_lora_rank runs as one fused operator on CUDA (`litgpt.kernels.mla_decode_step`).
         """
         self.check_cache(input_pos)
         d, h = self.dims, self.config.n_head
         B, T, _ = h_in.shape
         q_part, kv_a = h_in.split((h_in.size(-1) - d.cache_width, d.cache_width), dim=-1)
         if d.q_lora_rank is None:
-            q = q_part.view(B, T, h, d.kv_lora_rank + d.qk_rope_head_dim).transpose(1, 2)  # (B, h, T, d_c+d_R)
-            q_latent, q_rope = q.split((d.kv_lora_rank, d.qk_rope_head_dim), dim=-1)
+            q = q_part.view(B, T, h, d.cache_width)  # (B, T, h, d_c+d_R)
+            if input_pos is not None and self.use_kernel and mla_decode_step_applies(q, kv_a, self.kv_cache.kv, cos):
+                o_latent = mla_decode_step(q, kv_a, self.kv_cache.kv, input_pos, cos, sin, self.kv_a_norm.weight,
+                                           self.kv_a_norm.eps, self.scale, self.config.rope_interleave)  # (B, h, 1, d_c)
+                return o_latent.view(B, T, h * d.kv_lora_rank)
+            q_latent, q_rope = q.transpose(1, 2).split((d.kv_lora_rank, d.qk_rope_head_dim), dim=-1)  # (B, h, T, ..)
         else:
             q = self.q_b_proj(self.q_a_norm(q_part)).view(B, T, h, d.qk_head_dim).transpose(1, 2)  # (B, h, T, d_n+d_R)
             q_nope, q_rope = q.split((d.qk_nope_head_dim, d.qk_rope_head_dim), dim=-1)

@@ -5,7 +5,8 @@ small GEMMs per layer, each a few microseconds of mostly latency. `fold_for_deco
 current weights, products that let each block's one-token step run fewer, larger GEMMs:
 
   - the gain and shift of a norm go into the linear maps that read its output (W diag(gain) and W shift + bias),
-    so the step normalises once, to unit gain, for both the attention and the MLP;
+    so the step normalises once, to unit gain, for both the attention and the MLP (inside the input map's GEMV,
+    `litgpt.kernels.linear(norm=...)`, as is the MLP activation inside the output map's);
   - MLA: W_UK goes into the query projection and W_UV into the output projection: the absorbed path with its
     two per-head products done once, ahead of time (`MultiheadLatentAttention.decode_projections`);
   - with a parallel residual (GPT-NeoX, Pythia) the attention and MLP input maps stack into one GEMM and their
@@ -22,11 +23,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from litgpt.kernels.linear import linear
-from litgpt.norm import RMSNorm
 
 if TYPE_CHECKING:
     from litgpt.model import GPT, Block
@@ -69,13 +68,6 @@ def fold_norm(norm: nn.Module, linear: Projection) -> Projection:
     return folded, bias
 
 
-def normalize(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """What `norm` computes before its gain and shift (LayerNorm or RMSNorm), in x's dtype."""
-    if isinstance(norm, RMSNorm):
-        return norm.normalize(x)
-    return F.layer_norm(x, norm.normalized_shape, eps=norm.eps)
-
-
 class FoldedBlock(nn.Module):
     """A block's folded decode weights and its one-token step (see the module docstring)."""
 
@@ -110,17 +102,18 @@ class FoldedBlock(nn.Module):
     ) -> torch.Tensor:
         """The block's output (B, 1, n_embd) for x (B, 1, n_embd) at input_pos, as `Block.forward` computes it."""
         attn, mlp, kernel = block.attn, block.mlp, self.use_kernel
-        if self.parallel:
-            h = linear(normalize(block.norm_1, x), self.in_weight, self.in_bias, use_kernel=kernel)  # (B, 1, F_a + F_m)
+        if self.parallel:  # the norm runs inside the input map, the MLP activation inside the output map
+            h = linear(x, self.in_weight, self.in_bias, norm=block.norm_1, use_kernel=kernel)  # (B, 1, F_a + F_m)
             h_attn, h_mlp = h.split(self.widths, dim=-1)
             a = attn.attend_projected(h_attn, cos, sin, mask, input_pos, input_pos_maxp1)  # (B, 1, F_attn_out)
-            y = torch.cat((a, mlp.activate(h_mlp)), dim=-1)  # (B, 1, F_attn_out + intermediate)
-            return linear(y, self.out_weight, self.out_bias, residual=x, use_kernel=kernel)  # (B, 1, n_embd)
-        h = linear(normalize(block.norm_1, x), self.attn_in_weight, self.attn_in_bias, use_kernel=kernel)
+            return linear(a, self.out_weight, self.out_bias, residual=x, tail=h_mlp, activation=mlp.activation,
+                          use_kernel=kernel)  # (B, 1, n_embd)
+        h = linear(x, self.attn_in_weight, self.attn_in_bias, norm=block.norm_1, use_kernel=kernel)
         a = attn.attend_projected(h, cos, sin, mask, input_pos, input_pos_maxp1)  # (B, 1, F_attn_out)
         x = linear(a, self.attn_out_weight, self.attn_out_bias, residual=x, use_kernel=kernel)
-        h = linear(normalize(block.norm_2, x), self.mlp_in_weight, self.mlp_in_bias, use_kernel=kernel)  # (B, 1, F_mlp)
-        return linear(mlp.activate(h), mlp.proj.weight, mlp.proj.bias, residual=x, use_kernel=kernel)
+        h = linear(x, self.mlp_in_weight, self.mlp_in_bias, norm=block.norm_2, use_kernel=kernel)  # (B, 1, F_mlp)
+        return linear(None, mlp.proj.weight, mlp.proj.bias, residual=x, tail=h, activation=mlp.activation,
+                      use_kernel=kernel)
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from litgpt.activations import ACTIVATIONS
 from litgpt.attention import AttentionBase, CausalSelfAttention, MultiheadLatentAttention
 from litgpt.config import Config
 from litgpt.fold import FoldedBlock, Projection, stack_outputs
@@ -190,13 +191,13 @@ class GptNeoxMLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
         self.proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)
-        self.approximate = config.gelu_approximate
+        self.activation = "gelu" if config.gelu_approximate == "none" else "gelu_tanh"  # a key of ACTIVATIONS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.activate(self.fc(x)))
 
     def activate(self, h: torch.Tensor) -> torch.Tensor:
-        return F.gelu(h, approximate=self.approximate)
+        return ACTIVATIONS[self.activation](h)
 
     def projections(self) -> tuple[Projection, Projection]:
         """The input map (fc) and output map (proj) around `activate`."""
@@ -212,16 +213,14 @@ class LLaMAMLP(nn.Module):
         self.fc_2 = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
         self.proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.gate(self.fc_1(x), self.fc_2(x)))
+    activation = "swiglu"  # a key of ACTIVATIONS
 
-    @staticmethod
-    def gate(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return F.silu(a) * b
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.silu(self.fc_1(x)) * self.fc_2(x))
 
     def activate(self, h: torch.Tensor) -> torch.Tensor:
         """h = [fc_1 x | fc_2 x] (..., 2 * intermediate) -> the gated activation (..., intermediate)."""
-        return self.gate(*h.chunk(2, dim=-1))
+        return ACTIVATIONS[self.activation](h)
 
     def projections(self) -> tuple[Projection, Projection]:
         """The input map [fc_1 | fc_2] and output map (proj) around `activate`."""

@@ -18,6 +18,9 @@ FOLD_CASES = {
 }
 
 
+KERNEL_MLA = dict(latent_attention={**MLA_DIMS, "q_lora_rank": None, "qk_rope_head_dim": 16})  # widths the kernels take
+
+
 def decode_logits(model: GPT, prompt: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     """Prefill `prompt` (B, T), then feed `steps` (B, n) one token at a time at per-row positions; logits (B, n, V)."""
     B, T = prompt.shape
@@ -104,24 +107,29 @@ def test_stacked_maps():
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("mode", ["eager", "cuda_graph", "compile", "compile+cuda_graph"])
-@pytest.mark.parametrize("name", ["debug-mla", "debug"])
-def test_folded_decode_step_on_cuda_matches_unfolded(mode, name):
+@pytest.mark.parametrize("name, overrides, batch", [
+    ("debug", {}, 2),
+    ("debug-mla", {}, 2),  # rope width 8: the torch attention path
+    ("debug-mla", KERNEL_MLA, 2),  # the fused MLA step, per-row positions
+    ("debug-mla", KERNEL_MLA, 1),  # the fused MLA step between GEMVs with fused norm and GELU
+])
+def test_folded_decode_step_on_cuda_matches_unfolded(mode, name, overrides, batch):
     """bf16 with the Triton kernels: 12 steps of each decode mode over folded weights leave the KV caches and give
     the logits that the unfolded eager step does (to bf16 rounding), fed the same tokens."""
     from litgpt.generate.base import DecodeStep, Sampler, SamplingParams, prefill
 
     torch.manual_seed(0)
     device = torch.device("cuda")
-    config = Config.from_name(name, block_size=128)
+    config = Config.from_name(name, block_size=128, **overrides)
     model = randomize(GPT(config)).to(device=device, dtype=torch.bfloat16).eval()
-    prompts = [torch.arange(5, 14), torch.arange(3, 8)]
-    tokens = torch.randint(0, config.vocab_size, (2, 13), device=device)
-    start = torch.tensor([[9], [5]], device=device)  # each row's next position after its prompt
+    prompts = [torch.arange(5, 14), torch.arange(3, 8)][:batch]
+    tokens = torch.randint(0, config.vocab_size, (batch, 13), device=device)
+    start = torch.tensor([[9], [5]][:batch], device=device)  # each row's next position after its prompt
     caches, logits = {}, {}
     for fold, step_mode in ((False, "eager"), (True, mode)):
         torch._dynamo.reset()
-        model.set_kv_cache(2, 64)
-        sampler = Sampler(SamplingParams(temperature=0.0), config.vocab_size, 2, device)
+        model.set_kv_cache(batch, 64)
+        sampler = Sampler(SamplingParams(temperature=0.0), config.vocab_size, batch, device)
         step = DecodeStep(model, sampler, step_mode, fold=fold)
         prefill(model, prompts, sampler)
         for i in range(12):

@@ -215,3 +215,89 @@ def test_mla_kernel_compiles_as_one_opaque_op():
     input_pos = torch.tensor([[5], [999], [500]], device="cuda")
     compiled = torch.compile(mla_decode_attention, fullgraph=True, dynamic=False)
     torch.testing.assert_close(compiled(q, kv, input_pos, d_c, 0.07), mla_decode_attention(q, kv, input_pos, d_c, 0.07))
+
+
+# ---------------------------------------------------------------- GPU: the fused one-token MLA step
+
+STEP_CASES = [  # (B, h, S_max, d_c, d_R, positions: one per row, or one shared by the batch, interleaved rope)
+    (1, 12, 1024, 256, 32, [1023], False),
+    (3, 16, 300, 512, 64, [0, 17, 299], True),
+    (2, 12, 4096, 256, 32, [64], False),
+    (2, 8, 333, 320, 48, [5, 332], False),
+    (8, 12, 16384, 256, 32, [16383, 1, 8191, 33, 12000, 200, 512, 77], True),
+]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("B, h, S, d_c, d_r, positions, interleave", STEP_CASES)
+def test_mla_decode_step_matches_torch_path(B, h, S, d_c, d_r, positions, interleave, monkeypatch):
+    """The fused step (query rope; new latent's RMSNorm, key rope and cache write; split-KV attention) against
+    the same computed in float32 torch: output, the written cache rows, and every other cache row untouched."""
+    from litgpt.kernels import mla_decode_step
+    from litgpt.norm import RMSNorm
+    from litgpt.rope import apply_rope, build_rope_cache
+
+    torch.manual_seed(S + B)
+    dtype, D, scale = torch.bfloat16, d_c + d_r, 0.07
+    q = torch.randn(B, 1, h, D, device="cuda", dtype=dtype)
+    kv_a = torch.randn(B, 1, D, device="cuda", dtype=dtype) * 3
+    cache = torch.randn(B, S, D, device="cuda", dtype=dtype)
+    norm = RMSNorm(d_c).cuda()
+    norm.weight.data = 1 + 0.2 * torch.randn(d_c, device="cuda")
+    cos_table, sin_table = build_rope_cache(S, d_r, torch.device("cuda"))
+    input_pos = torch.tensor(positions, device="cuda")
+    input_pos = input_pos if len(positions) == 1 else input_pos.view(B, 1)  # (1,) shared, or (B, 1) per row
+    cos, sin = cos_table[input_pos], sin_table[input_pos]  # (1, d_R) or (B, 1, d_R)
+
+    ref_cache = cache.float().clone()
+    new_row = torch.cat((norm(kv_a[..., :d_c].float()), apply_rope(kv_a[..., d_c:].float(), cos, sin, interleave)), -1)
+    rows = torch.arange(B, device="cuda")
+    ref_cache[rows, input_pos.view(-1).expand(B)] = new_row[:, 0].detach()
+    q_ref = q.float().transpose(1, 2)  # (B, h, 1, D)
+    q_ref = torch.cat((q_ref[..., :d_c], apply_rope(q_ref[..., d_c:], cos, sin, interleave)), dim=-1)
+    ref = mla_decode_attention_reference(q_ref, ref_cache, input_pos, d_c, scale)
+    original_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: original_empty(*a, **kw).fill_(float("nan")))
+    with torch.no_grad():
+        out = mla_decode_step(q, kv_a, cache, input_pos, cos, sin, norm.weight, norm.eps, scale, interleave)
+    monkeypatch.undo()
+    assert out.shape == (B, h, 1, d_c) and not out.isnan().any()
+    assert rel_error(out, ref) < 1e-2
+    written = cache[rows, input_pos.view(-1).expand(B)]
+    assert rel_error(written, ref_cache[rows, input_pos.view(-1).expand(B)]) < 1e-2
+    untouched = torch.ones(B, S, dtype=torch.bool, device="cuda")
+    untouched[rows, input_pos.view(-1).expand(B)] = False
+    assert torch.equal(cache[untouched].float(), ref_cache[untouched])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("overrides", [
+    dict(),
+    dict(rope_interleave=True, parallel_residual=False, norm_class_name="RMSNorm", mlp_class_name="LLaMAMLP",
+         intermediate_size=128, bias=False),
+])
+def test_folded_model_takes_the_fused_step_and_matches_torch_path(overrides, monkeypatch):
+    """A folded MLA model (no q_lora) decodes through `mla_decode_step` and the fused GEMV prologues, and gives the
+    torch path's logits and caches, batch 1 and batch 3 with per-row positions."""
+    import litgpt.attention
+    from litgpt.fold import fold_for_decode
+
+    calls = []
+    fused = litgpt.attention.mla_decode_step
+    monkeypatch.setattr(litgpt.attention, "mla_decode_step", lambda *a: calls.append(1) or fused(*a))
+    config = Config.from_name("debug", block_size=96, latent_attention={**MLA_DIMS, "q_lora_rank": None,
+                                                                        "kv_lora_rank": 64, "qk_rope_head_dim": 16},
+                              **overrides)
+    torch.manual_seed(0)
+    model = randomize(GPT(config)).to(device="cuda", dtype=torch.bfloat16).eval()
+    fold_for_decode(model)
+    for B in (1, 3):
+        idx = torch.randint(0, config.padded_vocab_size, (B, 30), device="cuda")
+        with torch.no_grad():
+            torch_logits = cached_decode(model, idx, prefill=20, use_kernel=False).float()
+            torch_cache = model.transformer.h[1].attn.kv_cache.kv.float()
+            calls.clear()
+            kernel_logits = cached_decode(model, idx, prefill=20, use_kernel=True).float()
+        assert len(calls) == 10 * config.n_layer
+        assert rel_error(kernel_logits, torch_logits) < 2e-2
+        assert rel_error(model.transformer.h[1].attn.kv_cache.kv, torch_cache) < 2e-2

@@ -133,6 +133,71 @@ def gqa_decode_attention(
     return _decode_attention_op(q, k, v, positions, d, v.size(-1), scale, False)
 
 
+def mla_decode_step_applies(q: torch.Tensor, kv_a: torch.Tensor, cache: torch.Tensor, cos: torch.Tensor) -> bool:
+    """True where `mla_decode_step` may run: one new token per row (q (B, 1, h, D), kv_a (B, 1, D)), the
+    decode-attention kernel's conditions, and rope tables as wide as the rope part (rows of cos (.., 1, d_R))."""
+    d_r = cos.size(-1)
+    return (
+        q.dim() == 4 and q.size(1) == 1 and kv_a.dim() == 3 and kv_a.size(1) == 1
+        and q.size(-1) == kv_a.size(-1) == cache.size(-1) and cache.dim() == 3 and cos.numel() // d_r in (1, q.size(0))
+        and 0 < d_r < q.size(-1)
+        and _kernel_applies((q, kv_a, cache), (q.size(-1) - d_r, d_r))
+    )
+
+
+def mla_decode_step(
+    q: torch.Tensor,
+    kv_a: torch.Tensor,
+    cache: torch.Tensor,
+    input_pos: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    scale: float,
+    interleave: bool,
+) -> torch.Tensor:
+    """A one-token absorbed MLA step in three launches (where `mla_decode_step_applies`): what
+    `MultiheadLatentAttention` does on its torch path from the query and kv_a_proj's output on.
+
+    q (B, 1, h, d_c + d_R): absorbed queries, rope part unrotated; kv_a (B, 1, d_c + d_R): the new token's raw latent
+    and rope key; cache (B, S, d_c + d_R): `KVCacheCompressed.kv`, which receives [kv_a_norm(latent) | rope(key)] at
+    input_pos ((1,) or (B, 1)); cos, sin: rope rows at input_pos ((1, d_R) or (B, 1, d_R)); norm_weight, eps:
+    kv_a_norm's. Returns the latent attention output (B, h, 1, d_c).
+    """
+    B, _, h, D = q.shape
+    positions = _positions(input_pos, B, 1)[:, 0]  # (B,)
+    d_r = cos.size(-1)
+    return _mla_decode_step_op(q.view(B, h, D), kv_a.view(B, D), cache, positions, cos.reshape(-1, d_r),
+                               sin.reshape(-1, d_r), norm_weight, eps, scale, interleave)
+
+
+@torch.library.custom_op("litgpt::mla_decode_step", mutates_args=("cache",))
+def _mla_decode_step_op(
+    q: torch.Tensor,
+    kv_a: torch.Tensor,
+    cache: torch.Tensor,
+    positions: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    scale: float,
+    interleave: bool,
+) -> torch.Tensor:
+    """The launches as one opaque operator that writes the cache in place."""
+    from litgpt.kernels.triton_decode import mla_decode_step as launch
+
+    return launch(q, kv_a, cache, positions, cos, sin, norm_weight, eps, scale, interleave)
+
+
+@_mla_decode_step_op.register_fake
+def _(q: torch.Tensor, kv_a: torch.Tensor, cache: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
+      sin: torch.Tensor, norm_weight: torch.Tensor, eps: float, scale: float, interleave: bool) -> torch.Tensor:
+    B, h, _ = q.shape
+    return q.new_empty(B, h, 1, norm_weight.size(0))  # (B, h, 1, d_c)
+
+
 @torch.library.custom_op("litgpt::decode_attention", mutates_args=())
 def _decode_attention_op(
     q: torch.Tensor,

@@ -150,6 +150,49 @@ def _merge_kernel(
              mask=offs_dv < D_V)
 
 
+@triton.jit
+def _mla_prologue_kernel(
+    Q_IN, KV_A, CACHE, POS, COS, SIN, NORM_W, Q_OUT,
+    eps,
+    stride_qib, stride_qih, stride_kvb, stride_cb, stride_cs, stride_pb, stride_cos, stride_sin, stride_qob, stride_qoh,
+    n_head,
+    D_C: tl.constexpr, D_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, INTERLEAVE: tl.constexpr,
+):
+    """Program (b, j < n_head): query head j of row b, latent part copied, rope part rotated into Q_OUT.
+    Program (b, n_head): the new token of row b, [RMSNorm(latent) * gain | rotated rope key], written into CACHE at
+    POS[b]."""
+    b = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(1)
+    offs_c = tl.arange(0, BLOCK_C)
+    c_ok = offs_c < D_C
+    offs_r = tl.arange(0, BLOCK_R)
+    r_ok = offs_r < D_R
+    if INTERLEAVE:  # pairs (2i, 2i+1) rotate by frequency i
+        partner = offs_r ^ 1
+        freq = offs_r // 2
+        sign = tl.where(offs_r % 2 == 0, -1.0, 1.0)
+    else:  # rotate-half: i pairs with i + D_R/2; the tables repeat each frequency in both halves
+        partner = (offs_r + D_R // 2) % D_R
+        freq = offs_r
+        sign = tl.where(offs_r < D_R // 2, -1.0, 1.0)
+    cos = tl.load(COS + b * stride_cos + freq, mask=r_ok, other=0.0).to(tl.float32)
+    sin = tl.load(SIN + b * stride_sin + freq, mask=r_ok, other=0.0).to(tl.float32)
+    if j < n_head:
+        src = Q_IN + b * stride_qib + j * stride_qih
+        dst = Q_OUT + b * stride_qob + j * stride_qoh
+        tl.store(dst + offs_c, tl.load(src + offs_c, mask=c_ok), mask=c_ok)
+    else:
+        src = KV_A + b * stride_kvb
+        dst = CACHE + b * stride_cb + tl.load(POS + b * stride_pb).to(tl.int64) * stride_cs
+        latent = tl.load(src + offs_c, mask=c_ok, other=0.0).to(tl.float32)
+        gain = tl.load(NORM_W + offs_c, mask=c_ok, other=0.0).to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(latent * latent, axis=0) / D_C + eps)
+        tl.store(dst + offs_c, (latent * rstd * gain).to(CACHE.dtype.element_ty), mask=c_ok)
+    x = tl.load(src + D_C + offs_r, mask=r_ok, other=0.0).to(tl.float32)
+    x_partner = tl.load(src + D_C + partner, mask=r_ok, other=0.0).to(tl.float32)
+    tl.store(dst + D_C + offs_r, (x * cos + sign * x_partner * sin).to(dst.dtype.element_ty), mask=r_ok)
+
+
 @dataclass(frozen=True)
 class LaunchConfig:
     """Tile sizes and KV split of one launch: `block_h` query rows and `block_n` keys per iteration, `num_stages`
@@ -247,3 +290,41 @@ def decode_attention(
                 D_V=d_v, BLOCK_DV=block_dv, num_warps=4 if block_dv >= 512 else 2,
             )
     return out
+
+
+def mla_decode_step(
+    q: torch.Tensor,
+    kv_a: torch.Tensor,
+    cache: torch.Tensor,
+    positions: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    scale: float,
+    interleave: bool,
+) -> torch.Tensor:
+    """One new token per row of absorbed MLA in three launches: the prologue (query rope; the new latent's RMSNorm,
+    its key's rope and its cache write), then split-KV attention and its merge. Shapes are checked by the caller.
+
+    q: (B, h, d_c + d_R) absorbed queries, rope part not yet rotated; kv_a: (B, d_c + d_R) = kv_a_proj's output;
+    cache: (B, S, d_c + d_R), written at positions (B,) (batch stride may be 0); cos, sin: (B or 1, d_R) rows of
+    the rope tables at those positions. Returns (B, h, 1, d_c) in q.dtype.
+    """
+    B, h, D = q.shape
+    d_c, d_r = norm_weight.size(0), D - norm_weight.size(0)
+    q_out = torch.empty(B, h, 1, D, device=q.device, dtype=q.dtype)
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+        _mla_prologue_kernel[(B, h + 1)](
+            q, kv_a, cache, positions, cos, sin, norm_weight, q_out,
+            eps,
+            q.stride(0), q.stride(1), kv_a.stride(0), cache.stride(0), cache.stride(1), positions.stride(0),
+            cos.stride(0) if cos.size(0) > 1 else 0, sin.stride(0) if sin.size(0) > 1 else 0,
+            q_out.stride(0), q_out.stride(1),
+            h,
+            D_C=d_c, D_R=d_r, BLOCK_C=triton.next_power_of_2(d_c), BLOCK_R=triton.next_power_of_2(d_r),
+            INTERLEAVE=interleave,
+            num_warps=2,
+        )
+    k = cache.unsqueeze(1)  # (B, 1, S, D): one latent group shared by all heads
+    return decode_attention(q_out, k, k, positions.view(B, 1), d_c, d_c, scale, shared_v=True)
