@@ -146,7 +146,7 @@ def gemv(
     M, N, K = source.size(0), weight.size(0), weight.size(1)
     K1 = 0 if activation is None or x is None else x.size(1)
     y = torch.empty(M, N, device=weight.device, dtype=source.dtype)
-    x = x if x is not None else tail
+    x = x if x is not None else tail  # a pointer the kernel never reads when K1 = 0 (or, below, with ACT = 0)
     tail = tail if tail is not None else x
     with torch.cuda.device(y.device) if y.is_cuda else contextlib.nullcontext():
         _gemv_kernel[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)](
