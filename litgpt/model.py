@@ -207,13 +207,13 @@ class GptNeoxMLP(nn.Module):
 class LLaMAMLP(nn.Module):
     """SwiGLU: proj(silu(fc_1 x) * fc_2 x)."""
 
+    activation = "swiglu"  # a key of ACTIVATIONS
+
     def __init__(self, config: Config) -> None:
         super().__init__()
         self.fc_1 = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
         self.fc_2 = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
         self.proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)
-
-    activation = "swiglu"  # a key of ACTIVATIONS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(F.silu(self.fc_1(x)) * self.fc_2(x))

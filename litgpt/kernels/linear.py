@@ -54,10 +54,11 @@ def linear(
     rows = source.numel() // source.size(-1)
     inputs = tuple(t for t in (x, tail, weight, bias, residual) if t is not None)
     if use_kernel and rows == 1 and triton_can_run(inputs):
-        flat = [None if t is None else t.reshape(rows, -1).contiguous() for t in (x, tail, residual)]
+        x_rows, tail_rows, residual_rows = (None if t is None else t.reshape(rows, -1).contiguous()
+                                            for t in (x, tail, residual))
         kind = None if norm is None else norm_kind(norm)
         eps = 0.0 if norm is None else float(norm.eps)
-        y = _gemv_op(flat[0], weight.contiguous(), bias, flat[2], flat[1], kind, eps, activation)  # (rows, N)
+        y = _gemv_op(x_rows, weight.contiguous(), bias, residual_rows, tail_rows, kind, eps, activation)  # (rows, N)
         return y.view(*source.shape[:-1], weight.size(0))
     if tail is not None:
         activated = ACTIVATIONS[activation](tail)
