@@ -2,14 +2,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import litgpt.loss
+import litgpt.kernels.cross_entropy
 from litgpt import GPT, Config
 from litgpt.loss import linear_cross_entropy
 
 
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(litgpt.loss, "CHUNK_BYTES", 7 * 50 * 8)  # 7 tokens of a 50-word vocab in float64 per chunk
+    monkeypatch.setattr(litgpt.kernels.cross_entropy, "CHUNK_BYTES", 7 * 50 * 8)  # 7 tokens of a 50-word vocab in float64 per chunk
 
 
 @pytest.mark.parametrize("with_bias", [False, True])

@@ -1,0 +1,60 @@
+"""Cross-entropy over (tokens, vocab) logits held in the compute dtype, for `litgpt.loss`: each row's log-sum-exp
+and loss, then the gradient factor * (softmax - onehot) written over the logits in place. The Triton kernels of
+`litgpt.kernels.triton_cross_entropy` on CUDA; elsewhere the torch reference, which walks the rows in chunks so that
+its fp32 copies stay small."""
+
+from __future__ import annotations
+
+import torch
+
+from litgpt.kernels.decode_attention import TRITON_AVAILABLE
+
+CHUNK_BYTES = 256 * 2**20  # bytes of one chunk's fp32 (or wider) copy in the torch reference
+
+
+def _kernel_applies(logits: torch.Tensor) -> bool:
+    return (
+        TRITON_AVAILABLE
+        and logits.is_cuda
+        and logits.dtype in (torch.bfloat16, torch.float16, torch.float32)
+        and logits.stride(-1) == 1
+    )
+
+
+def row_chunks(n_rows: int, vocab: int, acc: torch.dtype) -> list[slice]:
+    """Row ranges whose (rows, vocab) logits take at most CHUNK_BYTES in the dtype `acc` (at least one row each)."""
+    step = max(1, CHUNK_BYTES // (vocab * (torch.finfo(acc).bits // 8)))
+    return [slice(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
+
+
+def row_losses(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-sum-exp, cross-entropy) of each row of logits (N, V) against targets (N,): two (N,) tensors in fp32
+    (float64 for float64 logits)."""
+    if _kernel_applies(logits):
+        from litgpt.kernels.triton_cross_entropy import row_losses as kernel
+
+        return kernel(logits, targets.contiguous())
+    acc = torch.promote_types(logits.dtype, torch.float32)
+    lse = torch.empty(logits.size(0), dtype=acc, device=logits.device)
+    loss = torch.empty_like(lse)
+    for rows in row_chunks(*logits.shape, acc):
+        x = logits[rows].to(acc)  # (n, V)
+        lse[rows] = torch.logsumexp(x, dim=-1)
+        loss[rows] = lse[rows] - x.gather(1, targets[rows].unsqueeze(1)).squeeze(1)
+    return lse, loss
+
+
+def softmax_grad_(logits: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Overwrite logits (N, V) with factor * (softmax - onehot(targets)), the gradient of factor * (sum of the row
+    losses); lse (N,) comes from `row_losses`, factor is a one-element tensor (read on the device, no host sync).
+    Returns logits."""
+    if _kernel_applies(logits):
+        from litgpt.kernels.triton_cross_entropy import softmax_grad_ as kernel
+
+        kernel(logits, targets.contiguous(), lse, factor)
+        return logits
+    for rows in row_chunks(*logits.shape, lse.dtype):
+        grad = torch.exp(logits[rows].to(lse.dtype) - lse[rows].unsqueeze(1))  # (n, V): softmax
+        grad[torch.arange(grad.size(0), device=grad.device), targets[rows]] -= 1.0
+        logits[rows] = (grad * factor).to(logits.dtype)
+    return logits
