@@ -84,6 +84,6 @@ def _loss_only(
     acc = torch.promote_types(dtype, torch.float32)
     loss = torch.zeros((), dtype=acc, device=hidden.device)
     for rows in row_chunks(hidden.size(0), weight.size(0), acc):
-        logits = F.linear(hidden[rows].to(dtype), w, b).to(acc)  # (n, V)
-        loss += F.cross_entropy(logits, targets[rows], reduction="sum")
+        logits = F.linear(hidden[rows].to(dtype), w, b)  # (n, V) in the compute dtype
+        loss += row_losses(logits, targets[rows])[1].sum()  # the training forward's per-row losses
     return loss / hidden.size(0)
