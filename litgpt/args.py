@@ -1,9 +1,19 @@
-"""Argument groups shared by the training commands (`--train.*`, `--eval.*`)."""
+"""Argument groups shared by the training commands (`--train.*`, `--eval.*`, `--optimizer`, `--devices`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Optional, Union
+
+import torch
+
+# What `--optimizer` parses to on the command line: jsonargparse builds a callable params -> optimizer from
+# `--optimizer AdamW --optimizer.lr 3e-4`, `--optimizer.init_args.lr 3e-4`, a {class_path, init_args} dict or a
+# yaml `optimizer:` section, in the order given (later wins). Python callers may also pass a class name or a dict.
+OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
+OptimizerArg = Union[OptimizerCallable, str, dict]
 
 
 @dataclass
@@ -83,3 +93,87 @@ class EvalArgs:
     def validate(self) -> None:
         if self.interval <= 0 or self.max_iters <= 0:
             raise ValueError(f"eval.interval and eval.max_iters must be positive, got {self.interval}, {self.max_iters}")
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """An optimizer class and its keyword arguments, resolved from any `--optimizer` spelling."""
+
+    cls: type
+    init_args: dict = field(default_factory=dict)
+
+    @classmethod
+    def resolve(cls, optimizer: OptimizerArg) -> "OptimizerSpec":
+        """From a class name ("AdamW", "torch.optim.SGD"), a {class_path, init_args} dict, or the callable the
+        command line builds. Unknown classes and bad arguments raise a one-line ValueError."""
+        if isinstance(optimizer, str):
+            return cls(_optimizer_class(optimizer), {})
+        if isinstance(optimizer, dict):
+            unknown = set(optimizer) - {"class_path", "init_args"}
+            if unknown:
+                raise ValueError(
+                    f"optimizer dict keys must be class_path and init_args, got {sorted(unknown)}; "
+                    "write e.g. {class_path: AdamW, init_args: {lr: 3e-4}}"
+                )
+            return cls(_optimizer_class(optimizer.get("class_path", "AdamW")), dict(optimizer.get("init_args") or {}))
+        if callable(optimizer):
+            # Build it once on a dummy parameter: the class and every hyperparameter it ended up with are then
+            # read off the optimizer itself (`defaults`), whatever spelling produced the callable.
+            try:
+                probe = optimizer([torch.nn.Parameter(torch.zeros(1))])
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"--optimizer: {e}") from None
+            accepted = inspect.signature(type(probe)).parameters
+            return cls(type(probe), {k: v for k, v in probe.defaults.items() if k in accepted})
+        raise ValueError(f"--optimizer must be a class name or {{class_path, init_args}}, got {optimizer!r}")
+
+    def build(self, params: Any, device: torch.device) -> torch.optim.Optimizer:
+        """The optimizer over `params`; Adam/AdamW run fused on CUDA unless `fused` or `foreach` was set."""
+        init_args = dict(self.init_args)
+        if self.cls in (torch.optim.AdamW, torch.optim.Adam) and device.type == "cuda":
+            if init_args.get("fused") is None and not init_args.get("foreach"):
+                init_args["fused"] = True
+        try:
+            return self.cls(params, **init_args)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"optimizer {self.cls.__name__}: bad init_args {self.init_args}: {e}") from None
+
+    @property
+    def lr(self) -> float:
+        return float(self.init_args.get("lr", 1e-3))
+
+    def as_dict(self) -> dict:
+        """{class_path, init_args}: the yaml `optimizer:` section that reproduces this optimizer."""
+        init_args = {k: list(v) if isinstance(v, tuple) else v for k, v in self.init_args.items()}
+        return {"class_path": f"{self.cls.__module__}.{self.cls.__qualname__}", "init_args": init_args}
+
+
+def _optimizer_class(class_path: str) -> type:
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name or "torch.optim")
+    except ImportError:
+        module = None
+    cls = getattr(module, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ValueError(f"optimizer {class_path!r} is not a torch.optim class (e.g. AdamW, SGD) nor a dotted path to one")
+    return cls
+
+
+def check_devices(devices: Union[int, str]) -> Union[int, str]:
+    """`--devices`: a positive count, -1 (all), "auto", or GPU indices like "0,1"; anything else is a ValueError."""
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        if devices >= 1 or devices == -1:
+            return devices
+    elif isinstance(devices, str):
+        text = devices.strip()
+        if text == "auto":
+            return text
+        if text.lstrip("-").isdigit():
+            return check_devices(int(text))
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if parts and all(p.isdigit() for p in parts):
+            return text
+    raise ValueError(
+        f"--devices must be a positive number of devices, -1 (all), 'auto' or GPU indices like '0,1', got {devices!r}"
+    )

@@ -14,14 +14,15 @@ import math
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Literal, Optional, Union
 
 import torch
 import yaml
 
-from litgpt.args import EvalArgs, TrainArgs
-from litgpt.checkpoint import extract_state_dict
+from litgpt.args import EvalArgs, OptimizerArg, OptimizerSpec, TrainArgs, check_devices
+from litgpt.checkpoint import CheckpointError, check_finite, extract_state_dict, read_checkpoint_file
 from litgpt.config import Config
 from litgpt.data import DataModule, TinyStories
 from litgpt.data.base import make_train_loader, make_val_loader
@@ -41,11 +42,12 @@ def setup(
     out_dir: Path = Path("out/pretrain"),
     precision: Optional[str] = None,
     initial_checkpoint_dir: Optional[Path] = None,
-    resume: Union[bool, Literal["auto"], Path] = False,
+    resume: Union[bool, Literal["auto"], Path] = "auto",
+    overwrite: bool = False,
     data: Optional[DataModule] = None,
     train: TrainArgs = TrainArgs(),
     eval: EvalArgs = EvalArgs(),
-    optimizer: Union[str, dict] = "AdamW",
+    optimizer: OptimizerArg = "AdamW",
     devices: Union[int, str] = "auto",
     num_nodes: int = 1,
     strategy: Literal["auto", "ddp", "fsdp"] = "auto",
@@ -62,11 +64,16 @@ def setup(
         out_dir: where checkpoints (`step-XXXXXXXX/`, `final/`) and logs go.
         precision: `32-true`, `bf16-mixed`, `bf16-true`, `16-mixed`... (default: bf16-mixed on CUDA, else 32-true).
         initial_checkpoint_dir: start from the weights in this checkpoint directory.
-        resume: `auto` (latest checkpoint in out_dir if any), `true` (latest, must exist) or a checkpoint path.
+        resume: `auto` (continue the run in out_dir from its latest readable checkpoint, or start one), `true`
+            (the same, but a run must exist), `false` (start from step 0) or a checkpoint path.
+        overwrite: with `--resume false`, delete the checkpoints of an earlier run in out_dir and start over
+            (without it, an earlier run there is an error rather than overwritten).
         data: the data module (default: TinyStories).
         train: training loop settings.
         eval: validation settings.
-        optimizer: a `torch.optim` class name, or {class_path, init_args} (e.g. lr, weight_decay, betas).
+        optimizer: the optimizer and its arguments: `--optimizer AdamW --optimizer.lr 3e-4`,
+            `--optimizer.init_args.weight_decay 0.1`, or {class_path, init_args}; later options override earlier
+            ones and the --config yaml, in command-line order.
         devices: devices per node, or "auto".
         num_nodes: number of nodes.
         strategy: `auto`, `ddp`, or `fsdp` (sharded per Block).
@@ -76,24 +83,36 @@ def setup(
         seed: random seed for weights and data order.
         compile: compile the model with torch.compile.
     """
-    hparams = _hyperparameters(locals())
+    optimizer = OptimizerSpec.resolve(optimizer)
+    devices = check_devices(devices)
+    hparams = _hyperparameters({**locals(), "optimizer": optimizer.as_dict()})
     train.validate()
     eval.validate()
     config = resolve_config(model_name, model_config)
     precision = precision or ("bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true")
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not supported; choose one of {', '.join(PRECISIONS)}")
+    if precision.startswith("bf16") and not torch.cuda.is_available():
+        warnings.warn(
+            f"precision {precision} on the CPU runs many times slower than 32-true (measured 13x); "
+            "pass --precision 32-true for CPU runs", stacklevel=2,
+        )
     if strategy == "fsdp" and not torch.cuda.is_available():
         raise ValueError(
             "--strategy fsdp needs CUDA GPUs (Lightning Fabric runs FSDP on GPU only); on CPU use --strategy ddp"
         )
     if isinstance(resume, Path) and not resume.exists():
         raise FileNotFoundError(f"--resume {str(resume)!r} does not exist")
-    _resume_path(resume, out_dir)  # --resume true with nothing to resume fails here, before any work
+    if overwrite and resume is not False:
+        raise ValueError("--overwrite true starts the run over, so it needs --resume false")
     if initial_checkpoint_dir is not None and not (initial_checkpoint_dir / "lit_model.pth").is_file():
         raise FileNotFoundError(f"--initial_checkpoint_dir {str(initial_checkpoint_dir)!r} has no lit_model.pth")
     if tokenizer_dir is not None and not tokenizer_dir.is_dir():
         raise FileNotFoundError(f"--tokenizer_dir {str(tokenizer_dir)!r} is not a directory")
+    # which checkpoint a resume starts from, decided before any work: a bad choice fails here in one line
+    checkpoint = find_resume_checkpoint(resume, out_dir, overwrite)
+    if checkpoint is not None:
+        check_resume_matches(checkpoint.parent, config, tokenizer_dir or out_dir / "tokenizer")
     seq_len = train.max_seq_length or config.block_size
     if seq_len > config.block_size:
         raise ValueError(f"train.max_seq_length ({seq_len}) exceeds the model's block_size ({config.block_size})")
@@ -111,9 +130,9 @@ def setup(
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
     fabric.launch(
-        fit, config=config, out_dir=out_dir, initial_checkpoint_dir=initial_checkpoint_dir, resume=resume,
-        data=data, train=train, eval=eval, optimizer=optimizer, tokenizer_dir=tokenizer_dir, seed=seed,
-        compile=compile, seq_len=seq_len, hparams=hparams,
+        fit, config=config, out_dir=out_dir, initial_checkpoint_dir=initial_checkpoint_dir, checkpoint=checkpoint,
+        overwrite=overwrite, data=data, train=train, eval=eval, optimizer=optimizer, tokenizer_dir=tokenizer_dir,
+        seed=seed, compile=compile, seq_len=seq_len, hparams=hparams,
     )
 
 
@@ -131,11 +150,12 @@ def fit(
     config: Config,
     out_dir: Path,
     initial_checkpoint_dir: Optional[Path],
-    resume: Union[bool, str, Path],
+    checkpoint: Optional[Path],
+    overwrite: bool,
     data: DataModule,
     train: TrainArgs,
     eval: EvalArgs,
-    optimizer: Union[str, dict],
+    optimizer: OptimizerSpec,
     tokenizer_dir: Optional[Path],
     seed: int,
     compile: bool,
@@ -143,6 +163,11 @@ def fit(
     hparams: dict,
 ) -> None:
     fabric.seed_everything(seed)
+    if overwrite and fabric.global_rank == 0:
+        for old in run_checkpoints(out_dir):
+            shutil.rmtree(old.parent)
+            fabric.print(f"--overwrite: deleted {old.parent}")
+    fabric.barrier()
     tokenizer = _tokenizer(fabric, tokenizer_dir, data, config, out_dir)
     data.connect(tokenizer, batch_size=train.micro_batch_size, max_seq_length=seq_len)
     with fabric.rank_zero_first():
@@ -153,22 +178,21 @@ def fit(
     model = GPT(config)
     init_weights(model)
     if initial_checkpoint_dir is not None:
-        state_dict = torch.load(initial_checkpoint_dir / "lit_model.pth", map_location="cpu", weights_only=True)
-        model.load_state_dict(extract_state_dict(state_dict, str(initial_checkpoint_dir)))
+        weights = initial_checkpoint_dir / "lit_model.pth"
+        model.load_state_dict(extract_state_dict(read_checkpoint_file(weights), str(weights)))
     model.max_seq_length = seq_len
     n_params = sum(p.numel() for p in model.parameters())
     fabric.print(f"model {config.name or '(custom)'}: {n_params / 1e6:.1f}M parameters, sequence length {seq_len}")
     if compile:
         model = torch.compile(model)
     model = fabric.setup(model)
-    opt = fabric.setup_optimizers(_optimizer(optimizer, model.parameters(), fabric.device))
+    opt = fabric.setup_optimizers(optimizer.build(model.parameters(), fabric.device))
 
     base_lr = opt.param_groups[0]["lr"]  # before a resume overwrites the param groups with the last step's lr
     state: dict[str, Any] = dict(model=model, optimizer=opt, step_count=0, iter_num=0, tokens=0, train_time=0.0)
-    checkpoint = _resume_path(resume, out_dir)
     if checkpoint is not None:
         fabric.print(f"resuming from {checkpoint}")
-        remainder = fabric.load(checkpoint, state)
+        remainder = fabric.load(checkpoint, state, weights_only=True)
         _set_rng(remainder.get("rng"))
 
     accum = train.gradient_accumulation_iters(fabric.world_size)
@@ -194,8 +218,11 @@ def fit(
 
     if eval.initial_validation and state["step_count"] == 0:
         _validate(fabric, model, val_loader, state, eval)
-    run_start_tokens, run_start_time = state["tokens"], state["train_time"]
+    run_start_tokens, run_start_time, run_start_step = state["tokens"], state["train_time"], state["step_count"]
+    divergence = _Divergence(fabric.device, check_grad_norm=fabric.strategy.precision.precision != "16-mixed",
+                             clipping=train.max_norm is not None)
     window = _Window()
+    lr = opt.param_groups[0]["lr"]
     batches = iter(train_loader)
     model.train()
     while not _done(state, train, total_steps):
@@ -210,9 +237,10 @@ def fit(
                 fabric.backward(loss / accum)
             loss_sum += loss.detach()
             state["iter_num"] += 1
+        grad_norm = None
         if train.max_norm is not None:
-            # No finiteness check here: it would sync the host every step. A non-finite loss shows in the log line.
-            fabric.clip_gradients(model, opt, max_norm=train.max_norm, error_if_nonfinite=False)
+            grad_norm = fabric.clip_gradients(model, opt, max_norm=train.max_norm, error_if_nonfinite=False)
+        divergence.record(state["step_count"] + 1, loss_sum, grad_norm)  # on the device: no host sync
         opt.step()
         opt.zero_grad(set_to_none=True)
         state["step_count"] += 1
@@ -222,7 +250,13 @@ def fit(
         step = state["step_count"]
         done = _done(state, train, total_steps, extra_time=window.elapsed())
 
+        if step == run_start_step + 1 and train.log_interval > 1 and not done:
+            # the first step includes compilation and warm-up: say it finished, long before the first log line
+            divergence.check(fabric, out_dir, lr)
+            fabric.print(f"step {step} done after {window.elapsed():.1f}s (the first includes warm-up); "
+                         f"progress every {train.log_interval} steps")
         if step % train.log_interval == 0 or done:
+            divergence.check(fabric, out_dir, lr)
             loss_value = fabric.all_reduce(loss_sum / accum, reduce_op="mean").item()  # syncs the device
             elapsed = window.elapsed()
             state["train_time"] += elapsed
@@ -239,8 +273,10 @@ def fit(
             if step % eval.interval == 0 and not (done and eval.final_validation):
                 _validate(fabric, model, val_loader, state, eval)
             if train.save_interval is not None and step % train.save_interval == 0 and not done:
+                divergence.check(fabric, out_dir, lr)  # never write the weights of a diverged run
                 save_training_checkpoint(out_dir / STEP_DIR.format(step), **checkpoint_dir_args)
 
+    divergence.check(fabric, out_dir, lr)
     if eval.final_validation:
         _validate(fabric, model, val_loader, state, eval)
     save_training_checkpoint(out_dir / "final", **checkpoint_dir_args)
@@ -262,6 +298,39 @@ def next_token_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor
     logits exists and data-parallel wrappers see one forward.
     """
     return model(batch[:, :-1], targets=batch[:, 1:])  # ()
+
+
+class _Divergence:
+    """The first optimizer step whose loss or gradient norm was NaN/inf, tracked on the device.
+
+    `record` costs no host sync; `check` reads the flag (one sync) and raises a one-line error naming the step.
+    The loop checks at every progress line and before every checkpoint, so a diverged run stops within one
+    logging interval and never writes non-finite weights. With 16-mixed the gradient scaler skips steps whose
+    gradients overflow, so there only the loss is checked.
+    """
+
+    def __init__(self, device: torch.device, check_grad_norm: bool, clipping: bool) -> None:
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self.check_grad_norm = check_grad_norm
+        self.fix = "lower --optimizer.lr" + ("" if clipping else " or set --train.max_norm 1.0")
+
+    def record(self, step: int, loss: torch.Tensor, grad_norm: Optional[torch.Tensor]) -> None:
+        finite = torch.isfinite(loss)
+        if grad_norm is not None and self.check_grad_norm:
+            finite = finite & torch.isfinite(grad_norm)
+        self.first_bad = torch.where((self.first_bad < 0) & ~finite, self.first_bad.new_full((), step), self.first_bad)
+
+    def check(self, fabric: Any, out_dir: Path, lr: float) -> None:
+        bad = int(fabric.all_reduce(self.first_bad, reduce_op="max").item())
+        if bad < 0:
+            return
+        latest = run_checkpoints(out_dir)
+        resume = (f"the last good checkpoint is {latest[-1].parent} (rerun with --resume auto to continue from it)"
+                  if latest else "no checkpoint of this run was written")
+        raise ValueError(
+            f"training stopped: the loss or gradient norm became NaN/inf at step {bad} (lr {lr:.2e}); nothing was "
+            f"saved after it and {resume}; {self.fix}"
+        )
 
 
 class _Window:
@@ -313,6 +382,11 @@ def _validate(fabric: Any, model: torch.nn.Module, val_loader: Any, state: dict,
         losses.append(next_token_loss(model, batch))
     val_loss = fabric.all_reduce(torch.stack(losses).mean(), reduce_op="mean").item()
     model.train()
+    if not math.isfinite(val_loss):
+        raise ValueError(
+            f"training stopped at step {state['step_count']}: the validation loss is {val_loss} although the training "
+            "loss was finite (check the validation data); no checkpoint was written for this step"
+        )
     fabric.log_dict(dict(val_loss=val_loss, val_ppl=math.exp(val_loss)), step=state["step_count"])
     fabric.print(f"step {state['step_count']}: val loss {val_loss:.4f}, val ppl {math.exp(val_loss):.2f}")
     return val_loss
@@ -369,19 +443,90 @@ def save_training_checkpoint(
     fabric.print(f"saved checkpoint {checkpoint_dir}")
 
 
-def _resume_path(resume: Union[bool, str, Path], out_dir: Path) -> Optional[Path]:
-    if resume is False:
-        return None
-    if isinstance(resume, Path):
-        return resume / "lit_model.pth" if resume.is_dir() else resume
+def run_checkpoints(out_dir: Path) -> list[Path]:
+    """The `lit_model.pth` files of the run in out_dir, oldest first (`step-*` by step, then `final`)."""
     checkpoints = sorted(out_dir.glob("step-*/lit_model.pth"))
     if (out_dir / "final" / "lit_model.pth").is_file():
         checkpoints.append(out_dir / "final" / "lit_model.pth")
-    if checkpoints:
-        return checkpoints[-1]
+    return checkpoints
+
+
+def find_resume_checkpoint(resume: Union[bool, str, Path], out_dir: Path, overwrite: bool = False) -> Optional[Path]:
+    """The checkpoint a run continues from, or None to start at step 0.
+
+    `auto`/`true` take the newest readable checkpoint in out_dir, skipping unreadable ones with a warning;
+    `false` refuses to start over an earlier run unless `overwrite`; a path must be readable itself.
+    """
+    if isinstance(resume, Path):
+        path = resume / "lit_model.pth" if resume.is_dir() else resume
+        _check_training_state(path)
+        return path
+    existing = run_checkpoints(out_dir)
+    if resume is False:
+        if existing and not overwrite:
+            raise ValueError(
+                f"{str(out_dir)!r} already holds a run (latest checkpoint {existing[-1].parent}); pass --resume auto "
+                "to continue it, --resume false --overwrite true to delete its checkpoints and start over, or "
+                "another --out_dir"
+            )
+        return None
+    for path in reversed(existing):
+        try:
+            _check_training_state(path)
+        except CheckpointError as e:
+            warnings.warn(f"--resume {resume}: skipping unreadable checkpoint ({e})", stacklevel=2)
+            continue
+        return path
+    if existing:
+        raise ValueError(
+            f"--resume {resume}: none of the {len(existing)} checkpoints in {str(out_dir)!r} can be read; pass "
+            "--resume false --overwrite true to start over"
+        )
     if resume == "auto":
         return None
     raise FileNotFoundError(f"--resume true: no checkpoint found in {str(out_dir)!r}; use --resume auto to start fresh")
+
+
+def _check_training_state(path: Path) -> None:
+    """A CheckpointError unless `path` reads as a `litgpt pretrain` training state (weights, optimizer, counters)."""
+    state = read_checkpoint_file(path)
+    missing = [k for k in ("model", "optimizer", "step_count", "iter_num", "tokens") if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a training checkpoint of `litgpt pretrain` (it has no {', '.join(missing)}); to start "
+            "from its weights pass its directory as --initial_checkpoint_dir instead of --resume"
+        )
+    check_finite(extract_state_dict(state, str(path)), str(path))
+
+
+def check_resume_matches(checkpoint_dir: Path, config: Config, tokenizer_dir: Path) -> None:
+    """Refuse to resume a checkpoint with another model config or another tokenizer than the run started with."""
+    saved = Config.from_checkpoint(checkpoint_dir)
+    if saved != config:
+        now, then = dataclasses.asdict(config), dataclasses.asdict(saved)
+        diff = ", ".join(f"{k}: {then[k]!r} in the checkpoint, {now[k]!r} now" for k in now if now[k] != then.get(k))
+        raise ValueError(
+            f"cannot resume {checkpoint_dir}: it was trained with another model config ({diff}); resume with the "
+            "run's model settings, or train into another --out_dir"
+        )
+    started_with = Tokenizer(checkpoint_dir)
+    if not (tokenizer_dir / "tokenizer.json").is_file() and not (tokenizer_dir / "tokenizer.model").is_file():
+        raise ValueError(
+            f"cannot resume {checkpoint_dir}: the run's tokenizer is not in {str(tokenizer_dir)!r}; pass "
+            f"--tokenizer_dir {_started_tokenizer_dir(checkpoint_dir)} (a copy is in {checkpoint_dir})"
+        )
+    if Tokenizer(tokenizer_dir).fingerprint != started_with.fingerprint:
+        raise ValueError(
+            f"cannot resume {checkpoint_dir}: --tokenizer_dir {str(tokenizer_dir)!r} is not the tokenizer the run "
+            f"started with; pass --tokenizer_dir {_started_tokenizer_dir(checkpoint_dir)}, or train into another "
+            "--out_dir"
+        )
+
+
+def _started_tokenizer_dir(checkpoint_dir: Path) -> str:
+    hparams_file = checkpoint_dir / "hyperparameters.yaml"
+    hparams = yaml.safe_load(hparams_file.read_text(encoding="utf-8")) if hparams_file.is_file() else {}
+    return str((hparams or {}).get("tokenizer_dir") or checkpoint_dir)
 
 
 def _get_rng() -> dict[str, torch.Tensor]:
@@ -416,23 +561,6 @@ def _tokenizer(fabric: Any, tokenizer_dir: Optional[Path], data: DataModule, con
             f"{config.padded_vocab_size}; set --model_config.vocab_size to at least {tokenizer.vocab_size}"
         )
     return tokenizer
-
-
-def _optimizer(spec: Union[str, dict], params: Any, device: torch.device) -> torch.optim.Optimizer:
-    if isinstance(spec, str):
-        class_path, init_args = spec, {}
-    else:
-        class_path, init_args = spec.get("class_path", "AdamW"), dict(spec.get("init_args", {}))
-    name = class_path.rsplit(".", 1)[-1]
-    cls = getattr(torch.optim, name, None)
-    if cls is None or not isinstance(cls, type):
-        raise ValueError(f"optimizer {class_path!r} is not a torch.optim class (e.g. AdamW, SGD)")
-    if name in ("AdamW", "Adam") and device.type == "cuda":
-        init_args.setdefault("fused", True)
-    try:
-        return cls(params, **init_args)
-    except TypeError as e:
-        raise ValueError(f"optimizer {name}: bad init_args {init_args}: {e}") from None
 
 
 def _strategy(name: str) -> Any:

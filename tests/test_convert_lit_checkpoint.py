@@ -122,3 +122,107 @@ def test_deepseek_latent_norm_eps_warning(tmp_path):
     save_checkpoint(make_ours(dict(LLAMA, latent_attention=MLA, norm_eps=1e-5)), tmp_path / "lit")
     with pytest.warns(UserWarning, match="q_a/kv_a norms use eps=1e-06"):
         convert_lit_checkpoint(tmp_path / "lit", tmp_path / "hf")
+
+
+# ---------------------------------------------------------------------------------------------------- tied embeddings
+TIED_CASES = {"llama": dict(LLAMA, n_query_groups=2), "neox": dict(), "mla-v3": dict(LLAMA, latent_attention=MLA)}
+HEAD_AND_EMBEDDING = {"llama": ("lm_head.weight", "model.embed_tokens.weight"),
+                      "neox": ("embed_out.weight", "gpt_neox.embed_in.weight"),
+                      "mla-v3": ("lm_head.weight", "model.embed_tokens.weight")}
+
+
+def make_tied(overrides: dict) -> GPT:
+    """A model whose head is its embedding: one tensor under both names, as upstream litgpt converts SmolLM2."""
+    model = make_ours(overrides)
+    model.lm_head.weight = model.transformer.wte.weight
+    return model
+
+
+def safetensors_keys(hf_dir) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(hf_dir / "model.safetensors"), framework="pt") as f:
+        return set(f.keys())
+
+
+def is_tied(hf_model) -> bool:
+    return hf_model.get_output_embeddings().weight.data_ptr() == hf_model.get_input_embeddings().weight.data_ptr()
+
+
+@pytest.mark.parametrize("case", sorted(TIED_CASES))
+def test_shared_head_and_embedding_export_tied(case, tmp_path):
+    model = make_tied(TIED_CASES[case])
+    save_checkpoint(model, tmp_path / "lit")
+    saved = torch.load(tmp_path / "lit" / "lit_model.pth", weights_only=True)
+    assert saved["lm_head.weight"].data_ptr() == saved["transformer.wte.weight"].data_ptr()  # the failing input
+    hf_dir = convert_lit_checkpoint(tmp_path / "lit", tmp_path / "hf")
+    assert json.loads((hf_dir / "config.json").read_text())["tie_word_embeddings"] is True
+    head, embedding = HEAD_AND_EMBEDDING[case]
+    keys = safetensors_keys(hf_dir)
+    assert embedding in keys and head not in keys  # the embedding once, as transformers saves tied models
+    hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, attn_implementation="eager", dtype=torch.float32).eval()
+    assert hf_model.config.tie_word_embeddings is True and is_tied(hf_model)
+    idx = torch.randint(0, VOCAB, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(idx).logits, model(idx), atol=1e-5, rtol=1e-5)
+
+
+def test_shared_head_exported_untied_on_request(tmp_path):
+    """--tie_embeddings false: the one tensor is written twice (cloned), and HF keeps two matrices."""
+    model = make_tied(LLAMA)
+    save_checkpoint(model, tmp_path / "lit")
+    hf_dir = convert_lit_checkpoint(tmp_path / "lit", tmp_path / "hf", tie_embeddings=False)
+    assert json.loads((hf_dir / "config.json").read_text())["tie_word_embeddings"] is False
+    assert {"lm_head.weight", "model.embed_tokens.weight"} <= safetensors_keys(hf_dir)
+    hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, attn_implementation="eager", dtype=torch.float32).eval()
+    assert not is_tied(hf_model)
+    idx = torch.randint(0, VOCAB, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(idx).logits, model(idx), atol=1e-5, rtol=1e-5)
+
+
+def test_untied_model_stays_untied_and_refuses_forced_tying(tmp_path):
+    save_checkpoint(make_ours(LLAMA), tmp_path / "lit")
+    hf_dir = convert_lit_checkpoint(tmp_path / "lit", tmp_path / "hf")
+    assert json.loads((hf_dir / "config.json").read_text())["tie_word_embeddings"] is False
+    assert "lm_head.weight" in safetensors_keys(hf_dir)
+    with pytest.raises(ValueError, match=r"^cannot tie the embeddings: lm_head\.weight differs from "
+                       r"transformer\.wte\.weight \(max abs difference \d.*\); convert without --tie_embeddings"):
+        convert_lit_checkpoint(tmp_path / "lit", tmp_path / "tied", tie_embeddings=True)
+
+
+def test_tied_hf_model_round_trips_tied(tmp_path):
+    """HF tied -> ours (the head is a copy of the embedding) -> HF: tied again, with the original logits."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf_config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64,
+                            tie_word_embeddings=True)
+    original = LlamaForCausalLM(hf_config).eval()
+    with torch.no_grad():
+        for name, p in original.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.3 + float("norm" in name))
+    assert is_tied(original)
+    original.save_pretrained(tmp_path / "hf")
+    lit = load_checkpoint(convert_hf_checkpoint(tmp_path / "hf", output_dir=tmp_path / "lit")).eval()
+    torch.testing.assert_close(lit.lm_head.weight, lit.transformer.wte.weight, atol=0, rtol=0)
+    hf_dir = convert_lit_checkpoint(tmp_path / "lit", tmp_path / "hf2")
+    assert json.loads((hf_dir / "config.json").read_text())["tie_word_embeddings"] is True
+    again = AutoModelForCausalLM.from_pretrained(hf_dir, attn_implementation="eager", dtype=torch.float32).eval()
+    assert is_tied(again)
+    idx = torch.randint(0, VOCAB, (2, 10))
+    with torch.no_grad():
+        expected = original(idx).logits
+        torch.testing.assert_close(lit(idx), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(again(idx).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_checkpoint_without_lm_head_is_an_error(tmp_path):
+    model = make_ours(LLAMA)
+    save_checkpoint(model, tmp_path / "lit")
+    state_dict = model.state_dict()
+    del state_dict["lm_head.weight"]
+    torch.save(state_dict, tmp_path / "lit" / "lit_model.pth")
+    with pytest.raises(ValueError, match=r"lit_model\.pth does not match model_config\.yaml: it has no "
+                       r"'lm_head\.weight'; point at the checkpoint directory"):
+        convert_lit_checkpoint(tmp_path / "lit", tmp_path / "hf")

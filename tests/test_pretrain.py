@@ -198,3 +198,202 @@ def test_tinystories_offline_without_data_path(tmp_path, text_dir, capsys, monke
               str(tokenizer_dir)])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data_path" in err[0], err
+
+
+# ------------------------------------------------------------------------------------ options that take effect
+def write_yaml_config(path: Path, text_dir: Path, out_dir: Path, lr: float = 0.003) -> Path:
+    """The tiny run as a --config yaml with an optimizer section, like the shipped config_hub files."""
+    args = dict(a[2:].split("=", 1) for a in tiny_args(text_dir, out_dir)[1:])
+    config = {
+        "model_name": "debug",
+        "model_config": yaml.safe_load(args.pop("model_config")),
+        "out_dir": str(out_dir),
+        "precision": "32-true",
+        "data": {"class_path": "litgpt.data.TextFiles", "init_args": {
+            "train_data_path": args["data.train_data_path"], "val_data_path": args["data.val_data_path"],
+            "cache_dir": args["data.cache_dir"]}},
+        "train": {"global_batch_size": 4, "micro_batch_size": 2, "max_seq_length": 32, "lr_warmup_steps": 0,
+                  "max_steps": 1, "log_interval": 1},
+        "eval": {"interval": 1000, "max_iters": 1, "final_validation": False},
+        "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": lr, "weight_decay": 0.01}},
+        "devices": 1,
+        "seed": 7,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def used_optimizer(out_dir: Path) -> tuple[str, float, float]:
+    """(class_path, lr the first step ran with, weight_decay) of a finished one-step run."""
+    hparams = yaml.safe_load((out_dir / "final" / "hyperparameters.yaml").read_text())
+    state = torch.load(out_dir / "final" / "lit_model.pth", weights_only=True)
+    group = state["optimizer"]["param_groups"][0]
+    with open(out_dir / "logs" / "csv" / "version_0" / "metrics.csv") as f:
+        logged_lr = float(next(r["lr"] for r in csv.DictReader(f) if r.get("lr")))
+    assert hparams["optimizer"]["init_args"]["lr"] == pytest.approx(logged_lr) == pytest.approx(group["lr"])
+    return hparams["optimizer"]["class_path"], logged_lr, group["weight_decay"]
+
+
+OPTIMIZER_SPELLINGS = [
+    (["--optimizer.lr", "0.0123"], ("torch.optim.adamw.AdamW", 0.0123)),
+    (["--optimizer", "AdamW", "--optimizer.lr", "0.0123"], ("torch.optim.adamw.AdamW", 0.0123)),
+    (["--optimizer.init_args.lr", "0.0123"], ("torch.optim.adamw.AdamW", 0.0123)),
+    (["--optimizer.class_path", "torch.optim.SGD", "--optimizer.init_args.lr", "0.0123"],
+     ("torch.optim.sgd.SGD", 0.0123)),
+    (["--optimizer", '{"class_path": "torch.optim.SGD", "init_args": {"lr": 0.0123}}'], ("torch.optim.sgd.SGD", 0.0123)),
+]
+
+
+@pytest.mark.parametrize("with_config", [False, True], ids=["cli", "config+cli"])
+@pytest.mark.parametrize("spelling, expected", OPTIMIZER_SPELLINGS, ids=[" ".join(s) for s, _ in OPTIMIZER_SPELLINGS])
+def test_optimizer_options_take_effect(tmp_path, text_dir, capsys, with_config, spelling, expected):
+    out = tmp_path / "out"
+    if with_config:
+        args = ["pretrain", "--config", str(write_yaml_config(tmp_path / "run.yaml", text_dir, out)), *spelling]
+    else:
+        args = tiny_args(text_dir, out, **{"train.max_steps": "1", "train.lr_warmup_steps": "0",
+                                           "eval.final_validation": "false"}) + spelling
+    main(args)
+    class_path, lr, weight_decay = used_optimizer(out)
+    assert (class_path, lr) == (expected[0], pytest.approx(expected[1]))
+    if with_config:
+        assert weight_decay == 0.01  # the yaml's other arguments stay
+
+
+def test_config_after_the_cli_option_wins(tmp_path, text_dir):
+    """Later arguments override earlier ones: a --config after --optimizer.lr sets the yaml's lr."""
+    out = tmp_path / "out"
+    main(["pretrain", "--optimizer.lr", "0.0123", "--config", str(write_yaml_config(tmp_path / "r.yaml", text_dir, out))])
+    assert used_optimizer(out)[1] == pytest.approx(0.003)
+
+
+def test_bad_optimizer_argument_is_one_line(tmp_path, text_dir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(tiny_args(text_dir, tmp_path / "out", **{"train.max_steps": "1"}) + ["--optimizer.lrr", "3"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "'lrr'" in err, err
+
+
+# ------------------------------------------------------------------------------------ divergence
+def test_nan_loss_stops_the_run_without_a_nan_checkpoint(tmp_path, text_dir):
+    out = tmp_path / "out"
+    result = run_cli(tiny_args(text_dir, out, **{"train.max_steps": "20", "train.save_interval": "1",
+                                                 "train.log_interval": "5", "optimizer.lr": "1e6"}))
+    assert result.returncode == 2
+    err = result.stderr.strip().splitlines()
+    assert err[-1].startswith("litgpt: error: training stopped: the loss or gradient norm became NaN/inf at step 2 ")
+    assert f"the last good checkpoint is {out / 'step-00000001'}" in err[-1] and "Traceback" not in result.stderr
+    assert "step 1 done after" in result.stdout  # progress before the first logging interval (step 5)
+    assert [p.parent.name for p in out.glob("*/lit_model.pth")] == ["step-00000001"]
+    weights = torch.load(out / "step-00000001" / "lit_model.pth", weights_only=True)["model"]
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+# ------------------------------------------------------------------------------------ recovery
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, text_dir) -> Path:
+    """A 6-step run with checkpoints at steps 2 and 4 and final (step 6), all steps logged."""
+    out = tmp_path_factory.mktemp("finished") / "out"
+    result = run_cli(tiny_args(text_dir, out, **{"train.max_steps": "6", "train.save_interval": "2"}))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run, to)
+    return to
+
+
+def test_shipped_configs_resume_automatically():
+    for path in (ROOT / "config_hub" / "pretrain").glob("*.yaml"):
+        assert yaml.safe_load(path.read_text())["resume"] == "auto", path
+
+
+def test_corrupt_latest_checkpoint_resumes_exactly_from_the_previous(tmp_path, text_dir, finished_run):
+    out = copy_run(finished_run, tmp_path / "out")
+    import shutil
+
+    shutil.rmtree(out / "final")  # as if killed after step 4 was saved
+    latest = out / "step-00000004" / "lit_model.pth"
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # truncated on disk
+    resumed = run_cli(tiny_args(text_dir, out, **{"train.max_steps": "6", "train.save_interval": "2"}))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "skipping unreadable checkpoint" in resumed.stderr and str(latest) in resumed.stderr
+    assert f"resuming from {out / 'step-00000002' / 'lit_model.pth'}" in resumed.stdout
+    after = logged_losses(out, 1)
+    assert after == {step: loss for step, loss in logged_losses(finished_run, 0).items() if step > 2}  # bitwise
+
+
+def test_rerun_of_a_finished_run_resumes_and_says_so(tmp_path, text_dir, finished_run):
+    out = copy_run(finished_run, tmp_path / "out")
+    again = run_cli(tiny_args(text_dir, out, **{"train.max_steps": "6"}))
+    assert again.returncode == 0, again.stderr
+    assert f"resuming from {out / 'final' / 'lit_model.pth'}" in again.stdout
+
+
+def test_resume_false_refuses_to_overwrite_an_earlier_run(tmp_path, text_dir, finished_run):
+    out = copy_run(finished_run, tmp_path / "out")
+    refused = run_cli(tiny_args(text_dir, out, **{"train.max_steps": "6", "resume": "false"}))
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"litgpt: error: {str(out)!r} already holds a run (latest checkpoint {out / 'final'}); pass --resume auto to "
+        "continue it, --resume false --overwrite true to delete its checkpoints and start over, or another --out_dir"
+    )
+    before = (out / "final" / "lit_model.pth").read_bytes()
+    assert before == (finished_run / "final" / "lit_model.pth").read_bytes()  # nothing touched
+    fresh = run_cli(tiny_args(text_dir, out, **{"train.max_steps": "2", "resume": "false", "overwrite": "true"}))
+    assert fresh.returncode == 0, fresh.stderr
+    assert f"--overwrite: deleted {out / 'step-00000004'}" in fresh.stdout
+    assert sorted(p.parent.name for p in out.glob("*/lit_model.pth")) == ["final"]
+    assert torch.load(out / "final" / "lit_model.pth", weights_only=True)["step_count"] == 2
+
+
+def test_resume_with_another_tokenizer_is_refused(tmp_path, text_dir, finished_run):
+    from litgpt.data import TextFiles
+    from litgpt.scripts.train_tokenizer import train_tokenizer
+
+    out = copy_run(finished_run, tmp_path / "out")
+    other = train_tokenizer(TextFiles(train_data_path=text_dir / "val", cache_dir=tmp_path / "c"),
+                            out_dir=tmp_path / "other", vocab_size=300)
+    refused = run_cli(tiny_args(text_dir, out, **{"train.max_steps": "8", "tokenizer_dir": str(other)}))
+    assert refused.returncode == 2
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"litgpt: error: cannot resume {out / 'final'}: --tokenizer_dir {str(other)!r} is not the "
+                           "tokenizer the run started with"), last
+
+
+def test_resume_with_another_model_config_is_refused(tmp_path, text_dir, finished_run):
+    out = copy_run(finished_run, tmp_path / "out")
+    other = "{n_layer: 1, n_embd: 64, n_head: 2, block_size: 32, vocab_size: 384, padding_multiple: 64}"
+    refused = run_cli(tiny_args(text_dir, out, **{"train.max_steps": "8", "model_config": other}))
+    assert refused.returncode == 2
+    last = refused.stderr.strip().splitlines()[-1]
+    assert "it was trained with another model config (n_embd: 32 in the checkpoint, 64 now" in last, last
+    assert "Traceback" not in refused.stderr
+
+
+def test_resume_never_unpickles_code(tmp_path, text_dir, finished_run):
+    """A crafted checkpoint that would run code when fully unpickled is refused, even when the environment asks
+    torch to load without weights_only."""
+    out = copy_run(finished_run, tmp_path / "out")
+    marker = tmp_path / "code_ran"
+    crafted = tmp_path / "crafted.pth"
+    subprocess.run([sys.executable, "-c", (
+        "import torch, os\n"
+        "class Evil:\n"
+        f"    def __reduce__(self): return (os.system, ('touch {marker}',))\n"
+        f"torch.save({{'model': {{}}, 'evil': Evil()}}, {str(crafted)!r})\n")], check=True)
+    env_args = tiny_args(text_dir, out, **{"train.max_steps": "8", "resume": str(crafted)})
+    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    refused = subprocess.run([sys.executable, "-m", "litgpt", *env_args], capture_output=True, text=True, env=env)
+    assert refused.returncode == 2 and not marker.exists()
+    assert str(crafted) in refused.stderr.strip().splitlines()[-1]
+
+
+def test_bf16_on_cpu_warns(tmp_path, text_dir, capsys):
+    with pytest.warns(UserWarning, match="bf16-mixed on the CPU runs many times slower than 32-true"):
+        with pytest.raises(SystemExit):
+            main(tiny_args(text_dir, tmp_path / "out", **{"precision": "bf16-mixed", "resume": "true",
+                                                          "train.max_steps": "1"}))

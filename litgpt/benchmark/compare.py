@@ -22,7 +22,8 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from litgpt.args import EvalArgs, TrainArgs
+from litgpt.args import EvalArgs, OptimizerArg, OptimizerSpec, TrainArgs, check_devices
+from litgpt.checkpoint import read_checkpoint_file
 from litgpt.config import Config
 from litgpt.data import DataModule, TinyStories
 from litgpt.model import GPT
@@ -40,7 +41,7 @@ def compare(
     data: Optional[DataModule] = None,
     train: TrainArgs = TrainArgs(),
     eval: EvalArgs = EvalArgs(),
-    optimizer: Union[str, dict] = "AdamW",
+    optimizer: OptimizerArg = "AdamW",
     devices: Union[int, str] = 1,
     tokenizer_dir: Optional[Path] = None,
     seed: int = 42,
@@ -56,13 +57,16 @@ def compare(
         data: the data module, shared by all models (default: TinyStories).
         train: training loop settings, shared by all models (set a token budget with train.max_tokens).
         eval: validation settings; the final validation over eval.max_iters batches is the compared val loss.
-        optimizer: a `torch.optim` class name, or {class_path, init_args}, shared by all models.
+        optimizer: the optimizer shared by all models, spelled as for `litgpt pretrain` (`--optimizer AdamW
+            --optimizer.lr 3e-4`, `--optimizer.init_args.*`, or {class_path, init_args}).
         devices: devices per model run.
         tokenizer_dir: tokenizer for all models; if omitted, one BPE with the first model's vocab_size is trained
             on the training text into out_dir/tokenizer and shared by all models.
         seed: random seed of weights and data order, the same for every model.
         compile: compile each model with torch.compile.
     """
+    optimizer = OptimizerSpec.resolve(optimizer).as_dict()
+    devices = check_devices(devices)
     settings = _hyperparameters(locals())
     settings.pop("models"), settings.pop("out_dir")
     from tqdm import tqdm
@@ -119,7 +123,7 @@ def compare(
 # ---------------------------------------------------------------------------------------- training
 def _train(
     name: str, model_config: Optional[dict], run_dir: Path, precision: Optional[str], data: DataModule,
-    train: TrainArgs, eval: EvalArgs, optimizer: Union[str, dict], devices: Union[int, str],
+    train: TrainArgs, eval: EvalArgs, optimizer: dict, devices: Union[int, str],
     tokenizer_dir: Path, seed: int, compile: bool,
 ) -> Optional[float]:
     """Run `litgpt pretrain` for one model (resuming from its latest checkpoint); return its peak GiB on CUDA."""
@@ -147,7 +151,7 @@ def _shared_tokenizer(data: DataModule, config: Config, tokenizer_dir: Path) -> 
 def collect(name: str, config: Config, run_dir: Path, precision: Optional[str], peak_memory_gib: Optional[float]
             ) -> dict:
     """One model's row: size, final val loss / ppl, throughput, memory, KV bytes per token, train time."""
-    state = torch.load(run_dir / "final" / "lit_model.pth", map_location="cpu", weights_only=True, mmap=True)
+    state = read_checkpoint_file(run_dir / "final" / "lit_model.pth")
     log = read_metrics(run_dir)
     val = [r for r in log if r.get("val_loss") is not None]
     if not val or val[-1]["step"] != state["step_count"]:

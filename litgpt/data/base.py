@@ -40,14 +40,13 @@ CHUNK_CHARS = 4_000_000
 class DataModule:
     """Base of the pretraining data modules.
 
-    Subclasses implement `iter_texts(split)` and `source_fingerprint()` and have `cache_dir`, `num_workers`
-    and `seed` fields. Call order: `connect` -> `prepare_data` (once, one process) -> `setup` (every process)
+    Subclasses implement `iter_texts(split)` and `source_fingerprint()` and have `cache_dir` and `num_workers`
+    fields (and `seed` where they hold out a random validation split). Call order: `connect` -> `prepare_data` (once, one process) -> `setup` (every process)
     -> `train_dataset` / `val_dataset`.
     """
 
     cache_dir: Optional[Path] = None
     num_workers: int = 0
-    seed: int = 42
     tokenizer: Optional[Tokenizer] = None
     batch_size: int = 1
     max_seq_length: int = -1

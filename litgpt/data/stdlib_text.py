@@ -31,13 +31,11 @@ class StdlibText(DataModule):
         cache_dir: where the tokenized splits are written, one subdirectory per tokenizer.
         max_bytes: stop adding files once their total size would exceed this.
         num_workers: processes that tokenize in `prepare_data` (0 or 1: in this process).
-        seed: unused (the split is fixed); kept so every data module takes the same arguments.
     """
 
     cache_dir: Path = Path("data/stdlib_text")
     max_bytes: int = 8_000_000
     num_workers: int = 2
-    seed: int = 42
 
     def __post_init__(self) -> None:
         self.cache_dir = Path(self.cache_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Optional
@@ -15,6 +16,10 @@ logger = logging.getLogger(__name__)
 ENDOFTEXT = "<|endoftext|>"
 SUPPORTED_SUFFIXES = (".json", ".jsonl", ".parquet", ".txt")
 READER_VERSION = 1  # bump when the way documents are read changes, to invalidate cached tokenizations
+OFFLINE_HINT = (
+    "pass --data.data_path DIR with local TinyStories files (.json/.jsonl/.parquet/.txt), or use --data TextFiles "
+    "--data.train_data_path DIR with plain .txt files"
+)
 
 
 @dataclass
@@ -25,7 +30,7 @@ class TinyStories(DataModule):
         data_path: local TinyStories files: a file or a directory searched recursively for .json (a list of
             objects with "story" or "text"), .jsonl, .parquet (column "text") or .txt (stories separated by
             `<|endoftext|>` lines). Files whose names contain "valid" form the validation split. None downloads
-            roneneldan/TinyStories with `datasets`.
+            roneneldan/TinyStories with `datasets` (without network: its cached copy, else a one-line error).
         cache_dir: where the tokenized splits are written, one subdirectory per tokenizer.
         val_split_fraction: fraction of stories held out for validation when the source has no validation split.
         num_workers: processes that tokenize in `prepare_data` (0 or 1: in this process).
@@ -119,23 +124,56 @@ class TinyStories(DataModule):
             yield from holdout_split(_hub_texts(dataset["train"]), split, self.val_split_fraction, self.seed)
 
     def _load_hub(self) -> Any:
+        """The hub dataset via `datasets`; without network (or in offline mode) only its cached copy, read without
+        network requests (datasets would retry them for ~25 s), else a one-line ConnectionError naming the fix."""
         if self._hub is not None:
             return self._hub
-        hint = "pass --data.data_path pointing at local TinyStories files (.json/.jsonl/.parquet/.txt)"
         try:
             import datasets
         except ImportError as e:
             raise ImportError(
-                f"downloading {self.hub_name} needs `datasets` (pip install 'datasets>=3'), or {hint}"
+                f"downloading {self.hub_name} needs `datasets` (pip install 'datasets>=3'), or {OFFLINE_HINT}"
             ) from e
+        from litgpt.scripts.download import hub_offline_variable, hub_unreachable
+
+        endpoint = str(datasets.config.HF_ENDPOINT).rstrip("/")
+        offline = hub_offline_variable() or ("HF_DATASETS_OFFLINE" if datasets.config.HF_HUB_OFFLINE else None)
+        problem = None if offline else hub_unreachable(endpoint)
         try:
-            self._hub = datasets.load_dataset(self.hub_name)
-        except _offline_errors() as e:
-            raise ConnectionError(
-                f"could not download {self.hub_name} (no network?): download it elsewhere or {hint} "
-                f"[{type(e).__name__}: {e}]"
-            ) from e
+            if offline or problem:
+                with _offline_mode(datasets):
+                    self._hub = datasets.load_dataset(self.hub_name)
+            else:
+                self._hub = datasets.load_dataset(self.hub_name)
+        except Exception as e:
+            network = isinstance(e, _offline_errors())
+            if not (network or offline or problem):
+                raise
+            cause = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+            if offline:
+                why = f"offline mode is on ({offline} is set)"
+            elif problem:
+                why = f"no network connection to the Hugging Face hub at {endpoint} ({problem})"
+            else:
+                why = cause
+            if offline or problem:  # only the datasets cache was asked
+                why += " and it is not in the datasets cache" if network else f" and reading the cache failed ({cause})"
+            raise ConnectionError(f"could not download {self.hub_name} (no network?): {why}; {OFFLINE_HINT}") from e
         return self._hub
+
+
+@contextmanager
+def _offline_mode(datasets: Any) -> Iterator[None]:
+    """Offline mode for `datasets` and huggingface_hub while the block runs: load_dataset then reads its cache and
+    fails at once without it. Both read HF_HUB_OFFLINE at import, so their module constants are switched."""
+    from huggingface_hub import constants
+
+    saved = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
 
 
 def _hub_texts(dataset: Any) -> Iterator[str]:
@@ -148,19 +186,15 @@ def _hub_texts(dataset: Any) -> Iterator[str]:
 
 def _offline_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that `datasets.load_dataset` raises when the hub cannot be reached."""
-    errors: list[type[BaseException]] = [ConnectionError, OSError, TimeoutError]
+    from litgpt.scripts.download import network_errors
+
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError, *network_errors()]  # OSError among them
     try:
         from huggingface_hub import errors as hub_errors
 
         for name in ("OfflineModeIsEnabled", "LocalEntryNotFoundError", "HfHubHTTPError"):
             if hasattr(hub_errors, name):
                 errors.append(getattr(hub_errors, name))
-    except ImportError:
-        pass
-    try:
-        import httpx
-
-        errors.append(httpx.TransportError)
     except ImportError:
         pass
     try:

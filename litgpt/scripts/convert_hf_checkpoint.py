@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from litgpt.checkpoint import atomic_torch_save, save_config
+from litgpt.checkpoint import atomic_torch_save, read_checkpoint_file, save_config
 from litgpt.config import Config
 from litgpt.model import GPT
 from litgpt.scripts.download import TOKENIZER_FILES
@@ -264,7 +264,7 @@ class HFWeights:
                 handle = safe_open(str(file), framework="pt")
                 items = {k: (lambda h=handle, k=k: h.get_tensor(k)) for k in handle.keys()}
             else:
-                sd = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+                sd = read_checkpoint_file(file)
                 items = {k: (lambda t=t: t) for k, t in sd.items()}
             duplicated = sorted(set(items) & set(self._loaders))
             if duplicated:

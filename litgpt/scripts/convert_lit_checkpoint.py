@@ -5,6 +5,11 @@
 Writes `model.safetensors` and `config.json` for the HF architecture that computes the same function:
 GPTNeoXForCausalLM (LayerNorm + GptNeoxMLP, MHA), LlamaForCausalLM (sequential RMSNorm + LLaMAMLP) or
 DeepseekV3ForCausalLM (MLA, sequential RMSNorm + LLaMAMLP); DeepseekV2ForCausalLM on request.
+
+Tied embeddings: when the checkpoint's `lm_head.weight` is `transformer.wte.weight` (one tensor, as in upstream
+litgpt conversions of tied models such as SmolLM2) or equals it, the HF model is written tied the way
+transformers saves one: `tie_word_embeddings: true` and the embedding stored once, without the head.
+`--tie_embeddings false` writes two separate copies instead.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any, Optional
 
 import torch
 
-from litgpt.checkpoint import atomic_write, extract_state_dict
+from litgpt.checkpoint import atomic_write, extract_state_dict, read_checkpoint_file
 from litgpt.config import Config
 from litgpt.scripts.convert_hf_checkpoint import (
     DEEPSEEK_LATENT_NORM_EPS,
@@ -113,7 +118,9 @@ def hf_bias_modules(arch: str, hf_config: dict) -> set[str]:
     return mlp | ({"self_attn.q_a_proj", "self_attn.kv_a_proj_with_mqa", "self_attn.o_proj"} if attention else set())
 
 
-def hf_config_for(config: Config, arch: str, dtype: torch.dtype) -> dict[str, Any]:
+def hf_config_for(
+    config: Config, arch: str, dtype: torch.dtype, tie_word_embeddings: bool = False
+) -> dict[str, Any]:
     """config.json content for `arch`; rope is written in both the transformers 5 and the legacy keys."""
     c = config
     rope = dict(rope_type="default", rope_theta=float(c.rope_base))
@@ -126,7 +133,7 @@ def hf_config_for(config: Config, arch: str, dtype: torch.dtype) -> dict[str, An
         num_hidden_layers=c.n_layer,
         num_attention_heads=c.n_head,
         max_position_embeddings=c.block_size,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
         dtype=str(dtype).removeprefix("torch."),
     )
     hf.update(hf_bias_flags(c, arch))
@@ -238,8 +245,80 @@ def convert_state_dict(config: Config, state_dict: dict[str, torch.Tensor], arch
     return out
 
 
+def hf_head_name(arch: str) -> str:
+    """The HF name of the LM head weight (`lm_head.weight`, GPT-NeoX: `embed_out.weight`)."""
+    return next(f"{theirs}.weight" for theirs, ours in LAYOUTS[arch].top.items() if ours == "lm_head")
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """True when a and b are views of the same memory with the same layout (one tensor under two names)."""
+    return (
+        a.device == b.device
+        and a.dtype == b.dtype
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+        and a.data_ptr() == b.data_ptr()
+    )
+
+
+def decide_tied(state_dict: dict[str, torch.Tensor], tie_embeddings: Optional[bool]) -> bool:
+    """Whether the HF model is written with tied embeddings.
+
+    None: tied when `lm_head.weight` is `transformer.wte.weight` or equals it exactly (the HF model then computes
+    the same logits); True: tied, which needs equal tensors; False: untied (two copies).
+    """
+    wte, head = state_dict["transformer.wte.weight"], state_dict["lm_head.weight"]
+    equal = _same_tensor(wte, head) or (wte.shape == head.shape and torch.equal(wte, head))
+    if tie_embeddings is None:
+        return equal
+    if tie_embeddings and not equal:
+        diff = (wte.float() - head.float()).abs().max().item() if wte.shape == head.shape else float("nan")
+        raise ValueError(
+            f"cannot tie the embeddings: lm_head.weight differs from transformer.wte.weight (max abs difference "
+            f"{diff:.3g}); convert without --tie_embeddings true to keep both"
+        )
+    return bool(tie_embeddings)
+
+
+def unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Clone every tensor whose memory overlaps an earlier one's (safetensors refuses to write shared memory)."""
+    taken: dict[tuple[torch.device, int], list[tuple[int, int]]] = {}
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        size = tensor.numel() * tensor.element_size()
+        if size:
+            storage = tensor.untyped_storage()
+            start = tensor.data_ptr() - storage.data_ptr()
+            ranges = taken.setdefault((tensor.device, storage.data_ptr()), [])
+            if any(start < end and begin < start + size for begin, end in ranges):
+                tensor = tensor.clone()
+            else:
+                ranges.append((start, start + size))
+        out[name] = tensor
+    return out
+
+
+def _check_complete(config: Config, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Raise a one-line ValueError when the checkpoint lacks tensors our model for `config` has."""
+    from litgpt.model import GPT
+
+    with torch.device("meta"):
+        expected = GPT(config).state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    if missing:
+        raise ValueError(
+            f"{source} does not match model_config.yaml: it has no {', '.join(map(repr, missing[:3]))}"
+            f"{' ...' if len(missing) > 3 else ''}; point at the checkpoint directory this config belongs to"
+        )
+
+
 # ---------------------------------------------------------------------------------------------------- entry point
-def convert_lit_checkpoint(checkpoint_dir: Path, output_dir: Path, architecture: Optional[str] = None) -> Path:
+def convert_lit_checkpoint(
+    checkpoint_dir: Path,
+    output_dir: Path,
+    architecture: Optional[str] = None,
+    tie_embeddings: Optional[bool] = None,
+) -> Path:
     """Convert our checkpoint into a Hugging Face directory (`model.safetensors` + `config.json`).
 
     Args:
@@ -247,6 +326,9 @@ def convert_lit_checkpoint(checkpoint_dir: Path, output_dir: Path, architecture:
         output_dir: where to write the Hugging Face files (tokenizer files are copied along).
         architecture: HF architecture to write, one of GPTNeoXForCausalLM, LlamaForCausalLM,
             DeepseekV2ForCausalLM, DeepseekV3ForCausalLM (default: the one matching the config).
+        tie_embeddings: write `tie_word_embeddings: true` and the embedding once (the LM head is the embedding).
+            Default: tie when lm_head.weight is, or equals, transformer.wte.weight. True needs them equal;
+            False writes separate copies.
 
     Returns:
         The output directory.
@@ -260,15 +342,20 @@ def convert_lit_checkpoint(checkpoint_dir: Path, output_dir: Path, architecture:
     weights = checkpoint_dir / "lit_model.pth"
     if not weights.is_file():
         raise FileNotFoundError(f"{str(checkpoint_dir)!r} has no lit_model.pth")
-    state_dict = extract_state_dict(torch.load(weights, map_location="cpu", mmap=True, weights_only=True), str(weights))
+    state_dict = extract_state_dict(read_checkpoint_file(weights), str(weights))
+    _check_complete(config, state_dict, str(weights))
+    tied = decide_tied(state_dict, tie_embeddings)
     hf_weights = convert_state_dict(config, state_dict, arch)
-    hf_config = hf_config_for(config, arch, state_dict["transformer.wte.weight"].dtype)
+    if tied:  # as transformers saves a tied model: the embedding only; from_pretrained points the head at it
+        del hf_weights[hf_head_name(arch)]
+    hf_weights = unshare(hf_weights)  # e.g. an untied export of a checkpoint whose head and embedding are one tensor
+    hf_config = hf_config_for(config, arch, state_dict["transformer.wte.weight"].dtype, tie_word_embeddings=tied)
     output_dir.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt"}  # transformers refuses safetensors files without it
     atomic_write(output_dir / "model.safetensors", lambda tmp: save_file(hf_weights, str(tmp), metadata=metadata))
     atomic_write(output_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(hf_config, indent=2) + "\n"))
     copy_tokenizer_files(checkpoint_dir, output_dir)
-    log.info("converted %s to %s (%s)", checkpoint_dir, output_dir, arch)
+    log.info("converted %s to %s (%s%s)", checkpoint_dir, output_dir, arch, ", tied embeddings" if tied else "")
     return output_dir
 
 

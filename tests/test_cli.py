@@ -1,0 +1,124 @@
+"""The `litgpt` command line (litgpt/__main__.py): every command rejects unknown options and typos by name, bare
+extra arguments are errors, the first parameter may come bare, and `litgpt train_tokenizer` runs."""
+
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from litgpt.__main__ import commands, main, option_names
+from test_pretrain import write_stories
+
+
+def leaf_commands(table=None, words=()):
+    """(words, function) for every runnable command in the table, `benchmark attention` included."""
+    table = commands() if table is None else table
+    for word, node in table.items():
+        if isinstance(node, dict):
+            yield from leaf_commands(node, (*words, word))
+        else:
+            yield (*words, word), node
+
+
+COMMANDS = list(leaf_commands())
+IDS = [" ".join(words) for words, _ in COMMANDS]
+
+
+def run_main(capsys, argv: list[str]) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code, capsys.readouterr().err.strip()
+
+
+def test_the_table_has_every_command():
+    assert set(IDS) == {"pretrain", "train_tokenizer", "download", "generate", "chat", "benchmark attention",
+                        "benchmark decode", "benchmark pretrain", "compare"}
+
+
+@pytest.mark.parametrize("words, fn", COMMANDS, ids=IDS)
+def test_unknown_option_is_rejected_by_name(capsys, words, fn):
+    code, err = run_main(capsys, [*words, "--no_such_option", "3"])
+    assert code == 2
+    assert err.splitlines() == [
+        f"litgpt: error: unrecognized option '--no_such_option' for `litgpt {' '.join(words)}`; "
+        f"see `litgpt {' '.join(words)} --help`"
+    ]
+
+
+@pytest.mark.parametrize("words, fn", COMMANDS, ids=IDS)
+def test_typo_names_the_closest_option(capsys, words, fn):
+    name = max(inspect.signature(fn).parameters, key=len)  # the longest name: its typo has one clear neighbour
+    typo = name[:-1] + ("x" if name[-1] != "x" else "y")
+    code, err = run_main(capsys, [*words, f"--{typo}", "3"])
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"unrecognized option '--{typo}'" in err and f"(did you mean '--{name}'?)" in err, err
+
+
+def test_nested_typo_names_the_closest_field(capsys):
+    code, err = run_main(capsys, ["pretrain", "debug", "--train.max_stepz", "3"])
+    assert code == 2 and "(did you mean '--train.max_steps'?)" in err and len(err.splitlines()) == 1
+
+
+def test_generate_unknown_option_is_not_taken_as_the_prompt(capsys, tmp_path):
+    code, err = run_main(capsys, ["generate", str(tmp_path), "--max_tokens", "5"])
+    assert code == 2 and "unrecognized option '--max_tokens'" in err and "'--max_new_tokens'" in err
+
+
+def test_unknown_command_names_the_closest(capsys):
+    code, err = run_main(capsys, ["benchmark", "atention"])
+    assert code == 2 and "no command 'atention' (did you mean 'attention'?)" in err
+
+
+def test_extra_bare_argument_is_an_error(capsys):
+    code, err = run_main(capsys, ["pretrain", "debug", "extra"])
+    assert code == 2 and err.splitlines() == [
+        "litgpt: error: unexpected argument 'extra'; options are written --name value (see --help)"
+    ]
+
+
+def test_first_parameter_may_come_bare(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", "debug-mla", "--print_config"])
+    assert exit_info.value.code == 0 and "model_name: debug-mla" in capsys.readouterr().out
+
+
+def test_every_option_of_a_dataclass_group_is_known():
+    from litgpt.pretrain import setup
+
+    names = option_names(setup)
+    assert "max_steps" in names["train"] and "interval" in names["eval"] and names["model_name"] == []
+    assert {"config", "print_config", "help"} <= set(names)
+
+
+@pytest.mark.parametrize("devices", ["abc", "0", "-2", "1,x"])
+def test_bad_devices_is_one_line(capsys, tmp_path, devices):
+    code, err = run_main(capsys, ["pretrain", "debug", "--out_dir", str(tmp_path), "--train.max_steps", "1",
+                                  "--devices", devices])
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("litgpt: error: --devices must be a positive number of devices, -1 (all), 'auto' or GPU "
+                          "indices like '0,1', got ") and err.endswith(devices + ("'" if "," in devices or
+                                                                                  devices.isalpha() else ""))
+
+
+def test_train_tokenizer_command_writes_a_tokenizer(tmp_path):
+    (tmp_path / "text").mkdir()
+    text = write_stories(tmp_path / "text", (2, 1), 20)
+    out = tmp_path / "tok"
+    result = subprocess.run(
+        [sys.executable, "-m", "litgpt", "train_tokenizer", "--data", "TextFiles", "--data.train_data_path",
+         str(text / "train"), "--data.cache_dir", str(tmp_path / "cache"), "--out_dir", str(out), "--vocab_size",
+         "300"], capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
+    from litgpt.tokenizer import Tokenizer
+
+    assert Tokenizer(out).vocab_size == 300
+
+
+def test_train_tokenizer_bad_data_is_one_line(capsys, tmp_path):
+    code, err = run_main(capsys, ["train_tokenizer", "--data", "NoSuchData", "--out_dir", str(tmp_path / "t")])
+    assert code == 2 and len(err.splitlines()) == 1 and "NoSuchData" in err
+    assert not (tmp_path / "t").exists()

@@ -1,0 +1,221 @@
+"""The README as a user meets it: every ```python block runs as written, every repository path it names is in a
+clone, and the quick start trains an MLA model.
+
+Each python block runs in its own interpreter with the working directory set to a scratch directory, so relative
+paths such as `out/pretrain/debug/final` resolve there. A block that calls `LLM.load("DIR")` gets a tiny random
+checkpoint (debug-mla weights and a small BPE tokenizer) written to DIR first, so no block has to train.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path, PurePosixPath
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.M | re.S)
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+INLINE_CODE = re.compile(r"`([^`\n]+)`")
+LOAD_CALL = re.compile(r"""LLM\.load\(\s*["']([^"']+)["']""")
+PYTHON_MODULE = re.compile(r"python3?\s+-m\s+(litgpt(?:\.\w+)*)")
+CONFIG_ARG = re.compile(r"--config\s+(\S+\.yaml)")
+BLOCK_TIMEOUT_S = 120
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str, int]]:
+    """(language, body, line number of the opening fence) of every fenced code block."""
+    return [(m.group(1).strip().lower(), m.group(2), text.count("\n", 0, m.start()) + 1) for m in FENCE.finditer(text)]
+
+
+def python_blocks(text: str) -> list[tuple[str, int]]:
+    return [(body, line) for lang, body, line in fenced_blocks(text) if lang in ("python", "py")]
+
+
+def readme_text() -> str:
+    return README.read_text(encoding="utf-8")
+
+
+BLOCKS = python_blocks(readme_text())
+
+
+# ----------------------------------------------------------------------------------------------- python snippets
+def make_checkpoint(checkpoint_dir: Path) -> None:
+    """A loadable checkpoint directory in seconds: random debug-mla weights and a 300-token BPE tokenizer."""
+    from litgpt.checkpoint import save_checkpoint
+    from litgpt.config import Config
+    from litgpt.model import GPT, init_weights
+    from litgpt.scripts.train_tokenizer import train_tokenizer
+    from test_tokenizer import ListTexts, make_corpus
+
+    train_tokenizer(ListTexts(texts=make_corpus()), checkpoint_dir, vocab_size=300, min_frequency=1)
+    model = GPT(Config.from_name("debug-mla", vocab_size=300))
+    init_weights(model)
+    save_checkpoint(model, checkpoint_dir)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """The scratch directory the blocks run in, with a checkpoint at every directory a block `LLM.load`s."""
+    root = tmp_path_factory.mktemp("readme")
+    for directory in sorted({d for body, _ in BLOCKS for d in LOAD_CALL.findall(body)}):
+        make_checkpoint(root / directory)
+    return root
+
+
+def test_readme_has_python_blocks():
+    assert BLOCKS, "README.md has no ```python block; the parser in this test no longer matches its fences"
+
+
+@pytest.mark.parametrize("body, line", BLOCKS, ids=[f"line{line}" for _, line in BLOCKS])
+def test_readme_python_block_runs(body, line, workdir):
+    script = workdir / f"readme_block_line{line}.py"
+    script.write_text(body, encoding="utf-8")
+    # this checkout's litgpt first, and no empty entry (which would put the scratch directory on the path)
+    pythonpath = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(pythonpath))
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=workdir, env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S
+    )
+    assert result.returncode == 0, (
+        f"the ```python block at README.md line {line} fails as written (exit {result.returncode}):\n"
+        f"{body}\n--- stderr ---\n{result.stderr[-4000:]}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------- repository paths
+def repo_files() -> set[str] | None:
+    """Files a clone has (tracked, plus new files git does not ignore), or None without git."""
+    try:
+        out = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=ROOT, capture_output=True, text=True, check=True, timeout=60,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {f for f in out.split("\0") if f and (ROOT / f).exists()}
+
+
+def repo_entries() -> set[str]:
+    """Every file and folder (as relative posix paths, folders without a trailing slash) of a clone."""
+    files = repo_files()
+    if files is None:  # no git (an sdist, a copy): what is on disk, less what is plainly not part of the repo
+        top_skip = {".git", ".venv", "venv", "out", "data", "checkpoints", "build", "dist"}  # as .gitignore has them
+        files = set()
+        for p in ROOT.rglob("*"):
+            parts = p.relative_to(ROOT).parts
+            if p.is_file() and parts[0] not in top_skip and not any(
+                part in ("__pycache__", ".pytest_cache") or part.endswith(".egg-info") for part in parts
+            ):
+                files.add("/".join(parts))
+    entries = set(files)
+    for f in files:
+        entries.update(str(parent) for parent in PurePosixPath(f).parents if str(parent) != ".")
+    return entries
+
+
+def expand_braces(token: str) -> list[str]:
+    """`litgpt/{model,attention}.py` -> both paths (one level of braces, as a shell does)."""
+    m = re.search(r"\{([^{}]*,[^{}]*)\}", token)
+    if m is None:
+        return [token]
+    return [x for alt in m.group(1).split(",") for x in expand_braces(token[: m.start()] + alt + token[m.end():])]
+
+
+def names_repo_path(token: str, top_dirs: set[str], root_files: set[str]) -> bool:
+    """Whether a word from the README names a repository path: under a folder of the repo's root, a root file, or
+    a relative path that leaves the repo (../), which a clone never has."""
+    if token.startswith("../"):
+        return True
+    first = token.split("/", 1)[0]
+    return ("/" in token and first in top_dirs) or token in root_files
+
+
+def named_paths(text: str, top_dirs: set[str], root_files: set[str]) -> list[tuple[str, str]]:
+    """(path, where) for every markdown link target and every repo path in inline code or a code block."""
+    found: list[tuple[str, str]] = []
+    prose = FENCE.sub("", text)
+    for target in LINK.findall(prose):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I) or target.startswith("#"):
+            continue  # a URL or an anchor in this file
+        found.append((target.split("#", 1)[0], f"link ({target})"))
+    words = [(span, "inline code") for span in INLINE_CODE.findall(prose)]
+    words += [(body, f"code block at line {line}") for _, body, line in fenced_blocks(text)]
+    for chunk, where in words:
+        for word in re.split(r"[\s\"'()\[\],;=<>|&]+", chunk):
+            word = word.rstrip(".:")
+            if not word or word.startswith(("-", "$", "~", "http")):
+                continue
+            for path in expand_braces(word):
+                if names_repo_path(path, top_dirs, root_files):
+                    found.append((path, f"{where}: `{word}`"))
+    for module in PYTHON_MODULE.findall(text):
+        stem = module.replace(".", "/")
+        found.append((f"{stem}.py|{stem}/__init__.py", f"python -m {module}"))
+    return found
+
+
+def path_exists(path: str, entries: set[str]) -> bool:
+    if "|" in path:  # alternatives (a module is a .py file or a package)
+        return any(path_exists(p, entries) for p in path.split("|"))
+    normal = os.path.normpath(path).replace(os.sep, "/")
+    if normal.startswith("..") or os.path.isabs(normal):
+        return False  # outside the repository: a clone does not have it
+    normal = normal.rstrip("/")
+    if any(c in normal for c in "*?["):
+        return any(fnmatch.fnmatchcase(e, normal) for e in entries)
+    return normal in entries or normal == "."
+
+
+def test_readme_paths_exist():
+    entries = repo_entries()
+    top_dirs = {e.split("/", 1)[0] for e in entries if "/" in e}
+    root_files = {e for e in entries if "/" not in e and e not in top_dirs}
+    paths = named_paths(readme_text(), top_dirs, root_files)
+    assert len(paths) >= 5, f"found only {paths}; the README parser in this test no longer matches the README"
+    missing = sorted({f"{path}  ({where})" for path, where in paths if not path_exists(path, entries)})
+    assert not missing, (
+        "README.md names paths a clone of the repository does not have (outside the repo, moved, or not committed):\n  "
+        + "\n  ".join(missing)
+    )
+
+
+def test_readme_layout_modules_exist():
+    """The Layout section's short names (`model.py`, `generate/`, `chat.py`...) are files or folders of litgpt/."""
+    text = readme_text()
+    assert "## Layout" in text, "README.md has no '## Layout' section"
+    layout = FENCE.sub("", text.split("## Layout", 1)[1].split("\n## ", 1)[0])
+    names = {w for span in INLINE_CODE.findall(layout) for w in re.findall(r"^[\w-]+(?:\.py|/)$", span.strip())}
+    assert names, "found no module names in the Layout section; the parser in this test no longer matches it"
+    basenames = {e.rsplit("/", 1)[-1] for e in repo_entries() if e.startswith("litgpt/")}
+    missing = sorted(n for n in names if n.rstrip("/") not in basenames)
+    assert not missing, f"README.md's Layout names modules litgpt/ does not have: {missing}"
+
+
+# ----------------------------------------------------------------------------------------------- quick start
+def test_quick_start_trains_an_mla_model():
+    """The quick start's pretrain config trains an MLA model and resumes on a rerun, and its text says both."""
+    from litgpt.config import Config
+
+    text = readme_text()
+    assert "## Quick start" in text, "README.md has no '## Quick start' section"
+    section = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    blocks = [m for m in FENCE.finditer(section) if CONFIG_ARG.search(m.group(2))]
+    assert blocks, "the quick start runs no `litgpt pretrain --config ...`"
+    quick_start = section[: blocks[0].end()]  # its words up to and including the pretrain command
+    assert "MLA" in quick_start, "the quick start does not say that it trains an MLA model"
+    assert re.search(r"\bre-?run", quick_start, re.I) and "resume" in quick_start, (
+        "the quick start does not say that rerunning it resumes"
+    )
+    for path in CONFIG_ARG.findall(blocks[0].group(2)):
+        cfg = yaml.safe_load((ROOT / path).read_text(encoding="utf-8"))
+        config = Config.from_name(cfg["model_name"], **(cfg.get("model_config") or {}))
+        assert config.latent_attention is not None, f"{path} trains {config.name}, not an MLA model"
+        assert cfg.get("resume") == "auto", f"{path} does not resume on a rerun (resume: {cfg.get('resume')!r})"
