@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain s
 from litgpt.benchmark.decode import benchmark_decode  # noqa: E402
 from litgpt.config import Config  # noqa: E402
 from litgpt.generate.base import DECODE_MODES  # noqa: E402
+from litgpt.kernels import set_kernels  # noqa: E402
 from litgpt.model import GPT, init_weights  # noqa: E402
 
 
@@ -61,12 +62,9 @@ def main() -> None:
                 model = GPT(config)
             init_weights(model)
             model = model.to(dtype=dtype).eval()
-            switches = [m for m in model.modules() if hasattr(m, "use_kernel")]  # MLA's decode-kernel switch
-            variants = [(mode, attn, fold) for attn in (args.attention if switches else ["torch"])
-                        for mode in args.modes for fold in args.fold]
+            variants = [(mode, attn, fold) for attn in args.attention for mode in args.modes for fold in args.fold]
             for mode, attn, fold in variants:
-                for module in switches:
-                    module.use_kernel = attn == "kernel"
+                set_kernels(model, attn == "kernel")
                 torch._dynamo.reset()  # each shape compiles its own static graph
                 label = f"{mode}/{attn}" + ("/fold" if fold == "on" else "")
                 profile = args.profile / f"{name}_{shape}_{label.replace('/', '_').replace('+', '-')}.txt" if args.profile else None

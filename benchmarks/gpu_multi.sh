@@ -10,7 +10,7 @@ mkdir -p "$OUT"
 STEPS=${STEPS:-40}
 common=(--config config_hub/pretrain/mla.yaml --resume false
   --data TextFiles --data.train_data_path .devdata/corpus/train --data.val_data_path .devdata/corpus/val
-  --data.cache_dir /tmp/textcache --data.num_workers 16 --tokenizer_dir .devdata/tokenizers/pythia
+  --data.cache_dir /tmp/textcache --data.tokenize_workers 16 --tokenizer_dir .devdata/tokenizers/pythia
   --train.max_steps "$STEPS" --train.lr_warmup_steps 10 --train.log_interval 10 --eval.interval 1000
   --eval.max_iters 20 --train.save_interval 1000)
 for run in "1 auto" "2 ddp" "2 fsdp"; do

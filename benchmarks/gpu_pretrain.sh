@@ -12,7 +12,7 @@ python3 -m litgpt benchmark pretrain --out_dir "$OUT/pretrain_bench" ${BENCH_ARG
 cp "$OUT/pretrain_bench/results.json" "$OUT/pretrain_bench.json"
 python3 -m litgpt pretrain --config config_hub/pretrain/mla.yaml --out_dir /tmp/mla_run --resume false \
   --data TextFiles --data.train_data_path .devdata/corpus/train --data.val_data_path .devdata/corpus/val \
-  --data.cache_dir /tmp/textcache --data.num_workers 8 --tokenizer_dir .devdata/tokenizers/pythia \
+  --data.cache_dir /tmp/textcache --data.tokenize_workers 8 --tokenizer_dir .devdata/tokenizers/pythia \
   --train.max_steps ${MLA_STEPS:-120} --train.lr_warmup_steps 20 --train.log_interval 10 --eval.interval 40 \
   --train.save_interval 1000 2>&1 | tee "$OUT/mla_run.log"
 cp /tmp/mla_run/logs/csv/version_0/metrics.csv "$OUT/mla_run_metrics.csv"

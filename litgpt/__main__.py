@@ -22,7 +22,7 @@ def commands() -> CommandTable:
     from litgpt.benchmark.compare import compare
     from litgpt.benchmark.decode import benchmark_decode_command
     from litgpt.benchmark.pretrain import benchmark_pretrain
-    from litgpt.generate.base import main as generate
+    from litgpt.generate.cli import main as generate
     from litgpt.generate.chat import main as chat
     from litgpt.pretrain import setup as pretrain
     from litgpt.scripts.download import download

@@ -15,6 +15,7 @@ import torch
 
 from litgpt.checkpoint import load_checkpoint
 from litgpt.config import Config
+from litgpt.fold import fold_for_decode
 from litgpt.generate.base import (
     DecodeStep,
     Sampler,
@@ -186,6 +187,7 @@ class LLM:
             self.model.max_seq_length = max(self.model.max_seq_length, cache_len)
         self.model.set_kv_cache(batch_size, max_seq_length=cache_len)
         sampler = Sampler(params, self.model.config.vocab_size, batch_size, self.device)
+        fold_for_decode(self.model)  # the LLM owns its model: fold from the weights as they are now
         step = DecodeStep(self.model, sampler, mode="compile" if compile else "eager")
         self._session = (key, sampler, step) if compile else None
         return sampler, step

@@ -6,20 +6,22 @@ interrupted save never leaves a truncated file under the final name. Every read 
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 import yaml
 
 from litgpt.config import Config
 from litgpt.model import GPT
+from litgpt.utils import PathLike, atomic_write
 
-PathLike = Union[str, Path]
+__all__ = [
+    "CheckpointError", "CheckpointNotFoundError", "atomic_torch_save", "atomic_write", "check_finite",
+    "extract_state_dict", "load_checkpoint", "read_checkpoint_file", "save_checkpoint", "save_config",
+]
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
 # torch.save(_use_new_zipfile_serialization=False) pickles this magic number first (after the protocol header)
@@ -109,27 +111,13 @@ def check_finite(state_dict: Mapping[str, torch.Tensor], source: str) -> None:
         )
 
 
-def atomic_write(path: PathLike, write: Callable[[Path], None]) -> None:
-    """Call write(tmp_path) for a temporary file beside path, fsync it, then rename it onto path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        with open(tmp_path, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
-
 def atomic_torch_save(obj: Any, path: PathLike) -> None:
+    """`torch.save(obj, path)` through `atomic_write`: a kill never leaves a truncated file under `path`."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_config(config: Config, checkpoint_dir: PathLike) -> None:
+    """Write `checkpoint_dir/model_config.yaml` atomically."""
     atomic_write(Path(checkpoint_dir) / "model_config.yaml", config.save)
 
 

@@ -8,6 +8,7 @@ checked in one place, `Config.__post_init__`.
 from __future__ import annotations
 
 import math
+import warnings
 from copy import deepcopy
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -18,6 +19,10 @@ import yaml
 NORM_CLASSES = ("LayerNorm", "RMSNorm")
 MLP_CLASSES = ("GptNeoxMLP", "LLaMAMLP")
 LATENT_ATTENTION_KEYS = ("q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
+DEFAULT_ROTARY_PERCENTAGE = 0.25
+# rotary_percentage values an MLA config may carry, although MLA sets its rope width with qk_rope_head_dim: the
+# default, and 1.0 (the whole decoupled rope key rotated), which upstream litgpt's MLA model_config.yaml files hold.
+MLA_ROTARY_PERCENTAGES = (DEFAULT_ROTARY_PERCENTAGE, 1.0)
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,7 @@ class Config:
     n_head: int = 32
     head_size: Optional[int] = None
     n_query_groups: Optional[int] = None
-    rotary_percentage: float = 0.25
+    rotary_percentage: float = DEFAULT_ROTARY_PERCENTAGE
     rope_base: int = 10000
     rope_condense_ratio: int = 1
     rope_interleave: bool = False
@@ -155,6 +160,11 @@ class Config:
                 f"latent attention needs n_query_groups == n_head (got {self.n_query_groups} and {self.n_head}): "
                 "MLA shares one latent across all heads, so grouping does not apply"
             )
+        if not _mla_rotary_percentage(self.rotary_percentage):
+            raise ValueError(
+                f"rotary_percentage does not apply to latent attention (got {self.rotary_percentage}); set the rope "
+                f"width with latent_attention.qk_rope_head_dim and leave rotary_percentage at {DEFAULT_ROTARY_PERCENTAGE}"
+            )
 
     # ------------------------------------------------------------------ derived properties
     @property
@@ -181,13 +191,19 @@ class Config:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_name(cls, name: str, **kwargs: Any) -> "Config":
-        """A named config (see `Config.names()`), with fields overridden by `kwargs`."""
+        """A named config (see `Config.names()`), with fields overridden by `kwargs`.
+
+        When `kwargs` turn the config into latent attention, the named config's rotary_percentage is not carried
+        over (as in the `-mla` variants); one passed in `kwargs` is validated as usual.
+        """
         if name not in name_to_config:
             close = [n for n in name_to_config if name.split("-")[0] in n][:8]
             hint = f" Similar: {', '.join(close)}." if close else ""
             raise ValueError(f"unknown model name {name!r}.{hint} See litgpt.Config.names() for all of them.")
         conf = deepcopy(name_to_config[name])
         conf.update(kwargs)
+        if _is_mla(conf) and "rotary_percentage" not in kwargs:
+            conf["rotary_percentage"] = DEFAULT_ROTARY_PERCENTAGE
         return cls.from_dict(conf, source=f"config {name!r}")
 
     @classmethod
@@ -205,6 +221,15 @@ class Config:
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
         data.update(kwargs)
+        rotary = data.get("rotary_percentage", DEFAULT_ROTARY_PERCENTAGE)
+        if _is_mla(data) and "rotary_percentage" not in kwargs and not _mla_rotary_percentage(rotary):
+            # written before MLA configs refused it; it never had an effect there, so the model loads unchanged
+            warnings.warn(
+                f"{path}: rotary_percentage={rotary} has no effect with latent attention (the rope width is "
+                f"latent_attention.qk_rope_head_dim); loading it as {DEFAULT_ROTARY_PERCENTAGE}; re-save the config "
+                "to silence this", stacklevel=2,
+            )
+            data["rotary_percentage"] = DEFAULT_ROTARY_PERCENTAGE
         return cls.from_dict(data, source=str(path))
 
     @classmethod
@@ -262,6 +287,16 @@ def _require_positive(config: Config, names: tuple[str, ...]) -> None:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _is_mla(fields: dict) -> bool:
+    """Whether config fields (before `Config` resolves them) select latent attention."""
+    return fields.get("latent_attention") not in (None, False)
+
+
+def _mla_rotary_percentage(value: Any) -> bool:
+    """Whether an MLA config may carry this rotary_percentage (see MLA_ROTARY_PERCENTAGES)."""
+    return any(_same_value(value, ok) for ok in MLA_ROTARY_PERCENTAGES)
 
 
 def _same_value(a: Any, b: Any) -> bool:
@@ -341,12 +376,15 @@ _base_configs += [
 
 
 def _variants(base: dict) -> list[dict]:
-    """A base config plus its -gqa (n_head/4 groups), -mqa and -mla (latent_attention: true) variants."""
+    """A base config plus its -gqa (n_head/4 groups), -mqa and -mla (latent_attention: true) variants.
+
+    The -mla variant takes the default rotary_percentage: MLA's rope width is latent_attention.qk_rope_head_dim.
+    """
     out = [base]
     for suffix, override in (
         ("gqa", dict(n_query_groups=max(1, base["n_head"] // 4))),
         ("mqa", dict(n_query_groups=1)),
-        ("mla", dict(latent_attention=True)),
+        ("mla", dict(latent_attention=True, rotary_percentage=DEFAULT_ROTARY_PERCENTAGE)),
     ):
         variant = deepcopy(base)
         variant.update(override, name=f"{base['name']}-{suffix}")

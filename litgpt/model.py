@@ -13,11 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from litgpt.activations import ACTIVATIONS
-from litgpt.attention import AttentionBase, CausalSelfAttention, MultiheadLatentAttention
+from litgpt.attention import AttentionInputs, CausalSelfAttention, MultiheadLatentAttention
 from litgpt.config import Config
-from litgpt.fold import FoldedBlock, Projection, stack_outputs
+from litgpt.kernels import linear
+from litgpt.kernels.linear import NormKind
 from litgpt.loss import linear_cross_entropy
 from litgpt.norm import RMSNorm, build_norm
+from litgpt.projection import Projection, stack_outputs
 from litgpt.rope import build_rope_cache
 
 
@@ -29,7 +31,7 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
-                h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
+                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
                 ln_f=build_norm(config, config.n_embd),
             )
         )
@@ -88,32 +90,21 @@ class GPT(nn.Module):
         if T > self.max_seq_length:
             raise ValueError(f"cannot forward a sequence of length {T}: max_seq_length is {self.max_seq_length}")
         if input_pos is None:
-            cos, sin = self.cos[:T], self.sin[:T]  # (T, rope_n_elem)
-            mask = None
+            ctx = AttentionInputs(self.cos[:T], self.sin[:T])  # (T, rope_n_elem): a causal pass, no cache
         else:
-            cos, sin = self.cos[input_pos], self.sin[input_pos]  # (T, n) or (B, T, n)
-            mask = self.cache_mask(input_pos, input_pos_maxp1)
+            if self.transformer.h[0].attn.kv_cache is None:
+                raise TypeError("input_pos was given but no KV cache is set: call `model.set_kv_cache(batch_size)` first")
+            # rope rows at the positions, (T, n) or (B, T, n); the cache read stops at input_pos_maxp1
+            ctx = AttentionInputs(self.cos[input_pos], self.sin[input_pos], input_pos, input_pos_maxp1)
         x = self.transformer.wte(idx)  # (B, T, n_embd)
         if self.config.scale_embeddings:
             x = x * torch.tensor(self.config.n_embd**0.5, dtype=x.dtype)
         for block in self.transformer.h:
-            x = block(x, cos, sin, mask, input_pos, input_pos_maxp1)
+            x = block(x, ctx)
         x = self.transformer.ln_f(x)
         if targets is not None:
             return linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, self.lm_head.bias, targets.flatten())
         return self.lm_head(x)  # (B, T, padded_vocab_size)
-
-    def cache_mask(self, input_pos: torch.Tensor, input_pos_maxp1: Optional[int] = None) -> torch.Tensor:
-        """Boolean (T, S) or (B, 1, T, S): a query at position p sees cached positions <= p."""
-        caches = [block.attn.kv_cache for block in self.transformer.h]
-        if any(c is None for c in caches):
-            raise TypeError("input_pos was given but no KV cache is set: call `model.set_kv_cache(batch_size)` first")
-        cache_len = self.kv_cache_length
-        if input_pos_maxp1 is not None:
-            cache_len = min(cache_len, input_pos_maxp1)
-        key_pos = torch.arange(cache_len, device=input_pos.device)  # (S,)
-        mask = key_pos <= input_pos.unsqueeze(-1)  # (T, S) or (B, T, S)
-        return mask.unsqueeze(1) if mask.dim() == 3 else mask
 
     # ------------------------------------------------------------------ KV cache
     def set_kv_cache(
@@ -147,41 +138,68 @@ class GPT(nn.Module):
         """Bytes held by all layers' KV caches (0 when none is set)."""
         return sum(block.attn.kv_cache_bytes() for block in self.transformer.h)
 
-    def attention_modules(self) -> list[AttentionBase]:
-        return [block.attn for block in self.transformer.h]
-
 
 class Block(nn.Module):
-    """Pre-norm transformer block, with a parallel (GPT-NeoX) or sequential (Llama) residual."""
+    """Pre-norm transformer block, with a parallel (GPT-NeoX) or sequential (Llama) residual.
 
-    def __init__(self, config: Config, block_idx: int) -> None:
+    Beside its own forward it has a folded one-token step: with `folded` set (`litgpt.fold.fold_for_decode`), a
+    cached step of one token runs on those maps instead of its modules, the norms and the MLP activation inside
+    the GEMVs (`litgpt.kernels.linear`).
+    """
+
+    def __init__(self, config: Config) -> None:
         super().__init__()
         self.config = config
         self.norm_1 = build_norm(config, config.n_embd)
         attention_class = MultiheadLatentAttention if config.latent_attention is not None else CausalSelfAttention
-        self.attn = attention_class(config, block_idx)
+        self.attn = attention_class(config)
         self.norm_2 = None if config.shared_attention_norm else build_norm(config, config.n_embd)
         self.mlp = GptNeoxMLP(config) if config.mlp_class_name == "GptNeoxMLP" else LLaMAMLP(config)
-        self.folded: Optional[FoldedBlock] = None  # decode-time folded weights (`litgpt.fold.fold_for_decode`)
+        self.folded: Optional[FoldedMaps] = None  # decode-time folded weights, a snapshot
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: Optional[torch.Tensor] = None,
-        input_pos: Optional[torch.Tensor] = None,
-        input_pos_maxp1: Optional[int] = None,
-    ) -> torch.Tensor:
-        if self.folded is not None and input_pos is not None and x.size(1) == 1:  # cached one-token step
-            return self.folded(self, x, cos, sin, mask, input_pos, input_pos_maxp1)
+    def forward(self, x: torch.Tensor, ctx: AttentionInputs) -> torch.Tensor:
+        if self.folded is not None and ctx.cached and x.size(1) == 1:
+            return self.folded_step(x, ctx)
         x_normed = self.norm_1(x)  # (B, T, n_embd)
-        attention_output = self.attn(x_normed, cos, sin, mask, input_pos, input_pos_maxp1)
+        attention_output = self.attn(x_normed, ctx)
         if self.config.parallel_residual:
             mlp_input = x_normed if self.norm_2 is None else self.norm_2(x)
             return self.mlp(mlp_input) + attention_output + x
         x = attention_output + x
         return self.mlp(self.norm_2(x)) + x
+
+    def folded_step(self, x: torch.Tensor, ctx: AttentionInputs) -> torch.Tensor:
+        """What `forward` computes for one cached token (B, 1, n_embd), on the folded maps: parallel residual, one
+        GEMV in ([attention | MLP] input, the norm inside) and one out (the activation inside); sequential, three
+        in turn, then the MLP's own output map."""
+        maps, kernel, act = self.folded, self.attn.use_kernel, self.mlp.activation
+        norm = dict(norm=maps.norm, eps=maps.eps, use_kernel=kernel)
+        if self.config.parallel_residual:
+            h = linear(x, *maps.projection("in"), **norm)  # (B, 1, F_attn_in + F_mlp)
+            h_attn, h_mlp = h.split(maps.widths, dim=-1)
+            a = self.attn.attend_projected(h_attn, ctx)  # (B, 1, F_attn_out)
+            return linear(a, *maps.projection("out"), residual=x, tail=h_mlp, activation=act, use_kernel=kernel)
+        h = linear(x, *maps.projection("attn_in"), **norm)
+        x = linear(self.attn.attend_projected(h, ctx), *maps.projection("attn_out"), residual=x, use_kernel=kernel)
+        h = linear(x, *maps.projection("mlp_in"), **norm)  # (B, 1, F_mlp)
+        return linear(None, self.mlp.proj.weight, self.mlp.proj.bias, residual=x, tail=h, activation=act,
+                      use_kernel=kernel)
+
+
+class FoldedMaps(nn.Module):
+    """A block's folded decode weights as data: named linear maps held as non-persistent buffers (so they follow
+    the model across devices but never enter the state dict), the norm they expect their input normalised by, and
+    the widths of the parallel input map's two parts. Built by `litgpt.fold.fold_block`."""
+
+    def __init__(self, maps: dict[str, Projection], norm: NormKind, eps: float, widths: tuple[int, int]) -> None:
+        super().__init__()
+        self.norm, self.eps, self.widths = norm, eps, widths
+        for name, (weight, bias) in maps.items():
+            self.register_buffer(f"{name}_weight", weight, persistent=False)
+            self.register_buffer(f"{name}_bias", bias, persistent=False)
+
+    def projection(self, name: str) -> Projection:
+        return getattr(self, f"{name}_weight"), getattr(self, f"{name}_bias")
 
 
 class GptNeoxMLP(nn.Module):

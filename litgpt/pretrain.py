@@ -1,17 +1,16 @@
 """`litgpt pretrain`: train a GPT from scratch with Lightning Fabric.
 
 `setup()` checks the arguments, builds Fabric (devices, precision, strategy, loggers) and launches `fit()`,
-the loop: gradient accumulation, warmup + cosine learning rate, clipping, validation, atomic checkpoints and
-exact resume (model, optimizer, step counters, data position and RNG all live in the checkpoint).
+the loop: warmup + cosine learning rate, `train_step` (gradient accumulation, clipping, the optimizer step; also
+what `litgpt benchmark pretrain` times), validation, atomic checkpoints and exact resume (model, optimizer, step
+counters, data position and RNG all live in the checkpoint).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import math
-import os
 import shutil
 import time
 import warnings
@@ -29,8 +28,7 @@ from litgpt.data.base import make_train_loader, make_val_loader
 from litgpt.flops import flops_per_token, peak_flops
 from litgpt.model import GPT, Block, init_weights
 from litgpt.tokenizer import Tokenizer
-
-log = logging.getLogger(__name__)
+from litgpt.utils import atomic_directory, hyperparameters
 
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
 STEP_DIR = "step-{:08d}"
@@ -85,7 +83,7 @@ def setup(
     """
     optimizer = OptimizerSpec.resolve(optimizer)
     devices = check_devices(devices)
-    hparams = _hyperparameters({**locals(), "optimizer": optimizer.as_dict()})
+    hparams = hyperparameters(locals())
     train.validate()
     eval.validate()
     config = resolve_config(model_name, model_config)
@@ -162,6 +160,7 @@ def fit(
     seq_len: int,
     hparams: dict,
 ) -> None:
+    """The training loop, run by every process that `setup` launches (arguments as `setup` resolved them)."""
     fabric.seed_everything(seed)
     if overwrite and fabric.global_rank == 0:
         for old in run_checkpoints(out_dir):
@@ -169,7 +168,7 @@ def fit(
             fabric.print(f"--overwrite: deleted {old.parent}")
     fabric.barrier()
     tokenizer = _tokenizer(fabric, tokenizer_dir, data, config, out_dir)
-    data.connect(tokenizer, batch_size=train.micro_batch_size, max_seq_length=seq_len)
+    data.connect(tokenizer, max_seq_length=seq_len)
     with fabric.rank_zero_first():
         data.prepare_data()
     data.setup()
@@ -203,12 +202,13 @@ def fit(
     train_loader = fabric.setup_dataloaders(
         make_train_loader(
             train_data, train.micro_batch_size, seed, fabric.global_rank, fabric.world_size,
-            consumed_samples=consumed, num_workers=0,
+            consumed_samples=consumed, num_workers=data.loader_workers,
         ),
         use_distributed_sampler=False,
     )
     val_loader = fabric.setup_dataloaders(
-        make_val_loader(val_data, train.micro_batch_size, eval.max_iters), use_distributed_sampler=False
+        make_val_loader(val_data, train.micro_batch_size, eval.max_iters, num_workers=data.loader_workers),
+        use_distributed_sampler=False,
     )
     tokens_per_step = train.global_batch_size * seq_len
     total_steps = _total_steps(train, tokens_per_step)
@@ -219,8 +219,8 @@ def fit(
     if eval.initial_validation and state["step_count"] == 0:
         _validate(fabric, model, val_loader, state, eval)
     run_start_tokens, run_start_time, run_start_step = state["tokens"], state["train_time"], state["step_count"]
-    divergence = _Divergence(fabric.device, check_grad_norm=fabric.strategy.precision.precision != "16-mixed",
-                             clipping=train.max_norm is not None)
+    divergence = Divergence(fabric.device, check_grad_norm=fabric.strategy.precision.precision != "16-mixed",
+                            clipping=train.max_norm is not None)
     window = _Window()
     lr = opt.param_groups[0]["lr"]
     batches = iter(train_loader)
@@ -229,20 +229,8 @@ def fit(
         lr = _lr(state["step_count"], base_lr, train, total_steps)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss_sum = torch.zeros((), device=fabric.device)
-        for micro in range(accum):
-            batch = next(batches)  # (micro_batch, seq_len + 1)
-            with fabric.no_backward_sync(model, enabled=micro < accum - 1):
-                loss = next_token_loss(model, batch)
-                fabric.backward(loss / accum)
-            loss_sum += loss.detach()
-            state["iter_num"] += 1
-        grad_norm = None
-        if train.max_norm is not None:
-            grad_norm = fabric.clip_gradients(model, opt, max_norm=train.max_norm, error_if_nonfinite=False)
-        divergence.record(state["step_count"] + 1, loss_sum, grad_norm)  # on the device: no host sync
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss_sum = train_step(fabric, model, opt, batches, accum, train.max_norm, divergence, state["step_count"] + 1)
+        state["iter_num"] += accum
         state["step_count"] += 1
         state["tokens"] += tokens_per_step
         window.tokens += tokens_per_step
@@ -300,7 +288,41 @@ def next_token_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor
     return model(batch[:, :-1], targets=batch[:, 1:])  # ()
 
 
-class _Divergence:
+def train_step(
+    fabric: Any,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterator[torch.Tensor],
+    accum: int,
+    max_norm: Optional[float],
+    divergence: Optional[Divergence] = None,
+    step: int = 0,
+) -> torch.Tensor:
+    """One optimizer step over `accum` micro-batches taken from `batches`; returns their summed loss, a 0-d tensor
+    on the device (no host sync).
+
+    Every micro-batch runs forward and `fabric.backward(loss / accum)`, all but the last without the data-parallel
+    gradient sync; then the gradients are clipped to `max_norm` (None: not clipped), `divergence` records whether
+    the loss and gradient norm of step number `step` were finite, and the optimizer steps and zeroes the gradients.
+    """
+    loss_sum = torch.zeros((), device=fabric.device)
+    for micro in range(accum):
+        batch = next(batches)  # (micro_batch, seq_len + 1)
+        with fabric.no_backward_sync(model, enabled=micro < accum - 1):
+            loss = next_token_loss(model, batch)
+            fabric.backward(loss / accum)
+        loss_sum += loss.detach()
+    grad_norm = None
+    if max_norm is not None:
+        grad_norm = fabric.clip_gradients(model, optimizer, max_norm=max_norm, error_if_nonfinite=False)
+    if divergence is not None:
+        divergence.record(step, loss_sum, grad_norm)  # on the device: no host sync
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum
+
+
+class Divergence:
     """The first optimizer step whose loss or gradient norm was NaN/inf, tracked on the device.
 
     `record` costs no host sync; `check` reads the flag (one sync) and raises a one-line error naming the step.
@@ -418,27 +440,20 @@ def _hms(seconds: float) -> str:
 def save_training_checkpoint(
     checkpoint_dir: Path, fabric: Any, state: dict, tokenizer: Tokenizer, config: Config, hparams: dict
 ) -> None:
-    """Write lit_model.pth (full training state), configs and tokenizer into a temporary directory, then rename it.
+    """Write lit_model.pth (full training state), configs and tokenizer into a temporary directory that then
+    replaces `checkpoint_dir` (`atomic_directory`; rank 0 does the file-system work, every rank joins the save).
 
     A kill at any point leaves either the previous checkpoint directory or the new, complete one.
     """
-    tmp = checkpoint_dir.with_name(f".{checkpoint_dir.name}.tmp")
-    if fabric.global_rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    fabric.barrier()
-    fabric.save(tmp / "lit_model.pth", {**state, "rng": _get_rng()})
-    if fabric.global_rank == 0:
-        config.save(tmp / "model_config.yaml")
-        with open(tmp / "hyperparameters.yaml", "w", encoding="utf-8") as f:
-            yaml.safe_dump(hparams, f, sort_keys=False)
-        tokenizer.save(tmp)
-        old = checkpoint_dir.with_name(f".{checkpoint_dir.name}.old")
-        if checkpoint_dir.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(checkpoint_dir, old)
-        os.replace(tmp, checkpoint_dir)
-        shutil.rmtree(old, ignore_errors=True)
+    owner = fabric.global_rank == 0
+    with atomic_directory(checkpoint_dir, owner=owner) as tmp:
+        fabric.barrier()  # rank 0 has created tmp
+        fabric.save(tmp / "lit_model.pth", {**state, "rng": _get_rng()})
+        if owner:
+            config.save(tmp / "model_config.yaml")
+            with open(tmp / "hyperparameters.yaml", "w", encoding="utf-8") as f:
+                yaml.safe_dump(hparams, f, sort_keys=False)
+            tokenizer.save(tmp)
     fabric.barrier()
     fabric.print(f"saved checkpoint {checkpoint_dir}")
 
@@ -591,23 +606,3 @@ def _logger(name: str, out_dir: Path) -> Any:
         except ModuleNotFoundError as e:
             raise ValueError(f"--logger_name wandb needs `pip install wandb` ({e})") from None
     raise ValueError(f"--logger_name must be csv, tensorboard or wandb, got {name!r}")
-
-
-def _hyperparameters(args: dict) -> dict:
-    """The arguments of `setup` as a yaml-safe dict that `litgpt pretrain --config` can read back."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, Path):
-            return str(value)
-        if isinstance(value, DataModule):
-            init_args = {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
-            return {"class_path": f"{type(value).__module__}.{type(value).__qualname__}", "init_args": init_args}
-        if dataclasses.is_dataclass(value):
-            return {k: plain(v) for k, v in dataclasses.asdict(value).items()}
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        return value
-
-    return {k: plain(v) for k, v in args.items()}

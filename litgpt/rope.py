@@ -55,3 +55,10 @@ def apply_partial_rope(
         return x
     roped = apply_rope(x[..., :n_elem], cos, sin, interleave)
     return torch.cat((roped, x[..., n_elem:]), dim=-1)
+
+
+def apply_rope_last(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave: bool = False) -> torch.Tensor:
+    """Rotate the last cos.size(-1) dims of x (..., T, d + n_elem); the first d pass through (MLA's [q | q_rope])."""
+    n_elem = cos.size(-1)
+    rest, roped = x.split((x.size(-1) - n_elem, n_elem), dim=-1)
+    return torch.cat((rest, apply_rope(roped, cos, sin, interleave)), dim=-1)

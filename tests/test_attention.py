@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from litgpt.attention import AttentionInputs
 from litgpt import GPT, Config
 
 from test_model import MLA_DIMS, randomize
@@ -25,9 +26,9 @@ def test_absorbed_equals_naive_float64(dims, interleave, attn_bias):
     cos, sin = model.cos[:11], model.sin[:11]
     with torch.no_grad():
         attn.absorb = False
-        naive = attn(x, cos, sin)
+        naive = attn(x, AttentionInputs(cos, sin))
         attn.absorb = True
-        absorbed = attn(x, cos, sin)
+        absorbed = attn(x, AttentionInputs(cos, sin))
     assert (naive - absorbed).abs().max().item() < 1e-10
     assert naive.abs().max().item() > 1e-2  # the comparison is not between two near-zero tensors
 
@@ -52,12 +53,12 @@ def test_absorbed_equals_naive_bf16():
     cos, sin = model.cos[:16], model.sin[:16]
     with torch.no_grad():
         attn.absorb = False
-        reference = attn(x, cos, sin)  # float32
+        reference = attn(x, AttentionInputs(cos, sin))  # float32
         attn.to(torch.bfloat16)
         results = {}
         for absorb in (False, True):
             attn.absorb = absorb
-            results[absorb] = attn(x.bfloat16(), cos, sin).float()
+            results[absorb] = attn(x.bfloat16(), AttentionInputs(cos, sin)).float()
     scale = reference.abs().max()
     # each bf16 path is within bf16 rounding of the float32 truth, and so of each other
     for out in results.values():
@@ -69,8 +70,8 @@ def test_default_path_choice():
     model, attn = mla_layer(torch.float32)
     seen = []
     attn.naive_orig, attn.absorbed_orig = attn.naive, attn.absorbed
-    attn.naive = lambda *a: seen.append("naive") or attn.naive_orig(*a)
-    attn.absorbed = lambda *a: seen.append("absorbed") or attn.absorbed_orig(*a)
+    attn.naive = lambda *a, **kw: seen.append("naive") or attn.naive_orig(*a, **kw)
+    attn.absorbed = lambda *a, **kw: seen.append("absorbed") or attn.absorbed_orig(*a, **kw)
     with torch.no_grad():
         model(torch.randint(0, 100, (1, 4)))  # training-style forward
         model.set_kv_cache(batch_size=1, max_seq_length=8)
@@ -95,7 +96,7 @@ def test_training_attention_with_unpadded_values_matches_float64():
     x = torch.randn(2, 64, model.config.n_embd, dtype=torch.float64)
     cos, sin = model.cos[:64], model.sin[:64]
     x64 = x.clone().requires_grad_(True)
-    reference = attn(x64, cos, sin)
+    reference = attn(x64, AttentionInputs(cos, sin))
     reference.square().sum().backward()
     attn_gpu = attn.to("cuda", torch.bfloat16)
     results = {}
@@ -103,7 +104,7 @@ def test_training_attention_with_unpadded_values_matches_float64():
         torch.backends.cuda.enable_cudnn_sdp(cudnn)
         try:
             xb = x.to("cuda", torch.bfloat16).requires_grad_(True)
-            out = attn_gpu(xb, cos.cuda(), sin.cuda())
+            out = attn_gpu(xb, AttentionInputs(cos.cuda(), sin.cuda()))
             out.float().square().sum().backward()
             results[cudnn] = (out.double().cpu(), xb.grad.double().cpu())
             assert cudnn_attention_takes(xb, None) == (cudnn and torch.cuda.get_device_capability() >= (9, 0))
@@ -127,3 +128,46 @@ def test_cudnn_decision_compiles_without_graph_breaks(monkeypatch):
     explanation = torch._dynamo.explain(model)(torch.randint(0, 1000, (2, 16)))
     assert explanation.graph_break_count == 0, [r.reason for r in explanation.break_reasons]
     assert explanation.graph_count == 1
+
+
+# ------------------------------------------------------------------------------------------------ AttentionInputs
+def test_attention_inputs_mask_and_cache_view():
+    cos, sin = torch.zeros(2, 4), torch.ones(2, 4)
+    training = AttentionInputs(cos, sin)
+    assert not training.cached and training.mask(7) is None  # SDPA's is_causal
+    shared = AttentionInputs(cos, sin, torch.tensor([3, 4]))
+    assert shared.mask(6).tolist() == [[True] * 4 + [False] * 2, [True] * 5 + [False]]
+    per_row = AttentionInputs(cos, sin, torch.tensor([[0], [2]]), input_pos_maxp1=3)
+    assert per_row.mask(3).shape == (2, 1, 1, 3)
+    assert per_row.mask(3)[:, 0, 0].tolist() == [[True, False, False], [True, True, True]]
+    cache = torch.arange(2 * 5).view(1, 2, 5)
+    assert per_row.cache_view(cache, seq_dim=2).tolist() == [[[0, 1, 2], [5, 6, 7]]]
+    assert shared.cache_view(cache, seq_dim=2) is cache
+    with pytest.raises(Exception):  # frozen: one context per forward, shared by every layer
+        shared.input_pos = None
+
+
+@pytest.mark.parametrize("name, fold, masks", [
+    ("debug", False, 2),  # MHA on the torch decode path: SDPA reads the mask in each of the 2 layers
+    ("debug-mla", False, 0),  # MLA's absorbed decode never reads a mask
+    ("debug-mla", True, 0),  # nor does its folded step
+])
+def test_the_mask_is_built_only_where_sdpa_reads_it(monkeypatch, name, fold, masks):
+    import litgpt.attention
+    from litgpt.fold import fold_for_decode
+
+    model = randomize(GPT(Config.from_name(name, block_size=32))).eval()
+    if fold:
+        fold_for_decode(model)
+    model.set_kv_cache(1, 16)
+    built = []
+    key_mask = litgpt.attention.key_mask
+    monkeypatch.setattr(litgpt.attention, "key_mask", lambda *a: built.append(a[1]) or key_mask(*a))
+    with torch.no_grad():
+        model(torch.zeros(1, 5, dtype=torch.long), input_pos=torch.arange(5))  # prefill: SDPA with a mask per layer
+        assert built == [16] * model.config.n_layer
+        built.clear()
+        for block in model.transformer.h:
+            block.attn.use_kernel = False  # on CPU the kernels fall back anyway; MHA's torch path is SDPA
+        model(torch.zeros(1, 1, dtype=torch.long), input_pos=torch.tensor([5]))
+    assert len(built) == masks

@@ -31,7 +31,7 @@ def compare_args(text_dir, out_dir, **extra):
         "data.train_data_path": str(text_dir / "train"),
         "data.val_data_path": str(text_dir / "val"),
         "data.cache_dir": str(out_dir.parent / "data-cache"),
-        "data.num_workers": "1",
+        "data.tokenize_workers": "1",
         "train.global_batch_size": "4",
         "train.micro_batch_size": "2",
         "train.max_seq_length": "32",
@@ -134,3 +134,20 @@ def test_other_settings_in_same_out_dir_are_refused(tmp_path, text_dir, capsys):
         main(compare_args(text_dir, out))
     err = capsys.readouterr().err
     assert "holds a comparison run with different settings" in err and "train.max_steps" in err
+
+
+def test_worker_counts_may_change_between_reruns(tmp_path):
+    """Worker processes change how fast the data is read, not what trains: a rerun may use other counts, and a
+    run recorded before tokenize_workers had its name (num_workers) is the same experiment."""
+    from litgpt.benchmark.compare import _load_results
+
+    settings = {"seed": 7, "data": {"class_path": "litgpt.data.text_files.TextFiles",
+                                    "init_args": {"cache_dir": "c", "tokenize_workers": 4, "loader_workers": 2}}}
+    recorded = {"seed": 7, "data": {"class_path": "litgpt.data.text_files.TextFiles",
+                                    "init_args": {"cache_dir": "c", "num_workers": 16}}}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(dict(version=1, settings=recorded, models={"debug": {"val_loss": 1.5}})))
+    assert _load_results(path, settings)["models"] == {"debug": {"val_loss": 1.5}}
+    with pytest.raises(ValueError, match=r"different settings \(data.init_args.cache_dir changed\)"):
+        _load_results(path, {**settings, "data": {**settings["data"], "init_args": {"cache_dir": "d"}}})
+

@@ -114,3 +114,47 @@ def test_unknown_name():
     with pytest.raises(ValueError, match="unknown model name 'pythia-7b'.*Similar: pythia-14m"):
         Config.from_name("pythia-7b")
     assert {"pythia-160m", "pythia-160m-mla", "debug-gqa"} <= set(Config.names())
+
+
+# ---------------------------------------------------------------------------------------------------- MLA and rope
+def test_rotary_percentage_is_refused_for_latent_attention():
+    message = ("rotary_percentage does not apply to latent attention \\(got 0.5\\); set the rope width with "
+               "latent_attention.qk_rope_head_dim")
+    with pytest.raises(ValueError, match=message):
+        Config(n_embd=64, n_head=4, latent_attention=MLA, rotary_percentage=0.5)
+    with pytest.raises(ValueError, match=message):
+        Config.from_name("debug-mla", rotary_percentage=0.5)  # set explicitly: refused
+    with pytest.raises(ValueError, match=message):
+        Config.from_name("debug", latent_attention=True, rotary_percentage=0.5)
+    # the default, and upstream litgpt's 1.0 (a fully rotated rope key), are accepted; the rope width is MLA's
+    for rotary in (0.25, 1.0):
+        c = Config(n_embd=64, n_head=4, latent_attention=MLA, rotary_percentage=rotary)
+        assert c.rope_n_elem == MLA["qk_rope_head_dim"] == 8
+
+
+def test_mla_variants_take_the_default_rotary_percentage():
+    assert Config.from_name("debug").rotary_percentage == 0.5  # the base keeps its partial rope
+    for name in ("debug-mla", "pythia-14m-mla", "pythia-160m-mla"):
+        assert Config.from_name(name).rotary_percentage == 0.25
+    # a named MHA config turned into MLA by an override does not carry its rotary_percentage over
+    c = Config.from_name("debug", latent_attention=True)
+    assert (c.rotary_percentage, c.rope_n_elem) == (0.25, 8)  # qk_rope_head_dim = head_size 16 // 2
+    mla = Config.from_name("debug-mla")
+    mla.name = "debug"
+    assert c == mla
+
+
+def test_upstream_and_older_mla_files_load(tmp_path):
+    import os
+
+    upstream = Config.from_file(os.path.join(os.path.dirname(__file__), "data", "upstream", "mla", "model_config.yaml"))
+    assert upstream.rotary_percentage == 1.0 and upstream.mla is not None
+    # written before MLA configs refused other values: loaded with the default and a warning naming the file
+    path = tmp_path / "model_config.yaml"
+    path.write_text(yaml.safe_dump({**Config.from_name("debug-mla").to_dict(), "rotary_percentage": 0.5}))
+    with pytest.warns(UserWarning, match=f"{path}: rotary_percentage=0.5 has no effect with latent attention"):
+        old = Config.from_file(path)
+    assert old == Config.from_name("debug-mla")
+    with pytest.raises(ValueError, match="rotary_percentage does not apply to latent attention"):
+        Config.from_file(path, rotary_percentage=0.75)  # an explicit override is checked
+

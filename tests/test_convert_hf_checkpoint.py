@@ -183,6 +183,16 @@ def test_deepseek_dense_when_no_routed_experts_and_eps_warning():
         config_from_hf(_deepseek_v3_dict())
 
 
+def test_deepseek_config_leaves_rotary_percentage_at_the_default():
+    """MLA's rope width is qk_rope_head_dim; rotary_percentage, which MLA configs refuse to change, keeps its default."""
+    from litgpt.config import DEFAULT_ROTARY_PERCENTAGE
+
+    for arch_dict in (_deepseek_v3_dict(), {**_deepseek_v3_dict(), "architectures": ["DeepseekV2ForCausalLM"]}):
+        config = config_from_hf(arch_dict)
+        assert config.rotary_percentage == DEFAULT_ROTARY_PERCENTAGE == 0.25
+        assert config.rope_n_elem == config.mla.qk_rope_head_dim == arch_dict["qk_rope_head_dim"]
+
+
 def test_missing_config_and_weights(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         convert_hf_checkpoint(tmp_path)

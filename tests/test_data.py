@@ -81,7 +81,7 @@ def documents_of(tokenizer: Tokenizer, stream: list[int]) -> list[str]:
 
 
 def prepared(data: DataModule, tokenizer: Tokenizer, max_seq_length: int = 16) -> DataModule:
-    data.connect(tokenizer, batch_size=2, max_seq_length=max_seq_length)
+    data.connect(tokenizer, max_seq_length=max_seq_length)
     data.prepare_data()
     data.setup()
     return data
@@ -97,7 +97,7 @@ def test_tinystories_txt(tmp_path, tokenizers):
     train, val = make_stories(30), make_stories(5, seed=1)
     write_txt(tmp_path / "TinyStories-train.txt", train)
     write_txt(tmp_path / "TinyStories-valid.txt", val)
-    data = prepared(TinyStories(data_path=tmp_path, cache_dir=tmp_path / "cache", num_workers=1), tok)
+    data = prepared(TinyStories(data_path=tmp_path, cache_dir=tmp_path / "cache", tokenize_workers=1), tok)
     assert read_bin(data, "train") == expected_stream(tok, train)
     assert read_bin(data, "val") == expected_stream(tok, val)
     assert data.prepared_dir == tmp_path / "cache" / tok.fingerprint[:12]
@@ -121,7 +121,7 @@ def test_tinystories_json_holdout(tmp_path, tokenizers):
     (tmp_path / "all").mkdir()
     (tmp_path / "all" / "data00.json").write_text(json.dumps([{"story": s, "summary": "x"} for s in stories[:120]]))
     (tmp_path / "all" / "data01.json").write_text(json.dumps([{"text": s} for s in stories[120:]]))
-    source = TinyStories(data_path=tmp_path / "all", cache_dir=tmp_path / "c", val_split_fraction=0.05, num_workers=1)
+    source = TinyStories(data_path=tmp_path / "all", cache_dir=tmp_path / "c", val_split_fraction=0.05, tokenize_workers=1)
     data = prepared(source, tok)
     train, val = documents_of(tok, read_bin(data, "train")), documents_of(tok, read_bin(data, "val"))
     assert 1 <= len(val) < 30 and len(train) + len(val) == 200
@@ -146,7 +146,7 @@ def test_tinystories_jsonl_and_parquet(tmp_path, tokenizers):
     pq.write_table(pa.table({"text": train}), tmp_path / "parquet" / "data" / "train-00000-of-00001.parquet")
     pq.write_table(pa.table({"text": val}), tmp_path / "parquet" / "data" / "validation-00000-of-00001.parquet")
     for layout in ("jsonl", "parquet"):
-        source = TinyStories(data_path=tmp_path / layout, cache_dir=tmp_path / f"cache-{layout}", num_workers=1)
+        source = TinyStories(data_path=tmp_path / layout, cache_dir=tmp_path / f"cache-{layout}", tokenize_workers=1)
         data = prepared(source, tok)
         assert read_bin(data, "train") == expected_stream(tok, train), layout
         assert read_bin(data, "val") == expected_stream(tok, val), layout
@@ -194,21 +194,21 @@ def test_stale_tokenization_is_detected(tmp_path, tokenizers, caplog):
     cache = tmp_path / "cache"
     caplog.set_level(logging.INFO, logger="litgpt.data.base")
 
-    data_a = prepared(TinyStories(data_path=tmp_path, cache_dir=cache, num_workers=1), tok_a)
+    data_a = prepared(TinyStories(data_path=tmp_path, cache_dir=cache, tokenize_workers=1), tok_a)
     stream_a = read_bin(data_a, "train")
     bin_a = data_a.prepared_dir / "train.bin"
     mtime = bin_a.stat().st_mtime_ns
 
     # same cache_dir, different tokenizer: re-tokenized (and logged why), different tokens
     caplog.clear()
-    data_b = prepared(TinyStories(data_path=tmp_path, cache_dir=cache, num_workers=1), tok_b)
+    data_b = prepared(TinyStories(data_path=tmp_path, cache_dir=cache, tokenize_workers=1), tok_b)
     assert "cached ones are for other tokenizers" in caplog.text
     stream_b = read_bin(data_b, "train")
     assert stream_b != stream_a and stream_b == expected_stream(tok_b, stories)
 
     # same tokenizer again: reused, file untouched
     caplog.clear()
-    prepared(TinyStories(data_path=tmp_path, cache_dir=cache, num_workers=1), tok_a)
+    prepared(TinyStories(data_path=tmp_path, cache_dir=cache, tokenize_workers=1), tok_a)
     assert "reusing tokenized data" in caplog.text
     assert bin_a.stat().st_mtime_ns == mtime
 
@@ -219,13 +219,13 @@ def test_stale_tokenization_is_detected(tmp_path, tokenizers, caplog):
     with pytest.raises(ValueError, match="different tokenizer"):
         data_a.setup()
     caplog.clear()
-    prepared(TinyStories(data_path=tmp_path, cache_dir=cache, num_workers=1), tok_a)
+    prepared(TinyStories(data_path=tmp_path, cache_dir=cache, tokenize_workers=1), tok_a)
     assert "tokenizer changed" in caplog.text
 
     # the source changed: re-tokenized
     write_txt(tmp_path / "train.txt", stories[:20])
     caplog.clear()
-    data = prepared(TinyStories(data_path=tmp_path, cache_dir=cache, num_workers=1), tok_a)
+    data = prepared(TinyStories(data_path=tmp_path, cache_dir=cache, tokenize_workers=1), tok_a)
     assert "source data changed" in caplog.text
     assert read_bin(data, "train") == expected_stream(tok_a, stories[:20])
 
@@ -233,7 +233,7 @@ def test_stale_tokenization_is_detected(tmp_path, tokenizers, caplog):
     with open(bin_a, "r+b") as f:
         f.truncate(10)
     caplog.clear()
-    prepared(TinyStories(data_path=tmp_path, cache_dir=cache, num_workers=1), tok_a)
+    prepared(TinyStories(data_path=tmp_path, cache_dir=cache, tokenize_workers=1), tok_a)
     assert "wrong size" in caplog.text
 
 
@@ -241,8 +241,8 @@ def test_interrupted_prepare_leaves_nothing_valid(tmp_path, tokenizers, monkeypa
     tok = tokenizers[0]
     write_txt(tmp_path / "train.txt", make_stories(40))
     write_txt(tmp_path / "valid.txt", make_stories(3))
-    data = TinyStories(data_path=tmp_path, cache_dir=tmp_path / "cache", num_workers=1)
-    data.connect(tok, 2, 8)
+    data = TinyStories(data_path=tmp_path, cache_dir=tmp_path / "cache", tokenize_workers=1)
+    data.connect(tok, max_seq_length=8)
     monkeypatch.setattr(base, "CHUNK_DOCUMENTS", 4)
     encode = base._encode_chunk
     calls = []
@@ -273,7 +273,7 @@ def test_prepare_needs_eos_and_connect(tmp_path, tokenizers):
     tokenizers[0].save(no_eos)
     (no_eos / "tokenizer.json").write_text((no_eos / "tokenizer.json").read_text().replace("<|endoftext|>", "<|pad|>"))
     (no_eos / "tokenizer_config.json").write_text("{}")
-    data.connect(Tokenizer(no_eos), 1, 4)
+    data.connect(Tokenizer(no_eos), max_seq_length=4)
     with pytest.raises(ValueError, match="no EOS token"):
         data.prepare_data()
 
@@ -290,7 +290,7 @@ def test_text_files(tmp_path, tokenizers, monkeypatch):
     (tmp_path / "val").mkdir()
     (tmp_path / "val" / "v.txt").write_text(stories[10])
     monkeypatch.chdir(tmp_path)
-    data = prepared(TextFiles(train_data_path=tmp_path / "train", val_data_path=tmp_path / "val", num_workers=1), tok)
+    data = prepared(TextFiles(train_data_path=tmp_path / "train", val_data_path=tmp_path / "val", tokenize_workers=1), tok)
     assert data.cache_root().parent == Path("data/text_files")  # default cache: under the working directory
     order = [0, 2, 4, 6, 8, 1, 3, 5, 7, 9]  # sorted paths: even/00.txt ... odd/09.txt
     assert read_bin(data, "train") == expected_stream(tok, [stories[i] for i in order])
@@ -320,13 +320,13 @@ def test_text_files_splits_large_files(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------------- StdlibText
 def test_stdlib_text(tmp_path, tokenizers):
     tok = tokenizers[0]
-    one = prepared(StdlibText(cache_dir=tmp_path / "one", max_bytes=200_000, num_workers=1), tok, max_seq_length=64)
+    one = prepared(StdlibText(cache_dir=tmp_path / "one", max_bytes=200_000, tokenize_workers=1), tok, max_seq_length=64)
     files = one.files()
     assert sum(size for _, size in files) <= 200_000
     assert all("site-packages" not in str(p) and "/test/" not in str(p) for p, _ in files)
     assert len(one.train_dataset()) > 10 and len(one.val_dataset()) >= 1
     # several processes give the same token stream as one
-    two = prepared(StdlibText(cache_dir=tmp_path / "two", max_bytes=200_000, num_workers=2), tok, max_seq_length=64)
+    two = prepared(StdlibText(cache_dir=tmp_path / "two", max_bytes=200_000, tokenize_workers=2), tok, max_seq_length=64)
     for split in ("train", "val"):
         assert read_bin(two, split) == read_bin(one, split)
     fingerprint = one.source_fingerprint()
@@ -361,7 +361,7 @@ def test_datasets_and_loaders(tmp_path, tokenizers):
     tok = tokenizers[0]
     write_txt(tmp_path / "train.txt", make_stories(60))
     write_txt(tmp_path / "valid.txt", make_stories(10, seed=3))
-    data = prepared(TinyStories(data_path=tmp_path, cache_dir=tmp_path / "cache", num_workers=1), tok, max_seq_length=8)
+    data = prepared(TinyStories(data_path=tmp_path, cache_dir=tmp_path / "cache", tokenize_workers=1), tok, max_seq_length=8)
     train, val = data.train_dataset(), data.val_dataset()
     stream = read_bin(data, "train")
     assert len(train) == (len(stream) - 1) // 8
@@ -375,8 +375,17 @@ def test_datasets_and_loaders(tmp_path, tokenizers):
     val_batches = list(make_val_loader(val, batch_size=3, max_batches=2))
     assert len(val_batches) == 2 and torch.equal(val_batches[0][0], val[0])
     assert sum(len(b) for b in make_val_loader(val, batch_size=3, max_batches=None)) == len(val)
+    # DataLoader workers (`loader_workers`) read the same windows in the same order
+    in_process, in_workers = iter(make_train_loader(train, 4, seed=0, consumed_samples=12)), iter(
+        make_train_loader(train, 4, seed=0, consumed_samples=12, num_workers=2))
+    for _ in range(len(train) // 4 + 3):  # past the end of the first epoch
+        assert torch.equal(next(in_process), next(in_workers))
+    val_in_workers = make_val_loader(val, batch_size=3, max_batches=2, num_workers=2)
+    assert val_in_workers.persistent_workers
+    for _ in range(2):  # every pass over the persistent workers yields the same batches
+        assert [b.tolist() for b in val_in_workers] == [b.tolist() for b in val_batches]
     with pytest.raises(ValueError, match="lower max_seq_length or add data"):
-        data.connect(tok, 1, 10_000)
+        data.connect(tok, max_seq_length=10_000)
         data.val_dataset()
 
 
@@ -410,3 +419,32 @@ def test_resumable_sampler_ranks():
         ResumableSampler(10, seed=0, rank=3, world_size=3)
     with pytest.raises(ValueError, match="cannot be shared"):
         ResumableSampler(2, seed=0, world_size=3)
+
+
+# ---------------------------------------------------------------------------------------------------- worker options
+@pytest.mark.parametrize("cls, kwargs", [
+    (TinyStories, {}), (StdlibText, {}), (TextFiles, {"train_data_path": Path("train")}),
+], ids=["TinyStories", "StdlibText", "TextFiles"])
+def test_num_workers_is_a_deprecated_name_of_tokenize_workers(cls, kwargs):
+    with pytest.warns(FutureWarning, match=f"{cls.__name__}: num_workers is deprecated.*tokenize_workers"):
+        data = cls(**kwargs, num_workers=3)
+    assert data.tokenize_workers == 3 and data.loader_workers == 0
+    init_args = data.as_dict()["init_args"]
+    assert init_args["tokenize_workers"] == 3 and "num_workers" not in init_args
+    with pytest.warns(FutureWarning):
+        assert cls(**kwargs, num_workers=3, tokenize_workers=3).tokenize_workers == 3  # the same value twice is fine
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match="num_workers=3 and tokenize_workers=5 disagree"):
+        cls(**kwargs, num_workers=3, tokenize_workers=5)
+    with pytest.raises(ValueError, match=f"{cls.__name__}: loader_workers must be an integer >= 0"):
+        cls(**kwargs, loader_workers=-1)
+    with pytest.raises(ValueError, match="tokenize_workers must be an integer >= 0"):
+        cls(**kwargs, tokenize_workers=-2)
+
+
+def test_connect_takes_max_seq_length_by_name(tokenizers):
+    data = ListTexts(texts=["a b"])
+    data.connect(tokenizers[0], max_seq_length=8)
+    assert data.max_seq_length == 8 and not hasattr(data, "batch_size")
+    with pytest.raises(TypeError):
+        data.connect(tokenizers[0], 2, 8)  # the old (tokenizer, batch_size, max_seq_length) order fails loudly
+

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from litgpt import GPT, Config
-from litgpt.fold import FoldedBlock, fold_for_decode, is_folded, stack_inputs, stack_outputs, unfold
+from litgpt.fold import fold_for_decode, is_folded, unfold
+from litgpt.model import Block
+from litgpt.projection import stack_inputs, stack_outputs
 
 from test_model import CASES, MLA_DIMS, randomize
 
@@ -56,7 +58,7 @@ def test_only_cached_one_token_steps_take_the_folded_path(monkeypatch):
     def folded_forward(*args):
         raise RuntimeError("folded path taken")
 
-    monkeypatch.setattr(FoldedBlock, "forward", folded_forward)
+    monkeypatch.setattr(Block, "folded_step", folded_forward)
     model.set_kv_cache(1, 16)
     with torch.no_grad():
         model(torch.zeros(1, 5, dtype=torch.long), input_pos=torch.arange(5))  # prefill: the blocks' own modules
@@ -130,7 +132,8 @@ def test_folded_decode_step_on_cuda_matches_unfolded(mode, name, overrides, batc
         torch._dynamo.reset()
         model.set_kv_cache(batch, 64)
         sampler = Sampler(SamplingParams(temperature=0.0), config.vocab_size, batch, device)
-        step = DecodeStep(model, sampler, step_mode, fold=fold)
+        fold_for_decode(model) if fold else unfold(model)
+        step = DecodeStep(model, sampler, step_mode)
         prefill(model, prompts, sampler)
         for i in range(12):
             step(tokens[:, i : i + 1], start + i)
@@ -140,3 +143,29 @@ def test_folded_decode_step_on_cuda_matches_unfolded(mode, name, overrides, batc
     for results in (caches, logits):
         assert ((results[True] - results[False]).norm() / results[False].norm()).item() < 3e-2
     assert caches[False].abs().max().item() > 0.1
+
+
+@pytest.mark.parametrize("case", sorted(FOLD_CASES))
+def test_block_folded_step_equals_its_forward(case):
+    """One block, one cached token: `Block.folded_step` on the folded maps == `Block.forward` on its modules (float64),
+    and the cache holds the same after either."""
+    from litgpt.attention import AttentionInputs
+    from litgpt.fold import fold_block
+
+    torch.manual_seed(1)
+    config = Config.from_name("debug", block_size=64, **FOLD_CASES[case])
+    model = randomize(GPT(config)).to(torch.float64).eval()
+    block = model.transformer.h[0]
+    x = torch.randn(2, 1, config.n_embd, dtype=torch.float64)
+    input_pos = torch.tensor([[3], [6]])
+    ctx = AttentionInputs(model.cos[input_pos], model.sin[input_pos], input_pos)
+    outputs, caches = [], []
+    with torch.no_grad():
+        for folded in (None, fold_block(block)):
+            block.attn.kv_cache = block.attn.build_kv_cache(2, 8, None, torch.float64)
+            block.folded = folded
+            outputs.append(block(x, ctx))
+            caches.append(torch.cat([b.flatten() for b in block.attn.kv_cache.buffers()]))
+    assert block.folded is not None and outputs[0].abs().max() > 1e-2
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(caches[1], caches[0], rtol=1e-9, atol=1e-9)

@@ -7,6 +7,7 @@ import torch
 
 from litgpt.checkpoint import save_checkpoint
 from litgpt.config import Config
+from litgpt.fold import fold_for_decode
 from litgpt.generate.base import DecodeStep, Sampler, SamplingParams, generate, trim_at_stop
 from litgpt.model import GPT
 from litgpt.scripts.train_tokenizer import train_tokenizer
@@ -34,6 +35,7 @@ def run_generate(model: GPT, prompts: list[torch.Tensor], max_new_tokens: int, p
     model.set_kv_cache(len(prompts), max_seq_length=max(len(p) for p in prompts) + max_new_tokens)
     sampler = Sampler(params, model.config.vocab_size, len(prompts), torch.device("cpu"))
     sampler.seed(seed)
+    fold_for_decode(model)
     rows, _ = generate(model, prompts, max_new_tokens, sampler, DecodeStep(model, sampler), stop_tokens)
     return rows
 
@@ -131,6 +133,7 @@ def test_compiled_step_does_not_recompile_per_token(case):
     expected = run_generate(model, prompt, 6, SamplingParams(0.0))
     model.set_kv_cache(1, max_seq_length=12)
     sampler = Sampler(SamplingParams(0.0), model.config.vocab_size, 1, torch.device("cpu"))
+    fold_for_decode(model)
     step = DecodeStep(model, sampler)
     step.compile(backend="eager", fullgraph=True, dynamic=False)
     with torch._dynamo.config.patch(error_on_recompile=True):
@@ -142,19 +145,19 @@ def test_compiled_step_does_not_recompile_per_token(case):
 def test_mla_decode_uses_absorbed_path_and_prefill_naive(monkeypatch):
     from litgpt.attention import MultiheadLatentAttention
 
-    calls = []  # the absorbed path attends the latent in `latent_attend`, folded (the default) or not
-    for path in ("naive", "latent_attend"):
+    calls = []  # the absorbed path attends the latent in `absorbed`, folded (the default) or not
+    for path in ("naive", "absorbed"):
         original = getattr(MultiheadLatentAttention, path)
 
-        def spy(self, *args, _original=original, _path=path):
+        def spy(self, *args, _original=original, _path=path, **kwargs):
             calls.append((_path, args[0].size(2)))  # (path, T)
-            return _original(self, *args)
+            return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(MultiheadLatentAttention, path, spy)
     model = make_model("debug-mla")
     run_generate(model, [torch.randint(model.config.vocab_size, (5,))], 3, SamplingParams(0.0))
     n_layer = model.config.n_layer
-    assert calls == [("naive", 5)] * n_layer + [("latent_attend", 1)] * (2 * n_layer)
+    assert calls == [("naive", 5)] * n_layer + [("absorbed", 1)] * (2 * n_layer)
 
 
 # ------------------------------------------------------------------------------------------------ the CLI

@@ -233,7 +233,7 @@ STEP_CASES = [  # (B, h, S_max, d_c, d_R, positions: one per row, or one shared 
 def test_mla_decode_step_matches_torch_path(B, h, S, d_c, d_r, positions, interleave, monkeypatch):
     """The fused step (query rope; new latent's RMSNorm, key rope and cache write; split-KV attention) against
     the same computed in float32 torch: output, the written cache rows, and every other cache row untouched."""
-    from litgpt.kernels import mla_decode_step
+    from litgpt.kernels import mla_cache_write
     from litgpt.norm import RMSNorm
     from litgpt.rope import apply_rope, build_rope_cache
 
@@ -259,7 +259,8 @@ def test_mla_decode_step_matches_torch_path(B, h, S, d_c, d_r, positions, interl
     original_empty = torch.empty
     monkeypatch.setattr(torch, "empty", lambda *a, **kw: original_empty(*a, **kw).fill_(float("nan")))
     with torch.no_grad():
-        out = mla_decode_step(q, kv_a, cache, input_pos, cos, sin, norm.weight, norm.eps, scale, interleave)
+        q_roped = mla_cache_write(kv_a, cache, input_pos, cos, sin, norm.weight, norm.eps, interleave, q.transpose(1, 2))
+        out = mla_decode_attention(q_roped, cache, input_pos, d_c, scale)
     monkeypatch.undo()
     assert out.shape == (B, h, 1, d_c) and not out.isnan().any()
     assert rel_error(out, ref) < 1e-2
@@ -277,14 +278,14 @@ def test_mla_decode_step_matches_torch_path(B, h, S, d_c, d_r, positions, interl
          intermediate_size=128, bias=False),
 ])
 def test_folded_model_takes_the_fused_step_and_matches_torch_path(overrides, monkeypatch):
-    """A folded MLA model (no q_lora) decodes through `mla_decode_step` and the fused GEMV prologues, and gives the
-    torch path's logits and caches, batch 1 and batch 3 with per-row positions."""
-    import litgpt.attention
+    """A folded MLA model (no q_lora) decodes through the fused cache write (`mla_cache_write`'s kernel) and the fused
+    GEMV prologues, and gives the torch path's logits and caches, batch 1 and batch 3 with per-row positions."""
+    import litgpt.kernels.decode_attention
     from litgpt.fold import fold_for_decode
 
     calls = []
-    fused = litgpt.attention.mla_decode_step
-    monkeypatch.setattr(litgpt.attention, "mla_decode_step", lambda *a: calls.append(1) or fused(*a))
+    fused = litgpt.kernels.decode_attention._mla_cache_write_op
+    monkeypatch.setattr(litgpt.kernels.decode_attention, "_mla_cache_write_op", lambda *a: calls.append(1) or fused(*a))
     config = Config.from_name("debug", block_size=96, latent_attention={**MLA_DIMS, "q_lora_rank": None,
                                                                         "kv_lora_rank": 64, "qk_rope_head_dim": 16},
                               **overrides)

@@ -5,6 +5,8 @@ import torch
 
 from litgpt import GPT, Config
 from litgpt.kv_cache import KVCache, KVCacheCompressed
+from litgpt.norm import RMSNorm
+from litgpt.rope import apply_rope, build_rope_cache
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -50,7 +52,38 @@ def test_updates_in_place_without_reallocation():
 def test_compressed_per_row_positions():
     cache = KVCacheCompressed(2, 6, 4, 2)
     latent, rope = torch.randn(2, 1, 4), torch.randn(2, 1, 2)
-    kv = cache(torch.tensor([[1], [4]]), latent, rope)
+    latent = latent * torch.rsqrt(latent.pow(2).mean(-1, keepdim=True))  # unit RMS: the cache's norm keeps it
+    angle_zero = torch.ones(2, 1, 2), torch.zeros(2, 1, 2)  # rope rows at angle 0: the rotation keeps the key
+    kv, _ = cache.write(torch.tensor([[1], [4]]), torch.cat((latent, rope), -1), *angle_zero, RMSNorm(4, eps=0.0), False)
     torch.testing.assert_close(kv[0, 1], torch.cat((latent[0, 0], rope[0, 0])))
     torch.testing.assert_close(kv[1, 4], torch.cat((latent[1, 0], rope[1, 0])))
     assert kv[0, 4].abs().sum() == 0 and kv[1, 1].abs().sum() == 0
+
+
+@pytest.mark.parametrize("interleave", [False, True])
+@pytest.mark.parametrize("per_row", [False, True])
+def test_compressed_write_holds_normed_latent_and_roped_key(interleave, per_row):
+    """`write` turns kv_a_proj's output into [kv_a_norm(latent) | rope(k_R)] at the positions, in place, and ropes
+    the query's last d_R dims at the same positions; float64 against the modules themselves."""
+    torch.manual_seed(0)
+    B, T, d_c, d_r, h, S = 2, 3, 8, 4, 3, 10
+    cache = KVCacheCompressed(B, S, d_c, d_r, dtype=torch.float64)
+    norm = RMSNorm(d_c, eps=1e-6).double()
+    norm.weight.data = 1 + 0.3 * torch.randn(d_c, dtype=torch.float64)
+    cos_table, sin_table = (t.double() for t in build_rope_cache(S, d_r))
+    input_pos = torch.tensor([[2, 3, 4], [6, 7, 8]]) if per_row else torch.tensor([5, 6, 7])
+    cos, sin = cos_table[input_pos], sin_table[input_pos]  # (B, T, d_R) or (T, d_R)
+    kv_a = torch.randn(B, T, d_c + d_r, dtype=torch.float64) * 3
+    query = torch.randn(B, h, T, d_c + d_r, dtype=torch.float64)
+    kv, roped = cache.write(input_pos, kv_a, cos, sin, norm, interleave, query)
+    assert kv.data_ptr() == cache.kv.data_ptr()
+    expected = torch.cat((norm(kv_a[..., :d_c]), apply_rope(kv_a[..., d_c:], cos, sin, interleave)), dim=-1)
+    rows = torch.arange(B).view(B, 1)
+    positions = input_pos if per_row else input_pos.expand(B, T)
+    torch.testing.assert_close(kv[rows, positions], expected, rtol=1e-12, atol=1e-12)
+    untouched = torch.ones(B, S, dtype=torch.bool)
+    untouched[rows, positions] = False
+    assert kv[untouched].abs().sum() == 0
+    torch.testing.assert_close(roped[..., :d_c], query[..., :d_c], rtol=0, atol=0)
+    torch.testing.assert_close(roped[..., d_c:], apply_rope(query[..., d_c:], cos, sin, interleave), rtol=1e-12,
+                               atol=1e-12)

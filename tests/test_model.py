@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from litgpt.attention import AttentionInputs
 from litgpt import GPT, Config
 
 MLA_DIMS = dict(q_lora_rank=24, kv_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=12)
@@ -125,7 +126,7 @@ def test_qkv_rows_are_all_q_then_all_k_then_all_v():
         attn.qkv.bias[c.n_head * c.head_size : (c.n_head + c.n_query_groups) * c.head_size] = 0
         x = torch.randn(1, 5, c.n_embd)
         cos, sin = model.cos[:5], model.sin[:5]
-        y = attn(x, cos, sin)
+        y = attn(x, AttentionInputs(cos, sin))
         v = attn.qkv(x)[..., (c.n_head + c.n_query_groups) * c.head_size :].view(1, 5, c.n_query_groups, -1)
         v_mean = v.cumsum(1) / torch.arange(1, 6).view(1, 5, 1, 1)  # causal mean of V per group
         v_mean = v_mean.repeat_interleave(c.n_head // c.n_query_groups, dim=2).reshape(1, 5, -1)

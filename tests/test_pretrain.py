@@ -51,7 +51,7 @@ def tiny_args(text_dir: Path, out_dir: Path, **extra: str) -> list[str]:
         "data.train_data_path": str(text_dir / "train"),
         "data.val_data_path": str(text_dir / "val"),
         "data.cache_dir": str(out_dir.parent / f"{out_dir.name}-cache"),
-        "data.num_workers": "1",
+        "data.tokenize_workers": "1",
         "train.global_batch_size": "4",
         "train.micro_batch_size": "2",
         "train.max_seq_length": "32",
@@ -397,3 +397,74 @@ def test_bf16_on_cpu_warns(tmp_path, text_dir, capsys):
         with pytest.raises(SystemExit):
             main(tiny_args(text_dir, tmp_path / "out", **{"precision": "bf16-mixed", "resume": "true",
                                                           "train.max_steps": "1"}))
+
+
+# ------------------------------------------------------------------------------------ the training step
+def test_train_step_takes_the_mean_gradient_of_its_micro_batches():
+    """accum micro-batches: the summed loss comes back, one optimizer step on the mean gradient, gradients zeroed;
+    a non-finite loss is recorded on the device under the step's number."""
+    import lightning as L
+
+    from litgpt import GPT, Config
+    from litgpt.pretrain import Divergence, next_token_loss, train_step
+
+    fabric = L.Fabric(devices=1, accelerator="cpu", precision="32-true")
+    torch.manual_seed(0)
+    model = GPT(Config.from_name("debug", n_layer=1, n_embd=16, n_head=2, block_size=8, vocab_size=64))
+    reference = {k: v.clone().double() for k, v in model.state_dict().items()}
+    model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.5))
+    batches = [torch.randint(0, 64, (2, 9)) for _ in range(2)]
+
+    expected_loss, grads = 0.0, {}
+    copy = GPT(model.config).double()
+    copy.load_state_dict(reference)
+    for batch in batches:
+        loss = next_token_loss(copy, batch)
+        expected_loss += loss.item()
+        for name, g in zip([n for n, _ in copy.named_parameters()],
+                           torch.autograd.grad(loss, list(copy.parameters()), allow_unused=True)):
+            if g is not None:
+                grads[name] = grads.get(name, 0) + g / 2
+
+    divergence = Divergence(fabric.device, check_grad_norm=True, clipping=False)
+    loss_sum = train_step(fabric, model, optimizer, iter(batches), 2, None, divergence, step=7)
+    assert loss_sum.dim() == 0 and loss_sum.item() == pytest.approx(expected_loss, rel=1e-6)
+    after = model.state_dict()
+    assert len(grads) == len(after)
+    for name, g in grads.items():  # float32 step against the float64 computation
+        torch.testing.assert_close(after[name].double(), reference[name] - 0.5 * g, rtol=1e-5, atol=1e-6, msg=name)
+    assert all(p.grad is None for p in model.parameters())
+    assert divergence.first_bad.item() == -1
+
+    with torch.no_grad():
+        model.lm_head.weight.fill_(float("nan"))
+    train_step(fabric, model, optimizer, iter(batches), 2, 1.0, divergence, step=8)
+    assert divergence.first_bad.item() == 8
+
+
+# ------------------------------------------------------------------------------------ data workers
+def test_loader_workers_train_exactly_as_the_main_process(tmp_path, text_dir):
+    """Two DataLoader workers read the same windows in the same order: the same train and val losses, bitwise."""
+    extra = {"train.max_steps": "4", "eval.interval": "2"}
+    logs = {}
+    for workers in ("0", "2"):
+        out = tmp_path / f"workers-{workers}"
+        result = run_cli(tiny_args(text_dir, out, **extra, **{"data.loader_workers": workers}))
+        assert result.returncode == 0, result.stderr
+        with open(out / "logs" / "csv" / "version_0" / "metrics.csv") as f:
+            logs[workers] = [(r["step"], r["loss"], r["val_loss"]) for r in csv.DictReader(f)]
+        hparams = yaml.safe_load((out / "final" / "hyperparameters.yaml").read_text())
+        assert hparams["data"]["init_args"]["loader_workers"] == int(workers)
+    assert [step for step, loss, _ in logs["0"] if loss] == ["1", "2", "3", "4"]
+    assert [step for step, _, val in logs["0"] if val] == ["2", "4"]
+    assert logs["2"] == logs["0"]  # as text: bitwise
+
+
+def test_deprecated_num_workers_option_still_works(tmp_path, text_dir):
+    out = tmp_path / "out"
+    args = [a for a in tiny_args(text_dir, out, **{"train.max_steps": "1"}) if not a.startswith("--data.tokenize_workers")]
+    result = run_cli(args + ["--data.num_workers", "1"])
+    assert result.returncode == 0, result.stderr
+    assert "FutureWarning: TextFiles: num_workers is deprecated" in result.stderr and "tokenize_workers" in result.stderr
+    init_args = yaml.safe_load((out / "final" / "hyperparameters.yaml").read_text())["data"]["init_args"]
+    assert init_args["tokenize_workers"] == 1 and "num_workers" not in init_args

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import math
 import platform
 import time
@@ -30,9 +31,11 @@ from typing import Callable, Optional
 
 import torch
 
-from litgpt.attention import AttentionBase, CausalSelfAttention, MultiheadLatentAttention, causal_mask
+from litgpt.attention import AttentionBase, AttentionInputs, CausalSelfAttention, MultiheadLatentAttention
 from litgpt.config import Config
+from litgpt.kernels import KERNEL_DTYPES, TRITON_AVAILABLE, key_mask
 from litgpt.rope import build_rope_cache
+from litgpt.utils import command_line, format_number, parse_device, positive_ints
 
 IMPLEMENTATIONS = ("mha", "gqa", "mqa", "mla-naive", "mla-absorbed", "mla-fused")
 MODES = ("prefill", "decode")
@@ -122,16 +125,16 @@ def benchmark_attention(
         seed: seed of the random weights and inputs.
         out_dir: where results.csv, the plots and summary.md go.
     """
-    command = _command_line(locals())
+    command = command_line(locals(), "litgpt benchmark attention")
     from tqdm import tqdm
 
-    torch_device = _device(device)
+    torch_device = parse_device(device)
     cuda = torch_device.type == "cuda"
     torch_dtype = _dtype(dtype, cuda)
     implementations = _implementations(implementations, cuda)
     modes = _choices("modes", list(MODES) if modes is None else modes, MODES)
-    batch_sizes = _positive("batch_sizes", [1, 8] if batch_sizes is None else batch_sizes)
-    seq_lens = _positive("seq_lens", [512, 1024, 2048, 4096, 8192] if seq_lens is None else seq_lens)
+    batch_sizes = positive_ints("batch_sizes", [1, 8] if batch_sizes is None else batch_sizes)
+    seq_lens = positive_ints("seq_lens", [512, 1024, 2048, 4096, 8192] if seq_lens is None else seq_lens)
     if warmup < 0 or trials <= 0:
         raise ValueError(f"--warmup must be >= 0 and --trials positive, got {warmup} and {trials}")
     shapes = _shapes(n_head, head_size, n_embd, gqa_groups, kv_lora_rank, qk_rope_head_dim, qk_nope_head_dim,
@@ -213,25 +216,17 @@ def measure(
 def build_module(impl: str, config: Config, device: torch.device, dtype: torch.dtype) -> AttentionBase:
     """The real attention module for `impl`, with random weights, its path (naive/absorbed/kernel) forced."""
     module_class = MultiheadLatentAttention if impl.startswith("mla") else CausalSelfAttention
-    module = module_class(config, block_idx=0).to(device=device, dtype=dtype).eval()
+    module = module_class(config).to(device=device, dtype=dtype).eval()
     if impl.startswith("mla"):
         module.absorb = impl != "mla-naive"
-    if impl == "mla-fused":
-        if not hasattr(module, "use_kernel"):
-            raise ValueError(
-                "mla-fused needs the Triton decode kernel (litgpt.kernels and MultiheadLatentAttention.use_kernel), "
-                "which this checkout lacks; drop mla-fused from --implementations"
-            )
-        module.use_kernel = True
-    elif hasattr(module, "use_kernel"):
-        module.use_kernel = False  # every other implementation is the PyTorch path (SDPA, or absorbed in torch)
+    module.use_kernel = impl == "mla-fused"  # every other implementation is the PyTorch path (SDPA, or torch absorbed)
     return module
 
 
 def make_inputs(
     module: AttentionBase, mode: str, batch: int, seq_len: int, device: torch.device, dtype: torch.dtype
 ) -> dict:
-    """Keyword arguments of the module's forward: x, cos, sin, mask, input_pos (as `GPT.forward` passes them).
+    """Keyword arguments of the module's forward: x and the `AttentionInputs` that `GPT.forward` would pass.
 
     decode fills a static cache of seq_len positions with random values (attention cost does not depend on them)
     and writes one new token at position seq_len - 1, so it attends over all seq_len positions.
@@ -241,14 +236,13 @@ def make_inputs(
     cos, sin = cos.to(dtype), sin.to(dtype)  # (seq_len, rope_n_elem), as a model cast to dtype holds them
     if mode == "prefill":
         x = torch.randn(batch, seq_len, config.n_embd, device=device, dtype=dtype)  # (B, T, n_embd)
-        return dict(x=x, cos=cos, sin=sin, mask=None, input_pos=None)
+        return dict(x=x, ctx=AttentionInputs(cos, sin))
     module.kv_cache = module.build_kv_cache(batch, seq_len, device=device, dtype=dtype)
     for buffer in module.kv_cache.buffers():
         buffer.normal_()
     input_pos = torch.tensor([seq_len - 1], device=device)  # (1,)
-    mask = torch.arange(seq_len, device=device) <= input_pos.unsqueeze(-1)  # (1, S): as GPT.cache_mask
     x = torch.randn(batch, 1, config.n_embd, device=device, dtype=dtype)  # (B, 1, n_embd)
-    return dict(x=x, cos=cos[input_pos], sin=sin[input_pos], mask=mask, input_pos=input_pos)
+    return dict(x=x, ctx=AttentionInputs(cos[input_pos], sin[input_pos], input_pos))
 
 
 def time_calls(fn: Callable[[], object], warmup: int, trials: int, device: torch.device) -> list[float]:
@@ -285,7 +279,8 @@ def explicit_attention(
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     k = k.repeat_interleave(nh // k.size(1), dim=1)  # (B, nh, S, d)
     v = v.repeat_interleave(nh // v.size(1), dim=1)  # (B, nh, S, d_v)
-    mask = causal_mask(T, S, q.device) if mask is None else mask  # (T, S) or (B, 1, T, S)
+    if mask is None:  # the last T of S tokens, causally
+        mask = key_mask(torch.arange(S - T, S, device=q.device), S)  # (T, S)
     blocks = []
     for start in range(0, T, REFERENCE_QUERY_CHUNK):
         rows = slice(start, start + REFERENCE_QUERY_CHUNK)
@@ -301,8 +296,7 @@ def reference_module(module: AttentionBase) -> AttentionBase:
     reference.attend = explicit_attention  # instance attribute shadows the SDPA staticmethod
     if isinstance(reference, MultiheadLatentAttention):
         reference.absorb = False
-    if hasattr(reference, "use_kernel"):
-        reference.use_kernel = False
+    reference.use_kernel = False
     return reference
 
 
@@ -315,7 +309,9 @@ def check_against_reference(module: AttentionBase, inputs: dict, mode: str) -> t
     """
     output = module(**inputs).to(torch.float64)  # (B, T, n_embd)
     reference = reference_module(module)
-    as64 = {k: v.to(torch.float64) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in inputs.items()}
+    ctx = inputs["ctx"]
+    as64 = dict(x=inputs["x"].to(torch.float64),
+                ctx=dataclasses.replace(ctx, cos=ctx.cos.to(torch.float64), sin=ctx.sin.to(torch.float64)))
     if mode == "prefill":  # one row at a time bounds the reference's (nh, T, S) scores
         expected = torch.cat([reference(**{**as64, "x": as64["x"][b : b + 1]}) for b in range(output.size(0))])
     else:
@@ -403,10 +399,10 @@ def write_summary(
         for r in mode_rows:
             status = f"**{r['status'].upper()}**" if r["status"] != "ok" else "ok"
             lines.append(
-                f"| {r['impl']} | {r['batch']} | {r['seq_len']} | {_fmt(r['latency_ms'], '.4g')} "
-                f"| {_fmt(r['tokens_per_s'], ',.0f')} "
-                f"| {_fmt(r['peak_mem_mib'], '.1f')} | {r['kv_cache_bytes'] / 2**20:.2f} | {r['kv_values_per_token']} "
-                f"| {_fmt(r['max_abs_err'], '.2e')} | {_fmt(r['max_rel_err'], '.2e')} | {status} |"
+                f"| {r['impl']} | {r['batch']} | {r['seq_len']} | {format_number(r['latency_ms'], '.4g')} "
+                f"| {format_number(r['tokens_per_s'], ',.0f')} "
+                f"| {format_number(r['peak_mem_mib'], '.1f')} | {r['kv_cache_bytes'] / 2**20:.2f} | {r['kv_values_per_token']} "
+                f"| {format_number(r['max_abs_err'], '.2e')} | {format_number(r['max_rel_err'], '.2e')} | {status} |"
             )
         lines.append("")
     failed = sum(r["status"] == "check failed" for r in rows)
@@ -438,35 +434,6 @@ def write_summary(
 
 
 # ---------------------------------------------------------------------------------------- argument handling
-def _fmt(value: float, spec: str) -> str:
-    return "" if isinstance(value, float) and math.isnan(value) else format(value, spec)
-
-
-def _command_line(args: dict, command: str = "litgpt benchmark attention") -> str:
-    parts = [command]
-    for key, value in args.items():
-        if value is None:
-            continue
-        if isinstance(value, (list, tuple)):
-            value = "'[" + ", ".join(str(v) for v in value) + "]'"
-        parts.append(f"--{key} {value}")
-    return " ".join(parts)
-
-
-def _device(device: Optional[str]) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device {device!r} is not a torch device; use cuda, cuda:N or cpu") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} was asked for but CUDA is not available; use --device cpu")
-    if parsed.type not in ("cuda", "cpu"):
-        raise ValueError(f"--device {device!r} is not supported; use cuda, cuda:N or cpu")
-    return parsed
-
-
 def _dtype(dtype: Optional[str], cuda: bool) -> torch.dtype:
     if dtype is None:
         return torch.bfloat16 if cuda else torch.float32
@@ -486,8 +453,6 @@ def _implementations(implementations: Optional[list[str]], cuda: bool) -> list[s
 
 def _check_fused(shapes: Shapes, dtype: torch.dtype) -> None:
     """mla-fused must really run the kernel: outside its domain `mla_decode_attention` falls back to torch."""
-    from litgpt.kernels.decode_attention import KERNEL_DTYPES, TRITON_AVAILABLE
-
     if not TRITON_AVAILABLE:
         raise ValueError("mla-fused needs the `triton` package (pip install triton); drop it from --implementations")
     if dtype not in KERNEL_DTYPES:
@@ -502,12 +467,6 @@ def _choices(name: str, values: list[str], allowed: tuple[str, ...]) -> list[str
     if unknown or not values:
         raise ValueError(f"--{name}: unknown or empty {unknown or values}; choose from {', '.join(allowed)}")
     return list(dict.fromkeys(values))
-
-
-def _positive(name: str, values: list[int]) -> list[int]:
-    if not values or any(v <= 0 for v in values):
-        raise ValueError(f"--{name} must be a non-empty list of positive integers, got {values}")
-    return sorted(set(values))
 
 
 def _shapes(

@@ -14,7 +14,6 @@ import csv
 import gc
 import json
 import math
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -27,10 +26,14 @@ from litgpt.checkpoint import read_checkpoint_file
 from litgpt.config import Config
 from litgpt.data import DataModule, TinyStories
 from litgpt.model import GPT
-from litgpt.pretrain import PRECISIONS, _hyperparameters, resolve_config, setup
+from litgpt.pretrain import PRECISIONS, resolve_config, setup
+from litgpt.utils import atomic_write, hyperparameters
 
 DEFAULT_MODELS = ["pythia-70m", "pythia-70m-gqa", "pythia-70m-mqa", "pythia-70m-mla"]
 RESULTS_VERSION = 1
+# Settings a rerun may change: process counts change how fast the data is read, never what a model trains on
+# (runs before the rename recorded tokenize_workers as num_workers).
+ANY_VALUE_SETTINGS = ("data.init_args.tokenize_workers", "data.init_args.loader_workers", "data.init_args.num_workers")
 
 
 def compare(
@@ -67,7 +70,7 @@ def compare(
     """
     optimizer = OptimizerSpec.resolve(optimizer).as_dict()
     devices = check_devices(devices)
-    settings = _hyperparameters(locals())
+    settings = hyperparameters(locals())
     settings.pop("models"), settings.pop("out_dir")
     from tqdm import tqdm
 
@@ -215,7 +218,8 @@ def _element_size(precision: Optional[str]) -> int:
 
 
 def _load_results(path: Path, settings: dict) -> dict:
-    """Recorded results of this experiment, or a fresh record; a different experiment in out_dir is an error."""
+    """Recorded results of this experiment, or a fresh record; a different experiment in out_dir is an error (the
+    worker counts of ANY_VALUE_SETTINGS may differ)."""
     fresh = dict(version=RESULTS_VERSION, settings=settings, models={})
     if not path.is_file():
         return fresh
@@ -223,7 +227,7 @@ def _load_results(path: Path, settings: dict) -> dict:
     if recorded.get("version") != RESULTS_VERSION:
         raise ValueError(f"{path} was written by another version of compare; use a new --out_dir")
     old, new = _flatten(recorded.get("settings", {})), _flatten(json.loads(json.dumps(settings)))
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in ANY_VALUE_SETTINGS)
     if changed:
         raise ValueError(
             f"{path.parent} holds a comparison run with different settings ({', '.join(changed)} changed); "
@@ -243,9 +247,8 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(value, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    text = json.dumps(value, indent=2)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_table(rows: list[dict], results: dict, path: Path) -> None:

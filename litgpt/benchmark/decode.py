@@ -24,7 +24,6 @@ from typing import Optional
 
 import torch
 
-from litgpt.benchmark.attention import _command_line, _device, _fmt, _positive
 from litgpt.config import Config
 from litgpt.generate.base import (
     DECODE_MODES,
@@ -35,15 +34,12 @@ from litgpt.generate.base import (
     prefill,
     resolve_dtype,
 )
+from litgpt.fold import fold_for_decode, unfold
 from litgpt.kernels import set_kernels
 from litgpt.model import GPT, init_weights
+from litgpt.utils import command_line, format_number, parse_device, positive_ints, synchronize
 
 BANDWIDTH = 3.0e12  # measured H100 copy bandwidth, bytes/s
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.inference_mode()
@@ -75,26 +71,27 @@ def benchmark_decode(
     model.max_seq_length = context_length
     model.set_kv_cache(batch_size, context_length)
     sampler = Sampler(params, model.config.vocab_size, batch_size, device)
-    step = DecodeStep(model, sampler, mode, fold=fold)
+    fold_for_decode(model) if fold else unfold(model)  # the benchmark owns the model: it decides
+    step = DecodeStep(model, sampler, mode)
     generator = torch.Generator().manual_seed(0)
     prompts = list(torch.randint(model.config.vocab_size, (batch_size, prompt_len), generator=generator))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    _synchronize(device)
+    synchronize(device)
     t0 = time.perf_counter()
     token, input_pos = prefill(model, prompts, sampler)
-    _synchronize(device)
+    synchronize(device)
     prefill_s = time.perf_counter() - t0
     for _ in range(warmup):  # compilation and graph capture happen here
         token = step(token, input_pos)
         input_pos = input_pos + 1
-    _synchronize(device)
+    synchronize(device)
     warmup_s = time.perf_counter() - t0 - prefill_s
     t1 = time.perf_counter()
     for _ in range(decode_steps):
         token = step(token, input_pos)
         input_pos = input_pos + 1
-    _synchronize(device)
+    synchronize(device)
     elapsed = time.perf_counter() - t1
     if profile_path is not None:
         _profile(step, token, input_pos - decode_steps, profile_path)
@@ -132,7 +129,7 @@ def _profile(step: DecodeStep, token: torch.Tensor, input_pos: torch.Tensor, pat
         for _ in range(steps):
             token = step(token, input_pos)
             input_pos = input_pos + 1
-        _synchronize(token.device)
+        synchronize(token.device)
     sort_by = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(prof.key_averages().table(sort_by=sort_by, row_limit=25))
@@ -193,18 +190,18 @@ def benchmark_decode_command(
         seed: seed of the random weights.
         out_dir: where results.csv, throughput.png, capacity.csv and summary.md go.
     """
-    command = _command_line(locals(), "litgpt benchmark decode")
+    command = command_line(locals(), "litgpt benchmark decode")
     from tqdm import tqdm
 
-    torch_device = _device(device)
+    torch_device = parse_device(device)
     cuda = torch_device.type == "cuda"
     dtype = resolve_dtype(precision, torch_device)
     models = list(DEFAULT_MODELS if models is None else models)
     if not models or len(set(models)) != len(models):
         raise ValueError(f"--models must be a non-empty list of distinct model names, got {models}")
     base_configs = {name: Config.from_name(name) for name in models}  # unknown names fail here, before any work
-    batch_sizes = _positive("batch_sizes", [1, 8] if batch_sizes is None else batch_sizes)
-    context_lengths = _positive("context_lengths", [1024, 2048, 4096, 8192] if context_lengths is None
+    batch_sizes = positive_ints("batch_sizes", [1, 8] if batch_sizes is None else batch_sizes)
+    context_lengths = positive_ints("context_lengths", [1024, 2048, 4096, 8192] if context_lengths is None
                                 else context_lengths)
     mode = ("compile" if cuda else "eager") if mode is None else mode
     if mode not in DECODE_MODES or (mode == "cuda_graph" and not cuda):
@@ -489,10 +486,10 @@ def write_summary(
     for r in rows:
         status = "ok" if r["status"] == "ok" else f"**{r['status'].upper()}**"
         lines.append(
-            f"| {r['model']} | {r['batch']} | {r['context']} | {_fmt(r['tokens_per_s'], ',.0f')} "
-            f"| {_fmt(r['ms_per_step'], '.4g')} | {_fmt(r['floor_ms'], '.4g')} | {_fmt(r['gap'], '.1f')} "
+            f"| {r['model']} | {r['batch']} | {r['context']} | {format_number(r['tokens_per_s'], ',.0f')} "
+            f"| {format_number(r['ms_per_step'], '.4g')} | {format_number(r['floor_ms'], '.4g')} | {format_number(r['gap'], '.1f')} "
             f"| {r['kv_bytes_per_token']:,} | {r['kv_cache_bytes'] / 2**20:,.1f} "
-            f"| {_fmt(r['peak_memory_bytes'] / 2**20, ',.0f')} | {status} |"
+            f"| {format_number(r['peak_memory_bytes'] / 2**20, ',.0f')} | {status} |"
         )
     fit_context = capacities[0]["fit_context"]
     lines += [

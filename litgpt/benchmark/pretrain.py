@@ -1,22 +1,29 @@
 """`litgpt benchmark pretrain`: tokens/s, MFU and peak memory of the real training step, per model config.
 
-The step is the one `litgpt pretrain` runs (Fabric precision plugin, fused AdamW, gradient clipping, the same
-loss function) on random token ids, which cost the same as real text. Peak memory is reset per configuration.
+The step is `litgpt.pretrain.train_step`, the one `litgpt pretrain` runs (Fabric precision plugin, the optimizer
+built as pretrain builds it, fused AdamW by default, gradient clipping, the divergence record, the same loss
+function), on random token ids, which cost the same as real text. Peak memory is reset per configuration.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
+from litgpt.args import OptimizerArg, OptimizerSpec
 from litgpt.config import Config
 from litgpt.flops import flops_per_token, peak_flops
 from litgpt.model import GPT, init_weights
-from litgpt.pretrain import next_token_loss
+from litgpt.pretrain import Divergence, train_step
+from litgpt.utils import atomic_write, synchronize
+
+# AdamW with the benchmark's long-standing hyperparameters (they do not change the step's cost)
+DEFAULT_OPTIMIZER = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 3e-4, "weight_decay": 0.1}}
 
 
 def benchmark_pretrain(
@@ -31,6 +38,8 @@ def benchmark_pretrain(
     profile: bool = False,
     compile_mode: str = "default",
     cudnn_attention: bool = True,
+    optimizer: OptimizerArg = DEFAULT_OPTIMIZER,
+    max_norm: Optional[float] = 1.0,
 ) -> list[dict]:
     """Time training steps (one micro-batch each, as with global = micro batch) and write results.json.
 
@@ -46,8 +55,15 @@ def benchmark_pretrain(
         profile: also profile 3 steps per configuration and write the top CUDA kernels to profile_*.txt.
         compile_mode: torch.compile's mode for the compiled runs ("default", "max-autotune-no-cudagraphs", ...).
         cudnn_attention: let SDPA pick cuDNN attention on CUDA (false: FlashAttention or the other backends).
+        optimizer: the optimizer, spelled as for `litgpt pretrain` (`--optimizer SGD --optimizer.lr 0.1`,
+            `--optimizer.init_args.weight_decay 0.01`; default AdamW, lr 3e-4, weight_decay 0.1, fused on CUDA).
+        max_norm: gradient-norm clipping threshold, as `litgpt pretrain --train.max_norm` (null: no clipping).
     """
     import lightning as L
+
+    spec = OptimizerSpec.resolve(optimizer)
+    if max_norm is not None and not max_norm > 0:
+        raise ValueError(f"--max_norm must be positive or null (no clipping), got {max_norm}")
 
     models = models or ["pythia-160m", "pythia-160m-gqa", "pythia-160m-mqa", "pythia-160m-mla"]
     compile = [False, True] if compile is None else compile
@@ -62,7 +78,7 @@ def benchmark_pretrain(
         for use_compile in compile:
             profile_path = out_dir / f"profile_{name}_{'compiled' if use_compile else 'eager'}.txt" if profile else None
             rows.append(_run(fabric, Config.from_name(name), micro_batch_size, seq_len, use_compile, warmup_steps,
-                             steps, profile_path, compile_mode))
+                             steps, profile_path, compile_mode, optimizer=spec, max_norm=max_norm))
             r = rows[-1]
             mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
             print(f"{name:<18} {str(use_compile):>7} {r['tokens_per_sec']:>10,.0f} {mfu:>6} {r['step_ms']:>8.1f} "
@@ -70,17 +86,23 @@ def benchmark_pretrain(
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                 torch=torch.__version__, precision=precision, micro_batch_size=micro_batch_size, seq_len=seq_len,
-                compile_mode=compile_mode, cudnn_attention=cudnn_attention)
-    (out_dir / "results.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
+                compile_mode=compile_mode, cudnn_attention=cudnn_attention, optimizer=spec.as_dict(),
+                max_norm=max_norm)
+    results = json.dumps(dict(meta=meta, rows=rows), indent=2)
+    atomic_write(out_dir / "results.json", lambda tmp: tmp.write_text(results, encoding="utf-8"))
     print(f"wrote {out_dir / 'results.json'}")
     return rows
 
 
 def _run(
-    fabric, config: Config, batch: int, seq_len: int, use_compile: bool, warmup: int, steps: int,
+    fabric: Any, config: Config, batch: int, seq_len: int, use_compile: bool, warmup: int, steps: int,
     profile_path: Optional[Path] = None,
     compile_mode: str = "default",
+    optimizer: Optional[OptimizerSpec] = None,
+    max_norm: Optional[float] = 1.0,
 ) -> dict:
+    """Time `warmup + steps` training steps of one configuration (the first `warmup` untimed); its results row."""
+    optimizer = optimizer or OptimizerSpec.resolve(DEFAULT_OPTIMIZER)
     torch.manual_seed(0)
     model = GPT(config)
     init_weights(model)
@@ -88,36 +110,36 @@ def _run(
     if use_compile:
         model = torch.compile(model, mode=compile_mode)
     model = fabric.setup(model)
-    optimizer = fabric.setup_optimizers(torch.optim.AdamW(
-        model.parameters(), lr=3e-4, weight_decay=0.1, fused=fabric.device.type == "cuda"))
+    opt = fabric.setup_optimizers(optimizer.build(model.parameters(), fabric.device))
     data = torch.randint(0, config.vocab_size, (warmup + steps, batch, seq_len + 1), device=fabric.device)
     cuda = fabric.device.type == "cuda"
     if cuda:
-        torch.cuda.synchronize()
+        synchronize(fabric.device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    divergence = Divergence(fabric.device, check_grad_norm=fabric.strategy.precision.precision != "16-mixed",
+                            clipping=max_norm is not None)
 
-    def step(tokens: torch.Tensor) -> torch.Tensor:
-        loss = next_token_loss(model, tokens)
-        fabric.backward(loss)
-        fabric.clip_gradients(model, optimizer, max_norm=1.0, error_if_nonfinite=False)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss
+    def step(i: int) -> torch.Tensor:
+        """Training step i: one micro-batch per optimizer step (accumulation 1), as pretrain with global = micro."""
+        return train_step(fabric, model, opt, iter((data[i],)), 1, max_norm, divergence, i + 1)
 
     for i in range(warmup + steps):
         if i == warmup:
-            if cuda:
-                torch.cuda.synchronize()
+            synchronize(fabric.device)
             start = time.perf_counter()
-        loss = step(data[i])
+        loss = step(i)
     final_loss = loss.item()  # syncs
     seconds = time.perf_counter() - start
+    bad_step = int(divergence.first_bad.item())
+    if bad_step >= 0:
+        warnings.warn(f"{config.name}: the loss or gradient norm became NaN/inf at step {bad_step}; the timing stands, "
+                      "the final loss does not mean anything (lower --optimizer.lr or set --max_norm)", stacklevel=2)
     if profile_path is not None and cuda:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             for i in range(3):
-                step(data[i])
-            torch.cuda.synchronize()
+                step(i)
+            synchronize(fabric.device)
         profile_path.write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=60, max_name_column_width=90))
     tokens_per_sec = steps * batch * seq_len / seconds
     peak = peak_flops(fabric.device)
@@ -127,7 +149,7 @@ def _run(
         peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
         final_loss=final_loss, params=sum(p.numel() for p in model.parameters()),
     )
-    del model, optimizer, data
+    del model, opt, data
     if cuda:
         torch.cuda.empty_cache()
     return row

@@ -10,6 +10,7 @@ windows of `max_seq_length + 1` tokens. Subclasses are dataclasses so jsonargpar
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -17,6 +18,7 @@ import multiprocessing
 import os
 import random
 import time
+import warnings
 from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from litgpt.tokenizer import Tokenizer
+from litgpt.utils import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -40,15 +43,16 @@ CHUNK_CHARS = 4_000_000
 class DataModule:
     """Base of the pretraining data modules.
 
-    Subclasses implement `iter_texts(split)` and `source_fingerprint()` and have `cache_dir` and `num_workers`
-    fields (and `seed` where they hold out a random validation split). Call order: `connect` -> `prepare_data` (once, one process) -> `setup` (every process)
-    -> `train_dataset` / `val_dataset`.
+    Subclasses implement `iter_texts(split)` and `source_fingerprint()` and have `cache_dir`, `tokenize_workers`
+    (tokenizer processes of `prepare_data`) and `loader_workers` (DataLoader worker processes of training and
+    validation) fields, and `seed` where they hold out a random validation split. Call order: `connect` ->
+    `prepare_data` (once, one process) -> `setup` (every process) -> `train_dataset` / `val_dataset`.
     """
 
     cache_dir: Optional[Path] = None
-    num_workers: int = 0
+    tokenize_workers: int = 0
+    loader_workers: int = 0
     tokenizer: Optional[Tokenizer] = None
-    batch_size: int = 1
     max_seq_length: int = -1
     _tokens: Optional[dict[str, np.ndarray]] = None
 
@@ -68,12 +72,17 @@ class DataModule:
         return Path(self.cache_dir)
 
     # ------------------------------------------------------------------ interface
-    def connect(self, tokenizer: Tokenizer, batch_size: int = 1, max_seq_length: int = -1) -> None:
-        """Attach the tokenizer and the shapes the datasets will serve."""
+    def connect(self, tokenizer: Tokenizer, *, max_seq_length: int = -1) -> None:
+        """Attach the tokenizer and the window length (tokens per training sequence) the datasets will serve."""
         self.tokenizer = tokenizer
-        self.batch_size = batch_size
         self.max_seq_length = max_seq_length
         self._tokens = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """{class_path, init_args}: the yaml `data:` section that rebuilds this data module."""
+        fields = dataclasses.fields(self) if dataclasses.is_dataclass(self) else ()
+        init_args = {f.name: getattr(self, f.name) for f in fields if f.init}
+        return {"class_path": f"{type(self).__module__}.{type(self).__qualname__}", "init_args": init_args}
 
     @property
     def prepared_dir(self) -> Path:
@@ -99,11 +108,11 @@ class DataModule:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "meta.json").unlink(missing_ok=True)  # never let an old meta vouch for new, partial files
         splits = {}
-        with _encoder_pool(tokenizer, dtype, self.num_workers) as pool:
+        with _encoder_pool(tokenizer, dtype, self.tokenize_workers) as pool:
             for split in SPLITS:
                 start = time.perf_counter()
                 documents, tokens = _tokenize_to_file(
-                    self.iter_texts(split), pool, out_dir / f"{split}.bin", max_in_flight=2 * self.num_workers
+                    self.iter_texts(split), pool, out_dir / f"{split}.bin", max_in_flight=2 * self.tokenize_workers
                 )
                 splits[split] = {"documents": documents, "tokens": tokens}
                 logger.info(
@@ -124,7 +133,7 @@ class DataModule:
             "vocab_size": tokenizer.vocab_size,
             "splits": splits,
         }
-        _atomic_write_text(out_dir / "meta.json", json.dumps(meta, indent=1))
+        atomic_write(out_dir / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8"))
 
     def setup(self) -> None:
         """Open the prepared token streams as read-only memmaps."""
@@ -152,9 +161,31 @@ class DataModule:
         return TokenWindows(self._split_tokens("val"), self._window_length(), split="val")
 
     # ------------------------------------------------------------------ helpers
+    def _check_workers(self, num_workers: Optional[int] = None) -> None:
+        """For a subclass's `__post_init__`: take the deprecated `num_workers` as `tokenize_workers` (with a
+        FutureWarning) and check both worker counts."""
+        name = type(self).__name__
+        if num_workers is not None:
+            warnings.warn(
+                f"{name}: num_workers is deprecated; it is the number of tokenizer processes, now called "
+                "tokenize_workers (--data.tokenize_workers); DataLoader workers are loader_workers",
+                FutureWarning, stacklevel=4,
+            )
+            default = next((f.default for f in dataclasses.fields(self) if f.name == "tokenize_workers"), None)
+            if self.tokenize_workers not in (default, num_workers):
+                raise ValueError(
+                    f"{name}: num_workers={num_workers} and tokenize_workers={self.tokenize_workers} disagree; pass "
+                    "only tokenize_workers (num_workers is its deprecated name)"
+                )
+            self.tokenize_workers = num_workers
+        for field in ("tokenize_workers", "loader_workers"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name}: {field} must be an integer >= 0 (0: in this process), got {value!r}")
+
     def _connected_tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:
-            raise RuntimeError(f"call {type(self).__name__}.connect(tokenizer, batch_size, max_seq_length) first")
+            raise RuntimeError(f"call {type(self).__name__}.connect(tokenizer, max_seq_length=...) first")
         return self.tokenizer
 
     def _window_length(self) -> int:
@@ -268,9 +299,9 @@ def _tokenize_to_file(
     Chunks of documents are tokenized in `pool` (or in this process when None) and written in input order,
     with a bounded number of chunks in flight.
     """
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     n_docs = n_tokens = 0
-    try:
+
+    def write_stream(tmp: Path) -> None:
         with open(tmp, "wb") as f:
 
             def write(tokens: np.ndarray, count: int) -> None:
@@ -292,11 +323,8 @@ def _tokenize_to_file(
                 while pending:
                     result, count = pending.popleft()
                     write(result.get(), count)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(path, write_stream)
     return n_docs, n_tokens
 
 
@@ -314,15 +342,6 @@ def _read_meta(out_dir: Path) -> Optional[dict]:
     except json.JSONDecodeError:
         logger.warning("ignoring unreadable %s", path)
         return None
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------- splits
@@ -475,9 +494,14 @@ def make_train_loader(
 def make_val_loader(
     dataset: Dataset, batch_size: int, max_batches: Optional[int] = None, num_workers: int = 0
 ) -> DataLoader:
-    """Sequential loader over the first `max_batches * batch_size` windows (all of them when None)."""
+    """Sequential loader over the first `max_batches * batch_size` windows (all of them when None).
+
+    With `num_workers` > 0 the workers persist between passes, so each validation does not start them again.
+    """
     if max_batches is not None:
         if max_batches <= 0:
             raise ValueError(f"max_batches must be positive or None, got {max_batches}")
         dataset = Subset(dataset, range(min(len(dataset), max_batches * batch_size)))
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, persistent_workers=num_workers > 0
+    )

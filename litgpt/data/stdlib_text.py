@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 import sysconfig
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -30,14 +30,20 @@ class StdlibText(DataModule):
     Args:
         cache_dir: where the tokenized splits are written, one subdirectory per tokenizer.
         max_bytes: stop adding files once their total size would exceed this.
-        num_workers: processes that tokenize in `prepare_data` (0 or 1: in this process).
+        tokenize_workers: processes that tokenize in `prepare_data` (0 or 1: in this process).
+        loader_workers: DataLoader worker processes that read the training and validation windows (0: in the
+            training process); the sample order, and so the run, is the same for every value.
+        num_workers: deprecated name of tokenize_workers.
     """
 
     cache_dir: Path = Path("data/stdlib_text")
     max_bytes: int = 8_000_000
-    num_workers: int = 2
+    tokenize_workers: int = 2
+    loader_workers: int = 0
+    num_workers: InitVar[Optional[int]] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, num_workers: Optional[int] = None) -> None:
+        self._check_workers(num_workers)
         self.cache_dir = Path(self.cache_dir)
         if self.max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {self.max_bytes}")

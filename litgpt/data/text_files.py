@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
@@ -27,18 +27,24 @@ class TextFiles(DataModule):
         val_data_path: the same for validation; None holds out `val_split_fraction` of the training documents.
         cache_dir: where the tokenized splits are written; None means data/text_files/<hash of the paths>.
         val_split_fraction: fraction of documents held out for validation when val_data_path is None.
-        num_workers: processes that tokenize in `prepare_data` (0 or 1: in this process).
+        tokenize_workers: processes that tokenize in `prepare_data` (0 or 1: in this process).
         seed: seed of the validation hold-out.
+        loader_workers: DataLoader worker processes that read the training and validation windows (0: in the
+            training process); the sample order, and so the run, is the same for every value.
+        num_workers: deprecated name of tokenize_workers.
     """
 
     train_data_path: Union[Path, list[Path]]
     val_data_path: Optional[Union[Path, list[Path]]] = None
     cache_dir: Optional[Path] = None
     val_split_fraction: float = 0.01
-    num_workers: int = 4
+    tokenize_workers: int = 4
     seed: int = 42
+    loader_workers: int = 0
+    num_workers: InitVar[Optional[int]] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, num_workers: Optional[int] = None) -> None:
+        self._check_workers(num_workers)
         self.train_data_path = _as_paths(self.train_data_path)
         self.val_data_path = None if self.val_data_path is None else _as_paths(self.val_data_path)
         self.cache_dir = None if self.cache_dir is None else Path(self.cache_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Optional
 
@@ -33,19 +33,25 @@ class TinyStories(DataModule):
             roneneldan/TinyStories with `datasets` (without network: its cached copy, else a one-line error).
         cache_dir: where the tokenized splits are written, one subdirectory per tokenizer.
         val_split_fraction: fraction of stories held out for validation when the source has no validation split.
-        num_workers: processes that tokenize in `prepare_data` (0 or 1: in this process).
+        tokenize_workers: processes that tokenize in `prepare_data` (0 or 1: in this process).
         seed: seed of the validation hold-out.
+        loader_workers: DataLoader worker processes that read the training and validation windows (0: in the
+            training process); the sample order, and so the run, is the same for every value.
+        num_workers: deprecated name of tokenize_workers.
     """
 
     data_path: Optional[Path] = None
     cache_dir: Path = Path("data/tinystories")
     val_split_fraction: float = 0.005
-    num_workers: int = 4
+    tokenize_workers: int = 4
     seed: int = 42
+    loader_workers: int = 0
+    num_workers: InitVar[Optional[int]] = None
 
     hub_name: ClassVar[str] = "roneneldan/TinyStories"
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, num_workers: Optional[int] = None) -> None:
+        self._check_workers(num_workers)
         self.data_path = None if self.data_path is None else Path(self.data_path)
         self.cache_dir = Path(self.cache_dir)
         if not 0.0 < self.val_split_fraction < 1.0:

@@ -17,18 +17,16 @@ identical in eager and compiled runs, and the same seed always gives the same te
 from __future__ import annotations
 
 import resource
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator, Optional, TextIO, Union
 
 import torch
 from torch import nn
 
-from litgpt.fold import fold_for_decode, unfold
 from litgpt.model import GPT
 from litgpt.tokenizer import Tokenizer
+from litgpt.utils import synchronize
 
 PRECISION_DTYPES = {
     "32-true": torch.float32,
@@ -155,25 +153,18 @@ class DecodeStep:
     "cuda_graph" captures the eager step as an explicit CUDA graph on the first call and replays it after;
     "compile+cuda_graph" compiles the step without torch's CUDA-graph machinery and captures the compiled code as
     one explicit graph (a replay costs one launch and no guard checks). The caller owns the model's KV cache,
-    which must be set (and must not be reallocated) before the first call.
-
-    `fold=True` (default) gives the model folded decode weights first (`litgpt.fold`: two GEMMs per
-    parallel-residual block instead of about nine), computed from the weights as they are now; it costs memory
-    beside the weights (about 1.4x the blocks' weights for pythia-160m-mla) and measured faster at every shape
-    (benchmarks/RESULTS.md). False drops any earlier folding.
+    which must be set (and must not be reallocated) before the first call, and its folded decode weights
+    (`litgpt.fold.fold_for_decode`: two GEMMs per parallel-residual block instead of about nine, measured faster
+    at every shape in benchmarks/RESULTS.md), which must be folded before the step is compiled or captured.
     """
 
-    def __init__(self, model: GPT, sampler: Sampler, mode: str = "eager", fold: bool = True) -> None:
+    def __init__(self, model: GPT, sampler: Sampler, mode: str = "eager") -> None:
         if mode not in DECODE_MODES:
             raise ValueError(f"decode mode must be one of {DECODE_MODES}, got {mode!r}")
         self.model, self.sampler, self.mode = model, sampler, mode
         self.device = model.lm_head.weight.device
         if mode in ("cuda_graph", "compile+cuda_graph") and self.device.type != "cuda":
             raise ValueError(f"decode mode {mode!r} needs the model on a CUDA device; use 'compile' or 'eager'")
-        if fold:
-            fold_for_decode(model)
-        else:
-            unfold(model)
         self._fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.forward
         self._graph: Optional[torch.cuda.CUDAGraph] = None
         if mode in ("compile", "max-autotune"):
@@ -328,7 +319,7 @@ def generate(
     for n, token in enumerate(generate_tokens(model, prompts, max_new_tokens, sampler, step), start=1):
         out[:, n - 1 : n] = token
         if n == 1:
-            _synchronize(device)
+            synchronize(device)
             time_to_first = time.perf_counter() - t0
         if single:
             stopped |= torch.isin(token, stop_ids)
@@ -374,86 +365,8 @@ def _write_new_text(text: str, written: str, out: TextIO, final: bool = False) -
     return written
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def peak_memory_bytes(device: torch.device) -> tuple[int, str]:
     """Peak CUDA memory allocated on `device`, or this process's peak resident set size on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "CUDA allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process RSS"
-
-
-# ------------------------------------------------------------------------------------------------ the CLI command
-def main(
-    checkpoint_dir: Path,
-    prompt: str = "What food do llamas eat?",
-    max_new_tokens: int = 50,
-    temperature: float = 0.8,
-    top_k: Optional[int] = 50,
-    top_p: float = 1.0,
-    num_samples: int = 1,
-    batch_size: int = 1,
-    seed: int = 1234,
-    precision: Optional[str] = None,
-    device: str = "auto",
-    compile: bool = False,
-    kernels: bool = True,
-    prompt_style: Optional[str] = None,
-) -> None:
-    """Generate text from a checkpoint, streaming it to stdout; timings and memory go to stderr.
-
-    Args:
-        checkpoint_dir: a directory with lit_model.pth, model_config.yaml and tokenizer files (e.g. the `final`
-            directory that `litgpt pretrain` writes).
-        prompt: the text to continue.
-        max_new_tokens: tokens to generate per sample (fewer if the model ends the text).
-        temperature: sampling temperature; 0 is greedy decoding (argmax).
-        top_k: sample only among the k likeliest tokens (null for all).
-        top_p: sample only among the likeliest tokens whose probability adds up to top_p (1.0 for all).
-        num_samples: how many samples to generate.
-        batch_size: samples generated at once; with 1, text streams token by token.
-        seed: sampling seed: the same seed gives the same text.
-        precision: weight precision: 32-true, bf16-true, 16-true, 64-true (default: bf16 on CUDA, else 32-true).
-        device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
-        compile: compile the decode step (on CUDA: torch.compile with CUDA graphs; on CPU: inductor).
-        kernels: on CUDA, decode attention runs the Triton split-KV kernels of `litgpt.kernels` (false: the
-            pure-torch attention). No effect on CPU, where the torch path always runs.
-        prompt_style: how the prompt is framed (default: the checkpoint's prompt_style.yaml, else plain text).
-    """
-    from litgpt.api import LLM
-    from litgpt.kernels import set_kernels
-
-    if num_samples < 1 or batch_size < 1:
-        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
-    SamplingParams(temperature, top_k, top_p)  # bad values fail before the weights load
-    if not prompt:
-        raise ValueError("the prompt is empty; pass some text with --prompt")
-    llm = LLM.load(checkpoint_dir, device=device, precision=precision, prompt_style=prompt_style)
-    set_kernels(llm.model, kernels)
-    for first in range(0, num_samples, batch_size):
-        rows = min(batch_size, num_samples - first)
-        stream = sys.stdout if rows == 1 else None
-        texts, stats = llm.generate_with_stats(
-            [prompt] * rows, max_new_tokens, temperature, top_k, top_p, seed=seed + first, compile=compile,
-            stream=stream,
-        )
-        for text in texts:
-            if stream is None:
-                sys.stdout.write(prompt + text)
-            sys.stdout.write("\n")
-            if num_samples > 1:
-                sys.stdout.write("-" * 40 + "\n")
-        sys.stdout.flush()
-        sys.stderr.write(format_stats(stats) + "\n")
-
-
-def format_stats(stats: dict) -> str:
-    return (
-        f"time to first token {stats['time_to_first_token_s'] * 1000:.1f} ms; "
-        f"{stats['new_tokens']} tokens in {stats['total_s']:.2f} s: decode {stats['decode_tokens_per_s']:,.1f} "
-        f"tokens/s (batch {stats['batch']}); peak memory {stats['peak_memory_bytes'] / 1e9:.3f} GB "
-        f"({stats['peak_memory_kind']}); KV cache {stats['kv_cache_bytes'] / 1e6:.2f} MB"
-    )

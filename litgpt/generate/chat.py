@@ -15,6 +15,7 @@ from typing import Optional, TextIO
 import torch
 
 from litgpt.api import LLM
+from litgpt.fold import fold_for_decode
 from litgpt.generate.base import DecodeStep, Sampler, SamplingParams, generate_tokens, stream_tokens
 
 
@@ -28,6 +29,7 @@ class Conversation:
         model.set_kv_cache(1, max_seq_length=self.cache_len)
         self.sampler = Sampler(params, model.config.vocab_size, 1, llm.device)
         self.sampler.seed(seed)
+        fold_for_decode(model)
         self.step = DecodeStep(model, self.sampler, mode="compile" if compile else "eager")
         self.stop_tokens = llm.prompt_style.stop_tokens(llm.tokenizer)
         self.position = 0

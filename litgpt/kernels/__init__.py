@@ -1,30 +1,37 @@
-"""Decode-attention kernels (Triton, on CUDA) with their pure-torch references.
+"""Triton kernels (on CUDA) with their pure-torch references; every entry point falls back to its reference itself.
 
-`mla_decode_attention` is the absorbed MLA decode over `KVCacheCompressed` (`mla_decode_step` the same with the
-query rope, latent norm and cache write fused in front); `gqa_decode_attention` the MHA/GQA/MQA
-decode over `KVCache`. `linear` is the small-batch GEMV (+ bias + residual) of folded decode steps (`litgpt.fold`).
+`mla_decode_attention` is the absorbed MLA decode over `KVCacheCompressed`, `mla_cache_write` its cache write (the
+new latent's norm, the key's rope and, in the same launch, the query's rope); `gqa_decode_attention` the MHA/GQA/MQA
+decode over `KVCache`. `linear` is the small-batch GEMV (+ norm, activation, bias, residual) of folded decode steps.
 `litgpt.kernels.cross_entropy` holds the training loss's passes over the logits (used by `litgpt.loss`).
-`set_kernels(model, False)` switches every module back to the torch path.
+`set_kernels(model, False)` switches every block back to the torch path.
 """
 
+from litgpt.kernels._triton import KERNEL_DTYPES, TRITON_AVAILABLE
 from litgpt.kernels.decode_attention import (
     gqa_decode_attention,
     gqa_decode_attention_reference,
+    key_mask,
+    latent_entries,
+    mla_cache_write,
     mla_decode_attention,
     mla_decode_attention_reference,
-    mla_decode_step,
-    mla_decode_step_applies,
     set_kernels,
+    write_positions,
 )
 from litgpt.kernels.linear import linear
 
 __all__ = [
+    "KERNEL_DTYPES",
+    "TRITON_AVAILABLE",
     "gqa_decode_attention",
     "gqa_decode_attention_reference",
+    "key_mask",
+    "latent_entries",
     "linear",
+    "mla_cache_write",
     "mla_decode_attention",
     "mla_decode_attention_reference",
-    "mla_decode_step",
-    "mla_decode_step_applies",
     "set_kernels",
+    "write_positions",
 ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from litgpt.kernels.decode_attention import TRITON_AVAILABLE
+from litgpt.kernels._triton import TRITON_AVAILABLE
 
 CHUNK_BYTES = 256 * 2**20  # bytes of one chunk's fp32 (or wider) copy in the torch reference
 

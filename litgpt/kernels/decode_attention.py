@@ -10,13 +10,15 @@ run the reference, which is also what the tests check the kernel against.
 
 from __future__ import annotations
 
-import importlib.util
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 
-TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
-KERNEL_DTYPES = (torch.bfloat16, torch.float16)
+from litgpt.kernels._triton import kernel_applies
+from litgpt.rope import apply_rope, apply_rope_last
+
+if TYPE_CHECKING:
+    from litgpt.model import GPT
 
 
 def key_mask(input_pos: torch.Tensor, S: int) -> torch.Tensor:
@@ -71,28 +73,6 @@ def _positions(input_pos: torch.Tensor, B: int, T: int) -> torch.Tensor:
                      f"got {tuple(input_pos.shape)}")
 
 
-def triton_can_run(tensors: tuple[torch.Tensor, ...]) -> bool:
-    """True where a Triton kernel of `litgpt.kernels` may take these inputs: Triton installed, all on one CUDA
-    device, bf16/fp16 of one dtype, no autograd."""
-    first = tensors[0]
-    return (
-        TRITON_AVAILABLE
-        and first.is_cuda
-        and first.dtype in KERNEL_DTYPES
-        and all(t.dtype == first.dtype and t.device == first.device for t in tensors)
-        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-    )
-
-
-def _kernel_applies(tensors: tuple[torch.Tensor, ...], widths: tuple[int, ...]) -> bool:
-    """True where the decode-attention kernel runs: `triton_can_run`, unit last strides, widths multiples of 16."""
-    return (
-        triton_can_run(tensors)
-        and all(t.stride(-1) == 1 for t in tensors)
-        and all(w % 16 == 0 and w > 0 for w in widths)
-    )
-
-
 def mla_decode_attention(
     q: torch.Tensor, kv: torch.Tensor, input_pos: torch.Tensor, kv_lora_rank: int, scale: float
 ) -> torch.Tensor:
@@ -108,7 +88,7 @@ def mla_decode_attention(
         raise ValueError(f"kv_lora_rank={kv_lora_rank} must lie strictly between 0 and the cache width {kv.size(-1)}")
     B, _, T, D = q.shape
     positions = _positions(input_pos, B, T)
-    if not _kernel_applies((q, kv), (kv_lora_rank, D - kv_lora_rank)):
+    if not kernel_applies((q, kv), (kv_lora_rank, D - kv_lora_rank)):
         return mla_decode_attention_reference(q, kv, input_pos, kv_lora_rank, scale)
     k = kv.unsqueeze(1)  # (B, 1, S, D): one latent group shared by all heads
     return _decode_attention_op(q, k, k, positions, kv_lora_rank, kv_lora_rank, scale, True)
@@ -128,25 +108,25 @@ def gqa_decode_attention(
         raise ValueError(f"the number of query heads ({q.size(1)}) must be a multiple of the KV groups ({k.size(1)})")
     B, _, T, d = q.shape
     positions = _positions(input_pos, B, T)
-    if not _kernel_applies((q, k, v), (d, v.size(-1))):
+    if not kernel_applies((q, k, v), (d, v.size(-1))):
         return gqa_decode_attention_reference(q, k, v, input_pos, scale)
     return _decode_attention_op(q, k, v, positions, d, v.size(-1), scale, False)
 
 
-def mla_decode_step_applies(q: torch.Tensor, kv_a: torch.Tensor, cache: torch.Tensor, cos: torch.Tensor) -> bool:
-    """True where `mla_decode_step` may run: one new token per row (q (B, 1, h, D), kv_a (B, 1, D)), the
-    decode-attention kernel's conditions, and rope tables as wide as the rope part (rows of cos (.., 1, d_R))."""
-    d_r = cos.size(-1)
-    return (
-        q.dim() == 4 and q.size(1) == 1 and kv_a.dim() == 3 and kv_a.size(1) == 1
-        and q.size(-1) == kv_a.size(-1) == cache.size(-1) and cache.dim() == 3 and cos.numel() // d_r in (1, q.size(0))
-        and 0 < d_r < q.size(-1)
-        and _kernel_applies((q, kv_a, cache), (q.size(-1) - d_r, d_r))
-    )
+def latent_entries(
+    kv_a: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, norm_weight: torch.Tensor, eps: float, interleave: bool
+) -> torch.Tensor:
+    """What MLA caches for tokens whose kv_a_proj output is kv_a (B, T, d_c + d_R): [RMSNorm(latent) * gain | rope
+    key] (B, T, d_c + d_R), the norm in fp32 or wider, the rope at the positions of cos, sin ((T, d_R) or (B, T, d_R))."""
+    d_c = norm_weight.size(0)
+    latent, k_rope = kv_a.split((d_c, kv_a.size(-1) - d_c), dim=-1)  # (B, T, d_c), (B, T, d_R)
+    unit = latent.to(torch.promote_types(latent.dtype, torch.float32))
+    unit = unit * torch.rsqrt(unit.pow(2).mean(dim=-1, keepdim=True) + eps)
+    latent = (unit * norm_weight.to(unit.dtype)).to(kv_a.dtype)
+    return torch.cat((latent, apply_rope(k_rope, cos, sin, interleave)), dim=-1)  # one rope key for all heads
 
 
-def mla_decode_step(
-    q: torch.Tensor,
+def mla_cache_write(
     kv_a: torch.Tensor,
     cache: torch.Tensor,
     input_pos: torch.Tensor,
@@ -154,81 +134,91 @@ def mla_decode_step(
     sin: torch.Tensor,
     norm_weight: torch.Tensor,
     eps: float,
-    scale: float,
     interleave: bool,
-) -> torch.Tensor:
-    """A one-token absorbed MLA step in three launches (where `mla_decode_step_applies`): what
-    `MultiheadLatentAttention` does on its torch path from the query and kv_a_proj's output on.
+    query: Optional[torch.Tensor] = None,
+) -> Optional[torch.Tensor]:
+    """Write the new tokens' `latent_entries` into the MLA cache (B, S, d_c + d_R) at input_pos ((T,) or (B, T)) in
+    place; with `query` (B, h, T, d_c + d_R), also return it with its last d_R dims roped at the same positions.
 
-    q (B, 1, h, d_c + d_R): absorbed queries, rope part unrotated; kv_a (B, 1, d_c + d_R): the new token's raw latent
-    and rope key; cache (B, S, d_c + d_R): `KVCacheCompressed.kv`, which receives [kv_a_norm(latent) | rope(key)] at
-    input_pos ((1,) or (B, 1)); cos, sin: rope rows at input_pos ((1, d_R) or (B, 1, d_R)); norm_weight, eps:
-    kv_a_norm's. Returns the latent attention output (B, h, 1, d_c).
+    One Triton launch for both on CUDA for one new token per row (bf16/fp16, widths multiples of 16), else torch
+    (`latent_entries`, `write_positions`, `apply_rope_last`). kv_a: kv_a_proj's output (B, T, d_c + d_R); cos, sin:
+    the rope rows at input_pos.
     """
-    B, _, h, D = q.shape
-    positions = _positions(input_pos, B, 1)[:, 0]  # (B,)
+    B, T, D = kv_a.shape
     d_r = cos.size(-1)
-    return _mla_decode_step_op(q.view(B, h, D), kv_a.view(B, D), cache, positions, cos.reshape(-1, d_r),
-                               sin.reshape(-1, d_r), norm_weight, eps, scale, interleave)
+    fused = (
+        query is not None and T == 1 and query.dim() == 4 and query.size(-1) == D == cache.size(-1)
+        and cos.numel() // d_r in (1, B) and 0 < d_r < D
+        and kernel_applies((query, kv_a, cache), (D - d_r, d_r))
+    )
+    if not fused:
+        write_positions(cache, input_pos, latent_entries(kv_a, cos, sin, norm_weight, eps, interleave), seq_dim=1)
+        return None if query is None else apply_rope_last(query, cos, sin, interleave)  # (B, h, T, d_c + d_R)
+    positions = _positions(input_pos, B, 1)[:, 0]  # (B,)
+    return _mla_cache_write_op(query.view(B, query.size(1), D), kv_a.view(B, D), cache, positions,
+                               cos.reshape(-1, d_r), sin.reshape(-1, d_r), norm_weight, eps, interleave)
 
 
-@torch.library.custom_op("litgpt::mla_decode_step", mutates_args=("cache",))
-def _mla_decode_step_op(
-    q: torch.Tensor,
-    kv_a: torch.Tensor,
-    cache: torch.Tensor,
-    positions: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    norm_weight: torch.Tensor,
-    eps: float,
-    scale: float,
-    interleave: bool,
-) -> torch.Tensor:
-    """The launches as one opaque operator that writes the cache in place."""
-    from litgpt.kernels.triton_decode import mla_decode_step as launch
+def write_positions(buffer: torch.Tensor, input_pos: torch.Tensor, values: torch.Tensor, seq_dim: int) -> None:
+    """buffer[..., input_pos, ...] = values along seq_dim in place; input_pos is (T,) or per-row (B, T).
 
-    return launch(q, kv_a, cache, positions, cos, sin, norm_weight, eps, scale, interleave)
-
-
-@_mla_decode_step_op.register_fake
-def _(q: torch.Tensor, kv_a: torch.Tensor, cache: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
-      sin: torch.Tensor, norm_weight: torch.Tensor, eps: float, scale: float, interleave: bool) -> torch.Tensor:
-    B, h, _ = q.shape
-    return q.new_empty(B, h, 1, norm_weight.size(0))  # (B, h, 1, d_c)
+    Per-row positions index every dim up to seq_dim with broadcast index tensors (batch, then any head-group dims,
+    then position), so the indexed shape equals the values' shape.
+    """
+    values = values.to(buffer.dtype)
+    if input_pos.dim() == 1:
+        buffer.index_copy_(seq_dim, input_pos, values)
+        return
+    B, T = input_pos.shape
+    index: list[torch.Tensor] = []
+    for dim in range(seq_dim):  # (B, 1, .., 1), (1, G, 1, .., 1), ...: each broadcasts to values.shape[:seq_dim + 1]
+        shape = [1] * (seq_dim + 1)
+        shape[dim] = buffer.size(dim)
+        index.append(torch.arange(buffer.size(dim), device=buffer.device).view(shape))
+    pos_shape = [B] + [1] * (seq_dim - 1) + [T]
+    index.append(input_pos.view(pos_shape))  # (B, 1, .., T)
+    buffer.index_put_(tuple(index), values)
 
 
-@torch.library.custom_op("litgpt::decode_attention", mutates_args=())
-def _decode_attention_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    positions: torch.Tensor,
-    d_main: int,
-    d_v: int,
-    scale: float,
-    shared_v: bool,
-) -> torch.Tensor:
-    """The Triton launch as an opaque operator, so torch.compile (and its CUDA graphs) calls it as one node
-    instead of tracing into the launcher."""
-    from litgpt.kernels.triton_decode import decode_attention
+def _launcher(name: str) -> Callable[..., torch.Tensor]:
+    """The launcher `name` of `litgpt.kernels.triton_decode`, imported at the first launch (Triton loads only when
+    a kernel runs); the ops below give it its schema."""
 
-    return decode_attention(q, k, v, positions, d_main, d_v, scale, shared_v=shared_v)
+    def launch(*args: object) -> torch.Tensor:
+        from litgpt.kernels import triton_decode
+
+        return getattr(triton_decode, name)(*args)
+
+    return launch
+
+
+# The Triton launches as opaque operators, so torch.compile (and its CUDA graphs) calls each as one node instead of
+# tracing into the launcher; mla_cache_write declares its in-place write of the cache.
+_mla_cache_write_op = torch.library.custom_op("litgpt::mla_cache_write", _launcher("mla_cache_write"),
+                                              mutates_args=("cache",), schema=(
+    "(Tensor query, Tensor kv_a, Tensor(a!) cache, Tensor positions, Tensor cos, Tensor sin, Tensor norm_weight, "
+    "float eps, bool interleave) -> Tensor"))
+_decode_attention_op = torch.library.custom_op("litgpt::decode_attention", _launcher("decode_attention"),
+                                               mutates_args=(), schema=(
+    "(Tensor q, Tensor k, Tensor v, Tensor positions, int d_main, int d_v, float scale, bool shared_v) -> Tensor"))
+
+
+@_mla_cache_write_op.register_fake
+def _(query: torch.Tensor, *_: object) -> torch.Tensor:
+    B, h, D = query.shape
+    return query.new_empty(B, h, 1, D)  # (B, h, 1, d_c + d_R)
 
 
 @_decode_attention_op.register_fake
 def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, d_main: int, d_v: int,
-      scale: float, shared_v: bool) -> torch.Tensor:
+      *_: object) -> torch.Tensor:
     B, H, T, _ = q.shape
     return q.new_empty(B, H, T, d_v)  # (B, H, T, d_v)
 
 
-def set_kernels(model: torch.nn.Module, enabled: bool) -> int:
-    """Turn the decode kernels on or off for every submodule with a `use_kernel` switch; returns how many."""
-    switched = 0
-    for module in model.modules():
-        if hasattr(module, "use_kernel"):
-            module.use_kernel = enabled
-            switched += 1
-    return switched
-
+def set_kernels(model: "GPT", enabled: bool) -> int:
+    """Turn the Triton kernels of every block's decode step on or off (attention, cache writes, folded GEMVs);
+    returns how many blocks were switched."""
+    for block in model.transformer.h:
+        block.attn.use_kernel = enabled
+    return len(model.transformer.h)

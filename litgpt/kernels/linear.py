@@ -4,31 +4,26 @@ activate part of it, so a folded block needs no separate norm or activation laun
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from litgpt.activations import ACTIVATIONS
-from litgpt.kernels.decode_attention import triton_can_run
-from litgpt.norm import RMSNorm
+from litgpt.kernels._triton import triton_can_run
+
+NormKind = Literal["layer", "rms"]  # LayerNorm or RMSNorm, without their gain and shift
 
 
-def norm_kind(norm: nn.Module) -> str:
-    """"rms" for `RMSNorm`, "layer" for `nn.LayerNorm`: the normalisation `linear(norm=...)` applies."""
-    if isinstance(norm, RMSNorm):
-        return "rms"
-    if isinstance(norm, nn.LayerNorm):
-        return "layer"
-    raise TypeError(f"cannot fuse a {type(norm).__name__} into a linear map: only LayerNorm and RMSNorm")
-
-
-def normalize(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """What `norm` computes before its gain and shift (LayerNorm or RMSNorm), in x's dtype."""
-    if norm_kind(norm) == "rms":
-        return norm.normalize(x)
-    return F.layer_norm(x, norm.normalized_shape, eps=norm.eps)
+def normalize(x: torch.Tensor, kind: NormKind, eps: float) -> torch.Tensor:
+    """x normalised over its last dim as LayerNorm ("layer") or RMSNorm ("rms", in fp32 or wider) would, without
+    gain and shift, in x's dtype."""
+    if kind == "layer":
+        return F.layer_norm(x, x.shape[-1:], eps=eps)
+    if kind == "rms":
+        unit = x.to(torch.promote_types(x.dtype, torch.float32))
+        return (unit * torch.rsqrt(unit.pow(2).mean(dim=-1, keepdim=True) + eps)).to(x.dtype)
+    raise ValueError(f"norm must be 'layer' or 'rms', got {kind!r}")
 
 
 def linear(
@@ -37,15 +32,16 @@ def linear(
     bias: Optional[torch.Tensor] = None,
     residual: Optional[torch.Tensor] = None,
     *,
-    norm: Optional[nn.Module] = None,
+    norm: Optional[NormKind] = None,
+    eps: float = 0.0,
     tail: Optional[torch.Tensor] = None,
     activation: Optional[str] = None,
     use_kernel: bool = True,
 ) -> torch.Tensor:
     """weight (N, K) applied to the input, + bias (N,) + residual (..., N): one GEMV launch on CUDA for one row.
 
-    The input is x (..., K); with `norm` (a LayerNorm or RMSNorm module), x normalised as it does but without its
-    gain and shift (fold those into weight and bias: `litgpt.fold.fold_norm`); with `activation` (a key of
+    The input is x (..., K); with `norm` ("layer" or "rms", with `eps`), x normalised without gain and shift (fold
+    those into weight and bias: `litgpt.projection.fold_norm`); with `activation` (a key of
     `litgpt.activations.ACTIVATIONS`), [x | activation(tail)], or activation(tail) alone when x is None.
     """
     if (tail is None) != (activation is None):
@@ -56,15 +52,13 @@ def linear(
     if use_kernel and rows == 1 and triton_can_run(inputs):
         x_rows, tail_rows, residual_rows = (None if t is None else t.reshape(rows, -1).contiguous()
                                             for t in (x, tail, residual))
-        kind = None if norm is None else norm_kind(norm)
-        eps = 0.0 if norm is None else float(norm.eps)
-        y = _gemv_op(x_rows, weight.contiguous(), bias, residual_rows, tail_rows, kind, eps, activation)  # (rows, N)
-        return y.view(*source.shape[:-1], weight.size(0))
+        y = _gemv_op(x_rows, weight.contiguous(), bias, residual_rows, tail_rows, norm, float(eps), activation)
+        return y.view(*source.shape[:-1], weight.size(0))  # (..., N)
     if tail is not None:
         activated = ACTIVATIONS[activation](tail)
         x = activated if x is None else torch.cat((x, activated), dim=-1)  # (..., K)
     if norm is not None:
-        x = normalize(norm, x)
+        x = normalize(x, norm, eps)
     y = F.linear(x, weight, bias)
     return y if residual is None else y + residual
 

@@ -9,11 +9,12 @@ once in all, against the floor of 2 x (tokens x vocab x 2 bytes) for bf16 at 3.0
 
 from __future__ import annotations
 
-import contextlib
 
 import torch
 import triton
 import triton.language as tl
+
+from litgpt.kernels._triton import on_device
 
 _LOG2E = tl.constexpr(1.4426950408889634)
 _LN2 = tl.constexpr(0.6931471805599453)
@@ -61,7 +62,7 @@ def row_losses(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tenso
     N, V = logits.shape
     lse = torch.empty(N, device=logits.device, dtype=torch.float32)
     loss = torch.empty_like(lse)
-    with torch.cuda.device(logits.device) if logits.is_cuda else contextlib.nullcontext():
+    with on_device(logits):
         _row_loss_kernel[(N,)](logits, targets, lse, loss, logits.stride(0), V, BLOCK=BLOCK_V, num_warps=NUM_WARPS)
     return lse, loss
 
@@ -69,5 +70,5 @@ def row_losses(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tenso
 def softmax_grad_(logits: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor, factor: torch.Tensor) -> None:
     """Overwrite logits (N, V) with factor * (softmax - onehot(targets)); factor is a one-element tensor."""
     N, V = logits.shape
-    with torch.cuda.device(logits.device) if logits.is_cuda else contextlib.nullcontext():
+    with on_device(logits):
         _grad_kernel[(N,)](logits, targets, lse, factor, logits.stride(0), V, BLOCK=BLOCK_V, num_warps=NUM_WARPS)

@@ -20,7 +20,6 @@ syncs with the host: the launch can be captured in a CUDA graph.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+
+from litgpt.kernels._triton import on_device
 
 LOG2E = 1.4426950408889634
 MERGE_BLOCK_S = 128  # at most this many splits per merge tile
@@ -277,7 +278,7 @@ def decode_attention(
     sizes = (G, heads_per_group, T, n_rows, S, split_len, n_splits)
     pos_strides = (positions.stride(0), positions.stride(1))
     out_strides = (out.stride(0), out.stride(1), out.stride(2))
-    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+    with on_device(q):
         _split_kernel[(row_blocks, B * G, n_splits)](
             q, k, v, positions, out, part_o, part_lse,
             scale * LOG2E,
@@ -303,8 +304,8 @@ def decode_attention(
     return out
 
 
-def mla_decode_step(
-    q: torch.Tensor,
+def mla_cache_write(
+    query: torch.Tensor,
     kv_a: torch.Tensor,
     cache: torch.Tensor,
     positions: torch.Tensor,
@@ -312,24 +313,23 @@ def mla_decode_step(
     sin: torch.Tensor,
     norm_weight: torch.Tensor,
     eps: float,
-    scale: float,
     interleave: bool,
 ) -> torch.Tensor:
-    """One new token per row of absorbed MLA in three launches: the prologue (query rope; the new latent's RMSNorm,
-    its key's rope and its cache write), then split-KV attention and its merge. Shapes are checked by the caller.
+    """One launch for one new token per row: [RMSNorm(latent) * gain | rope(key)] of kv_a written into the cache
+    at positions, and the query's rope part rotated. Shapes are checked by `litgpt.kernels.mla_cache_write`.
 
-    q: (B, h, d_c + d_R) absorbed queries, rope part not yet rotated; kv_a: (B, d_c + d_R) = kv_a_proj's output;
-    cache: (B, S, d_c + d_R), written at positions (B,) (batch stride may be 0); cos, sin: (B or 1, d_R) rows of
-    the rope tables at those positions. Returns (B, h, 1, d_c) in q.dtype.
+    query: (B, h, d_c + d_R), rope part not yet rotated; kv_a: (B, d_c + d_R) = kv_a_proj's output; cache:
+    (B, S, d_c + d_R), written at positions (B,) (batch stride may be 0); cos, sin: (B or 1, d_R) rows of the rope
+    tables at those positions. Returns the query (B, h, 1, d_c + d_R) with its rope part rotated, in query.dtype.
     """
-    B, h, D = q.shape
+    B, h, D = query.shape
     d_c, d_r = norm_weight.size(0), D - norm_weight.size(0)
-    q_out = torch.empty(B, h, 1, D, device=q.device, dtype=q.dtype)
-    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+    q_out = torch.empty(B, h, 1, D, device=query.device, dtype=query.dtype)
+    with on_device(query):
         _mla_prologue_kernel[(B, h + 1)](
-            q, kv_a, cache, positions, cos, sin, norm_weight, q_out,
+            query, kv_a, cache, positions, cos, sin, norm_weight, q_out,
             eps,
-            q.stride(0), q.stride(1), kv_a.stride(0), cache.stride(0), cache.stride(1), positions.stride(0),
+            query.stride(0), query.stride(1), kv_a.stride(0), cache.stride(0), cache.stride(1), positions.stride(0),
             cos.stride(0) if cos.size(0) > 1 else 0, sin.stride(0) if sin.size(0) > 1 else 0,
             q_out.stride(0), q_out.stride(1),
             h,
@@ -337,5 +337,4 @@ def mla_decode_step(
             INTERLEAVE=interleave,
             num_warps=2,
         )
-    k = cache.unsqueeze(1)  # (B, 1, S, D): one latent group shared by all heads
-    return decode_attention(q_out, k, k, positions.view(B, 1), d_c, d_c, scale, shared_v=True)
+    return q_out

@@ -20,12 +20,13 @@ sends only one-row products here.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+
+from litgpt.kernels._triton import on_device
 
 NORMS = {None: 0, "layer": 1, "rms": 2}
 ACTS = {None: 0, "gelu": 1, "gelu_tanh": 2, "swiglu": 3}
@@ -148,7 +149,7 @@ def gemv(
     y = torch.empty(M, N, device=weight.device, dtype=source.dtype)
     x = x if x is not None else tail  # a pointer the kernel never reads when K1 = 0 (or, below, with ACT = 0)
     tail = tail if tail is not None else x
-    with torch.cuda.device(y.device) if y.is_cuda else contextlib.nullcontext():
+    with on_device(y):
         _gemv_kernel[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)](
             x, tail, weight, bias if bias is not None else y, residual if residual is not None else y, y,
             M, N, K, K1, eps,

@@ -208,7 +208,7 @@ def _deepseek_config(hf: dict, arch: str) -> dict:
         n_embd=hf["hidden_size"],
         n_head=hf["num_attention_heads"],
         head_size=nope + rope,  # informational for MLA: the query/key head width
-        rotary_percentage=1.0,
+        # rotary_percentage stays at its default: MLA rotates the whole decoupled key, qk_rope_head_dim wide
         rope_base=_rope_base(hf, arch),
         # V2 rotates complex pairs (2i, 2i+1); V3 has a flag. HF's V3 interleaved path writes its output
         # de-interleaved, but q and k alike, so scores equal ours with rope_interleave=True unpermuted.

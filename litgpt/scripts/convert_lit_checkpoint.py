@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import torch
 
-from litgpt.checkpoint import atomic_write, extract_state_dict, read_checkpoint_file
+from litgpt.checkpoint import extract_state_dict, read_checkpoint_file
 from litgpt.config import Config
 from litgpt.scripts.convert_hf_checkpoint import (
     DEEPSEEK_LATENT_NORM_EPS,
@@ -37,6 +37,7 @@ from litgpt.scripts.convert_hf_checkpoint import (
     SUPPORTED_ARCHITECTURES,
     copy_tokenizer_files,
 )
+from litgpt.utils import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,39 @@
+"""Where the Triton kernels of `litgpt.kernels` may run: availability, dtypes, and the device a launch needs."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from typing import ContextManager
+
+import torch
+
+TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
+KERNEL_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def triton_can_run(tensors: tuple[torch.Tensor, ...]) -> bool:
+    """True where a Triton kernel may take these inputs: Triton installed, all on one CUDA device, bf16/fp16 of one
+    dtype, no autograd."""
+    first = tensors[0]
+    return (
+        TRITON_AVAILABLE
+        and first.is_cuda
+        and first.dtype in KERNEL_DTYPES
+        and all(t.dtype == first.dtype and t.device == first.device for t in tensors)
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    )
+
+
+def kernel_applies(tensors: tuple[torch.Tensor, ...], widths: tuple[int, ...]) -> bool:
+    """`triton_can_run`, unit last strides, and every width a positive multiple of 16 (the decode kernels' tiles)."""
+    return (
+        triton_can_run(tensors)
+        and all(t.stride(-1) == 1 for t in tensors)
+        and all(w % 16 == 0 and w > 0 for w in widths)
+    )
+
+
+def on_device(t: torch.Tensor) -> ContextManager:
+    """The CUDA device of `t` as the current one for a launch (Triton launches on the current device)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()

@@ -1,0 +1,49 @@
+"""Linear maps as data: (weight, bias) pairs, and the algebra that folds and stacks them.
+
+Attention modules describe their decode-time maps with these (`decode_projections`), and `litgpt.fold` builds a
+block's folded one-token step from them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+Projection = tuple[torch.Tensor, Optional[torch.Tensor]]  # a linear map: weight (out, in) and bias (out,) or None
+
+
+def as_dtype(linear: Projection, dtype: torch.dtype) -> Projection:
+    weight, bias = linear
+    return weight.to(dtype), None if bias is None else bias.to(dtype)
+
+
+def stack_outputs(*maps: Projection) -> Projection:
+    """One map computing several maps of the same input side by side: outputs concatenated (missing biases: 0)."""
+    dtype = maps[0][0].dtype
+    maps = tuple(as_dtype(m, dtype) for m in maps)
+    weight = torch.cat([w for w, _ in maps], dim=0)  # (sum of outs, in)
+    if all(b is None for _, b in maps):
+        return weight, None
+    return weight, torch.cat([w.new_zeros(w.size(0)) if b is None else b for w, b in maps])
+
+
+def stack_inputs(*maps: Projection) -> Projection:
+    """One map of the concatenated inputs of several maps that returns the sum of their outputs."""
+    dtype = maps[0][0].dtype
+    maps = tuple(as_dtype(m, dtype) for m in maps)
+    weight = torch.cat([w for w, _ in maps], dim=1)  # (out, sum of ins)
+    biases = [b for _, b in maps if b is not None]
+    return weight, (torch.stack(biases).sum(0) if biases else None)
+
+
+def fold_norm(norm: nn.Module, linear: Projection) -> Projection:
+    """`linear(norm(x))` as a map of the unit-gain normalised x: weight * gain, bias + weight @ shift."""
+    weight, bias = linear
+    folded = weight * norm.weight.to(weight.dtype)  # (out, in) * (in,)
+    shift = getattr(norm, "bias", None)
+    if shift is not None:
+        shifted = weight @ shift.to(weight.dtype)  # (out,)
+        bias = shifted if bias is None else bias + shifted
+    return folded, bias

@@ -1,0 +1,143 @@
+"""Small helpers shared by several modules: atomic file and directory writes, device synchronization, the
+yaml-safe record of a command's arguments, and command-line argument checks.
+
+This module imports no other litgpt module, so any of them can import it without an import cycle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional, Union
+
+import torch
+
+PathLike = Union[str, Path]
+
+
+# ---------------------------------------------------------------------------------------------- atomic writes
+def atomic_write(path: PathLike, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` for a temporary file beside `path`, fsync it, then rename it onto `path`.
+
+    A reader, or a run killed at any point, sees the old file or the complete new one, never a partial one. The
+    temporary file (`.<name>.<pid>-<random>.tmp`, created by `write` with the usual permissions) is removed if
+    `write` raises.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: PathLike, owner: bool = True) -> Iterator[Path]:
+    """A temporary directory beside `path` (`.<name>.tmp`) to fill in the block; it replaces `path` on success.
+
+    The previous `path`, if any, is renamed to `.<name>.old` and deleted only after the new directory is in
+    place, so a kill at any point leaves the old directory or the complete new one (between the two renames:
+    the old one as `.<name>.old`). A block that raises leaves `path` as it was and deletes the temporary
+    directory. In a job of several processes one passes `owner=True` and does all file-system work; the others
+    pass `owner=False` and get the same temporary path: they must wait (a barrier) until the owner has entered
+    the block before writing into it.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if not owner:
+        yield tmp
+        return
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while writing
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(f".{path.name}.old")
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- devices
+def synchronize(device: Union[torch.device, str]) -> None:
+    """Wait for the work queued on `device` (CUDA); a no-op on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def parse_device(device: Optional[str]) -> torch.device:
+    """`--device`: None (CUDA when available, else the CPU), cuda, cuda:N or cpu; anything else is a ValueError."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a torch device; use cuda, cuda:N or cpu") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} was asked for but CUDA is not available; use --device cpu")
+    if parsed.type not in ("cuda", "cpu"):
+        raise ValueError(f"--device {device!r} is not supported; use cuda, cuda:N or cpu")
+    return parsed
+
+
+# ---------------------------------------------------------------------------------------------- command lines
+def hyperparameters(args: Mapping[str, Any]) -> dict[str, Any]:
+    """A command's arguments as a yaml-safe dict that the command's `--config` reads back.
+
+    Paths become strings; an object with an `as_dict()` method (a data module, an `OptimizerSpec`) becomes what
+    that returns (its `{class_path, init_args}`); other dataclasses (`TrainArgs`) become dicts of their fields;
+    dicts, lists and tuples are converted item by item.
+    """
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if not isinstance(value, type) and callable(getattr(value, "as_dict", None)):
+            return plain(value.as_dict())
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {k: plain(v) for k, v in dataclasses.asdict(value).items()}
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return {k: plain(v) for k, v in args.items()}
+
+
+def command_line(args: Mapping[str, Any], command: str) -> str:
+    """`command --key value ...` reproducing `args` (None values left out, lists written as '[a, b]')."""
+    parts = [command]
+    for key, value in args.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            value = "'[" + ", ".join(str(v) for v in value) + "]'"
+        parts.append(f"--{key} {value}")
+    return " ".join(parts)
+
+
+def positive_ints(name: str, values: list[int]) -> list[int]:
+    """`--name` as a sorted list of distinct positive integers; an empty list or a value <= 0 is a ValueError."""
+    if not values or any(v <= 0 for v in values):
+        raise ValueError(f"--{name} must be a non-empty list of positive integers, got {values}")
+    return sorted(set(values))
+
+
+def format_number(value: float, spec: str) -> str:
+    """`format(value, spec)`, or "" for a NaN float (a table cell with nothing measured)."""
+    return "" if isinstance(value, float) and math.isnan(value) else format(value, spec)

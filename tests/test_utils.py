@@ -1,0 +1,167 @@
+"""litgpt/utils.py: atomic file and directory writes, synchronize, hyperparameters and the command-line helpers."""
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from litgpt.args import OptimizerSpec, TrainArgs
+from litgpt.data import TextFiles
+from litgpt.utils import (
+    atomic_directory,
+    atomic_write,
+    command_line,
+    format_number,
+    hyperparameters,
+    parse_device,
+    positive_ints,
+    synchronize,
+)
+
+
+# ---------------------------------------------------------------------------------------------- atomic_write
+def test_atomic_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "sub" / "a.json"
+    atomic_write(path, lambda tmp: tmp.write_text("one"))  # creates the parent directory
+    atomic_write(path, lambda tmp: tmp.write_text("two"))
+    assert path.read_text() == "two"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["a.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # the permissions of an ordinary new file
+
+
+def test_atomic_write_that_fails_keeps_the_old_file(tmp_path):
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"old")
+
+    def half_then_fail(tmp: Path) -> None:
+        tmp.write_bytes(b"new but incomplete")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, half_then_fail)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
+
+def test_atomic_write_of_a_torch_file(tmp_path):
+    from litgpt.checkpoint import atomic_torch_save, atomic_write as reexported
+
+    assert reexported is atomic_write
+    atomic_torch_save({"w": torch.arange(3)}, tmp_path / "x.pth")
+    assert torch.load(tmp_path / "x.pth", weights_only=True)["w"].tolist() == [0, 1, 2]
+
+
+# ---------------------------------------------------------------------------------------------- atomic_directory
+def test_atomic_directory_replaces_the_old_directory(tmp_path):
+    target = tmp_path / "step-00000002"
+    target.mkdir()
+    (target / "stale.txt").write_text("old")
+    with atomic_directory(target) as tmp:
+        assert tmp == tmp_path / ".step-00000002.tmp" and tmp.is_dir()
+        (tmp / "lit_model.pth").write_text("new")
+        assert (target / "stale.txt").read_text() == "old"  # untouched until the block succeeds
+    assert sorted(p.name for p in target.iterdir()) == ["lit_model.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000002"]  # no .tmp, no .old left
+
+
+def test_atomic_directory_that_fails_keeps_the_old_directory(tmp_path):
+    target = tmp_path / "final"
+    target.mkdir()
+    (target / "a.txt").write_text("old")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_directory(target) as tmp:
+            (tmp / "a.txt").write_text("new")
+            raise RuntimeError("disk full")
+    assert (target / "a.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+
+
+def test_atomic_directory_clears_a_stale_temporary_and_creates_new_paths(tmp_path):
+    stale = tmp_path / ".new.tmp"
+    stale.mkdir()
+    (stale / "left_by_a_kill.txt").write_text("x")
+    with atomic_directory(tmp_path / "new") as tmp:
+        assert list(tmp.iterdir()) == []
+        (tmp / "b.txt").write_text("b")
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["b.txt"]
+
+
+def test_atomic_directory_for_a_process_that_is_not_the_owner(tmp_path):
+    with atomic_directory(tmp_path / "ckpt", owner=False) as tmp:
+        assert tmp == tmp_path / ".ckpt.tmp" and not tmp.exists()  # the owner creates it, and swaps it in
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------- devices
+def test_synchronize_on_the_cpu_is_a_no_op():
+    assert synchronize(torch.device("cpu")) is None
+    assert synchronize("cpu") is None
+
+
+@pytest.mark.cuda
+def test_synchronize_waits_for_cuda():
+    x = torch.randn(256, 256, device="cuda")
+    y = x @ x
+    synchronize(y.device)
+    assert torch.cuda.current_stream().query()
+
+
+def test_parse_device():
+    assert parse_device("cpu") == torch.device("cpu")
+    assert parse_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="--device 'gpu0' is not a torch device; use cuda, cuda:N or cpu"):
+        parse_device("gpu0")
+    with pytest.raises(ValueError, match="--device 'meta' is not supported"):
+        parse_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available; use --device cpu"):
+            parse_device("cuda")
+
+
+# ---------------------------------------------------------------------------------------------- command lines
+@dataclass
+class Group:
+    size: int = 3
+    where: Path = Path("a/b")
+
+
+def test_hyperparameters_are_yaml_safe(tmp_path):
+    data = TextFiles(train_data_path=tmp_path, cache_dir=tmp_path / "c", tokenize_workers=3, loader_workers=2)
+    hparams = hyperparameters({
+        "out_dir": Path("out/x"), "train": TrainArgs(max_steps=5), "group": Group(), "data": data,
+        "optimizer": OptimizerSpec.resolve({"class_path": "SGD", "init_args": {"lr": 0.1}}), "devices": 1,
+        "nested": {"paths": (Path("p"), Path("q"))}, "none": None,
+    })
+    assert hparams["out_dir"] == "out/x" and hparams["devices"] == 1 and hparams["none"] is None
+    assert hparams["train"]["max_steps"] == 5 and hparams["train"]["global_batch_size"] == 512
+    assert hparams["group"] == {"size": 3, "where": "a/b"}
+    assert hparams["nested"] == {"paths": ["p", "q"]}
+    assert hparams["optimizer"] == {"class_path": "torch.optim.sgd.SGD", "init_args": {"lr": 0.1}}
+    assert hparams["data"] == {
+        "class_path": "litgpt.data.text_files.TextFiles",
+        "init_args": {"train_data_path": [str(tmp_path)], "val_data_path": None, "cache_dir": str(tmp_path / "c"),
+                      "val_split_fraction": 0.01, "tokenize_workers": 3, "seed": 42, "loader_workers": 2},
+    }
+
+
+def test_command_line():
+    args = {"models": ["a", "b"], "batch": 4, "skip": None, "compile": True}
+    assert command_line(args, "litgpt benchmark x") == "litgpt benchmark x --models '[a, b]' --batch 4 --compile True"
+
+
+def test_positive_ints():
+    assert positive_ints("batch_sizes", [4, 1, 4, 2]) == [1, 2, 4]
+    for bad in ([], [1, 0], [-3]):
+        with pytest.raises(ValueError, match="--batch_sizes must be a non-empty list of positive integers"):
+            positive_ints("batch_sizes", bad)
+
+
+def test_format_number():
+    assert format_number(1234.5678, ",.1f") == "1,234.6"
+    assert format_number(float("nan"), ".2f") == ""
+    assert format_number(7, "d") == "7"
