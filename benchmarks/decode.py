@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain s
 from litgpt.benchmark.decode import benchmark_decode  # noqa: E402
 from litgpt.config import Config  # noqa: E402
 from litgpt.generate.base import DECODE_MODES  # noqa: E402
-from litgpt.kernels import set_kernels  # noqa: E402
 from litgpt.model import GPT, init_weights  # noqa: E402
 
 
@@ -64,13 +63,12 @@ def main() -> None:
             model = model.to(dtype=dtype).eval()
             variants = [(mode, attn, fold) for attn in args.attention for mode in args.modes for fold in args.fold]
             for mode, attn, fold in variants:
-                set_kernels(model, attn == "kernel")
                 torch._dynamo.reset()  # each shape compiles its own static graph
                 label = f"{mode}/{attn}" + ("/fold" if fold == "on" else "")
                 profile = args.profile / f"{name}_{shape}_{label.replace('/', '_').replace('+', '-')}.txt" if args.profile else None
                 try:
                     r = benchmark_decode(model, batch, context, args.steps, args.warmup, mode, profile_path=profile,
-                                         fold=fold == "on")
+                                         kernels=attn == "kernel", fold=fold == "on")
                     r["attention"] = attn
                 except Exception as e:  # keep measuring the other variants; the failure is recorded in the JSON
                     r = dict(model=name, mode=mode, attention=attn, fold=fold == "on", batch=batch, context=context,

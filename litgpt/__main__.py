@@ -1,42 +1,76 @@
-"""The `litgpt` command: a table of subcommand -> function, parsed by jsonargparse from typed signatures."""
+"""The `litgpt` command: a table of subcommand -> function, parsed by jsonargparse from typed signatures.
+
+The table names each command by import path (`"litgpt.generate.cli:main"`): the subcommand words are resolved
+first and only that command's module is imported, so `litgpt generate` does not pay for the modules of the
+other commands. Only the help screens that list commands (`litgpt --help`, `litgpt benchmark --help`) import
+every command below them, for the one-line descriptions.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import inspect
 import os
 import sys
+import time
 import typing
 from typing import Callable, Union
+
+IMPORTED_AT = time.time()  # `litgpt.utils.process_start_time` falls back to this where /proc cannot be read
 
 # jsonargparse's own options, valid for every command
 PARSER_OPTIONS = ("config", "print_config", "help")
 FLAG_OPTIONS = ("--help", "-h", "--print_config")  # options that need no value after them
 
-CommandTable = dict[str, Union[Callable, "CommandTable"]]
+# a command is a function, or the import path "package.module:function" of one
+Command = Union[Callable, str]
+CommandTable = dict[str, Union[Command, "CommandTable"]]
+
+COMMANDS: CommandTable = {
+    "pretrain": "litgpt.pretrain:setup",
+    "train_tokenizer": "litgpt.scripts.train_tokenizer:train_tokenizer",
+    "download": "litgpt.scripts.download:download",
+    "generate": "litgpt.generate.cli:main",
+    "chat": "litgpt.generate.chat:main",
+    "benchmark": {
+        "attention": "litgpt.benchmark.attention:benchmark_attention",
+        "decode": "litgpt.benchmark.decode:benchmark_decode_command",
+        "pretrain": "litgpt.benchmark.pretrain:benchmark_pretrain",
+        "generate": "litgpt.benchmark.generate:benchmark_generate",
+    },
+    "compare": "litgpt.benchmark.compare:compare",
+}
 
 
 def commands() -> CommandTable:
-    from litgpt.benchmark.attention import benchmark_attention
-    from litgpt.benchmark.compare import compare
-    from litgpt.benchmark.decode import benchmark_decode_command
-    from litgpt.benchmark.pretrain import benchmark_pretrain
-    from litgpt.generate.cli import main as generate
-    from litgpt.generate.chat import main as chat
-    from litgpt.pretrain import setup as pretrain
-    from litgpt.scripts.download import download
-    from litgpt.scripts.train_tokenizer import train_tokenizer
+    """The command table: subcommand word -> import path of its function (or a table of subcommands).
 
-    return {
-        "pretrain": pretrain,
-        "train_tokenizer": train_tokenizer,
-        "download": download,
-        "generate": generate,
-        "chat": chat,
-        "benchmark": {"attention": benchmark_attention, "decode": benchmark_decode_command, "pretrain": benchmark_pretrain},
-        "compare": compare,
-    }
+    Nothing is imported; `load_command` imports one entry, `load_table` every entry of a (sub)table.
+    """
+    def copy(table: CommandTable) -> CommandTable:
+        return {word: copy(node) if isinstance(node, dict) else node for word, node in table.items()}
+
+    return copy(COMMANDS)
+
+
+def load_command(command: Command) -> Callable:
+    """The function a table entry names: imported from its `"module:function"` path, or the entry itself."""
+    if callable(command):
+        return command
+    module_name, sep, attribute = command.partition(":")
+    if not sep or not module_name or not attribute:
+        raise TypeError(f"a command is a function or a 'package.module:function' path, got {command!r}")
+    function = getattr(importlib.import_module(module_name), attribute)
+    if not callable(function):
+        raise TypeError(f"{command!r} names {type(function).__name__}, not a function")
+    return function
+
+
+def load_table(table: CommandTable) -> dict:
+    """A copy of `table` with every entry imported (what jsonargparse needs to list the commands)."""
+    return {word: load_table(node) if isinstance(node, dict) else load_command(node) for word, node in table.items()}
 
 
 class CommandLineError(ValueError):
@@ -44,9 +78,12 @@ class CommandLineError(ValueError):
 
 
 def resolve_command(table: CommandTable, argv: list[str]) -> tuple[list[str], Callable | None, list[str]]:
-    """Walk the subcommand words of argv: (the words, the function they name or None, the remaining arguments)."""
+    """Walk the subcommand words of argv: (the words, the function they name or None, the remaining arguments).
+
+    Only the named function's module is imported; None when the words stop at a table (`litgpt benchmark`).
+    """
     words: list[str] = []
-    node: Union[Callable, CommandTable] = table
+    node: Union[Command, CommandTable] = table
     rest = list(argv)
     while isinstance(node, dict) and rest and not rest[0].startswith("-"):
         word = rest.pop(0)
@@ -57,7 +94,7 @@ def resolve_command(table: CommandTable, argv: list[str]) -> tuple[list[str], Ca
             raise CommandLineError(f"`{where}` has no command {word!r}{hint}; choose one of {', '.join(node)}")
         words.append(word)
         node = node[word]
-    return words, (node if callable(node) else None), rest
+    return words, (None if isinstance(node, dict) else load_command(node)), rest
 
 
 def option_names(fn: Callable) -> dict[str, list[str]]:
@@ -125,6 +162,19 @@ def _is_number(arg: str) -> bool:
     return True
 
 
+def command_subtable(table: CommandTable, words: list[str], fn: Callable | None) -> dict:
+    """What jsonargparse needs for `litgpt WORDS ...`: the path of words down to `fn` alone, as nested one-entry
+    tables (so the parser's prog still reads `litgpt generate`), or, where the words stop at a table, every
+    command below it, imported for the help screen's one-line descriptions."""
+    node: Union[Command, CommandTable] = table
+    for word in words:
+        node = node[word]  # type: ignore[index]  (resolve_command checked every word)
+    sub: Union[Callable, dict] = fn if fn is not None else load_table(node)  # type: ignore[arg-type]
+    for word in reversed(words):
+        sub = {word: sub}
+    return sub  # type: ignore[return-value]
+
+
 def main(argv: list[str] | None = None) -> None:
     from jsonargparse import CLI, ArgumentParser
 
@@ -145,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         if fn is not None:
             check_options(words, fn, rest)
             argv = words + first_positional(fn, rest)
-        CLI(table, args=argv, parser_class=OneLineErrorParser, as_positional=False)
+        CLI(command_subtable(table, words, fn), args=argv, parser_class=OneLineErrorParser, as_positional=False)
     except (ValueError, FileNotFoundError, NotADirectoryError, ConnectionError) as e:
         if os.environ.get("LITGPT_DEBUG"):
             raise

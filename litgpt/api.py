@@ -15,19 +15,8 @@ import torch
 
 from litgpt.checkpoint import load_checkpoint
 from litgpt.config import Config
-from litgpt.fold import fold_for_decode
-from litgpt.generate.base import (
-    DecodeStep,
-    Sampler,
-    SamplingParams,
-    check_lengths,
-    generate,
-    generate_tokens,
-    peak_memory_bytes,
-    resolve_device,
-    resolve_dtype,
-    stream_tokens,
-)
+from litgpt.generate.base import SamplingParams, check_lengths, peak_memory_bytes, resolve_device, resolve_dtype
+from litgpt.generate.session import DecodeSession, decode_mode
 from litgpt.model import GPT
 from litgpt.prompts import PromptStyle, load_prompt_style
 from litgpt.tokenizer import Tokenizer
@@ -36,9 +25,10 @@ from litgpt.tokenizer import Tokenizer
 class LLM:
     """A model with its tokenizer and prompt style, ready to generate.
 
-    With `compile=True` the KV cache spans the whole context (`model.max_seq_length`) and the compiled decode step
-    is kept between calls with the same batch size and sampling settings, so it compiles once; without it each call
-    allocates a cache of exactly prompt + max_new_tokens.
+    Generation runs in a `litgpt.generate.session.DecodeSession`, kept between calls with the same batch size,
+    sampling settings and decode mode: a captured or compiled step is made once. Those steps get a KV cache spanning
+    the whole context (`model.max_seq_length`) so that later calls reuse them; the eager step (the CPU default)
+    gets a cache of exactly prompt + max_new_tokens.
     """
 
     def __init__(
@@ -52,7 +42,7 @@ class LLM:
         self.tokenizer = tokenizer
         self.prompt_style = prompt_style or PromptStyle()
         self.checkpoint_dir = checkpoint_dir
-        self._session: Optional[tuple[tuple, Sampler, DecodeStep]] = None
+        self.session: Optional[DecodeSession] = None
 
     @property
     def device(self) -> torch.device:
@@ -98,11 +88,13 @@ class LLM:
         top_k: Optional[int] = None,
         top_p: float = 1.0,
         seed: int = 1234,
-        compile: bool = False,
+        compile: Optional[bool] = None,
     ) -> Union[str, list[str]]:
         """The continuation of `prompt` (a str), or of each prompt of a list (batched, any lengths).
 
         temperature 0 is greedy. Each row stops at the tokenizer's EOS (or the prompt style's stop tokens).
+        compile: None chooses the decode mode by length (`litgpt.generate.session.decode_mode`), True compiles the
+        decode step, False does not.
         """
         texts, _ = self.generate_with_stats(
             [prompt] if isinstance(prompt, str) else list(prompt), max_new_tokens, temperature, top_k, top_p, seed,
@@ -132,18 +124,21 @@ class LLM:
         top_k: Optional[int] = None,
         top_p: float = 1.0,
         seed: int = 1234,
-        compile: bool = False,
+        compile: Optional[bool] = None,
         stream: Optional[TextIO] = None,
+        kernels: bool = True,
     ) -> tuple[list[str], dict]:
         """`generate` for a list of prompts, plus timings, peak memory and KV-cache bytes.
 
         With `stream` (batch of one only) the prompt and then each piece of text is written to it as it comes.
+        kernels: False decodes on the pure-torch attention and linear maps instead of the Triton kernels.
         """
         params = SamplingParams(temperature, top_k, top_p)
         prompt_ids = self.encode_prompts(prompts)
         cache_len = check_lengths(self.model, [len(p) for p in prompt_ids], max_new_tokens)
-        sampler, step = self._prepare(len(prompts), params, cache_len, compile)
-        sampler.seed(seed)
+        mode = decode_mode(self.device, max_new_tokens, compile)
+        session = self.decode_session(len(prompts), cache_len, params, mode, kernels)
+        session.seed(seed)
         stop_tokens = self.prompt_style.stop_tokens(self.tokenizer)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -153,11 +148,10 @@ class LLM:
                 raise ValueError("streaming works for one prompt at a time")
             stream.write(prompts[0])
             stream.flush()
-            tokens = generate_tokens(self.model, prompt_ids, max_new_tokens, sampler, step)
-            ids, _, ttft = stream_tokens(tokens, self.tokenizer, stop_tokens, stream)
+            ids, _, ttft = session.stream(prompt_ids[0], max_new_tokens, self.tokenizer, stop_tokens, stream)
             rows = [ids]
         else:
-            rows, ttft = generate(self.model, prompt_ids, max_new_tokens, sampler, step, stop_tokens)
+            rows, ttft = session.generate(prompt_ids, max_new_tokens, stop_tokens)
         total = time.perf_counter() - t0
         new_tokens = sum(len(r) for r in rows)
         decode_time = max(total - ttft, 1e-9)
@@ -173,24 +167,21 @@ class LLM:
             peak_memory_bytes=peak,
             peak_memory_kind=kind,
             kv_cache_bytes=self.model.kv_cache_bytes(),
+            mode=mode,
         )
         return [self.tokenizer.decode(r) for r in rows], stats
 
-    def _prepare(self, batch_size: int, params: SamplingParams, cache_len: int, compile: bool) -> tuple[Sampler, DecodeStep]:
-        """A sampler, decode step and KV cache for this batch; compiled ones are reused across calls."""
-        if compile:
+    def decode_session(
+        self, batch_size: int, cache_len: int, params: SamplingParams, mode: str, kernels: bool = True
+    ) -> DecodeSession:
+        """The session for this batch: the last one when it serves (captured and compiled steps are kept), else a
+        new one. Captured and compiled steps get a cache of the whole context, so that later calls fit in it."""
+        if mode != "eager":
             cache_len = self.model.max_seq_length
-            key = (batch_size, params, cache_len)
-            if self._session is not None and self._session[0] == key:
-                return self._session[1], self._session[2]
-        else:
-            self.model.max_seq_length = max(self.model.max_seq_length, cache_len)
-        self.model.set_kv_cache(batch_size, max_seq_length=cache_len)
-        sampler = Sampler(params, self.model.config.vocab_size, batch_size, self.device)
-        fold_for_decode(self.model)  # the LLM owns its model: fold from the weights as they are now
-        step = DecodeStep(self.model, sampler, mode="compile" if compile else "eager")
-        self._session = (key, sampler, step) if compile else None
-        return sampler, step
+        if self.session is None or not self.session.matches(batch_size, cache_len, params, mode, kernels):
+            self.session = None  # drop the old step (and its graph) before building the new cache
+            self.session = DecodeSession(self.model, batch_size, cache_len, params, mode, kernels)
+        return self.session
 
     # ------------------------------------------------------------------------------------------------ benchmark
     def benchmark(

@@ -20,7 +20,8 @@ from litgpt.utils import PathLike, atomic_write
 
 __all__ = [
     "CheckpointError", "CheckpointNotFoundError", "atomic_torch_save", "atomic_write", "check_finite",
-    "extract_state_dict", "load_checkpoint", "read_checkpoint_file", "save_checkpoint", "save_config",
+    "convert_state_dict", "extract_state_dict", "load_checkpoint", "read_checkpoint_file", "save_checkpoint",
+    "save_config",
 ]
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
@@ -99,16 +100,31 @@ def read_checkpoint_file(path: PathLike, mmap: bool = True) -> Any:
 def check_finite(state_dict: Mapping[str, torch.Tensor], source: str) -> None:
     """Raise `CheckpointError` naming `source` and the first floating tensor that holds NaN or inf values.
 
-    One pass over the weights: `torch.isfinite(t).all()` per floating (or complex) tensor.
+    One pass over the weights that allocates nothing the size of a tensor: `torch.aminmax` per floating tensor
+    (NaN propagates to both, inf shows as one of them; `torch.isfinite` would materialise an `abs` copy and
+    masks), `torch.isfinite(t).all()` for complex ones. The NaN/inf counts are computed only for a bad tensor.
     """
     for name, t in state_dict.items():
-        if not (t.is_floating_point() or t.is_complex()) or bool(torch.isfinite(t).all()):
+        if not (t.is_floating_point() or t.is_complex()) or _all_finite(t):
             continue
         nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
         raise CheckpointError(
             f"{source}: tensor {name!r} holds NaN/inf values ({nan} NaN, {inf} inf of {t.numel()}; the training "
             "run diverged?); use an earlier checkpoint"
         )
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    if t.numel() == 0:
+        return True
+    if t.is_floating_point():
+        try:
+            low, high = torch.aminmax(t)
+        except (RuntimeError, NotImplementedError):  # a dtype without aminmax here (float8...)
+            pass
+        else:
+            return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
+    return bool(torch.isfinite(t).all())
 
 
 def atomic_torch_save(obj: Any, path: PathLike) -> None:
@@ -148,11 +164,19 @@ def load_checkpoint(
     device: Optional[Union[str, torch.device]] = None,
     dtype: Optional[torch.dtype] = None,
 ) -> GPT:
-    """Build the model described by `model_config.yaml` and load `lit_model.pth` into it (strictly).
+    """Build the model described by `model_config.yaml` and load `lit_model.pth` into it (strictly), with its
+    weights on `device` in `dtype` (None: the CPU / the checkpoint's dtype; `dtype` applies to floating tensors).
+
+    The model is built on the meta device and the weights are memory-mapped; after the checks each tensor is
+    moved and cast in one `Tensor.to` straight from the mapped file and assigned as the parameter, so no copy
+    of all weights in the checkpoint's dtype is made on the way (on the CPU in the checkpoint's dtype the
+    parameters stay mapped: nothing is copied). The rope cache is rebuilt on `device` and cast to `dtype`, as
+    `model.to(device, dtype)` would leave it.
 
     A missing directory raises FileNotFoundError; every problem with the files in it (missing, unreadable,
     a mangled model_config.yaml, weights whose keys or shapes do not match it, NaN/inf weights) raises
     `CheckpointError` (a ValueError; `CheckpointNotFoundError` for a missing file) with a one-line message.
+    Nothing is put on `device` before every check has passed.
     """
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
@@ -175,9 +199,29 @@ def load_checkpoint(
         )
     _check_shapes(model, state_dict, weights)
     check_finite(state_dict, str(weights))
-    model.load_state_dict(state_dict, strict=True, assign=True)
-    model.reset_rope_cache()  # the model was built on the meta device
+    model.load_state_dict(convert_state_dict(state_dict, device, dtype), strict=True, assign=True)
+    model.reset_rope_cache()  # built on the device of the weights, now `device` (the model was built on meta)
+    # the parameters are already in place (a no-op for them); this casts the rope buffers as before
     return model.to(device=device, dtype=dtype)
+
+
+def convert_state_dict(
+    state_dict: dict[str, torch.Tensor],
+    device: Optional[Union[str, torch.device]] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> dict[str, torch.Tensor]:
+    """The tensors of `state_dict` on `device`, floating ones cast to `dtype`: one `Tensor.to` per tensor.
+
+    The entries are taken out of `state_dict` one by one as they are converted, so a state dict read without
+    mmap is freed tensor by tensor instead of being held whole beside its converted copy. A tensor already on
+    `device` in `dtype` is kept as it is (no copy).
+    """
+    converted = {}
+    for name in list(state_dict):
+        t = state_dict.pop(name)
+        converted[name] = t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+        del t
+    return converted
 
 
 def _read_config(checkpoint_dir: Path) -> Config:

@@ -8,6 +8,7 @@ data tokenized with one tokenizer is never silently reused with another.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -158,6 +159,26 @@ class Tokenizer:
             return self.processor.decode(ids, skip_special_tokens=skip_special_tokens)
         return self.processor.decode(ids)
 
+    @functools.cached_property
+    def byte_fallback_ids(self) -> frozenset[int]:
+        """Ids of the `<0xNN>` byte pieces of a Hugging Face tokenizer whose decoder has a ByteFallback step
+        (Llama- and Mistral-style tokenizer.json files); empty for every other tokenizer.
+
+        ByteFallback decodes a run of byte pieces as a whole: a later byte of the run can turn characters it
+        already spelled into U+FFFD, so `IncrementalDecoder` holds a run's text until the run ends. Byte-level
+        BPE and SentencePiece decode bytes locally and need no such care.
+        """
+        if self.backend != "huggingface" or self.processor.decoder is None:
+            return frozenset()
+        try:
+            decoder_state = str(self.processor.decoder.__getstate__())
+        except Exception:  # older bindings: read the decoder from the serialised tokenizer
+            decoder_state = str(json.loads(self.processor.to_str()).get("decoder"))
+        if "ByteFallback" not in decoder_state:
+            return frozenset()
+        vocab = self.processor.get_vocab(with_added_tokens=False)
+        return frozenset(i for piece, i in vocab.items() if _is_byte_piece(piece))
+
     # ------------------------------------------------------------------ files
     def save(self, out_dir: Union[Path, str]) -> None:
         """Copy the tokenizer files into `out_dir` (created if missing)."""
@@ -185,6 +206,13 @@ def _fingerprint(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def _is_byte_piece(piece: str) -> bool:
+    """Whether `piece` spells one byte as `<0xNN>`."""
+    if len(piece) != 6 or not (piece.startswith("<0x") and piece.endswith(">")):
+        return False
+    return all(c in "0123456789abcdefABCDEF" for c in piece[3:5])
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
@@ -194,3 +222,98 @@ def _read_json(path: Path) -> dict:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON ({e}); fix or delete it") from e
     return data if isinstance(data, dict) else {}
+
+
+REPLACEMENT_CHAR = "\ufffd"  # what a decoder writes for bytes that are not (yet) a whole UTF-8 character
+
+
+class IncrementalDecoder:
+    """The text of a stream of token ids, piece by piece, with work per id that does not grow with the stream.
+
+    `push(id)` returns the text that `id` completes and `flush()` what is left at the end; everything they
+    return, joined, is `tokenizer.decode(all ids)`. Each push decodes only a window of recent ids: a few
+    `context` ids whose text is already out, then the pending ids since. The context gives decoders that treat
+    the start of the text specially (SentencePiece and Metaspace drop the first piece's leading space, Strip
+    decoders the first space) a start that is already behind them, so the pending ids decode as they do inside
+    the whole sequence. Text is released only at a clean point: when the window's text extends what was
+    released and does not end in U+FFFD, so a character whose UTF-8 bytes are split over 2-4 byte-level tokens
+    waits for its last byte. Lossy UTF-8 decoding resynchronises at every character boundary, which is what
+    makes a clean point a safe place to cut.
+
+    Once the window holds more than `max_window` ids it restarts from its last `context` ids (at a clean point,
+    and only on a context whose text is not empty, since SentencePiece strips the leading space until some
+    text is out). After `max_pending` ids that never reach a clean point (a long run of invalid bytes or of
+    literal U+FFFD, or a byte-fallback run that long) the text is released as decoded so far, to keep the work
+    bounded; only there can the joined text differ from the full decode, in the replacement characters of
+    that run.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        context: int = 4,
+        max_window: int = 16,
+        max_pending: int = 64,
+        skip_special_tokens: bool = False,
+    ) -> None:
+        if context < 1 or max_window <= context or max_pending < 1:
+            raise ValueError(
+                f"need 1 <= context < max_window and max_pending >= 1, got context={context}, "
+                f"max_window={max_window}, max_pending={max_pending}"
+            )
+        self.tokenizer = tokenizer
+        self.context, self.max_window, self.max_pending = context, max_window, max_pending
+        self.skip_special_tokens = skip_special_tokens
+        self._unfinished_after = getattr(tokenizer, "byte_fallback_ids", frozenset())  # ids that end no clean point
+        self._ids: list[int] = []  # the window: `_released` ids whose text is out, then the pending ids
+        self._released = 0
+        self._text = ""  # decode(self._ids[: self._released])
+        self._anchor_len = 0  # the window's first ids up to a clean point with some text (0: none yet)
+
+    def push(self, token_id: int) -> str:
+        """Add one id; return the text it completes ("" while a character or a decoder's context is unfinished)."""
+        self._ids.append(int(token_id))
+        text = self._decode(self._ids)
+        clean = (
+            text.startswith(self._text)
+            and not text.endswith(REPLACEMENT_CHAR)
+            and self._ids[-1] not in self._unfinished_after
+        )
+        if not clean and len(self._ids) - self._released < self.max_pending:
+            return ""
+        if clean and text and not self._anchor_len:
+            self._anchor_len = len(self._ids)
+        return self._release(text)
+
+    def flush(self) -> str:
+        """The text of the ids still pending (an unfinished character comes out as U+FFFD, as in `decode`)."""
+        if len(self._ids) == self._released:
+            return ""
+        return self._release(self._decode(self._ids))
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
+
+    def _release(self, text: str) -> str:
+        """Mark the whole window as released (its text is `text`) and return what is new."""
+        new = text[len(self._text) :]
+        self._released, self._text = len(self._ids), text
+        if len(self._ids) > self.max_window:
+            self._restart()
+        return new
+
+    def _restart(self) -> None:
+        """Shrink the window to its last few ids, on the shortest such context that decodes cleanly to some text."""
+        for n in range(self.context, min(2 * self.context, len(self._ids))):
+            if self._ids[-n - 1] in self._unfinished_after:  # do not cut a byte-fallback run
+                continue
+            tail = self._ids[-n:]
+            tail_text = self._decode(tail)
+            if tail_text and not tail_text.endswith(REPLACEMENT_CHAR):
+                self._ids, self._released, self._text, self._anchor_len = tail, n, tail_text, n
+                return
+        if len(self._ids) > self.max_window + self.max_pending:  # no such context for that long: bound the work
+            # the window's first ids with text stand in for the text before (SentencePiece keeps later spaces)
+            anchor = self._ids[: self._anchor_len] if self._anchor_len <= self.max_window else []
+            self._ids = anchor + self._ids[-self.context :]
+            self._released, self._text, self._anchor_len = len(self._ids), self._decode(self._ids), len(anchor)

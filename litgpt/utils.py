@@ -1,5 +1,5 @@
 """Small helpers shared by several modules: atomic file and directory writes, device synchronization, the
-yaml-safe record of a command's arguments, and command-line argument checks.
+yaml-safe record of a command's arguments, command-line argument checks, and when the process started.
 
 This module imports no other litgpt module, so any of them can import it without an import cycle.
 """
@@ -12,12 +12,16 @@ import math
 import os
 import secrets
 import shutil
+import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
 import torch
 
 PathLike = Union[str, Path]
+
+_IMPORTED_AT = time.time()  # the last fallback of `process_start_time`
 
 
 # ---------------------------------------------------------------------------------------------- atomic writes
@@ -141,3 +145,29 @@ def positive_ints(name: str, values: list[int]) -> list[int]:
 def format_number(value: float, spec: str) -> str:
     """`format(value, spec)`, or "" for a NaN float (a table cell with nothing measured)."""
     return "" if isinstance(value, float) and math.isnan(value) else format(value, spec)
+
+
+# ---------------------------------------------------------------------------------------------- process timing
+def process_start_time() -> float:
+    """When this process started, in seconds since the epoch (the clock of `time.time()`).
+
+    On Linux: `/proc/self/stat`'s start time (clock ticks after boot, so to 1/SC_CLK_TCK s, usually 10 ms)
+    against `CLOCK_BOOTTIME` now. Where that cannot be read: the time `litgpt.__main__` was imported (the
+    `litgpt` command), else the time `litgpt.utils` was imported.
+    """
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+        # field 2, the command name, is in parentheses and may hold spaces: count the fields after its ")"
+        start_ticks = int(stat[stat.rindex(b")") + 1 :].split()[19])  # field 22, starttime
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
+        if age >= 0:
+            return time.time() - age
+    except (OSError, ValueError, IndexError, AttributeError):  # no /proc, another format, no CLOCK_BOOTTIME
+        pass
+    for name in ("litgpt.__main__", "__main__"):  # `python -m litgpt` runs it as __main__
+        module = sys.modules.get(name)
+        spec = getattr(module, "__spec__", None)
+        if module is not None and getattr(spec, "name", None) == "litgpt.__main__" and hasattr(module, "IMPORTED_AT"):
+            return float(module.IMPORTED_AT)
+    return _IMPORTED_AT

@@ -317,3 +317,116 @@ def test_cli_generate_refuses_bad_weights(tmp_path, damage, parts):
     assert str(checkpoint_dir / "lit_model.pth") in lines[0]
     for part in parts:
         assert part in lines[0]
+
+
+# ------------------------------------------------------------------------------------------------ device and dtype
+def _random_checkpoint(tmp_path: Path, **kwargs) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A debug-mla checkpoint with random float32 weights (a short block_size keeps the rope cache small)."""
+    torch.manual_seed(0)
+    model = GPT(Config.from_name("debug-mla", block_size=8, **kwargs))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p))
+    save_checkpoint(model, tmp_path / "ckpt")
+    return tmp_path / "ckpt", {k: v.clone() for k, v in model.state_dict().items()}
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_load_checkpoint_puts_weights_on_the_device_in_the_dtype(tmp_path, device, dtype):
+    checkpoint_dir, saved_state = _random_checkpoint(tmp_path)
+    model = load_checkpoint(checkpoint_dir, device=device, dtype=dtype)
+    state = model.state_dict()
+    assert state.keys() == saved_state.keys()
+    for name, value in state.items():
+        assert value.device.type == device and value.dtype == dtype, name
+        torch.testing.assert_close(value.cpu(), saved_state[name].to(dtype), atol=0, rtol=0, msg=name)
+    for name in ("cos", "sin"):  # rebuilt on the device, in the dtype `model.to(device, dtype)` leaves buffers in
+        buffer = getattr(model, name)
+        assert buffer.device.type == device and buffer.dtype == dtype and buffer.shape == (8, model.config.rope_n_elem)
+    reference = GPT(Config.from_name("debug-mla", block_size=8))
+    reference.load_state_dict(saved_state)
+    reference.to(device=device, dtype=dtype)
+    torch.testing.assert_close(model.cos, reference.cos, atol=0, rtol=0)
+    ids = torch.randint(0, 100, (1, 5), device=device)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), reference(ids), atol=0, rtol=0)
+
+
+def test_load_checkpoint_keeps_the_checkpoint_dtype_by_default(tmp_path):
+    checkpoint_dir, saved_state = _random_checkpoint(tmp_path)
+    state = {k: v.to(torch.bfloat16) for k, v in saved_state.items()}
+    torch.save(state, checkpoint_dir / "lit_model.pth")
+    model = load_checkpoint(checkpoint_dir)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16} and model.lm_head.weight.device.type == "cpu"
+
+
+class _Allocations(torch.utils._python_dispatch.TorchDispatchMode):
+    """Bytes of the new (non-meta) storages that aten ops create while active, by dtype; `to_copy` counts the
+    tensors `aten._to_copy` (Tensor.to with a dtype or device change) makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes: dict[torch.dtype, int] = {}
+        self.to_copy: list[tuple[tuple[int, ...], torch.dtype]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = set()
+        for a in torch.utils._pytree.tree_leaves((args, kwargs or {})):
+            if isinstance(a, torch.Tensor) and a.device.type != "meta":
+                inputs.add(a.untyped_storage().data_ptr())
+            elif isinstance(a, torch.UntypedStorage):
+                inputs.add(a.data_ptr())
+        for t in torch.utils._pytree.tree_leaves(out):
+            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+                continue
+            storage = t.untyped_storage()
+            if storage.nbytes() and storage.data_ptr() not in inputs:  # not a view or an in-place result
+                inputs.add(storage.data_ptr())
+                self.bytes[t.dtype] = self.bytes.get(t.dtype, 0) + storage.nbytes()
+            if func is torch.ops.aten._to_copy.default:
+                self.to_copy.append((tuple(t.shape), t.dtype))
+        return out
+
+
+def test_loading_in_bfloat16_converts_each_tensor_once_and_makes_no_float32_copy(tmp_path):
+    """From a float32 checkpoint, a bfloat16 load allocates the bfloat16 weights once (one conversion per tensor,
+    straight from the memory-mapped file) and no float32 tensors the size of the weights: no float32 copy made on
+    the way, not even one tensor at a time (the NaN/inf check included)."""
+    checkpoint_dir, saved_state = _random_checkpoint(tmp_path)
+    float32_bytes = sum(v.numel() * 4 for v in saved_state.values())
+    with _Allocations() as allocations:
+        model = load_checkpoint(checkpoint_dir, device="cpu", dtype=torch.bfloat16)
+    rope_values = 2 * model.cos.numel()  # cos and sin: built in float32, then cast
+    assert allocations.bytes.get(torch.float32, 0) < 0.05 * float32_bytes, allocations.bytes
+    assert allocations.bytes.get(torch.bfloat16, 0) == float32_bytes // 2 + 2 * rope_values, allocations.bytes
+    weight_copies = sorted(shape for shape, dtype in allocations.to_copy if dtype == torch.bfloat16)
+    assert weight_copies == sorted([tuple(v.shape) for v in saved_state.values()] + [tuple(model.cos.shape)] * 2)
+    assert set(allocations.bytes) <= {torch.float32, torch.bfloat16, torch.bool, torch.int64}, allocations.bytes
+
+
+def test_loading_in_the_checkpoint_dtype_on_the_cpu_copies_nothing(tmp_path):
+    """float32 onto the CPU from a float32 file: the parameters are the memory-mapped tensors themselves."""
+    checkpoint_dir, saved_state = _random_checkpoint(tmp_path)
+    float32_bytes = sum(v.numel() * 4 for v in saved_state.values())
+    with _Allocations() as allocations:
+        model = load_checkpoint(checkpoint_dir, device="cpu", dtype=torch.float32)
+    assert sum(allocations.bytes.values()) < 0.05 * float32_bytes, allocations.bytes
+    torch.testing.assert_close(model.lm_head.weight, saved_state["lm_head.weight"], atol=0, rtol=0)
+
+
+@pytest.mark.cuda
+def test_loading_in_bfloat16_on_cuda_allocates_only_the_bfloat16_weights(tmp_path):
+    checkpoint_dir, saved_state = _random_checkpoint(tmp_path, n_embd=256, vocab_size=4096)
+    bf16_bytes = sum(v.numel() * 2 for v in saved_state.values())
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    model = load_checkpoint(checkpoint_dir, device="cuda", dtype=torch.bfloat16)
+    peak = torch.cuda.max_memory_allocated() - before
+    assert model.lm_head.weight.is_cuda and model.lm_head.weight.dtype == torch.bfloat16
+    assert peak < 1.1 * bf16_bytes + (1 << 20), (peak, bf16_bytes)  # no float32 weights on the device, ever

@@ -34,7 +34,8 @@ from litgpt.generate.base import (
     prefill,
     resolve_dtype,
 )
-from litgpt.fold import fold_for_decode, unfold
+from litgpt.fold import unfold
+from litgpt.generate.session import DecodeSession
 from litgpt.kernels import set_kernels
 from litgpt.model import GPT, init_weights
 from litgpt.utils import command_line, format_number, parse_device, positive_ints, synchronize
@@ -53,6 +54,7 @@ def benchmark_decode(
     params: SamplingParams = SamplingParams(temperature=0.0),
     profile_path: Optional[Path] = None,
     fold: bool = True,
+    kernels: bool = True,
 ) -> dict:
     """Time `decode_steps` steps (after `warmup` untimed ones) of batch_size rows at positions ending at
     context_length - 1. Returns tokens/s, ms/step, prefill time, peak memory, KV-cache bytes and the floor."""
@@ -69,10 +71,10 @@ def benchmark_decode(
     device = model.lm_head.weight.device
     model.clear_kv_cache()
     model.max_seq_length = context_length
-    model.set_kv_cache(batch_size, context_length)
-    sampler = Sampler(params, model.config.vocab_size, batch_size, device)
-    fold_for_decode(model) if fold else unfold(model)  # the benchmark owns the model: it decides
-    step = DecodeStep(model, sampler, mode)
+    session = DecodeSession(model, batch_size, context_length, params, mode, kernels)
+    if not fold:
+        unfold(model)  # the torch blocks' own one-token steps, before the step is first compiled or captured
+    sampler, step = session.sampler, session.step
     generator = torch.Generator().manual_seed(0)
     prompts = list(torch.randint(model.config.vocab_size, (batch_size, prompt_len), generator=generator))
     if device.type == "cuda":
@@ -281,7 +283,7 @@ def measure(
                kv_cache_bytes=batch * context * per_token, peak_memory_bytes=math.nan, status="ok")
     torch._dynamo.reset()  # each shape compiles its own static graph
     try:
-        r = benchmark_decode(model, batch, context, decode_steps, warmup, mode)
+        r = benchmark_decode(model, batch, context, decode_steps, warmup, mode, kernels=kernels)
     except torch.OutOfMemoryError:
         row["status"] = "out of memory"
         return row

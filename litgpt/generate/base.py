@@ -19,13 +19,14 @@ from __future__ import annotations
 import resource
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, TextIO, Union
+from collections import deque
+from typing import Callable, Iterable, Iterator, Optional, Sequence, TextIO, Union
 
 import torch
 from torch import nn
 
 from litgpt.model import GPT
-from litgpt.tokenizer import Tokenizer
+from litgpt.tokenizer import IncrementalDecoder, Tokenizer
 from litgpt.utils import synchronize
 
 PRECISION_DTYPES = {
@@ -329,40 +330,135 @@ def generate(
     return [trim_at_stop(row, list(stop_tokens))[0] for row in rows], time_to_first
 
 
-def stream_tokens(
-    tokens: Iterator[torch.Tensor], tokenizer: Tokenizer, stop_tokens: list[list[int]], out: TextIO
-) -> tuple[list[int], list[int], float]:
-    """Write the text of a batch-of-one token stream to `out` as it comes (one host sync per token) and stop at
-    the first stop sequence. Returns the ids without the stop sequence, every id taken from the stream (the stop
-    sequence included) and the seconds to the first token.
+class StopMatcher:
+    """Finds token-id stop sequences in a stream of ids, one id at a time, with O(1) amortised work per id
+    (O(longest stop sequence) at worst).
 
-    Text is written only once it decodes cleanly: a character split over several byte-level tokens waits for
-    its last byte, and the tail that could still become a stop sequence is held back.
+    An Aho-Corasick automaton over the stop sequences: the state is the longest suffix of the stream that is
+    a prefix of some stop sequence, so `held` (its length) is how many of the latest ids could still turn out
+    to start a stop sequence, and every id before them is safe to print.
+    """
+
+    def __init__(self, stop_tokens: Sequence[Sequence[int]]) -> None:
+        self._goto: list[dict[int, int]] = [{}]  # state -> {id: next state}; state 0 is the empty prefix
+        self._depth = [0]  # state -> length of its prefix
+        terminal = [False]
+        for i, stop in enumerate(stop_tokens):
+            if len(stop) == 0:
+                raise ValueError(f"stop sequence {i} is empty; every stop sequence needs at least one token id")
+            state = 0
+            for token_id in stop:
+                token_id = int(token_id)
+                nxt = self._goto[state].get(token_id)
+                if nxt is None:
+                    nxt = len(self._goto)
+                    self._goto[state][token_id] = nxt
+                    self._goto.append({})
+                    self._depth.append(self._depth[state] + 1)
+                    terminal.append(False)
+                state = nxt
+            terminal[state] = True
+        n = len(self._goto)
+        self._fail = [0] * n  # state -> state of its longest proper suffix that is also a prefix
+        self._match = [0] * n  # state -> length of the longest stop sequence that is a suffix of it (0: none)
+        queue = deque(self._goto[0].values())
+        for state in queue:
+            self._match[state] = self._depth[state] if terminal[state] else 0
+        while queue:  # breadth first: a state's failure link is resolved before its children's
+            state = queue.popleft()
+            for token_id, nxt in self._goto[state].items():
+                fail = self._fail[state]
+                while fail and token_id not in self._goto[fail]:
+                    fail = self._fail[fail]
+                self._fail[nxt] = self._goto[fail].get(token_id, 0)
+                self._match[nxt] = self._depth[nxt] if terminal[nxt] else self._match[self._fail[nxt]]
+                queue.append(nxt)
+        self._state = 0
+
+    def push(self, token_id: int) -> int:
+        """Add one id; return the length of the longest stop sequence that ends with it (0: none ends here)."""
+        state, goto, fail = self._state, self._goto, self._fail
+        while state and token_id not in goto[state]:
+            state = fail[state]
+        self._state = goto[state].get(token_id, 0)
+        return self._match[self._state]
+
+    @property
+    def held(self) -> int:
+        """How many of the latest ids could still be the start of a stop sequence."""
+        return self._depth[self._state]
+
+
+def stream_tokens(
+    tokens: Iterable[torch.Tensor],
+    tokenizer: Tokenizer,
+    stop_tokens: Sequence[Sequence[int]],
+    out: TextIO,
+    *,
+    read_ahead: Optional[bool] = None,
+) -> tuple[list[int], list[int], float]:
+    """Write the text of a batch-of-one token stream to `out` as it comes and stop at the first stop sequence.
+    Returns the ids without the stop sequence, every id taken from the stream (the stop sequence included) and
+    the seconds to the first token.
+
+    The ids kept are `trim_at_stop(taken, stop_tokens)[0]` and the text written is `tokenizer.decode` of them.
+    The work per token does not grow with the stream: stops are matched incrementally (`StopMatcher`, which
+    holds back only the ids that could still become a stop sequence, so nothing of one is ever written) and
+    text is decoded incrementally (`IncrementalDecoder`, which waits for a split character's last byte).
+
+    The host reads each token (one sync) when it is needed to match stops and print. With `read_ahead` the
+    next token is asked of the stream first, which queues its decode step on the device, so the device computes
+    while the host prints (one token past a stop is then computed and dropped). Default: on when the tokens
+    live on an accelerator, off on the CPU, where it would only add that token.
     """
     t0 = time.perf_counter()
+    matcher = StopMatcher(stop_tokens)
+    decoder = IncrementalDecoder(tokenizer)
     ids: list[int] = []
-    written, time_to_first = "", 0.0
-    hold = max((len(s) for s in stop_tokens), default=1) - 1
-    kept: list[int] = []
-    for token in tokens:
+    released, stop_len, time_to_first = 0, 0, 0.0  # released: ids handed to the decoder
+    for token in _read_ahead(tokens, read_ahead):
         ids.append(int(token))
         if len(ids) == 1:
             time_to_first = time.perf_counter() - t0
-        kept, stopped = trim_at_stop(ids, stop_tokens)
-        if stopped:
+        stop_len = matcher.push(ids[-1])
+        if stop_len:
             break
-        written = _write_new_text(tokenizer.decode(kept[: len(kept) - hold]), written, out)
-    _write_new_text(tokenizer.decode(kept), written, out, final=True)
+        safe = len(ids) - matcher.held  # ids[:safe] can no longer be part of a stop sequence
+        _write(out, "".join(decoder.push(i) for i in ids[released:safe]))
+        released = safe
+    kept = ids[: len(ids) - stop_len]  # the stop sequence started after `released`: it was held back
+    _write(out, "".join(decoder.push(i) for i in kept[released:]) + decoder.flush())
     return kept, ids, time_to_first
 
 
-def _write_new_text(text: str, written: str, out: TextIO, final: bool = False) -> str:
-    """Write what `text` adds to `written` (once it no longer ends in a partial character); return what is out."""
-    if text.startswith(written) and (final or not text.endswith("\ufffd")):
-        out.write(text[len(written) :])
+def _read_ahead(tokens: Iterable[torch.Tensor], enabled: Optional[bool]) -> Iterator[torch.Tensor]:
+    """Yield `tokens`; when enabled, ask for each next one (queueing its step) before yielding the current one.
+
+    The first token is yielded at once, so the time to the first token does not include queueing the second.
+    """
+    iterator = iter(tokens)
+    current = next(iterator, None)
+    if current is None:
+        return
+    yield current
+    if enabled is None:
+        enabled = current.device.type != "cpu"
+    if not enabled:
+        yield from iterator
+        return
+    current = next(iterator, None)
+    if current is None:
+        return
+    for following in iterator:
+        yield current
+        current = following
+    yield current
+
+
+def _write(out: TextIO, text: str) -> None:
+    if text:
+        out.write(text)
         out.flush()
-        return text
-    return written
 
 
 def peak_memory_bytes(device: torch.device) -> tuple[int, str]:

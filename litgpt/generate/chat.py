@@ -15,28 +15,30 @@ from typing import Optional, TextIO
 import torch
 
 from litgpt.api import LLM
-from litgpt.fold import fold_for_decode
-from litgpt.generate.base import DecodeStep, Sampler, SamplingParams, generate_tokens, stream_tokens
+from litgpt.generate.base import SamplingParams
+from litgpt.generate.session import decode_mode
 
 
 class Conversation:
     """The state of one chat: the cache holds `position` tokens; `pending` ids are sampled but not yet cached."""
 
-    def __init__(self, llm: LLM, params: SamplingParams, seed: int, compile: bool) -> None:
+    def __init__(
+        self, llm: LLM, params: SamplingParams, seed: int, compile: Optional[bool], max_new_tokens: int = 200,
+        kernels: bool = True,
+    ) -> None:
         self.llm = llm
-        model = llm.model
-        self.cache_len = model.max_seq_length
-        model.set_kv_cache(1, max_seq_length=self.cache_len)
-        self.sampler = Sampler(params, model.config.vocab_size, 1, llm.device)
-        self.sampler.seed(seed)
-        fold_for_decode(model)
-        self.step = DecodeStep(model, self.sampler, mode="compile" if compile else "eager")
+        self.cache_len = llm.model.max_seq_length
+        mode = decode_mode(llm.device, max_new_tokens, compile)
+        self.session = llm.decode_session(1, self.cache_len, params, mode, kernels)  # the whole context, kept
+        self.session.seed(seed)
         self.stop_tokens = llm.prompt_style.stop_tokens(llm.tokenizer)
         self.position = 0
         self.pending: list[int] = []
+        self.first_token_s = 0.0
 
     def reply(self, message: str, max_new_tokens: int, out: TextIO) -> tuple[list[int], float]:
-        """Stream the reply to `message` to `out`; returns its ids and the seconds it took."""
+        """Stream the reply to `message` to `out`; returns its ids and the seconds it took (`first_token_s`: the
+        seconds to its first token)."""
         new_ids = self.llm.encode_prompts([message])[0].tolist()
         if len(new_ids) + max_new_tokens > self.cache_len:
             raise ValueError(
@@ -49,8 +51,8 @@ class Conversation:
             self.position, ids = 0, new_ids
         t0 = time.perf_counter()
         prompt = torch.tensor(ids, dtype=torch.int64)
-        tokens = generate_tokens(self.llm.model, [prompt], max_new_tokens, self.sampler, self.step, self.position)
-        kept, taken, _ = stream_tokens(tokens, self.llm.tokenizer, self.stop_tokens, out)
+        kept, taken, self.first_token_s = self.session.stream(prompt, max_new_tokens, self.llm.tokenizer, self.stop_tokens, out,
+                                             self.position)
         # the cache now holds the message and every reply token but the last, which opens the next turn
         self.position += len(ids) + len(taken) - 1
         self.pending = taken[-1:]
@@ -66,7 +68,8 @@ def main(
     seed: int = 1234,
     precision: Optional[str] = None,
     device: str = "auto",
-    compile: bool = False,
+    compile: Optional[bool] = None,
+    kernels: bool = True,
     prompt_style: Optional[str] = None,
 ) -> None:
     """Chat with a checkpoint: type a message, read the streamed reply; an empty line or EOF (Ctrl-D) quits.
@@ -80,14 +83,16 @@ def main(
         seed: sampling seed.
         precision: weight precision: 32-true, bf16-true, 16-true, 64-true (default: bf16 on CUDA, else 32-true).
         device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
-        compile: compile the decode step (on CUDA: torch.compile with CUDA graphs; on CPU: inductor).
+        compile: compile the decode step (true), or not (false); default: by max_new_tokens (on CUDA, a CUDA graph
+            of the eager step for short replies, the compiled step for long ones; on the CPU, eager).
+        kernels: on CUDA, decode with the Triton kernels of `litgpt.kernels` (false: pure torch). No effect on CPU.
         prompt_style: how messages are framed (default: the checkpoint's prompt_style.yaml, else plain text).
     """
     params = SamplingParams(temperature, top_k, top_p)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     llm = LLM.load(checkpoint_dir, device=device, precision=precision, prompt_style=prompt_style)
-    conversation = Conversation(llm, params, seed, compile)
+    conversation = Conversation(llm, params, seed, compile, max_new_tokens, kernels)
     sys.stderr.write("Chat: type a message and press Enter; an empty line or Ctrl-D quits.\n")
     while True:
         sys.stdout.write(">> Prompt: ")
@@ -104,4 +109,7 @@ def main(
             continue
         sys.stdout.write("\n")
         sys.stdout.flush()
-        sys.stderr.write(f"[{len(ids)} tokens in {seconds:.2f} s, {conversation.position} in context]\n")
+        first = conversation.first_token_s
+        rate = (len(ids) - 1) / (seconds - first) if len(ids) > 1 and seconds > first else 0.0
+        sys.stderr.write(f"[{len(ids)} tokens in {seconds:.2f} s, first token {first:.3f} s, {rate:,.1f} tokens/s, "
+                         f"{conversation.position} in context]\n")

@@ -1,14 +1,23 @@
-"""`litgpt generate`: generate text from a checkpoint, streaming it to stdout, timings and memory on stderr."""
+"""`litgpt generate`: generate text from a checkpoint, streaming it to stdout, timings and memory on stderr.
+
+After each batch of samples one stderr line reports where the time went (`format_phases`): start-up (process start
+to this command running: imports and argument parsing), load (`LLM.load`), first token and decode.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
 from litgpt.api import LLM
 from litgpt.generate.base import SamplingParams
-from litgpt.kernels import set_kernels
+from litgpt.utils import process_start_time, synchronize
+
+# "first token" is the time from the start of a batch's generation to its first token. The line says "time to first
+# token" because tests/test_generate.py asserts that phrase; `litgpt.benchmark.generate` parses both.
+FIRST_TOKEN_LABEL = "time to first token"
 
 
 def main(
@@ -23,7 +32,7 @@ def main(
     seed: int = 1234,
     precision: Optional[str] = None,
     device: str = "auto",
-    compile: bool = False,
+    compile: Optional[bool] = None,
     kernels: bool = True,
     prompt_style: Optional[str] = None,
 ) -> None:
@@ -42,24 +51,32 @@ def main(
         seed: sampling seed: the same seed gives the same text.
         precision: weight precision: 32-true, bf16-true, 16-true, 64-true (default: bf16 on CUDA, else 32-true).
         device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
-        compile: compile the decode step (on CUDA: torch.compile with CUDA graphs; on CPU: inductor).
+        compile: compile the decode step (true) or not (false); default: by max_new_tokens: on CUDA a CUDA graph of
+            the eager step for short generations and the compiled step, captured as one graph, from 512 new tokens
+            (its compile is cached on disk); on the CPU the eager step.
         kernels: on CUDA, decode attention runs the Triton split-KV kernels of `litgpt.kernels` (false: the
             pure-torch attention). No effect on CPU, where the torch path always runs.
         prompt_style: how the prompt is framed (default: the checkpoint's prompt_style.yaml, else plain text).
+
+    After each batch one line goes to stderr (see `format_phases`): start-up and load (on the first batch's line;
+    0.000 on later ones), first token, decode tokens, seconds and tokens/s, peak memory and KV-cache size.
     """
+    start_up_s = max(time.time() - process_start_time(), 0.0)
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
     SamplingParams(temperature, top_k, top_p)  # bad values fail before the weights load
     if not prompt:
         raise ValueError("the prompt is empty; pass some text with --prompt")
+    t0 = time.perf_counter()
     llm = LLM.load(checkpoint_dir, device=device, precision=precision, prompt_style=prompt_style)
-    set_kernels(llm.model, kernels)
+    synchronize(llm.device)  # the weights are on the device when the clock stops
+    load_s = time.perf_counter() - t0
     for first in range(0, num_samples, batch_size):
         rows = min(batch_size, num_samples - first)
         stream = sys.stdout if rows == 1 else None
         texts, stats = llm.generate_with_stats(
             [prompt] * rows, max_new_tokens, temperature, top_k, top_p, seed=seed + first, compile=compile,
-            stream=stream,
+            stream=stream, kernels=kernels,
         )
         for text in texts:
             if stream is None:
@@ -68,13 +85,31 @@ def main(
             if num_samples > 1:
                 sys.stdout.write("-" * 40 + "\n")
         sys.stdout.flush()
-        sys.stderr.write(format_stats(stats) + "\n")
+        sys.stderr.write(format_phases(stats, start_up_s, load_s) + "\n")
+        sys.stderr.flush()
+        start_up_s = load_s = 0.0  # paid once: later lines add up to the run
 
 
-def format_stats(stats: dict) -> str:
+def decode_phase(stats: dict) -> tuple[int, float]:
+    """(tokens, seconds) of the decode phase of `LLM.generate_with_stats`'s stats: everything after the first token.
+
+    Seconds: total - time to first token. Tokens: the tokens after each row's first, times the batch, that is
+    `decode_tokens_per_s` x those seconds (the count the rate was computed from: batch x decode steps).
+    """
+    seconds = max(stats["total_s"] - stats["time_to_first_token_s"], 0.0)
+    tokens = round(stats["decode_tokens_per_s"] * max(seconds, 1e-9))
+    return tokens, seconds
+
+
+def format_phases(stats: dict, start_up_s: float, load_s: float) -> str:
+    """The stderr line of one batch, e.g. `litgpt generate: start-up 0.812 s, load 0.403 s, time to first token
+    0.021 s, decode 999 tokens in 0.351 s (2,846.2 tokens/s, batch 1); peak memory 0.412 GB (CUDA allocated); KV
+    cache 7.08 MB`. `stats` is `LLM.generate_with_stats`'s; start-up and load are in seconds."""
+    tokens, seconds = decode_phase(stats)
     return (
-        f"time to first token {stats['time_to_first_token_s'] * 1000:.1f} ms; "
-        f"{stats['new_tokens']} tokens in {stats['total_s']:.2f} s: decode {stats['decode_tokens_per_s']:,.1f} "
-        f"tokens/s (batch {stats['batch']}); peak memory {stats['peak_memory_bytes'] / 1e9:.3f} GB "
+        f"litgpt generate: start-up {start_up_s:.3f} s, load {load_s:.3f} s, "
+        f"{FIRST_TOKEN_LABEL} {stats['time_to_first_token_s']:.3f} s, "
+        f"decode {tokens} tokens in {seconds:.3f} s ({stats['decode_tokens_per_s']:,.1f} tokens/s, "
+        f"batch {stats['batch']}); peak memory {stats['peak_memory_bytes'] / 1e9:.3f} GB "
         f"({stats['peak_memory_kind']}); KV cache {stats['kv_cache_bytes'] / 1e6:.2f} MB"
     )

@@ -4,7 +4,8 @@ At batch 1 a decode step's linear maps are matrix-vector products. cuBLAS runs t
 for a long reduction such as a folded block's output map 6144 -> 768, a split-K reduction pass) and the residual
 add is one more launch. Here each program owns `BLOCK_N` output columns and streams their weight rows once, through
 all K, on the CUDA cores with fp32 accumulation, adding bias and residual in the same pass. The tile shape is
-autotuned per (N, K) on the first call (so before any CUDA-graph capture); nothing depends on values.
+autotuned per (N, K) on the first call (so before any CUDA-graph capture), and the choice is kept in Triton's on-disk
+cache where this Triton can (`cache_results`), so later processes do not tune again; nothing depends on values.
 
 Two prologues save a launch each where a folded block feeds a map (`litgpt.fold`):
   NORM  -- x is normalised first (1: LayerNorm, 2: RMSNorm; unit gain, the gain and shift being folded into W):
@@ -20,6 +21,7 @@ sends only one-row products here.
 
 from __future__ import annotations
 
+import inspect
 from typing import Optional
 
 import torch
@@ -69,7 +71,11 @@ def _normalize(x, k_ok, mean, K, eps):
     return centred * rstd[:, None]
 
 
-@triton.autotune(configs=_CONFIGS, key=["N", "K", "HAS_BIAS", "HAS_RES", "NORM", "ACT"])
+# Triton >= 3.2 can keep autotuning results on disk (in its cache directory, beside the compiled kernels)
+_AUTOTUNE_CACHE = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+
+
+@triton.autotune(configs=_CONFIGS, key=["N", "K", "HAS_BIAS", "HAS_RES", "NORM", "ACT"], **_AUTOTUNE_CACHE)
 @triton.jit
 def _gemv_kernel(
     X, TAIL, W, BIAS, RES, Y,

@@ -1,0 +1,89 @@
+"""The decode session (litgpt/generate/session.py): generate, chat, LLM and the decode benchmark all decode through
+one `DecodeSession`; the default mode by device and length; sessions are reused while they serve."""
+
+import io
+import sys
+
+import pytest
+import torch
+
+from litgpt.api import LLM
+from litgpt.benchmark.decode import benchmark_decode
+from litgpt.generate.base import SamplingParams
+from litgpt.generate.chat import Conversation
+from litgpt.generate.session import COMPILE_FROM_TOKENS, DecodeSession, decode_mode
+from test_generate import make_checkpoint, make_model
+
+
+@pytest.fixture
+def built(monkeypatch) -> list[tuple]:
+    """Every DecodeSession built while the test runs, as its key (batch, cache_len, params, mode, kernels)."""
+    sessions = []
+    original = DecodeSession.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        sessions.append(self.key)
+
+    monkeypatch.setattr(DecodeSession, "__init__", spy)
+    return sessions
+
+
+def test_decode_mode_by_device_and_length():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert decode_mode(cpu, 10_000) == "eager" and decode_mode(cpu, 10, compile=True) == "compile"
+    assert decode_mode(cuda, COMPILE_FROM_TOKENS - 1) == "cuda_graph"  # a captured eager step: milliseconds
+    assert decode_mode(cuda, COMPILE_FROM_TOKENS) == "compile+cuda_graph"  # long enough to repay a compile
+    assert decode_mode(cuda, 10, compile=True) == "compile+cuda_graph"
+    assert decode_mode(cuda, 10_000, compile=False) == "cuda_graph"
+
+
+def test_llm_generate_builds_one_session_and_reuses_it(tmp_path, built):
+    llm = LLM.load(make_checkpoint(tmp_path), device="cpu")
+    llm.generate("the cat", max_new_tokens=4, temperature=0)
+    assert built == [(1, llm.session.cache_len, SamplingParams(0.0), "eager", True)]
+    first = llm.session
+    llm.generate("the cat", max_new_tokens=4, temperature=0)  # same prompt length: the same session serves
+    assert llm.session is first and len(built) == 1
+    llm.generate(["the cat", "a dog ran"], max_new_tokens=4, temperature=0)  # another batch: a new one
+    assert len(built) == 2 and built[-1][0] == 2
+
+
+def test_compiled_sessions_span_the_context_and_are_kept(tmp_path, built):
+    llm = LLM.load(make_checkpoint(tmp_path), device="cpu")
+    session = llm.decode_session(1, 20, SamplingParams(0.0), "compile")
+    assert session.cache_len == llm.model.max_seq_length  # later calls of any length fit
+    assert llm.decode_session(1, 35, SamplingParams(0.0), "compile") is session
+    assert llm.decode_session(1, 35, SamplingParams(0.0), "compile", kernels=False) is not session
+    assert [key[3] for key in built] == ["compile", "compile"]
+    kept = llm.session
+    llm.model.set_kv_cache(2, 16)  # someone else replaced the cache: the captured step would read stale buffers
+    assert llm.decode_session(1, 35, SamplingParams(0.0), "compile", kernels=False) is not kept
+
+
+def test_chat_decodes_through_a_session(tmp_path, built):
+    llm = LLM.load(make_checkpoint(tmp_path), device="cpu")
+    conversation = Conversation(llm, SamplingParams(0.0), seed=0, compile=None)
+    conversation.reply("the cat", 5, io.StringIO())
+    conversation.reply("a dog", 5, io.StringIO())
+    assert built == [(1, llm.model.max_seq_length, SamplingParams(0.0), "eager", True)]  # one, for both turns
+    assert conversation.session is llm.session and conversation.first_token_s > 0
+
+
+def test_generate_command_decodes_through_a_session(tmp_path, built, monkeypatch, capsys):
+    from litgpt.__main__ import main
+
+    checkpoint_dir = make_checkpoint(tmp_path)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    main(["generate", str(checkpoint_dir), "--device", "cpu", "--max_new_tokens", "3", "--temperature", "0",
+          "--kernels", "false"])
+    assert len(built) == 1 and built[0][0] == 1 and built[0][3:] == ("eager", False)
+    assert capsys.readouterr().out.strip()
+
+
+def test_decode_benchmark_decodes_through_a_session(built):
+    model = make_model("debug-mla", block_size=64)
+    result = benchmark_decode(model, 2, 32, decode_steps=2, warmup=1, mode="eager", kernels=False)
+    assert built == [(2, 32, SamplingParams(0.0), "eager", False)]
+    assert result["decode_tokens_per_s"] > 0
+    assert all(block.attn.use_kernel is False for block in model.transformer.h)  # the session set the switch
