@@ -148,6 +148,9 @@ def format_number(value: float, spec: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- process timing
+START_SLACK_S = 30.0  # the most a process may spend before litgpt's first import and still count as starting
+
+
 def process_start_time() -> float:
     """When this process started, in seconds since the epoch (the clock of `time.time()`).
 
@@ -155,19 +158,24 @@ def process_start_time() -> float:
     against `CLOCK_BOOTTIME` now. Where that cannot be read: the time `litgpt.__main__` was imported (the
     `litgpt` command), else the time `litgpt.utils` was imported.
     """
+    imported = _IMPORTED_AT
+    for name in ("litgpt.__main__", "__main__"):  # `python -m litgpt` runs it as __main__
+        module = sys.modules.get(name)
+        spec = getattr(module, "__spec__", None)
+        if module is not None and getattr(spec, "name", None) == "litgpt.__main__" and hasattr(module, "IMPORTED_AT"):
+            imported = float(module.IMPORTED_AT)
+            break
     try:
         with open("/proc/self/stat", "rb") as f:
             stat = f.read()
         # field 2, the command name, is in parentheses and may hold spaces: count the fields after its ")"
         start_ticks = int(stat[stat.rindex(b")") + 1 :].split()[19])  # field 22, starttime
         age = time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
-        if age >= 0:
-            return time.time() - age
+        started = time.time() - age
+        # a sandbox's clocks can disagree with /proc (seen once: 373 s for a 3 s start); no interpreter takes
+        # START_SLACK_S to reach litgpt's first import, so an earlier start is not believed
+        if age >= 0 and started >= imported - START_SLACK_S:
+            return started
     except (OSError, ValueError, IndexError, AttributeError):  # no /proc, another format, no CLOCK_BOOTTIME
         pass
-    for name in ("litgpt.__main__", "__main__"):  # `python -m litgpt` runs it as __main__
-        module = sys.modules.get(name)
-        spec = getattr(module, "__spec__", None)
-        if module is not None and getattr(spec, "name", None) == "litgpt.__main__" and hasattr(module, "IMPORTED_AT"):
-            return float(module.IMPORTED_AT)
-    return _IMPORTED_AT
+    return imported
