@@ -65,10 +65,15 @@ def cudnn_attention_takes(q: torch.Tensor, mask: Optional[torch.Tensor]) -> bool
     )
 
 
-@torch.compiler.assume_constant_result  # a constant while compiling: no graph break, no guard
 def cudnn_attention_preferred(device_index: int) -> bool:
     """cuDNN attention is enabled and the GPU is Hopper or newer, where SDPA tries it first."""
     return torch.backends.cuda.cudnn_sdp_enabled() and torch.cuda.get_device_capability(device_index) >= (9, 0)
+
+
+# A constant while compiling (no graph break, no guard): the mark that `torch.compiler.assume_constant_result` sets,
+# set without its import of torch._dynamo, which costs every command about a second at start-up.
+# tests/test_attention.py::test_cudnn_decision_compiles_without_graph_breaks fails if the mark stops working.
+cudnn_attention_preferred._dynamo_marked_constant = True
 
 
 class AttentionBase(nn.Module):

@@ -55,7 +55,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, grad_bias, None, None
 
 
-@torch.compiler.disable
+@torch._disable_dynamo  # torch.compiler.disable, applied at the first call: no torch._dynamo import at start-up
 def linear_cross_entropy(
     hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor
 ) -> torch.Tensor:

@@ -64,3 +64,17 @@ def test_gpt_forward_with_targets_equals_cross_entropy_of_logits() -> None:
         targets = torch.randint(0, 1000, (2, 12))
         expected = F.cross_entropy(model(idx).flatten(0, 1), targets.flatten())
         torch.testing.assert_close(model(idx, targets=targets), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_the_loss_stays_outside_compiled_graphs():
+    """`linear_cross_entropy` is disabled for dynamo (applied at its first call, so importing litgpt does not import
+    torch._dynamo): a compiled training forward is one graph that ends where the loss is called."""
+    import torch._dynamo
+
+    from litgpt import GPT, Config
+
+    model = GPT(Config.from_name("pythia-14m-mla", n_layer=2))
+    idx = torch.randint(0, 1000, (2, 16))
+    explanation = torch._dynamo.explain(model)(idx, targets=idx)
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0)
+    assert any("skip" in str(reason.reason).lower() for reason in explanation.break_reasons)

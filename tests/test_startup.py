@@ -202,3 +202,12 @@ def test_generate_reports_its_phases_once_per_batch(checkpoint_dir):
     for m in lines:
         batch, tokens = int(m.group(7)), int(m.group(4))
         assert tokens % batch == 0 and tokens <= batch * 5  # the tokens after each row's first, times the batch
+
+
+def test_importing_litgpt_does_not_import_the_compiler():
+    """torch._dynamo costs about a second to import: it loads when something is compiled, not with litgpt."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    script = "import sys, litgpt, litgpt.generate.cli; print('torch._dynamo' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
