@@ -17,8 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from litgpt.config import Config
-from litgpt.kernels import gqa_decode_attention, key_mask, latent_entries, mla_decode_attention
-from litgpt.kernels import mla_decode_attention_reference
+from litgpt.kernels import (
+    gqa_decode_attention,
+    key_mask,
+    latent_entries,
+    mla_decode_attention,
+    mla_decode_attention_reference,
+)
 from litgpt.kv_cache import KVCache, KVCacheCompressed
 from litgpt.norm import RMSNorm
 from litgpt.projection import Projection, stack_outputs

@@ -219,8 +219,7 @@ def fit(
     if eval.initial_validation and state["step_count"] == 0:
         _validate(fabric, model, val_loader, state, eval)
     run_start_tokens, run_start_time, run_start_step = state["tokens"], state["train_time"], state["step_count"]
-    divergence = Divergence(fabric.device, check_grad_norm=fabric.strategy.precision.precision != "16-mixed",
-                            clipping=train.max_norm is not None)
+    divergence = Divergence.for_run(fabric, train.max_norm)
     window = _Window()
     lr = opt.param_groups[0]["lr"]
     batches = iter(train_loader)
@@ -335,6 +334,11 @@ class Divergence:
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
         self.check_grad_norm = check_grad_norm
         self.fix = "lower --optimizer.lr" + ("" if clipping else " or set --train.max_norm 1.0")
+
+    @classmethod
+    def for_run(cls, fabric: Any, max_norm: Optional[float]) -> "Divergence":
+        """The tracker for a run on `fabric` clipping at max_norm (16-mixed: the loss alone, see above)."""
+        return cls(fabric.device, fabric.strategy.precision.precision != "16-mixed", clipping=max_norm is not None)
 
     def record(self, step: int, loss: torch.Tensor, grad_norm: Optional[torch.Tensor]) -> None:
         finite = torch.isfinite(loss)

@@ -117,8 +117,7 @@ def _run(
         synchronize(fabric.device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    divergence = Divergence(fabric.device, check_grad_norm=fabric.strategy.precision.precision != "16-mixed",
-                            clipping=max_norm is not None)
+    divergence = Divergence.for_run(fabric, max_norm)
 
     def step(i: int) -> torch.Tensor:
         """Training step i: one micro-batch per optimizer step (accumulation 1), as pretrain with global = micro."""
