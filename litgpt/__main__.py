@@ -30,6 +30,10 @@ CommandTable = dict[str, Union[Command, "CommandTable"]]
 
 COMMANDS: CommandTable = {
     "pretrain": "litgpt.pretrain:setup",
+    "finetune_lora": "litgpt.finetune.lora:setup",
+    "finetune": "litgpt.finetune.lora:setup",  # upstream litgpt's alias of finetune_lora
+    "finetune_full": "litgpt.finetune.full:setup",
+    "merge_lora": "litgpt.scripts.merge_lora:merge_lora",
     "train_tokenizer": "litgpt.scripts.train_tokenizer:train_tokenizer",
     "download": "litgpt.scripts.download:download",
     "generate": "litgpt.generate.cli:main",
@@ -39,6 +43,7 @@ COMMANDS: CommandTable = {
         "decode": "litgpt.benchmark.decode:benchmark_decode_command",
         "pretrain": "litgpt.benchmark.pretrain:benchmark_pretrain",
         "generate": "litgpt.benchmark.generate:benchmark_generate",
+        "finetune": "litgpt.benchmark.finetune:benchmark_finetune",
     },
     "compare": "litgpt.benchmark.compare:compare",
 }
@@ -131,6 +136,29 @@ def check_options(words: list[str], fn: Callable, args: list[str]) -> None:
         raise CommandLineError(f"unrecognized option '--{name}' for `{command}`{hint}; see `{command} --help`")
 
 
+def qualify_optimizer_names(fn: Callable, args: list[str]) -> list[str]:
+    """`--optimizer AdamW` -> `--optimizer torch.optim.AdamW` for every optimizer option of the command: jsonargparse
+    resolves a bare class name among all loaded Optimizer subclasses, which is ambiguous once another library defining
+    an `AdamW` (bitsandbytes) has been imported in the process; a name means torch.optim's, as in `OptimizerSpec`."""
+    import torch.optim
+
+    hints = typing.get_type_hints(fn)
+    from litgpt.args import OptimizerArg
+
+    options = {f"--{name}" for name in inspect.signature(fn).parameters if hints.get(name) == OptimizerArg}
+    out = list(args)
+    for i, arg in enumerate(out):
+        option, eq, value = arg.partition("=")
+        if option not in options:
+            continue
+        index = i if eq else i + 1
+        value = value if eq else (out[i + 1] if i + 1 < len(out) else "")
+        cls = getattr(torch.optim, value, None) if value.isidentifier() else None
+        if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer):
+            out[index] = f"{option}=torch.optim.{value}" if eq else f"torch.optim.{value}"
+    return out
+
+
 def first_positional(fn: Callable, args: list[str]) -> list[str]:
     """A command's first parameter may come as a bare first argument (`litgpt generate out/final`, `litgpt pretrain
     pythia-160m-mla`); it is passed on as `--checkpoint_dir=out/final`. Any other bare argument is an error."""
@@ -194,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         words, fn, rest = resolve_command(table, argv)
         if fn is not None:
             check_options(words, fn, rest)
-            argv = words + first_positional(fn, rest)
+            argv = words + qualify_optimizer_names(fn, first_positional(fn, rest))
         CLI(command_subtable(table, words, fn), args=argv, parser_class=OneLineErrorParser, as_positional=False)
     except (ValueError, FileNotFoundError, NotADirectoryError, ConnectionError) as e:
         if os.environ.get("LITGPT_DEBUG"):

@@ -18,7 +18,7 @@ from litgpt.config import Config
 from litgpt.generate.base import SamplingParams, check_lengths, peak_memory_bytes, resolve_device, resolve_dtype
 from litgpt.generate.session import DecodeSession, decode_mode
 from litgpt.model import GPT
-from litgpt.prompts import PromptStyle, load_prompt_style
+from litgpt.prompts import PromptStyle, load_prompt_style, prompt_uses_bos
 from litgpt.tokenizer import Tokenizer
 
 
@@ -108,7 +108,7 @@ class LLM:
         if not prompts:
             raise ValueError("no prompts given; pass a string or a non-empty list of strings")
         tk = self.tokenizer
-        bos = tk.bos_id is not None and tk.bos_id != tk.eos_id  # Llama-style <s>; not GPT-2-style <|endoftext|>
+        bos = prompt_uses_bos(tk)
         encoded = []
         for i, prompt in enumerate(prompts):
             if not isinstance(prompt, str) or not prompt:
@@ -136,8 +136,10 @@ class LLM:
         params = SamplingParams(temperature, top_k, top_p)
         prompt_ids = self.encode_prompts(prompts)
         cache_len = check_lengths(self.model, [len(p) for p in prompt_ids], max_new_tokens)
-        mode = decode_mode(self.device, max_new_tokens, compile)
+        mode = decode_mode(self.device, max_new_tokens, compile, len(prompts))
+        reused = self.session
         session = self.decode_session(len(prompts), cache_len, params, mode, kernels)
+        prepare_s = 0.0 if session is reused else session.prepare_s
         session.seed(seed)
         stop_tokens = self.prompt_style.stop_tokens(self.tokenizer)
         if self.device.type == "cuda":
@@ -168,6 +170,7 @@ class LLM:
             peak_memory_kind=kind,
             kv_cache_bytes=self.model.kv_cache_bytes(),
             mode=mode,
+            prepare_s=prepare_s,
         )
         return [self.tokenizer.decode(r) for r in rows], stats
 

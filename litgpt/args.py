@@ -29,6 +29,7 @@ class TrainArgs:
         max_tokens: stop after this many training tokens.
         max_steps: stop after this many optimizer steps.
         max_time: stop after this many seconds of training (the checkpoint is written at the step it stops).
+        epochs: stop after this many passes over the training samples (rounded up to whole optimizer steps).
         max_seq_length: tokens per training sequence (default: the model's block_size).
         max_norm: gradient-norm clipping threshold (None: no clipping).
         min_lr: learning rate at the end of the cosine decay.
@@ -42,6 +43,7 @@ class TrainArgs:
     max_tokens: Optional[int] = None
     max_steps: Optional[int] = None
     max_time: Optional[float] = None
+    epochs: Optional[int] = None
     max_seq_length: Optional[int] = None
     max_norm: Optional[float] = 1.0
     min_lr: float = 4e-5
@@ -64,9 +66,9 @@ class TrainArgs:
                 f"train.micro_batch_size ({self.micro_batch_size}) cannot exceed train.global_batch_size "
                 f"({self.global_batch_size})"
             )
-        if self.max_tokens is None and self.max_steps is None and self.max_time is None:
-            raise ValueError("set at least one of train.max_tokens, train.max_steps or train.max_time")
-        for name in ("max_tokens", "max_steps", "max_time", "save_interval", "max_seq_length"):
+        if self.max_tokens is None and self.max_steps is None and self.max_time is None and self.epochs is None:
+            raise ValueError("set at least one of train.max_tokens, train.max_steps, train.max_time or train.epochs")
+        for name in ("max_tokens", "max_steps", "max_time", "epochs", "save_interval", "max_seq_length"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"train.{name} must be positive, got {value}")
@@ -115,7 +117,7 @@ class OptimizerSpec:
                     f"optimizer dict keys must be class_path and init_args, got {sorted(unknown)}; "
                     "write e.g. {class_path: AdamW, init_args: {lr: 3e-4}}"
                 )
-            return cls(_optimizer_class(optimizer.get("class_path", "AdamW")), dict(optimizer.get("init_args") or {}))
+            return cls(_optimizer_class(optimizer.get("class_path", "torch.optim.AdamW")), dict(optimizer.get("init_args") or {}))
         if callable(optimizer):
             # Build it once on a dummy parameter: the class and every hyperparameter it ended up with are then
             # read off the optimizer itself (`defaults`), whatever spelling produced the callable.

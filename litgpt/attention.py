@@ -23,11 +23,12 @@ from litgpt.kernels import (
     latent_entries,
     mla_decode_attention,
     mla_decode_attention_reference,
+    split_heads,
 )
 from litgpt.kv_cache import KVCache, KVCacheCompressed
 from litgpt.norm import RMSNorm
-from litgpt.projection import Projection, stack_outputs
-from litgpt.rope import apply_partial_rope, apply_rope_last
+from litgpt.projection import Projection, linear_map, stack_outputs
+from litgpt.rope import apply_partial_rope, apply_rope_last, softmax_scale_multiplier
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,7 @@ class CausalSelfAttention(AttentionBase):
         hs, n_head, n_groups = config.head_size, config.n_head, config.n_query_groups
         self.qkv = nn.Linear(config.n_embd, (n_head + 2 * n_groups) * hs, bias=config.bias or config.attn_bias)
         self.proj = nn.Linear(n_head * hs, config.n_embd, bias=config.bias)
+        self.scale = softmax_scale_multiplier(config.rope_adjustments) / math.sqrt(hs)  # YaRN's mscale^2 included
 
     def forward(self, x: torch.Tensor, ctx: AttentionInputs) -> torch.Tensor:
         return self.proj(self.attend_projected(self.qkv(x), ctx))  # (B, T, n_embd)
@@ -154,22 +156,23 @@ class CausalSelfAttention(AttentionBase):
         B, T, _ = qkv.shape
         c = self.config
         hs, n_head, n_groups = c.head_size, c.n_head, c.n_query_groups
-        q, k, v = qkv.split((n_head * hs, n_groups * hs, n_groups * hs), dim=-1)
-        q = q.view(B, T, n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, n_groups, hs).transpose(1, 2)  # (B, ng, T, hs)
-        v = v.view(B, T, n_groups, hs).transpose(1, 2)  # (B, ng, T, hs)
+        if ctx.cached and T == 1 and self.use_kernel:
+            # decode: one launch splits qkv, ropes q and k and writes k, v; the split-KV kernel reads only valid tokens
+            q, k, v = self.kv_cache.write_qkv(ctx.input_pos, qkv, ctx.cos, ctx.sin, n_head, c.rope_n_elem,
+                                              c.rope_interleave)  # (B, nh, 1, hs), whole caches (B, ng, S, hs)
+            k, v = ctx.cache_view(k, seq_dim=2), ctx.cache_view(v, seq_dim=2)
+            y = gqa_decode_attention(q, k, v, ctx.input_pos, self.scale)  # (B, nh, 1, hs)
+            return y.transpose(1, 2).reshape(B, T, n_head * hs)
+        q, k, v = split_heads(qkv, n_head, n_groups, hs)  # (B, nh, T, hs), (B, ng, T, hs), (B, ng, T, hs)
         q = apply_partial_rope(q, ctx.cos, ctx.sin, c.rope_n_elem, c.rope_interleave)
         k = apply_partial_rope(k, ctx.cos, ctx.sin, c.rope_n_elem, c.rope_interleave)
         if ctx.cached:
             k, v = (ctx.cache_view(t, seq_dim=2) for t in self.kv_cache(ctx.input_pos, k, v))  # (B, ng, S, hs)
-        if ctx.cached and T == 1 and self.use_kernel:  # decode: split-KV kernel, reads only valid tokens
-            y = gqa_decode_attention(q, k, v, ctx.input_pos, 1.0 / math.sqrt(hs))  # (B, nh, 1, hs)
-        else:
-            y = self.attend(q, k, v, ctx.mask(k.size(2)))  # (B, nh, T, hs)
+        y = self.attend(q, k, v, ctx.mask(k.size(2)), scale=self.scale)  # (B, nh, T, hs)
         return y.transpose(1, 2).reshape(B, T, n_head * hs)
 
     def decode_projections(self) -> tuple[Projection, Projection]:
-        return (self.qkv.weight, self.qkv.bias), (self.proj.weight, self.proj.bias)
+        return linear_map(self.qkv), linear_map(self.proj)
 
     def build_kv_cache(
         self, batch_size: int, max_seq_length: int, device: Optional[torch.device], dtype: Optional[torch.dtype]
@@ -209,7 +212,8 @@ class MultiheadLatentAttention(AttentionBase):
         kv_b_width = n_head * (mla.qk_nope_head_dim + mla.v_head_dim)
         self.kv_b_proj = nn.Linear(mla.kv_lora_rank, kv_b_width, bias=config.bias)
         self.proj = nn.Linear(n_head * mla.v_head_dim, config.n_embd, bias=config.bias)
-        self.scale = 1.0 / math.sqrt(mla.qk_head_dim)
+        # 1/sqrt(d_n + d_R), with YaRN times mscale(factor, mscale_all_dim)^2 (as DeepSeek scales its softmax)
+        self.scale = softmax_scale_multiplier(config.rope_adjustments) / math.sqrt(mla.qk_head_dim)
         self.absorb: Optional[bool] = None
 
     def query(self, x: torch.Tensor) -> torch.Tensor:
@@ -261,6 +265,8 @@ class MultiheadLatentAttention(AttentionBase):
             v = v.contiguous()  # a strided view of kv_b_proj's output would send SDPA to a slower backend
         elif pad > 0:  # SDPA's flash kernel needs one head dim for q, k and v: pad V with zeros, drop them after
             v = F.pad(v, (0, pad))  # (B, h, S, d_n+d_R)
+        elif pad < 0:  # a value head wider than the query/key head (small d_n): pad q and k, which adds 0 to scores
+            q, k = F.pad(q, (0, -pad)), F.pad(k, (0, -pad))  # (B, h, T|S, d_v)
         y = self.attend(q, k, v, mask, scale=self.scale)[..., : d.v_head_dim]  # (B, h, T, d_v)
         return y.transpose(1, 2).reshape(B, T, h * d.v_head_dim)
 
@@ -310,19 +316,21 @@ class MultiheadLatentAttention(AttentionBase):
         return self.absorbed(q, kv_a, ctx, prefolded=True)
 
     def absorbed_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """W_UK (h, d_n, d_c) and W_UV (h, d_v, d_c): views of kv_b_proj's weight."""
+        """W_UK (h, d_n, d_c) and W_UV (h, d_v, d_c): views of the weight kv_b_proj applies (`linear_map`: with an
+        unmerged LoRA update, the base weight plus it)."""
         d, h = self.dims, self.config.n_head
-        return self.kv_b_proj.weight.view(h, d.qk_nope_head_dim + d.v_head_dim, d.kv_lora_rank).split(
+        return linear_map(self.kv_b_proj)[0].view(h, d.qk_nope_head_dim + d.v_head_dim, d.kv_lora_rank).split(
             (d.qk_nope_head_dim, d.v_head_dim), dim=1
         )
 
     def value_bias(self) -> Optional[torch.Tensor]:
         """kv_b_proj's value bias (h, d_v), or None. (A key bias adds one constant to all of a query's scores,
-        which softmax ignores, so the absorbed path drops it.)"""
-        if self.kv_b_proj.bias is None:
+        which softmax ignores, so the absorbed path drops it.) LoRA leaves biases as they are."""
+        bias = self.kv_b_proj.bias
+        if bias is None:
             return None
         d = self.dims
-        return self.kv_b_proj.bias.view(self.config.n_head, d.qk_nope_head_dim + d.v_head_dim)[:, d.qk_nope_head_dim :]
+        return bias.view(self.config.n_head, d.qk_nope_head_dim + d.v_head_dim)[:, d.qk_nope_head_dim :]
 
     def decode_projections(self) -> tuple[Projection, Projection]:
         """The absorbed path's input map [q_proj with W_UK folded in per head | kv_a] (or [q_a | kv_a] with
@@ -332,19 +340,21 @@ class MultiheadLatentAttention(AttentionBase):
         w_uk, w_uv = (w.to(compute) for w in self.absorbed_weights())  # (h, d_n, d_c), (h, d_v, d_c)
         if d.q_lora_rank is None:
             n_embd = self.config.n_embd
-            w_q = self.q_proj.weight.to(compute).view(h, d.qk_head_dim, n_embd)
+            w_q_map, b_q_map = linear_map(self.q_proj)
+            w_q = w_q_map.to(compute).view(h, d.qk_head_dim, n_embd)
             w_latent = torch.einsum("hnc,hnm->hcm", w_uk, w_q[:, : d.qk_nope_head_dim])  # (h, d_c, n_embd)
             query: Projection = (torch.cat((w_latent, w_q[:, d.qk_nope_head_dim :]), dim=1).reshape(-1, n_embd), None)
-            if self.q_proj.bias is not None:
-                b_q = self.q_proj.bias.to(compute).view(h, d.qk_head_dim)
+            if b_q_map is not None:
+                b_q = b_q_map.to(compute).view(h, d.qk_head_dim)
                 b_latent = torch.einsum("hnc,hn->hc", w_uk, b_q[:, : d.qk_nope_head_dim])  # (h, d_c)
                 query = (query[0], torch.cat((b_latent, b_q[:, d.qk_nope_head_dim :]), dim=1).flatten())
         else:
-            query = (self.q_a_proj.weight, self.q_a_proj.bias)
-        kv_a = (self.kv_a_proj_with_mqa.weight, self.kv_a_proj_with_mqa.bias)
-        w_o = self.proj.weight.to(compute).view(-1, h, d.v_head_dim)  # (n_embd, h, d_v)
+            query = linear_map(self.q_a_proj)
+        kv_a = linear_map(self.kv_a_proj_with_mqa)
+        w_proj, b_proj = linear_map(self.proj)
+        w_o = w_proj.to(compute).view(-1, h, d.v_head_dim)  # (n_embd, h, d_v)
         w_out = torch.einsum("mhv,hvc->mhc", w_o, w_uv).flatten(1)  # (n_embd, h * d_c)
-        b_out = None if self.proj.bias is None else self.proj.bias.to(compute)
+        b_out = None if b_proj is None else b_proj.to(compute)
         b_v = self.value_bias()
         if b_v is not None:
             b_v_out = w_o.flatten(1) @ b_v.to(compute).flatten()  # (n_embd,)

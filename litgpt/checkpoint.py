@@ -188,7 +188,7 @@ def load_checkpoint(
             "`python -m litgpt.scripts.convert_hf_checkpoint` or point at a `litgpt pretrain` output"
         )
     config = _read_config(checkpoint_dir)
-    with torch.device("meta"):
+    with torch.device("meta"), SkipInit():
         model = GPT(config)
     state_dict = extract_state_dict(read_checkpoint_file(weights), source=str(weights))
     missing, unexpected = _key_mismatch(model, state_dict)
@@ -203,6 +203,17 @@ def load_checkpoint(
     model.reset_rope_cache()  # built on the device of the weights, now `device` (the model was built on meta)
     # the parameters are already in place (a no-op for them); this casts the rope buffers as before
     return model.to(device=device, dtype=dtype)
+
+
+class SkipInit(torch.overrides.TorchFunctionMode):
+    """Inside it, `torch.nn.init` functions return their tensor untouched: for building a model whose weights are
+    loaded next. On the meta device the init functions would run torch's reference decompositions, which import
+    torch._dynamo (about a second of every `litgpt generate` start-up) to fill tensors that hold no data."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
 
 
 def convert_state_dict(

@@ -17,7 +17,25 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 NORM_CLASSES = ("LayerNorm", "RMSNorm")
-MLP_CLASSES = ("GptNeoxMLP", "LLaMAMLP")
+MLP_CLASSES = ("GptNeoxMLP", "LLaMAMLP", "LLaMAMoE")
+# How a router scores experts (`litgpt.moe.Router`): DeepSeek-V2 (softmax over all experts, then top-k), DeepSeek-V3
+# (sigmoid, top-k of sigmoid + e_score_correction_bias) and Mixtral/Switch (top-k of the logits, softmax over those k).
+MOE_SCORINGS = ("softmax", "sigmoid", "topk_softmax")
+MOE_AUX_LOSSES = ("switch", "sequence")  # over the whole batch (Switch Transformer) or per sequence (DeepSeek-V3)
+# MoE fields at the values that mean "no MoE": a config whose MLP is not LLaMAMoE must leave them there
+MOE_DEFAULTS: dict[str, Any] = dict(
+    moe_intermediate_size=None, n_expert=0, n_expert_per_token=0, n_shared_expert=None, n_expert_groups=None,
+    n_topk_groups=None, n_topk_scores_per_group=None, first_k_dense_replace=None, routed_scaling_factor=1.0,
+    norm_topk_prob=False, moe_scoring=None, moe_layer_freq=1, moe_bias_update_rate=0.0, moe_aux_loss=None,
+    moe_aux_loss_weight=0.0,
+)
+# Our fields that upstream litgpt's Config does not have: `save` leaves them out of model_config.yaml while they hold
+# their "no MoE" value, so the yaml of every dense model stays loadable by upstream litgpt.
+LITGPT_ONLY_FIELDS = ("moe_scoring", "moe_layer_freq", "moe_bias_update_rate", "moe_aux_loss", "moe_aux_loss_weight")
+# rope_adjustments (upstream litgpt's name and keys): YaRN, as DeepSeek defines it. Required keys, then the optional
+# ones with their defaults (DeepSeek's: mscale 1, mscale_all_dim 0, truncated correction range).
+YARN_REQUIRED_KEYS = ("factor", "original_max_seq_len", "beta_fast", "beta_slow")
+YARN_DEFAULTS: dict[str, Any] = dict(mscale=1.0, mscale_all_dim=0.0, truncate=True)
 LATENT_ATTENTION_KEYS = ("q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
 DEFAULT_ROTARY_PERCENTAGE = 0.25
 # rotary_percentage values an MLA config may carry, although MLA sets its rope width with qk_rope_head_dim: the
@@ -71,11 +89,28 @@ class Config:
     lm_head_bias: bool = False
     norm_class_name: Literal["LayerNorm", "RMSNorm"] = "LayerNorm"
     norm_eps: float = 1e-5
-    mlp_class_name: Literal["GptNeoxMLP", "LLaMAMLP"] = "GptNeoxMLP"
+    mlp_class_name: Literal["GptNeoxMLP", "LLaMAMLP", "LLaMAMoE"] = "GptNeoxMLP"
     gelu_approximate: str = "none"
     intermediate_size: Optional[int] = None
     scale_embeddings: bool = False
     latent_attention: Optional[Union[bool, dict]] = None
+    rope_adjustments: Optional[dict] = None  # YaRN: keys YARN_REQUIRED_KEYS and YARN_DEFAULTS
+    # mixture of experts (mlp_class_name "LLaMAMoE", `litgpt.moe`); upstream litgpt's names first, then ours
+    moe_intermediate_size: Optional[int] = None  # routed and shared expert width (default: intermediate_size)
+    n_expert: int = 0  # routed experts
+    n_expert_per_token: int = 0  # top-k
+    n_shared_expert: Optional[int] = None  # always-on experts, run as one MLP n_shared_expert times as wide
+    n_expert_groups: Optional[int] = None  # group-limited routing: experts in groups, tokens pick n_topk_groups
+    n_topk_groups: Optional[int] = None
+    n_topk_scores_per_group: Optional[int] = None  # a group's score: its best this many (V2: 1, V3: 2)
+    first_k_dense_replace: Optional[int] = None  # the first k layers keep a dense LLaMAMLP
+    routed_scaling_factor: float = 1.0
+    norm_topk_prob: bool = False  # renormalise the k routing weights to sum to one
+    moe_scoring: Optional[Literal["softmax", "sigmoid", "topk_softmax"]] = None  # MOE_SCORINGS; default as upstream
+    moe_layer_freq: int = 1  # past first_k_dense_replace, every moe_layer_freq-th layer is MoE
+    moe_bias_update_rate: float = 0.0  # DeepSeek-V3's auxiliary-loss-free balancing step size (sigmoid scoring)
+    moe_aux_loss: Optional[Literal["switch", "sequence"]] = None  # MOE_AUX_LOSSES
+    moe_aux_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -94,9 +129,16 @@ class Config:
         if self.n_query_groups is None:
             self.n_query_groups = self.n_head
         if self.intermediate_size is None:
-            if self.mlp_class_name == "LLaMAMLP":
-                raise ValueError("intermediate_size must be set when mlp_class_name is 'LLaMAMLP'")
+            if self.mlp_class_name in ("LLaMAMLP", "LLaMAMoE"):
+                raise ValueError(f"intermediate_size must be set when mlp_class_name is {self.mlp_class_name!r}")
             self.intermediate_size = 4 * self.n_embd
+        if self.mlp_class_name == "LLaMAMoE":
+            self._resolve_moe()
+        if self.rope_adjustments is not None:
+            if not isinstance(self.rope_adjustments, dict):
+                raise ValueError(f"rope_adjustments must be a dict of YaRN settings, got {self.rope_adjustments!r}")
+            given = self.rope_adjustments
+            self.rope_adjustments = {**given, **{k: given.get(k, v) for k, v in YARN_DEFAULTS.items()}}
         if self.latent_attention is True:
             hs = self.head_size
             self.latent_attention = dict(
@@ -106,8 +148,21 @@ class Config:
             self.latent_attention = None
         self._validate()
 
+    def _resolve_moe(self) -> None:
+        """Fill the MoE fields left to defaults: scoring as upstream litgpt reads its configs (grouped experts:
+        sigmoid, else top-k softmax), expert width, and a group's score (V2's best expert, V3's best two)."""
+        if self.moe_scoring is None:
+            self.moe_scoring = "sigmoid" if self.n_expert_groups else "topk_softmax"
+        if self.moe_intermediate_size is None:
+            self.moe_intermediate_size = self.intermediate_size
+        if self.n_expert_groups and self.n_topk_scores_per_group is None:
+            self.n_topk_scores_per_group = 2 if self.moe_scoring == "sigmoid" else 1
+
     def _validate(self) -> None:
         _require_positive(self, ("head_size", "padded_vocab_size", "n_query_groups", "intermediate_size"))
+        self._validate_moe()
+        if self.rope_adjustments is not None:
+            _validate_yarn(self.rope_adjustments)
         if self.padded_vocab_size < self.vocab_size:
             raise ValueError(f"padded_vocab_size ({self.padded_vocab_size}) must be >= vocab_size ({self.vocab_size})")
         if self.n_head % self.n_query_groups:
@@ -149,8 +204,11 @@ class Config:
             value = self.latent_attention.get(key)
             if key == "q_lora_rank" and value is None:
                 continue
+            if key == "qk_nope_head_dim" and value == 0 and not isinstance(value, bool):
+                continue  # every query/key dim roped (no nope part): allowed
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"latent_attention.{key} must be a positive integer, got {value!r}")
+                what = "a non-negative" if key == "qk_nope_head_dim" else "a positive"
+                raise ValueError(f"latent_attention.{key} must be {what} integer, got {value!r}")
         if self.latent_attention["qk_rope_head_dim"] % 2:
             raise ValueError(
                 f"latent_attention.qk_rope_head_dim must be even, got {self.latent_attention['qk_rope_head_dim']}"
@@ -166,7 +224,85 @@ class Config:
                 f"width with latent_attention.qk_rope_head_dim and leave rotary_percentage at {DEFAULT_ROTARY_PERCENTAGE}"
             )
 
+    def _validate_moe(self) -> None:
+        """One-line errors naming the field for MoE settings that cannot work (or would be ignored)."""
+        if self.mlp_class_name != "LLaMAMoE":
+            for name, default in MOE_DEFAULTS.items():
+                if not _same_value(getattr(self, name), default):
+                    raise ValueError(
+                        f"{name}={getattr(self, name)!r} needs mlp_class_name 'LLaMAMoE' (got {self.mlp_class_name!r})"
+                    )
+            return
+        if self.moe_scoring not in MOE_SCORINGS:
+            raise ValueError(f"moe_scoring must be one of {MOE_SCORINGS}, got {self.moe_scoring!r}")
+        _require_positive(self, ("n_expert", "moe_intermediate_size", "moe_layer_freq"))
+        e, k = self.n_expert, self.n_expert_per_token
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= e:
+            raise ValueError(f"n_expert_per_token must be between 1 and n_expert ({e}), got {k!r}")
+        _require_non_negative(self, ("n_shared_expert", "first_k_dense_replace"))
+        if not self.moe_layers:
+            raise ValueError(
+                f"first_k_dense_replace={self.first_k_dense_replace} and moe_layer_freq={self.moe_layer_freq} leave "
+                f"none of the {self.n_layer} layers MoE; use mlp_class_name 'LLaMAMLP'"
+            )
+        if self.n_expert_groups is None:
+            for name in ("n_topk_groups", "n_topk_scores_per_group"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}={getattr(self, name)!r} needs n_expert_groups (group-limited routing)")
+        else:
+            if self.moe_scoring == "topk_softmax":
+                raise ValueError("n_expert_groups needs moe_scoring 'softmax' or 'sigmoid'; 'topk_softmax' has no "
+                                 "group-limited form")
+            _require_positive(self, ("n_expert_groups",))
+            groups = self.n_expert_groups
+            if e % groups:
+                raise ValueError(f"n_expert_groups ({groups}) must divide n_expert ({e})")
+            per_group = e // groups
+            topk_groups = self.n_topk_groups
+            if not isinstance(topk_groups, int) or isinstance(topk_groups, bool) or not 1 <= topk_groups <= groups:
+                raise ValueError(f"n_topk_groups must be between 1 and n_expert_groups ({groups}), got {topk_groups!r}")
+            if topk_groups * per_group < k:
+                raise ValueError(
+                    f"n_topk_groups ({topk_groups}) groups of {per_group} experts hold fewer than n_expert_per_token "
+                    f"({k}) experts"
+                )
+            scores = self.n_topk_scores_per_group
+            if not isinstance(scores, int) or isinstance(scores, bool) or not 1 <= scores <= per_group:
+                raise ValueError(
+                    f"n_topk_scores_per_group must be between 1 and the {per_group} experts of a group, got {scores!r}"
+                )
+        if self.norm_topk_prob and self.moe_scoring == "topk_softmax":
+            raise ValueError("norm_topk_prob has no effect with moe_scoring 'topk_softmax' (its weights already sum "
+                             "to one); leave it false")
+        if not self.routed_scaling_factor > 0:
+            raise ValueError(f"routed_scaling_factor must be positive, got {self.routed_scaling_factor!r}")
+        if not self.moe_bias_update_rate >= 0:
+            raise ValueError(f"moe_bias_update_rate must be >= 0, got {self.moe_bias_update_rate!r}")
+        if self.moe_bias_update_rate > 0 and self.moe_scoring != "sigmoid":
+            raise ValueError(
+                f"moe_bias_update_rate={self.moe_bias_update_rate} needs moe_scoring 'sigmoid' (the bias it updates, "
+                f"e_score_correction_bias, is DeepSeek-V3's); got {self.moe_scoring!r}"
+            )
+        if self.moe_aux_loss is not None and self.moe_aux_loss not in MOE_AUX_LOSSES:
+            raise ValueError(f"moe_aux_loss must be one of {MOE_AUX_LOSSES} or null, got {self.moe_aux_loss!r}")
+        if not self.moe_aux_loss_weight >= 0:
+            raise ValueError(f"moe_aux_loss_weight must be >= 0, got {self.moe_aux_loss_weight!r}")
+        if (self.moe_aux_loss is None) != (self.moe_aux_loss_weight == 0):
+            raise ValueError(
+                f"moe_aux_loss ({self.moe_aux_loss!r}) and moe_aux_loss_weight ({self.moe_aux_loss_weight}) go "
+                "together: set both (a kind and a positive weight) or neither"
+            )
+
     # ------------------------------------------------------------------ derived properties
+    @property
+    def moe_layers(self) -> list[int]:
+        """Indices of the layers whose MLP is the mixture of experts (DeepSeek's rule: from first_k_dense_replace on,
+        every moe_layer_freq-th layer); empty for dense models."""
+        if self.mlp_class_name != "LLaMAMoE":
+            return []
+        first = self.first_k_dense_replace or 0
+        return [i for i in range(first, self.n_layer) if i % self.moe_layer_freq == 0]
+
     @property
     def mla(self) -> Optional[LatentAttentionDims]:
         """Resolved MLA dimensions, or None for MHA/GQA/MQA."""
@@ -273,9 +409,12 @@ class Config:
         return asdict(self)
 
     def save(self, path: Union[str, Path]) -> None:
-        """Write as yaml (the `model_config.yaml` format)."""
+        """Write as yaml (the `model_config.yaml` format), without our own fields where they hold their "no MoE"
+        value (`LITGPT_ONLY_FIELDS`): upstream litgpt rejects keys it does not know."""
+        data = {k: v for k, v in self.to_dict().items()
+                if not (k in LITGPT_ONLY_FIELDS and _same_value(v, MOE_DEFAULTS[k]))}
         with open(path, "w", encoding="utf-8") as f:
-            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+            yaml.safe_dump(data, f, sort_keys=False)
 
 
 def _find_multiple(n: int, k: int) -> int:
@@ -287,6 +426,35 @@ def _require_positive(config: Config, names: tuple[str, ...]) -> None:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _require_non_negative(config: Config, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise ValueError(f"{name} must be a non-negative integer or null, got {value!r}")
+
+
+def _validate_yarn(adjustments: dict) -> None:
+    """rope_adjustments must be YaRN's settings (upstream's llama3-style keys are not implemented)."""
+    known = (*YARN_REQUIRED_KEYS, *YARN_DEFAULTS)
+    unknown = sorted(set(adjustments) - set(known))
+    missing = [k for k in YARN_REQUIRED_KEYS if k not in adjustments]
+    if unknown or missing:
+        raise ValueError(
+            f"rope_adjustments: unknown keys {unknown} / missing keys {missing}; only YaRN is implemented, with keys "
+            f"{YARN_REQUIRED_KEYS} and optional {tuple(YARN_DEFAULTS)}"
+        )
+    for key in (*YARN_REQUIRED_KEYS, "mscale", "mscale_all_dim"):
+        value = adjustments[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"rope_adjustments.{key} must be a number, got {value!r}")
+    if adjustments["factor"] < 1:
+        raise ValueError(f"rope_adjustments.factor must be >= 1, got {adjustments['factor']}")
+    if adjustments["original_max_seq_len"] <= 0 or adjustments["beta_fast"] <= 0 or adjustments["beta_slow"] <= 0:
+        raise ValueError("rope_adjustments.original_max_seq_len, beta_fast and beta_slow must be positive")
+    if not isinstance(adjustments["truncate"], bool):
+        raise ValueError(f"rope_adjustments.truncate must be true or false, got {adjustments['truncate']!r}")
 
 
 def _is_mla(fields: dict) -> bool:
@@ -322,19 +490,8 @@ UPSTREAM_UNSUPPORTED_DEFAULTS: dict[str, Any] = {
     "sliding_window_indices": None,
     "attention_logit_softcapping": None,
     "final_logit_softcapping": None,
-    "rope_adjustments": None,
     "rope_local_base_freq": None,
     "rope_indices": None,
-    "moe_intermediate_size": None,
-    "n_expert": 0,
-    "n_shared_expert": None,
-    "n_expert_groups": None,
-    "n_topk_groups": None,
-    "n_topk_scores_per_group": None,
-    "n_expert_per_token": 0,
-    "first_k_dense_replace": None,
-    "routed_scaling_factor": 1.0,
-    "norm_topk_prob": False,
 }
 # Upstream switches norm behaviour on these substrings of `name` (unit-offset RMSNorm, affine-free LayerNorm).
 UPSTREAM_NAME_SPECIFIC = ("Gemma", "OLMo")
@@ -372,6 +529,32 @@ _base_configs += [
         parallel_residual=True,
         bias=True,
     ),
+]
+
+
+# A small DeepSeek-MoE family: fine-grained routed experts (top-2 of 8) beside one shared expert, the first layer
+# dense, V3 routing (sigmoid, auxiliary-loss-free bias balancing, a tiny sequence-wise aux loss). pythia-70m-moe's
+# active MLP (2 routed + 1 shared SwiGLU of 512) matches its dense first layer (SwiGLU of 1536); 96M parameters
+# in all, 72M active per token (pythia-70m: 70M).
+_deepseek_moe = dict(
+    mlp_class_name="LLaMAMoE",
+    n_expert=8,
+    n_expert_per_token=2,
+    n_shared_expert=1,
+    first_k_dense_replace=1,
+    moe_scoring="sigmoid",
+    norm_topk_prob=True,
+    moe_bias_update_rate=0.001,
+    moe_aux_loss="sequence",
+    moe_aux_loss_weight=0.0001,
+)
+_dense = {c["name"]: c for c in _base_configs}
+_base_configs += [
+    dict(_dense["pythia-70m"], name="pythia-70m-moe", hf_config={}, intermediate_size=1536, moe_intermediate_size=512,
+         **_deepseek_moe),
+    # tiny, for tests: a dense layer, then an MoE layer with two groups of two experts
+    dict(_dense["debug"], name="debug-moe", intermediate_size=96, moe_intermediate_size=32,
+         **{**_deepseek_moe, "n_expert": 4, "n_expert_groups": 2, "n_topk_groups": 1, "moe_bias_update_rate": 0.01}),
 ]
 
 

@@ -13,7 +13,8 @@ PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e1
 
 
 def matmul_params(config: Config) -> int:
-    """Parameters that take part in a matmul per token: every Linear weight (the embedding lookup is free)."""
+    """Parameters that take part in a matmul per token: every Linear weight (the embedding lookup is free); in an
+    MoE layer the router and the n_expert_per_token routed plus the shared experts a token runs."""
     c = config
     n = c.n_embd
     if c.mla is None:
@@ -23,8 +24,13 @@ def matmul_params(config: Config) -> int:
         q = n * c.n_head * d.qk_head_dim if d.q_lora_rank is None else d.q_lora_rank * (n + c.n_head * d.qk_head_dim)
         attn = q + n * d.cache_width + d.kv_lora_rank * c.n_head * (d.qk_nope_head_dim + d.v_head_dim)
         attn += c.n_head * d.v_head_dim * n
-    mlp = (3 if c.mlp_class_name == "LLaMAMLP" else 2) * n * c.intermediate_size
-    return c.n_layer * (attn + mlp) + n * c.padded_vocab_size
+    dense_mlp = (2 if c.mlp_class_name == "GptNeoxMLP" else 3) * n * c.intermediate_size
+    n_moe = len(c.moe_layers)
+    moe_mlp = 0
+    if n_moe:
+        experts = c.n_expert_per_token + (c.n_shared_expert or 0)
+        moe_mlp = n * c.n_expert + experts * 3 * n * c.moe_intermediate_size
+    return c.n_layer * attn + (c.n_layer - n_moe) * dense_mlp + n_moe * moe_mlp + n * c.padded_vocab_size
 
 
 def flops_per_token(config: Config, seq_len: int, training: bool = True) -> float:

@@ -3,7 +3,8 @@ so a decode step has fixed shapes, no reallocation and no host sync.
 
 `KVCache` holds per-group K and V (MHA/GQA/MQA). `KVCacheCompressed` holds, for MLA, only the normalised latent and
 the roped rope key, side by side in one buffer: kv_lora_rank + qk_rope_head_dim values per token. Each cache owns
-its write: `KVCacheCompressed.write` turns kv_a_proj's output into those entries itself (a Triton launch on CUDA).
+its write: `KVCacheCompressed.write` turns kv_a_proj's output into those entries itself, and `KVCache.write_qkv`
+the fused qkv projection's output (each a Triton launch on CUDA for a one-token step).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from litgpt.kernels import mla_cache_write, write_positions
+from litgpt.kernels import gqa_cache_write, mla_cache_write, write_positions
 
 
 class KVCache(nn.Module):
@@ -40,6 +41,27 @@ class KVCache(nn.Module):
         write_positions(self.k, input_pos, k, seq_dim=2)
         write_positions(self.v, input_pos, v, seq_dim=2)
         return self.k, self.v
+
+    def write_qkv(
+        self,
+        input_pos: torch.Tensor,
+        qkv: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        n_head: int,
+        rope_n_elem: int,
+        interleave: bool,
+        use_kernel: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Write the new tokens' roped keys and values from the qkv rows (B, T, (nh + 2 G) hs) at input_pos; return
+        their query (B, nh, T, hs), roped at the same positions, and the full caches (B, G, S, hs).
+
+        One launch for a one-token step on CUDA (`litgpt.kernels.gqa_cache_write`). cos, sin: the rope rows at
+        input_pos ((T, rope_n_elem) or (B, T, rope_n_elem)), which rotate the first rope_n_elem dims of each query
+        head and key group.
+        """
+        q = gqa_cache_write(qkv, self.k, self.v, input_pos, cos, sin, n_head, rope_n_elem, interleave, use_kernel)
+        return q, self.k, self.v
 
 
 class KVCacheCompressed(nn.Module):

@@ -18,8 +18,9 @@ from litgpt.config import Config
 from litgpt.kernels import linear
 from litgpt.kernels.linear import NormKind
 from litgpt.loss import linear_cross_entropy
+from litgpt.moe import Experts, LLaMAMoE, Router, split_expert_keys, stack_expert_keys
 from litgpt.norm import RMSNorm, build_norm
-from litgpt.projection import Projection, stack_outputs
+from litgpt.projection import Projection, linear_inputs, linear_map, stack_outputs
 from litgpt.rope import build_rope_cache
 
 
@@ -31,10 +32,13 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
-                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+                h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
                 ln_f=build_norm(config, config.n_embd),
             )
         )
+        if config.moe_layers:  # stacked experts inside, upstream litgpt's per-expert keys in the state dict
+            self.register_state_dict_post_hook(split_expert_keys)
+            self.register_load_state_dict_pre_hook(stack_expert_keys)
         self._max_seq_length = 0
         self.max_seq_length = config.block_size
 
@@ -65,7 +69,9 @@ class GPT(nn.Module):
         c = self.config
         device = self.lm_head.weight.device
         device = torch.device("cpu") if device.type == "meta" else device
-        cos, sin = build_rope_cache(self._max_seq_length, c.rope_n_elem, device, c.rope_base, c.rope_condense_ratio)
+        cos, sin = build_rope_cache(
+            self._max_seq_length, c.rope_n_elem, device, c.rope_base, c.rope_condense_ratio, c.rope_adjustments
+        )
         self.register_buffer("cos", cos, persistent=False)  # (max_seq_length, rope_n_elem)
         self.register_buffer("sin", sin, persistent=False)
 
@@ -84,7 +90,8 @@ class GPT(nn.Module):
         position <= their own. input_pos_maxp1, if given, bounds the cache read to its first input_pos_maxp1
         positions (fewer FLOPs, but the shape then changes with it).
         targets (B, T), if given, makes forward return the mean cross-entropy of the logits against them, computed
-        in chunks by `litgpt.loss.linear_cross_entropy` without an fp32 copy of the (B, T, vocab) logits.
+        in chunks by `litgpt.loss.linear_cross_entropy` without an fp32 copy of the (B, T, vocab) logits; targets
+        equal to -100 (`litgpt.loss.IGNORE_INDEX`: prompt and padding tokens of fine-tuning data) carry no weight.
         """
         B, T = idx.shape
         if T > self.max_seq_length:
@@ -103,7 +110,8 @@ class GPT(nn.Module):
             x = block(x, ctx)
         x = self.transformer.ln_f(x)
         if targets is not None:
-            return linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, self.lm_head.bias, targets.flatten())
+            hidden, weight, bias = linear_inputs(self.lm_head, x.flatten(0, 1))  # a LoRA head appends its branch
+            return linear_cross_entropy(hidden, weight, bias, targets.flatten())
         return self.lm_head(x)  # (B, T, padded_vocab_size)
 
     # ------------------------------------------------------------------ KV cache
@@ -125,7 +133,8 @@ class GPT(nn.Module):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         device = self.lm_head.weight.device if device is None else device
-        dtype = self.lm_head.weight.dtype if dtype is None else dtype
+        # the embedding's dtype: the compute dtype also where bitsandbytes stores the linears quantized (QLoRA)
+        dtype = self.transformer.wte.weight.dtype if dtype is None else dtype
         for block in self.transformer.h:
             block.attn.kv_cache = block.attn.build_kv_cache(batch_size, max_seq_length, device, dtype)
         self.kv_cache_length = max_seq_length
@@ -144,17 +153,18 @@ class Block(nn.Module):
 
     Beside its own forward it has a folded one-token step: with `folded` set (`litgpt.fold.fold_for_decode`), a
     cached step of one token runs on those maps instead of its modules, the norms and the MLP activation inside
-    the GEMVs (`litgpt.kernels.linear`).
+    the GEMVs (`litgpt.kernels.linear`). An MoE MLP (`litgpt.moe.LLaMAMoE`, in the layers `config.moe_layers`
+    lists) stays unfolded: its experts depend on the token, so only the attention's maps fold.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, block_idx: int = 0) -> None:
         super().__init__()
         self.config = config
         self.norm_1 = build_norm(config, config.n_embd)
         attention_class = MultiheadLatentAttention if config.latent_attention is not None else CausalSelfAttention
         self.attn = attention_class(config)
         self.norm_2 = None if config.shared_attention_norm else build_norm(config, config.n_embd)
-        self.mlp = GptNeoxMLP(config) if config.mlp_class_name == "GptNeoxMLP" else LLaMAMLP(config)
+        self.mlp = build_mlp(config, block_idx)
         self.folded: Optional[FoldedMaps] = None  # decode-time folded weights, a snapshot
 
     def forward(self, x: torch.Tensor, ctx: AttentionInputs) -> torch.Tensor:
@@ -171,9 +181,16 @@ class Block(nn.Module):
     def folded_step(self, x: torch.Tensor, ctx: AttentionInputs) -> torch.Tensor:
         """What `forward` computes for one cached token (B, 1, n_embd), on the folded maps: parallel residual, one
         GEMV in ([attention | MLP] input, the norm inside) and one out (the activation inside); sequential, three
-        in turn, then the MLP's own output map."""
-        maps, kernel, act = self.folded, self.attn.use_kernel, self.mlp.activation
+        in turn, then the MLP's own output map. An MoE block folds its attention alone and runs the MoE as is."""
+        maps, kernel = self.folded, self.attn.use_kernel
         norm = dict(norm=maps.norm, eps=maps.eps, use_kernel=kernel)
+        if isinstance(self.mlp, LLaMAMoE):
+            h = linear(x, *maps.projection("attn_in"), **norm)
+            a = linear(self.attn.attend_projected(h, ctx), *maps.projection("attn_out"), residual=x, use_kernel=kernel)
+            if self.config.parallel_residual:  # x + attention + MoE of the normed x
+                return a + self.mlp(self.norm_1(x) if self.norm_2 is None else self.norm_2(x))
+            return a + self.mlp(self.norm_2(a))
+        act = self.mlp.activation
         if self.config.parallel_residual:
             h = linear(x, *maps.projection("in"), **norm)  # (B, 1, F_attn_in + F_mlp)
             h_attn, h_mlp = h.split(maps.widths, dim=-1)
@@ -182,8 +199,7 @@ class Block(nn.Module):
         h = linear(x, *maps.projection("attn_in"), **norm)
         x = linear(self.attn.attend_projected(h, ctx), *maps.projection("attn_out"), residual=x, use_kernel=kernel)
         h = linear(x, *maps.projection("mlp_in"), **norm)  # (B, 1, F_mlp)
-        return linear(None, self.mlp.proj.weight, self.mlp.proj.bias, residual=x, tail=h, activation=act,
-                      use_kernel=kernel)
+        return linear(None, *linear_map(self.mlp.proj), residual=x, tail=h, activation=act, use_kernel=kernel)
 
 
 class FoldedMaps(nn.Module):
@@ -219,19 +235,20 @@ class GptNeoxMLP(nn.Module):
 
     def projections(self) -> tuple[Projection, Projection]:
         """The input map (fc) and output map (proj) around `activate`."""
-        return (self.fc.weight, self.fc.bias), (self.proj.weight, self.proj.bias)
+        return linear_map(self.fc), linear_map(self.proj)
 
 
 class LLaMAMLP(nn.Module):
-    """SwiGLU: proj(silu(fc_1 x) * fc_2 x)."""
+    """SwiGLU: proj(silu(fc_1 x) * fc_2 x), intermediate_size wide (default: config.intermediate_size)."""
 
     activation = "swiglu"  # a key of ACTIVATIONS
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, intermediate_size: Optional[int] = None) -> None:
         super().__init__()
-        self.fc_1 = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
-        self.fc_2 = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
-        self.proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)
+        width = config.intermediate_size if intermediate_size is None else intermediate_size
+        self.fc_1 = nn.Linear(config.n_embd, width, bias=config.bias)
+        self.fc_2 = nn.Linear(config.n_embd, width, bias=config.bias)
+        self.proj = nn.Linear(width, config.n_embd, bias=config.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(F.silu(self.fc_1(x)) * self.fc_2(x))
@@ -242,21 +259,40 @@ class LLaMAMLP(nn.Module):
 
     def projections(self) -> tuple[Projection, Projection]:
         """The input map [fc_1 | fc_2] and output map (proj) around `activate`."""
-        return stack_outputs((self.fc_1.weight, self.fc_1.bias), (self.fc_2.weight, self.fc_2.bias)), (
-            self.proj.weight,
-            self.proj.bias,
-        )
+        return stack_outputs(linear_map(self.fc_1), linear_map(self.fc_2)), linear_map(self.proj)
+
+
+def build_mlp(config: Config, block_idx: int) -> nn.Module:
+    """Block block_idx's MLP: the mixture of experts in the layers `config.moe_layers` lists (the other layers of an
+    MoE config keep a dense LLaMAMLP), else config.mlp_class_name's."""
+    if block_idx in config.moe_layers:
+        n_shared = config.n_shared_expert
+        shared = LLaMAMLP(config, n_shared * config.moe_intermediate_size) if n_shared else None
+        return LLaMAMoE(config, shared)
+    return GptNeoxMLP(config) if config.mlp_class_name == "GptNeoxMLP" else LLaMAMLP(config)
 
 
 def init_weights(model: GPT) -> None:
-    """GPT-NeoX "small init": N(0, sqrt(2/(5 d))) everywhere, output projections scaled by 1/(sqrt(d) n_layer)."""
+    """GPT-NeoX "small init": N(0, sqrt(2/(5 d))) everywhere, output projections scaled by 1/(sqrt(d) n_layer)
+    (experts' included); DeepSeek-V3's selection bias starts at zero."""
     n_embd, n_layer = model.config.n_embd, model.config.n_layer
     std = math.sqrt(2.0 / (5 * n_embd))
+    out_std = 1 / math.sqrt(n_embd) / n_layer
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.Embedding)):
-            out_std = 1 / math.sqrt(n_embd) / n_layer if name.endswith(("attn.proj", "mlp.proj")) else std
-            nn.init.normal_(module.weight, mean=0.0, std=out_std)
+            is_output = name.endswith(("attn.proj", "mlp.proj", "shared_experts.proj"))
+            nn.init.normal_(module.weight, mean=0.0, std=out_std if is_output else std)
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, (nn.LayerNorm, RMSNorm)):
             module.reset_parameters()
+        elif isinstance(module, Experts):
+            nn.init.normal_(module.fc_weight, mean=0.0, std=std)
+            nn.init.normal_(module.proj_weight, mean=0.0, std=out_std)
+            for bias in (module.fc_bias, module.proj_bias):
+                if bias is not None:
+                    nn.init.zeros_(bias)
+        elif isinstance(module, Router):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.e_score_correction_bias is not None:
+                nn.init.zeros_(module.e_score_correction_bias)

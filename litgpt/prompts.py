@@ -1,9 +1,11 @@
 """Prompt styles: how a user's message is framed before it reaches the model, and which tokens end a reply.
 
-A base model (everything `litgpt pretrain` writes) sees the text as it is: the `default` style. A checkpoint
-can name its style in `prompt_style.yaml` (`name: default`, or upstream litgpt's `class_path: litgpt.prompts.X`
-layout); `litgpt generate/chat --prompt_style NAME` overrides it. New styles subclass `PromptStyle` and are
-added to `prompt_styles`.
+A base model (everything `litgpt pretrain` writes) sees the text as it is: the `default` style. Fine-tuning data
+frames each instruction (and its optional input) with a style too, `alpaca` or `plain`, and `litgpt finetune_*`
+save that style with the checkpoint, so generation frames prompts exactly as training did. A checkpoint names its
+style in `prompt_style.yaml` (`name: alpaca`, or upstream litgpt's `class_path: litgpt.prompts.Alpaca` layout);
+`litgpt generate/chat --prompt_style NAME` overrides it. New styles subclass `PromptStyle` and are added to
+`prompt_styles`.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from litgpt.tokenizer import Tokenizer
 
 
 class PromptStyle:
-    """Plain text: the prompt passes through unchanged; the tokenizer's EOS ends a reply."""
+    """Plain text: the prompt passes through unchanged (an input follows it after a blank line); the tokenizer's EOS
+    ends a reply."""
 
     name = "default"
 
-    def apply(self, prompt: str) -> str:
-        """The text the model is given for the user message `prompt`."""
-        return prompt
+    def apply(self, prompt: str, input: str = "") -> str:
+        """The text the model is given for the user message (or instruction) `prompt` with its optional `input`."""
+        return f"{prompt}\n\n{input}" if input else prompt
 
     def stop_tokens(self, tokenizer: Tokenizer) -> list[list[int]]:
         """Token sequences that end a reply (each a list of ids)."""
@@ -60,7 +63,40 @@ class PromptStyle:
             yaml.safe_dump({"name": self.name}, f)
 
 
-prompt_styles: dict[str, type[PromptStyle]] = {"default": PromptStyle}
+class Alpaca(PromptStyle):
+    """The Stanford Alpaca template: a preamble, `### Instruction:`, `### Input:` when there is one, `### Response:`."""
+
+    name = "alpaca"
+
+    def apply(self, prompt: str, input: str = "") -> str:
+        if input:
+            return (
+                "Below is an instruction that describes a task, paired with an input that provides further context. "
+                "Write a response that appropriately completes the request.\n\n"
+                f"### Instruction:\n{prompt}\n\n### Input:\n{input}\n\n### Response:\n"
+            )
+        return (
+            "Below is an instruction that describes a task. Write a response that appropriately completes the "
+            f"request.\n\n### Instruction:\n{prompt}\n\n### Response:\n"
+        )
+
+
+class Plain(PromptStyle):
+    """The instruction on its own line (then the input on its own line); the response follows."""
+
+    name = "plain"
+
+    def apply(self, prompt: str, input: str = "") -> str:
+        return f"{prompt}\n{input}\n" if input else f"{prompt}\n"
+
+
+prompt_styles: dict[str, type[PromptStyle]] = {style.name: style for style in (PromptStyle, Alpaca, Plain)}
+
+
+def prompt_uses_bos(tokenizer: Tokenizer) -> bool:
+    """Whether a prompt starts with the tokenizer's BOS: Llama-style `<s>` yes; none, or GPT-2-style
+    `<|endoftext|>` that is also EOS, no. Generation and fine-tuning data frame prompts alike."""
+    return tokenizer.bos_id is not None and tokenizer.bos_id != tokenizer.eos_id
 
 
 def load_prompt_style(checkpoint_dir: Union[str, Path], name: Optional[str] = None) -> PromptStyle:

@@ -1,14 +1,63 @@
-"""Rotary position embeddings: the cos/sin cache and its two layouts.
+"""Rotary position embeddings: the cos/sin cache and its two layouts, optionally YaRN-scaled.
 
 Rotate-half (GPT-NeoX, Llama) pairs dimension i with i + n/2; interleaved (DeepSeek, GPT-J) pairs 2i with
 2i+1. Both rotate the same frequencies, so a converter only has to permute weights to move between them.
+
+YaRN (`config.rope_adjustments`, DeepSeek's form): frequencies that turn fewer than beta_slow times over the
+original context are interpolated (divided by `factor`), those that turn more than beta_fast times are kept, and a
+linear ramp blends the ones between. The cos/sin tables are scaled by mscale(factor, mscale) /
+mscale(factor, mscale_all_dim), so roped query and key parts grow by that much each, and attention's softmax scale
+is multiplied by mscale(factor, mscale_all_dim)^2 (`softmax_scale_multiplier`), where
+mscale(s, m) = 0.1 m ln(s) + 1 for s > 1, else 1.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
+
+
+def yarn_mscale(factor: float, mscale: float) -> float:
+    """DeepSeek's YaRN magnitude correction: 0.1 * mscale * ln(factor) + 1 (1 without scaling)."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def rope_attention_factor(adjustments: Optional[dict]) -> float:
+    """What the cos/sin tables are multiplied by: mscale(factor, mscale) / mscale(factor, mscale_all_dim)."""
+    if adjustments is None:
+        return 1.0
+    factor = adjustments["factor"]
+    return yarn_mscale(factor, adjustments["mscale"]) / yarn_mscale(factor, adjustments["mscale_all_dim"])
+
+
+def softmax_scale_multiplier(adjustments: Optional[dict]) -> float:
+    """What attention's 1/sqrt(d) softmax scale is multiplied by: mscale(factor, mscale_all_dim)^2 (1 without YaRN)."""
+    if adjustments is None:
+        return 1.0
+    return yarn_mscale(adjustments["factor"], adjustments["mscale_all_dim"]) ** 2
+
+
+def yarn_frequencies(
+    n_elem: int, base: float, adjustments: dict, device: Optional[torch.device] = None
+) -> torch.Tensor:
+    """YaRN's rotation frequencies (n_elem/2,) in float32: the ramp blend of the original and the interpolated ones."""
+    factor, original = adjustments["factor"], adjustments["original_max_seq_len"]
+
+    def dim_turning(turns: float) -> float:  # the (fractional) frequency index that turns `turns` times over `original`
+        return n_elem * math.log(original / (turns * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = dim_turning(adjustments["beta_fast"]), dim_turning(adjustments["beta_slow"])
+    if adjustments["truncate"]:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, n_elem - 1)
+    if low == high:
+        high += 0.001  # a step instead of a ramp, without dividing by zero
+    powers = base ** (torch.arange(0, n_elem, 2, device=device, dtype=torch.float32) / n_elem)  # (n_elem/2,)
+    ramp = ((torch.arange(n_elem // 2, device=device, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    keep = 1 - ramp  # 1: the original frequency (fast, turns often), 0: interpolated (slow)
+    return (1.0 / (factor * powers)) * (1 - keep) + (1.0 / powers) * keep
 
 
 def build_rope_cache(
@@ -17,13 +66,21 @@ def build_rope_cache(
     device: Optional[torch.device] = None,
     base: int = 10000,
     condense_ratio: int = 1,
+    adjustments: Optional[dict] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of shape (seq_len, n_elem) in float32, in rotate-half order (each frequency twice)."""
-    theta = 1.0 / (base ** (torch.arange(0, n_elem, 2, device=device, dtype=torch.float32) / n_elem))  # (n_elem/2,)
+    """cos and sin of shape (seq_len, n_elem) in float32, in rotate-half order (each frequency twice); with YaRN
+    `adjustments` (a resolved `config.rope_adjustments`), its frequencies and its attention factor."""
+    if adjustments is None:
+        theta = 1.0 / (base ** (torch.arange(0, n_elem, 2, device=device, dtype=torch.float32) / n_elem))  # (n_elem/2,)
+    else:
+        theta = yarn_frequencies(n_elem, base, adjustments, device)  # (n_elem/2,)
     positions = torch.arange(seq_len, device=device, dtype=torch.float32) / condense_ratio  # (seq_len,)
     angles = torch.outer(positions, theta)  # (seq_len, n_elem/2)
     angles = torch.cat((angles, angles), dim=-1)  # (seq_len, n_elem)
-    return torch.cos(angles), torch.sin(angles)
+    factor = rope_attention_factor(adjustments)
+    if factor == 1.0:
+        return torch.cos(angles), torch.sin(angles)
+    return torch.cos(angles) * factor, torch.sin(angles) * factor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave: bool = False) -> torch.Tensor:

@@ -171,3 +171,32 @@ def test_the_mask_is_built_only_where_sdpa_reads_it(monkeypatch, name, fold, mas
             block.attn.use_kernel = False  # on CPU the kernels fall back anyway; MHA's torch path is SDPA
         model(torch.zeros(1, 1, dtype=torch.long), input_pos=torch.tensor([5]))
     assert len(built) == masks
+
+
+@pytest.mark.parametrize("q_lora_rank", [None, 24])
+def test_no_nope_part_naive_absorbed_cached_and_folded_agree_float64(q_lora_rank):
+    """qk_nope_head_dim 0 (every query/key dim roped, W_UK empty) with a value head wider than the query head: the
+    naive path (q and k padded for SDPA), the absorbed path, cached decode and the folded step compute one function."""
+    from litgpt.fold import fold_for_decode
+
+    dims = dict(q_lora_rank=q_lora_rank, kv_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=0, v_head_dim=12)
+    model, attn = mla_layer(torch.float64, dims=dims, rope_interleave=True)
+    assert attn.dims.qk_head_dim == 8 and attn.scale == pytest.approx(8 ** -0.5)
+    x = torch.randn(2, 9, model.config.n_embd, dtype=torch.float64)
+    ctx = AttentionInputs(model.cos[:9], model.sin[:9])
+    with torch.no_grad():
+        attn.absorb = False
+        naive = attn(x, ctx)
+        attn.absorb = True
+        absorbed = attn(x, ctx)
+        attn.absorb = None
+        assert (naive - absorbed).abs().max().item() < 1e-10 and naive.abs().max().item() > 1e-2
+        idx = torch.randint(0, 100, (2, 9))
+        full = model(idx)
+        for fold in (False, True):
+            if fold:
+                fold_for_decode(model)
+            model.set_kv_cache(batch_size=2, max_seq_length=16)
+            steps = [model(idx[:, :5], input_pos=torch.arange(5))]
+            steps += [model(idx[:, t : t + 1], input_pos=torch.tensor([t])) for t in range(5, 9)]
+            assert (torch.cat(steps, dim=1) - full).abs().max().item() < 1e-10

@@ -17,8 +17,8 @@ from litgpt.benchmark.generate import (
 )
 from test_generate import make_checkpoint
 
-CURRENT = ("litgpt generate: start-up 0.812 s, load 0.403 s, first token 0.021 s, decode 999 tokens in 0.351 s "
-           "(2,846.2 tokens/s, batch 1); peak memory 0.412 GB (CUDA allocated); KV cache 7.08 MB")
+CURRENT = ("litgpt generate: start-up 0.812 s, load 0.403 s, prepare 0.052 s, first token 0.021 s, decode 999 tokens "
+           "in 0.351 s (2,846.2 tokens/s, batch 1); peak memory 0.412 GB (CUDA allocated); KV cache 7.08 MB")
 OLDER = ("time to first token 4.5 ms; 60 tokens in 0.14 s: decode 441.5 tokens/s (batch 1); peak memory 0.412 GB "
          "(CUDA allocated); KV cache 7.08 MB")
 
@@ -28,6 +28,7 @@ def test_parse_current_stats_line():
     stats = parse_generate_stats("Seed set to 1234\n" + CURRENT + "\n")
     assert stats["format"] == "current" and stats["stats_lines"] == 1
     assert stats["start_up_s"] == 0.812 and stats["load_s"] == 0.403 and stats["first_token_s"] == 0.021
+    assert stats["prepare_s"] == 0.052
     assert stats["decode_tokens"] == 999 and stats["decode_s"] == 0.351 and stats["decode_tokens_per_s"] == 2846.2
     assert stats["batch"] == 1 and stats["peak_memory_gb"] == 0.412 and stats["kv_cache_mb"] == 7.08
     assert stats["peak_memory_kind"] == "CUDA allocated"
@@ -183,6 +184,18 @@ def test_fake_peer_is_parsed_and_runs_without_our_pythonpath(run):
     assert call["argv"][call["argv"].index("--temperature") + 1] == "0.0"
 
 
+def test_peers_run_only_their_lengths(tmp_path):
+    checkpoint_dir = make_checkpoint(tmp_path)
+    peer, log = write_fake_peer(tmp_path)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+        rows = benchmark_generate(checkpoint_dir, new_tokens=[3, 4], batches=[1], chat=False, peer_python=peer,
+                                  hf=False, device="cpu", out_dir=tmp_path / "out", warmup=False, peer_new_tokens=[4])
+    assert [(r["tool"].split()[0], r["new_tokens"]) for r in rows] == [("litgpt", 3), ("litgpt", 4), ("upstream", 4)]
+    (call,) = [json.loads(line) for line in log.read_text().splitlines()]
+    assert call["argv"][call["argv"].index("--max_new_tokens") + 1] == "4"
+
+
 def test_results_files(run):
     results = json.loads((run["out_dir"] / "results.json").read_text())
     assert results["rows"] == json.loads(json.dumps(run["rows"]))
@@ -190,7 +203,8 @@ def test_results_files(run):
     assert meta["device"] == "cpu" and meta["torch"] and meta["command_line"] and meta["date"]
     assert meta["checkpoint"] == str(run["checkpoint_dir"].resolve()) and meta["peer_litgpt"] == "0.5.13"
     md = (run["out_dir"] / "results.md").read_text()
-    assert "| tool | model | new tokens | batch | wall s | start-up s | load s | first printed token s (parent) |" in md
+    assert ("| tool | model | new tokens | batch | wall s | start-up s | load s | prepare s | first printed token s "
+            "(parent) |") in md
     assert md.count("| litgpt generate | debug-mla |") == 2 and md.count("| litgpt chat (turn") == 2
 
 
@@ -229,6 +243,7 @@ def test_hf_is_skipped_with_the_converters_reason(tmp_path):
         (dict(temperature=-1.0), "temperature must be >= 0"),
         (dict(peer_python="not_executable"), "is not an executable file"),
         (dict(device="tpu"), "device must be"),
+        (dict(new_tokens=[5], peer_new_tokens=[7]), "must be a subset of new_tokens"),
     ],
 )
 def test_bad_input_is_a_one_line_error(tmp_path, kwargs, match):

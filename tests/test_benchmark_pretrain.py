@@ -1,4 +1,4 @@
-"""`litgpt benchmark pretrain` on the CPU through the CLI: it times `litgpt.pretrain.train_step` with the optimizer
+"""`litgpt benchmark pretrain` on the CPU through the CLI: it times `litgpt.training.train_step` with the optimizer
 and clipping it is given, prints its table and writes results.json."""
 
 import json
@@ -7,7 +7,7 @@ import math
 import pytest
 
 import litgpt.benchmark.pretrain as benchmark
-import litgpt.pretrain
+import litgpt.training
 from litgpt.__main__ import main
 
 HEADER = f"{'model':<18} {'compile':>7} {'tokens/s':>10} {'MFU':>6} {'step ms':>8} {'peak GiB':>9} {'loss':>7}"
@@ -28,9 +28,9 @@ def steps(monkeypatch) -> list[dict]:
         inner = getattr(optimizer, "optimizer", optimizer)
         calls.append(dict(optimizer=type(inner).__name__, lr=inner.param_groups[0]["lr"],
                           weight_decay=inner.param_groups[0]["weight_decay"], accum=accum, max_norm=max_norm, step=step))
-        return litgpt.pretrain.train_step(fabric, model, optimizer, batches, accum, max_norm, divergence, step)
+        return litgpt.training.train_step(fabric, model, optimizer, batches, accum, max_norm, divergence, step)
 
-    assert benchmark.train_step is litgpt.pretrain.train_step  # the step `litgpt pretrain` runs
+    assert benchmark.train_step is litgpt.training.train_step  # the step `litgpt pretrain` and `litgpt finetune_*` run
     monkeypatch.setattr(benchmark, "train_step", spy)
     return calls
 

@@ -35,7 +35,8 @@ def run_main(capsys, argv: list[str]) -> tuple[int, str]:
 
 def test_the_table_has_every_command():
     assert set(IDS) == {"pretrain", "train_tokenizer", "download", "generate", "chat", "benchmark attention",
-                        "benchmark decode", "benchmark pretrain", "benchmark generate", "compare"}
+                        "benchmark decode", "benchmark pretrain", "benchmark generate", "compare", "merge_lora",
+                        "finetune_lora", "finetune", "finetune_full", "benchmark finetune"}
 
 
 @pytest.mark.parametrize("words, fn", COMMANDS, ids=IDS)
@@ -123,3 +124,32 @@ def test_train_tokenizer_bad_data_is_one_line(capsys, tmp_path):
     code, err = run_main(capsys, ["train_tokenizer", "--data", "NoSuchData", "--out_dir", str(tmp_path / "t")])
     assert code == 2 and len(err.splitlines()) == 1 and "NoSuchData" in err
     assert not (tmp_path / "t").exists()
+
+
+AMBIGUOUS_ADAMW = """
+import sys, torch
+class AdamW(torch.optim.Optimizer):  # as bitsandbytes defines one: a second Optimizer subclass named AdamW
+    pass
+from litgpt.__main__ import main
+for argv in (["--optimizer.lr", "0.0123"], ["--optimizer", "AdamW", "--optimizer.lr", "0.0123"],
+             ["--optimizer=AdamW", "--optimizer.lr=0.0123"]):
+    try:
+        main(["pretrain", "--model_name", "debug", *argv, "--print_config"])
+    except SystemExit as e:
+        print("EXIT", e.code)
+"""
+
+
+def test_optimizer_names_mean_torch_optim_even_beside_another_adamw():
+    """jsonargparse resolves a bare class name among every loaded Optimizer subclass; with a second `AdamW` loaded
+    (bitsandbytes has one) the default and `--optimizer AdamW` still mean torch.optim.AdamW."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", AMBIGUOUS_ADAMW], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(root)))
+    assert result.stdout.count("EXIT 0") == 3 and "error" not in result.stderr, result.stderr[-1500:]  # --print_config
+    assert result.stdout.count("class_path: torch.optim.AdamW") == 3 and result.stdout.count("lr: 0.0123") == 3

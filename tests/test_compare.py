@@ -1,11 +1,14 @@
-"""`litgpt compare` through the CLI: files and their contents, skipping finished models, exact resume of an
-interrupted one, and bad inputs."""
+"""`litgpt compare` through the CLI: files and their contents (next-token accuracy, per-expert load of MoE models),
+skipping finished models, exact resume of an interrupted one, bad inputs, and the shipped comparison configs."""
 
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 from litgpt.__main__ import main
 from litgpt.benchmark.compare import read_metrics
@@ -13,7 +16,9 @@ from litgpt.benchmark.compare import read_metrics
 from test_pretrain import write_stories
 
 MODELS = ["debug", "debug-mla"]
-TABLE_HEADER = "| model | params | val loss | val ppl | tokens | tokens/s | peak memory | KV bytes/token | train time |"
+TABLE_HEADER = ("| model | params | val loss | val ppl | val acc | tokens | tokens/s | peak memory | KV bytes/token "
+                "| train time |")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +61,10 @@ def test_compare_writes_results_skips_finished_and_resumes_exactly(tmp_path, tex
     assert list(results["models"]) == MODELS
     assert results["settings"]["train"]["max_steps"] == 6 and results["settings"]["seed"] == 7
     for name, row in results["models"].items():
-        assert set(row) >= {"model", "params", "val_loss", "val_ppl", "tokens", "tokens_per_s", "peak_memory_gib",
-                            "kv_bytes_per_token", "train_time_s"}
+        assert set(row) >= {"model", "params", "val_loss", "val_ppl", "val_acc", "tokens", "tokens_per_s",
+                            "peak_memory_gib", "kv_bytes_per_token", "train_time_s", "expert_load"}
         assert math.isfinite(row["val_loss"]) and 0 < row["val_loss"] < 7  # ln(384) = 5.95 at chance; it trains
+        assert 0 <= row["val_acc"] < 1 and row["expert_load"] == [] and row["expert_max_violation"] is None
         assert row["val_ppl"] == pytest.approx(math.exp(row["val_loss"]))
         assert (row["steps"], row["tokens"]) == (6, 6 * 4 * 32)
         assert row["tokens_per_s"] == pytest.approx(row["tokens"] / row["train_time_s"])
@@ -80,6 +86,8 @@ def test_compare_writes_results_skips_finished_and_resumes_exactly(tmp_path, tex
     rows = [line for line in table if line.startswith("| debug")]
     assert [r.split("|")[1].strip() for r in rows] == MODELS
     assert f"{results['models']['debug']['val_loss']:.4f}" in rows[0]
+    assert f"{100 * results['models']['debug']['val_acc']:.2f}%" in rows[0]
+    assert "## Expert load" not in table
     for name in ("loss_vs_tokens.png", "loss_vs_time.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -150,4 +158,62 @@ def test_worker_counts_may_change_between_reruns(tmp_path):
     assert _load_results(path, settings)["models"] == {"debug": {"val_loss": 1.5}}
     with pytest.raises(ValueError, match=r"different settings \(data.init_args.cache_dir changed\)"):
         _load_results(path, {**settings, "data": {**settings["data"], "init_args": {"cache_dir": "d"}}})
+
+
+
+def test_moe_models_report_accuracy_and_expert_load(tmp_path, text_dir):
+    """MoE models: per-expert load logged during pretraining and, on the held-out tokens, per layer in results.json
+    and averaged in results.md; the accuracy pass reads the batches the final validation read (the same loss)."""
+    from litgpt.benchmark.compare import evaluate, held_out_batches
+    from litgpt.checkpoint import load_checkpoint
+    from litgpt.data import TextFiles
+
+    out = tmp_path / "compare"
+    models = ["debug-moe", "debug-moe-mla"]
+    tiny = "{n_layer: 2, n_embd: 32, n_head: 2, block_size: 32, vocab_size: 384, padding_multiple: 64}"
+    main(compare_args(text_dir, out, models="[" + ", ".join(models) + "]", model_config=tiny, **{"train.max_steps": "4",
+                                                                           "train.save_interval": "4"}))
+    results = json.loads((out / "results.json").read_text())
+    for name in models:
+        row = results["models"][name]
+        assert len(row["expert_load"]) == 1 and len(row["expert_load"][0]) == 4  # one MoE layer of 4 experts
+        assert sum(row["expert_load"][0]) == pytest.approx(1.0) and row["expert_max_violation"] >= 0
+        logged = [r for r in read_metrics(out / name) if "loss" in r]
+        assert all(sum(r[f"moe_load_expert_{i}"] for i in range(4)) == pytest.approx(1.0) for r in logged)
+        assert all(r["moe_max_violation"] >= 0 and r["moe_aux_loss"] > 0 for r in logged)
+    table = (out / "results.md").read_text()
+    assert "## Expert load" in table and "| model | max violation | e0 | e1 | e2 | e3 |" in table
+
+    data = TextFiles(train_data_path=text_dir / "train", val_data_path=text_dir / "val",
+                     cache_dir=tmp_path / "data-cache", tokenize_workers=1)
+    batches = held_out_batches(data, out / "tokenizer", 32, 2, 2)
+    assert [tuple(b.shape) for b in batches] == [(2, 33), (2, 33)]
+    scores = evaluate(load_checkpoint(out / "debug-moe" / "final"), batches)
+    assert scores["loss"] == pytest.approx(results["models"]["debug-moe"]["val_loss"], rel=1e-5)
+    assert scores["accuracy"] == pytest.approx(results["models"]["debug-moe"]["val_acc"])
+
+
+def test_moe_attention_comparison_config_loads(capsys):
+    """config_hub/compare/moe-attention.yaml parses as `litgpt compare` reads it: MHA, GQA and MLA in identical
+    MoE models of 50M parameters or more, the shared corpus and the Pythia tokenizer."""
+    from litgpt.config import Config
+    from litgpt.model import GPT
+
+    path = ROOT / "config_hub" / "compare" / "moe-attention.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--config", str(path), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["models"] == ["pythia-70m-moe", "pythia-70m-moe-gqa", "pythia-70m-moe-mla"]
+    assert printed["tokenizer_dir"] == "../shared/data/tokenizers/pythia"
+    assert printed["data"]["class_path"] == "litgpt.data.TextFiles"
+    assert printed["data"]["init_args"]["train_data_path"] == "../shared/data/corpus/train"
+    assert printed["data"]["init_args"]["val_data_path"] == "../shared/data/corpus/val"
+    configs = {name: Config.from_name(name).to_dict() for name in printed["models"]}
+    attention = ("name", "n_query_groups", "latent_attention", "rotary_percentage")
+    shared = [{k: v for k, v in c.items() if k not in attention} for c in configs.values()]
+    assert shared[0] == shared[1] == shared[2] and shared[0]["mlp_class_name"] == "LLaMAMoE"
+    for name in printed["models"]:
+        with torch.device("meta"):
+            assert sum(p.numel() for p in GPT(Config.from_name(name)).parameters()) >= 50e6
 

@@ -61,9 +61,11 @@ def _write(tmp_path, **fields):
 @pytest.mark.parametrize(
     "fields, match",
     [
-        ({"n_expert": 8}, "'n_expert'=8 is an upstream litgpt option"),
+        ({"n_expert": 8}, "n_expert=8 needs mlp_class_name 'LLaMAMoE'"),
         ({"post_attention_norm": True}, "'post_attention_norm'"),
-        ({"rope_adjustments": {"factor": 2.0}}, "'rope_adjustments'"),
+        ({"rope_adjustments": {"factor": 2.0}}, r"rope_adjustments: unknown keys \[\] / missing keys \['original"),
+        ({"rope_adjustments": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                               "original_max_seq_len": 8192}}, "only YaRN is implemented"),
         ({"n_embdd": 64}, "unknown config field 'n_embdd'"),
         ({"name": "Gemma-2b"}, "Gemma-specific norms"),
     ],
@@ -97,6 +99,15 @@ INVALID = [
     (dict(latent_attention="yes"), "latent_attention must be"),
     (dict(n_head=0), "n_head"),
     (dict(rope_base=0), "rope_base"),
+    (dict(latent_attention={**MLA, "qk_nope_head_dim": -1}),
+     "latent_attention.qk_nope_head_dim must be a non-negative"),
+    (dict(rope_adjustments={"factor": 0.5, "original_max_seq_len": 64, "beta_fast": 32, "beta_slow": 1}),
+     "rope_adjustments.factor must be >= 1"),
+    (dict(rope_adjustments={"factor": 4, "original_max_seq_len": 64, "beta_fast": 32, "beta_slow": "1"}),
+     "rope_adjustments.beta_slow must be a number"),
+    (dict(rope_adjustments={"factor": 4, "original_max_seq_len": 64, "beta_fast": 32, "beta_slow": 1,
+                            "truncate": 1}), "rope_adjustments.truncate must be true or false"),
+    (dict(rope_adjustments=[4.0]), "rope_adjustments must be a dict"),
 ]
 
 
@@ -158,3 +169,49 @@ def test_upstream_and_older_mla_files_load(tmp_path):
     with pytest.raises(ValueError, match="rotary_percentage does not apply to latent attention"):
         Config.from_file(path, rotary_percentage=0.75)  # an explicit override is checked
 
+
+
+# ---------------------------------------------------------------------------------------------------- MoE and YaRN
+YARN = dict(factor=40.0, original_max_seq_len=4096, beta_fast=32, beta_slow=1, mscale=0.707, mscale_all_dim=0.707)
+
+
+def test_moe_and_yarn_round_trip_and_resolve_their_defaults(tmp_path):
+    c = Config.from_name("debug-moe-mla", rope_adjustments={k: YARN[k] for k in list(YARN)[:4]},
+                         latent_attention={**MLA, "qk_nope_head_dim": 0})
+    assert c.rope_adjustments == {**{k: YARN[k] for k in list(YARN)[:4]}, "mscale": 1.0, "mscale_all_dim": 0.0,
+                                  "truncate": True}
+    assert (c.moe_scoring, c.n_topk_scores_per_group, c.moe_layers) == ("sigmoid", 2, [1])
+    c.save(tmp_path / "model_config.yaml")
+    assert Config.from_file(tmp_path / "model_config.yaml") == c
+    assert Config.from_name("debug-moe", rope_adjustments=YARN).rope_adjustments["mscale"] == 0.707
+
+
+def test_upstream_moe_fields_keep_upstream_meaning():
+    """Upstream litgpt routes grouped experts with sigmoid + bias (DeepSeek-V3) and the others with a softmax over
+    the top-k logits (Mixtral); moe_intermediate_size falls back to intermediate_size."""
+    upstream = dict(mlp_class_name="LLaMAMoE", intermediate_size=64, n_expert=8, n_expert_per_token=2)
+    mixtral = Config.from_dict({**Config.from_name("debug").to_dict(), **upstream, "moe_scoring": None,
+                                "moe_intermediate_size": None})
+    assert (mixtral.moe_scoring, mixtral.moe_intermediate_size, mixtral.moe_layers) == ("topk_softmax", 64, [0, 1])
+    grouped = Config.from_name("debug", **upstream, n_expert_groups=4, n_topk_groups=2, n_topk_scores_per_group=2,
+                               first_k_dense_replace=1, n_shared_expert=1, norm_topk_prob=True)
+    assert (grouped.moe_scoring, grouped.moe_layers) == ("sigmoid", [1])
+    assert Config.from_name("debug", **upstream, moe_layer_freq=2, n_layer=5).moe_layers == [0, 2, 4]
+
+
+def test_saved_dense_config_has_only_upstream_fields_and_moe_keeps_its_own(tmp_path):
+    """A dense model's model_config.yaml holds no field that upstream litgpt lacks (it rejects unknown keys: our
+    `moe_scoring: null` made upstream 0.5.13's `litgpt generate` fail on an H200, 2026-12-01); an MoE config keeps them."""
+    import yaml
+
+    from litgpt.config import LITGPT_ONLY_FIELDS
+
+    for name in ("pythia-160m", "pythia-160m-mla", "pythia-70m-moe"):
+        config = Config.from_name(name)
+        config.save(tmp_path / f"{name}.yaml")
+        saved = yaml.safe_load((tmp_path / f"{name}.yaml").read_text())
+        if config.n_expert == 0:
+            assert not set(saved) & set(LITGPT_ONLY_FIELDS), saved
+        assert Config.from_file(tmp_path / f"{name}.yaml") == config
+    moe = yaml.safe_load((tmp_path / "pythia-70m-moe.yaml").read_text())
+    assert moe["moe_scoring"] == Config.from_name("pythia-70m-moe").moe_scoring

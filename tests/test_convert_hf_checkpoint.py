@@ -1,4 +1,5 @@
-"""Hugging Face -> ours: tiny random HF models, converted, must give HF's logits."""
+"""Hugging Face -> ours: tiny random HF models, converted, must give HF's logits (and, for the DeepSeek MoE
+models, HF's greedy text through our decode)."""
 
 import json
 import warnings
@@ -25,6 +26,11 @@ COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attenti
               max_position_embeddings=64)
 MLA = dict(kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=12, v_head_dim=10, num_key_value_heads=4,
            first_k_dense_replace=2, rope_scaling=None)
+# mixture of experts in layer 1 (layer 0 dense): 8 routed experts of width 16, top-2, in 4 groups of which 2 are kept
+MOE = dict(MLA, first_k_dense_replace=1, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=16,
+           n_group=4, topk_group=2)
+YARN = dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=16, beta_fast=32.0,
+            beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0)
 
 CASES = {
     "neox": (GPTNeoXForCausalLM, GPTNeoXConfig, dict(rotary_pct=0.5, rotary_emb_base=500)),
@@ -48,15 +54,36 @@ CASES = {
     "deepseek-v2-mlp-bias": (
         DeepseekV2ForCausalLM, DeepseekV2Config, dict(q_lora_rank=None, attention_bias=True, mlp_bias=True, **MLA),
     ),
+    # V2: softmax routing, group-limited greedy, two shared experts
+    "deepseek-v2-moe-group-limited": (
+        DeepseekV2ForCausalLM, DeepseekV2Config,
+        dict(MOE, q_lora_rank=None, n_shared_experts=2, topk_method="group_limited_greedy", routed_scaling_factor=1.5),
+    ),
+    # V3: sigmoid + e_score_correction_bias, expert groups, a shared expert, the first layer dense, YaRN
+    "deepseek-v3-moe-yarn": (
+        DeepseekV3ForCausalLM, DeepseekV3Config,
+        dict(MOE, q_lora_rank=24, n_shared_experts=1, norm_topk_prob=True, routed_scaling_factor=2.5,
+             rope_parameters=YARN),
+    ),
+    # V3 with one expert group (no group limit) and no nope part in the query/key heads
+    "deepseek-v3-moe-one-group-no-nope": (
+        DeepseekV3ForCausalLM, DeepseekV3Config,
+        dict(MOE, q_lora_rank=None, qk_nope_head_dim=0, n_shared_experts=1, n_group=1, topk_group=1),
+    ),
 }
+MOE_CASES = sorted(case for case in CASES if "-moe" in case)
 
 
 def randomize_(model: torch.nn.Module) -> None:
-    """Noticeable random values in every parameter, norm weights around 1 (and LayerNorm biases around 0)."""
+    """Noticeable random values in every parameter, norm weights around 1 (and LayerNorm biases around 0), and in
+    DeepSeek-V3's routing bias (a buffer), which then changes the experts chosen."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             is_norm_weight = "norm" in name and name.endswith("weight")
             p.copy_(torch.randn_like(p) * 0.3 + (1.0 if is_norm_weight else 0.0))
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(torch.randn_like(b) * 0.3)
 
 
 def make_hf(case: str, tmp_path, **save_kwargs):
@@ -152,12 +179,24 @@ def _deepseek_v3_dict(**overrides) -> dict:
     [
         ({"architectures": ["MistralForCausalLM"]}, r"unsupported architecture MistralForCausalLM; supported: GPTNeoX"),
         ({"model_type": "t5"}, "unsupported architecture <none given>"),
-        (_deepseek_v3_dict(first_k_dense_replace=1), r"layers 1\.\.1 are mixture-of-experts.*not supported"),
         (
-            {**_deepseek_v3_dict(), "rope_parameters": None,
-             "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096}},
-            "rope scaling 'yarn' is not supported",
+            {**_deepseek_v3_dict(), "rope_parameters": None, "rope_scaling": {"type": "dynamic", "factor": 4}},
+            "rope scaling 'dynamic' is not supported",
         ),
+        (
+            {**_deepseek_v3_dict(), "rope_parameters": {**YARN, "mscale": None}},
+            "YaRN with mscale_all_dim=1.0 but mscale=None is not supported",
+        ),
+        (
+            {**_deepseek_v3_dict(), "rope_parameters": {**YARN, "attention_factor": 2.0}},
+            "YaRN attention_factor=2.0 is not supported",
+        ),
+        (
+            {**_deepseek_v3_dict(**MOE), "architectures": ["DeepseekV2ForCausalLM"], "topk_method": "noaux_tc"},
+            "topk_method 'noaux_tc' is not supported",
+        ),
+        (_deepseek_v3_dict(**{**MOE, "num_experts_per_tok": 9}), r"n_expert_per_token must be between 1 and n_expert"),
+        (_deepseek_v3_dict(**{**MOE, "n_group": 3}), r"n_expert_groups \(3\) must divide n_expert \(8\)"),
         (
             {**LlamaConfig(**COMMON).to_dict(), "architectures": ["LlamaForCausalLM"],
              "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}},
@@ -201,3 +240,75 @@ def test_missing_config_and_weights(tmp_path):
     with pytest.raises(FileNotFoundError, match="no .*safetensors"):
         convert_hf_checkpoint(tmp_path)
 
+
+
+# ---------------------------------------------------------------------------------------------------- MoE
+def greedy_ids(model, prompt: torch.Tensor, max_new_tokens: int) -> list[int]:
+    """Our decode: prefill, then folded one-token steps with greedy sampling."""
+    from litgpt.fold import fold_for_decode
+    from litgpt.generate.base import DecodeStep, Sampler, SamplingParams, generate
+
+    model.set_kv_cache(1, max_seq_length=prompt.numel() + max_new_tokens)
+    sampler = Sampler(SamplingParams(temperature=0.0), model.config.vocab_size, 1, torch.device("cpu"))
+    fold_for_decode(model)
+    rows, _ = generate(model, [prompt], max_new_tokens, sampler, DecodeStep(model, sampler))
+    return rows[0]
+
+
+@pytest.mark.parametrize("case", MOE_CASES)
+def test_moe_greedy_text_equals_hf(case, tmp_path):
+    hf_model, hf_dir = make_hf(case, tmp_path)
+    model = load_checkpoint(convert_hf_checkpoint(hf_dir, output_dir=tmp_path / "lit")).eval()
+    assert model.config.moe_layers == [1] and type(model.transformer.h[0].mlp).__name__ == "LLaMAMLP"
+    prompt = torch.randint(0, VOCAB, (6,))
+    with torch.no_grad():
+        expected = hf_model.generate(prompt[None], max_new_tokens=10, min_new_tokens=10, do_sample=False)[0, 6:]
+    assert greedy_ids(model, prompt, 10) == expected.tolist()
+
+
+def test_fused_expert_layout_and_mtp_layer(tmp_path):
+    """transformers 5's in-memory layout (mlp.experts.gate_up_proj / down_proj) converts like the per-expert one;
+    tensors of a multi-token-prediction layer past num_hidden_layers are skipped with a warning."""
+    from safetensors.torch import save_file
+
+    hf_model, saved_dir = make_hf("deepseek-v3-moe-yarn", tmp_path)
+    fused_dir = tmp_path / "fused"
+    fused_dir.mkdir()
+    tensors = {k: v.contiguous() for k, v in hf_model.state_dict().items()}
+    assert "model.layers.1.mlp.experts.gate_up_proj" in tensors  # (E, 2I, C)
+    mtp = {k.replace("model.layers.1.", "model.layers.2."): v.clone() for k, v in tensors.items() if ".layers.1." in k}
+    mtp["model.layers.2.eh_proj.weight"] = torch.zeros(32, 64)
+    save_file({**tensors, **mtp}, str(fused_dir / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((saved_dir / "config.json").read_text())
+    (fused_dir / "config.json").write_text(json.dumps({**config, "num_nextn_predict_layers": 1}))
+    skipped = r"skipped layer\(s\) \[2\] past num_hidden_layers=2: the multi-token-prediction module"
+    with pytest.warns(UserWarning, match=skipped):
+        out_dir = convert_hf_checkpoint(fused_dir, output_dir=tmp_path / "lit")
+    model = load_checkpoint(out_dir).eval()
+    idx = torch.randint(0, VOCAB, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), hf_logits(hf_model, idx), atol=1e-5, rtol=1e-5)
+    per_expert = load_checkpoint(convert_hf_checkpoint(saved_dir, output_dir=tmp_path / "per-expert")).state_dict()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, per_expert[key]), key
+
+
+def test_moe_and_yarn_config_fields():
+    v3 = config_from_hf(_deepseek_v3_dict(**{**MOE, "n_shared_experts": 1, "rope_parameters": YARN,
+                                             "routed_scaling_factor": 2.5, "norm_topk_prob": True}))
+    assert (v3.mlp_class_name, v3.moe_scoring, v3.n_expert, v3.n_expert_per_token, v3.moe_intermediate_size) == (
+        "LLaMAMoE", "sigmoid", 8, 2, 16)
+    assert (v3.n_expert_groups, v3.n_topk_groups, v3.n_topk_scores_per_group, v3.first_k_dense_replace) == (4, 2, 2, 1)
+    assert (v3.n_shared_expert, v3.routed_scaling_factor, v3.norm_topk_prob, v3.moe_layers) == (1, 2.5, True, [1])
+    assert v3.rope_adjustments == dict(factor=4.0, original_max_seq_len=16, beta_fast=32.0, beta_slow=1.0,
+                                       mscale=1.0, mscale_all_dim=1.0, truncate=True)
+    legacy = {**_deepseek_v3_dict(), "rope_parameters": None, "rope_theta": 5000.0,
+              "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096}}
+    config = config_from_hf(legacy)  # DeepSeek's config.json: rope_scaling; without mscales: transformers' factor
+    yarn = config.rope_adjustments
+    assert config.rope_base == 5000 and (yarn["mscale"], yarn["mscale_all_dim"]) == (1.0, 0.0)
+    v2_dict = {**_deepseek_v3_dict(**MOE), "architectures": ["DeepseekV2ForCausalLM"]}
+    v2 = config_from_hf({**v2_dict, "topk_method": "greedy", "norm_topk_prob": False})
+    assert (v2.moe_scoring, v2.n_expert_groups, v2.n_shared_expert) == ("softmax", None, 1)
+    with pytest.warns(UserWarning, match="norm_topk_prob=true, which transformers' DeepseekV2 ignores"):
+        config_from_hf({**v2_dict, "norm_topk_prob": True})

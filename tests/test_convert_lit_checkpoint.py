@@ -15,6 +15,11 @@ VOCAB = 96
 MLA = dict(q_lora_rank=24, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=12, v_head_dim=10)
 LLAMA = dict(parallel_residual=False, norm_class_name="RMSNorm", mlp_class_name="LLaMAMLP",
              bias=False, rotary_percentage=1.0, norm_eps=1e-6)
+# DeepSeek MoE: layer 0 dense, layer 1 with 8 routed experts (top-2, in 4 groups of which 2 are kept) + shared ones
+MOE = dict(LLAMA, latent_attention=MLA, rope_interleave=True, rotary_percentage=0.25, mlp_class_name="LLaMAMoE",
+           n_expert=8, n_expert_per_token=2, moe_intermediate_size=16, n_shared_expert=1, first_k_dense_replace=1,
+           n_expert_groups=4, n_topk_groups=2)
+YARN = dict(factor=4.0, original_max_seq_len=16, beta_fast=32, beta_slow=1, mscale=1.0, mscale_all_dim=1.0)
 
 # case: (config overrides, architecture argument, HF architecture expected in config.json)
 CASES = {
@@ -38,8 +43,17 @@ CASES = {
         dict(LLAMA, latent_attention=MLA, rope_interleave=True, bias=True), "DeepseekV2ForCausalLM",
         "DeepseekV2ForCausalLM",
     ),
+    "moe-v3-yarn": (
+        dict(MOE, moe_scoring="sigmoid", norm_topk_prob=True, routed_scaling_factor=2.5, rope_adjustments=YARN), None,
+        "DeepseekV3ForCausalLM",
+    ),
+    "moe-v3-no-groups": (
+        dict(MOE, moe_scoring="sigmoid", n_expert_groups=None, n_topk_groups=None), None, "DeepseekV3ForCausalLM",
+    ),
+    "moe-v2": (dict(MOE, moe_scoring="softmax", n_shared_expert=2), None, "DeepseekV2ForCausalLM"),
 }
-ROUND_TRIP = ("neox", "neox-sequential-nobias-tanh", "llama-gqa", "mla-v3", "mla-v3-attn-bias")
+ROUND_TRIP = ("neox", "neox-sequential-nobias-tanh", "llama-gqa", "mla-v3", "mla-v3-attn-bias", "moe-v3-yarn",
+              "moe-v3-no-groups", "moe-v2")
 
 
 def make_ours(overrides: dict, zero_biases: bool = False) -> GPT:
@@ -53,6 +67,9 @@ def make_ours(overrides: dict, zero_biases: bool = False) -> GPT:
             is_norm = "norm" in name or "ln_f" in name
             zero = zero_biases and name.endswith(".bias") and not is_norm
             p.copy_(torch.zeros_like(p) if zero else torch.randn_like(p) * 0.3 + float(is_norm and "weight" in name))
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):  # DeepSeek-V3's routing bias: it changes the choice
+                b.copy_(torch.randn_like(b) * 0.3)
     return model
 
 
@@ -94,6 +111,17 @@ def test_mla_with_parallel_residual_has_no_hf_equivalent(tmp_path):
         (dict(LLAMA), "DeepseekV3ForCausalLM", r"latent_attention=None \(no MLA\)"),
         (dict(LLAMA, scale_embeddings=True), None, "scale_embeddings=True"),
         (dict(), "MistralForCausalLM", "unsupported architecture MistralForCausalLM"),
+        (dict(MOE, moe_scoring="topk_softmax", n_expert_groups=None, n_topk_groups=None), None,
+         r"DeepseekV3ForCausalLM.*moe_scoring='topk_softmax'"),
+        (dict(MOE, moe_scoring="softmax"), "DeepseekV3ForCausalLM", "moe_scoring='softmax'"),
+        (dict(MOE, moe_scoring="softmax", norm_topk_prob=True), None, "DeepseekV2ForCausalLM.*norm_topk_prob=True"),
+        (dict(MOE, moe_scoring="sigmoid", n_topk_scores_per_group=1), None, "n_topk_scores_per_group=1"),
+        (dict(MOE, moe_scoring="sigmoid", n_shared_expert=None), None, r"n_shared_expert=None \(no shared experts\)"),
+        (dict(MOE, moe_scoring="sigmoid", n_layer=3, first_k_dense_replace=None, moe_layer_freq=2), None,
+         "moe_layer_freq=2"),
+        (dict(MOE, moe_scoring="sigmoid", rope_adjustments={**YARN, "mscale": 0.7, "mscale_all_dim": 0.0}), None,
+         "rope_adjustments.mscale=0.7 with mscale_all_dim=0"),
+        (dict(LLAMA, rope_adjustments=YARN), None, r"LlamaForCausalLM: .*rope_adjustments \(YaRN\)"),
     ],
 )
 def test_unsupported_configs(tmp_path, overrides, architecture, match):
@@ -226,3 +254,31 @@ def test_checkpoint_without_lm_head_is_an_error(tmp_path):
     with pytest.raises(ValueError, match=r"lit_model\.pth does not match model_config\.yaml: it has no "
                        r"'lm_head\.weight'; point at the checkpoint directory"):
         convert_lit_checkpoint(tmp_path / "lit", tmp_path / "hf")
+
+
+# ---------------------------------------------------------------------------------------------------- MoE
+@pytest.mark.parametrize("case", ["moe-v3-yarn", "moe-v2"])
+def test_fused_expert_layout_loads_in_transformers(case, tmp_path):
+    """--expert_layout fused writes transformers 5's mlp.experts.gate_up_proj (E, 2I, C) / down_proj (E, C, I)."""
+    model = make_ours(CASES[case][0])
+    save_checkpoint(model, tmp_path / "lit")
+    hf_dir = convert_lit_checkpoint(tmp_path / "lit", tmp_path / "hf", expert_layout="fused")
+    keys = safetensors_keys(hf_dir)
+    assert {"model.layers.1.mlp.experts.gate_up_proj", "model.layers.1.mlp.experts.down_proj"} <= keys
+    assert not any(".experts.0." in k for k in keys)
+    hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, attn_implementation="eager", dtype=torch.float32).eval()
+    assert tuple(hf_model.model.layers[1].mlp.experts.gate_up_proj.shape) == (8, 32, 32)
+    idx = torch.randint(0, VOCAB, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(idx).logits, model(idx), atol=1e-5, rtol=1e-5)
+
+
+def test_expert_layout_and_expert_biases(tmp_path):
+    save_checkpoint(make_ours(LLAMA), tmp_path / "dense")
+    with pytest.raises(ValueError, match="--expert_layout fused applies to mixture-of-experts models"):
+        convert_lit_checkpoint(tmp_path / "dense", tmp_path / "hf", expert_layout="fused")
+    # bias=True: the Linear biases zero (HF's q_b/kv_b have none), the routed experts' stacked biases random
+    save_checkpoint(make_ours(dict(MOE, moe_scoring="softmax", bias=True), zero_biases=True), tmp_path / "biased")
+    message = r"routed experts have no bias and our 'transformer\.h\.1\.mlp\.experts\.0\.fc_1"
+    with pytest.raises(ValueError, match=message):
+        convert_lit_checkpoint(tmp_path / "biased", tmp_path / "hf2")

@@ -448,3 +448,33 @@ def test_connect_takes_max_seq_length_by_name(tokenizers):
     with pytest.raises(TypeError):
         data.connect(tokenizers[0], 2, 8)  # the old (tokenizer, batch_size, max_seq_length) order fails loudly
 
+
+
+def test_parallel_tokenizing_from_a_stdin_script_falls_back_to_one_process(tmp_path, tokenizers):
+    """A spawned worker re-runs the main script; `python - <<EOF` has none, so the pool would respawn dying workers
+    forever. The data module tokenizes in the script's process instead, with a warning, and gives the same tokens."""
+    import subprocess
+    import sys
+
+    for split, stories in (("train", make_stories(6)), ("val", make_stories(2, seed=1))):
+        (tmp_path / split).mkdir()
+        write_txt(tmp_path / split / "a.txt", stories)
+    script = f"""
+from pathlib import Path
+from litgpt.data import TextFiles
+from litgpt.tokenizer import Tokenizer
+data = TextFiles(train_data_path=Path({str(tmp_path / 'train')!r}), val_data_path=Path({str(tmp_path / 'val')!r}),
+                 cache_dir=Path({str(tmp_path / 'cache')!r}), tokenize_workers=2)
+data.connect(Tokenizer(Path({str(tokenizers[0].checkpoint_dir)!r})), max_seq_length=16)
+data.prepare_data()
+data.setup()
+print("TOKENS", len(data._split_tokens("train")))
+"""
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    result = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "is not a file (a script from stdin?); tokenizing in this process instead" in result.stderr
+    reference = prepared(TextFiles(train_data_path=tmp_path / "train", val_data_path=tmp_path / "val",
+                                   cache_dir=tmp_path / "reference"), tokenizers[0])
+    assert f"TOKENS {len(read_bin(reference, 'train'))}" in result.stdout

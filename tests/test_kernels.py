@@ -1,20 +1,34 @@
 """Decode attention: the torch references against explicit loops and the model; the Triton kernel (GPU) against
-the float32 reference on fresh random inputs, with poisoned outputs.
+the float32 reference on fresh random inputs, with poisoned outputs. The MHA/GQA cache write's kernel also runs
+without a GPU, under the Triton interpreter (skipped when triton is not installed).
 
 All GPU checks: `python -m pytest -q -m cuda tests/test_kernels.py`.
 """
 
+import contextlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Iterator
+
 import pytest
 import torch
 
+import litgpt.kernels
+import litgpt.kernels.decode_attention as dispatch
 from litgpt import GPT, Config
 from litgpt.kernels import (
+    TRITON_AVAILABLE,
+    gqa_cache_write,
     gqa_decode_attention,
     gqa_decode_attention_reference,
     mla_decode_attention,
     mla_decode_attention_reference,
     set_kernels,
+    split_heads,
 )
+from litgpt.kv_cache import KVCache
+from litgpt.rope import apply_partial_rope, build_rope_cache
 
 from test_model import MLA_DIMS, randomize
 
@@ -302,3 +316,270 @@ def test_folded_model_takes_the_fused_step_and_matches_torch_path(overrides, mon
         assert len(calls) == 10 * config.n_layer
         assert rel_error(kernel_logits, torch_logits) < 2e-2
         assert rel_error(model.transformer.h[1].attn.kv_cache.kv, torch_cache) < 2e-2
+
+
+# ---------------------------------------------------------------- the fused MHA/GQA one-token cache write
+
+def test_write_qkv_on_cpu_is_the_torch_path():
+    """Off CUDA (and for T > 1) `KVCache.write_qkv` is today's path: split, partial rope of q and k, cache writes."""
+    B, nh, ng, hs, S, n = 2, 4, 2, 8, 10, 4
+    cos_table, sin_table = build_rope_cache(S, n)
+    for input_pos in (torch.tensor([[3], [7]]), torch.tensor([5]), torch.tensor([[1, 2, 3], [4, 5, 6]])):
+        T = input_pos.size(-1)
+        qkv = torch.randn(B, T, (nh + 2 * ng) * hs)
+        cos, sin = cos_table[input_pos], sin_table[input_pos]
+        cache, expected = KVCache(B, ng, S, hs), KVCache(B, ng, S, hs)
+        q, k, v = split_heads(qkv, nh, ng, hs)
+        q_expected = apply_partial_rope(q, cos, sin, n, True)
+        expected(input_pos, apply_partial_rope(k, cos, sin, n, True), v)
+        q_out, k_cache, v_cache = cache.write_qkv(input_pos, qkv, cos, sin, nh, n, True)
+        assert torch.equal(q_out, q_expected) and k_cache is cache.k and v_cache is cache.v
+        assert torch.equal(cache.k, expected.k) and torch.equal(cache.v, expected.v)
+    with pytest.raises(ValueError, match="do not hold"):
+        cache.write_qkv(input_pos, qkv[..., :-1], cos, sin, nh, n, True)
+
+
+@pytest.fixture(scope="module")
+def interpreted_module():
+    """A private copy of `litgpt.kernels.triton_decode` whose kernels the Triton interpreter runs on CPU tensors
+    (the flag is read when @triton.jit decorates); the real module and its GPU launches are left alone."""
+    if not TRITON_AVAILABLE:
+        pytest.skip("needs triton (pip install triton) for its interpreter")
+    name = "_interpreted_triton_decode"
+    spec = importlib.util.spec_from_file_location(name, Path(litgpt.kernels.__file__).parent / "triton_decode.py")
+    module = importlib.util.module_from_spec(spec)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRITON_INTERPRET", "1")
+        patch.setitem(sys.modules, name, module)  # dataclasses look their module up while the class is made
+        spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def interpreted(interpreted_module, monkeypatch):
+    """Route `gqa_cache_write`'s kernel path to the interpreted launcher on CPU: the launch (`litgpt::gqa_cache_write`
+    through the dispatcher) imports the interpreted copy, and the CUDA gate of the dispatch accepts CPU tensors, for
+    this test only. Returns the list that records every launch."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # triton asserts it again when it loads its launch helpers
+    monkeypatch.setattr(litgpt.kernels, "triton_decode", interpreted_module, raising=False)
+    monkeypatch.setitem(sys.modules, "litgpt.kernels.triton_decode", interpreted_module)
+    monkeypatch.setattr(dispatch, "kernel_applies", lambda tensors, widths: all(t.stride(-1) == 1 for t in tensors))
+    launches = []
+    op = dispatch._gqa_cache_write_op
+    monkeypatch.setattr(dispatch, "_gqa_cache_write_op", lambda *args: launches.append(1) or op(*args))
+    return launches
+
+
+GQA_WRITE_CASES = [  # (B, n_head, n_groups, head_size)
+    (2, 4, 4, 32),  # MHA
+    (3, 6, 2, 64),  # GQA
+    (2, 4, 1, 48),  # MQA, a head width that is not a power of 2
+]
+
+
+def write_inputs(B: int, nh: int, ng: int, hs: int, S: int, dtype: torch.dtype):
+    """A qkv row per batch row (B, 1, (nh + 2 ng) hs) and random caches (B, ng, S, hs)."""
+    qkv = torch.randn(B, 1, (nh + 2 * ng) * hs, dtype=dtype)
+    return qkv, torch.randn(B, ng, S, hs, dtype=dtype), torch.randn(B, ng, S, hs, dtype=dtype)
+
+
+@contextlib.contextmanager
+def poisoned_empty() -> Iterator[None]:
+    """torch.empty filled with NaN inside the context, so an output element the kernel never writes shows."""
+    original = torch.empty
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "empty", lambda *a, **kw: original(*a, **kw).fill_(float("nan")))
+        yield
+
+
+def assert_rope_close(out: torch.Tensor, exact: torch.Tensor, torch_path: torch.Tensor) -> None:
+    """out (the kernel: fp32 rotation, one rounding) against the float32 torch path rounded once (float32: to 1e-6,
+    bf16: within assert_close's bf16 tolerance) and against the torch path in out's dtype (bf16: it rounds after
+    every op, so a few bf16 ulps)."""
+    tight = dict(atol=1e-6, rtol=1e-6) if out.dtype == torch.float32 else {}
+    torch.testing.assert_close(out, exact.to(out.dtype), **tight)
+    torch.testing.assert_close(out, torch_path, **(tight or dict(atol=5e-2, rtol=2e-2)))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("fraction", [0.25, 1.0])
+@pytest.mark.parametrize("interleave", [False, True])
+@pytest.mark.parametrize("B, nh, ng, hs", GQA_WRITE_CASES)
+def test_gqa_cache_write_kernel_matches_torch_path_interpreted(interpreted, B, nh, ng, hs, interleave, fraction, dtype):
+    """The kernel (Triton interpreter, CPU) against the torch path: the roped query, the written k and v cache rows,
+    and every other cache row untouched; per-row (B, 1) and shared (1,) positions."""
+    S, n = 12, int(fraction * hs)
+    cos_table, sin_table = build_rope_cache(S, n)  # float32 tables, as the model builds them
+    rows = torch.arange(B)
+    for input_pos in (torch.tensor([[0], [S - 1], [5]][:B]), torch.tensor([7])):
+        qkv, k_cache, v_cache = write_inputs(B, nh, ng, hs, S, dtype)
+        cos, sin = cos_table[input_pos], sin_table[input_pos]  # (B, 1, n) or (1, n)
+        k_torch, v_torch = k_cache.clone(), v_cache.clone()
+        q_torch = gqa_cache_write(qkv, k_torch, v_torch, input_pos, cos, sin, nh, n, interleave, use_kernel=False)
+        k_fp32, v_fp32 = k_cache.float(), v_cache.float()
+        q_fp32 = gqa_cache_write(qkv.float(), k_fp32, v_fp32, input_pos, cos, sin, nh, n, interleave, use_kernel=False)
+        k_before, v_before = k_cache.clone(), v_cache.clone()
+        launches = len(interpreted)
+        with poisoned_empty():
+            q = gqa_cache_write(qkv, k_cache, v_cache, input_pos, cos, sin, nh, n, interleave)  # (B, nh, 1, hs)
+        assert len(interpreted) == launches + 1, "the kernel path did not run"
+        assert q.shape == (B, nh, 1, hs) and q.dtype == dtype and not q.isnan().any()
+        assert_rope_close(q, q_fp32, q_torch)
+        q_new, k_new, v_new = split_heads(qkv, nh, ng, hs)  # (B, nh, 1, hs), (B, ng, 1, hs), (B, ng, 1, hs)
+        assert torch.equal(q[..., n:], q_new[..., n:])  # dims past rope_n_elem pass through as they are
+        pos = input_pos.view(-1).expand(B)  # (B,)
+        written = k_cache[rows, :, pos]  # (B, ng, hs)
+        assert_rope_close(written, k_fp32[rows, :, pos], k_torch[rows, :, pos])
+        assert torch.equal(written[..., n:], k_new[:, :, 0, n:])
+        assert torch.equal(v_cache[rows, :, pos], v_new[:, :, 0]) and torch.equal(v_cache, v_torch)
+        untouched = torch.ones(B, S, dtype=torch.bool)
+        untouched[rows, pos] = False
+        assert torch.equal(k_cache.transpose(1, 2)[untouched], k_before.transpose(1, 2)[untouched])
+        assert torch.equal(v_cache.transpose(1, 2)[untouched], v_before.transpose(1, 2)[untouched])
+
+
+def test_gqa_cache_write_kernel_writes_nothing_outside_the_cache_interpreted(interpreted):
+    """A position past the cache (where the torch path raises) writes no memory; the other rows are written."""
+    B, nh, ng, hs, S = 2, 4, 2, 16, 8
+    qkv, k_cache, v_cache = write_inputs(B, nh, ng, hs, S, torch.bfloat16)
+    cos_table, sin_table = build_rope_cache(S + 1, hs)
+    input_pos = torch.tensor([[3], [S]])
+    k_before, v_before = k_cache.clone(), v_cache.clone()
+    gqa_cache_write(qkv, k_cache, v_cache, input_pos, cos_table[input_pos], sin_table[input_pos], nh, hs, False)
+    assert interpreted and torch.equal(k_cache[1], k_before[1]) and torch.equal(v_cache[1], v_before[1])
+    assert torch.equal(v_cache[0, :, 3], split_heads(qkv, nh, ng, hs)[2][0, :, 0])
+
+
+def test_gqa_cache_write_op_compiles_with_its_mutations_interpreted(interpreted):
+    """torch.compile(fullgraph=True) traces the dispatch as the opaque `litgpt::gqa_cache_write` (its fake gives
+    the query's shape; the schema declares the cache writes), and the compiled call writes the same caches."""
+    B, nh, ng, hs, S, n = 2, 4, 2, 16, 8, 8
+    qkv, k_cache, v_cache = write_inputs(B, nh, ng, hs, S, torch.bfloat16)
+    cos_table, sin_table = build_rope_cache(S, n)
+    input_pos = torch.tensor([[2], [6]])
+    cos, sin = cos_table[input_pos], sin_table[input_pos]
+    k_eager, v_eager = k_cache.clone(), v_cache.clone()
+    q_eager = gqa_cache_write(qkv, k_eager, v_eager, input_pos, cos, sin, nh, n, False)
+    compiled = torch.compile(gqa_cache_write, backend="aot_eager", fullgraph=True, dynamic=False)
+    q = compiled(qkv, k_cache, v_cache, input_pos, cos, sin, nh, n, False)
+    assert len(interpreted) == 2
+    assert torch.equal(q, q_eager) and torch.equal(k_cache, k_eager) and torch.equal(v_cache, v_eager)
+
+
+def gqa_model(**overrides) -> GPT:
+    """A tiny MHA/GQA/MQA model in bf16 on CUDA: 4 heads of 32."""
+    config = Config.from_name("debug", block_size=96, n_embd=128, **overrides)
+    torch.manual_seed(0)
+    return randomize(GPT(config)).to(device="cuda", dtype=torch.bfloat16).eval()
+
+
+GQA_MODEL_CASES = [
+    dict(),  # MHA, rotate-half over half of each head
+    dict(n_query_groups=2, rotary_percentage=1.0, rope_interleave=True),  # GQA, interleaved, whole head
+    dict(n_query_groups=1, rotary_percentage=0.25, parallel_residual=False, norm_class_name="RMSNorm",
+         mlp_class_name="LLaMAMLP", intermediate_size=256, bias=False),  # MQA
+]
+
+
+@pytest.fixture
+def fused_writes(monkeypatch) -> list:
+    """Records every launch of the fused MHA/GQA cache write."""
+    calls = []
+    op = dispatch._gqa_cache_write_op
+    monkeypatch.setattr(dispatch, "_gqa_cache_write_op", lambda *args: calls.append(1) or op(*args))
+    return calls
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("fold", [False, True])
+@pytest.mark.parametrize("overrides", GQA_MODEL_CASES)
+def test_gqa_model_decode_with_fused_cache_write_matches_torch_path(overrides, fold, fused_writes):
+    """Cached decode with kernels on (the fused cache write, then split-KV attention) against kernels off: logits
+    and caches, batch 1 and batch 3, per-row positions, plain and folded blocks."""
+    from litgpt.fold import fold_for_decode
+
+    import copy
+
+    model = gqa_model(**overrides)
+    reference = copy.deepcopy(model).float()  # the same weights in float32: what both bf16 paths approximate
+    if fold:
+        fold_for_decode(model)
+        fold_for_decode(reference)
+    n_layer = model.config.n_layer
+    for B in (1, 3):
+        idx = torch.randint(0, model.config.padded_vocab_size, (B, 30), device="cuda")
+        with torch.no_grad():
+            exact = cached_decode(reference, idx, prefill=20, use_kernel=False)
+            torch_logits = cached_decode(model, idx, prefill=20, use_kernel=False).float()
+            torch_k, torch_v = (t.float().clone() for t in (model.transformer.h[1].attn.kv_cache.k,
+                                                             model.transformer.h[1].attn.kv_cache.v))
+            fused_writes.clear()
+            kernel_logits = cached_decode(model, idx, prefill=20, use_kernel=True).float()
+        assert len(fused_writes) == 10 * n_layer
+        # the kernel ropes in float32 and rounds once, the torch path after every op: its bf16 error against float32
+        # is the yardstick (on an H200 the two paths differed by 2.1% in the MQA case, each about 1-2% from float32)
+        assert rel_error(kernel_logits, exact) <= 1.25 * rel_error(torch_logits, exact) + 1e-3
+        assert rel_error(kernel_logits, torch_logits) < 5e-2
+        cache = model.transformer.h[1].attn.kv_cache
+        assert rel_error(cache.k, torch_k) < 2e-2 and rel_error(cache.v, torch_v) < 2e-2
+
+
+@pytest.mark.cuda
+def test_gqa_decode_step_with_fused_cache_write_replays_as_a_cuda_graph(fused_writes):
+    """The eager one-token step (fused cache write + decode attention, folded GEMVs), captured once as a CUDA graph
+    and replayed at new positions, gives the torch path's logits and caches."""
+    from litgpt.fold import fold_for_decode
+
+    model = gqa_model(n_query_groups=2)
+    fold_for_decode(model)
+    B, prefill, total = 2, 20, 30
+    idx = torch.randint(0, model.config.padded_vocab_size, (B, total), device="cuda")
+    with torch.no_grad():
+        expected = cached_decode(model, idx, prefill, use_kernel=False).float()
+        expected_k = model.transformer.h[0].attn.kv_cache.k.float().clone()
+        set_kernels(model, True)
+        model.set_kv_cache(batch_size=B, max_seq_length=model.config.block_size)
+        logits = [model(idx[:, :prefill], input_pos=torch.arange(prefill, device="cuda"))[:, -1:]]
+        token, pos = idx[:, prefill : prefill + 1].clone(), torch.full((B, 1), prefill, device="cuda")
+        fused_writes.clear()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # compile the kernels outside the capture (writes position `prefill` too)
+            model(token, input_pos=pos)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = model(token, input_pos=pos)  # (B, 1, V)
+        assert len(fused_writes) == 2 * model.config.n_layer  # warm-up and capture took the fused write
+        fused_writes.clear()
+        for t in range(prefill, total):  # new tokens and positions, the same captured launches
+            token.copy_(idx[:, t : t + 1])
+            pos.fill_(t)
+            graph.replay()
+            logits.append(out.clone())
+    assert not fused_writes  # replays launch nothing from Python
+    assert rel_error(torch.cat(logits, 1).float(), expected) < 2e-2
+    assert rel_error(model.transformer.h[0].attn.kv_cache.k, expected_k) < 2e-2
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("interleave", [False, True])
+def test_gqa_cache_write_kernel_matches_torch_path_and_compiles(interleave):
+    """On the GPU: the kernel against the float32 torch path, and torch.compile(fullgraph=True) of the dispatch
+    (the opaque `litgpt::gqa_cache_write`) against eager."""
+    B, nh, ng, hs, S, n = 4, 32, 8, 128, 1024, 64
+    qkv = torch.randn(B, 1, (nh + 2 * ng) * hs, device="cuda", dtype=torch.bfloat16)
+    k_cache, v_cache = (torch.randn(B, ng, S, hs, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    cos_table, sin_table = build_rope_cache(S, n, torch.device("cuda"))
+    input_pos = torch.tensor([[0], [1023], [17], [500]], device="cuda")
+    cos, sin = cos_table[input_pos], sin_table[input_pos]
+    k_fp32, v_fp32 = k_cache.float(), v_cache.float()
+    q_fp32 = gqa_cache_write(qkv.float(), k_fp32, v_fp32, input_pos, cos, sin, nh, n, interleave, use_kernel=False)
+    k_eager, v_eager = k_cache.clone(), v_cache.clone()
+    q = gqa_cache_write(qkv, k_eager, v_eager, input_pos, cos, sin, nh, n, interleave)
+    torch.testing.assert_close(q, q_fp32.to(torch.bfloat16))
+    torch.testing.assert_close(k_eager, k_fp32.to(torch.bfloat16))
+    assert torch.equal(v_eager, v_fp32.to(torch.bfloat16))
+    compiled = torch.compile(gqa_cache_write, fullgraph=True, dynamic=False)
+    q_compiled = compiled(qkv, k_cache, v_cache, input_pos, cos, sin, nh, n, interleave)
+    assert torch.equal(q_compiled, q) and torch.equal(k_cache, k_eager) and torch.equal(v_cache, v_eager)

@@ -78,3 +78,98 @@ def test_the_loss_stays_outside_compiled_graphs():
     explanation = torch._dynamo.explain(model)(idx, targets=idx)
     assert (explanation.graph_count, explanation.graph_break_count) == (1, 0)
     assert any("skip" in str(reason.reason).lower() for reason in explanation.break_reasons)
+
+
+# ---------------------------------------------------------------------------------------------- ignore_index
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_ignored_targets_carry_no_weight(small_chunks: None, with_bias: bool) -> None:
+    torch.manual_seed(0)
+    hidden = torch.randn(30, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(50, dtype=torch.float64, requires_grad=True) if with_bias else None
+    targets = torch.randint(0, 50, (30,))
+    targets[::3] = -100  # a third ignored, spread over the chunks
+    params = [hidden, weight] + ([bias] if with_bias else [])
+
+    loss = linear_cross_entropy(hidden, weight, bias, targets)
+    (2.5 * loss).backward()
+    fused = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    expected = F.cross_entropy(F.linear(hidden, weight, bias), targets, ignore_index=-100)
+    (2.5 * expected).backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    for got, want in zip(fused, [p.grad for p in params]):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert torch.all(fused[0][::3] == 0)  # an ignored row's hidden state gets no gradient
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(hidden, weight, bias, targets), expected, rtol=1e-12,
+                                   atol=1e-12)
+    other = targets.where(targets != -100, torch.tensor(-1))  # another ignore_index
+    torch.testing.assert_close(linear_cross_entropy(hidden, weight, bias, other, ignore_index=-1), expected,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_all_targets_ignored_gives_zero_with_a_gradient_path() -> None:
+    hidden = torch.randn(6, 8, requires_grad=True)
+    weight = torch.randn(20, 8, requires_grad=True)
+    targets = torch.full((6,), -100)
+    loss = linear_cross_entropy(hidden, weight, None, targets)
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert torch.all(hidden.grad == 0) and torch.all(weight.grad == 0)
+    with torch.no_grad():
+        assert linear_cross_entropy(hidden, weight, None, targets).item() == 0.0
+
+
+def test_a_frozen_weight_gets_no_gradient() -> None:
+    """A LoRA fine-tune's frozen LM head: the (V, d) weight gradient is not computed at all."""
+    hidden = torch.randn(12, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(20, 8, dtype=torch.float64)
+    targets = torch.randint(0, 20, (12,))
+    linear_cross_entropy(hidden, weight, None, targets).backward()
+    want = hidden.grad.clone()
+    hidden.grad = None
+    F.cross_entropy(hidden @ weight.t(), targets).backward()
+    torch.testing.assert_close(want, hidden.grad, rtol=1e-12, atol=1e-12)
+    assert weight.grad is None
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_ignored_targets_on_the_cuda_kernels(dtype: torch.dtype) -> None:
+    """The Triton row-loss and gradient kernels: ignored rows give loss 0 and gradient 0, the rest as before."""
+    from litgpt.kernels.cross_entropy import row_losses, softmax_grad_
+
+    torch.manual_seed(0)
+    n, vocab = 37, 50304
+    logits = (torch.randn(n, vocab, device="cuda") * 3).to(dtype)
+    targets = torch.randint(0, vocab, (n,), device="cuda")
+    targets[::4] = -100
+    valid = targets != -100
+    x = logits.double().requires_grad_(True)
+    want = F.cross_entropy(x, targets, ignore_index=-100, reduction="sum")
+    want.backward()
+    lse, losses = row_losses(logits, targets, -100)
+    assert torch.all(losses[~valid] == 0)
+    torch.testing.assert_close(losses.double().sum(), want.detach(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(lse.double(), torch.logsumexp(x.detach(), dim=-1), rtol=1e-5, atol=1e-5)
+    grad = softmax_grad_(logits, targets, lse, torch.ones(1, device="cuda"), -100)
+    assert torch.all(grad[~valid] == 0)
+    tol = dict(rtol=1e-5, atol=1e-8) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-5)
+    torch.testing.assert_close(grad.double(), x.grad, **tol)
+
+    hidden = torch.randn(512, 64, device="cuda", requires_grad=True)
+    weight = (torch.randn(5000, 64, device="cuda") / 8).requires_grad_(True)
+    targets = torch.randint(0, 5000, (512,), device="cuda")
+    targets[:200] = -100
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = linear_cross_entropy(hidden, weight, None, targets)
+    loss.backward()
+    ref = F.cross_entropy((hidden.detach().bfloat16() @ weight.detach().bfloat16().t()).float(), targets)
+    torch.testing.assert_close(loss, ref, rtol=1e-4, atol=1e-4)
+    assert torch.all(hidden.grad[:200] == 0)
+    every = torch.full((512,), -100, device="cuda")
+    zero = linear_cross_entropy(hidden, weight, None, every)
+    zero.backward()
+    assert zero.item() == 0.0

@@ -15,8 +15,8 @@ import yaml
 
 from litgpt.__main__ import main
 from litgpt.checkpoint import load_checkpoint
-from litgpt.pretrain import _lr
 from litgpt.args import TrainArgs
+from litgpt.training import learning_rate
 from litgpt.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,11 +126,11 @@ def test_kill_and_resume_is_exact(tmp_path, text_dir):
 
 def test_lr_schedule():
     train = TrainArgs(lr_warmup_steps=10, max_steps=110, min_lr=1e-4)
-    assert _lr(0, 1e-3, train, 110) == pytest.approx(1e-4)
-    assert _lr(9, 1e-3, train, 110) == pytest.approx(1e-3)
-    assert _lr(60, 1e-3, train, 110) == pytest.approx((1e-3 + 1e-4) / 2)
-    assert _lr(110, 1e-3, train, 110) == pytest.approx(1e-4)
-    assert _lr(500, 1e-3, train, None) == 1e-3  # max_time only: constant after warmup
+    assert learning_rate(0, 1e-3, train, 110) == pytest.approx(1e-4)
+    assert learning_rate(9, 1e-3, train, 110) == pytest.approx(1e-3)
+    assert learning_rate(60, 1e-3, train, 110) == pytest.approx((1e-3 + 1e-4) / 2)
+    assert learning_rate(110, 1e-3, train, 110) == pytest.approx(1e-4)
+    assert learning_rate(500, 1e-3, train, None) == 1e-3  # max_time only: constant after warmup
 
 
 @pytest.mark.parametrize("yaml_path", sorted((ROOT / "config_hub" / "pretrain").glob("*.yaml")), ids=lambda p: p.name)
@@ -406,7 +406,7 @@ def test_train_step_takes_the_mean_gradient_of_its_micro_batches():
     import lightning as L
 
     from litgpt import GPT, Config
-    from litgpt.pretrain import Divergence, next_token_loss, train_step
+    from litgpt.training import Divergence, next_token_loss, train_step
 
     fabric = L.Fabric(devices=1, accelerator="cpu", precision="32-true")
     torch.manual_seed(0)

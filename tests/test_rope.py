@@ -1,5 +1,5 @@
 """litgpt/rope.py: the cos/sin cache at known positions, both layouts against a float64 complex-number rotation,
-partial rope, and per-row positions."""
+partial rope, per-row positions, and YaRN (its ramp, its attention factor, and transformers' as the oracle)."""
 
 import math
 
@@ -115,3 +115,54 @@ def test_rope_computes_in_the_inputs_dtype():
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, complex_rotation(x, torch.arange(T), False), rtol=0, atol=1e-6)  # fp32 cache
     assert apply_rope(x.bfloat16(), cos, sin).dtype == torch.bfloat16
+
+
+# ------------------------------------------------------------------------------------------------ YaRN
+YARN = dict(factor=8.0, original_max_seq_len=64, beta_fast=32.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=0.8,
+            truncate=True)
+
+
+def test_yarn_keeps_fast_frequencies_and_interpolates_slow_ones():
+    from litgpt.rope import rope_attention_factor, softmax_scale_multiplier, yarn_frequencies, yarn_mscale
+
+    n, base = 32, 10000
+    plain = 1.0 / (base ** (torch.arange(0, n, 2, dtype=torch.float32) / n))
+    yarn = {**YARN, "original_max_seq_len": 4096}
+    theta = yarn_frequencies(n, base, yarn)
+    # the correction range: the dims that turn beta_fast (32) and beta_slow (1) times over 4096 positions,
+    # n ln(4096 / (turns 2 pi)) / (2 ln base) = 5.24 and 11.26, floored and ceiled: 5 and 12
+    assert torch.equal(theta[:6], plain[:6])  # fast: turn often within the original context, kept
+    torch.testing.assert_close(theta[12:], plain[12:] / 8.0)  # slow: interpolated by the factor
+    ramp = (torch.arange(6, 12, dtype=torch.float32) - 5) / 7  # linear in between
+    torch.testing.assert_close(theta[6:12], plain[6:12] / 8.0 * ramp + plain[6:12] * (1 - ramp))
+    assert torch.equal(yarn_frequencies(n, base, {**yarn, "factor": 1.0}), plain)
+
+    attention = yarn_mscale(8.0, 1.0) / yarn_mscale(8.0, 0.8)  # (0.1 ln 8 + 1) / (0.08 ln 8 + 1)
+    assert rope_attention_factor(YARN) == pytest.approx(attention) and rope_attention_factor(None) == 1.0
+    assert softmax_scale_multiplier(YARN) == pytest.approx((0.08 * math.log(8.0) + 1) ** 2)
+    cos, sin = build_rope_cache(T, n, adjustments=yarn)
+    angles = torch.outer(torch.arange(T, dtype=torch.float32), theta).repeat(1, 2)
+    torch.testing.assert_close(cos, torch.cos(angles) * attention)
+    torch.testing.assert_close(sin, torch.sin(angles) * attention)
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"truncate": False}, {"factor": 40.0, "mscale": 0.707, "mscale_all_dim": 0.707},
+    {"mscale": 1.0, "mscale_all_dim": 0.0, "beta_fast": 16.0, "beta_slow": 2.0},
+])
+def test_yarn_matches_transformers(overrides):
+    """Frequencies and attention factor equal transformers' YaRN for a DeepSeek-V3 config (its rope head width)."""
+    transformers = pytest.importorskip("transformers", reason="the oracle for YaRN is transformers' rope init")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from litgpt.rope import rope_attention_factor, yarn_frequencies
+
+    yarn = {**YARN, **overrides}
+    rope_parameters = dict(rope_type="yarn", rope_theta=10000.0, factor=yarn["factor"], truncate=yarn["truncate"],
+                           original_max_position_embeddings=yarn["original_max_seq_len"], beta_fast=yarn["beta_fast"],
+                           beta_slow=yarn["beta_slow"], mscale=yarn["mscale"], mscale_all_dim=yarn["mscale_all_dim"])
+    config = transformers.DeepseekV3Config(hidden_size=64, num_attention_heads=4, qk_rope_head_dim=16,
+                                           max_position_embeddings=512, rope_parameters=rope_parameters)
+    inv_freq, attention_factor = ROPE_INIT_FUNCTIONS["yarn"](config, torch.device("cpu"))
+    torch.testing.assert_close(yarn_frequencies(16, 10000, yarn), inv_freq, rtol=1e-6, atol=0)
+    assert rope_attention_factor(yarn) == pytest.approx(attention_factor, rel=1e-9)

@@ -34,6 +34,8 @@ def test_decode_mode_by_device_and_length():
     assert decode_mode(cpu, 10_000) == "eager" and decode_mode(cpu, 10, compile=True) == "compile"
     assert decode_mode(cuda, COMPILE_FROM_TOKENS - 1) == "cuda_graph"  # a captured eager step: milliseconds
     assert decode_mode(cuda, COMPILE_FROM_TOKENS) == "compile+cuda_graph"  # long enough to repay a compile
+    assert decode_mode(cuda, 1000) == decode_mode(cuda, 1000, batch_size=8) == "cuda_graph"
+    assert decode_mode(cuda, COMPILE_FROM_TOKENS // 8, batch_size=8) == "compile+cuda_graph"  # tokens of all rows
     assert decode_mode(cuda, 10, compile=True) == "compile+cuda_graph"
     assert decode_mode(cuda, 10_000, compile=False) == "cuda_graph"
 

@@ -79,6 +79,46 @@ def test_generate_imports_only_what_it_needs(checkpoint_dir):
     assert "litgpt.generate.cli" in modules and "torch" in modules  # the probe sees what the command imported
     assert imported(modules, HEAVY) == []
     assert imported(modules, OTHER_COMMANDS) == [] and "litgpt.generate.chat" not in modules
+    # nor torch._dynamo (about a second): the eager CPU step has no use for it, and building the model to load
+    # into skips torch's init functions, which import it on the meta device (litgpt.checkpoint.SkipInit)
+    assert "torch._dynamo" not in modules
+
+
+OPS_PROBE = """
+import sys, torch
+from litgpt.kernels._ops import define_op
+from litgpt.kernels.linear import _gemv_op
+from litgpt.kernels.decode_attention import _decode_attention_op, _mla_cache_write_op
+assert all(isinstance(op, torch._ops.OpOverload) for op in (_gemv_op, _decode_attention_op, _mla_cache_write_op))
+x, w = torch.empty(1, 8, device="meta"), torch.empty(4, 8, device="meta")
+assert _gemv_op(x, w, None, None, None, "layer", 1e-5, None).shape == (1, 4)
+q, kv, pos = torch.empty(2, 3, 1, 48, device="meta"), torch.empty(2, 9, 48, device="meta"), torch.empty(2, 1)
+assert _decode_attention_op(q, kv, kv, pos, 32, 32, 0.1, True).shape == (2, 3, 1, 32)
+probe = define_op("startup_probe", "(Tensor x) -> Tensor", lambda x: x + 1, lambda x: torch.empty_like(x))
+assert probe(torch.zeros(3)).tolist() == [1.0, 1.0, 1.0]  # a real (CPU) kernel call through the dispatcher
+print("DYNAMO", "torch._dynamo" in sys.modules)
+if sys.argv[1:] == ["custom_op"]:  # the probe sees the import that custom_op's first call makes
+    op = torch.library.custom_op("probe::add", lambda x: x + 1, mutates_args=(), schema="(Tensor x) -> Tensor")
+    op(torch.zeros(3))
+    print("CUSTOM_OP DYNAMO", "torch._dynamo" in sys.modules)
+"""
+
+
+def test_calling_the_kernel_ops_does_not_import_dynamo():
+    """`torch.library.custom_op` imports torch._dynamo at an op's first call (1-5 s inside the first decode step on
+    an H200); the ops are registered with the dispatcher directly (`litgpt.kernels._ops`)."""
+    result = subprocess.run([sys.executable, "-c", OPS_PROBE, "custom_op"], capture_output=True, text=True,
+                            timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert result.returncode == 0, result.stderr
+    assert "DYNAMO False" in result.stdout and "CUSTOM_OP DYNAMO True" in result.stdout
+
+
+@pytest.mark.cuda
+def test_cuda_graph_generate_does_not_import_dynamo(checkpoint_dir):
+    code, modules, result = run_probe("generate", str(checkpoint_dir), "--max_new_tokens", "20", "--device", "cuda",
+                                      "--temperature", "0")
+    assert code == 0, result.stderr
+    assert "torch._dynamo" not in modules and "sympy" not in modules
 
 
 def test_chat_imports_only_what_it_needs(checkpoint_dir):
@@ -159,12 +199,13 @@ def test_process_start_time_falls_back_to_the_import_of_litgpt_main(monkeypatch)
 
 # ------------------------------------------------------------------------------------------------ phases line
 STATS = dict(time_to_first_token_s=0.021, total_s=0.372, new_tokens=1000, batch=1, decode_tokens_per_s=999 / 0.351,
-             peak_memory_bytes=412_000_000, peak_memory_kind="CUDA allocated", kv_cache_bytes=7_080_000)
+             peak_memory_bytes=412_000_000, peak_memory_kind="CUDA allocated", kv_cache_bytes=7_080_000, prepare_s=0.052)
 
 
 def test_phases_line_format():
     assert format_phases(STATS, 0.812, 0.403) == (
-        f"litgpt generate: start-up 0.812 s, load 0.403 s, {FIRST_TOKEN_LABEL} 0.021 s, decode 999 tokens in 0.351 s "
+        f"litgpt generate: start-up 0.812 s, load 0.403 s, prepare 0.052 s, {FIRST_TOKEN_LABEL} 0.021 s, decode 999 "
+        "tokens in 0.351 s "
         "(2,846.2 tokens/s, batch 1); peak memory 0.412 GB (CUDA allocated); KV cache 7.08 MB"
     )
 
@@ -177,7 +218,8 @@ def test_decode_phase_counts_the_tokens_the_rate_counts():
 
 
 PHASES = re.compile(
-    rf"^litgpt generate: start-up (\d+\.\d{{3}}) s, load (\d+\.\d{{3}}) s, {FIRST_TOKEN_LABEL} (\d+\.\d{{3}}) s, "
+    rf"^litgpt generate: start-up (\d+\.\d{{3}}) s, load (\d+\.\d{{3}}) s, prepare \d+\.\d{{3}} s, "
+    rf"{FIRST_TOKEN_LABEL} (\d+\.\d{{3}}) s, "
     r"decode (\d+) tokens in (\d+\.\d{3}) s \(([\d,]+\.\d) tokens/s, batch (\d+)\); "
     r"peak memory (\d+\.\d{3}) GB \(([^)]+)\); KV cache (\d+\.\d{2}) MB$"
 )

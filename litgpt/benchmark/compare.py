@@ -2,10 +2,11 @@
 
 Every model is trained by `litgpt pretrain` (`litgpt.pretrain.setup`, the real loop) into `out_dir/<model>/`
 with the same data, tokenizer, token budget, seed, optimizer and hyperparameters, then judged on the same
-held-out tokens (the first `eval.max_iters` validation batches, validated after the last step). Results go to
-`results.json` and `results.md`; loss curves (from each run's CSV log) to `loss_vs_tokens.png` and
-`loss_vs_time.png`. Rerunning the same command skips finished models and resumes an interrupted one from its
-latest step checkpoint.
+held-out tokens (the first `eval.max_iters` validation batches, validated after the last step): loss, perplexity
+and next-token accuracy (the share of tokens whose argmax prediction is right), and for mixture-of-experts models
+the share of those tokens each expert of each MoE layer received. Results go to `results.json` and `results.md`;
+loss curves (from each run's CSV log) to `loss_vs_tokens.png` and `loss_vs_time.png`. Rerunning the same command
+skips finished models and resumes an interrupted one from its latest step checkpoint.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ import numpy as np
 import torch
 
 from litgpt.args import EvalArgs, OptimizerArg, OptimizerSpec, TrainArgs, check_devices
-from litgpt.checkpoint import read_checkpoint_file
+from litgpt.checkpoint import load_checkpoint, read_checkpoint_file
 from litgpt.config import Config
 from litgpt.data import DataModule, TinyStories
+from litgpt.data.base import make_val_loader
 from litgpt.model import GPT
+from litgpt.moe import moe_layers
 from litgpt.pretrain import PRECISIONS, resolve_config, setup
+from litgpt.tokenizer import Tokenizer
 from litgpt.utils import atomic_write, hyperparameters
 
 DEFAULT_MODELS = ["pythia-70m", "pythia-70m-gqa", "pythia-70m-mqa", "pythia-70m-mla"]
@@ -44,7 +48,7 @@ def compare(
     data: Optional[DataModule] = None,
     train: TrainArgs = TrainArgs(),
     eval: EvalArgs = EvalArgs(),
-    optimizer: OptimizerArg = "AdamW",
+    optimizer: OptimizerArg = "torch.optim.AdamW",
     devices: Union[int, str] = 1,
     tokenizer_dir: Optional[Path] = None,
     seed: int = 42,
@@ -89,11 +93,12 @@ def compare(
     results_path = out_dir / "results.json"
     results = _load_results(results_path, settings)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(results_path, results)  # settings are recorded before any training, so a rerun can be matched
+    write_json(results_path, results)  # settings are recorded before any training, so a rerun can be matched
     data = TinyStories() if data is None else data
     if tokenizer_dir is None:
         tokenizer_dir = _shared_tokenizer(data, configs[models[0]], out_dir / "tokenizer")
 
+    held_out: dict[int, list[torch.Tensor]] = {}  # sequence length -> the validation batches every model is judged on
     progress = tqdm(models, desc="compare", unit="model")
     for name in progress:
         progress.set_postfix_str(name)
@@ -109,12 +114,15 @@ def compare(
             progress.write(f"compare: training {name} into {run_dir}")
             peak_memory = _train(name, model_config, run_dir, precision, data, train, eval, optimizer, devices,
                                  tokenizer_dir, seed, compile)
-        results["models"][name] = collect(name, configs[name], run_dir, precision, peak_memory)
-        _write_json(results_path, results)
+        seq_len = train.max_seq_length or configs[name].block_size
+        if seq_len not in held_out:
+            held_out[seq_len] = held_out_batches(data, tokenizer_dir, seq_len, train.micro_batch_size, eval.max_iters)
+        results["models"][name] = collect(name, configs[name], run_dir, precision, peak_memory, held_out[seq_len])
+        write_json(results_path, results)
 
     rows = [results["models"][name] for name in models]
     results["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    _write_json(results_path, results)
+    write_json(results_path, results)
     write_table(rows, results, out_dir / "results.md")
     plot_curves(rows, out_dir, x_key="tokens", x_label="training tokens", path=out_dir / "loss_vs_tokens.png")
     plot_curves(rows, out_dir, x_key="time", x_label="training time (s)", path=out_dir / "loss_vs_time.png")
@@ -151,9 +159,63 @@ def _shared_tokenizer(data: DataModule, config: Config, tokenizer_dir: Path) -> 
 
 
 # ---------------------------------------------------------------------------------------- results
-def collect(name: str, config: Config, run_dir: Path, precision: Optional[str], peak_memory_gib: Optional[float]
-            ) -> dict:
-    """One model's row: size, final val loss / ppl, throughput, memory, KV bytes per token, train time."""
+def held_out_batches(
+    data: DataModule, tokenizer_dir: Path, seq_len: int, batch_size: int, max_iters: int
+) -> list[torch.Tensor]:
+    """The validation batches (batch_size, seq_len + 1) that `litgpt pretrain`'s final validation reads."""
+    data.connect(Tokenizer(tokenizer_dir), max_seq_length=seq_len)
+    data.prepare_data()
+    data.setup()
+    return list(make_val_loader(data.val_dataset(), batch_size, max_iters))
+
+
+@torch.no_grad()
+def evaluate(model: GPT, batches: list[torch.Tensor], autocast_dtype: Optional[torch.dtype] = None) -> dict[str, Any]:
+    """Next-token loss and accuracy of `model` over `batches` (each (B, T + 1) token ids), one row at a time so the
+    (T, vocab) logits stay small, and for MoE models each layer's per-expert share of the routed tokens.
+
+    Returns {"loss", "accuracy", "expert_load"}: expert_load is one list of n_expert shares (summing to 1) per MoE
+    layer, empty for dense models.
+    """
+    device = model.lm_head.weight.device
+    model.eval()
+    counts = [torch.zeros(layer.config.n_expert, device=device) for layer in moe_layers(model)]
+    hooks = [layer.gate.register_forward_hook(_tally_choices(tally)) for layer, tally in zip(moe_layers(model), counts)]
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    tokens = 0
+    try:
+        for batch in batches:
+            for row in batch.to(device):  # (T + 1,)
+                inputs, targets = row[None, :-1], row[1:]  # (1, T), (T,)
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    logits = model(inputs)[0, :, : model.config.vocab_size].float()  # (T, vocab)
+                loss += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").double()
+                correct += (logits.argmax(dim=-1) == targets).sum()
+                tokens += targets.numel()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    shares = [(tally / tally.sum()).tolist() for tally in counts]
+    return dict(loss=loss.item() / tokens, accuracy=correct.item() / tokens, expert_load=shares)
+
+
+def _tally_choices(tally: torch.Tensor) -> Any:
+    """A forward hook for a `litgpt.moe.Router` that adds up, in tally (E,), how often each expert was chosen."""
+
+    def hook(module: torch.nn.Module, args: Any, output: tuple[torch.Tensor, ...]) -> None:
+        chosen = output[1].flatten()  # (N * k,) expert indices
+        tally.scatter_add_(0, chosen, torch.ones_like(chosen, dtype=tally.dtype))
+
+    return hook
+
+
+def collect(
+    name: str, config: Config, run_dir: Path, precision: Optional[str], peak_memory_gib: Optional[float],
+    held_out: list[torch.Tensor],
+) -> dict:
+    """One model's row: size, final val loss / ppl, next-token accuracy on the `held_out` batches (and per-expert
+    load for MoE models), throughput, memory, KV bytes per token, train time."""
     state = read_checkpoint_file(run_dir / "final" / "lit_model.pth")
     log = read_metrics(run_dir)
     val = [r for r in log if r.get("val_loss") is not None]
@@ -162,11 +224,18 @@ def collect(name: str, config: Config, run_dir: Path, precision: Optional[str], 
     with torch.device("meta"):
         params = sum(p.numel() for p in GPT(config).parameters())
     element_size = _element_size(precision)
+    weight_dtype, autocast_dtype = _eval_dtypes(precision)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    scores = evaluate(load_checkpoint(run_dir / "final", device=device, dtype=weight_dtype), held_out, autocast_dtype)
+    load = scores["expert_load"]
     return dict(
         model=name,
         params=params,
         val_loss=val[-1]["val_loss"],
         val_ppl=math.exp(val[-1]["val_loss"]),
+        val_acc=scores["accuracy"],
+        expert_load=load,  # per MoE layer, each expert's share of the held-out tokens' routing choices
+        expert_max_violation=_max_violation(load),
         steps=state["step_count"],
         tokens=state["tokens"],
         train_time_s=state["train_time"],
@@ -210,6 +279,22 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return sorted([*train_rows.values(), *val_rows.values()], key=lambda r: (r["step"], "val_loss" in r))
 
 
+def _max_violation(expert_load: list[list[float]]) -> Optional[float]:
+    """Max load / mean load - 1 per MoE layer, averaged over layers (0: balanced); None for dense models."""
+    if not expert_load:
+        return None
+    return sum(max(shares) * len(shares) - 1 for shares in expert_load) / len(expert_load)
+
+
+def _eval_dtypes(precision: Optional[str]) -> tuple[torch.dtype, Optional[torch.dtype]]:
+    """The weight dtype and autocast dtype (None: off) that `precision` computes in, as in training."""
+    if precision is None:
+        precision = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    kind, mode = precision.split("-")
+    dtype = {"bf16": torch.bfloat16, "16": torch.float16, "32": torch.float32, "64": torch.float64}[kind]
+    return (torch.float32, dtype) if mode == "mixed" else (dtype, None)
+
+
 def _element_size(precision: Optional[str]) -> int:
     """Bytes per cached value at the precision's compute dtype (bf16/fp16: 2, fp32: 4, fp64: 8)."""
     if precision is None:
@@ -226,14 +311,19 @@ def _load_results(path: Path, settings: dict) -> dict:
     recorded = json.loads(path.read_text(encoding="utf-8"))
     if recorded.get("version") != RESULTS_VERSION:
         raise ValueError(f"{path} was written by another version of compare; use a new --out_dir")
-    old, new = _flatten(recorded.get("settings", {})), _flatten(json.loads(json.dumps(settings)))
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in ANY_VALUE_SETTINGS)
+    changed = changed_settings(recorded.get("settings", {}), settings, ANY_VALUE_SETTINGS)
     if changed:
         raise ValueError(
             f"{path.parent} holds a comparison run with different settings ({', '.join(changed)} changed); "
             "use a new --out_dir or the original settings"
         )
     return recorded
+
+
+def changed_settings(recorded: dict, settings: dict, any_value: tuple[str, ...] = ()) -> list[str]:
+    """The dotted names of the settings that differ between a recorded experiment and this one (`any_value` may)."""
+    old, new = _flatten(recorded), _flatten(json.loads(json.dumps(settings)))
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in any_value)
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -246,7 +336,8 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _write_json(path: Path, value: Any) -> None:
+def write_json(path: Path, value: Any) -> None:
+    """`value` as indented JSON, written atomically (a kill leaves the previous file)."""
     text = json.dumps(value, indent=2)
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
@@ -265,14 +356,17 @@ def write_table(rows: list[dict], results: dict, path: Path) -> None:
         f"- train: {json.dumps(train)}; optimizer {json.dumps(s['optimizer'])}",
         f"- val loss: final validation on the same first {eval['max_iters']} validation batches for every model",
         "",
-        "| model | params | val loss | val ppl | tokens | tokens/s | peak memory | KV bytes/token | train time |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | params | val loss | val ppl | val acc | tokens | tokens/s | peak memory | KV bytes/token "
+        "| train time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         memory = "-" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.2f} GiB"
+        accuracy = "-" if r.get("val_acc") is None else f"{100 * r['val_acc']:.2f}%"  # rows recorded before it: -
         lines.append(
-            f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['val_loss']:.4f} | {r['val_ppl']:.2f} | {r['tokens']:,} "
-            f"| {r['tokens_per_s']:,.0f} | {memory} | {r['kv_bytes_per_token']:,} | {_hms(r['train_time_s'])} |"
+            f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['val_loss']:.4f} | {r['val_ppl']:.2f} | {accuracy} "
+            f"| {r['tokens']:,} | {r['tokens_per_s']:,.0f} | {memory} | {r['kv_bytes_per_token']:,} "
+            f"| {_hms(r['train_time_s'])} |"
         )
     lines += [
         "",
@@ -280,8 +374,28 @@ def write_table(rows: list[dict], results: dict, path: Path) -> None:
         "`torch.cuda.max_memory_allocated` reset before each model (- on CPU). KV bytes/token: the cache of all "
         "layers for one token at the compute dtype's "
         f"{rows[0]['kv_element_bytes']} bytes per value (MLA: kv_lora_rank + qk_rope_head_dim values per layer; "
-        "others: 2 x n_query_groups x head_size).",
+        "others: 2 x n_query_groups x head_size). val acc: the share of held-out tokens whose most likely "
+        "prediction is the next token.",
     ]
+    moe_rows = [r for r in rows if r.get("expert_load")]
+    if moe_rows:
+        n_expert = max(len(shares) for r in moe_rows for shares in r["expert_load"])
+        lines += [
+            "",
+            "## Expert load",
+            "",
+            "Each expert's share of the held-out tokens' routing choices, averaged over the MoE layers (balanced: "
+            f"{100 / n_expert:.1f}% each); max violation: max load / mean load - 1 per layer, averaged (0 is "
+            "balanced).",
+            "",
+            "| model | max violation | " + " | ".join(f"e{i}" for i in range(n_expert)) + " |",
+            "|---|---|" + "---|" * n_expert,
+        ]
+        for r in moe_rows:
+            layers = r["expert_load"]
+            mean = [f"{100 * sum(layer[i] for layer in layers) / len(layers):.1f}%" for i in range(len(layers[0]))]
+            cells = mean + ["-"] * (n_expert - len(mean))
+            lines.append(f"| {r['model']} | {r['expert_max_violation']:.3f} | " + " | ".join(cells) + " |")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

@@ -82,6 +82,7 @@ def _seconds(value: str, unit: str) -> float:
 _FIELDS = {  # the current `litgpt generate:` line, field by field (a field added later does not break the rest)
     "start_up_s": re.compile(rf"start-up {_NUM} (ms|s)\b"),
     "load_s": re.compile(rf"\bload {_NUM} (ms|s)\b"),
+    "prepare_s": re.compile(rf"\bprepare {_NUM} (ms|s)\b"),
     "first_token_s": re.compile(rf"first token {_NUM} (ms|s)\b"),
 }
 _DECODE = re.compile(rf"decode {_NUM} tokens in {_NUM} (ms|s) \({_NUM} tokens/s(?:, batch (\d+))?\)")
@@ -111,7 +112,7 @@ def _parse_older(line: str) -> Optional[dict]:
     first, tokens, total = _seconds(m.group(1), m.group(2)), int(_num(m.group(3))), _num(m.group(4))
     batch = int(m.group(6))
     # decode excludes each row's first token (the prefill's): batch * (steps - 1) when no row stops early
-    return {"format": "older", "start_up_s": None, "load_s": None, "first_token_s": first, "new_tokens": tokens,
+    return {"format": "older", "start_up_s": None, "load_s": None, "prepare_s": None, "first_token_s": first, "new_tokens": tokens,
             "decode_tokens": max(tokens - batch, 0), "decode_s": max(total - first, 0.0),
             "decode_tokens_per_s": _num(m.group(5)), "batch": batch}
 
@@ -120,7 +121,7 @@ def parse_generate_stats(stderr: str) -> Optional[dict]:
     """The stats of `litgpt generate`'s stderr lines (current `litgpt generate: start-up ...` or older `time to first
     token ...` format), aggregated over its lines (one per batch of samples); None if there is none.
 
-    Keys: format, start_up_s, load_s, first_token_s (of the first line), decode_tokens, decode_s (summed),
+    Keys: format, start_up_s, load_s, prepare_s (None in the older format), first_token_s (of the first line), decode_tokens, decode_s (summed),
     decode_tokens_per_s (the line's, or summed tokens over summed seconds for several), batch, peak_memory_gb (max),
     peak_memory_kind, kv_cache_mb, stats_lines.
     """
@@ -305,7 +306,7 @@ def _text_offset(stdout: bytes, prompt: str, at_line_start: bool = False) -> Opt
 
 # ---------------------------------------------------------------------------------------------------- rows
 ROW_KEYS = ("tool", "model", "new_tokens", "batch", "temperature", "repeat", "wall_s", "start_up_s", "load_s",
-            "first_printed_token_s", "first_token_s", "decode_tokens", "decode_s", "decode_tokens_per_s",
+            "prepare_s", "first_printed_token_s", "first_token_s", "decode_tokens", "decode_s", "decode_tokens_per_s",
             "peak_memory_gb", "skipped", "error", "note", "command")
 
 
@@ -323,9 +324,9 @@ def _ours_row(timed: Timed, prompt: str, **base: Any) -> dict:
     if stats is None:
         row["error"] = row["error"] or "no stats line on stderr"
         return row
-    for key in ("start_up_s", "load_s", "first_token_s", "decode_tokens", "decode_s", "decode_tokens_per_s",
-                "peak_memory_gb"):
-        row[key] = stats[key]
+    for key in ("start_up_s", "load_s", "prepare_s", "first_token_s", "decode_tokens", "decode_s",
+                "decode_tokens_per_s", "peak_memory_gb"):
+        row[key] = stats.get(key)  # an older line has no prepare phase
     row.update(stats_format=stats["format"], peak_memory_kind=stats["peak_memory_kind"],
                kv_cache_mb=stats["kv_cache_mb"])
     return row
@@ -526,7 +527,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """The rows as a markdown table (a skipped or failed row says why in its notes)."""
-    head = ["tool", "model", "new tokens", "batch", "wall s", "start-up s", "load s",
+    head = ["tool", "model", "new tokens", "batch", "wall s", "start-up s", "load s", "prepare s",
             "first printed token s (parent)", "first token s (own)", "decode tokens/s", "peak GB", "notes"]
     out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
@@ -535,7 +536,8 @@ def format_table(rows: list[dict]) -> str:
         if r.get("temperature"):
             notes.insert(0, f"sampled T={r['temperature']:g}")
         cells = [r["tool"], r["model"], _fmt(r["new_tokens"]), _fmt(r["batch"]), _fmt(r["wall_s"], 2),
-                 _fmt(r["start_up_s"]), _fmt(r["load_s"]), _fmt(r["first_printed_token_s"]), _fmt(r["first_token_s"]),
+                 _fmt(r["start_up_s"]), _fmt(r["load_s"]), _fmt(r.get("prepare_s")), _fmt(r["first_printed_token_s"]),
+                 _fmt(r["first_token_s"]),
                  _fmt(r["decode_tokens_per_s"], 1), _fmt(r["peak_memory_gb"]), "; ".join(notes).replace("|", "/")]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
@@ -609,6 +611,7 @@ def benchmark_generate(
     out_dir: Path = Path("out/benchmark/generate"),
     extra_args: Optional[list[str]] = None,
     warmup: bool = True,
+    peer_new_tokens: Optional[list[int]] = None,
 ) -> list[dict]:
     """Run `litgpt generate` (and a two-turn `litgpt chat`, upstream litgpt and transformers) as subprocesses on one
     checkpoint; write results.json and results.md to out_dir after every row, print the table at the end.
@@ -631,11 +634,16 @@ def benchmark_generate(
         extra_args: more arguments for every `litgpt generate` of ours, not chat or the peers (on the command line
             quote values YAML would read as non-strings: `--extra_args '[--compile, "true"]'`).
         warmup: first run each of our commands once untimed, filling the on-disk kernel and compile caches.
+        peer_new_tokens: the new_tokens values the peers (upstream, transformers) run (null: all of new_tokens);
+            each must be one of new_tokens. At about 10-20 tokens/s a peer takes a minute per 1,000 tokens.
     """
     from tqdm import tqdm
 
     checkpoint_dir = Path(checkpoint_dir)
     _validate(checkpoint_dir, new_tokens, batches, temperature, repeats, chat_tokens, peer_python, device, prompt)
+    peer_new_tokens = list(new_tokens) if peer_new_tokens is None else list(peer_new_tokens)
+    if not set(peer_new_tokens) <= set(new_tokens):
+        raise ValueError(f"peer_new_tokens {peer_new_tokens} must be a subset of new_tokens {new_tokens}")
     checkpoint_dir = checkpoint_dir.resolve()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -717,10 +725,10 @@ def benchmark_generate(
         for batch in batches:
             for repeat in range(repeats):
                 jobs.append((f"ours {n}x{batch}", lambda n=n, b=batch, r=repeat: ours(n, b, r)))
-            if peer_python is not None:
+            if peer_python is not None and n in peer_new_tokens:
                 for repeat in range(repeats):
                     jobs.append((f"upstream {n}x{batch}", lambda n=n, b=batch, r=repeat: upstream(n, b, r)))
-            if hf:
+            if hf and n in peer_new_tokens:
                 for repeat in range(repeats):
                     jobs.append((f"HF {n}x{batch}", lambda n=n, b=batch, r=repeat: transformers(n, b, r)))
     if chat:

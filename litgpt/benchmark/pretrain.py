@@ -19,7 +19,7 @@ from litgpt.args import OptimizerArg, OptimizerSpec
 from litgpt.config import Config
 from litgpt.flops import flops_per_token, peak_flops
 from litgpt.model import GPT, init_weights
-from litgpt.pretrain import Divergence, train_step
+from litgpt.training import Divergence, train_step
 from litgpt.utils import atomic_write, synchronize
 
 # AdamW with the benchmark's long-standing hyperparameters (they do not change the step's cost)

@@ -17,12 +17,13 @@ import logging
 import multiprocessing
 import os
 import random
+import sys
 import time
 import warnings
 from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -277,8 +278,19 @@ def _encoder_pool(tokenizer: Tokenizer, dtype: np.dtype, num_workers: int) -> It
     """A pool of `num_workers` spawned processes that each load the tokenizer once; None (this process) for <= 1.
 
     spawn, not fork: the parent may hold threads (torch, tokenizers, Lightning) that fork would copy mid-state.
+    A spawned process re-runs the parent's main script first; where there is none to re-run (a script read from
+    stdin, `python - <<EOF`), every worker would die at start and the pool would replace it forever, so this
+    process tokenizes alone, with a warning.
     """
     init_args = (str(tokenizer.checkpoint_dir), tokenizer.fingerprint, tokenizer.eos_id, np.dtype(dtype).name)
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if num_workers > 1 and main_file is not None and not os.path.isfile(main_file):
+        warnings.warn(
+            f"tokenize_workers={num_workers} needs worker processes that re-import the main script, and "
+            f"{main_file!r} is not a file (a script from stdin?); tokenizing in this process instead. Run the "
+            "script from a file to tokenize in parallel", stacklevel=4,
+        )
+        num_workers = 0
     if num_workers <= 1:
         _WORKER.update(tokenizer=tokenizer, eos_id=tokenizer.eos_id, dtype=np.dtype(dtype))
         try:
@@ -474,11 +486,15 @@ def make_train_loader(
     consumed_samples: int = 0,
     num_workers: int = 0,
     pin_memory: bool = False,
+    collate_fn: Optional[Callable[[list], Any]] = None,
 ) -> DataLoader:
-    """Infinite loader of (batch_size, max_seq_length + 1) batches in `ResumableSampler` order.
+    """Infinite loader of batches in `ResumableSampler` order: (batch_size, max_seq_length + 1) token windows, or
+    whatever `collate_fn` makes of `batch_size` samples (None: stack them).
 
     `consumed_samples` is per rank (steps taken * batch_size). With Lightning Fabric, pass
-    `use_distributed_sampler=False` to `setup_dataloaders` so this sampler is kept.
+    `use_distributed_sampler=False` to `setup_dataloaders` so this sampler is kept. The loader draws its worker
+    seeds from its own generator, never from torch's global RNG, so starting to iterate it does not change the
+    random numbers of training (dropout), and a resumed run draws what the uninterrupted one did.
     """
     sampler = ResumableSampler(len(dataset), seed, rank, world_size, consumed_samples)
     return DataLoader(
@@ -488,20 +504,26 @@ def make_train_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
+        collate_fn=collate_fn,
+        generator=torch.Generator().manual_seed(seed + rank),
     )
 
 
 def make_val_loader(
-    dataset: Dataset, batch_size: int, max_batches: Optional[int] = None, num_workers: int = 0
+    dataset: Dataset, batch_size: int, max_batches: Optional[int] = None, num_workers: int = 0,
+    collate_fn: Optional[Callable[[list], Any]] = None,
 ) -> DataLoader:
-    """Sequential loader over the first `max_batches * batch_size` windows (all of them when None).
+    """Sequential loader over the first `max_batches * batch_size` samples (all of them when None), batched by
+    `collate_fn` (None: stacked).
 
-    With `num_workers` > 0 the workers persist between passes, so each validation does not start them again.
+    With `num_workers` > 0 the workers persist between passes, so each validation does not start them again. As in
+    `make_train_loader`, iterating it leaves torch's global RNG alone.
     """
     if max_batches is not None:
         if max_batches <= 0:
             raise ValueError(f"max_batches must be positive or None, got {max_batches}")
         dataset = Subset(dataset, range(min(len(dataset), max_batches * batch_size)))
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, persistent_workers=num_workers > 0
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, persistent_workers=num_workers > 0,
+        collate_fn=collate_fn, generator=torch.Generator().manual_seed(0),
     )

@@ -192,6 +192,16 @@ class DecodeStep:
             torch._dynamo.mark_static_address(buffer)
 
     @torch.inference_mode()
+    def prepare(self, batch_size: int) -> None:
+        """Compile and/or capture the step now rather than at its first call: one step of token 0 at position 0
+        (every row), which writes cache position 0; run it before the prefill, which overwrites that position.
+        Nothing to do in eager mode."""
+        if self.mode == "eager":
+            return
+        zeros = torch.zeros(batch_size, 1, dtype=torch.int64, device=self.device)  # (B, 1)
+        self(zeros, zeros)
+
+    @torch.inference_mode()
     def __call__(self, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         if self.mode in ("cuda_graph", "compile+cuda_graph"):
             return self._replay(token, input_pos)

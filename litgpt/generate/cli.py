@@ -1,7 +1,8 @@
 """`litgpt generate`: generate text from a checkpoint, streaming it to stdout, timings and memory on stderr.
 
 After each batch of samples one stderr line reports where the time went (`format_phases`): start-up (process start
-to this command running: imports and argument parsing), load (`LLM.load`), first token and decode.
+to this command running: imports and argument parsing), load (`LLM.load`), prepare (the decode session: folded
+weights, KV cache, the step's CUDA-graph capture or compile), first token and decode.
 """
 
 from __future__ import annotations
@@ -51,15 +52,16 @@ def main(
         seed: sampling seed: the same seed gives the same text.
         precision: weight precision: 32-true, bf16-true, 16-true, 64-true (default: bf16 on CUDA, else 32-true).
         device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
-        compile: compile the decode step (true) or not (false); default: by max_new_tokens: on CUDA a CUDA graph of
-            the eager step for short generations and the compiled step, captured as one graph, from 512 new tokens
-            (its compile is cached on disk); on the CPU the eager step.
+        compile: compile the decode step (true) or not (false); default: by the tokens to generate: on CUDA a CUDA
+            graph of the eager step, and the compiled step captured as one graph only from 50,000 tokens (batch x
+            max_new_tokens), where its compile of a few seconds per process pays for itself; on the CPU the eager
+            step.
         kernels: on CUDA, decode attention runs the Triton split-KV kernels of `litgpt.kernels` (false: the
             pure-torch attention). No effect on CPU, where the torch path always runs.
         prompt_style: how the prompt is framed (default: the checkpoint's prompt_style.yaml, else plain text).
 
     After each batch one line goes to stderr (see `format_phases`): start-up and load (on the first batch's line;
-    0.000 on later ones), first token, decode tokens, seconds and tokens/s, peak memory and KV-cache size.
+    0.000 on later ones), prepare, first token, decode tokens, seconds and tokens/s, peak memory and KV-cache size.
     """
     start_up_s = max(time.time() - process_start_time(), 0.0)
     if num_samples < 1 or batch_size < 1:
@@ -102,12 +104,13 @@ def decode_phase(stats: dict) -> tuple[int, float]:
 
 
 def format_phases(stats: dict, start_up_s: float, load_s: float) -> str:
-    """The stderr line of one batch, e.g. `litgpt generate: start-up 0.812 s, load 0.403 s, time to first token
-    0.021 s, decode 999 tokens in 0.351 s (2,846.2 tokens/s, batch 1); peak memory 0.412 GB (CUDA allocated); KV
-    cache 7.08 MB`. `stats` is `LLM.generate_with_stats`'s; start-up and load are in seconds."""
+    """The stderr line of one batch, e.g. `litgpt generate: start-up 0.812 s, load 0.403 s, prepare 0.052 s, time
+    to first token 0.021 s, decode 999 tokens in 0.351 s (2,846.2 tokens/s, batch 1); peak memory 0.412 GB (CUDA
+    allocated); KV cache 7.08 MB`. `stats` is `LLM.generate_with_stats`'s (prepare: building its decode session,
+    0 when an earlier batch's was reused); start-up and load are in seconds."""
     tokens, seconds = decode_phase(stats)
     return (
-        f"litgpt generate: start-up {start_up_s:.3f} s, load {load_s:.3f} s, "
+        f"litgpt generate: start-up {start_up_s:.3f} s, load {load_s:.3f} s, prepare {stats['prepare_s']:.3f} s, "
         f"{FIRST_TOKEN_LABEL} {stats['time_to_first_token_s']:.3f} s, "
         f"decode {tokens} tokens in {seconds:.3f} s ({stats['decode_tokens_per_s']:,.1f} tokens/s, "
         f"batch {stats['batch']}); peak memory {stats['peak_memory_bytes'] / 1e9:.3f} GB "

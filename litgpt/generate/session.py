@@ -6,13 +6,14 @@ A `DecodeSession` owns the model's KV cache, the sampler, the folded decode weig
 settings and mode do (`matches`); the LLM keeps its last one and reuses it.
 
 The default mode (`decode_mode`) is the fastest one that pays for itself: on CUDA, a CUDA graph of the eager step
-(milliseconds to capture) for short generations, and the compiled step captured as one graph for long ones, where
-inductor's compile (cached on disk across processes, as are Triton's kernels and the GEMV's autotuning) is repaid;
-on the CPU, the eager step.
+(milliseconds to capture), and the compiled step captured as one graph only for generations long enough to repay
+its compile (`COMPILE_FROM_TOKENS`; Triton's kernels and the GEMV's autotuning are cached on disk across processes,
+so the eager step pays neither twice); on the CPU, the eager step.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Iterator, Optional, TextIO
 
 import torch
@@ -20,21 +21,26 @@ import torch
 from litgpt.fold import fold_for_decode
 from litgpt.generate.base import DecodeStep, Sampler, SamplingParams, generate, generate_tokens, stream_tokens
 from litgpt.kernels import set_kernels
+from litgpt.lora import merge_for_decoding
 from litgpt.model import GPT
 from litgpt.tokenizer import Tokenizer
+from litgpt.utils import synchronize
 
-# New tokens from which a compiled step pays for its compile time at batch 1: a cached compile costs a few seconds,
-# a captured eager step about 0.1-0.2 ms more per token than the compiled one (pythia-160m-mla on an H200).
-COMPILE_FROM_TOKENS = 512
+# Tokens (batch x new tokens) from which the compiled step pays for its compile in one process. Compiling costs
+# seconds in every process, even with inductor's on-disk cache (dynamo re-traces the step); the captured eager step is
+# about 0.1 ms slower per step at pythia-160m size (benchmarks/RESULTS.md, issue 15), so the break-even lies near
+# 50,000 steps: past the 2,048-token context of the Pythia-shaped models, which therefore decode with `cuda_graph`
+# unless --compile true asks otherwise.
+COMPILE_FROM_TOKENS = 50_000
 
 
-def decode_mode(device: torch.device, max_new_tokens: int, compile: Optional[bool] = None) -> str:
-    """The decode mode for a generation of max_new_tokens on device: `compile` True forces the compiled step,
-    False forbids it, None chooses by length (see the module docstring)."""
+def decode_mode(device: torch.device, max_new_tokens: int, compile: Optional[bool] = None, batch_size: int = 1) -> str:
+    """The decode mode for `batch_size` rows of max_new_tokens on device: `compile` True forces the compiled step,
+    False forbids it, None chooses by the number of tokens (see COMPILE_FROM_TOKENS)."""
     if device.type != "cuda":
         return "compile" if compile else "eager"
     if compile is None:
-        compile = max_new_tokens >= COMPILE_FROM_TOKENS
+        compile = max_new_tokens * batch_size >= COMPILE_FROM_TOKENS
     return "compile+cuda_graph" if compile else "cuda_graph"
 
 
@@ -42,7 +48,10 @@ class DecodeSession:
     """A model ready to decode `batch_size` rows into a cache of `cache_len` positions with these sampling settings.
 
     Building one folds the model's decode weights from its current weights, sets its kernels switch, allocates its
-    KV cache and makes the sampler and the decode step (compiled or captured on its first call).
+    KV cache and makes the sampler and the decode step, which it compiles or captures right away (`prepare_s`
+    seconds in all), so that neither the first token nor the decode rate pays for that. A LoRA model is
+    merged first, in place (`litgpt.lora.merge_lora`, with a warning), so the folded step decodes the fine-tuned
+    weights: generate from a copy, or with an unfolded `DecodeStep`, to keep training it.
     """
 
     def __init__(
@@ -54,16 +63,21 @@ class DecodeSession:
         mode: str = "eager",
         kernels: bool = True,
     ) -> None:
+        t0 = time.perf_counter()
         self.model = model
         self.key = (batch_size, cache_len, params, mode, kernels)
         device = model.lm_head.weight.device
         model.max_seq_length = max(model.max_seq_length, cache_len)
         set_kernels(model, kernels)
+        merge_for_decoding(model, "DecodeSession")
         fold_for_decode(model)
         model.set_kv_cache(batch_size, max_seq_length=cache_len)
         self._cache = model.transformer.h[0].attn.kv_cache  # the buffers the step is captured or compiled on
         self.sampler = Sampler(params, model.config.vocab_size, batch_size, device)
         self.step = DecodeStep(model, self.sampler, mode)
+        self.step.prepare(batch_size)  # compile/capture now: a phase of its own, not the first token's or decode's
+        synchronize(device)
+        self.prepare_s = time.perf_counter() - t0  # folding, the cache, and the step's compile/capture
 
     @property
     def batch_size(self) -> int:

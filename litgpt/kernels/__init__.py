@@ -2,13 +2,15 @@
 
 `mla_decode_attention` is the absorbed MLA decode over `KVCacheCompressed`, `mla_cache_write` its cache write (the
 new latent's norm, the key's rope and, in the same launch, the query's rope); `gqa_decode_attention` the MHA/GQA/MQA
-decode over `KVCache`. `linear` is the small-batch GEMV (+ norm, activation, bias, residual) of folded decode steps.
+decode over `KVCache`, `gqa_cache_write` its cache write (the query's and key's rope and the key and value writes in
+one launch). `linear` is the small-batch GEMV (+ norm, activation, bias, residual) of folded decode steps.
 `litgpt.kernels.cross_entropy` holds the training loss's passes over the logits (used by `litgpt.loss`).
 `set_kernels(model, False)` switches every block back to the torch path.
 """
 
 from litgpt.kernels._triton import KERNEL_DTYPES, TRITON_AVAILABLE
 from litgpt.kernels.decode_attention import (
+    gqa_cache_write,
     gqa_decode_attention,
     gqa_decode_attention_reference,
     key_mask,
@@ -17,6 +19,7 @@ from litgpt.kernels.decode_attention import (
     mla_decode_attention,
     mla_decode_attention_reference,
     set_kernels,
+    split_heads,
     write_positions,
 )
 from litgpt.kernels.linear import linear
@@ -24,6 +27,7 @@ from litgpt.kernels.linear import linear
 __all__ = [
     "KERNEL_DTYPES",
     "TRITON_AVAILABLE",
+    "gqa_cache_write",
     "gqa_decode_attention",
     "gqa_decode_attention_reference",
     "key_mask",
@@ -33,5 +37,6 @@ __all__ = [
     "mla_decode_attention",
     "mla_decode_attention_reference",
     "set_kernels",
+    "split_heads",
     "write_positions",
 ]

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 
+from litgpt.kernels._ops import define_op
 from litgpt.kernels._triton import kernel_applies
-from litgpt.rope import apply_rope, apply_rope_last
+from litgpt.rope import apply_partial_rope, apply_rope, apply_rope_last
 
 if TYPE_CHECKING:
     from litgpt.model import GPT
@@ -159,6 +160,63 @@ def mla_cache_write(
                                cos.reshape(-1, d_r), sin.reshape(-1, d_r), norm_weight, eps, interleave)
 
 
+def split_heads(
+    qkv: torch.Tensor, n_head: int, n_groups: int, head_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows [Q heads | K groups | V groups] (B, T, (nh + 2 ng) hs) -> views q (B, nh, T, hs), k and v (B, ng, T, hs)."""
+    B, T, _ = qkv.shape
+    q, k, v = qkv.split((n_head * head_size, n_groups * head_size, n_groups * head_size), dim=-1)
+    q = q.view(B, T, n_head, head_size).transpose(1, 2)  # (B, nh, T, hs)
+    k = k.view(B, T, n_groups, head_size).transpose(1, 2)  # (B, ng, T, hs)
+    v = v.view(B, T, n_groups, head_size).transpose(1, 2)  # (B, ng, T, hs)
+    return q, k, v
+
+
+def gqa_cache_write(
+    qkv: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    input_pos: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    n_head: int,
+    rope_n_elem: int,
+    interleave: bool,
+    use_kernel: bool = True,
+) -> torch.Tensor:
+    """Split the qkv rows (B, T, (nh + 2 ng) hs) into heads, rope the first rope_n_elem dims of each query head and
+    key group (`apply_partial_rope`), write keys and values into the caches (B, ng, S, hs) at input_pos ((T,) or
+    (B, T)) in place, and return the roped query (B, nh, T, hs).
+
+    One Triton launch for all of it on CUDA for one new token per row (bf16/fp16, no autograd, `use_kernel`), the
+    rotation in fp32; else torch (`split_heads`, `apply_partial_rope`, `write_positions`). cos, sin: the rope rows
+    at input_pos, (T, rope_n_elem) or (B, T, rope_n_elem).
+    """
+    B, T, width = qkv.shape
+    n_groups, head_size = k_cache.size(1), k_cache.size(-1)
+    if width != (n_head + 2 * n_groups) * head_size:
+        raise ValueError(f"qkv rows of width {width} do not hold {n_head} query heads and {n_groups} key and value "
+                         f"groups of {head_size}")
+    fused = (
+        use_kernel and T == 1 and k_cache.dim() == 4 and v_cache.shape == k_cache.shape and k_cache.size(0) == B
+        and 0 <= rope_n_elem <= head_size and rope_n_elem % 2 == 0
+        and (rope_n_elem == 0 or (cos.size(-1) == sin.size(-1) == rope_n_elem and cos.numel() // rope_n_elem in (1, B)
+                                  and cos.device == sin.device == qkv.device))
+        and kernel_applies((qkv, k_cache, v_cache), ())
+    )
+    if not fused:
+        q, k, v = split_heads(qkv, n_head, n_groups, head_size)
+        q = apply_partial_rope(q, cos, sin, rope_n_elem, interleave)  # (B, nh, T, hs)
+        k = apply_partial_rope(k, cos, sin, rope_n_elem, interleave)  # (B, ng, T, hs)
+        write_positions(k_cache, input_pos, k, seq_dim=2)
+        write_positions(v_cache, input_pos, v, seq_dim=2)
+        return q
+    positions = _positions(input_pos, B, 1)[:, 0]  # (B,)
+    tables = (cos.reshape(-1, rope_n_elem), sin.reshape(-1, rope_n_elem)) if rope_n_elem else (qkv, qkv)  # unread
+    return _gqa_cache_write_op(qkv.select(1, 0), k_cache, v_cache, positions, *tables, n_head, rope_n_elem,
+                               interleave)  # (B, nh, 1, hs)
+
+
 def write_positions(buffer: torch.Tensor, input_pos: torch.Tensor, values: torch.Tensor, seq_dim: int) -> None:
     """buffer[..., input_pos, ...] = values along seq_dim in place; input_pos is (T,) or per-row (B, T).
 
@@ -192,28 +250,32 @@ def _launcher(name: str) -> Callable[..., torch.Tensor]:
     return launch
 
 
-# The Triton launches as opaque operators, so torch.compile (and its CUDA graphs) calls each as one node instead of
-# tracing into the launcher; mla_cache_write declares its in-place write of the cache.
-_mla_cache_write_op = torch.library.custom_op("litgpt::mla_cache_write", _launcher("mla_cache_write"),
-                                              mutates_args=("cache",), schema=(
-    "(Tensor query, Tensor kv_a, Tensor(a!) cache, Tensor positions, Tensor cos, Tensor sin, Tensor norm_weight, "
-    "float eps, bool interleave) -> Tensor"))
-_decode_attention_op = torch.library.custom_op("litgpt::decode_attention", _launcher("decode_attention"),
-                                               mutates_args=(), schema=(
-    "(Tensor q, Tensor k, Tensor v, Tensor positions, int d_main, int d_v, float scale, bool shared_v) -> Tensor"))
-
-
-@_mla_cache_write_op.register_fake
-def _(query: torch.Tensor, *_: object) -> torch.Tensor:
+def _mla_cache_write_fake(query: torch.Tensor, *_: object) -> torch.Tensor:
     B, h, D = query.shape
     return query.new_empty(B, h, 1, D)  # (B, h, 1, d_c + d_R)
 
 
-@_decode_attention_op.register_fake
-def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, d_main: int, d_v: int,
-      *_: object) -> torch.Tensor:
+def _gqa_cache_write_fake(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor,
+                          cos: torch.Tensor, sin: torch.Tensor, n_head: int, *_: object) -> torch.Tensor:
+    return qkv.new_empty(qkv.size(0), n_head, 1, k_cache.size(-1))  # (B, nh, 1, hs)
+
+
+def _decode_attention_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, d_main: int,
+                           d_v: int, *_: object) -> torch.Tensor:
     B, H, T, _ = q.shape
     return q.new_empty(B, H, T, d_v)  # (B, H, T, d_v)
+
+
+# The Triton launches as operators (`litgpt.kernels._ops`); the cache writes declare their in-place writes.
+_mla_cache_write_op = define_op("mla_cache_write", (
+    "(Tensor query, Tensor kv_a, Tensor(a!) cache, Tensor positions, Tensor cos, Tensor sin, Tensor norm_weight, "
+    "float eps, bool interleave) -> Tensor"), _launcher("mla_cache_write"), _mla_cache_write_fake)
+_decode_attention_op = define_op("decode_attention", (
+    "(Tensor q, Tensor k, Tensor v, Tensor positions, int d_main, int d_v, float scale, bool shared_v) -> Tensor"),
+    _launcher("decode_attention"), _decode_attention_fake)
+_gqa_cache_write_op = define_op("gqa_cache_write", (
+    "(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor positions, Tensor cos, Tensor sin, int n_head, "
+    "int rope_n_elem, bool interleave) -> Tensor"), _launcher("gqa_cache_write"), _gqa_cache_write_fake)
 
 
 def set_kernels(model: "GPT", enabled: bool) -> int:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from litgpt.activations import ACTIVATIONS
+from litgpt.kernels._ops import define_op
 from litgpt.kernels._triton import triton_can_run
 
 NormKind = Literal["layer", "rms"]  # LayerNorm or RMSNorm, without their gain and shift
@@ -63,8 +64,7 @@ def linear(
     return y if residual is None else y + residual
 
 
-@torch.library.custom_op("litgpt::gemv", mutates_args=())
-def _gemv_op(
+def _gemv(
     x: Optional[torch.Tensor],
     weight: torch.Tensor,
     bias: Optional[torch.Tensor],
@@ -74,14 +74,20 @@ def _gemv_op(
     eps: float,
     activation: Optional[str],
 ) -> torch.Tensor:
-    """The Triton launch as one opaque operator for torch.compile and CUDA graphs."""
+    """The Triton launch (imported at the first one: Triton loads only when a kernel runs)."""
     from litgpt.kernels.triton_linear import gemv
 
     return gemv(x, weight, bias, residual, tail, norm, eps, activation)
 
 
-@_gemv_op.register_fake
-def _(x: Optional[torch.Tensor], weight: torch.Tensor, bias: Optional[torch.Tensor], residual: Optional[torch.Tensor],
-      tail: Optional[torch.Tensor], norm: Optional[str], eps: float, activation: Optional[str]) -> torch.Tensor:
+def _gemv_fake(x: Optional[torch.Tensor], weight: torch.Tensor, bias: Optional[torch.Tensor],
+               residual: Optional[torch.Tensor], tail: Optional[torch.Tensor], norm: Optional[str], eps: float,
+               activation: Optional[str]) -> torch.Tensor:
     source = x if x is not None else tail
     return source.new_empty(source.size(0), weight.size(0))  # (rows, N)
+
+
+# one opaque operator for torch.compile and CUDA graphs (`litgpt.kernels._ops`)
+_gemv_op = define_op("gemv", (
+    "(Tensor? x, Tensor weight, Tensor? bias, Tensor? residual, Tensor? tail, str? norm, float eps, str? activation)"
+    " -> Tensor"), _gemv, _gemv_fake)

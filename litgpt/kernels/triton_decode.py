@@ -203,6 +203,61 @@ def _mla_prologue_kernel(
     tl.store(dst + D_C + offs_r, (x * cos + sign * x_partner * sin).to(dst.dtype.element_ty), mask=r_ok)
 
 
+@triton.jit
+def _rope_row(src, offs, d_ok, cos_row, sin_row, N_ROPE: tl.constexpr, INTERLEAVE: tl.constexpr):
+    """The head at src (BLOCK_D,) with its first N_ROPE dims rotated in fp32 (as `litgpt.rope.apply_partial_rope`:
+    rotate-half pairs i with i + N_ROPE/2, interleaved pairs 2i with 2i+1), the rest passed through unchanged."""
+    x = tl.load(src + offs, mask=d_ok, other=0.0)
+    if N_ROPE > 0:
+        r_ok = offs < N_ROPE
+        if INTERLEAVE:  # pairs (2i, 2i+1) rotate by frequency i: the first half of the rotate-half tables
+            partner = offs ^ 1
+            freq = offs // 2
+            sign = tl.where(offs % 2 == 0, -1.0, 1.0)
+        else:  # rotate-half: the tables repeat each frequency in both halves
+            partner = (offs + N_ROPE // 2) % N_ROPE
+            freq = offs
+            sign = tl.where(offs < N_ROPE // 2, -1.0, 1.0)
+        cos = tl.load(cos_row + freq, mask=r_ok, other=0.0).to(tl.float32)
+        sin = tl.load(sin_row + freq, mask=r_ok, other=0.0).to(tl.float32)
+        x_partner = tl.load(src + partner, mask=r_ok, other=0.0).to(tl.float32)
+        rotated = x.to(tl.float32) * cos + sign * x_partner * sin  # (BLOCK_D,) fp32
+        x = tl.where(r_ok, rotated.to(x.dtype), x)
+    return x
+
+
+@triton.jit
+def _gqa_prologue_kernel(
+    QKV, K_CACHE, V_CACHE, POS, COS, SIN, Q_OUT,
+    stride_xb, stride_kb, stride_kg, stride_ks, stride_vb, stride_vg, stride_vs, stride_pb, stride_cos, stride_sin,
+    stride_qob, stride_qoh,
+    n_head, n_groups, S,
+    HS: tl.constexpr, N_ROPE: tl.constexpr, BLOCK_D: tl.constexpr, INTERLEAVE: tl.constexpr,
+):
+    """Program (b, j < n_head): query head j of row b, roped into Q_OUT. Program (b, n_head + g): key group g of
+    row b roped into K_CACHE and value group g copied into V_CACHE, both at POS[b] (nothing written outside 0..S-1).
+
+    The qkv row is [Q heads | K groups | V groups] of HS each, so program j's head starts at j * HS either way.
+    """
+    b = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(1)
+    offs = tl.arange(0, BLOCK_D)
+    d_ok = offs < HS
+    src = QKV + b * stride_xb + j * HS
+    x = _rope_row(src, offs, d_ok, COS + b * stride_cos, SIN + b * stride_sin, N_ROPE, INTERLEAVE)  # (BLOCK_D,)
+    if j < n_head:
+        tl.store(Q_OUT + b * stride_qob + j * stride_qoh + offs, x.to(Q_OUT.dtype.element_ty), mask=d_ok)
+    else:
+        g = j - n_head
+        pos = tl.load(POS + b * stride_pb).to(tl.int64)
+        ok = d_ok & (pos >= 0) & (pos < S)
+        tl.store(K_CACHE + b * stride_kb + g * stride_kg + pos * stride_ks + offs, x.to(K_CACHE.dtype.element_ty),
+                 mask=ok)
+        v = tl.load(src + n_groups * HS + offs, mask=d_ok, other=0.0)  # V group g sits n_groups heads after K's
+        tl.store(V_CACHE + b * stride_vb + g * stride_vg + pos * stride_vs + offs, v.to(V_CACHE.dtype.element_ty),
+                 mask=ok)
+
+
 @dataclass(frozen=True)
 class LaunchConfig:
     """Tile sizes and KV split of one launch: `block_h` query rows and `block_n` keys per iteration, `num_stages`
@@ -336,5 +391,41 @@ def mla_cache_write(
             D_C=d_c, D_R=d_r, BLOCK_C=triton.next_power_of_2(d_c), BLOCK_R=triton.next_power_of_2(d_r),
             INTERLEAVE=interleave,
             num_warps=2,
+        )
+    return q_out
+
+
+def gqa_cache_write(
+    qkv: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    positions: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    n_head: int,
+    rope_n_elem: int,
+    interleave: bool,
+) -> torch.Tensor:
+    """One launch for one new token per row: the query heads of qkv roped, and its key groups roped and value groups
+    copied into the caches at positions. Shapes are checked by `litgpt.kernels.gqa_cache_write`.
+
+    qkv: (B, (n_head + 2 G) * hs) rows [Q heads | K groups | V groups], unit last stride; k_cache, v_cache:
+    (B, G, S, hs), written at positions (B,) (batch stride may be 0); cos, sin: (B or 1, rope_n_elem) rows of the
+    rope tables at those positions (any float dtype: the rotation runs in fp32). Returns the query (B, n_head, 1, hs)
+    in qkv.dtype. Runs on CPU tensors too under the Triton interpreter (`TRITON_INTERPRET=1`), as the tests do.
+    """
+    B = qkv.size(0)
+    G, S, hs = k_cache.shape[1:]
+    q_out = torch.empty(B, n_head, 1, hs, device=qkv.device, dtype=qkv.dtype)
+    with on_device(qkv):
+        _gqa_prologue_kernel[(B, n_head + G)](
+            qkv, k_cache, v_cache, positions, cos, sin, q_out,
+            qkv.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), positions.stride(0),
+            cos.stride(0) if cos.size(0) > 1 else 0, sin.stride(0) if sin.size(0) > 1 else 0,
+            q_out.stride(0), q_out.stride(1),
+            n_head, G, S,
+            HS=hs, N_ROPE=rope_n_elem, BLOCK_D=triton.next_power_of_2(hs), INTERLEAVE=interleave,
+            num_warps=1,
         )
     return q_out

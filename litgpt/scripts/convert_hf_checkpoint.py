@@ -5,6 +5,14 @@
 The `Config` is built from `config.json` alone (no named config is consulted). Supported architectures are
 listed in `SUPPORTED_ARCHITECTURES`; the name tables here are shared with `convert_lit_checkpoint` (the
 other direction).
+
+DeepSeek-V2/V3 checkpoints convert with their mixture-of-experts layers (`litgpt.moe`: V2's softmax routing, greedy
+or group-limited; V3's sigmoid routing with e_score_correction_bias and expert groups; shared experts; the first
+first_k_dense_replace layers dense), routed experts stored per expert (`mlp.experts.{i}.gate_proj.weight`, as
+DeepSeek and `save_pretrained` write them) or fused (transformers 5's `mlp.experts.gate_up_proj` (E, 2I, C) and
+`mlp.experts.down_proj` (E, C, I)), and with YaRN rope scaling (`rope_parameters` / legacy `rope_scaling`). V3's
+multi-token-prediction layer (`num_nextn_predict_layers`, stored as layers past num_hidden_layers) is skipped, with
+a warning: it serves speculative decoding, not the model's own next-token logits.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import torch
 from litgpt.checkpoint import atomic_torch_save, read_checkpoint_file, save_config
 from litgpt.config import Config
 from litgpt.model import GPT
+from litgpt.rope import rope_attention_factor
 from litgpt.scripts.download import TOKENIZER_FILES
 
 log = logging.getLogger(__name__)
@@ -66,6 +75,10 @@ _DEEPSEEK = Layout(
     layer_prefix="model.layers.{i}.",
     layer={
         **_LLAMA_LIKE_BLOCK,
+        "mlp.gate": "mlp.gate",  # the router: weight, and V3's e_score_correction_bias
+        "mlp.shared_experts.gate_proj": "mlp.shared_experts.fc_1",
+        "mlp.shared_experts.up_proj": "mlp.shared_experts.fc_2",
+        "mlp.shared_experts.down_proj": "mlp.shared_experts.proj",
         "self_attn.q_proj": "attn.q_proj",
         "self_attn.q_a_proj": "attn.q_a_proj",
         "self_attn.q_a_layernorm": "attn.q_a_norm",
@@ -94,6 +107,12 @@ LAYOUTS: dict[str, Layout] = {
 }
 LLAMA_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 NEOX_QKV = "attention.query_key_value"
+# DeepSeek routed experts: HF's per-expert module -> ours (`mlp.experts.{e}.<ours>`), and transformers 5's fused layout
+EXPERT_PARTS = {"gate_proj": "fc_1", "up_proj": "fc_2", "down_proj": "proj"}
+HF_EXPERT = re.compile(r"mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)")
+FUSED_EXPERTS = ("gate_up_proj", "down_proj")  # parameters of the module `mlp.experts`
+V2_TOPK_METHODS = {"greedy": False, "group_limited_greedy": True}  # transformers' DeepseekV2: group-limited or not
+V3_GROUP_SCORES = 2  # transformers' DeepseekV3 scores a group by its best two experts
 # Non-persistent buffers that older transformers versions saved; they carry no weights.
 IGNORED_SUFFIXES = ("attention.bias", "attention.masked_bias", "rotary_emb.inv_freq")
 
@@ -122,6 +141,81 @@ def _rope_base(hf: dict, arch: str, legacy_key: str = "rope_theta") -> float:
         )
     theta = float(params.get("rope_theta", hf.get(legacy_key, hf.get("rope_theta", 10000.0))))
     return int(theta) if theta.is_integer() else theta
+
+
+def _deepseek_rope(hf: dict, arch: str) -> tuple[float, Optional[dict]]:
+    """rope_theta and our `rope_adjustments` (None without scaling) for a DeepSeek config.json, as transformers
+    computes them; only YaRN converts."""
+    params = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+    rope_type = params.get("rope_type") or params.get("type") or "default"
+    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    base = int(theta) if theta.is_integer() else theta
+    if rope_type == "default":
+        return base, None
+    if rope_type != "yarn":
+        raise ValueError(f"{arch}: rope scaling {rope_type!r} is not supported (only 'yarn' and unscaled rope convert)")
+    original = params.get("original_max_position_embeddings") or hf.get("max_position_embeddings", 2048)
+    factor = params.get("factor") or hf.get("max_position_embeddings", 2048) / original
+    mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
+    if not (mscale and mscale_all_dim):
+        if mscale_all_dim:
+            raise ValueError(
+                f"{arch}: YaRN with mscale_all_dim={mscale_all_dim} but mscale={mscale!r} is not supported "
+                "(transformers then scales the softmax by mscale_all_dim but the rope by ln(factor) alone)"
+            )
+        mscale, mscale_all_dim = 1.0, 0.0  # transformers without both: the rope scaled by mscale(factor, 1) alone
+    adjustments = dict(
+        factor=float(factor), original_max_seq_len=int(original), beta_fast=float(params.get("beta_fast") or 32),
+        beta_slow=float(params.get("beta_slow") or 1), mscale=float(mscale), mscale_all_dim=float(mscale_all_dim),
+        truncate=bool(params.get("truncate", True)),
+    )
+    attention_factor = params.get("attention_factor")
+    if attention_factor is not None and not math.isclose(attention_factor, rope_attention_factor(adjustments)):
+        raise ValueError(
+            f"{arch}: YaRN attention_factor={attention_factor} is not supported: ours follows from factor, mscale and "
+            f"mscale_all_dim ({rope_attention_factor(adjustments):.6g} here)"
+        )
+    return base, adjustments
+
+
+def _deepseek_moe(hf: dict, arch: str) -> dict:
+    """Our MoE fields for a DeepSeek config.json, or {} when no layer is MoE (n_routed_experts null or 0, or every
+    layer within first_k_dense_replace)."""
+    n_layer, experts = hf["num_hidden_layers"], hf.get("n_routed_experts")
+    first_dense, every = hf.get("first_k_dense_replace") or 0, hf.get("moe_layer_freq") or 1
+    if not experts or not any(i % every == 0 for i in range(first_dense, n_layer)):
+        return {}
+    fields: dict[str, Any] = dict(
+        mlp_class_name="LLaMAMoE",
+        n_expert=experts,
+        n_expert_per_token=hf["num_experts_per_tok"],
+        moe_intermediate_size=hf["moe_intermediate_size"],
+        n_shared_expert=hf.get("n_shared_experts") or None,
+        first_k_dense_replace=first_dense or None,
+        moe_layer_freq=every,
+        routed_scaling_factor=float(hf.get("routed_scaling_factor", 1.0)),
+        norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
+    )
+    if arch == DEEPSEEK_V2:
+        method = hf.get("topk_method") or "greedy"
+        if method not in V2_TOPK_METHODS:
+            raise ValueError(f"{arch}: topk_method {method!r} is not supported; use one of {sorted(V2_TOPK_METHODS)}")
+        fields.update(moe_scoring="softmax")
+        if V2_TOPK_METHODS[method]:
+            fields.update(n_expert_groups=hf["n_group"], n_topk_groups=hf["topk_group"], n_topk_scores_per_group=1)
+        if fields["norm_topk_prob"]:
+            warnings.warn(
+                f"{arch}: norm_topk_prob=true, which transformers' DeepseekV2 ignores; the converted model "
+                "renormalises the routing weights as DeepSeek's reference code does, so its outputs differ from "
+                "transformers'",
+                stacklevel=4,
+            )
+    else:
+        fields.update(moe_scoring="sigmoid")
+        if (hf.get("n_group") or 1) > 1:  # one group keeps every expert: no group limit
+            fields.update(n_expert_groups=hf["n_group"], n_topk_groups=hf["topk_group"],
+                          n_topk_scores_per_group=V3_GROUP_SCORES)
+    return fields
 
 
 def _require_silu(hf: dict, arch: str) -> None:
@@ -184,15 +278,7 @@ def _llama_config(hf: dict) -> dict:
 def _deepseek_config(hf: dict, arch: str) -> dict:
     _require_silu(hf, arch)
     n_layer = hf["num_hidden_layers"]
-    first_dense = hf.get("first_k_dense_replace") or 0
-    every = hf.get("moe_layer_freq") or 1
-    moe_layers = [i for i in range(first_dense, n_layer) if i % every == 0] if hf.get("n_routed_experts") else []
-    if moe_layers:
-        raise ValueError(
-            f"{arch}: layers {moe_layers[0]}..{moe_layers[-1]} are mixture-of-experts (first_k_dense_replace="
-            f"{first_dense} < num_hidden_layers={n_layer}, n_routed_experts={hf['n_routed_experts']}); "
-            "MoE layers are not supported, only dense ones"
-        )
+    rope_base, rope_adjustments = _deepseek_rope(hf, arch)
     eps = hf.get("rms_norm_eps", 1e-6)
     if not math.isclose(eps, DEEPSEEK_LATENT_NORM_EPS):
         warnings.warn(
@@ -209,7 +295,8 @@ def _deepseek_config(hf: dict, arch: str) -> dict:
         n_head=hf["num_attention_heads"],
         head_size=nope + rope,  # informational for MLA: the query/key head width
         # rotary_percentage stays at its default: MLA rotates the whole decoupled key, qk_rope_head_dim wide
-        rope_base=_rope_base(hf, arch),
+        rope_base=rope_base,
+        rope_adjustments=rope_adjustments,
         # V2 rotates complex pairs (2i, 2i+1); V3 has a flag. HF's V3 interleaved path writes its output
         # de-interleaved, but q and k alike, so scores equal ours with rope_interleave=True unpermuted.
         rope_interleave=True if arch == DEEPSEEK_V2 else bool(hf.get("rope_interleave", True)),
@@ -220,8 +307,8 @@ def _deepseek_config(hf: dict, arch: str) -> dict:
         bias=attention_bias or bool(hf.get("mlp_bias", False)),
         norm_class_name="RMSNorm",
         norm_eps=eps,
-        mlp_class_name="LLaMAMLP",
         intermediate_size=hf["intermediate_size"],
+        **(_deepseek_moe(hf, arch) or dict(mlp_class_name="LLaMAMLP")),
         latent_attention=dict(
             q_lora_rank=hf.get("q_lora_rank"),
             kv_lora_rank=hf["kv_lora_rank"],
@@ -328,7 +415,12 @@ def convert_state_dict(arch: str, config: Config, weights: HFWeights, tied: bool
                 continue
             raise ValueError(f"{arch}: tensor {name!r} belongs to layer {i} but num_hidden_layers is {config.n_layer}")
         prefix = f"transformer.h.{i}."
-        if arch == GPT_NEOX and sub == NEOX_QKV:
+        expert = HF_EXPERT.fullmatch(sub) if arch in (DEEPSEEK_V2, DEEPSEEK_V3) else None
+        if expert is not None:  # one routed expert's projection
+            out[f"{prefix}mlp.experts.{expert.group(1)}.{EXPERT_PARTS[expert.group(2)]}.{param}"] = weights.get(name)
+        elif arch in (DEEPSEEK_V2, DEEPSEEK_V3) and sub == "mlp.experts" and param in FUSED_EXPERTS:
+            out.update(split_fused_experts(weights.get(name), param, f"{prefix}mlp.experts."))
+        elif arch == GPT_NEOX and sub == NEOX_QKV:
             out[f"{prefix}attn.qkv.{param}"] = neox_qkv_to_ours(weights.get(name), config.n_head)
         elif arch == LLAMA and sub in LLAMA_QKV:
             qkv_parts.setdefault((i, param), {})[sub] = weights.get(name)
@@ -341,12 +433,29 @@ def convert_state_dict(arch: str, config: Config, weights: HFWeights, tied: bool
             raise ValueError(f"{arch}: layer {i} has {param}s for {sorted(parts)} only; need q, k and v projections")
         out[f"transformer.h.{i}.attn.qkv.{param}"] = torch.cat([parts[m] for m in LLAMA_QKV])  # [Q | K | V] rows
     if skipped_layers:
-        log.info("skipped layers %s beyond num_hidden_layers (multi-token prediction)", sorted(skipped_layers))
+        warnings.warn(
+            f"{arch}: skipped layer(s) {sorted(skipped_layers)} past num_hidden_layers={config.n_layer}: the "
+            "multi-token-prediction module (num_nextn_predict_layers) is not converted; the model's next-token logits "
+            "do not use it",
+            stacklevel=2,
+        )
     if tied or "lm_head.weight" not in out:
         if not tied:
             raise ValueError(f"{arch}: the checkpoint has no LM head weight and tie_word_embeddings is false")
         out["lm_head.weight"] = out["transformer.wte.weight"].clone()
     return _complete(out, config, arch)
+
+
+def split_fused_experts(tensor: torch.Tensor, param: str, head: str) -> dict[str, torch.Tensor]:
+    """transformers 5's fused experts as our per-expert entries under `head` (`...mlp.experts.`): gate_up_proj
+    (E, 2I, C) = [gate; up] -> `{e}.fc_1.weight`, `{e}.fc_2.weight`; down_proj (E, C, I) -> `{e}.proj.weight`."""
+    out = {}
+    for e, expert in enumerate(tensor):
+        if param == "gate_up_proj":
+            out[f"{head}{e}.fc_1.weight"], out[f"{head}{e}.fc_2.weight"] = expert.chunk(2, dim=0)
+        else:
+            out[f"{head}{e}.proj.weight"] = expert
+    return out
 
 
 def _complete(state_dict: dict[str, torch.Tensor], config: Config, arch: str) -> dict[str, torch.Tensor]:
@@ -355,6 +464,7 @@ def _complete(state_dict: dict[str, torch.Tensor], config: Config, arch: str) ->
         model = GPT(config)
     expected = model.state_dict()
     linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    linears |= {_split_name(k)[0] for k in expected if ".experts." in k}  # each routed expert's fc_1, fc_2, proj
     unexpected = sorted(set(state_dict) - set(expected))
     if unexpected:
         raise ValueError(f"{arch}: converted tensors {unexpected[:3]} have no place in our model")

@@ -4,7 +4,10 @@
 
 Writes `model.safetensors` and `config.json` for the HF architecture that computes the same function:
 GPTNeoXForCausalLM (LayerNorm + GptNeoxMLP, MHA), LlamaForCausalLM (sequential RMSNorm + LLaMAMLP) or
-DeepseekV3ForCausalLM (MLA, sequential RMSNorm + LLaMAMLP); DeepseekV2ForCausalLM on request.
+DeepseekV3ForCausalLM (MLA, sequential RMSNorm + LLaMAMLP or V3-routed LLaMAMoE, YaRN); DeepseekV2ForCausalLM
+on request, and by default for MoE models with V2's softmax routing. Routed experts are written per expert
+(`mlp.experts.{i}.gate_proj.weight`, what `save_pretrained` writes and every reader takes) or, with
+`--expert_layout fused`, in transformers 5's fused tensors (`mlp.experts.gate_up_proj`, `mlp.experts.down_proj`).
 
 Tied embeddings: when the checkpoint's `lm_head.weight` is `transformer.wte.weight` (one tensor, as in upstream
 litgpt conversions of tied models such as SmolLM2) or equals it, the HF model is written tied the way
@@ -17,9 +20,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 
@@ -29,8 +33,10 @@ from litgpt.scripts.convert_hf_checkpoint import (
     DEEPSEEK_LATENT_NORM_EPS,
     DEEPSEEK_V2,
     DEEPSEEK_V3,
+    EXPERT_PARTS,
     GPT_NEOX,
     LAYOUTS,
+    V3_GROUP_SCORES,
     LLAMA,
     LLAMA_QKV,
     NEOX_QKV,
@@ -43,13 +49,17 @@ log = logging.getLogger(__name__)
 
 MODEL_TYPE = {GPT_NEOX: "gpt_neox", LLAMA: "llama", DEEPSEEK_V2: "deepseek_v2", DEEPSEEK_V3: "deepseek_v3"}
 _MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+_SHARED_EXPERTS = ("mlp.shared_experts.gate_proj", "mlp.shared_experts.up_proj", "mlp.shared_experts.down_proj")
+OUR_EXPERT = re.compile(r"mlp\.experts\.(\d+)\.(fc_1|fc_2|proj)")
+HF_EXPERT_PARTS = {ours: theirs for theirs, ours in EXPERT_PARTS.items()}
+EXPERT_LAYOUTS = ("per_expert", "fused")
 
 
 # ---------------------------------------------------------------------------------------------------- architecture
 def default_architecture(config: Config) -> str:
     """The HF architecture a config maps to (checked afterwards by `unsupported_properties`)."""
     if config.mla is not None:
-        return DEEPSEEK_V3
+        return DEEPSEEK_V2 if config.moe_scoring == "softmax" else DEEPSEEK_V3
     if config.parallel_residual or config.norm_class_name == "LayerNorm" or config.mlp_class_name == "GptNeoxMLP":
         return GPT_NEOX
     return LLAMA
@@ -65,8 +75,14 @@ def unsupported_properties(config: Config, arch: str) -> list[str]:
     ]
     if arch in (GPT_NEOX, LLAMA):
         checks.append((c.mla is None, "latent_attention (MLA)"))
+        checks.append((c.rope_adjustments is None, "rope_adjustments (YaRN)"))
     else:
         checks.append((c.mla is not None, "latent_attention=None (no MLA)"))
+        checks += _deepseek_moe_checks(c, arch)
+        yarn = c.rope_adjustments
+        if yarn is not None:  # without mscale_all_dim transformers scales the rope by mscale(factor, 1) whatever mscale
+            checks.append((yarn["mscale_all_dim"] or yarn["mscale"] == 1, f"rope_adjustments.mscale={yarn['mscale']} "
+                           "with mscale_all_dim=0"))
     if arch == GPT_NEOX:
         checks += [
             (c.norm_class_name == "LayerNorm", f"norm_class_name={c.norm_class_name!r}"),
@@ -78,13 +94,34 @@ def unsupported_properties(config: Config, arch: str) -> list[str]:
         checks += [
             (not c.parallel_residual, "parallel_residual=True"),
             (c.norm_class_name == "RMSNorm", f"norm_class_name={c.norm_class_name!r}"),
-            (c.mlp_class_name == "LLaMAMLP", f"mlp_class_name={c.mlp_class_name!r}"),
+            (c.mlp_class_name == "LLaMAMLP" or (c.mlp_class_name == "LLaMAMoE" and arch != LLAMA),
+             f"mlp_class_name={c.mlp_class_name!r}"),
         ]
     if arch == LLAMA:
         checks.append((c.rope_n_elem == c.head_size, f"rotary_percentage={c.rotary_percentage} (partial rope)"))
     if arch == DEEPSEEK_V2:
         checks.append((c.rope_interleave, "rope_interleave=False"))
     return [what for ok, what in checks if not ok]
+
+
+def _deepseek_moe_checks(c: Config, arch: str) -> list[tuple[bool, str]]:
+    """What transformers' DeepseekV2/V3 MoE can express: shared experts, every layer past first_k_dense_replace
+    MoE, V2's softmax routing (groups scored by their best expert, no renormalisation) or V3's sigmoid routing (groups
+    scored by their best two)."""
+    if c.mlp_class_name != "LLaMAMoE":
+        return []
+    checks = [
+        (c.moe_layer_freq == 1, f"moe_layer_freq={c.moe_layer_freq}"),
+        (bool(c.n_shared_expert), f"n_shared_expert={c.n_shared_expert} (no shared experts)"),
+    ]
+    scoring, group_scores = ("softmax", 1) if arch == DEEPSEEK_V2 else ("sigmoid", V3_GROUP_SCORES)
+    checks.append((c.moe_scoring == scoring, f"moe_scoring={c.moe_scoring!r}"))
+    if c.n_expert_groups:
+        checks.append((c.n_topk_scores_per_group == group_scores,
+                       f"n_topk_scores_per_group={c.n_topk_scores_per_group}"))
+    if arch == DEEPSEEK_V2:
+        checks.append((not c.norm_topk_prob, "norm_topk_prob=True"))
+    return checks
 
 
 def check_convertible(config: Config, arch: str) -> None:
@@ -113,7 +150,9 @@ def hf_bias_modules(arch: str, hf_config: dict) -> set[str]:
     attention = bool(hf_config.get("attention_bias"))
     if arch == GPT_NEOX:  # GPT-NeoX's MLP always has biases
         return {"mlp.dense_h_to_4h", "mlp.dense_4h_to_h"} | ({NEOX_QKV, "attention.dense"} if attention else set())
-    mlp = set(_MLP) if hf_config.get("mlp_bias") else set()
+    mlp = set()
+    if hf_config.get("mlp_bias"):  # DeepseekV2's shared experts are one MLP like the dense ones
+        mlp = set(_MLP) | (set(_SHARED_EXPERTS) if arch == DEEPSEEK_V2 else set())
     if arch == LLAMA:
         return mlp | ({*LLAMA_QKV, "self_attn.o_proj"} if attention else set())
     return mlp | ({"self_attn.q_a_proj", "self_attn.kv_a_proj_with_mqa", "self_attn.o_proj"} if attention else set())
@@ -161,8 +200,16 @@ def hf_config_for(
             qk_rope_head_dim=d.qk_rope_head_dim,
             qk_nope_head_dim=d.qk_nope_head_dim,
             v_head_dim=d.v_head_dim,
-            first_k_dense_replace=c.n_layer,  # every layer dense: no MoE
+            # a dense model: every layer within first_k_dense_replace
+            **(_deepseek_moe_config(c, arch) if c.moe_layers else dict(first_k_dense_replace=c.n_layer)),
         )
+        if c.rope_adjustments is not None:
+            yarn = c.rope_adjustments
+            rope.update(
+                rope_type="yarn", factor=yarn["factor"], original_max_position_embeddings=yarn["original_max_seq_len"],
+                beta_fast=yarn["beta_fast"], beta_slow=yarn["beta_slow"], mscale=yarn["mscale"],
+                mscale_all_dim=yarn["mscale_all_dim"], truncate=yarn["truncate"],
+            )
         if arch == DEEPSEEK_V3:
             hf.update(rope_interleave=c.rope_interleave, num_nextn_predict_layers=0)
         if not math.isclose(c.norm_eps, DEEPSEEK_LATENT_NORM_EPS):
@@ -172,6 +219,25 @@ def hf_config_for(
                 stacklevel=3,
             )
     hf["rope_parameters"] = rope
+    return hf
+
+
+def _deepseek_moe_config(c: Config, arch: str) -> dict[str, Any]:
+    """The MoE keys of a DeepSeek config.json (checked by `_deepseek_moe_checks`)."""
+    hf: dict[str, Any] = dict(
+        n_routed_experts=c.n_expert,
+        num_experts_per_tok=c.n_expert_per_token,
+        moe_intermediate_size=c.moe_intermediate_size,
+        n_shared_experts=c.n_shared_expert,
+        first_k_dense_replace=c.first_k_dense_replace or 0,
+        moe_layer_freq=1,
+        routed_scaling_factor=c.routed_scaling_factor,
+        norm_topk_prob=c.norm_topk_prob,
+        n_group=c.n_expert_groups or 1,
+        topk_group=c.n_topk_groups or 1,
+    )
+    if arch == DEEPSEEK_V2:
+        hf["topk_method"] = "group_limited_greedy" if c.n_expert_groups else "greedy"
     return hf
 
 
@@ -191,8 +257,13 @@ def interleaved_to_half(t: torch.Tensor, n_heads: int, n_elem: int) -> torch.Ten
     return rows[:, order].reshape(t.shape)
 
 
-def convert_state_dict(config: Config, state_dict: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
-    """HF tensors for `arch` from our state dict. Our biases HF cannot hold must be zero; HF's extra ones are zeros."""
+def convert_state_dict(
+    config: Config, state_dict: dict[str, torch.Tensor], arch: str, expert_layout: str = "per_expert"
+) -> dict[str, torch.Tensor]:
+    """HF tensors for `arch` from our state dict. Our biases HF cannot hold must be zero; HF's extra ones are zeros.
+    Routed experts go per expert or fused (`expert_layout`, one of EXPERT_LAYOUTS)."""
+    if expert_layout not in EXPERT_LAYOUTS:
+        raise ValueError(f"expert_layout must be one of {EXPERT_LAYOUTS}, got {expert_layout!r}")
     c = config
     layout = LAYOUTS[arch]
     with_bias = hf_bias_modules(arch, hf_bias_flags(c, arch))
@@ -201,6 +272,7 @@ def convert_state_dict(config: Config, state_dict: dict[str, torch.Tensor], arch
     qkv_sizes = (c.n_head * c.head_size, c.n_query_groups * c.head_size, c.n_query_groups * c.head_size)
     out: dict[str, torch.Tensor] = {}
     linears: dict[str, str] = {}  # HF module name -> its block-relative name, for bias filling
+    fused: dict[tuple[str, str], dict[int, torch.Tensor]] = {}  # (layer prefix, our part) -> {expert: weight}
 
     def put(prefix: str, hf_module: str, param: str, tensor: torch.Tensor, linear: bool = True) -> None:
         name = f"{prefix}{hf_module}.{param}"
@@ -221,6 +293,18 @@ def convert_state_dict(config: Config, state_dict: dict[str, torch.Tensor], arch
             raise ValueError(f"unexpected tensor {key!r} in the checkpoint")
         i, sub = module.removeprefix("transformer.h.").split(".", 1)
         prefix = layout.layer_prefix.format(i=i)
+        expert = OUR_EXPERT.fullmatch(sub)
+        if expert is not None:  # transformers' routed experts have no biases: ours must be zero
+            e, part = int(expert.group(1)), expert.group(2)
+            if param == "bias":
+                if torch.count_nonzero(tensor):
+                    raise ValueError(f"cannot convert to {arch}: its routed experts have no bias and our {key!r} is "
+                                     "non-zero")
+            elif expert_layout == "fused":
+                fused.setdefault((prefix, part), {})[e] = tensor
+            else:  # a copy: ours may be views of one stacked tensor, which safetensors refuses to write
+                out[f"{prefix}mlp.experts.{e}.{HF_EXPERT_PARTS[part]}.weight"] = tensor.clone()
+            continue
         if sub == "attn.qkv":
             if c.rope_interleave:  # HF's GPT-NeoX and Llama rotate halves: permute the q and k rows instead
                 q, k, v = tensor.split(qkv_sizes)
@@ -243,6 +327,10 @@ def convert_state_dict(config: Config, state_dict: dict[str, torch.Tensor], arch
         if hf_module in with_bias and f"{module}.bias" not in out:
             weight = out[f"{module}.weight"]
             out[f"{module}.bias"] = torch.zeros(weight.shape[0], dtype=weight.dtype)
+    for prefix in sorted({prefix for prefix, _ in fused}):  # transformers 5: [gate; up] (E, 2I, C), down (E, C, I)
+        gate, up, down = (fused[(prefix, part)] for part in ("fc_1", "fc_2", "proj"))
+        out[f"{prefix}mlp.experts.gate_up_proj"] = torch.stack([torch.cat((gate[e], up[e])) for e in sorted(gate)])
+        out[f"{prefix}mlp.experts.down_proj"] = torch.stack([down[e] for e in sorted(down)])
     return out
 
 
@@ -319,6 +407,7 @@ def convert_lit_checkpoint(
     output_dir: Path,
     architecture: Optional[str] = None,
     tie_embeddings: Optional[bool] = None,
+    expert_layout: Literal["per_expert", "fused"] = "per_expert",
 ) -> Path:
     """Convert our checkpoint into a Hugging Face directory (`model.safetensors` + `config.json`).
 
@@ -330,6 +419,8 @@ def convert_lit_checkpoint(
         tie_embeddings: write `tie_word_embeddings: true` and the embedding once (the LM head is the embedding).
             Default: tie when lm_head.weight is, or equals, transformer.wte.weight. True needs them equal;
             False writes separate copies.
+        expert_layout: MoE models: routed experts `per_expert` (`mlp.experts.{i}.gate_proj.weight` ..., as
+            `save_pretrained` writes them) or `fused` (transformers 5's `mlp.experts.gate_up_proj` / `down_proj`).
 
     Returns:
         The output directory.
@@ -340,13 +431,17 @@ def convert_lit_checkpoint(
     config = Config.from_checkpoint(checkpoint_dir)
     arch = architecture or default_architecture(config)
     check_convertible(config, arch)
+    if expert_layout != "per_expert" and not config.moe_layers:
+        raise ValueError(
+            f"--expert_layout {expert_layout} applies to mixture-of-experts models; {config.name!r} has none"
+        )
     weights = checkpoint_dir / "lit_model.pth"
     if not weights.is_file():
         raise FileNotFoundError(f"{str(checkpoint_dir)!r} has no lit_model.pth")
     state_dict = extract_state_dict(read_checkpoint_file(weights), str(weights))
     _check_complete(config, state_dict, str(weights))
     tied = decide_tied(state_dict, tie_embeddings)
-    hf_weights = convert_state_dict(config, state_dict, arch)
+    hf_weights = convert_state_dict(config, state_dict, arch, expert_layout)
     if tied:  # as transformers saves a tied model: the embedding only; from_pretrained points the head at it
         del hf_weights[hf_head_name(arch)]
     hf_weights = unshare(hf_weights)  # e.g. an untied export of a checkpoint whose head and embedding are one tensor

@@ -1,0 +1,82 @@
+"""QLoRA: frozen base weights stored quantized by bitsandbytes, through Lightning Fabric's `BitsandbytesPrecision`.
+
+`--quantize bnb.<mode>` picks the layer Fabric swaps each nn.Linear for, the inner `.linear` of a LoRA layer included
+(`litgpt.lora.LoRALinear` is not an nn.Linear, so its A and B stay trainable tensors in the compute dtype):
+
+  bnb.nf4, bnb.fp4          4-bit NormalFloat / float weights, one absmax per 64 weights
+  bnb.nf4-dq, bnb.fp4-dq    the same with the absmax values quantized too ("double quantization", QLoRA paper)
+  bnb.int8-training         LLM.int8() matmuls over fp16 weights (the weights stay fp16; needs --precision 16-true)
+
+The quantized layers compute in one dtype, the precision's: a "-true" precision, not a mixed one. Fabric runs the
+plugin on CUDA only (its connector refuses other accelerators), although bitsandbytes' CPU backend (0.50) can
+quantize and run nf4/fp4 layers; `check_quantize` says so in one line before anything is built.
+
+With Fabric: build the model under `fabric.init_module()` (the plugin makes its nn.Linears quantized layers there,
+quantized on the GPU as they are created and again as `load_state_dict` fills them), call `apply_lora` inside the
+same block (A and B are then made in the compute dtype), and `mark_only_lora_as_trainable` after
+`fabric.setup_module` (int8 layers come back trainable from conversion). Quantized weights cannot be folded for
+decoding or merged in place: merge a QLoRA run into its full-precision base with `litgpt merge_lora`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, Optional
+
+import torch
+
+QUANTIZE_MODES = ("bnb.nf4", "bnb.nf4-dq", "bnb.fp4", "bnb.fp4-dq", "bnb.int8-training")
+# the compute dtype of each precision the quantized layers take
+PRECISION_DTYPES = {"32-true": torch.float32, "bf16-true": torch.bfloat16, "16-true": torch.float16}
+INSTALL_HINT = 'pip install -e ".[quantize]"'
+
+
+def bitsandbytes_available() -> bool:
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def check_quantize(quantize: Optional[str], device_type: str, precision: str) -> None:
+    """Raise a one-line ValueError unless `--quantize quantize` can run here with `--precision precision` on a
+    device of `device_type` ("cuda", "cpu", ...); nothing to check for quantize None."""
+    if quantize is None:
+        return
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(_unknown_mode(quantize))
+    if precision not in PRECISION_DTYPES:
+        raise ValueError(
+            f"--quantize {quantize} computes in one dtype and does not take --precision {precision}; use one of "
+            f"{', '.join(PRECISION_DTYPES)} (e.g. bf16-true)"
+        )
+    if quantize == "bnb.int8-training" and precision != "16-true":
+        raise ValueError(f"--quantize bnb.int8-training computes in float16; use --precision 16-true, not {precision}")
+    if not bitsandbytes_available():
+        raise ValueError(f"--quantize {quantize} needs bitsandbytes, which is not installed; run `{INSTALL_HINT}`")
+    if device_type != "cuda":
+        raise ValueError(
+            f"--quantize {quantize} needs a CUDA GPU: Lightning Fabric's BitsandbytesPrecision runs only on CUDA "
+            f"(this run is on {device_type}); drop --quantize to fine-tune here"
+        )
+
+
+def quantization_plugin(quantize: str, precision: str) -> Any:
+    """Lightning Fabric's `BitsandbytesPrecision` for `--quantize quantize` (a `QUANTIZE_MODES` entry) computing in
+    `precision`'s dtype: pass it as `Fabric(plugins=...)` (with no `precision=`). Call `check_quantize` first for
+    the one-line errors; this raises them too for an unknown mode or precision."""
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(_unknown_mode(quantize))
+    if precision not in PRECISION_DTYPES:
+        raise ValueError(f"--quantize needs one of the precisions {', '.join(PRECISION_DTYPES)}, got {precision!r}")
+    if not bitsandbytes_available():
+        raise ValueError(f"--quantize {quantize} needs bitsandbytes, which is not installed; run `{INSTALL_HINT}`")
+    from lightning.fabric.plugins import BitsandbytesPrecision
+
+    return BitsandbytesPrecision(mode=quantize.removeprefix("bnb."), dtype=PRECISION_DTYPES[precision])
+
+
+def _unknown_mode(quantize: str) -> str:
+    return f"--quantize {quantize!r} is not a quantization mode; choose one of {', '.join(QUANTIZE_MODES)}"
+
+
+def is_quantized(weight: torch.Tensor) -> bool:
+    """Whether a weight is a bitsandbytes quantized parameter (4-bit or int8)."""
+    return type(weight).__module__.startswith("bitsandbytes")
