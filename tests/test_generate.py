@@ -224,3 +224,30 @@ def test_cli_missing_or_incomplete_checkpoint(tmp_path, remove, message):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("litgpt: error: ")
     assert message in result.stderr
+
+
+def test_top_k_draws_from_k_candidates_exactly_as_over_the_masked_vocabulary():
+    """The sampler makes noise for the k candidates only; the token is the one the Gumbel-max draw over the whole
+    vocabulary with everything below the k-th logit masked gives (the same noise per token id), with and without
+    top_p."""
+    from litgpt.generate.base import _M32, _mix32
+
+    B, V = 6, 1000
+    torch.manual_seed(3)
+    logits = torch.randn(B, V) * 3  # continuous: no ties at the k-th logit
+    position = torch.arange(B).view(B, 1) + 17
+    for params in (SamplingParams(0.7, top_k=50), SamplingParams(1.0, top_k=5, top_p=0.6)):
+        sampler = Sampler(params, V, B, torch.device("cpu"))
+        sampler.seed(11)
+        scaled = logits / params.temperature
+        kth = torch.topk(scaled, params.top_k, dim=-1).values[:, -1:]
+        masked = scaled.masked_fill(scaled < kth, float("-inf"))
+        if params.top_p < 1.0:
+            ordered, order = torch.sort(masked, dim=-1, descending=True)
+            probs = torch.softmax(ordered, dim=-1)
+            ordered = ordered.masked_fill((torch.cumsum(probs, dim=-1) - probs) > params.top_p, float("-inf"))
+            masked = torch.full_like(masked, float("-inf")).scatter(-1, order, ordered)
+        key = _mix32(sampler.row_seeds ^ _mix32(position & _M32))
+        uniform = ((_mix32(sampler.token_hash ^ key) >> 8).float() + 0.5) * (1.0 / (1 << 24))
+        expected = (masked - torch.log(-torch.log(uniform))).argmax(dim=-1, keepdim=True)
+        assert torch.equal(sampler(logits, position), expected)
