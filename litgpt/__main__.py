@@ -34,6 +34,7 @@ COMMANDS: CommandTable = {
     "finetune": "litgpt.finetune.lora:setup",  # upstream litgpt's alias of finetune_lora
     "finetune_full": "litgpt.finetune.full:setup",
     "merge_lora": "litgpt.scripts.merge_lora:merge_lora",
+    "convert_to_mla": "litgpt.scripts.convert_to_mla:convert_to_mla",
     "train_tokenizer": "litgpt.scripts.train_tokenizer:train_tokenizer",
     "download": "litgpt.scripts.download:download",
     "generate": "litgpt.generate.cli:main",

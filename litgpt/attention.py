@@ -27,7 +27,7 @@ from litgpt.kernels import (
 )
 from litgpt.kv_cache import KVCache, KVCacheCompressed
 from litgpt.norm import RMSNorm
-from litgpt.projection import Projection, linear_map, stack_outputs
+from litgpt.projection import Projection, as_dtype, linear_map, stack_outputs
 from litgpt.rope import apply_partial_rope, apply_rope_last, softmax_scale_multiplier
 
 
@@ -211,7 +211,13 @@ class MultiheadLatentAttention(AttentionBase):
         self.kv_a_norm = RMSNorm(mla.kv_lora_rank, eps=config.norm_eps)
         kv_b_width = n_head * (mla.qk_nope_head_dim + mla.v_head_dim)
         self.kv_b_proj = nn.Linear(mla.kv_lora_rank, kv_b_width, bias=config.bias)
-        self.proj = nn.Linear(n_head * mla.v_head_dim, config.n_embd, bias=config.bias)
+        if mla.o_latent_dim is None:
+            self.proj = nn.Linear(n_head * mla.v_head_dim, config.n_embd, bias=config.bias)
+        else:  # MLA-o: a low-rank output map through an output latent, optionally normed
+            self.o_a_proj = nn.Linear(n_head * mla.v_head_dim, mla.o_latent_dim, bias=config.attn_bias)
+            if mla.o_latent_norm:
+                self.o_a_norm = RMSNorm(mla.o_latent_dim, eps=config.norm_eps)
+            self.o_b_proj = nn.Linear(mla.o_latent_dim, config.n_embd, bias=config.bias)
         # 1/sqrt(d_n + d_R), with YaRN times mscale(factor, mscale_all_dim)^2 (as DeepSeek scales its softmax)
         self.scale = softmax_scale_multiplier(config.rope_adjustments) / math.sqrt(mla.qk_head_dim)
         self.absorb: Optional[bool] = None
@@ -221,6 +227,17 @@ class MultiheadLatentAttention(AttentionBase):
         if self.dims.q_lora_rank is None:
             return self.q_proj(x)
         return self.q_b_proj(self.q_a_norm(self.q_a_proj(x)))
+
+    def output(self, y: torch.Tensor) -> torch.Tensor:
+        """The output map: (B, T, h * d_v) -> (B, T, n_embd), `proj` or MLA-o's o_b_proj(o_a_norm(o_a_proj(y)))."""
+        if self.dims.o_latent_dim is None:
+            return self.proj(y)
+        return self.o_b_proj(self.output_latent(y))
+
+    def output_latent(self, y: torch.Tensor) -> torch.Tensor:
+        """MLA-o: (B, T, h * d_v) -> the (normed) output latent (B, T, o_latent_dim)."""
+        o = self.o_a_proj(y)
+        return self.o_a_norm(o) if self.dims.o_latent_norm else o
 
     def forward(self, x: torch.Tensor, ctx: AttentionInputs) -> torch.Tensor:
         self.check_cache(ctx)
@@ -233,7 +250,7 @@ class MultiheadLatentAttention(AttentionBase):
             y = self.absorbed(q, kv_a, ctx, prefolded=False)  # (B, T, h * d_v)
         else:
             y = self.naive(q, kv_a, ctx)  # (B, T, h * d_v)
-        return self.proj(y)  # (B, T, n_embd)
+        return self.output(y)  # (B, T, n_embd)
 
     def latent_cache(
         self, kv_a: torch.Tensor, ctx: AttentionInputs, query: Optional[torch.Tensor] = None
@@ -288,17 +305,20 @@ class MultiheadLatentAttention(AttentionBase):
         input_pos = ctx.input_pos if ctx.cached else torch.arange(T, device=q.device)
         attention = mla_decode_attention if self.use_kernel else mla_decode_attention_reference
         o_latent = attention(q, kv, input_pos, d.kv_lora_rank, self.scale)  # (B, h, T, d_c)
-        if prefolded:
+        if prefolded and not d.o_latent_norm:
             return o_latent.transpose(1, 2).reshape(B, T, h * d.kv_lora_rank)
         y = torch.einsum("bhtc,hvc->bthv", o_latent, w_uv)  # (B, T, h, d_v)
         b_v = self.value_bias()
         if b_v is not None:
             y = y + b_v  # softmax weights sum to one, so the value bias passes through unchanged
-        return y.reshape(B, T, h * d.v_head_dim)
+        y = y.reshape(B, T, h * d.v_head_dim)
+        # MLA-o with its norm: the norm sits between o_a_proj and o_b_proj, so the output map cannot take W_UV and
+        # o_a_proj in; the prefolded path returns the normed output latent and the output map is o_b_proj alone
+        return self.output_latent(y) if prefolded else y
 
     def attend_projected(self, h_in: torch.Tensor, ctx: AttentionInputs) -> torch.Tensor:
         """The absorbed path between the maps of `decode_projections`: h_in (B, T, q width + d_c + d_R) -> the
-        latent attention output (B, T, h * d_c).
+        latent attention output (B, T, h * d_c), or with MLA-o's norm the normed output latent (B, T, o_latent_dim).
 
         Without q_lora_rank the query part of h_in is [q_latent | q_rope] per head (W_UK folded into q_proj); with
         it, that part is q_a_proj's output and the query is finished here (W_UK folded into q_b_proj's output).
@@ -334,9 +354,10 @@ class MultiheadLatentAttention(AttentionBase):
 
     def decode_projections(self) -> tuple[Projection, Projection]:
         """The absorbed path's input map [q_proj with W_UK folded in per head | kv_a] (or [q_a | kv_a] with
-        q_lora_rank) and output map proj . W_UV, computed in float32 or wider."""
+        q_lora_rank) and output map proj . W_UV (MLA-o: o_b_proj . o_a_proj . W_UV; with its norm, o_b_proj alone,
+        `attend_projected` then applying W_UV, o_a_proj and the norm), computed in float32 or wider."""
         d, h = self.dims, self.config.n_head
-        compute = torch.promote_types(self.proj.weight.dtype, torch.float32)
+        compute = torch.promote_types(self.kv_a_proj_with_mqa.weight.dtype, torch.float32)
         w_uk, w_uv = (w.to(compute) for w in self.absorbed_weights())  # (h, d_n, d_c), (h, d_v, d_c)
         if d.q_lora_rank is None:
             n_embd = self.config.n_embd
@@ -351,7 +372,9 @@ class MultiheadLatentAttention(AttentionBase):
         else:
             query = linear_map(self.q_a_proj)
         kv_a = linear_map(self.kv_a_proj_with_mqa)
-        w_proj, b_proj = linear_map(self.proj)
+        if d.o_latent_norm:
+            return stack_outputs(query, kv_a), linear_map(self.o_b_proj)
+        w_proj, b_proj = self.output_map(compute)
         w_o = w_proj.to(compute).view(-1, h, d.v_head_dim)  # (n_embd, h, d_v)
         w_out = torch.einsum("mhv,hvc->mhc", w_o, w_uv).flatten(1)  # (n_embd, h * d_c)
         b_out = None if b_proj is None else b_proj.to(compute)
@@ -360,6 +383,18 @@ class MultiheadLatentAttention(AttentionBase):
             b_v_out = w_o.flatten(1) @ b_v.to(compute).flatten()  # (n_embd,)
             b_out = b_v_out if b_out is None else b_out + b_v_out
         return stack_outputs(query, kv_a), (w_out, b_out)
+
+    def output_map(self, compute: torch.dtype) -> Projection:
+        """The output map as one linear (h * d_v -> n_embd) in `compute`: proj, or MLA-o without its norm
+        o_b_proj . o_a_proj (weight W_b W_a, bias W_b b_a + b_b)."""
+        if self.dims.o_latent_dim is None:
+            return as_dtype(linear_map(self.proj), compute)
+        w_a, b_a = as_dtype(linear_map(self.o_a_proj), compute)
+        w_b, b_b = as_dtype(linear_map(self.o_b_proj), compute)
+        bias = None if b_a is None else w_b @ b_a
+        if b_b is not None:
+            bias = b_b if bias is None else bias + b_b
+        return w_b @ w_a, bias
 
     def build_kv_cache(
         self, batch_size: int, max_seq_length: int, device: Optional[torch.device], dtype: Optional[torch.dtype]

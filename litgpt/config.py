@@ -37,6 +37,9 @@ LITGPT_ONLY_FIELDS = ("moe_scoring", "moe_layer_freq", "moe_bias_update_rate", "
 YARN_REQUIRED_KEYS = ("factor", "original_max_seq_len", "beta_fast", "beta_slow")
 YARN_DEFAULTS: dict[str, Any] = dict(mscale=1.0, mscale_all_dim=0.0, truncate=True)
 LATENT_ATTENTION_KEYS = ("q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
+# Optional latent_attention keys (ours, MLA-o): a low-rank output map h*d_v -> o_latent_dim -> n_embd, with an
+# optional RMSNorm on that output latent. Absent or None/false: MLA's one output map `proj`.
+LATENT_ATTENTION_OPTIONAL_KEYS = ("o_latent_dim", "o_latent_norm")
 DEFAULT_ROTARY_PERCENTAGE = 0.25
 # rotary_percentage values an MLA config may carry, although MLA sets its rope width with qk_rope_head_dim: the
 # default, and 1.0 (the whole decoupled rope key rotated), which upstream litgpt's MLA model_config.yaml files hold.
@@ -52,6 +55,8 @@ class LatentAttentionDims:
     qk_rope_head_dim: int  # d_R, the decoupled rope key shared by all heads
     qk_nope_head_dim: int  # d_n
     v_head_dim: int  # d_v
+    o_latent_dim: Optional[int] = None  # MLA-o: the output latent's width (None: one output map `proj`)
+    o_latent_norm: bool = False  # MLA-o: RMSNorm on the output latent
 
     @property
     def qk_head_dim(self) -> int:
@@ -194,12 +199,14 @@ class Config:
                 f"latent_attention must be true, false/null or a dict with keys {LATENT_ATTENTION_KEYS}, "
                 f"got {self.latent_attention!r}"
             )
-        unknown = sorted(set(self.latent_attention) - set(LATENT_ATTENTION_KEYS))
+        unknown = sorted(set(self.latent_attention) - set(LATENT_ATTENTION_KEYS) - set(LATENT_ATTENTION_OPTIONAL_KEYS))
         missing = sorted(set(LATENT_ATTENTION_KEYS[1:]) - set(self.latent_attention))
         if unknown or missing:
             raise ValueError(
                 f"latent_attention: unknown keys {unknown} / missing keys {missing}; expected {LATENT_ATTENTION_KEYS}"
+                f" (optional: {LATENT_ATTENTION_OPTIONAL_KEYS})"
             )
+        self._validate_output_latent()
         for key in LATENT_ATTENTION_KEYS:
             value = self.latent_attention.get(key)
             if key == "q_lora_rank" and value is None:
@@ -223,6 +230,20 @@ class Config:
                 f"rotary_percentage does not apply to latent attention (got {self.rotary_percentage}); set the rope "
                 f"width with latent_attention.qk_rope_head_dim and leave rotary_percentage at {DEFAULT_ROTARY_PERCENTAGE}"
             )
+
+    def _validate_output_latent(self) -> None:
+        """One-line errors for the MLA-o keys: o_latent_dim a positive int <= n_embd (or None), o_latent_norm a bool
+        that needs o_latent_dim."""
+        o_dim = self.latent_attention.get("o_latent_dim")
+        if o_dim is not None and (not isinstance(o_dim, int) or isinstance(o_dim, bool) or o_dim <= 0):
+            raise ValueError(f"latent_attention.o_latent_dim must be a positive integer or null, got {o_dim!r}")
+        if o_dim is not None and o_dim > self.n_embd:
+            raise ValueError(f"latent_attention.o_latent_dim ({o_dim}) must be <= n_embd ({self.n_embd})")
+        o_norm = self.latent_attention.get("o_latent_norm")
+        if o_norm is not None and not isinstance(o_norm, bool):
+            raise ValueError(f"latent_attention.o_latent_norm must be true or false, got {o_norm!r}")
+        if o_norm and o_dim is None:
+            raise ValueError("latent_attention.o_latent_norm needs latent_attention.o_latent_dim (the latent it norms)")
 
     def _validate_moe(self) -> None:
         """One-line errors naming the field for MoE settings that cannot work (or would be ignored)."""
@@ -308,7 +329,12 @@ class Config:
         """Resolved MLA dimensions, or None for MHA/GQA/MQA."""
         if self.latent_attention is None:
             return None
-        return LatentAttentionDims(**{k: self.latent_attention.get(k) for k in LATENT_ATTENTION_KEYS})
+        la = self.latent_attention
+        return LatentAttentionDims(
+            **{k: la.get(k) for k in LATENT_ATTENTION_KEYS},
+            o_latent_dim=la.get("o_latent_dim"),
+            o_latent_norm=bool(la.get("o_latent_norm")),
+        )
 
     @property
     def rope_n_elem(self) -> int:

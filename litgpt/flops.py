@@ -23,7 +23,8 @@ def matmul_params(config: Config) -> int:
         d = c.mla
         q = n * c.n_head * d.qk_head_dim if d.q_lora_rank is None else d.q_lora_rank * (n + c.n_head * d.qk_head_dim)
         attn = q + n * d.cache_width + d.kv_lora_rank * c.n_head * (d.qk_nope_head_dim + d.v_head_dim)
-        attn += c.n_head * d.v_head_dim * n
+        out = c.n_head * d.v_head_dim
+        attn += out * n if d.o_latent_dim is None else d.o_latent_dim * (out + n)  # proj, or MLA-o's o_a and o_b
     dense_mlp = (2 if c.mlp_class_name == "GptNeoxMLP" else 3) * n * c.intermediate_size
     n_moe = len(c.moe_layers)
     moe_mlp = 0

@@ -36,7 +36,7 @@ from litgpt.projection import as_dtype, fold_norm, stack_inputs, stack_outputs
 
 def fold_block(block: Block) -> FoldedMaps:
     """A block's folded decode maps, computed in float32 or wider and stored in the block's dtype."""
-    dtype = block.attn.proj.weight.dtype
+    dtype = next(p.dtype for n, p in block.attn.named_parameters() if "lora_" not in n)  # the attention's weights
     compute = torch.promote_types(dtype, torch.float32)
     attn_in, attn_out = (as_dtype(m, compute) for m in block.attn.decode_projections())
     attn_in = fold_norm(block.norm_1, attn_in)

@@ -36,7 +36,7 @@ flag        MHA / GQA / MQA (CausalSelfAttention)   MLA (MultiheadLatentAttentio
 query       the Q rows of attn.qkv                  attn.q_proj; with q_lora_rank attn.q_a_proj and attn.q_b_proj
 key         the K rows of attn.qkv                  the k_nope rows of attn.kv_b_proj, and attn.kv_a_proj_with_mqa
 value       the V rows of attn.qkv                  the v rows of attn.kv_b_proj
-projection  attn.proj                               attn.proj
+projection  attn.proj                               attn.proj; with o_latent_dim attn.o_a_proj and attn.o_b_proj
 mlp         mlp.fc, mlp.proj (GptNeoxMLP); mlp.fc_1, mlp.fc_2, mlp.proj (LLaMAMLP)
 head        lm_head
 
@@ -282,7 +282,8 @@ def attention_targets(attn: nn.Module, spec: LoRASpec) -> list[tuple[str, Option
         raise ValueError(f"LoRA does not know the attention module {type(attn).__name__}; adapt a model with "
                          "CausalSelfAttention or MultiheadLatentAttention")
     if spec.projection:
-        targets.append(("proj", None))
+        o_latent = isinstance(attn, MultiheadLatentAttention) and attn.dims.o_latent_dim is not None
+        targets += [("o_a_proj", None), ("o_b_proj", None)] if o_latent else [("proj", None)]
     return targets
 
 

@@ -280,7 +280,7 @@ def init_weights(model: GPT) -> None:
     out_std = 1 / math.sqrt(n_embd) / n_layer
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.Embedding)):
-            is_output = name.endswith(("attn.proj", "mlp.proj", "shared_experts.proj"))
+            is_output = name.endswith(("attn.proj", "attn.o_b_proj", "mlp.proj", "shared_experts.proj"))
             nn.init.normal_(module.weight, mean=0.0, std=out_std if is_output else std)
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)

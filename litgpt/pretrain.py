@@ -63,7 +63,8 @@ def setup(
         model_config: config fields; with `model_name` they override that config's fields, alone they define it.
         out_dir: where checkpoints (`step-XXXXXXXX/`, `final/`) and logs go.
         precision: `32-true`, `bf16-mixed`, `bf16-true`, `16-mixed`... (default: bf16-mixed on CUDA, else 32-true).
-        initial_checkpoint_dir: start from the weights in this checkpoint directory.
+        initial_checkpoint_dir: start from the weights in this checkpoint directory (without model_name and
+            model_config, its model_config.yaml is the model: e.g. to heal a `litgpt convert_to_mla` output).
         resume: `auto` (continue the run in out_dir from its latest readable checkpoint, or start one), `true`
             (the same, but a run must exist), `false` (start from step 0) or a checkpoint path.
         overwrite: with `--resume false`, delete the checkpoints of an earlier run in out_dir and start over
@@ -88,7 +89,10 @@ def setup(
     hparams = hyperparameters(locals())
     train.validate()
     eval.validate()
-    config = resolve_config(model_name, model_config)
+    if model_name is None and model_config is None and initial_checkpoint_dir is not None:
+        config = Config.from_checkpoint(initial_checkpoint_dir)  # continue training that model as it is
+    else:
+        config = resolve_config(model_name, model_config)
     precision = resolve_precision(precision)
     if strategy == "fsdp" and not torch.cuda.is_available():
         raise ValueError(

@@ -36,7 +36,7 @@ def run_main(capsys, argv: list[str]) -> tuple[int, str]:
 def test_the_table_has_every_command():
     assert set(IDS) == {"pretrain", "train_tokenizer", "download", "generate", "chat", "benchmark attention",
                         "benchmark decode", "benchmark pretrain", "benchmark generate", "compare", "merge_lora",
-                        "finetune_lora", "finetune", "finetune_full", "benchmark finetune"}
+                        "finetune_lora", "finetune", "finetune_full", "benchmark finetune", "convert_to_mla"}
 
 
 @pytest.mark.parametrize("words, fn", COMMANDS, ids=IDS)

@@ -468,3 +468,21 @@ def test_deprecated_num_workers_option_still_works(tmp_path, text_dir):
     assert "FutureWarning: TextFiles: num_workers is deprecated" in result.stderr and "tokenize_workers" in result.stderr
     init_args = yaml.safe_load((out / "final" / "hyperparameters.yaml").read_text())["data"]["init_args"]
     assert init_args["tokenize_workers"] == 1 and "num_workers" not in init_args
+
+
+def test_initial_checkpoint_alone_is_the_model(tmp_path, text_dir):
+    """`--initial_checkpoint_dir` without a model name trains the checkpoint's own model (its model_config.yaml), from
+    its weights: at learning rate 0 the weights come out as they went in."""
+    first = tmp_path / "first"
+    main(tiny_args(text_dir, first, **{"train.max_steps": "2", "eval.final_validation": "false"}))
+    args = {k: v for k, v in (a[2:].split("=", 1) for a in tiny_args(text_dir, tmp_path / "second")[1:])
+            if k not in ("model_name", "model_config")}
+    args.update({"initial_checkpoint_dir": str(first / "final"), "tokenizer_dir": str(first / "final"),
+                 "train.max_steps": "1", "train.lr_warmup_steps": "0", "optimizer.lr": "0",
+                 "eval.final_validation": "false"})
+    main(["pretrain"] + [f"--{k}={v}" for k, v in args.items()])
+    assert (yaml.safe_load((tmp_path / "second" / "final" / "model_config.yaml").read_text())
+            == yaml.safe_load((first / "final" / "model_config.yaml").read_text()))
+    before = torch.load(first / "final" / "lit_model.pth", weights_only=True)["model"]
+    after = torch.load(tmp_path / "second" / "final" / "lit_model.pth", weights_only=True)["model"]
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

@@ -62,7 +62,7 @@ def setup(
         query        the Q rows of attn.qkv                  attn.q_proj (q_a_proj and q_b_proj with q_lora_rank)
         key          the K rows of attn.qkv                  the k_nope rows of attn.kv_b_proj, and kv_a_proj_with_mqa
         value        the V rows of attn.qkv                  the v rows of attn.kv_b_proj
-        projection   attn.proj                               attn.proj
+        projection   attn.proj                               attn.proj (MLA-o: attn.o_a_proj and attn.o_b_proj)
         mlp          the MLP's linears (fc, proj; LLaMA MLP: fc_1, fc_2, proj)
         head         lm_head
 
@@ -84,7 +84,7 @@ def setup(
         lora_key: adapt the keys (MHA/GQA/MQA: K rows of qkv; MLA: k_nope rows of kv_b_proj and
             kv_a_proj_with_mqa, which makes the latent that values read too).
         lora_value: adapt the values (MHA/GQA/MQA: V rows of qkv; MLA: v rows of kv_b_proj).
-        lora_projection: adapt the attention output projection (attn.proj).
+        lora_projection: adapt the attention output projection (attn.proj; MLA-o: attn.o_a_proj, attn.o_b_proj).
         lora_mlp: adapt the MLP's linears.
         lora_head: adapt the LM head.
         data: the instruction data (`--data JSON --data.json_path FILE_OR_DIR`; default: Alpaca, downloaded).

@@ -78,6 +78,7 @@ def unsupported_properties(config: Config, arch: str) -> list[str]:
         checks.append((c.rope_adjustments is None, "rope_adjustments (YaRN)"))
     else:
         checks.append((c.mla is not None, "latent_attention=None (no MLA)"))
+        checks.append((c.mla is None or c.mla.o_latent_dim is None, "latent_attention.o_latent_dim (MLA-o)"))
         checks += _deepseek_moe_checks(c, arch)
         yarn = c.rope_adjustments
         if yarn is not None:  # without mscale_all_dim transformers scales the rope by mscale(factor, 1) whatever mscale

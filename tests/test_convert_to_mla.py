@@ -1,0 +1,165 @@
+"""litgpt.scripts.convert_to_mla: MHA/GQA/MQA checkpoints to MLA (and MLA to MLA-o), tiny float64 models."""
+
+import json
+
+import pytest
+import torch
+
+import litgpt.attention
+from litgpt import GPT, LLM, Config
+from litgpt.checkpoint import load_checkpoint, save_checkpoint
+from litgpt.rope import apply_rope
+from litgpt.scripts.convert_to_mla import convert_state_dict, convert_to_mla, head_layout, mla_config
+from litgpt.scripts.train_tokenizer import train_tokenizer
+
+from test_model import randomize
+from test_tokenizer import ListTexts, make_corpus
+
+VOCAB = 300
+
+
+def source_model(**kwargs) -> GPT:
+    """A debug-shaped source (n_embd 64, 4 heads of 16, 8 rope dims per head) with random weights, float64."""
+    torch.manual_seed(0)
+    config = Config.from_name("debug", block_size=32, vocab_size=VOCAB, **kwargs)
+    return randomize(GPT(config)).to(torch.float64).eval()
+
+
+def convert(source: GPT, kv_lora_rank: int, qk_rope_head_dim: int, o_latent_dim=None) -> GPT:
+    target = mla_config(source.config, kv_lora_rank, qk_rope_head_dim, o_latent_dim)
+    state, _ = convert_state_dict(source, target)
+    model = GPT(target).to(torch.float64)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def latent_entries_without_norm(kv_a, cos, sin, norm_weight, eps, interleave):
+    """MLA's cache entries with kv_a_norm skipped: [latent | rope(k_R)]."""
+    latent, k_rope = kv_a.split((norm_weight.size(0), kv_a.size(-1) - norm_weight.size(0)), dim=-1)
+    return torch.cat((latent, apply_rope(k_rope, cos, sin, interleave)), dim=-1)
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+TOKENS = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("interleave", [False, True])
+def test_mqa_at_full_rank_with_every_rope_pair_is_exact_up_to_the_latent_norm(monkeypatch, interleave):
+    """The exact case: an MQA source (one K group, so one shared rope key loses nothing), every rope pair kept
+    (the same rope frequencies) and kv_lora_rank at the stacked [K_nope; V] map's rank (24 = 8 nope + 16 value dims).
+    MLA's kv_a_norm (an RMSNorm of the latent, which no linear map undoes) is the one approximation left: with it
+    skipped the converted logits equal the source's to float64 round-off; the pre-norm factorisation is exact; with
+    the norm in place the logits are only close."""
+    source = source_model(n_query_groups=1, rope_interleave=interleave)
+    model = convert(source, kv_lora_rank=24, qk_rope_head_dim=8)
+    attn, src = model.transformer.h[0].attn, source.transformer.h[0].attn
+    nope, _ = head_layout(source.config, list(range(4)), 8)
+    w_k, w_v = src.qkv.weight[64:80], src.qkv.weight[80:96]
+    stacked = torch.cat((w_k[nope], w_v)).repeat(4, 1)  # every head reads the one group
+    assert relative_error(attn.kv_b_proj.weight @ attn.kv_a_proj_with_mqa.weight[:24], stacked) < 1e-12
+    with torch.no_grad():
+        expected = source(TOKENS)
+        loose = relative_error(model(TOKENS), expected)
+        monkeypatch.setattr(litgpt.attention, "latent_entries", latent_entries_without_norm)
+        assert relative_error(model(TOKENS), expected) < 1e-9
+    assert 0 < loose < 1.0
+
+
+def test_errors_fall_as_kv_lora_rank_grows(monkeypatch):
+    """The [K_nope; V] reconstruction error falls strictly with the rank and reaches round-off at the rank bound;
+    the logits error (latent norm skipped, to isolate the factorisation) grows as the rank falls."""
+    source = source_model(n_query_groups=1)
+    ranks = [4, 8, 16, 24]
+    kv_errors, logit_errors = [], []
+    monkeypatch.setattr(litgpt.attention, "latent_entries", latent_entries_without_norm)
+    with torch.no_grad():
+        expected = source(TOKENS)
+        for rank in ranks:
+            target = mla_config(source.config, rank, 8, None)
+            state, layers = convert_state_dict(source, target)
+            model = GPT(target).to(torch.float64).eval()
+            model.load_state_dict(state)
+            kv_errors.append(max(row["kv_relative_error"] for row in layers))
+            logit_errors.append(relative_error(model(TOKENS), expected))
+    assert all(a > b for a, b in zip(kv_errors, kv_errors[1:])), kv_errors
+    assert all(a > b for a, b in zip(logit_errors, logit_errors[1:])), logit_errors
+    assert kv_errors[-1] < 1e-12 and logit_errors[-1] < 1e-9
+
+
+def test_gqa_rope_key_is_the_groups_mean():
+    """With several K groups the shared rope key can only approximate them: it is their mean."""
+    source = source_model(n_query_groups=2)
+    model = convert(source, kv_lora_rank=48, qk_rope_head_dim=8)
+    w_k = source.transformer.h[0].attn.qkv.weight[64:96].view(2, 16, 64)
+    _, rope = head_layout(source.config, list(range(4)), 8)
+    assert torch.allclose(model.transformer.h[0].attn.kv_a_proj_with_mqa.weight[48:], w_k[:, rope].mean(0))
+
+
+def test_full_rank_output_latent_reproduces_the_source():
+    """MLA-o from the SVD of proj at o_latent_dim = n_embd, on an MLA source: nothing else changes, so the logits
+    match (no latent norm is involved)."""
+    torch.manual_seed(0)
+    source = randomize(GPT(Config.from_name("debug-mla", block_size=32, vocab_size=VOCAB))).to(torch.float64).eval()
+    from litgpt.scripts.convert_to_mla import _add_output_latent
+
+    d = source.config.mla
+    state, target, layers = _add_output_latent(source, d.kv_lora_rank, d.qk_rope_head_dim, 64)
+    model = GPT(target).to(torch.float64).eval()
+    model.load_state_dict(state)
+    with torch.no_grad():
+        assert relative_error(model(TOKENS), source(TOKENS)) < 1e-5
+    assert max(row["o_relative_error"] for row in layers) < 1e-12
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A GQA and an MLA source checkpoint with a tokenizer, float32."""
+    root = tmp_path_factory.mktemp("convert_to_mla")
+    dirs = {}
+    for name, config_name, kwargs in (("gqa", "debug", dict(n_query_groups=2)), ("mla", "debug-mla", {})):
+        checkpoint_dir = root / name
+        train_tokenizer(ListTexts(texts=make_corpus()), checkpoint_dir, vocab_size=VOCAB, min_frequency=1)
+        torch.manual_seed(0)
+        save_checkpoint(randomize(GPT(Config.from_name(config_name, vocab_size=VOCAB, **kwargs))), checkpoint_dir)
+        dirs[name] = checkpoint_dir
+    (root / "calibration.txt").write_text(" ".join(make_corpus(10)))
+    dirs["calibration"] = root / "calibration.txt"
+    return dirs
+
+
+def test_converted_checkpoint_loads_and_generates(checkpoints, tmp_path, capsys):
+    out_dir = tmp_path / "mla"
+    report = convert_to_mla(checkpoints["gqa"], out_dir, kv_lora_rank=16, qk_rope_head_dim=4, o_latent_dim=32,
+                            calibration_data=checkpoints["calibration"], calibration_tokens=200)
+    assert "total KV bytes per token: 512 -> 160" in capsys.readouterr().out  # 2 layers * (2*2*16 -> 16+4) * 4 B
+    assert json.loads((out_dir / "convert_report.json").read_text()) == json.loads(json.dumps(report))
+    model = load_checkpoint(out_dir)
+    assert model.config.name == "debug-mla" and model.config.mla.o_latent_dim == 32
+    assert (out_dir / "tokenizer.json").is_file()
+    llm = LLM.load(out_dir, device="cpu", precision="32-true")
+    assert isinstance(llm.generate("Once upon", max_new_tokens=3, temperature=0.0), str)
+    # MLA -> MLA-o
+    convert_to_mla(checkpoints["mla"], tmp_path / "mla-o", kv_lora_rank=64, qk_rope_head_dim=8, o_latent_dim=16)
+    assert load_checkpoint(tmp_path / "mla-o").config.mla.o_latent_dim == 16
+
+
+@pytest.mark.parametrize(
+    "source, kwargs, match",
+    [
+        ("gqa", dict(kv_lora_rank=0, qk_rope_head_dim=8), r"kv_lora_rank must be in 1\.\.48"),
+        ("gqa", dict(kv_lora_rank=49, qk_rope_head_dim=8), r"kv_lora_rank must be in 1\.\.48"),
+        ("gqa", dict(kv_lora_rank=16, qk_rope_head_dim=3), "qk_rope_head_dim must be even"),
+        ("gqa", dict(kv_lora_rank=16, qk_rope_head_dim=10), r"qk_rope_head_dim \(10\) must be <= the source's rope"),
+        ("mla", dict(kv_lora_rank=16, qk_rope_head_dim=8), "is MLA already; pass --o_latent_dim"),
+        ("missing", dict(kv_lora_rank=16, qk_rope_head_dim=8), "does not exist"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(checkpoints, tmp_path, source, kwargs, match):
+    checkpoint_dir = checkpoints.get(source, tmp_path / "nowhere")
+    with pytest.raises((ValueError, FileNotFoundError), match=match) as info:
+        convert_to_mla(checkpoint_dir, tmp_path / "out", **kwargs)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()
