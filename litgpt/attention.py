@@ -23,12 +23,12 @@ from litgpt.kernels import (
     latent_entries,
     mla_decode_attention,
     mla_decode_attention_reference,
-    split_heads,
+    roped_heads,
 )
 from litgpt.kv_cache import KVCache, KVCacheCompressed
 from litgpt.norm import RMSNorm
 from litgpt.projection import Projection, as_dtype, linear_map, stack_outputs
-from litgpt.rope import apply_partial_rope, apply_rope_last, softmax_scale_multiplier
+from litgpt.rope import apply_rope_last, softmax_scale_multiplier
 
 
 @dataclass(frozen=True)
@@ -156,19 +156,18 @@ class CausalSelfAttention(AttentionBase):
         B, T, _ = qkv.shape
         c = self.config
         hs, n_head, n_groups = c.head_size, c.n_head, c.n_query_groups
-        if ctx.cached and T == 1 and self.use_kernel:
-            # decode: one launch splits qkv, ropes q and k and writes k, v; the split-KV kernel reads only valid tokens
-            q, k, v = self.kv_cache.write_qkv(ctx.input_pos, qkv, ctx.cos, ctx.sin, n_head, c.rope_n_elem,
-                                              c.rope_interleave)  # (B, nh, 1, hs), whole caches (B, ng, S, hs)
-            k, v = ctx.cache_view(k, seq_dim=2), ctx.cache_view(v, seq_dim=2)
-            y = gqa_decode_attention(q, k, v, ctx.input_pos, self.scale)  # (B, nh, 1, hs)
+        if not ctx.cached:  # a causal pass over the new tokens alone
+            q, k, v = roped_heads(qkv, n_head, n_groups, hs, ctx.cos, ctx.sin, c.rope_n_elem, c.rope_interleave)
+            y = self.attend(q, k, v, None, scale=self.scale)  # (B, nh, T, hs)
             return y.transpose(1, 2).reshape(B, T, n_head * hs)
-        q, k, v = split_heads(qkv, n_head, n_groups, hs)  # (B, nh, T, hs), (B, ng, T, hs), (B, ng, T, hs)
-        q = apply_partial_rope(q, ctx.cos, ctx.sin, c.rope_n_elem, c.rope_interleave)
-        k = apply_partial_rope(k, ctx.cos, ctx.sin, c.rope_n_elem, c.rope_interleave)
-        if ctx.cached:
-            k, v = (ctx.cache_view(t, seq_dim=2) for t in self.kv_cache(ctx.input_pos, k, v))  # (B, ng, S, hs)
-        y = self.attend(q, k, v, ctx.mask(k.size(2)), scale=self.scale)  # (B, nh, T, hs)
+        # the cache's write splits qkv, ropes q and k and writes k, v: one launch for a decode step on CUDA
+        q, k, v = self.kv_cache.write_qkv(ctx.input_pos, qkv, ctx.cos, ctx.sin, n_head, c.rope_n_elem,
+                                          c.rope_interleave, self.use_kernel)  # (B, nh, T, hs), caches (B, ng, S, hs)
+        k, v = ctx.cache_view(k, seq_dim=2), ctx.cache_view(v, seq_dim=2)
+        if T == 1 and self.use_kernel:  # decode: the split-KV kernel reads only valid tokens
+            y = gqa_decode_attention(q, k, v, ctx.input_pos, self.scale)  # (B, nh, 1, hs)
+        else:
+            y = self.attend(q, k, v, ctx.mask(k.size(2)), scale=self.scale)  # (B, nh, T, hs)
         return y.transpose(1, 2).reshape(B, T, n_head * hs)
 
     def decode_projections(self) -> tuple[Projection, Projection]:

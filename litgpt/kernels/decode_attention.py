@@ -172,6 +172,17 @@ def split_heads(
     return q, k, v
 
 
+def roped_heads(
+    qkv: torch.Tensor, n_head: int, n_groups: int, head_size: int, cos: torch.Tensor, sin: torch.Tensor,
+    rope_n_elem: int, interleave: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`split_heads`, then the first rope_n_elem dims of each query head and key group roped (`apply_partial_rope`):
+    q (B, nh, T, hs), k and v (B, ng, T, hs) in pure torch."""
+    q, k, v = split_heads(qkv, n_head, n_groups, head_size)
+    return apply_partial_rope(q, cos, sin, rope_n_elem, interleave), apply_partial_rope(k, cos, sin, rope_n_elem,
+                                                                                         interleave), v
+
+
 def gqa_cache_write(
     qkv: torch.Tensor,
     k_cache: torch.Tensor,
@@ -189,7 +200,7 @@ def gqa_cache_write(
     (B, T)) in place, and return the roped query (B, nh, T, hs).
 
     One Triton launch for all of it on CUDA for one new token per row (bf16/fp16, no autograd, `use_kernel`), the
-    rotation in fp32; else torch (`split_heads`, `apply_partial_rope`, `write_positions`). cos, sin: the rope rows
+    rotation in fp32; else torch (`roped_heads`, `write_positions`). cos, sin: the rope rows
     at input_pos, (T, rope_n_elem) or (B, T, rope_n_elem).
     """
     B, T, width = qkv.shape
@@ -205,9 +216,7 @@ def gqa_cache_write(
         and kernel_applies((qkv, k_cache, v_cache), ())
     )
     if not fused:
-        q, k, v = split_heads(qkv, n_head, n_groups, head_size)
-        q = apply_partial_rope(q, cos, sin, rope_n_elem, interleave)  # (B, nh, T, hs)
-        k = apply_partial_rope(k, cos, sin, rope_n_elem, interleave)  # (B, ng, T, hs)
+        q, k, v = roped_heads(qkv, n_head, n_groups, head_size, cos, sin, rope_n_elem, interleave)
         write_positions(k_cache, input_pos, k, seq_dim=2)
         write_positions(v_cache, input_pos, v, seq_dim=2)
         return q
