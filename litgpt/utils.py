@@ -172,11 +172,11 @@ def process_start_time() -> float:
         start_ticks = int(stat[stat.rindex(b")") + 1 :].split()[19])  # field 22, starttime
         age = time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
         started = time.time() - age
-        # a sandbox's clocks can disagree with /proc (seen: 373 s for a 3 s start, and a start 0.33 s after the
-        # first import on a loaded machine); no interpreter takes START_SLACK_S to reach litgpt's first import, and
-        # none starts after it, so a start outside that window is not believed
-        if age >= 0 and imported - START_SLACK_S <= started <= imported:
-            return started
+        # a sandbox's clocks can disagree with /proc (seen: 373 s for a 3 s start); no interpreter takes
+        # START_SLACK_S to reach litgpt's first import, so an earlier start is not believed. Nor does one start after
+        # litgpt.utils was imported (seen: 0.12-0.33 s after it, on a loaded machine): that is the latest it can be
+        if age >= 0 and started >= imported - START_SLACK_S:
+            return min(started, _IMPORTED_AT)
     except (OSError, ValueError, IndexError, AttributeError):  # no /proc, another format, no CLOCK_BOOTTIME
         pass
     return imported
