@@ -173,9 +173,9 @@ def process_start_time() -> float:
         age = time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
         started = time.time() - age
         # a sandbox's clocks can disagree with /proc (seen: 373 s for a 3 s start); no interpreter takes
-        # START_SLACK_S to reach litgpt's first import, so an earlier start is not believed. Nor does one start after
-        # litgpt.utils was imported (seen: 0.12-0.33 s after it, on a loaded machine): that is the latest it can be
-        if age >= 0 and started >= imported - START_SLACK_S:
+        # START_SLACK_S to reach litgpt's first import (litgpt.utils', not litgpt.__main__'s, which a long test
+        # collection can delay past it), so an earlier start is not believed; nor one after that import
+        if age >= 0 and started >= _IMPORTED_AT - START_SLACK_S:
             return min(started, _IMPORTED_AT)
     except (OSError, ValueError, IndexError, AttributeError):  # no /proc, another format, no CLOCK_BOOTTIME
         pass
