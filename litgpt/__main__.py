@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import importlib
 import inspect
+import logging
 import os
 import sys
 import time
@@ -23,6 +24,11 @@ IMPORTED_AT = time.time()  # `litgpt.utils.process_start_time` falls back to thi
 # jsonargparse's own options, valid for every command
 PARSER_OPTIONS = ("config", "print_config", "help")
 FLAG_OPTIONS = ("--help", "-h", "--print_config")  # options that need no value after them
+
+# Commands whose process has nothing left to clean up once they return: the `litgpt` executable ends them without the
+# interpreter's teardown (module finalizers, captured CUDA graphs, the CUDA context), which took 0.5-0.6 s after
+# `litgpt generate`'s last token on an H200 (benchmarks/RESULTS.md, issue 15).
+EXIT_WITHOUT_TEARDOWN = ("generate", "chat")
 
 # a command is a function, or the import path "package.module:function" of one
 Command = Union[Callable, str]
@@ -204,7 +210,8 @@ def command_subtable(table: CommandTable, words: list[str], fn: Callable | None)
     return sub  # type: ignore[return-value]
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[str]:
+    """Run the command argv names (default: sys.argv[1:]); returns its subcommand words (`["benchmark", "decode"]`)."""
     from jsonargparse import CLI, ArgumentParser
 
     class OneLineErrorParser(ArgumentParser):
@@ -231,7 +238,22 @@ def main(argv: list[str] | None = None) -> None:
         detail = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         sys.stderr.write(f"litgpt: error: {detail}\n")
         raise SystemExit(2) from None
+    return words
+
+
+def cli() -> None:
+    """The `litgpt` executable (and `python -m litgpt`): `main`, then, after a command of `EXIT_WITHOUT_TEARDOWN` that
+    returned, the streams and logs flushed and the process ended at once (errors exit the usual way)."""
+    words = main()
+    if words[:1] and words[0] in EXIT_WITHOUT_TEARDOWN:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: nothing more can be written anyway
+                pass
+        os._exit(0)
 
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -139,7 +139,8 @@ class LLM:
         mode = decode_mode(self.device, max_new_tokens, compile, len(prompts))
         reused = self.session
         session = self.decode_session(len(prompts), cache_len, params, mode, kernels)
-        prepare_s = 0.0 if session is reused else session.prepare_s
+        built_s = 0.0 if session is reused else session.build_s
+        captured_before = session.step.prepare_s
         session.seed(seed)
         stop_tokens = self.prompt_style.stop_tokens(self.tokenizer)
         if self.device.type == "cuda":
@@ -155,8 +156,9 @@ class LLM:
         else:
             rows, ttft = session.generate(prompt_ids, max_new_tokens, stop_tokens)
         total = time.perf_counter() - t0
+        captured_s = session.step.prepare_s - captured_before  # the step's compile/capture at its first call, if now
         new_tokens = sum(len(r) for r in rows)
-        decode_time = max(total - ttft, 1e-9)
+        decode_time = max(total - ttft - captured_s, 1e-9)
         steps = max(len(r) for r in rows) - 1
         peak, kind = peak_memory_bytes(self.device)
         stats = dict(
@@ -165,12 +167,13 @@ class LLM:
             new_tokens=new_tokens,
             time_to_first_token_s=ttft,
             total_s=total,
+            decode_s=decode_time,  # total - time to first token - the step's compile/capture (reported in prepare_s)
             decode_tokens_per_s=len(prompts) * steps / decode_time if steps > 0 else 0.0,
             peak_memory_bytes=peak,
             peak_memory_kind=kind,
             kv_cache_bytes=self.model.kv_cache_bytes(),
             mode=mode,
-            prepare_s=prepare_s,
+            prepare_s=built_s + captured_s,
         )
         return [self.tokenizer.decode(r) for r in rows], stats
 

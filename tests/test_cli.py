@@ -153,3 +153,39 @@ def test_optimizer_names_mean_torch_optim_even_beside_another_adamw():
                             env=dict(os.environ, PYTHONPATH=str(root)))
     assert result.stdout.count("EXIT 0") == 3 and "error" not in result.stderr, result.stderr[-1500:]  # --print_config
     assert result.stdout.count("class_path: torch.optim.AdamW") == 3 and result.stdout.count("lr: 0.0123") == 3
+
+
+def test_the_executable_ends_generate_and_chat_without_teardown_and_nothing_else(monkeypatch):
+    """`litgpt generate`/`chat` end with os._exit(0) once they return (their output flushed first); other commands,
+    and a command that fails, leave through the interpreter's usual exit."""
+    import litgpt.__main__ as entry
+
+    exits: list[int] = []
+    monkeypatch.setattr(entry.os, "_exit", exits.append)
+    for words, expected in ((["generate"], [0]), (["chat"], [0]), (["benchmark", "generate"], []), (["pretrain"], [])):
+        exits.clear()
+        monkeypatch.setattr(entry, "main", lambda words=words: words)
+        entry.cli()
+        assert exits == expected, words
+
+    def failing() -> list[str]:
+        raise SystemExit(2)
+
+    exits.clear()
+    monkeypatch.setattr(entry, "main", failing)
+    with pytest.raises(SystemExit):
+        entry.cli()
+    assert exits == []
+
+
+def test_generate_through_the_executable_prints_all_its_output(tmp_path):
+    """The fast exit loses nothing: stdout's text and stderr's phases line are both there, and the status is 0."""
+    from test_generate import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path)
+    args = [sys.executable, "-m", "litgpt", "generate", str(ckpt), "--prompt", "the cat", "--max_new_tokens", "5",
+            "--temperature", "0", "--device", "cpu"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("the cat") and result.stdout.endswith("\n")
+    assert result.stderr.rstrip().splitlines()[-1].startswith("litgpt generate: start-up")

@@ -230,7 +230,7 @@ def test_top_k_draws_from_k_candidates_exactly_as_over_the_masked_vocabulary():
     """The sampler makes noise for the k candidates only; the token is the one the Gumbel-max draw over the whole
     vocabulary with everything below the k-th logit masked gives (the same noise per token id), with and without
     top_p."""
-    from litgpt.generate.base import _M32, _mix32
+    from litgpt.kernels.sampling import M32 as _M32, mix32 as _mix32
 
     B, V = 6, 1000
     torch.manual_seed(3)

@@ -3,6 +3,7 @@ one `DecodeSession`; the default mode by device and length; sessions are reused 
 
 import io
 import sys
+import time
 
 import pytest
 import torch
@@ -89,3 +90,37 @@ def test_decode_benchmark_decodes_through_a_session(built):
     assert built == [(2, 32, SamplingParams(0.0), "eager", False)]
     assert result["decode_tokens_per_s"] > 0
     assert all(block.attn.use_kernel is False for block in model.transformer.h)  # the session set the switch
+
+
+def test_first_streamed_token_comes_before_the_steps_capture_which_counts_as_prepare(tmp_path, monkeypatch):
+    """A step that compiles or captures does so at its first call, the first decode step after the prefill: the
+    streamed first token is written before it, and its time is reported as prepare, not as decode."""
+    from litgpt.generate.base import DecodeStep
+
+    llm = LLM.load(make_checkpoint(tmp_path), device="cpu")
+    events: list[str] = []
+    original = DecodeStep._call
+
+    def slow_first_call(self, token, input_pos):  # stands in for a CUDA-graph capture of 0.4 s
+        if not self.prepared:
+            events.append("capture")
+            time.sleep(0.4)
+        return original(self, token, input_pos)
+
+    class Recorder(io.StringIO):
+        def write(self, text: str) -> int:
+            events.append("text")
+            return super().write(text)
+
+    monkeypatch.setattr(DecodeStep, "_call", slow_first_call)
+    llm.generate_with_stats(["the cat"], max_new_tokens=8, temperature=0)  # builds the session (eager on the CPU)
+    session = llm.session
+    session.step.prepared = False  # an eager step has nothing to prepare; make this one behave like a captured one
+    _, stats = llm.generate_with_stats(["the cat"], max_new_tokens=8, temperature=0, stream=Recorder())
+    assert llm.session is session
+    assert events[:3] == ["text", "text", "capture"]  # the prompt, the first token, then the capture
+    assert stats["prepare_s"] >= 0.4 and session.step.prepare_s >= 0.4
+    assert stats["decode_s"] < 0.4 <= stats["total_s"] - stats["time_to_first_token_s"]
+    assert stats["decode_tokens_per_s"] == pytest.approx(7 / stats["decode_s"])
+    _, again = llm.generate_with_stats(["the cat"], max_new_tokens=8, temperature=0)  # reused: nothing to prepare
+    assert again["prepare_s"] == 0.0 and events.count("capture") == 1

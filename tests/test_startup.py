@@ -198,7 +198,7 @@ def test_process_start_time_falls_back_to_the_import_of_litgpt_main(monkeypatch)
 
 
 # ------------------------------------------------------------------------------------------------ phases line
-STATS = dict(time_to_first_token_s=0.021, total_s=0.372, new_tokens=1000, batch=1, decode_tokens_per_s=999 / 0.351,
+STATS = dict(time_to_first_token_s=0.021, total_s=0.372, decode_s=0.351, new_tokens=1000, batch=1, decode_tokens_per_s=999 / 0.351,
              peak_memory_bytes=412_000_000, peak_memory_kind="CUDA allocated", kv_cache_bytes=7_080_000, prepare_s=0.052)
 
 
@@ -212,9 +212,13 @@ def test_phases_line_format():
 
 def test_decode_phase_counts_the_tokens_the_rate_counts():
     # batch 4, 9 decode steps after the first token, one row stopped early (new_tokens counts kept tokens only)
-    stats = dict(STATS, batch=4, new_tokens=37, time_to_first_token_s=0.5, total_s=2.0, decode_tokens_per_s=36 / 1.5)
+    stats = dict(STATS, batch=4, new_tokens=37, time_to_first_token_s=0.5, total_s=2.0, decode_s=1.5,
+                 decode_tokens_per_s=36 / 1.5)
     assert decode_phase(stats) == (36, 1.5)
-    assert decode_phase(dict(STATS, total_s=0.021, decode_tokens_per_s=0.0)) == (0, 0.0)  # one token: no decode
+    assert decode_phase(dict(STATS, total_s=0.021, decode_s=0.0, decode_tokens_per_s=0.0)) == (0, 0.0)  # no decode
+    # a step captured at its first call after the first token: its 0.25 s is prepare's, not decode's
+    captured = dict(STATS, batch=1, time_to_first_token_s=0.5, total_s=2.25, decode_s=1.5, decode_tokens_per_s=30 / 1.5)
+    assert decode_phase(captured) == (30, 1.5)
 
 
 PHASES = re.compile(

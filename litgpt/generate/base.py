@@ -25,6 +25,16 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, TextIO, Uni
 import torch
 from torch import nn
 
+from litgpt.kernels._triton import TRITON_AVAILABLE
+from litgpt.kernels.sampling import (
+    MAX_K,
+    VALUE_DTYPES,
+    gumbel_noise,
+    gumbel_top_k_sample,
+    inverse_temperature,
+    mix32_int,
+    token_hashes,
+)
 from litgpt.model import GPT
 from litgpt.tokenizer import IncrementalDecoder, Tokenizer
 from litgpt.utils import synchronize
@@ -39,7 +49,6 @@ PRECISION_DTYPES = {
 }
 DECODE_MODES = ("eager", "compile", "max-autotune", "cuda_graph", "compile+cuda_graph")
 PREFILL_TOKENS_PER_CHUNK = 8192  # rows x tokens per prefill forward: bounds the logits and mask memory
-_M32 = 0xFFFFFFFF
 
 
 # ------------------------------------------------------------------------------------------------ device and dtype
@@ -87,19 +96,6 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (xorshift-multiply rounds) on int64 tensors holding values in [0, 2**32)."""
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & _M32  # products stay below 2**63: no signed overflow
-    x = x ^ (x >> 15)
-    x = (x * 0x2C1B3C6D) & _M32
-    return x ^ (x >> 16)
-
-
-def _mix32_int(x: int) -> int:
-    return int(_mix32(torch.tensor([x & _M32]))[0])
-
-
 class Sampler(nn.Module):
     """Next token ids (B, 1) from logits (B, V) on the device, with no host sync.
 
@@ -107,24 +103,45 @@ class Sampler(nn.Module):
     softmax(logits / temperature). With top_k the noise is made for the k candidates alone, not the whole vocabulary
     (at batch 8 and a 50k vocabulary that is 400 values a step instead of 400,000). The noise comes from hashing (row seed, position, token id), so a step has no
     RNG state to advance: it replays under a CUDA graph and gives the same tokens for the same seed everywhere.
+
+    `use_kernel`: a top-k draw (top_p 1.0) on CUDA runs the top-k over the raw logits and one fused Triton launch
+    (`litgpt.kernels.sampling.gumbel_top_k_sample`) for the scaling, the noise and the argmax; the same tokens.
     """
 
-    def __init__(self, params: SamplingParams, vocab_size: int, batch_size: int, device: torch.device) -> None:
+    def __init__(
+        self, params: SamplingParams, vocab_size: int, batch_size: int, device: torch.device, use_kernel: bool = False
+    ) -> None:
         super().__init__()
         self.params = params
+        self.use_kernel = use_kernel
+        self.inv_temperature = inverse_temperature(params.temperature) if not params.greedy else 0.0
         self.vocab_size = vocab_size  # logits of padded ids beyond it are never sampled
         token_ids = torch.arange(vocab_size, dtype=torch.int64, device=device)
-        self.register_buffer("token_hash", _mix32(token_ids ^ 0x9E3779B9).view(1, vocab_size), persistent=False)
+        self.register_buffer("token_hash", token_hashes(token_ids).view(1, vocab_size), persistent=False)
         self.register_buffer("row_seeds", torch.zeros(batch_size, 1, dtype=torch.int64, device=device), persistent=False)
         self.seed(0)
 
     def seed(self, seed: int) -> None:
         """Give row i the stream `hash(seed, i)`: in place, so captured graphs keep seeing the buffer."""
-        seeds = [_mix32_int(_mix32_int(seed) ^ _mix32_int(row + 1)) for row in range(self.row_seeds.size(0))]
+        seeds = [mix32_int(mix32_int(seed) ^ mix32_int(row + 1)) for row in range(self.row_seeds.size(0))]
         self.row_seeds.copy_(torch.tensor(seeds, dtype=torch.int64).view(-1, 1))
+
+    def _fused(self, logits: torch.Tensor) -> bool:
+        """Whether this draw runs as top-k + the fused kernel: `use_kernel`, a top-k draw with top_p 1.0, and logits
+        the kernel takes (elsewhere the torch path below, whose CPU division rounds unlike the kernel's scaling)."""
+        top_k, params = self.params.top_k, self.params
+        return (
+            self.use_kernel and not params.greedy and top_k is not None and top_k < self.vocab_size
+            and top_k <= MAX_K and params.top_p == 1.0 and TRITON_AVAILABLE and logits.is_cuda
+            and logits.dtype in VALUE_DTYPES and logits.device == self.row_seeds.device
+        )
 
     def forward(self, logits: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """logits (B, V_padded) for the token at `position` (B, 1) -> token ids (B, 1)."""
+        if self._fused(logits):
+            # dividing by temperature > 0 keeps the order: the top-k of the raw logits, scaled in fp32 by the kernel
+            values, token_ids = torch.topk(logits[:, : self.vocab_size], self.params.top_k, dim=-1)  # (B, k), (B, k)
+            return gumbel_top_k_sample(values, token_ids, self.row_seeds, position, self.inv_temperature)  # (B, 1)
         logits = logits[:, : self.vocab_size].float()  # (B, V)
         if self.params.greedy:
             return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
@@ -143,10 +160,7 @@ class Sampler(nn.Module):
             probs = torch.softmax(logits, dim=-1)  # candidates sorted by logit, likeliest first
             outside = (torch.cumsum(probs, dim=-1) - probs) > self.params.top_p  # the likeliest token always stays
             logits = logits.masked_fill(outside, float("-inf"))
-        key = _mix32(self.row_seeds ^ _mix32(position & _M32))  # (B, 1)
-        bits = _mix32(token_hash ^ key)  # (B, candidates) uniform 32-bit integers
-        uniform = ((bits >> 8).float() + 0.5) * (1.0 / (1 << 24))  # in (0, 1)
-        gumbel = -torch.log(-torch.log(uniform))
+        gumbel = gumbel_noise(token_hash, self.row_seeds, position)  # (B, candidates), fp32
         choice = (logits + gumbel).argmax(dim=-1, keepdim=True)  # (B, 1)
         return choice if token_ids is None else token_ids.gather(-1, choice)  # (B, 1) token ids
 
@@ -175,6 +189,8 @@ class DecodeStep:
             raise ValueError(f"decode mode {mode!r} needs the model on a CUDA device; use 'compile' or 'eager'")
         self._fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.forward
         self._graph: Optional[torch.cuda.CUDAGraph] = None
+        self.prepared = mode == "eager"  # compiled and/or captured: done by the first call (or `prepare`)
+        self.prepare_s = 0.0  # seconds the first call spent compiling/capturing (its one step included)
         if mode in ("compile", "max-autotune"):
             if self.device.type == "cuda":
                 self._mark_static_buffers()
@@ -202,14 +218,28 @@ class DecodeStep:
     def prepare(self, batch_size: int) -> None:
         """Compile and/or capture the step now rather than at its first call: one step of token 0 at position 0
         (every row), which writes cache position 0; run it before the prefill, which overwrites that position.
-        Nothing to do in eager mode."""
-        if self.mode == "eager":
+        Nothing to do in eager mode or once prepared.
+
+        Without it the first call prepares: it runs at the first decode position, after the prefill has produced the
+        first token, so a streamed first token is printed before the capture (and its cache write is the real one)."""
+        if self.prepared:
             return
         zeros = torch.zeros(batch_size, 1, dtype=torch.int64, device=self.device)  # (B, 1)
         self(zeros, zeros)
 
     @torch.inference_mode()
     def __call__(self, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        if not self.prepared:
+            synchronize(self.device)
+            t0 = time.perf_counter()
+            out = self._call(token, input_pos)
+            synchronize(self.device)
+            self.prepare_s += time.perf_counter() - t0
+            self.prepared = True
+            return out
+        return self._call(token, input_pos)
+
+    def _call(self, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         if self.mode in ("cuda_graph", "compile+cuda_graph"):
             return self._replay(token, input_pos)
         if self.mode in ("compile", "max-autotune") and self.device.type == "cuda":

@@ -35,10 +35,12 @@ class Conversation:
         self.position = 0
         self.pending: list[int] = []
         self.first_token_s = 0.0
+        self.prepare_s = 0.0
 
     def reply(self, message: str, max_new_tokens: int, out: TextIO) -> tuple[list[int], float]:
         """Stream the reply to `message` to `out`; returns its ids and the seconds it took (`first_token_s`: the
-        seconds to its first token)."""
+        seconds to its first token; `prepare_s`: those the decode step spent on its compile/capture, on the first
+        turn that decodes)."""
         new_ids = self.llm.encode_prompts([message])[0].tolist()
         if len(new_ids) + max_new_tokens > self.cache_len:
             raise ValueError(
@@ -50,12 +52,14 @@ class Conversation:
             sys.stderr.write("[context full: starting a new conversation]\n")
             self.position, ids = 0, new_ids
         t0 = time.perf_counter()
+        captured_before = self.session.step.prepare_s
         prompt = torch.tensor(ids, dtype=torch.int64)
         kept, taken, self.first_token_s = self.session.stream(prompt, max_new_tokens, self.llm.tokenizer, self.stop_tokens, out,
                                              self.position)
         # the cache now holds the message and every reply token but the last, which opens the next turn
         self.position += len(ids) + len(taken) - 1
         self.pending = taken[-1:]
+        self.prepare_s = self.session.step.prepare_s - captured_before
         return kept, time.perf_counter() - t0
 
 
@@ -109,7 +113,9 @@ def main(
             continue
         sys.stdout.write("\n")
         sys.stdout.flush()
-        first = conversation.first_token_s
-        rate = (len(ids) - 1) / (seconds - first) if len(ids) > 1 and seconds > first else 0.0
-        sys.stderr.write(f"[{len(ids)} tokens in {seconds:.2f} s, first token {first:.3f} s, {rate:,.1f} tokens/s, "
-                         f"{conversation.position} in context]\n")
+        first, prepare = conversation.first_token_s, conversation.prepare_s
+        decode = seconds - first - prepare
+        rate = (len(ids) - 1) / decode if len(ids) > 1 and decode > 0 else 0.0
+        prepared = f", prepare {prepare:.3f} s" if prepare else ""
+        sys.stderr.write(f"[{len(ids)} tokens in {seconds:.2f} s, first token {first:.3f} s{prepared}, {rate:,.1f} "
+                         f"tokens/s, {conversation.position} in context]\n")

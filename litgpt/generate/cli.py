@@ -95,10 +95,11 @@ def main(
 def decode_phase(stats: dict) -> tuple[int, float]:
     """(tokens, seconds) of the decode phase of `LLM.generate_with_stats`'s stats: everything after the first token.
 
-    Seconds: total - time to first token. Tokens: the tokens after each row's first, times the batch, that is
-    `decode_tokens_per_s` x those seconds (the count the rate was computed from: batch x decode steps).
+    Seconds: total - time to first token - the decode step's compile/capture at its first call (part of prepare).
+    Tokens: the tokens after each row's first, times the batch, that is `decode_tokens_per_s` x those seconds (the
+    count the rate was computed from: batch x decode steps).
     """
-    seconds = max(stats["total_s"] - stats["time_to_first_token_s"], 0.0)
+    seconds = max(stats["decode_s"], 0.0)
     tokens = round(stats["decode_tokens_per_s"] * max(seconds, 1e-9))
     return tokens, seconds
 

@@ -47,9 +47,11 @@ def decode_mode(device: torch.device, max_new_tokens: int, compile: Optional[boo
 class DecodeSession:
     """A model ready to decode `batch_size` rows into a cache of `cache_len` positions with these sampling settings.
 
-    Building one folds the model's decode weights from its current weights, sets its kernels switch, allocates its
-    KV cache and makes the sampler and the decode step, which it compiles or captures right away (`prepare_s`
-    seconds in all), so that neither the first token nor the decode rate pays for that. A LoRA model is
+    Building one folds the model's decode weights from its current weights, sets its kernels switch (the blocks' and
+    the sampler's fused top-k draw), allocates its KV cache and makes the sampler and the decode step (`build_s`
+    seconds). The step compiles or captures itself at its first call, the first decode step after the prefill, so
+    that a streamed first token is printed before that; `prepare_s` counts both (the build and the step's
+    `prepare_s`), which callers report as a phase of its own and leave out of the decode rate. A LoRA model is
     merged first, in place (`litgpt.lora.merge_lora`, with a warning), so the folded step decodes the fine-tuned
     weights: generate from a copy, or with an unfolded `DecodeStep`, to keep training it.
     """
@@ -73,11 +75,15 @@ class DecodeSession:
         fold_for_decode(model)
         model.set_kv_cache(batch_size, max_seq_length=cache_len)
         self._cache = model.transformer.h[0].attn.kv_cache  # the buffers the step is captured or compiled on
-        self.sampler = Sampler(params, model.config.vocab_size, batch_size, device)
+        self.sampler = Sampler(params, model.config.vocab_size, batch_size, device, use_kernel=kernels)
         self.step = DecodeStep(model, self.sampler, mode)
-        self.step.prepare(batch_size)  # compile/capture now: a phase of its own, not the first token's or decode's
         synchronize(device)
-        self.prepare_s = time.perf_counter() - t0  # folding, the cache, and the step's compile/capture
+        self.build_s = time.perf_counter() - t0  # folding, the cache, the sampler
+
+    @property
+    def prepare_s(self) -> float:
+        """Seconds spent making this session ready: building it and, once the step has run, its compile/capture."""
+        return self.build_s + self.step.prepare_s
 
     @property
     def batch_size(self) -> int:

@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# The GPU must-shows of issues 15, 16 and 17 on one H200, in parts that fit the device tool's 600 s per call.
+#
+#   moe       issue 17: `litgpt benchmark pretrain` of the MoE models against the dense ones of about equal active
+#             parameters (eager with the CUDA profile, then compiled), then `litgpt compare` of MHA vs GQA vs MLA in
+#             identical MoE models (config_hub/compare/moe-attention.yaml, 50M tokens each, ../shared/data)
+#   pretrain  issue 16: pythia-160m and pythia-160m-mla for 100M tokens each on ../shared/data (both at once on the
+#             GPU), plus the three one-step checkpoints issue 15's timing runs on (random weights: texts run to full
+#             length) and the CUDA tests, all while the two train
+#   generate  issue 15: `litgpt benchmark decode` at the generate shapes, then `litgpt benchmark generate` on the three
+#             checkpoints with upstream litgpt 0.5.13 and HF transformers beside ours
+#   finetune  issue 16: `litgpt benchmark finetune` (full / lora / qlora x mha / mla / gqa / mqa, 300 steps a cell) on
+#             ../shared/data/instruct, three greedy answers of every fine-tuned model to held-out words through
+#             `litgpt generate`, and the decode rate of a fine-tuned MLA checkpoint against its base
+#
+# Usage (repository root): DATA=$PWD/.gpu bash benchmarks/gpu_round.sh PART... ; carry [".whl", ".peer", ".gpu"].
+# DATA holds corpus.tar.xz (../shared/data's corpus/ and instruct/), tokenizers/pythia/ and wheels/ (bitsandbytes).
+# Checkpoints and results stay in KEEP (default .keep/, git-ignored), which the device keeps between calls while the
+# machine is warm; every part resumes or skips what KEEP already holds. DEADLINE_S bounds the call; results are
+# packed into $OUT/results-<parts>.tar.gz.
+set -uo pipefail
+DATA=${DATA:-$PWD/.gpu}
+KEEP=${KEEP:-$PWD/.keep}
+DEADLINE_S=${DEADLINE_S:-560}
+OUT=${OUT:-out/gpu}
+source benchmarks/gpu_setup.sh
+set +e
+mkdir -p "$OUT" "$KEEP/logs"
+log() { echo "[$(date +%T) +${SECONDS}s] $*" | tee -a "$KEEP/logs/steps.log"; }
+left() { echo $((DEADLINE_S - SECONDS)); }
+parts=" $* "
+
+if ls "$DATA"/wheels/*.whl >/dev/null 2>&1 && [ ! -d /tmp/site/bitsandbytes ]; then  # QLoRA
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$DATA"/wheels/*.whl
+fi
+D=/tmp/data  # ../shared/data, unpacked
+if [ ! -d $D/corpus ]; then
+  mkdir -p $D && tar -C $D -xJf "$DATA/corpus.tar.xz" && cp -r "$DATA/tokenizers" $D/
+fi
+python3 - <<PY | tee -a "$KEEP/logs/steps.log"
+import torch, triton
+print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
+PY
+corpus=(--data TextFiles --data.train_data_path $D/corpus/train --data.val_data_path $D/corpus/val
+        --data.cache_dir "$KEEP/tokens" --data.tokenize_workers 12 --tokenizer_dir $D/tokenizers/pythia)
+
+# ---------------------------------------------------------------------------------------------- issue 17: MoE
+if [[ $parts == *" moe "* ]]; then
+  log "benchmark pretrain, eager, with the CUDA profile: MoE vs dense"
+  timeout $(left) python3 -m litgpt benchmark pretrain \
+    --models '[pythia-70m, pythia-70m-moe, pythia-70m-mla, pythia-70m-moe-mla]' --compile '[false]' --profile true \
+    --out_dir "$KEEP/moe/bench_eager" 2>&1 | tail -8 | tee -a "$KEEP/logs/steps.log"
+  log "benchmark pretrain, compiled"
+  timeout $(( $(left) < 150 ? $(left) : 150 )) python3 -m litgpt benchmark pretrain \
+    --models '[pythia-70m, pythia-70m-moe, pythia-70m-mla, pythia-70m-moe-mla]' --compile '[true]' \
+    --out_dir "$KEEP/moe/bench_compiled" 2>&1 | tail -8 | tee -a "$KEEP/logs/steps.log"
+  log "compare MHA vs GQA vs MLA in MoE models, 50M tokens each ($(left) s left)"
+  timeout $(left) python3 -m litgpt compare --config config_hub/compare/moe-attention.yaml \
+    --out_dir "$KEEP/moe/compare" --train.max_tokens 50000000 --train.save_interval 250 --train.log_interval 10 \
+    --eval.interval 100 --eval.max_iters 15 "${corpus[@]}" > "$KEEP/logs/compare_moe.log" 2>&1
+  tail -25 "$KEEP/logs/compare_moe.log" | tee -a "$KEEP/logs/steps.log"
+fi
+
+# ---------------------------------------------------------------------------------------------- issue 16: pretrain
+pretrain() {  # model name: 100M tokens, resumable
+  timeout $(left) python3 -m litgpt pretrain --config config_hub/pretrain/mla.yaml --model_name "$1" \
+    --out_dir "$KEEP/pretrain/$1" --resume auto "${corpus[@]}" --train.max_tokens 100000000 \
+    --train.log_interval 20 --train.save_interval 200 --eval.interval 250 --eval.max_iters 15 > "$KEEP/logs/pretrain_$1.log" 2>&1
+  tail -4 "$KEEP/logs/pretrain_$1.log"
+}
+one_step() {  # issue 15's timing checkpoints: one optimizer step, so the weights are (nearly) random
+  local name=$1; shift
+  [ -f "$KEEP/ckpt15/$name/final/lit_model.pth" ] && return
+  timeout 300 python3 -m litgpt pretrain "$@" --out_dir "$KEEP/ckpt15/$name" --precision bf16-mixed --resume false \
+    --overwrite true "${corpus[@]}" --train.max_steps 1 --train.micro_batch_size 4 --train.global_batch_size 4 \
+    --train.max_seq_length 256 --train.save_interval null --eval.interval 1000 --eval.max_iters 1 \
+    > "$KEEP/logs/ckpt15_$name.log" 2>&1
+  ls "$KEEP/ckpt15/$name/final" >/dev/null || tail -5 "$KEEP/logs/ckpt15_$name.log"
+}
+cuda_tests() {
+  timeout $(left) python3 -m pytest -q -p no:cacheprovider -n 6 -m cuda tests/test_kernels.py \
+    tests/test_kernels_sampling.py tests/test_kv_cache.py tests/test_attention.py tests/test_generate.py \
+    tests/test_startup.py tests/test_loss.py tests/test_kernels_cross_entropy.py tests/test_lora.py \
+    tests/test_quantize.py tests/test_moe.py tests/test_fold.py tests/test_session.py tests/test_mla_o.py \
+    > "$KEEP/logs/cuda_tests.log" 2>&1
+  tail -30 "$KEEP/logs/cuda_tests.log"
+}
+tokenize() {
+  cat > /tmp/tokenize.py <<PY
+from pathlib import Path
+from litgpt.data import TextFiles
+from litgpt.tokenizer import Tokenizer
+if __name__ == "__main__":  # the spawned tokenizer workers import this file
+    data = TextFiles(train_data_path=Path("$D/corpus/train"), val_data_path=Path("$D/corpus/val"),
+                     cache_dir=Path("$KEEP/tokens"), tokenize_workers=12)
+    data.connect(Tokenizer(Path("$D/tokenizers/pythia")), max_seq_length=1024)
+    data.prepare_data()
+PY
+  timeout 200 python3 /tmp/tokenize.py 2>&1 | tail -2
+}
+ds_yaml() {
+  cat > /tmp/ds.yaml <<'YAML'
+model_config:
+  name: pythia-160m-mla-ds
+  block_size: 2048
+  n_layer: 12
+  n_embd: 768
+  n_head: 12
+  vocab_size: 50254
+  padding_multiple: 128
+  parallel_residual: false
+  bias: false
+  norm_class_name: RMSNorm
+  norm_eps: 1.0e-06
+  mlp_class_name: LLaMAMLP
+  intermediate_size: 2048
+  latent_attention: {q_lora_rank: 384, kv_lora_rank: 256, qk_rope_head_dim: 32, qk_nope_head_dim: 64, v_head_dim: 64}
+YAML
+}
+if [[ $parts == *" pretrain "* ]]; then
+  log "tokenize the corpus"; tokenize; ds_yaml
+  log "pretrain pythia-160m and pythia-160m-mla, 100M tokens each, at once; issue 15's checkpoints and the CUDA tests beside them"
+  pretrain pythia-160m > "$KEEP/logs/pretrain_mha.tail" &
+  pretrain pythia-160m-mla > "$KEEP/logs/pretrain_mla.tail" &
+  (one_step mla --model_name pythia-160m-mla; one_step mha --model_name pythia-160m; one_step ds --config /tmp/ds.yaml
+   log "CUDA tests"; cuda_tests) > "$KEEP/logs/beside.log" 2>&1 &
+  wait
+  cat "$KEEP/logs/pretrain_mha.tail" "$KEEP/logs/pretrain_mla.tail" "$KEEP/logs/beside.log" | tee -a "$KEEP/logs/steps.log"
+fi
+if [[ $parts == *" tests "* ]]; then
+  log "CUDA tests"; cuda_tests | tee -a "$KEEP/logs/steps.log"
+fi
+
+# ---------------------------------------------------------------------------------------------- issue 15
+if [[ $parts == *" generate "* ]]; then
+  printf '#!/bin/sh\nPYTHONPATH=/tmp/peersite exec %s "$@"\n' "$(command -v python3)" > /tmp/peer_python
+  chmod +x /tmp/peer_python
+  [ -d /tmp/peersite/litgpt ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --target /tmp/peersite .peer/*.whl
+  if [ ! -f "$KEEP/ckpt15/ds/final/lit_model.pth" ]; then  # a fresh machine: make them now
+    log "issue 15's checkpoints"; tokenize; ds_yaml
+    one_step mla --model_name pythia-160m-mla; one_step mha --model_name pythia-160m; one_step ds --config /tmp/ds.yaml
+  fi
+  log "benchmark decode at the generate shapes"
+  timeout 120 python3 -m litgpt benchmark decode --models '[pythia-160m-mla, pythia-160m]' --batch_sizes '[1, 8]' \
+    --context_lengths '[1024]' --mode cuda_graph --decode_steps 300 --warmup 10 --out_dir "$KEEP/gen/decode" 2>&1 \
+    | tail -2 | tee -a "$KEEP/logs/steps.log"
+  cat "$KEEP/gen/decode/results.csv" >> "$KEEP/logs/steps.log"
+  for m in mla mha ds; do
+    log "benchmark generate $m"
+    case $m in
+      mla) extra=(--hf false) ;;
+      mha) extra=(--peer_python /tmp/peer_python --peer_new_tokens '[100]' --chat false) ;;
+      ds) extra=(--peer_python /tmp/peer_python --peer_new_tokens '[100]' --chat false --batches '[1]') ;;
+    esac
+    timeout $(( $(left) < 200 ? $(left) : 200 )) python3 -m litgpt benchmark generate "$KEEP/ckpt15/$m/final" \
+      --out_dir "$KEEP/gen/$m" "${extra[@]}" 2>&1 | tail -15 | tee -a "$KEEP/logs/steps.log"
+  done
+fi
+
+# ---------------------------------------------------------------------------------------------- issue 16: fine-tune
+if [[ $parts == *" finetune "* ]]; then
+  base_mha=$KEEP/pretrain/pythia-160m/final base_mla=$KEEP/pretrain/pythia-160m-mla/final
+  if [ ! -f "$base_mha/lit_model.pth" ] || [ ! -f "$base_mla/lit_model.pth" ]; then
+    log "the pretraining did not finish: resume it"
+    pretrain pythia-160m & pretrain pythia-160m-mla & wait
+  fi
+  log "benchmark finetune, 300 steps a cell ($(left) s left)"
+  timeout $(left) python3 -m litgpt benchmark finetune --checkpoints "{mha: $base_mha, mla: $base_mla}" \
+    --data JSON --data.json_path $D/instruct --data.mask_prompt true --attention '[mha, mla, gqa, mqa]' \
+    --train.max_steps 300 --train.micro_batch_size 16 --train.global_batch_size 16 --train.max_seq_length 256 \
+    --train.save_interval 300 --eval.interval 100 --eval.max_iters 20 --out_dir "$KEEP/ft" \
+    > "$KEEP/logs/finetune.log" 2>&1
+  tail -30 "$KEEP/logs/finetune.log" | tee -a "$KEEP/logs/steps.log"
+  log "greedy answers to held-out words (the first three of instruct/val.json)"
+  python3 - "$D/instruct/val.json" > /tmp/words.txt <<'PY'
+import json, sys
+for row in json.load(open(sys.argv[1]))[:3]:
+    print(row["instruction"])
+PY
+  for cell in "$KEEP"/ft/*/; do
+    [ -f "$cell/final/lit_model.pth" ] || continue
+    while IFS= read -r word; do
+      printf '### %s | %s\n' "$(basename "$cell")" "$word"
+      timeout 60 python3 -m litgpt generate "$cell/final" --prompt "$word" --max_new_tokens 60 --temperature 0 2>/dev/null
+    done < /tmp/words.txt
+  done > "$KEEP/ft/answers.txt" &
+  wait
+  log "decode rate: fine-tuned MLA (merged LoRA, folded) against its base"
+  for ckpt in "$base_mla" "$KEEP/ft/lora-mla/final" "$KEEP/ft/full-mla/final"; do
+    [ -f "$ckpt/lit_model.pth" ] || continue
+    for i in 1 2; do  # the first run fills Triton's cache
+      timeout 60 python3 -m litgpt generate "$ckpt" --prompt "The meaning of the word" --prompt_style plain \
+        --max_new_tokens 1000 --temperature 0 2>&1 >/dev/null | grep "litgpt generate:" | sed "s|^|$ckpt run $i: |"
+    done
+  done | tee "$KEEP/ft/decode_rate.txt" | tee -a "$KEEP/logs/steps.log"
+fi
+
+log "pack results"
+tar -C "$KEEP" --exclude='*.pth' --exclude='*.pth.lora' --exclude='*.bin' --exclude='tokens' --exclude='*.ckpt' --exclude='*.safetensors' \
+  -czf "$OUT/results-$(echo $* | tr ' ' '-').tar.gz" . 2>/dev/null
+ls -la "$OUT"
+log "done"

@@ -1,0 +1,115 @@
+"""The decode step's top-k Gumbel-max draw: the Triton kernel of `litgpt.kernels.triton_sampling` on CUDA, a
+pure-torch reference everywhere else, and the counter-based hash (`mix32`) that both draw their noise from.
+
+The noise of a candidate is a hash of (row seed, position, token id), so the draw needs no RNG state: the same
+seed gives the same tokens eager, compiled, under a CUDA graph, with the kernel or without it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from litgpt.kernels._ops import define_op
+from litgpt.kernels._triton import TRITON_AVAILABLE
+
+M32 = 0xFFFFFFFF
+TOKEN_SALT = 0x9E3779B9  # token id t hashes to mix32(t ^ TOKEN_SALT)
+MAX_K = 1024  # candidates per row the kernel takes (`litgpt.kernels.triton_sampling.MAX_K`)
+VALUE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xorshift-multiply rounds) on int64 tensors holding values in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & M32  # products stay below 2**63: no signed overflow
+    x = x ^ (x >> 15)
+    x = (x * 0x2C1B3C6D) & M32
+    return x ^ (x >> 16)
+
+
+def mix32_int(x: int) -> int:
+    """`mix32` of one Python int (taken modulo 2**32)."""
+    return int(mix32(torch.tensor([x & M32]))[0])
+
+
+def token_hashes(token_ids: torch.Tensor) -> torch.Tensor:
+    """The per-token hash (same shape, int64) that a token's noise starts from."""
+    return mix32(token_ids ^ TOKEN_SALT)
+
+
+def gumbel_noise(token_hash: torch.Tensor, row_seeds: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """Gumbel(0, 1) noise in fp32 for token hashes (B, n) or (1, n), row seeds (B, 1) and positions (B, 1)."""
+    key = mix32(row_seeds ^ mix32(position & M32))  # (B, 1)
+    bits = mix32(token_hash ^ key)  # (B, n) uniform 32-bit integers
+    uniform = ((bits >> 8).float() + 0.5) * (1.0 / (1 << 24))  # in (0, 1)
+    return -torch.log(-torch.log(uniform))  # (B, n)
+
+
+def inverse_temperature(temperature: float) -> float:
+    """1 / temperature rounded to fp32, the factor torch's CUDA `logits / temperature` multiplies by (a division by
+    a scalar runs as a multiplication by its fp32 reciprocal there), so the kernel scales the logits identically."""
+    return torch.tensor(temperature, dtype=torch.float32).reciprocal().item()
+
+
+def gumbel_top_k_sample_reference(values: torch.Tensor, token_ids: torch.Tensor, row_seeds: torch.Tensor,
+                                  position: torch.Tensor, inv_temperature: float) -> torch.Tensor:
+    """The draw in torch: token_ids[argmax(values * inv_temperature + noise)] per row, (B, 1) int64, in fp32."""
+    scores = values.float() * inv_temperature + gumbel_noise(token_hashes(token_ids), row_seeds, position)  # (B, k)
+    return token_ids.gather(-1, scores.argmax(dim=-1, keepdim=True))  # (B, 1)
+
+
+def kernel_applies(values: torch.Tensor, token_ids: torch.Tensor, row_seeds: torch.Tensor,
+                   position: torch.Tensor) -> bool:
+    """True where the Triton kernel takes these inputs: Triton installed, all on one CUDA device, bf16/fp16/fp32
+    values and int64 ids of one (B, k) shape with k <= MAX_K and unit last strides, one int64 seed and position
+    per row (or one position for all)."""
+    B = values.size(0) if values.dim() == 2 else -1
+    return (
+        TRITON_AVAILABLE
+        and values.is_cuda
+        and values.dim() == 2
+        and token_ids.shape == values.shape
+        and 0 < values.size(1) <= MAX_K
+        and values.dtype in VALUE_DTYPES
+        and token_ids.dtype == row_seeds.dtype == position.dtype == torch.int64
+        and all(t.device == values.device for t in (token_ids, row_seeds, position))
+        and values.stride(-1) == 1
+        and token_ids.stride(-1) == 1
+        and row_seeds.numel() == B
+        and position.numel() in (1, B)
+        and not (torch.is_grad_enabled() and values.requires_grad)
+    )
+
+
+def gumbel_top_k_sample(values: torch.Tensor, token_ids: torch.Tensor, row_seeds: torch.Tensor,
+                        position: torch.Tensor, inv_temperature: float) -> torch.Tensor:
+    """Draw one of each row's k candidates: values (B, k) logits in their own dtype, token_ids (B, k) int64,
+    row_seeds (B, 1) int64, position (B, 1) int64 (the position sampled for) -> token ids (B, 1) int64.
+
+    One Triton launch on CUDA (`kernel_applies`), else `gumbel_top_k_sample_reference`; both scale the logits by
+    inv_temperature in fp32 and add the same hashed Gumbel noise (equal up to the rounding of log).
+    """
+    if not kernel_applies(values, token_ids, row_seeds, position):
+        return gumbel_top_k_sample_reference(values, token_ids, row_seeds, position, inv_temperature)
+    B = values.size(0)
+    seeds = row_seeds.reshape(B)  # (B,)
+    positions = position.reshape(-1).expand(B)  # (B,): stride 0 when one position is shared
+    return _gumbel_top_k_op(values, token_ids, seeds, positions, float(inv_temperature))  # (B, 1)
+
+
+def _launch(values: torch.Tensor, token_ids: torch.Tensor, row_seeds: torch.Tensor, positions: torch.Tensor,
+            inv_temperature: float) -> torch.Tensor:
+    """The Triton launcher, imported at the first launch (Triton loads only when a kernel runs)."""
+    from litgpt.kernels import triton_sampling
+
+    return triton_sampling.gumbel_top_k_sample(values, token_ids, row_seeds, positions, inv_temperature)
+
+
+def _gumbel_top_k_fake(values: torch.Tensor, *_: object) -> torch.Tensor:
+    return values.new_empty(values.size(0), 1, dtype=torch.int64)  # (B, 1)
+
+
+# The launch as an operator (`litgpt.kernels._ops`): torch.compile and CUDA graphs see one opaque node.
+_gumbel_top_k_op = define_op("gumbel_top_k_sample", (
+    "(Tensor values, Tensor token_ids, Tensor row_seeds, Tensor positions, float inv_temperature) -> Tensor"),
+    _launch, _gumbel_top_k_fake)

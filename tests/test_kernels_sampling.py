@@ -1,0 +1,169 @@
+"""The fused top-k Gumbel-max draw (`litgpt.kernels.sampling`): its Triton kernel under the Triton interpreter on
+CPU against the torch reference, the Sampler's kernel path against its torch path (CUDA), and the CPU fallback."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import litgpt.kernels
+import litgpt.kernels.sampling as sampling
+from litgpt.generate.base import Sampler, SamplingParams
+from litgpt.kernels import TRITON_AVAILABLE
+from litgpt.kernels.sampling import gumbel_top_k_sample, gumbel_top_k_sample_reference, inverse_temperature
+
+
+@pytest.fixture(scope="module")
+def interpreted_module():
+    """A private copy of `litgpt.kernels.triton_sampling` whose kernel the Triton interpreter runs on CPU tensors."""
+    if not TRITON_AVAILABLE:
+        pytest.skip("needs triton (pip install triton) for its interpreter")
+    name = "_interpreted_triton_sampling"
+    spec = importlib.util.spec_from_file_location(name, Path(litgpt.kernels.__file__).parent / "triton_sampling.py")
+    module = importlib.util.module_from_spec(spec)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRITON_INTERPRET", "1")
+        patch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def interpreted(interpreted_module, monkeypatch):
+    """Route `gumbel_top_k_sample`'s kernel path (through `litgpt::gumbel_top_k_sample`) to the interpreted launcher
+    on CPU tensors for this test. Returns the list that records every launch."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(litgpt.kernels, "triton_sampling", interpreted_module, raising=False)
+    monkeypatch.setitem(sys.modules, "litgpt.kernels.triton_sampling", interpreted_module)
+    monkeypatch.setattr(sampling, "kernel_applies", lambda values, *_: values.stride(-1) == 1)
+    launches = []
+    op = sampling._gumbel_top_k_op
+    monkeypatch.setattr(sampling, "_gumbel_top_k_op", lambda *args: launches.append(1) or op(*args))
+    return launches
+
+
+def candidates(B: int, V: int, k: int, dtype: torch.dtype, device: str = "cpu", scale: float = 3.0):
+    """The top-k (values (B, k) in dtype, ids (B, k)) of random logits (B, V), as the Sampler's kernel path takes."""
+    logits = (torch.randn(B, V, device=device) * scale).to(dtype)
+    return torch.topk(logits, k, dim=-1)
+
+
+def seeded_sampler(params: SamplingParams, V: int, B: int, device: str, use_kernel: bool, seed: int) -> Sampler:
+    sampler = Sampler(params, V, B, torch.device(device), use_kernel=use_kernel)
+    sampler.seed(seed)
+    return sampler
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("k", [1, 7, 50, 1000])
+@pytest.mark.parametrize("B", [1, 3, 8])
+def test_kernel_matches_reference_interpreted(interpreted, B: int, k: int, dtype: torch.dtype) -> None:
+    torch.manual_seed(B * 1000 + k)
+    V = max(2 * k, 64)
+    for temperature, seed, start in ((1.0, 0, 0), (0.7, 12345, 2**31 - 3), (1.9, 2**32 - 1, 77)):
+        values, ids = candidates(B, V, k, dtype)
+        sampler = seeded_sampler(SamplingParams(temperature, top_k=k), V, B, "cpu", False, seed)
+        position = torch.arange(start, start + B).view(B, 1)  # (B, 1): a position per row, one past 2**31 too
+        inv = inverse_temperature(temperature)
+        want = gumbel_top_k_sample_reference(values, ids, sampler.row_seeds, position, inv)  # (B, 1)
+        launches = len(interpreted)
+        got = gumbel_top_k_sample(values, ids, sampler.row_seeds, position, inv)
+        assert len(interpreted) == launches + 1, "the kernel path did not run"
+        assert got.shape == (B, 1) and got.dtype == torch.int64
+        assert torch.equal(got, want)
+        if k > 1:  # zero logits: the choice is the argmax of the noise alone, the hash must agree bit for bit
+            zeros = torch.zeros_like(values)
+            assert torch.equal(gumbel_top_k_sample(zeros, ids, sampler.row_seeds, position, inv),
+                               gumbel_top_k_sample_reference(zeros, ids, sampler.row_seeds, position, inv))
+
+
+def test_kernel_masks_lanes_past_k_and_breaks_ties_left_interpreted(interpreted) -> None:
+    """k = 5 in a block of 8: the padded lanes never win; equal scores (huge equal logits drown the noise) give the
+    first candidate, as torch.argmax; one shared position (1, 1) broadcasts over the rows."""
+    B, k = 4, 5
+    ids = torch.tensor([[10, 11, 12, 13, 14]] * B)
+    seeds = torch.tensor([[1], [2], [3], [4]])
+    values = torch.full((B, k), -1e30)
+    values[:, 3] = 0.0  # every row must take token 13: the other candidates are impossible
+    assert torch.equal(gumbel_top_k_sample(values, ids, seeds, torch.tensor([[9]]), 1.0), torch.full((B, 1), 13))
+    tied = torch.full((B, k), 1e30)
+    assert torch.equal(gumbel_top_k_sample(tied, ids, seeds, torch.tensor([[9]]), 1.0),
+                       gumbel_top_k_sample_reference(tied, ids, seeds, torch.tensor([[9]]), 1.0))
+    assert torch.equal(gumbel_top_k_sample(tied, ids, seeds, torch.tensor([[9]]), 1.0), torch.full((B, 1), 10))
+
+
+def test_reference_equals_the_sampler_torch_path() -> None:
+    """The reference on top-k candidates of the raw logits draws what the Sampler's torch path draws (on CPU the
+    path divides by the temperature, the reference multiplies by its fp32 inverse: equal but for near ties)."""
+    torch.manual_seed(0)
+    B, V, k = 64, 500, 40
+    for temperature in (1.0, 0.8):
+        sampler = seeded_sampler(SamplingParams(temperature, top_k=k), V, B, "cpu", False, 3)
+        logits = torch.randn(B, V) * 2
+        position = torch.randint(0, 10_000, (B, 1))
+        values, ids = torch.topk(logits, k, dim=-1)
+        want = sampler(logits, position)
+        got = gumbel_top_k_sample(values, ids, sampler.row_seeds, position, inverse_temperature(temperature))
+        assert torch.equal(got, want)
+
+
+def test_sampler_with_kernel_on_cpu_is_the_torch_path() -> None:
+    """use_kernel=True on CPU logits runs the unchanged torch path: the same tokens exactly, for every setting."""
+    torch.manual_seed(1)
+    B, V = 6, 300
+    for params in (SamplingParams(0.9, top_k=20), SamplingParams(1.3, top_k=1), SamplingParams(0.7, top_k=20, top_p=0.5),
+                   SamplingParams(1.0), SamplingParams(0.0, top_k=5)):
+        for dtype in (torch.float32, torch.bfloat16):
+            logits = (torch.randn(B, V + 4) * 3).to(dtype)  # padded vocabulary
+            position = torch.randint(0, 1000, (B, 1))
+            want = seeded_sampler(params, V, B, "cpu", False, 5)(logits, position)
+            assert torch.equal(seeded_sampler(params, V, B, "cpu", True, 5)(logits, position), want)
+
+
+def distinct_bf16_logits(B: int, device: str) -> torch.Tensor:
+    """(B, 2560) bf16 logits, each row a permutation of 2560 distinct values (|x| in [2**-8, 4)): no ties, so the
+    top-k of the raw bf16 logits and of the scaled fp32 ones are the same candidates whatever topk does on ties."""
+    magnitudes = torch.arange(0x3B80, 0x4080, dtype=torch.int16).view(torch.bfloat16)  # bit patterns 2**-8 .. < 4
+    values = torch.cat([magnitudes, -magnitudes]).to(device)  # (2560,)
+    return values[torch.argsort(torch.rand(B, values.numel(), device=device), dim=1)]  # (B, 2560)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("k", [1, 7, 50, 1000])
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 1.6])
+def test_sampler_kernel_path_matches_torch_path_on_cuda(k: int, temperature: float) -> None:
+    """bf16 logits on CUDA: the kernel path (top-k of the raw logits + one launch) and the torch path draw the same
+    tokens over many rows and positions (same fp32 scaling as CUDA's division by a scalar, the noise's log from
+    libdevice as torch's logf: equal but for ulp-level near ties, which tie-free inputs make vanishingly rare)."""
+    torch.manual_seed(k)
+    B, V = 512, 2560
+    params = SamplingParams(temperature, top_k=k)
+    fused = seeded_sampler(params, V, B, "cuda", True, 42)
+    torch_path = seeded_sampler(params, V, B, "cuda", False, 42)
+    launches = []
+    op = sampling._gumbel_top_k_op
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sampling, "_gumbel_top_k_op", lambda *args: launches.append(1) or op(*args))
+        for step in range(4):
+            padding = torch.randn(B, 64, device="cuda").to(torch.bfloat16) + 10  # padded ids: never sampled
+            logits = torch.cat([distinct_bf16_logits(B, "cuda"), padding], dim=1)  # (B, V + 64)
+            position = torch.randint(0, 2**20, (B, 1), device="cuda")
+            got, want = fused(logits, position), torch_path(logits, position)
+            assert got.max() < V and torch.equal(got, want)
+    assert len(launches) == 4, "the kernel path did not run"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_kernel_matches_reference_on_cuda(dtype: torch.dtype) -> None:
+    """The kernel against the reference on CUDA for each value dtype, zero logits included (the noise alone)."""
+    torch.manual_seed(7)
+    B, V, k = 256, 8000, 64
+    values, ids = candidates(B, V, k, dtype, "cuda")
+    seeds = torch.randint(0, 2**32, (B, 1), device="cuda")
+    position = torch.randint(0, 2**32, (B, 1), device="cuda")
+    for v in (values, torch.zeros_like(values)):
+        want = gumbel_top_k_sample_reference(v, ids, seeds, position, inverse_temperature(0.8))
+        assert torch.equal(gumbel_top_k_sample(v, ids, seeds, position, inverse_temperature(0.8)), want)
