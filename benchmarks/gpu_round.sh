@@ -14,11 +14,39 @@
 #             `litgpt generate`, and the decode rate of a fine-tuned MLA checkpoint against its base
 #
 # Usage (repository root): DATA=$PWD/.gpu bash benchmarks/gpu_round.sh PART... ; carry [".whl", ".peer", ".gpu"].
-# DATA holds corpus.tar.xz (../shared/data's corpus/ and instruct/), tokenizers/pythia/ and wheels/ (bitsandbytes).
-# Checkpoints and results stay in KEEP (default .keep/, git-ignored), which the device keeps between calls while the
-# machine is warm; every part resumes or skips what KEEP already holds. DEADLINE_S bounds the call; results are
-# packed into $OUT/results-<parts>.tar.gz.
+# The parts run in the order given. DATA holds corpus.tar.xz (../shared/data's corpus/ and instruct/),
+# tokenizers/pythia/ and wheels/ (bitsandbytes). Checkpoints and results go to KEEP; every part resumes or skips
+# what KEEP already holds. DEADLINE_S bounds the run; results are packed into $OUT/results-<parts>.tar.gz.
+#
+# A git-ignored folder of the checkout is NOT kept between device calls (measured 2026-12-01: .keep/ was empty at the
+# start of every call, warm machine or not), and the whole pipeline takes longer than one call may run (600 s). So:
+#   call 1:  bash benchmarks/gpu_round.sh --background PART...   copies the checkout to /tmp/round-src and starts the
+#            parts there as a process of its own session (setsid: it outlives the call, as the device notes say),
+#            KEEP=/tmp/keep, DEADLINE_S=PIPELINE_S (default 1500); then waits like --collect
+#   later:   bash benchmarks/gpu_round.sh --collect                waits (at most COLLECT_S, default 570 s) until the
+#            pipeline is done, then packs what /tmp/keep holds into $OUT/results-now.tar.gz (also when not done yet)
 set -uo pipefail
+collect() {
+  local until=$((SECONDS + ${COLLECT_S:-570}))
+  while [ $SECONDS -lt $until ] && ! grep -q "\] done" /tmp/keep/logs/steps.log 2>/dev/null; do sleep 5; done
+  tail -40 /tmp/keep/logs/steps.log
+  tar -C /tmp/keep --exclude='*.pth' --exclude='*.pth.lora' --exclude='*.bin' --exclude='tokens' --exclude='*.ckpt' \
+    --exclude='*.safetensors' -czf "${OUT:-/tmp}/results-now.tar.gz" . 2>/dev/null
+  ls -la "${OUT:-/tmp}"
+}
+if [ "${1:-}" = "--background" ]; then
+  shift
+  rm -rf /tmp/round-src && mkdir -p /tmp/round-src /tmp/keep/logs && cp -r . /tmp/round-src/
+  (cd /tmp/round-src && KEEP=/tmp/keep OUT=/tmp/keep/out DEADLINE_S=${PIPELINE_S:-1500} \
+    setsid nohup bash benchmarks/gpu_round.sh "$@" > /tmp/keep/logs/pipeline.log 2>&1 < /dev/null &)
+  sleep 5
+  collect
+  exit 0
+fi
+if [ "${1:-}" = "--collect" ]; then
+  collect
+  exit 0
+fi
 DATA=${DATA:-$PWD/.gpu}
 KEEP=${KEEP:-$PWD/.keep}
 DEADLINE_S=${DEADLINE_S:-560}
@@ -28,7 +56,6 @@ set +e
 mkdir -p "$OUT" "$KEEP/logs"
 log() { echo "[$(date +%T) +${SECONDS}s] $*" | tee -a "$KEEP/logs/steps.log"; }
 left() { echo $((DEADLINE_S - SECONDS)); }
-parts=" $* "
 
 if ls "$DATA"/wheels/*.whl >/dev/null 2>&1 && [ ! -d /tmp/site/bitsandbytes ]; then  # QLoRA
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$DATA"/wheels/*.whl
@@ -45,7 +72,7 @@ corpus=(--data TextFiles --data.train_data_path $D/corpus/train --data.val_data_
         --data.cache_dir "$KEEP/tokens" --data.tokenize_workers 12 --tokenizer_dir $D/tokenizers/pythia)
 
 # ---------------------------------------------------------------------------------------------- issue 17: MoE
-if [[ $parts == *" moe "* ]]; then
+part_moe() {
   log "benchmark pretrain, eager, with the CUDA profile: MoE vs dense"
   timeout $(left) python3 -m litgpt benchmark pretrain \
     --models '[pythia-70m, pythia-70m-moe, pythia-70m-mla, pythia-70m-moe-mla]' --compile '[false]' --profile true \
@@ -59,7 +86,7 @@ if [[ $parts == *" moe "* ]]; then
     --out_dir "$KEEP/moe/compare" --train.max_tokens 50000000 --train.save_interval 250 --train.log_interval 10 \
     --eval.interval 100 --eval.max_iters 15 "${corpus[@]}" > "$KEEP/logs/compare_moe.log" 2>&1
   tail -25 "$KEEP/logs/compare_moe.log" | tee -a "$KEEP/logs/steps.log"
-fi
+}
 
 # ---------------------------------------------------------------------------------------------- issue 16: pretrain
 pretrain() {  # model name: 100M tokens, resumable
@@ -117,7 +144,7 @@ model_config:
   latent_attention: {q_lora_rank: 384, kv_lora_rank: 256, qk_rope_head_dim: 32, qk_nope_head_dim: 64, v_head_dim: 64}
 YAML
 }
-if [[ $parts == *" pretrain "* ]]; then
+part_pretrain() {
   log "tokenize the corpus"; tokenize; ds_yaml
   log "pretrain pythia-160m and pythia-160m-mla, 100M tokens each, at once; issue 15's checkpoints and the CUDA tests beside them"
   pretrain pythia-160m > "$KEEP/logs/pretrain_mha.tail" &
@@ -126,13 +153,13 @@ if [[ $parts == *" pretrain "* ]]; then
    log "CUDA tests"; cuda_tests) > "$KEEP/logs/beside.log" 2>&1 &
   wait
   cat "$KEEP/logs/pretrain_mha.tail" "$KEEP/logs/pretrain_mla.tail" "$KEEP/logs/beside.log" | tee -a "$KEEP/logs/steps.log"
-fi
-if [[ $parts == *" tests "* ]]; then
+}
+part_tests() {
   log "CUDA tests"; cuda_tests | tee -a "$KEEP/logs/steps.log"
-fi
+}
 
 # ---------------------------------------------------------------------------------------------- issue 15
-if [[ $parts == *" generate "* ]]; then
+part_generate() {
   printf '#!/bin/sh\nPYTHONPATH=/tmp/peersite exec %s "$@"\n' "$(command -v python3)" > /tmp/peer_python
   chmod +x /tmp/peer_python
   [ -d /tmp/peersite/litgpt ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
@@ -156,10 +183,10 @@ if [[ $parts == *" generate "* ]]; then
     timeout $(( $(left) < 200 ? $(left) : 200 )) python3 -m litgpt benchmark generate "$KEEP/ckpt15/$m/final" \
       --out_dir "$KEEP/gen/$m" "${extra[@]}" 2>&1 | tail -15 | tee -a "$KEEP/logs/steps.log"
   done
-fi
+}
 
 # ---------------------------------------------------------------------------------------------- issue 16: fine-tune
-if [[ $parts == *" finetune "* ]]; then
+part_finetune() {
   base_mha=$KEEP/pretrain/pythia-160m/final base_mla=$KEEP/pretrain/pythia-160m-mla/final
   if [ ! -f "$base_mha/lit_model.pth" ] || [ ! -f "$base_mla/lit_model.pth" ]; then
     log "the pretraining did not finish: resume it"
@@ -169,7 +196,7 @@ if [[ $parts == *" finetune "* ]]; then
   timeout $(left) python3 -m litgpt benchmark finetune --checkpoints "{mha: $base_mha, mla: $base_mla}" \
     --data JSON --data.json_path $D/instruct --data.mask_prompt true --attention '[mha, mla, gqa, mqa]' \
     --train.max_steps 300 --train.micro_batch_size 16 --train.global_batch_size 16 --train.max_seq_length 256 \
-    --train.save_interval 300 --eval.interval 100 --eval.max_iters 20 --out_dir "$KEEP/ft" \
+    --train.save_interval 1000 --eval.interval 100 --eval.max_iters 20 --out_dir "$KEEP/ft" \
     > "$KEEP/logs/finetune.log" 2>&1
   tail -30 "$KEEP/logs/finetune.log" | tee -a "$KEEP/logs/steps.log"
   log "greedy answers to held-out words (the first three of instruct/val.json)"
@@ -194,10 +221,19 @@ PY
         --max_new_tokens 1000 --temperature 0 2>&1 >/dev/null | grep "litgpt generate:" | sed "s|^|$ckpt run $i: |"
     done
   done | tee "$KEEP/ft/decode_rate.txt" | tee -a "$KEEP/logs/steps.log"
-fi
+}
 
+pack() {
+  tar -C "$KEEP" --exclude='*.pth' --exclude='*.pth.lora' --exclude='*.bin' --exclude='tokens' --exclude='*.ckpt' \
+    --exclude='*.safetensors' -czf "$1" . 2>/dev/null
+}
+for part in "$@"; do
+  case $part in
+    moe|pretrain|tests|generate|finetune) "part_$part" ;;
+    *) log "unknown part $part (moe, pretrain, tests, generate, finetune)" ;;
+  esac
+done
 log "pack results"
-tar -C "$KEEP" --exclude='*.pth' --exclude='*.pth.lora' --exclude='*.bin' --exclude='tokens' --exclude='*.ckpt' --exclude='*.safetensors' \
-  -czf "$OUT/results-$(echo $* | tr ' ' '-').tar.gz" . 2>/dev/null
+pack "$OUT/results-$(echo $* | tr ' ' '-').tar.gz"
 ls -la "$OUT"
 log "done"

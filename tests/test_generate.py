@@ -122,6 +122,24 @@ def test_stops_at_eos_per_row():
     assert trim_at_stop([1, 2, 4], [[2, 3], [9]]) == ([1, 2, 4], False)
 
 
+
+def test_generation_ends_at_the_first_look_after_every_row_has_stopped():
+    """Stops are looked for every `check_every` tokens: once each row has met one, no further step runs."""
+    model = make_model("debug")
+    prompts = [torch.randint(model.config.vocab_size, (n,)) for n in (4, 9)]
+    free = run_generate(model, prompts, 12, SamplingParams(0.0))
+    model.set_kv_cache(2, max_seq_length=9 + 40)
+    sampler = Sampler(SamplingParams(0.0), model.config.vocab_size, 2, torch.device("cpu"))
+    step, calls = DecodeStep(model, sampler), []
+    counted = lambda token, pos: calls.append(1) or step(token, pos)  # noqa: E731
+    stops = [[free[0][1]], [free[1][5]]]  # row 0 stops at its 2nd token, row 1 at its 6th (or earlier)
+    rows, _ = generate(model, prompts, 40, sampler, counted, stops, check_every=4)
+    ids = {s[0] for s in stops}
+    stopped_at = [next(n for n, t in enumerate(row, start=1) if t in ids) for row in free]  # token count at the stop
+    last_look = -(-max(stopped_at) // 4) * 4  # the first multiple of 4 at or after the later row's stop
+    assert len(calls) == last_look - 1 < 39  # the first token comes from the prefill, every later one from a step
+    assert rows == [row[: n - 1] for row, n in zip(free, stopped_at)]
+
 @pytest.mark.parametrize("case", ["debug", "debug-mla"])
 def test_compiled_step_does_not_recompile_per_token(case):
     """The decode step keeps its shapes: one compiled graph serves every position (dynamo would raise otherwise)."""

@@ -11,7 +11,7 @@ from typing import Iterator
 import pytest
 import torch
 
-from litgpt.generate.base import StopMatcher, stream_tokens, trim_at_stop
+from litgpt.generate.base import StopMatcher, _host_ids, stream_tokens, trim_at_stop
 from litgpt.scripts.train_tokenizer import train_tokenizer
 from litgpt.tokenizer import REPLACEMENT_CHAR, IncrementalDecoder, Tokenizer
 from test_tokenizer import ListTexts, make_corpus
@@ -375,10 +375,11 @@ def test_stream_tokens_without_stop_and_empty_stream(byte_level):
     assert out.text == ""
 
 
-@pytest.mark.parametrize("read_ahead", [None, False, True])
-def test_read_ahead_asks_for_the_next_token_before_reading_this_one(byte_level, read_ahead):
-    ids = byte_level.encode("the cat saw the dog").tolist()
+@pytest.mark.parametrize("read_ahead", [None, 0, 1, 3])
+def test_read_ahead_asks_for_the_next_tokens_before_reading_this_one(byte_level, read_ahead):
+    ids = byte_level.encode("the cat saw the dog and the bird flew over the house").tolist()
     stop = ids[3]
+    assert stop not in ids[:3] and len(ids) > 7
     pulled = []
 
     def tokens():
@@ -389,8 +390,26 @@ def test_read_ahead_asks_for_the_next_token_before_reading_this_one(byte_level, 
     out = Recorder()
     kept, taken, _ = stream_tokens(tokens(), byte_level, [[stop]], out, read_ahead=read_ahead)
     assert (kept, taken) == (ids[:3], ids[:4]) and out.text == byte_level.decode(ids[:3])
-    # on the CPU the default reads each token as it comes; read-ahead has asked for one token past the stop
-    assert len(pulled) == (5 if read_ahead else 4)
+    # on the CPU the default reads each token as it comes; read-ahead n has asked for n tokens past the stop
+    assert len(pulled) == 4 + (read_ahead or 0)
+    # and every token comes out, in order, however far ahead it reads
+    kept, taken, _ = stream_tokens(tokens(), byte_level, [], Recorder(), read_ahead=read_ahead)
+    assert kept == taken == ids
+
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("read_ahead", [None, 0, 2, 5])
+def test_host_ids_read_cuda_tokens_in_order_through_the_pinned_ring(read_ahead):
+    """Each token is copied to a slot of the pinned ring when asked for and read after its own event (a read that
+    did not wait would see the slot before the slow step's token lands), and a slot is reused only once read."""
+
+    def tokens():
+        for i in range(40):
+            torch.cuda._sleep(200_000)  # a slow step: the token is made after it, on the device
+            yield torch.full((1, 1), i, dtype=torch.int64, device="cuda")
+
+    assert list(_host_ids(tokens(), read_ahead)) == list(range(40))
 
 
 # ------------------------------------------------------------------------------------------------ work per token

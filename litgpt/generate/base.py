@@ -353,8 +353,8 @@ def generate(
     """Generate for every prompt at once: each row's new ids, cut before its first stop sequence, and the
     seconds until the first tokens were ready.
 
-    Single-token stops are tracked on the device; the host looks at them only every `check_every` tokens to end
-    early once every row has stopped.
+    Single-token stops are looked for on the device every `check_every` tokens, over the tokens since the last look
+    (one search, not one a token), and the host reads the result then, to end early once every row has stopped.
     """
     t0 = time.perf_counter()
     device = model.lm_head.weight.device
@@ -369,9 +369,9 @@ def generate(
         if n == 1:
             synchronize(device)
             time_to_first = time.perf_counter() - t0
-        if single:
-            stopped |= torch.isin(token, stop_ids)
-            if n % check_every == 0 and bool(stopped.all()):
+        if single and n % check_every == 0:
+            stopped |= torch.isin(out[:, n - check_every : n], stop_ids).any(dim=-1, keepdim=True)  # (B, 1)
+            if bool(stopped.all()):
                 break
     rows = out[:, :n].tolist()
     return [trim_at_stop(row, list(stop_tokens))[0] for row in rows], time_to_first
@@ -442,7 +442,7 @@ def stream_tokens(
     stop_tokens: Sequence[Sequence[int]],
     out: TextIO,
     *,
-    read_ahead: Optional[bool] = None,
+    read_ahead: Optional[int] = None,
 ) -> tuple[list[int], list[int], float]:
     """Write the text of a batch-of-one token stream to `out` as it comes and stop at the first stop sequence.
     Returns the ids without the stop sequence, every id taken from the stream (the stop sequence included) and
@@ -453,18 +453,18 @@ def stream_tokens(
     holds back only the ids that could still become a stop sequence, so nothing of one is ever written) and
     text is decoded incrementally (`IncrementalDecoder`, which waits for a split character's last byte).
 
-    The host reads each token (one sync) when it is needed to match stops and print. With `read_ahead` the
-    next token is asked of the stream first, which queues its decode step on the device, so the device computes
-    while the host prints (one token past a stop is then computed and dropped). Default: on when the tokens
-    live on an accelerator, off on the CPU, where it would only add that token.
+    The host reads each token when it is needed to match stops and print. With `read_ahead` n, the next n tokens
+    are asked of the stream first, which queues their decode steps on the device, and the read waits for this
+    token's step alone (`_host_ids`), so the device computes while the host prints (n tokens past a stop are then
+    computed and dropped). Default: 2 when the tokens live on CUDA, 0 on the CPU, where it would only add tokens.
     """
     t0 = time.perf_counter()
     matcher = StopMatcher(stop_tokens)
     decoder = IncrementalDecoder(tokenizer)
     ids: list[int] = []
     released, stop_len, time_to_first = 0, 0, 0.0  # released: ids handed to the decoder
-    for token in _read_ahead(tokens, read_ahead):
-        ids.append(int(token))
+    for token_id in _host_ids(tokens, read_ahead):
+        ids.append(token_id)
         if len(ids) == 1:
             time_to_first = time.perf_counter() - t0
         stop_len = matcher.push(ids[-1])
@@ -478,28 +478,44 @@ def stream_tokens(
     return kept, ids, time_to_first
 
 
-def _read_ahead(tokens: Iterable[torch.Tensor], enabled: Optional[bool]) -> Iterator[torch.Tensor]:
-    """Yield `tokens`; when enabled, ask for each next one (queueing its step) before yielding the current one.
+def _host_ids(tokens: Iterable[torch.Tensor], read_ahead: Optional[int]) -> Iterator[int]:
+    """The id of each (1, 1) token of `tokens` on the host, in order, with up to `read_ahead` later tokens asked for
+    (their steps queued on the device) before one is read. Default: 2 when the tokens live on CUDA, else 0.
 
-    The first token is yielded at once, so the time to the first token does not include queueing the second.
+    On CUDA each token is copied to pinned host memory as soon as it is asked for, with an event after the copy;
+    reading it waits for that event alone, not for the steps queued behind it (a plain `int(token)` would wait for
+    the whole stream), so the device runs the next steps while the host prints. The first token is read at once.
     """
     iterator = iter(tokens)
-    current = next(iterator, None)
-    if current is None:
+    first = next(iterator, None)
+    if first is None:
         return
-    yield current
-    if enabled is None:
-        enabled = current.device.type != "cpu"
-    if not enabled:
-        yield from iterator
-        return
-    current = next(iterator, None)
-    if current is None:
-        return
-    for following in iterator:
-        yield current
-        current = following
-    yield current
+    yield int(first)
+    cuda = first.device.type == "cuda"
+    if read_ahead is None:
+        read_ahead = 2 if cuda else 0
+    ring = [torch.empty((), dtype=first.dtype, pin_memory=True) for _ in range(read_ahead + 1)] if cuda else []
+    events = [torch.cuda.Event() for _ in ring]
+    pending: deque = deque()  # asked for, not yet read: (token or its slot of the ring)
+    for n, token in enumerate(iterator):
+        if cuda:
+            slot = n % len(ring)  # free: the token that used it was read before this one was asked for
+            ring[slot].copy_(token.view(()), non_blocking=True)
+            events[slot].record()
+            pending.append(slot)
+        else:
+            pending.append(token)
+        if len(pending) > read_ahead:
+            yield _read(pending.popleft(), ring, events)
+    while pending:
+        yield _read(pending.popleft(), ring, events)
+
+
+def _read(item: Union[int, torch.Tensor], ring: list[torch.Tensor], events: list) -> int:
+    if isinstance(item, torch.Tensor):
+        return int(item)
+    events[item].synchronize()
+    return int(ring[item])
 
 
 def _write(out: TextIO, text: str) -> None:
