@@ -9,6 +9,9 @@
 #             length) and the CUDA tests, all while the two train
 #   generate  issue 15: `litgpt benchmark decode` at the generate shapes, then `litgpt benchmark generate` on the three
 #             checkpoints with upstream litgpt 0.5.13 and HF transformers beside ours
+#   convert   issue 18: (b) pythia-70m MHA for 100M tokens, converted to MLA at 1/4 and 1/8 of its KV bytes, healed
+#             with 5% and 10% of its tokens, against the same MLA shapes trained from scratch for 110M tokens;
+#             (a) pythia-70m-mla vs its MLA-o variants (-mla-o2, -mla-o4) at 50M tokens, seeds 42 and 43
 #   finetune  issue 16: `litgpt benchmark finetune` (full / lora / qlora x mha / mla / gqa / mqa, 300 steps a cell) on
 #             ../shared/data/instruct, three greedy answers of every fine-tuned model to held-out words through
 #             `litgpt generate`, and the decode rate of a fine-tuned MLA checkpoint against its base
@@ -223,14 +226,64 @@ PY
   done | tee "$KEEP/ft/decode_rate.txt" | tee -a "$KEEP/logs/steps.log"
 }
 
+# ---------------------------------------------------------------------------------------------- issue 18: convert
+# pythia-70m settings of the dense comparison (tutorials/results/README.md): AdamW 1e-3, wd 0.1, betas (0.9, 0.95),
+# cosine to 1e-4, 64 x 1024 tokens a step, compiled
+small=(--precision bf16-mixed --compile true --train.micro_batch_size 16 --train.global_batch_size 64
+       --train.max_seq_length 1024 --train.lr_warmup_steps 50 --train.min_lr 1e-4 --train.max_norm 1.0
+       --train.log_interval 10 --eval.max_iters 15
+       --optimizer '{class_path: torch.optim.AdamW, init_args: {lr: 0.001, weight_decay: 0.1, betas: [0.9, 0.95]}}')
+part_convert() {
+  tokenize
+  local c=$KEEP/convert
+  mkdir -p "$c"
+  log "(b) pythia-70m MHA, 100M tokens"
+  timeout $(left) python3 -m litgpt pretrain --model_name pythia-70m --out_dir "$c/mha" --resume auto "${corpus[@]}" \
+    "${small[@]}" --train.max_tokens 100000000 --train.save_interval 500 --eval.interval 250 \
+    > "$KEEP/logs/convert_mha.log" 2>&1
+  tail -3 "$KEEP/logs/convert_mha.log" | tee -a "$KEEP/logs/steps.log"
+  # pythia-70m: 8 heads of 64, 16 rope dims a head, 2 x 8 x 64 = 1,024 cached values a layer and token;
+  # 1/4 of that: a latent of 240 + a rope key of 16, 1/8: 112 + 16
+  for pair in "quarter 240" "eighth 112"; do
+    set -- $pair
+    log "(b) convert to MLA at 1/$([ $1 = quarter ] && echo 4 || echo 8) of the KV bytes"
+    timeout $(left) python3 -m litgpt convert_to_mla "$c/mha/final" --out_dir "$c/mla-$1" --kv_lora_rank $2 \
+      --qk_rope_head_dim 16 --calibration_data $D/corpus/train/literature.txt 2>&1 | tail -3 | tee -a "$KEEP/logs/steps.log"
+    for heal in 5000000 10000000; do  # 5% and 10% of the source's tokens, each its own schedule
+      log "(b) heal mla-$1 for $heal tokens"
+      timeout $(left) python3 -m litgpt pretrain --initial_checkpoint_dir "$c/mla-$1" --out_dir "$c/heal-$1-$heal" \
+        --resume auto "${corpus[@]}" "${small[@]}" --train.max_tokens $heal --train.lr_warmup_steps 10 \
+        --train.save_interval 1000 --eval.interval 25 --eval.initial_validation true \
+        --optimizer.lr 0.0003 > "$KEEP/logs/convert_heal_$1_$heal.log" 2>&1
+      grep "val loss" "$KEEP/logs/convert_heal_$1_$heal.log" | sed -n '1p;$p' | tee -a "$KEEP/logs/steps.log"
+    done
+    python3 - "$c/mla-$1/model_config.yaml" > "/tmp/scratch-$1.yaml" <<'PY'
+import sys, yaml
+print(yaml.safe_dump({"model_config": yaml.safe_load(open(sys.argv[1]))}))
+PY
+    log "(b) the same MLA shape from scratch, 110M tokens"
+    timeout $(left) python3 -m litgpt pretrain --config "/tmp/scratch-$1.yaml" --out_dir "$c/scratch-$1" --resume auto \
+      "${corpus[@]}" "${small[@]}" --train.max_tokens 110000000 --train.save_interval 500 --eval.interval 250 \
+      > "$KEEP/logs/convert_scratch_$1.log" 2>&1
+    tail -3 "$KEEP/logs/convert_scratch_$1.log" | tee -a "$KEEP/logs/steps.log"
+  done
+  for seed in 42 43; do
+    log "(a) MLA vs MLA-o (o_latent_dim n_embd/2, n_embd/4), 50M tokens each, seed $seed"
+    timeout $(left) python3 -m litgpt compare --models '[pythia-70m-mla, pythia-70m-mla-o2, pythia-70m-mla-o4]' \
+      --out_dir "$c/mla-o-seed$seed" --seed $seed "${corpus[@]}" "${small[@]}" --train.max_tokens 50000000 \
+      --train.save_interval 500 --eval.interval 100 > "$KEEP/logs/convert_mla_o_$seed.log" 2>&1
+    tail -12 "$KEEP/logs/convert_mla_o_$seed.log" | tee -a "$KEEP/logs/steps.log"
+  done
+}
+
 pack() {
   tar -C "$KEEP" --exclude='*.pth' --exclude='*.pth.lora' --exclude='*.bin' --exclude='tokens' --exclude='*.ckpt' \
     --exclude='*.safetensors' -czf "$1" . 2>/dev/null
 }
 for part in "$@"; do
   case $part in
-    moe|pretrain|tests|generate|finetune) "part_$part" ;;
-    *) log "unknown part $part (moe, pretrain, tests, generate, finetune)" ;;
+    moe|pretrain|tests|generate|finetune|convert) "part_$part" ;;
+    *) log "unknown part $part (moe, pretrain, tests, generate, finetune, convert)" ;;
   esac
 done
 log "pack results"

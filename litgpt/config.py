@@ -585,15 +585,23 @@ _base_configs += [
 
 
 def _variants(base: dict) -> list[dict]:
-    """A base config plus its -gqa (n_head/4 groups), -mqa and -mla (latent_attention: true) variants.
+    """A base config plus its -gqa (n_head/4 groups), -mqa, -mla (latent_attention: true) and MLA-o variants: -mla-o2
+    and -mla-o4, the -mla shapes with an output latent of n_embd/2 and n_embd/4 (`o_latent_dim`).
 
-    The -mla variant takes the default rotary_percentage: MLA's rope width is latent_attention.qk_rope_head_dim.
+    The MLA variants take the default rotary_percentage: MLA's rope width is latent_attention.qk_rope_head_dim.
     """
     out = [base]
+    hs = base.get("head_size") or base["n_embd"] // base["n_head"]
+    mla = dict(q_lora_rank=None, kv_lora_rank=4 * hs, qk_rope_head_dim=hs // 2, qk_nope_head_dim=hs, v_head_dim=hs)
     for suffix, override in (
         ("gqa", dict(n_query_groups=max(1, base["n_head"] // 4))),
         ("mqa", dict(n_query_groups=1)),
         ("mla", dict(latent_attention=True, rotary_percentage=DEFAULT_ROTARY_PERCENTAGE)),
+        *(
+            (f"mla-o{d}", dict(latent_attention={**mla, "o_latent_dim": base["n_embd"] // d},
+                               rotary_percentage=DEFAULT_ROTARY_PERCENTAGE))
+            for d in (2, 4)
+        ),
     ):
         variant = deepcopy(base)
         variant.update(override, name=f"{base['name']}-{suffix}")

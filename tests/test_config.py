@@ -1,5 +1,6 @@
 """Config: derived fields, named configs, yaml loading and validation."""
 
+import dataclasses
 import pytest
 import yaml
 
@@ -215,3 +216,12 @@ def test_saved_dense_config_has_only_upstream_fields_and_moe_keeps_its_own(tmp_p
         assert Config.from_file(tmp_path / f"{name}.yaml") == config
     moe = yaml.safe_load((tmp_path / "pythia-70m-moe.yaml").read_text())
     assert moe["moe_scoring"] == Config.from_name("pythia-70m-moe").moe_scoring
+
+
+def test_mla_o_variants_are_the_mla_shapes_with_an_output_latent_of_half_and_a_quarter_of_n_embd():
+    for base in ("pythia-70m", "pythia-160m", "debug", "pythia-70m-moe"):
+        mla = Config.from_name(f"{base}-mla")
+        for divisor in (2, 4):
+            mla_o = Config.from_name(f"{base}-mla-o{divisor}")
+            assert mla_o.latent_attention == {**mla.latent_attention, "o_latent_dim": mla.n_embd // divisor}
+            assert dataclasses.replace(mla_o, name=mla.name, latent_attention=mla.latent_attention) == mla
