@@ -208,14 +208,17 @@ import json, sys
 for row in json.load(open(sys.argv[1]))[:3]:
     print(row["instruction"])
 PY
+  answer() {  # cell dir, word index: one `litgpt generate` (six at a time below), into its own file
+    local word; word=$(sed -n "$2p" /tmp/words.txt)
+    { printf '### %s | %s\n' "$(basename "$1")" "$word"
+      timeout 90 python3 -m litgpt generate "$1/final" --prompt "$word" --max_new_tokens 60 --temperature 0 2>/dev/null
+    } > "$1/answer-$2.txt"
+  }
+  export -f answer
   for cell in "$KEEP"/ft/*/; do
-    [ -f "$cell/final/lit_model.pth" ] || continue
-    while IFS= read -r word; do
-      printf '### %s | %s\n' "$(basename "$cell")" "$word"
-      timeout 60 python3 -m litgpt generate "$cell/final" --prompt "$word" --max_new_tokens 60 --temperature 0 2>/dev/null
-    done < /tmp/words.txt
-  done > "$KEEP/ft/answers.txt" &
-  wait
+    [ -f "$cell/final/lit_model.pth" ] && printf '%s 1\n%s 2\n%s 3\n' "$cell" "$cell" "$cell"
+  done | xargs -P 6 -n 2 bash -c 'answer "$0" "$1"'
+  cat "$KEEP"/ft/*/answer-*.txt > "$KEEP/ft/answers.txt"
   log "decode rate: fine-tuned MLA (merged LoRA, folded) against its base"
   for ckpt in "$base_mla" "$KEEP/ft/lora-mla/final" "$KEEP/ft/full-mla/final"; do
     [ -f "$ckpt/lit_model.pth" ] || continue
