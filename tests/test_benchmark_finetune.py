@@ -97,6 +97,7 @@ def test_benchmark_finetune_cells_results_and_rerun(tmp_path, base, capsys):
             assert row["val_loss_before"] == row["val_loss"][0][1] and row["val_loss_after"] == row["val_loss"][-1][1]
             assert row["samples_per_s"] == pytest.approx(4 * 4 / row["train_time_s"])
             assert row["tokens_per_s"] > 0 and row["peak_memory_gib"] is None  # CPU: not measured
+            assert row["wall_s"] > row["train_time_s"]  # the cell's whole run holds its training steps
         assert full["val_loss_after"] < full["val_loss_before"]
         qlora = cells[f"qlora-{attn}"]
         assert qlora["status"] == "skipped" and qlora["reason"].startswith("--quantize bnb.nf4 needs ")

@@ -20,6 +20,7 @@ import dataclasses
 import gc
 import inspect
 import json
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
@@ -125,6 +126,7 @@ def benchmark_finetune(
                     continue
             finished = (run_dir / "final" / ("lit_model.pth" if mode == "full" else "lit_model.pth.lora")).is_file()
             peak_memory: Optional[float] = None
+            started = time.perf_counter()
             if finished:  # stopped between the final checkpoint and recording: the peak memory is lost
                 print(f"benchmark finetune: {cell} finished training earlier; recording its results")
             else:
@@ -143,6 +145,8 @@ def benchmark_finetune(
                                         optimizer=lora_optimizer.as_dict(), **lora_args, **common)
                 peak_memory = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
             results["cells"][cell] = collect(cell, mode, attn, run_dir, train.global_batch_size, peak_memory)
+            if not finished:  # the cell's whole run: loading, data, validations and checkpoints beside the training
+                results["cells"][cell]["wall_s"] = time.perf_counter() - started
             write_json(results_path, results)
 
     results["device"] = torch.cuda.get_device_name() if cuda else "cpu"
