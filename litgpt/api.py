@@ -17,6 +17,7 @@ from litgpt.checkpoint import load_checkpoint
 from litgpt.config import Config
 from litgpt.generate.base import SamplingParams, check_lengths, peak_memory_bytes, resolve_device, resolve_dtype
 from litgpt.generate.session import DecodeSession, decode_mode
+from litgpt.kernels._triton import warm_up_triton
 from litgpt.model import GPT
 from litgpt.prompts import PromptStyle, load_prompt_style, prompt_uses_bos
 from litgpt.tokenizer import Tokenizer
@@ -73,9 +74,10 @@ class LLM:
                     f"checkpoint directory {str(checkpoint_dir)!r} is incomplete: it has no {name}; point at a "
                     "directory written by `litgpt pretrain` or a conversion script"
                 )
+        device = resolve_device(device)
+        warm_up_triton(device)  # Triton's per-process key, hashed while the tokenizer and the weights load
         tokenizer = Tokenizer(checkpoint_dir)  # fails fast, before the weights load, when the files are missing
         style = load_prompt_style(checkpoint_dir, prompt_style)
-        device = resolve_device(device)
         model = load_checkpoint(checkpoint_dir, device=device, dtype=resolve_dtype(precision, device))
         return cls(model, tokenizer, style, checkpoint_dir)
 

@@ -8,6 +8,7 @@ All GPU checks: `python -m pytest -q -m cuda tests/test_kernels.py`.
 import contextlib
 import importlib.util
 import sys
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -583,3 +584,21 @@ def test_gqa_cache_write_kernel_matches_torch_path_and_compiles(interleave):
     compiled = torch.compile(gqa_cache_write, fullgraph=True, dynamic=False)
     q_compiled = compiled(qkv, k_cache, v_cache, input_pos, cos, sin, nh, n, interleave)
     assert torch.equal(q_compiled, q) and torch.equal(k_cache, k_eager) and torch.equal(v_cache, v_eager)
+
+
+def test_triton_warm_up_hashes_its_key_in_a_background_thread_for_cuda_only():
+    """`warm_up_triton` computes Triton's per-process cache key off the main thread (so it overlaps loading), and
+    only where kernels will launch."""
+    from litgpt.kernels._triton import warm_up_triton
+
+    assert warm_up_triton(torch.device("cpu")) is None
+    if not TRITON_AVAILABLE:
+        assert warm_up_triton(torch.device("cuda")) is None
+        return
+    from triton.runtime.cache import triton_key
+
+    triton_key.cache_clear()
+    thread = warm_up_triton(torch.device("cuda"))
+    assert thread is not None and thread.daemon and thread is not threading.main_thread()
+    thread.join(timeout=120)
+    assert triton_key.cache_info().currsize == 1  # computed once; the first launch finds it

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-from typing import ContextManager
+import threading
+from typing import ContextManager, Optional
 
 import torch
 
@@ -37,3 +38,26 @@ def kernel_applies(tensors: tuple[torch.Tensor, ...], widths: tuple[int, ...]) -
 def on_device(t: torch.Tensor) -> ContextManager:
     """The CUDA device of `t` as the current one for a launch (Triton launches on the current device)."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def warm_up_triton(device: torch.device) -> Optional[threading.Thread]:
+    """Start computing Triton's per-process cache key in a background thread, for a process about to launch kernels
+    on `device` (CUDA); returns the thread (None elsewhere or without Triton).
+
+    The key is a SHA-256 over Triton's compiler sources and its libtriton binary (`triton.runtime.cache.triton_key`,
+    0.7-0.9 s on our CI's CPU), computed once per process at the first kernel launch: inside the decode step's
+    capture. Hashing releases the GIL, so done here it overlaps the checkpoint's loading instead.
+    """
+    if device.type != "cuda" or not TRITON_AVAILABLE:
+        return None
+    thread = threading.Thread(target=_triton_key, name="litgpt-triton-key", daemon=True)
+    thread.start()
+    return thread
+
+
+def _triton_key() -> None:
+    try:
+        from triton.runtime.cache import triton_key  # Triton 3.x; older versions keep it elsewhere: nothing to warm
+    except ImportError:
+        return
+    triton_key()
