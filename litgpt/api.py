@@ -17,7 +17,7 @@ from litgpt.checkpoint import load_checkpoint
 from litgpt.config import Config
 from litgpt.generate.base import SamplingParams, check_lengths, peak_memory_bytes, resolve_device, resolve_dtype
 from litgpt.generate.session import DecodeSession, decode_mode
-from litgpt.kernels._triton import warm_up_triton
+from litgpt.kernels._triton import start_warm_up
 from litgpt.model import GPT
 from litgpt.prompts import PromptStyle, load_prompt_style, prompt_uses_bos
 from litgpt.tokenizer import Tokenizer
@@ -75,7 +75,7 @@ class LLM:
                     "directory written by `litgpt pretrain` or a conversion script"
                 )
         device = resolve_device(device)
-        warm_up_triton(device)  # Triton's per-process key, hashed while the tokenizer and the weights load
+        start_warm_up(device)  # the CUDA context and Triton's key, made while the tokenizer and the weights load
         tokenizer = Tokenizer(checkpoint_dir)  # fails fast, before the weights load, when the files are missing
         style = load_prompt_style(checkpoint_dir, prompt_style)
         model = load_checkpoint(checkpoint_dir, device=device, dtype=resolve_dtype(precision, device))

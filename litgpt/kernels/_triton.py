@@ -1,4 +1,5 @@
-"""Where the Triton kernels of `litgpt.kernels` may run: availability, dtypes, and the device a launch needs."""
+"""Where the Triton kernels of `litgpt.kernels` may run (availability, dtypes, the device a launch needs), and the
+warm-up of a process about to launch them (`start_warm_up`)."""
 
 from __future__ import annotations
 
@@ -40,22 +41,27 @@ def on_device(t: torch.Tensor) -> ContextManager:
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def warm_up_triton(device: torch.device) -> Optional[threading.Thread]:
-    """Start computing Triton's per-process cache key in a background thread, for a process about to launch kernels
-    on `device` (CUDA); returns the thread (None elsewhere or without Triton).
+def start_warm_up(device: torch.device) -> Optional[threading.Thread]:
+    """Start, in a background thread, the per-process set-up that a process about to decode on `device` (CUDA) would
+    otherwise pay later on the main thread; returns the thread (None for other devices).
 
-    The key is a SHA-256 over Triton's compiler sources and its libtriton binary (`triton.runtime.cache.triton_key`,
-    0.7-0.9 s on our CI's CPU), computed once per process at the first kernel launch: inside the decode step's
-    capture. Hashing releases the GIL, so done here it overlaps the checkpoint's loading instead.
+    First the CUDA context, which the weights' first copy to the device would create. Then Triton's per-process
+    cache key: a SHA-256 over Triton's compiler sources and its libtriton binary (`triton.runtime.cache.triton_key`;
+    0.7-0.9 s on our CI's CPU), computed at the first kernel launch, which falls inside the decode step's capture.
+    Both release the GIL in their long parts, so they overlap the tokenizer's and the checkpoint's loading.
     """
-    if device.type != "cuda" or not TRITON_AVAILABLE:
+    if device.type != "cuda":
         return None
-    thread = threading.Thread(target=_triton_key, name="litgpt-triton-key", daemon=True)
+    thread = threading.Thread(target=_warm_up, args=(device,), name="litgpt-warm-up", daemon=True)
     thread.start()
     return thread
 
 
-def _triton_key() -> None:
+def _warm_up(device: torch.device) -> None:
+    if torch.cuda.is_available():
+        torch.empty(0, device=device)  # the context (the main thread's first CUDA call waits for it, not twice)
+    if not TRITON_AVAILABLE:
+        return
     try:
         from triton.runtime.cache import triton_key  # Triton 3.x; older versions keep it elsewhere: nothing to warm
     except ImportError:
