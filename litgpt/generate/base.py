@@ -101,8 +101,9 @@ class Sampler(nn.Module):
 
     Sampling uses the Gumbel-max trick: argmax(logits / temperature + Gumbel noise) is a draw from
     softmax(logits / temperature). With top_k the noise is made for the k candidates alone, not the whole vocabulary
-    (at batch 8 and a 50k vocabulary that is 400 values a step instead of 400,000). The noise comes from hashing (row seed, position, token id), so a step has no
-    RNG state to advance: it replays under a CUDA graph and gives the same tokens for the same seed everywhere.
+    (at batch 8 and a 50k vocabulary that is 400 values a step instead of 400,000). The noise comes from hashing
+    (row seed, position, token id), so a step has no RNG state to advance: it replays under a CUDA graph and gives
+    the same tokens for the same seed everywhere.
 
     `use_kernel`: a top-k draw (top_p 1.0) on CUDA runs the top-k over the raw logits and one fused Triton launch
     (`litgpt.kernels.sampling.gumbel_top_k_sample`) for the scaling, the noise and the argmax; the same tokens.
@@ -118,7 +119,8 @@ class Sampler(nn.Module):
         self.vocab_size = vocab_size  # logits of padded ids beyond it are never sampled
         token_ids = torch.arange(vocab_size, dtype=torch.int64, device=device)
         self.register_buffer("token_hash", token_hashes(token_ids).view(1, vocab_size), persistent=False)
-        self.register_buffer("row_seeds", torch.zeros(batch_size, 1, dtype=torch.int64, device=device), persistent=False)
+        row_seeds = torch.zeros(batch_size, 1, dtype=torch.int64, device=device)  # (B, 1), set by `seed`
+        self.register_buffer("row_seeds", row_seeds, persistent=False)
         self.seed(0)
 
     def seed(self, seed: int) -> None:
@@ -284,7 +286,11 @@ def check_lengths(model: GPT, prompt_lengths: list[int], max_new_tokens: int) ->
 
 @torch.inference_mode()
 def prefill(
-    model: GPT, prompts: list[torch.Tensor], sampler: Sampler, start: int = 0, tokens_per_chunk: int = PREFILL_TOKENS_PER_CHUNK
+    model: GPT,
+    prompts: list[torch.Tensor],
+    sampler: Sampler,
+    start: int = 0,
+    tokens_per_chunk: int = PREFILL_TOKENS_PER_CHUNK,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Write the prompts (right-padded) into the cache at positions start.. and sample each row's first token.
 

@@ -54,8 +54,9 @@ class Conversation:
         t0 = time.perf_counter()
         captured_before = self.session.step.prepare_s
         prompt = torch.tensor(ids, dtype=torch.int64)
-        kept, taken, self.first_token_s = self.session.stream(prompt, max_new_tokens, self.llm.tokenizer, self.stop_tokens, out,
-                                             self.position)
+        kept, taken, self.first_token_s = self.session.stream(
+            prompt, max_new_tokens, self.llm.tokenizer, self.stop_tokens, out, self.position
+        )
         # the cache now holds the message and every reply token but the last, which opens the next turn
         self.position += len(ids) + len(taken) - 1
         self.pending = taken[-1:]
