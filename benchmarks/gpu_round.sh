@@ -67,6 +67,10 @@ D=/tmp/data  # ../shared/data, unpacked
 if [ ! -d $D/corpus ]; then
   mkdir -p $D && tar -C $D -xJf "$DATA/corpus.tar.xz" && cp -r "$DATA/tokenizers" $D/
 fi
+for marker in /tmp/litgpt-marker "$PWD/.keep-marker"; do  # what the device keeps between calls: the next call says
+  [ -f "$marker" ] && log "kept from an earlier call: $marker" || log "not kept (or first call): $marker"
+  touch "$marker"
+done
 python3 - <<PY | tee -a "$KEEP/logs/steps.log"
 import torch, triton
 print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
@@ -277,6 +281,7 @@ PY
       --train.save_interval 500 --eval.interval 100 > "$KEEP/logs/convert_mla_o_$seed.log" 2>&1
     tail -12 "$KEEP/logs/convert_mla_o_$seed.log" | tee -a "$KEEP/logs/steps.log"
   done
+  python3 benchmarks/convert_report.py "$c" --out_dir "$c/report" 2>&1 | tee -a "$KEEP/logs/steps.log"
 }
 
 pack() {
