@@ -124,3 +124,24 @@ def test_first_streamed_token_comes_before_the_steps_capture_which_counts_as_pre
     assert stats["decode_tokens_per_s"] == pytest.approx(7 / stats["decode_s"])
     _, again = llm.generate_with_stats(["the cat"], max_new_tokens=8, temperature=0)  # reused: nothing to prepare
     assert again["prepare_s"] == 0.0 and events.count("capture") == 1
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["debug", "debug-mla"])
+def test_a_session_unfolded_before_its_first_step_captures_the_unfolded_step(name):
+    """`litgpt benchmark decode --fold false` unfolds the model after building its session: the step is captured at
+    its first call, so it runs the blocks' own modules (a step captured at the build would read the freed folded
+    weights) and decodes what the eager unfolded step decodes."""
+    from litgpt.fold import is_folded, unfold
+    from litgpt.generate.base import DecodeStep, generate_tokens
+
+    model = make_model(name).cuda()  # float32: the torch path in both, the same kernels
+    prompt = [torch.randint(model.config.vocab_size, (5,), device="cuda")]
+    session = DecodeSession(model, 1, 32, SamplingParams(0.0), "cuda_graph", kernels=False)
+    unfold(model)
+    assert not is_folded(model) and not session.step.prepared
+    captured = [int(t) for t in session.tokens(prompt, 12)]
+    model.set_kv_cache(1, max_seq_length=32)
+    eager = DecodeStep(model, session.sampler, "eager")
+    reference = [int(t) for t in generate_tokens(model, prompt, 12, session.sampler, eager)]
+    assert session.step.prepared and captured == reference
