@@ -10,7 +10,8 @@ import importlib.util
 import sys
 import threading
 from pathlib import Path
-from typing import Iterator
+from types import ModuleType
+from typing import Callable, Iterator
 
 import pytest
 import torch
@@ -340,14 +341,13 @@ def test_write_qkv_on_cpu_is_the_torch_path():
         cache.write_qkv(input_pos, qkv[..., :-1], cos, sin, nh, n, True)
 
 
-@pytest.fixture(scope="module")
-def interpreted_module():
-    """A private copy of `litgpt.kernels.triton_decode` whose kernels the Triton interpreter runs on CPU tensors
+def interpreted_copy(kernel_module: str) -> ModuleType:
+    """A private copy of `litgpt.kernels.<kernel_module>` whose kernels the Triton interpreter runs on CPU tensors
     (the flag is read when @triton.jit decorates); the real module and its GPU launches are left alone."""
     if not TRITON_AVAILABLE:
         pytest.skip("needs triton (pip install triton) for its interpreter")
-    name = "_interpreted_triton_decode"
-    spec = importlib.util.spec_from_file_location(name, Path(litgpt.kernels.__file__).parent / "triton_decode.py")
+    name = f"_interpreted_{kernel_module}"
+    spec = importlib.util.spec_from_file_location(name, Path(litgpt.kernels.__file__).parent / f"{kernel_module}.py")
     module = importlib.util.module_from_spec(spec)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TRITON_INTERPRET", "1")
@@ -356,19 +356,32 @@ def interpreted_module():
     return module
 
 
+def route_to_interpreted(monkeypatch: pytest.MonkeyPatch, copy: ModuleType, kernel_module: str, entry: ModuleType,
+                         op_name: str, gate: Callable[..., bool]) -> list:
+    """For this test, route `entry`'s kernel path to the interpreted `copy` of `litgpt.kernels.<kernel_module>`: the
+    launch (the `op_name` operator of `entry`, through the dispatcher) imports the copy, and `entry.kernel_applies`
+    becomes `gate` (which accepts CPU tensors). Returns the list that records every launch."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # triton asserts it again when it loads its launch helpers
+    monkeypatch.setattr(litgpt.kernels, kernel_module, copy, raising=False)
+    monkeypatch.setitem(sys.modules, f"litgpt.kernels.{kernel_module}", copy)
+    monkeypatch.setattr(entry, "kernel_applies", gate)
+    launches = []
+    op = getattr(entry, op_name)
+    monkeypatch.setattr(entry, op_name, lambda *args: launches.append(1) or op(*args))
+    return launches
+
+
+@pytest.fixture(scope="module")
+def interpreted_module():
+    return interpreted_copy("triton_decode")
+
+
 @pytest.fixture
 def interpreted(interpreted_module, monkeypatch):
-    """Route `gqa_cache_write`'s kernel path to the interpreted launcher on CPU: the launch (`litgpt::gqa_cache_write`
-    through the dispatcher) imports the interpreted copy, and the CUDA gate of the dispatch accepts CPU tensors, for
-    this test only. Returns the list that records every launch."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # triton asserts it again when it loads its launch helpers
-    monkeypatch.setattr(litgpt.kernels, "triton_decode", interpreted_module, raising=False)
-    monkeypatch.setitem(sys.modules, "litgpt.kernels.triton_decode", interpreted_module)
-    monkeypatch.setattr(dispatch, "kernel_applies", lambda tensors, widths: all(t.stride(-1) == 1 for t in tensors))
-    launches = []
-    op = dispatch._gqa_cache_write_op
-    monkeypatch.setattr(dispatch, "_gqa_cache_write_op", lambda *args: launches.append(1) or op(*args))
-    return launches
+    """Route `gqa_cache_write`'s kernel path (`litgpt::gqa_cache_write`) to the interpreted launcher on CPU tensors
+    for this test; returns the list that records every launch."""
+    return route_to_interpreted(monkeypatch, interpreted_module, "triton_decode", dispatch, "_gqa_cache_write_op",
+                                lambda tensors, widths: all(t.stride(-1) == 1 for t in tensors))
 
 
 GQA_WRITE_CASES = [  # (B, n_head, n_groups, head_size)

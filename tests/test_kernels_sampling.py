@@ -1,47 +1,26 @@
 """The fused top-k Gumbel-max draw (`litgpt.kernels.sampling`): its Triton kernel under the Triton interpreter on
 CPU against the torch reference, the Sampler's kernel path against its torch path (CUDA), and the CPU fallback."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-import litgpt.kernels
 import litgpt.kernels.sampling as sampling
 from litgpt.generate.base import Sampler, SamplingParams
-from litgpt.kernels import TRITON_AVAILABLE
 from litgpt.kernels.sampling import gumbel_top_k_sample, gumbel_top_k_sample_reference, inverse_temperature
+from test_kernels import interpreted_copy, route_to_interpreted
 
 
 @pytest.fixture(scope="module")
 def interpreted_module():
-    """A private copy of `litgpt.kernels.triton_sampling` whose kernel the Triton interpreter runs on CPU tensors."""
-    if not TRITON_AVAILABLE:
-        pytest.skip("needs triton (pip install triton) for its interpreter")
-    name = "_interpreted_triton_sampling"
-    spec = importlib.util.spec_from_file_location(name, Path(litgpt.kernels.__file__).parent / "triton_sampling.py")
-    module = importlib.util.module_from_spec(spec)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TRITON_INTERPRET", "1")
-        patch.setitem(sys.modules, name, module)
-        spec.loader.exec_module(module)
-    return module
+    return interpreted_copy("triton_sampling")
 
 
 @pytest.fixture
 def interpreted(interpreted_module, monkeypatch):
-    """Route `gumbel_top_k_sample`'s kernel path (through `litgpt::gumbel_top_k_sample`) to the interpreted launcher
-    on CPU tensors for this test. Returns the list that records every launch."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(litgpt.kernels, "triton_sampling", interpreted_module, raising=False)
-    monkeypatch.setitem(sys.modules, "litgpt.kernels.triton_sampling", interpreted_module)
-    monkeypatch.setattr(sampling, "kernel_applies", lambda values, *_: values.stride(-1) == 1)
-    launches = []
-    op = sampling._gumbel_top_k_op
-    monkeypatch.setattr(sampling, "_gumbel_top_k_op", lambda *args: launches.append(1) or op(*args))
-    return launches
+    """Route `gumbel_top_k_sample`'s kernel path (`litgpt::gumbel_top_k_sample`) to the interpreted launcher on CPU
+    tensors for this test; returns the list that records every launch."""
+    return route_to_interpreted(monkeypatch, interpreted_module, "triton_sampling", sampling, "_gumbel_top_k_op",
+                                lambda values, *_: values.stride(-1) == 1)
 
 
 def candidates(B: int, V: int, k: int, dtype: torch.dtype, device: str = "cpu", scale: float = 3.0):
