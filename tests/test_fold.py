@@ -107,6 +107,31 @@ def test_stacked_maps():
     assert torch.allclose(torch.cat((x, u), dim=-1) @ w.T + bias, x @ c[0].T + c[1] + u @ d[0].T + d[1])
 
 
+def unfolded_eager_and_folded_steps(model: GPT, prompts: list[torch.Tensor], tokens: torch.Tensor,
+                                    start: torch.Tensor, mode: str) -> tuple[dict, dict]:
+    """Prefill `prompts`, then feed tokens (B, T) from positions start (B, 1): T - 1 steps of the unfolded eager step
+    and, after them, of the folded step in `mode`. Returns ({folded: KV caches flattened}, {folded: logits (B, V)} of
+    the last token), each keyed False / True."""
+    from litgpt.generate.base import DecodeStep, Sampler, SamplingParams, prefill
+
+    B, T = tokens.shape
+    device = model.lm_head.weight.device
+    caches, logits = {}, {}
+    for fold, step_mode in ((False, "eager"), (True, mode)):
+        torch._dynamo.reset()
+        model.set_kv_cache(B, 64)
+        sampler = Sampler(SamplingParams(temperature=0.0), model.config.vocab_size, B, device)
+        fold_for_decode(model) if fold else unfold(model)
+        step = DecodeStep(model, sampler, step_mode)
+        prefill(model, prompts, sampler)
+        for i in range(T - 1):
+            step(tokens[:, i : i + 1], start + i)
+        caches[fold] = torch.cat([b.float().flatten() for block in model.transformer.h for b in block.attn.kv_cache.buffers()])
+        with torch.inference_mode():
+            logits[fold] = model(tokens[:, T - 1 : T], start + T - 1)[:, -1].float()
+    return caches, logits
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("mode", ["eager", "cuda_graph", "compile", "compile+cuda_graph"])
 @pytest.mark.parametrize("name, overrides, batch", [
@@ -118,8 +143,6 @@ def test_stacked_maps():
 def test_folded_decode_step_on_cuda_matches_unfolded(mode, name, overrides, batch):
     """bf16 with the Triton kernels: 12 steps of each decode mode over folded weights leave the KV caches and give
     the logits that the unfolded eager step does (to bf16 rounding), fed the same tokens."""
-    from litgpt.generate.base import DecodeStep, Sampler, SamplingParams, prefill
-
     torch.manual_seed(0)
     device = torch.device("cuda")
     config = Config.from_name(name, block_size=128, **overrides)
@@ -127,19 +150,7 @@ def test_folded_decode_step_on_cuda_matches_unfolded(mode, name, overrides, batc
     prompts = [torch.arange(5, 14), torch.arange(3, 8)][:batch]
     tokens = torch.randint(0, config.vocab_size, (batch, 13), device=device)
     start = torch.tensor([[9], [5]][:batch], device=device)  # each row's next position after its prompt
-    caches, logits = {}, {}
-    for fold, step_mode in ((False, "eager"), (True, mode)):
-        torch._dynamo.reset()
-        model.set_kv_cache(batch, 64)
-        sampler = Sampler(SamplingParams(temperature=0.0), config.vocab_size, batch, device)
-        fold_for_decode(model) if fold else unfold(model)
-        step = DecodeStep(model, sampler, step_mode)
-        prefill(model, prompts, sampler)
-        for i in range(12):
-            step(tokens[:, i : i + 1], start + i)
-        caches[fold] = torch.cat([b.float().flatten() for block in model.transformer.h for b in block.attn.kv_cache.buffers()])
-        with torch.inference_mode():
-            logits[fold] = model(tokens[:, 12:13], start + 12)[:, -1].float()
+    caches, logits = unfolded_eager_and_folded_steps(model, prompts, tokens, start, mode)
     for results in (caches, logits):
         assert ((results[True] - results[False]).norm() / results[False].norm()).item() < 3e-2
     assert caches[False].abs().max().item() > 0.1

@@ -420,8 +420,7 @@ def test_bad_moe_configs_are_one_line_errors_naming_the_field(overrides, message
 def test_captured_decode_step_of_an_moe_model(mode, name, batch):
     """bf16: a captured (or compiled and captured) decode step of an MoE model over folded weights gives the logits
     and caches of the unfolded eager step fed the same tokens (batch 8 x top-2 > 4 experts: the grouped GEMM)."""
-    from litgpt.fold import unfold
-    from litgpt.generate.base import DecodeStep, Sampler, SamplingParams, prefill
+    from test_fold import unfolded_eager_and_folded_steps
 
     torch.manual_seed(0)
     device = torch.device("cuda")
@@ -430,18 +429,7 @@ def test_captured_decode_step_of_an_moe_model(mode, name, batch):
     prompts = [torch.arange(3 + row, 10 + row) for row in range(batch)]
     tokens = torch.randint(0, config.vocab_size, (batch, 9), device=device)
     start = torch.full((batch, 1), 7, device=device)
-    logits = {}
-    for fold, step_mode in ((False, "eager"), (True, mode)):
-        torch._dynamo.reset()
-        model.set_kv_cache(batch, 64)
-        sampler = Sampler(SamplingParams(temperature=0.0), config.vocab_size, batch, device)
-        fold_for_decode(model) if fold else unfold(model)
-        step = DecodeStep(model, sampler, step_mode)
-        prefill(model, prompts, sampler)
-        for i in range(8):
-            step(tokens[:, i : i + 1], start + i)
-        with torch.inference_mode():
-            logits[fold] = model(tokens[:, 8:9], start + 8)[:, -1].float()
+    _, logits = unfolded_eager_and_folded_steps(model, prompts, tokens, start, mode)
     assert ((logits[True] - logits[False]).norm() / logits[False].norm()).item() < 3e-2
 
 
