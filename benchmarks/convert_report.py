@@ -112,12 +112,7 @@ def plot(root: Path, out_dir: Path) -> None:
         if (root / f"scratch-{name}" / "logs").is_dir():
             xs, ys = zip(*val_curve(root / f"scratch-{name}"))
             ax.plot([x / 1e6 for x in xs], ys, linestyle="--", marker="o", ms=2, label=f"MLA at {share} KV from scratch")
-    ax.set_xlabel("training tokens (M)")
-    ax.set_ylabel("validation loss")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "heal_loss_vs_tokens.png", dpi=120)
-    plt.close(fig)
+    _save(fig, ax, out_dir / "heal_loss_vs_tokens.png")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for results in sorted(root.glob("mla-o-seed*/results.json")):
@@ -126,11 +121,18 @@ def plot(root: Path, out_dir: Path) -> None:
             if (run / "logs").is_dir():
                 xs, ys = zip(*val_curve(run))
                 ax.plot([x / 1e6 for x in xs], ys, label=f"{name} ({results.parent.name.removeprefix('mla-o-')})")
+    _save(fig, ax, out_dir / "mla_o_loss_vs_tokens.png")
+
+
+def _save(fig, ax, path: Path) -> None:
+    """Label a validation-loss-vs-tokens plot, write it and close it."""
+    import matplotlib.pyplot as plt
+
     ax.set_xlabel("training tokens (M)")
     ax.set_ylabel("validation loss")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_dir / "mla_o_loss_vs_tokens.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
