@@ -29,12 +29,15 @@
 #   later:   bash benchmarks/gpu_round.sh --collect                waits (at most COLLECT_S, default 570 s) until the
 #            pipeline is done, then packs what /tmp/keep holds into $OUT/results-now.tar.gz (also when not done yet)
 set -uo pipefail
+pack() {  # DIR ARCHIVE: DIR's results (logs, tables, plots, JSON) without weights or token caches
+  tar -C "$1" --exclude='*.pth' --exclude='*.pth.lora' --exclude='*.bin' --exclude='tokens' --exclude='*.ckpt' \
+    --exclude='*.safetensors' -czf "$2" . 2>/dev/null
+}
 collect() {
   local until=$((SECONDS + ${COLLECT_S:-570}))
   while [ $SECONDS -lt $until ] && ! grep -q "\] done" /tmp/keep/logs/steps.log 2>/dev/null; do sleep 5; done
   tail -40 /tmp/keep/logs/steps.log
-  tar -C /tmp/keep --exclude='*.pth' --exclude='*.pth.lora' --exclude='*.bin' --exclude='tokens' --exclude='*.ckpt' \
-    --exclude='*.safetensors' -czf "${OUT:-/tmp}/results-now.tar.gz" . 2>/dev/null
+  pack /tmp/keep "${OUT:-/tmp}/results-now.tar.gz"
   ls -la "${OUT:-/tmp}"
 }
 if [ "${1:-}" = "--background" ]; then
@@ -288,10 +291,6 @@ PY
   python3 benchmarks/convert_report.py "$c" --out_dir "$c/report" 2>&1 | tee -a "$KEEP/logs/steps.log"
 }
 
-pack() {
-  tar -C "$KEEP" --exclude='*.pth' --exclude='*.pth.lora' --exclude='*.bin' --exclude='tokens' --exclude='*.ckpt' \
-    --exclude='*.safetensors' -czf "$1" . 2>/dev/null
-}
 for part in "$@"; do
   case $part in
     moe|pretrain|tests|generate|finetune|convert) "part_$part" ;;
@@ -299,6 +298,6 @@ for part in "$@"; do
   esac
 done
 log "pack results"
-pack "$OUT/results-$(echo $* | tr ' ' '-').tar.gz"
+pack "$KEEP" "$OUT/results-$(echo $* | tr ' ' '-').tar.gz"
 ls -la "$OUT"
 log "done"

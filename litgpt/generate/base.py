@@ -502,26 +502,25 @@ def _host_ids(tokens: Iterable[torch.Tensor], read_ahead: Optional[int]) -> Iter
         read_ahead = 2 if cuda else 0
     ring = [torch.empty((), dtype=first.dtype, pin_memory=True) for _ in range(read_ahead + 1)] if cuda else []
     events = [torch.cuda.Event() for _ in ring]
-    pending: deque = deque()  # asked for, not yet read: (token or its slot of the ring)
+    pending: deque = deque()  # asked for, not yet read: (the tensor to read, the event to wait for or None)
     for n, token in enumerate(iterator):
         if cuda:
             slot = n % len(ring)  # free: the token that used it was read before this one was asked for
             ring[slot].copy_(token.view(()), non_blocking=True)
             events[slot].record()
-            pending.append(slot)
+            pending.append((ring[slot], events[slot]))
         else:
-            pending.append(token)
+            pending.append((token, None))
         if len(pending) > read_ahead:
-            yield _read(pending.popleft(), ring, events)
+            yield _read(*pending.popleft())
     while pending:
-        yield _read(pending.popleft(), ring, events)
+        yield _read(*pending.popleft())
 
 
-def _read(item: Union[int, torch.Tensor], ring: list[torch.Tensor], events: list) -> int:
-    if isinstance(item, torch.Tensor):
-        return int(item)
-    events[item].synchronize()
-    return int(ring[item])
+def _read(host: torch.Tensor, event: Optional[torch.cuda.Event]) -> int:
+    if event is not None:
+        event.synchronize()
+    return int(host)
 
 
 def _write(out: TextIO, text: str) -> None:
