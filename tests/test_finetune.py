@@ -6,12 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +19,7 @@ from litgpt.checkpoint import load_checkpoint
 from litgpt.lora import LoRASpec, apply_lora, load_lora_state_dict, lora_filter
 from litgpt.tokenizer import Tokenizer
 from test_data_sft import make_base_checkpoint, make_records, write_json_dir
+from test_pretrain import kill_after_first_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,17 +73,8 @@ def test_full_finetune_resumes_exactly_after_a_kill(tmp_path, base, data_dir, ca
     main(ft_args("finetune_full", base, data_dir, tmp_path / "ref", **extra))
 
     out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen([sys.executable, "-m", "litgpt", *ft_args("finetune_full", base, data_dir, out, **extra)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 120
-    while not list(out.glob("step-*/lit_model.pth")) and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    assert not (out / "final").exists(), "the run finished before it could be killed"
-    resumed_from = int(sorted(out.glob("step-*"))[-1].name.split("-")[1])
+    resumed_from = kill_after_first_checkpoint(ft_args("finetune_full", base, data_dir, out, **extra), out,
+                                               threads=torch.get_num_threads())
 
     capsys.readouterr()
     main(ft_args("finetune_full", base, data_dir, out, **extra))

@@ -97,16 +97,12 @@ def test_end_to_end_checkpoint_loads(tmp_path, text_dir):
     assert logged_losses(out, 0).keys() == set(range(1, 7))
 
 
-def test_kill_and_resume_is_exact(tmp_path, text_dir):
-    extra = {"train.max_steps": "400", "train.save_interval": "10"}
-    reference = run_cli(tiny_args(text_dir, tmp_path / "ref", **extra))
-    assert reference.returncode == 0, reference.stderr
-    expected = logged_losses(tmp_path / "ref", 0)
-
-    out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "litgpt", *tiny_args(text_dir, out, **extra)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+def kill_after_first_checkpoint(args: list[str], out: Path, threads: int) -> int:
+    """Run `litgpt ARGS` (which trains into `out`) as a process of its own with `threads` threads, SIGKILL it as soon
+    as a step checkpoint exists, check that it had not finished, and return the step of its latest checkpoint."""
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.Popen([sys.executable, "-m", "litgpt", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120
     while not list(out.glob("step-*/lit_model.pth")) and time.time() < deadline:
         time.sleep(0.01)
@@ -114,7 +110,17 @@ def test_kill_and_resume_is_exact(tmp_path, text_dir):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "final").exists(), "the run finished before it could be killed"
-    resumed_from = int(sorted(out.glob("step-*"))[-1].name.split("-")[1])
+    return int(sorted(out.glob("step-*"))[-1].name.split("-")[1])
+
+
+def test_kill_and_resume_is_exact(tmp_path, text_dir):
+    extra = {"train.max_steps": "400", "train.save_interval": "10"}
+    reference = run_cli(tiny_args(text_dir, tmp_path / "ref", **extra))
+    assert reference.returncode == 0, reference.stderr
+    expected = logged_losses(tmp_path / "ref", 0)
+
+    out = tmp_path / "killed"
+    resumed_from = kill_after_first_checkpoint(tiny_args(text_dir, out, **extra), out, threads=1)
 
     resumed = run_cli(tiny_args(text_dir, out, **extra, resume="auto"))
     assert resumed.returncode == 0, resumed.stderr
