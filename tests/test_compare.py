@@ -147,7 +147,11 @@ def test_other_settings_in_same_out_dir_are_refused(tmp_path, text_dir, capsys):
 def test_worker_counts_may_change_between_reruns(tmp_path):
     """Worker processes change how fast the data is read, not what trains: a rerun may use other counts, and a
     run recorded before tokenize_workers had its name (num_workers) is the same experiment."""
-    from litgpt.benchmark.compare import _load_results
+    from litgpt.benchmark.compare import ANY_VALUE_SETTINGS, RESULTS_VERSION, load_results
+
+    def _load_results(path, settings):  # as `litgpt compare` calls it
+        return load_results(path, settings, version=RESULTS_VERSION, entries="models", command="compare",
+                            run="comparison run", any_value=ANY_VALUE_SETTINGS)
 
     settings = {"seed": 7, "data": {"class_path": "litgpt.data.text_files.TextFiles",
                                     "init_args": {"cache_dir": "c", "tokenize_workers": 4, "loader_workers": 2}}}

@@ -91,7 +91,8 @@ def compare(
     if tokenizer_dir is not None and not tokenizer_dir.is_dir():
         raise FileNotFoundError(f"--tokenizer_dir {str(tokenizer_dir)!r} is not a directory")
     results_path = out_dir / "results.json"
-    results = _load_results(results_path, settings)
+    results = load_results(results_path, settings, version=RESULTS_VERSION, entries="models", command="compare",
+                           run="comparison run", any_value=ANY_VALUE_SETTINGS)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(results_path, results)  # settings are recorded before any training, so a rerun can be matched
     data = TinyStories() if data is None else data
@@ -302,19 +303,21 @@ def _element_size(precision: Optional[str]) -> int:
     return {"bf16": 2, "16": 2, "32": 4, "64": 8}[precision.split("-")[0]]
 
 
-def _load_results(path: Path, settings: dict) -> dict:
-    """Recorded results of this experiment, or a fresh record; a different experiment in out_dir is an error (the
-    worker counts of ANY_VALUE_SETTINGS may differ)."""
-    fresh = dict(version=RESULTS_VERSION, settings=settings, models={})
+def load_results(path: Path, settings: dict, *, version: int, entries: str, command: str, run: str,
+                 any_value: tuple[str, ...] = ()) -> dict:
+    """The results `command` recorded in `path` for this experiment, or a fresh record (`version`, `settings` and an
+    empty `entries` table); a record of another version, or of a `run` with other settings (bar `any_value`), is an
+    error. Shared by `litgpt compare` and `litgpt benchmark finetune`."""
+    fresh = {"version": version, "settings": json.loads(json.dumps(settings)), entries: {}}
     if not path.is_file():
         return fresh
     recorded = json.loads(path.read_text(encoding="utf-8"))
-    if recorded.get("version") != RESULTS_VERSION:
-        raise ValueError(f"{path} was written by another version of compare; use a new --out_dir")
-    changed = changed_settings(recorded.get("settings", {}), settings, ANY_VALUE_SETTINGS)
+    if recorded.get("version") != version:
+        raise ValueError(f"{path} was written by another version of {command}; use a new --out_dir")
+    changed = changed_settings(recorded.get("settings", {}), settings, any_value)
     if changed:
         raise ValueError(
-            f"{path.parent} holds a comparison run with different settings ({', '.join(changed)} changed); "
+            f"{path.parent} holds a {run} with different settings ({', '.join(changed)} changed); "
             "use a new --out_dir or the original settings"
         )
     return recorded

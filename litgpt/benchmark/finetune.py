@@ -28,7 +28,7 @@ from typing import Any, Optional
 import torch
 
 from litgpt.args import EvalArgs, OptimizerArg, OptimizerSpec, TrainArgs
-from litgpt.benchmark.compare import changed_settings, read_metrics, write_json
+from litgpt.benchmark.compare import load_results, read_metrics, write_json
 from litgpt.checkpoint import extract_state_dict, read_checkpoint_file
 from litgpt.config import Config
 from litgpt.data.sft import SFTDataModule
@@ -107,7 +107,8 @@ def benchmark_finetune(
     out_dir.mkdir(parents=True, exist_ok=True)
     cell_checkpoints = resolve_checkpoints(checkpoints, attention, out_dir / "checkpoints")
     results_path = out_dir / "results.json"
-    results = _load_results(results_path, settings)
+    results = load_results(results_path, settings, version=RESULTS_VERSION, entries="cells",
+                           command="benchmark finetune", run="benchmark", any_value=ANY_VALUE_SETTINGS)
     write_json(results_path, results)
 
     cuda = torch.cuda.is_available()
@@ -263,21 +264,6 @@ def collect(cell: str, mode: str, attn: str, run_dir: Path, global_batch_size: i
         loss=[[int(r["step"]), r["loss"]] for r in log if "loss" in r],
         val_loss=[[step, loss] for step, loss in sorted(val.items())],
     )
-
-
-def _load_results(path: Path, settings: dict) -> dict:
-    """Recorded results of this experiment, or a fresh record; a different experiment in out_dir is an error."""
-    fresh = dict(version=RESULTS_VERSION, settings=json_safe(settings), cells={})
-    if not path.is_file():
-        return fresh
-    recorded = json.loads(path.read_text(encoding="utf-8"))
-    if recorded.get("version") != RESULTS_VERSION:
-        raise ValueError(f"{path} was written by another version of benchmark finetune; use a new --out_dir")
-    changed = changed_settings(recorded.get("settings", {}), settings, ANY_VALUE_SETTINGS)
-    if changed:
-        raise ValueError(f"{path.parent} holds a benchmark with different settings ({', '.join(changed)} changed); "
-                         "use a new --out_dir or the original settings")
-    return recorded
 
 
 def json_safe(value: Any) -> Any:
