@@ -1,3 +1,5 @@
+from typing import Optional
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,26 +14,36 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(litgpt.kernels.cross_entropy, "CHUNK_BYTES", 7 * 50 * 8)  # 7 tokens of a 50-word vocab in float64 per chunk
 
 
-@pytest.mark.parametrize("with_bias", [False, True])
-def test_matches_unfused_loss_and_gradients(small_chunks: None, with_bias: bool) -> None:
+def float64_problem(with_bias: bool) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+    """hidden (30, 16), weight (50, 16), bias (50,) or None, all float64 leaves, and targets (30,) of a 50-word vocab."""
     torch.manual_seed(0)
     hidden = torch.randn(30, 16, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(50, dtype=torch.float64, requires_grad=True) if with_bias else None
-    targets = torch.randint(0, 50, (30,))
+    return hidden, weight, bias, torch.randint(0, 50, (30,))
 
+
+def assert_matches_unfused(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                           targets: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The fused loss and its gradients (upstream gradient 2.5, which must scale the stored gradients) equal
+    F.cross_entropy's over the unfused logits (ignore_index -100); returns the fused gradients and that loss."""
+    params = [p for p in (hidden, weight, bias) if p is not None]
     loss = linear_cross_entropy(hidden, weight, bias, targets)
-    (2.5 * loss).backward()  # a non-unit upstream gradient must scale the stored gradients
-    fused = [hidden.grad, weight.grad] + ([bias.grad] if with_bias else [])
-
-    params = [hidden, weight] + ([bias] if with_bias else [])
+    (2.5 * loss).backward()
+    fused = [p.grad.clone() for p in params]
     for p in params:
         p.grad = None
-    expected = F.cross_entropy(F.linear(hidden, weight, bias), targets)
+    expected = F.cross_entropy(F.linear(hidden, weight, bias), targets, ignore_index=-100)
     (2.5 * expected).backward()
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
     for got, want in zip(fused, [p.grad for p in params]):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    return fused, expected
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_matches_unfused_loss_and_gradients(small_chunks: None, with_bias: bool) -> None:
+    assert_matches_unfused(*float64_problem(with_bias))
 
 
 def test_no_grad_path_gives_same_loss(small_chunks: None) -> None:
@@ -83,24 +95,9 @@ def test_the_loss_stays_outside_compiled_graphs():
 # ---------------------------------------------------------------------------------------------- ignore_index
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_ignored_targets_carry_no_weight(small_chunks: None, with_bias: bool) -> None:
-    torch.manual_seed(0)
-    hidden = torch.randn(30, 16, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(50, dtype=torch.float64, requires_grad=True) if with_bias else None
-    targets = torch.randint(0, 50, (30,))
+    hidden, weight, bias, targets = float64_problem(with_bias)
     targets[::3] = -100  # a third ignored, spread over the chunks
-    params = [hidden, weight] + ([bias] if with_bias else [])
-
-    loss = linear_cross_entropy(hidden, weight, bias, targets)
-    (2.5 * loss).backward()
-    fused = [p.grad.clone() for p in params]
-    for p in params:
-        p.grad = None
-    expected = F.cross_entropy(F.linear(hidden, weight, bias), targets, ignore_index=-100)
-    (2.5 * expected).backward()
-    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
-    for got, want in zip(fused, [p.grad for p in params]):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    fused, expected = assert_matches_unfused(hidden, weight, bias, targets)
     assert torch.all(fused[0][::3] == 0)  # an ignored row's hidden state gets no gradient
     with torch.no_grad():
         torch.testing.assert_close(linear_cross_entropy(hidden, weight, bias, targets), expected, rtol=1e-12,
