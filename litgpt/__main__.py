@@ -15,11 +15,8 @@ import inspect
 import logging
 import os
 import sys
-import time
 import typing
 from typing import Callable, Union
-
-IMPORTED_AT = time.time()  # `litgpt.utils.process_start_time` falls back to this where /proc cannot be read
 
 # jsonargparse's own options, valid for every command
 PARSER_OPTIONS = ("config", "print_config", "help")

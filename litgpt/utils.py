@@ -155,16 +155,9 @@ def process_start_time() -> float:
     """When this process started, in seconds since the epoch (the clock of `time.time()`).
 
     On Linux: `/proc/self/stat`'s start time (clock ticks after boot, so to 1/SC_CLK_TCK s, usually 10 ms)
-    against `CLOCK_BOOTTIME` now. Where that cannot be read: the time `litgpt.__main__` was imported (the
-    `litgpt` command), else the time `litgpt.utils` was imported.
+    against `CLOCK_BOOTTIME` now. Where that cannot be read or is not believed: the time `litgpt.utils` was
+    imported, litgpt's first import (the `litgpt` package imports it before `litgpt.__main__` runs).
     """
-    imported = _IMPORTED_AT
-    for name in ("litgpt.__main__", "__main__"):  # `python -m litgpt` runs it as __main__
-        module = sys.modules.get(name)
-        spec = getattr(module, "__spec__", None)
-        if module is not None and getattr(spec, "name", None) == "litgpt.__main__" and hasattr(module, "IMPORTED_AT"):
-            imported = float(module.IMPORTED_AT)
-            break
     try:
         with open("/proc/self/stat", "rb") as f:
             stat = f.read()
@@ -179,4 +172,4 @@ def process_start_time() -> float:
             return min(started, _IMPORTED_AT)
     except (OSError, ValueError, IndexError, AttributeError):  # no /proc, another format, no CLOCK_BOOTTIME
         pass
-    return imported
+    return _IMPORTED_AT
