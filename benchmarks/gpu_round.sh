@@ -12,6 +12,10 @@
 #   convert   issue 18: (b) pythia-70m MHA for 100M tokens, converted to MLA at 1/4 and 1/8 of its KV bytes, healed
 #             with 5% and 10% of its tokens, against the same MLA shapes trained from scratch for 110M tokens;
 #             (a) pythia-70m-mla vs its MLA-o variants (-mla-o2, -mla-o4) at 50M tokens, seeds 42 and 43
+#   rerun     issues 16 and 15 after the QLoRA dtype fix: LoRA and QLoRA peak memory in every attention variant
+#             (`litgpt benchmark finetune`, 100 steps a cell, on random-init bases of the pretrained shapes: memory
+#             depends on shapes, not on weights), then `benchmark decode` and `benchmark generate` on random-init
+#             pythia-160m-mla and pythia-160m (peers beside the MHA one)
 #   finetune  issue 16: `litgpt benchmark finetune` (full / lora / qlora x mha / mla / gqa / mqa, 300 steps a cell) on
 #             ../shared/data/instruct, three greedy answers of every fine-tuned model to held-out words through
 #             `litgpt generate`, and the decode rate of a fine-tuned MLA checkpoint against its base
@@ -31,7 +35,7 @@
 set -uo pipefail
 pack() {  # DIR ARCHIVE: DIR's results (logs, tables, plots, JSON) without weights or token caches
   tar -C "$1" --exclude='*.pth' --exclude='*.pth.lora' --exclude='*.bin' --exclude='tokens' --exclude='*.ckpt' \
-    --exclude='*.safetensors' -czf "$2" . 2>/dev/null
+    --exclude='*.safetensors' --exclude='tokenizer*.json' --exclude='out' -czf "$2" . 2>/dev/null
 }
 collect() {
   local until=$((SECONDS + ${COLLECT_S:-570}))
@@ -169,11 +173,14 @@ part_tests() {
 }
 
 # ---------------------------------------------------------------------------------------------- issue 15
-part_generate() {
+peer_python() {  # /tmp/peer_python: this machine's python3 with upstream litgpt 0.5.13 alone on its path
   printf '#!/bin/sh\nPYTHONPATH=/tmp/peersite exec %s "$@"\n' "$(command -v python3)" > /tmp/peer_python
   chmod +x /tmp/peer_python
   [ -d /tmp/peersite/litgpt ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
     --target /tmp/peersite .peer/*.whl
+}
+part_generate() {
+  peer_python
   if [ ! -f "$KEEP/ckpt15/ds/final/lit_model.pth" ]; then  # a fresh machine: make them now
     log "issue 15's checkpoints"; tokenize; ds_yaml
     one_step mla --model_name pythia-160m-mla; one_step mha --model_name pythia-160m; one_step ds --config /tmp/ds.yaml
@@ -240,6 +247,52 @@ PY
   done | tee "$KEEP/ft/decode_rate.txt" | tee -a "$KEEP/logs/steps.log"
 }
 
+# ---------------------------------------------------------------------------------------------- issues 16 and 15 again
+random_bases() {  # random-init checkpoints with the Pythia tokenizer: $KEEP/random/{mha,mla}
+  python3 - "$KEEP/random" "$D/tokenizers/pythia" <<'PY'
+import shutil, sys
+from pathlib import Path
+import torch
+from litgpt import GPT, Config
+from litgpt.checkpoint import save_checkpoint
+for short, name in (("mha", "pythia-160m"), ("mla", "pythia-160m-mla")):
+    out = Path(sys.argv[1]) / short
+    torch.manual_seed(0)
+    save_checkpoint(GPT(Config.from_name(name)).to(torch.bfloat16), out)
+    for f in Path(sys.argv[2]).iterdir():
+        shutil.copy(f, out / f.name)
+PY
+}
+part_rerun() {
+  local r=$KEEP/random
+  [ -f "$r/mla/lit_model.pth" ] || { log "random-init bases"; random_bases; }
+  timeout 150 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_quantize.py \
+    > "$KEEP/logs/cuda_tests_rerun.log" 2>&1 &  # beside the fine-tunes: their peak memory is per process
+  log "benchmark finetune, lora and qlora x 4 attention variants, 100 steps a cell ($(left) s left)"
+  timeout $(left) python3 -m litgpt benchmark finetune --checkpoints "{mha: $r/mha, mla: $r/mla}" \
+    --data JSON --data.json_path $D/instruct --data.mask_prompt true --attention '[mha, mla, gqa, mqa]' \
+    --modes '[lora, qlora]' --train.max_steps 100 --train.micro_batch_size 16 --train.global_batch_size 16 \
+    --train.max_seq_length 256 --train.save_interval 1000 --eval.interval 100 --eval.max_iters 20 \
+    --out_dir "$KEEP/ft-memory" > "$KEEP/logs/ft_memory.log" 2>&1
+  grep "^| " "$KEEP/logs/ft_memory.log" | tee -a "$KEEP/logs/steps.log"
+  wait; tail -3 "$KEEP/logs/cuda_tests_rerun.log" | tee -a "$KEEP/logs/steps.log"
+  pack "$KEEP" "$OUT/results-rerun.tar.gz"
+  log "benchmark decode at the generate shapes"
+  timeout 120 python3 -m litgpt benchmark decode --models '[pythia-160m-mla, pythia-160m]' --batch_sizes '[1, 8]' \
+    --context_lengths '[1024]' --mode cuda_graph --decode_steps 300 --warmup 10 --out_dir "$KEEP/gen/decode" 2>&1 \
+    | tail -1 | tee -a "$KEEP/logs/steps.log"
+  cat "$KEEP/gen/decode/results.csv" >> "$KEEP/logs/steps.log"
+  pack "$KEEP" "$OUT/results-rerun.tar.gz"
+  peer_python
+  log "benchmark generate mla"
+  timeout $(( $(left) < 200 ? $(left) : 200 )) python3 -m litgpt benchmark generate "$r/mla" --out_dir "$KEEP/gen/mla" \
+    --hf false 2>&1 | grep "^| litgpt" | tee -a "$KEEP/logs/steps.log"
+  pack "$KEEP" "$OUT/results-rerun.tar.gz"
+  log "benchmark generate mha, with the peers"
+  timeout $(( $(left) < 200 ? $(left) : 200 )) python3 -m litgpt benchmark generate "$r/mha" --out_dir "$KEEP/gen/mha" \
+    --peer_python /tmp/peer_python --peer_new_tokens '[100]' --chat false 2>&1 | grep "^| " | tee -a "$KEEP/logs/steps.log"
+}
+
 # ---------------------------------------------------------------------------------------------- issue 18: convert
 # pythia-70m settings of the dense comparison (tutorials/results/README.md): AdamW 1e-3, wd 0.1, betas (0.9, 0.95),
 # cosine to 1e-4, 64 x 1024 tokens a step, compiled
@@ -293,8 +346,8 @@ PY
 
 for part in "$@"; do
   case $part in
-    moe|pretrain|tests|generate|finetune|convert) "part_$part" ;;
-    *) log "unknown part $part (moe, pretrain, tests, generate, finetune, convert)" ;;
+    moe|pretrain|tests|generate|rerun|finetune|convert) "part_$part" ;;
+    *) log "unknown part $part (moe, pretrain, tests, generate, rerun, finetune, convert)" ;;
   esac
 done
 log "pack results"

@@ -14,7 +14,11 @@ quantize and run nf4/fp4 layers; `check_quantize` says so in one line before any
 With Fabric: build the model under `fabric.init_module()` (the plugin makes its nn.Linears quantized layers there,
 quantized on the GPU as they are created and again as `load_state_dict` fills them), call `apply_lora` inside the
 same block (A and B are then made in the compute dtype), and `mark_only_lora_as_trainable` after
-`fabric.setup_module` (int8 layers come back trainable from conversion). Quantized weights cannot be folded for
+`fabric.setup_module` (int8 layers come back trainable from conversion). Or load the model in the compute dtype
+(`compute_dtype`) and let `fabric.setup` convert it: the plugin swaps and quantizes only the linears and casts
+nothing else, so a model loaded in float32 would keep float32 embeddings, norms and LoRA weights, and with them a
+float32 residual stream, activations and logits (twice the activation memory of bf16; on an H200, QLoRA's peak then
+exceeded LoRA's under bf16-mixed, 2026-12-01). Quantized weights cannot be folded for
 decoding or merged in place: merge a QLoRA run into its full-precision base with `litgpt merge_lora`.
 """
 
@@ -71,6 +75,14 @@ def quantization_plugin(quantize: str, precision: str) -> Any:
     from lightning.fabric.plugins import BitsandbytesPrecision
 
     return BitsandbytesPrecision(mode=quantize.removeprefix("bnb."), dtype=PRECISION_DTYPES[precision])
+
+
+def compute_dtype(precision_plugin: Any) -> Optional[torch.dtype]:
+    """The dtype a quantization plugin (Fabric's `BitsandbytesPrecision`) computes in, the one to load the model in
+    before `fabric.setup` converts it; None for any other precision plugin (those cast the model themselves)."""
+    from lightning.fabric.plugins import BitsandbytesPrecision
+
+    return precision_plugin.dtype if isinstance(precision_plugin, BitsandbytesPrecision) else None
 
 
 def _unknown_mode(quantize: str) -> str:

@@ -192,16 +192,23 @@ def test_qlora_trains_lora_over_quantized_base_weights(tmp_path, data_dir, monke
     quantized = []
     run = litgpt.finetune.base.run
 
+    floating = {}
+
     def spy(fabric, model, *args, **kwargs):
         quantized.extend(n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit))
+        floating.update((n, p.dtype) for n, p in model.named_parameters() if p.is_floating_point())
         return run(fabric, model, *args, **kwargs)
 
     monkeypatch.setattr(litgpt.finetune.base, "run", spy)
     base = make_base_checkpoint(tmp_path / "base", n_embd=64)  # the CPU kernels want inputs of 64 or more
     out = tmp_path / "qlora"
-    main(ft_args("finetune_lora", base, data_dir, out, quantize="bnb.nf4", **{"eval.initial_validation": "false"}))
+    main(ft_args("finetune_lora", base, data_dir, out, quantize="bnb.nf4", precision="bf16-true",
+                 **{"eval.initial_validation": "false"}))
     assert "QLoRA fine-tuning debug" in capsys.readouterr().out
     assert "_forward_module.transformer.h.0.attn.qkv.linear" in quantized and len(quantized) == 5  # qkv, proj, mlp, head
+    # what the plugin does not quantize computes in its dtype (bf16-true): embeddings, norms, LoRA's A and B
+    assert "_forward_module.transformer.wte.weight" in floating and "_forward_module.transformer.h.0.attn.qkv.lora_A" \
+        in floating and set(floating.values()) == {torch.bfloat16}, floating
     state = torch.load(out / "final" / "lit_model.pth.lora", weights_only=True)
     assert state["step_count"] == 6 and sorted(state["model"]) == ["transformer.h.0.attn.qkv.lora_A",
                                                                     "transformer.h.0.attn.qkv.lora_B"]

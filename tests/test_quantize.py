@@ -25,7 +25,14 @@ from litgpt.lora import (
     merge_lora,
 )
 from litgpt.projection import dense_weight
-from litgpt.quantize import INSTALL_HINT, QUANTIZE_MODES, check_quantize, is_quantized, quantization_plugin
+from litgpt.quantize import (
+    INSTALL_HINT,
+    QUANTIZE_MODES,
+    check_quantize,
+    compute_dtype,
+    is_quantized,
+    quantization_plugin,
+)
 from test_fold import decode_logits
 from test_model import randomize
 
@@ -209,6 +216,15 @@ def test_int8_training_runs_lora_on_llm_int8_matmuls():
     quantized(idx, targets=idx).backward()
     assert all(p.grad is not None for p in lora_parameters(quantized))
     assert all(not m.weight.requires_grad for m in _linears(quantized).values())
+
+
+@pytest.mark.skipif(not HAVE_BNB, reason="bitsandbytes is not installed (pip install -e '.[quantize]')")
+def test_a_quantized_model_loads_in_the_plugins_compute_dtype():
+    from lightning.fabric.plugins import HalfPrecision
+
+    assert compute_dtype(quantization_plugin("bnb.nf4", "bf16-true")) == torch.bfloat16
+    assert compute_dtype(quantization_plugin("bnb.int8-training", "16-true")) == torch.float16
+    assert compute_dtype(HalfPrecision("bf16-true")) is None  # casts the float32 model itself
 
 
 # ---------------------------------------------------------------------------------------------- with Fabric (CUDA)

@@ -22,6 +22,7 @@ from litgpt.config import Config
 from litgpt.data.sft import SFTDataModule
 from litgpt.loss import IGNORE_INDEX
 from litgpt.model import GPT
+from litgpt.quantize import compute_dtype
 from litgpt.tokenizer import Tokenizer
 from litgpt.training import (
     Checkpointer,
@@ -213,8 +214,9 @@ def fit(
     data.setup()
     train_data, val_data = data.train_dataset(), data.val_dataset()
 
-    # float32 master weights; Fabric's precision plugin casts (bf16-true, 64-true) or quantizes (bnb) them in setup
-    model = load_checkpoint(checkpoint_dir, dtype=torch.float32)
+    # float32 master weights, which Fabric's precision plugin casts (bf16-true, 64-true) in setup; a quantization
+    # plugin quantizes only the linears, so the model loads in its compute dtype (`litgpt.quantize.compute_dtype`)
+    model = load_checkpoint(checkpoint_dir, dtype=compute_dtype(fabric.strategy.precision) or torch.float32)
     model.max_seq_length = plan.seq_len
     if method.adapt is not None:
         method.adapt(model)

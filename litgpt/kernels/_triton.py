@@ -45,10 +45,11 @@ def start_warm_up(device: torch.device) -> Optional[threading.Thread]:
     """Start, in a background thread, the per-process set-up that a process about to decode on `device` (CUDA) would
     otherwise pay later on the main thread; returns the thread (None for other devices).
 
-    First the CUDA context, which the weights' first copy to the device would create. Then Triton's per-process
-    cache key: a SHA-256 over Triton's compiler sources and its libtriton binary (`triton.runtime.cache.triton_key`;
-    0.7-0.9 s on our CI's CPU), computed at the first kernel launch, which falls inside the decode step's capture.
-    Both release the GIL in their long parts, so they overlap the tokenizer's and the checkpoint's loading.
+    First the CUDA context, which the weights' first copy to the device would create, and cuBLAS's handle, which the
+    prefill's first matmul would. Then Triton's per-process cache key: a SHA-256 over Triton's compiler sources and
+    its libtriton binary (`triton.runtime.cache.triton_key`; 0.7-0.9 s on our CI's CPU), computed at the first kernel
+    launch, which falls inside the decode step's capture. Their long parts release the GIL, so they overlap the
+    tokenizer's and the checkpoint's loading.
     """
     if device.type != "cuda":
         return None
@@ -60,6 +61,10 @@ def start_warm_up(device: torch.device) -> Optional[threading.Thread]:
 def _warm_up(device: torch.device) -> None:
     if torch.cuda.is_available():
         torch.empty(0, device=device)  # the context (the main thread's first CUDA call waits for it, not twice)
+        # cuBLAS: its handle and first kernels (the thread's handles go back to torch's pool when it ends, for the
+        # main thread's prefill to take)
+        ones = torch.ones(16, 16, device=device, dtype=torch.bfloat16)
+        torch.mm(ones, ones)
     if not TRITON_AVAILABLE:
         return
     try:
