@@ -9,9 +9,11 @@
 #             length) and the CUDA tests, all while the two train
 #   generate  issue 15: `litgpt benchmark decode` at the generate shapes, then `litgpt benchmark generate` on the three
 #             checkpoints with upstream litgpt 0.5.13 and HF transformers beside ours
-#   convert   issue 18: (b) pythia-70m MHA for 100M tokens, converted to MLA at 1/4 and 1/8 of its KV bytes, healed
-#             with 5% and 10% of its tokens, against the same MLA shapes trained from scratch for 110M tokens;
-#             (a) pythia-70m-mla vs its MLA-o variants (-mla-o2, -mla-o4) at 50M tokens, seeds 42 and 43
+#   convert   issue 18: convert_b, convert_a, then report (benchmarks/convert_report.py over what they left)
+#   convert_b (b) pythia-70m MHA for 100M tokens, converted to MLA at 1/4 and 1/8 of its KV bytes, healed with 5% and
+#             10% of its tokens, against the same MLA shapes trained from scratch for 110M tokens (the source and the
+#             two from-scratch runs share the GPU, as do the four heals: their tokens/s are not single-run figures)
+#   convert_a (a) pythia-70m-mla vs its MLA-o variants (-mla-o2, -mla-o4) at 50M tokens, seeds 42 and 43 at once
 #   rerun     issues 16 and 15 after the QLoRA dtype fix: LoRA and QLoRA peak memory in every attention variant
 #             (`litgpt benchmark finetune`, 100 steps a cell, on random-init bases of the pretrained shapes: memory
 #             depends on shapes, not on weights), then `benchmark decode` and `benchmark generate` on random-init
@@ -300,54 +302,93 @@ small=(--precision bf16-mixed --compile true --train.micro_batch_size 16 --train
        --train.max_seq_length 1024 --train.lr_warmup_steps 50 --train.min_lr 1e-4 --train.max_norm 1.0
        --train.log_interval 10 --eval.max_iters 15
        --optimizer '{class_path: torch.optim.AdamW, init_args: {lr: 0.001, weight_decay: 0.1, betas: [0.9, 0.95]}}')
-part_convert() {
-  tokenize
+scratch_yaml() {  # RANK FILE: the MLA shape `convert_to_mla --kv_lora_rank RANK --qk_rope_head_dim 16` gives pythia-70m
+  python3 - "$1" "$2" <<'PY'
+import sys, tempfile, yaml
+from pathlib import Path
+from litgpt import Config
+from litgpt.checkpoint import save_config
+from litgpt.scripts.convert_to_mla import mla_config
+config = mla_config(Config.from_name("pythia-70m"), kv_lora_rank=int(sys.argv[1]), qk_rope_head_dim=16, o_latent_dim=None)
+with tempfile.TemporaryDirectory() as tmp:
+    save_config(config, tmp)  # the model_config.yaml convert_to_mla writes
+    fields = yaml.safe_load((Path(tmp) / "model_config.yaml").read_text())
+Path(sys.argv[2]).write_text(yaml.safe_dump({"model_config": fields}))
+PY
+}
+convert_pretrain() {  # OUT_DIR TOKENS LOG MODEL_OPTION MODEL_VALUE ARGS...: one pythia-70m-sized pretraining with the
+  # settings above, resumable; the model option (--model_name, --config, --initial_checkpoint_dir) goes first and ARGS
+  # last, so that they override `small` (the heals' learning rate and warm-up)
+  local out=$1 tokens=$2 logfile=$3 model_option=$4 model_value=$5; shift 5
+  timeout $(left) python3 -m litgpt pretrain "$model_option" "$model_value" --out_dir "$out" --resume auto \
+    "${corpus[@]}" "${small[@]}" --train.max_tokens "$tokens" "$@" > "$logfile" 2>&1
+  tail -3 "$logfile"
+}
+# pythia-70m: 8 heads of 64, 16 rope dims a head, 2 x 8 x 64 = 1,024 cached values a layer and token;
+# 1/4 of that: a latent of 240 + a rope key of 16, 1/8: 112 + 16
+CONVERT_RANKS=("quarter 240" "eighth 112")
+part_convert_b() {  # (b): the source and the two from-scratch MLAs train at once (they share nothing), then each
+  tokenize          # conversion and its two heals (5% and 10% of the source's tokens) at once
   local c=$KEEP/convert
   mkdir -p "$c"
-  log "(b) pythia-70m MHA, 100M tokens"
-  timeout $(left) python3 -m litgpt pretrain --model_name pythia-70m --out_dir "$c/mha" --resume auto "${corpus[@]}" \
-    "${small[@]}" --train.max_tokens 100000000 --train.save_interval 500 --eval.interval 250 \
-    > "$KEEP/logs/convert_mha.log" 2>&1
-  tail -3 "$KEEP/logs/convert_mha.log" | tee -a "$KEEP/logs/steps.log"
-  # pythia-70m: 8 heads of 64, 16 rope dims a head, 2 x 8 x 64 = 1,024 cached values a layer and token;
-  # 1/4 of that: a latent of 240 + a rope key of 16, 1/8: 112 + 16
-  for pair in "quarter 240" "eighth 112"; do
+  log "(b) pythia-70m MHA for 100M tokens and the two MLA shapes from scratch for 110M, at once"
+  convert_pretrain "$c/mha" 100000000 "$KEEP/logs/convert_mha.log" --model_name pythia-70m \
+    --train.save_interval 500 --eval.interval 250 > "$KEEP/logs/convert_mha.tail" &
+  for pair in "${CONVERT_RANKS[@]}"; do
+    set -- $pair
+    scratch_yaml "$2" "/tmp/scratch-$1.yaml"
+    convert_pretrain "$c/scratch-$1" 110000000 "$KEEP/logs/convert_scratch_$1.log" --config "/tmp/scratch-$1.yaml" \
+      --train.save_interval 500 --eval.interval 250 > "$KEEP/logs/convert_scratch_$1.tail" &
+  done
+  wait
+  cat "$KEEP"/logs/convert_mha.tail "$KEEP"/logs/convert_scratch_*.tail | tee -a "$KEEP/logs/steps.log"
+  for pair in "${CONVERT_RANKS[@]}"; do
     set -- $pair
     log "(b) convert to MLA at 1/$([ $1 = quarter ] && echo 4 || echo 8) of the KV bytes"
     timeout $(left) python3 -m litgpt convert_to_mla "$c/mha/final" --out_dir "$c/mla-$1" --kv_lora_rank $2 \
       --qk_rope_head_dim 16 --calibration_data $D/corpus/train/literature.txt 2>&1 | tail -3 | tee -a "$KEEP/logs/steps.log"
-    for heal in 5000000 10000000; do  # 5% and 10% of the source's tokens, each its own schedule
-      log "(b) heal mla-$1 for $heal tokens"
-      timeout $(left) python3 -m litgpt pretrain --initial_checkpoint_dir "$c/mla-$1" --out_dir "$c/heal-$1-$heal" \
-        --resume auto "${corpus[@]}" "${small[@]}" --train.max_tokens $heal --train.lr_warmup_steps 10 \
-        --train.save_interval 1000 --eval.interval 25 --eval.initial_validation true \
-        --optimizer.lr 0.0003 > "$KEEP/logs/convert_heal_$1_$heal.log" 2>&1
-      grep "val loss" "$KEEP/logs/convert_heal_$1_$heal.log" | sed -n '1p;$p' | tee -a "$KEEP/logs/steps.log"
-    done
-    python3 - "$c/mla-$1/model_config.yaml" > "/tmp/scratch-$1.yaml" <<'PY'
-import sys, yaml
-print(yaml.safe_dump({"model_config": yaml.safe_load(open(sys.argv[1]))}))
-PY
-    log "(b) the same MLA shape from scratch, 110M tokens"
-    timeout $(left) python3 -m litgpt pretrain --config "/tmp/scratch-$1.yaml" --out_dir "$c/scratch-$1" --resume auto \
-      "${corpus[@]}" "${small[@]}" --train.max_tokens 110000000 --train.save_interval 500 --eval.interval 250 \
-      > "$KEEP/logs/convert_scratch_$1.log" 2>&1
-    tail -3 "$KEEP/logs/convert_scratch_$1.log" | tee -a "$KEEP/logs/steps.log"
   done
+  log "(b) heal each conversion for 5M and 10M tokens (each its own schedule), four runs at once"
+  for pair in "${CONVERT_RANKS[@]}"; do
+    set -- $pair
+    for heal in 5000000 10000000; do
+      convert_pretrain "$c/heal-$1-$heal" $heal "$KEEP/logs/convert_heal_$1_$heal.log" \
+        --initial_checkpoint_dir "$c/mla-$1" --train.lr_warmup_steps 10 --train.save_interval 1000 \
+        --eval.interval 25 --eval.initial_validation true --optimizer.lr 0.0003 > /dev/null &
+    done
+  done
+  wait
+  for f in "$KEEP"/logs/convert_heal_*.log; do
+    echo "$(basename "$f"): $(grep "val loss" "$f" | sed -n '1p;$p' | tr '\n' ' ')"
+  done | tee -a "$KEEP/logs/steps.log"
+}
+part_convert_a() {  # (a): MLA vs MLA-o at 50M tokens each; the two seeds at once
+  tokenize
+  local c=$KEEP/convert
+  mkdir -p "$c"
+  log "(a) MLA vs MLA-o (o_latent_dim n_embd/2, n_embd/4), 50M tokens each, seeds 42 and 43 at once"
   for seed in 42 43; do
-    log "(a) MLA vs MLA-o (o_latent_dim n_embd/2, n_embd/4), 50M tokens each, seed $seed"
     timeout $(left) python3 -m litgpt compare --models '[pythia-70m-mla, pythia-70m-mla-o2, pythia-70m-mla-o4]' \
       --out_dir "$c/mla-o-seed$seed" --seed $seed "${corpus[@]}" "${small[@]}" --train.max_tokens 50000000 \
-      --train.save_interval 500 --eval.interval 100 > "$KEEP/logs/convert_mla_o_$seed.log" 2>&1
-    tail -12 "$KEEP/logs/convert_mla_o_$seed.log" | tee -a "$KEEP/logs/steps.log"
+      --train.save_interval 500 --eval.interval 100 > "$KEEP/logs/convert_mla_o_$seed.log" 2>&1 &
   done
-  python3 benchmarks/convert_report.py "$c" --out_dir "$c/report" 2>&1 | tee -a "$KEEP/logs/steps.log"
+  wait
+  tail -12 "$KEEP"/logs/convert_mla_o_*.log | tee -a "$KEEP/logs/steps.log"
+}
+part_convert() {
+  part_convert_b
+  part_convert_a
+  convert_report
+}
+convert_report() {
+  python3 benchmarks/convert_report.py "$KEEP/convert" --out_dir "$KEEP/convert/report" 2>&1 | tee -a "$KEEP/logs/steps.log"
 }
 
 for part in "$@"; do
   case $part in
-    moe|pretrain|tests|generate|rerun|finetune|convert) "part_$part" ;;
-    *) log "unknown part $part (moe, pretrain, tests, generate, rerun, finetune, convert)" ;;
+    moe|pretrain|tests|generate|rerun|finetune|convert|convert_a|convert_b) "part_$part" ;;
+    report) convert_report ;;
+    *) log "unknown part $part (moe, pretrain, tests, generate, rerun, finetune, convert, convert_a, convert_b, report)" ;;
   esac
 done
 log "pack results"
