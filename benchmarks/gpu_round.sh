@@ -18,6 +18,7 @@
 #             (`litgpt benchmark finetune`, 100 steps a cell, on random-init bases of the pretrained shapes: memory
 #             depends on shapes, not on weights), then `benchmark decode` and `benchmark generate` on random-init
 #             pythia-160m-mla and pythia-160m (peers beside the MHA one)
+#   profile   issue 15: `litgpt generate`'s phases, `-X importtime` and a cProfile of its main() on a random-init MLA
 #   finetune  issue 16: `litgpt benchmark finetune` (full / lora / qlora x mha / mla / gqa / mqa, 300 steps a cell) on
 #             ../shared/data/instruct, three greedy answers of every fine-tuned model to held-out words through
 #             `litgpt generate`, and the decode rate of a fine-tuned MLA checkpoint against its base
@@ -295,6 +296,33 @@ part_rerun() {
     --peer_python /tmp/peer_python --peer_new_tokens '[100]' --chat false 2>&1 | grep "^| " | tee -a "$KEEP/logs/steps.log"
 }
 
+part_profile() {  # issue 15: where the time to the first printed token goes on this machine (about 40 s)
+  local r=$KEEP/random p=$KEEP/profile
+  [ -f "$r/mla/lit_model.pth" ] || { log "random-init bases"; random_bases; }
+  mkdir -p "$p"
+  log "profile litgpt generate: two plain runs (they fill the caches), -X importtime, then cProfile of its main()"
+  for i in 1 2; do
+    python3 -m litgpt generate "$r/mla" --max_new_tokens 100 --temperature 0 2>&1 >/dev/null | grep "litgpt generate:"
+  done | tee "$p/phases.txt" | tee -a "$KEEP/logs/steps.log"
+  python3 -X importtime -m litgpt generate "$r/mla" --max_new_tokens 100 --temperature 0 2> "$p/importtime.txt" >/dev/null
+  sort -t'|' -k2 -n "$p/importtime.txt" | tail -25 > "$p/importtime_top.txt"
+  python3 - "$r/mla" "$p" <<'PY' 2>&1 | tail -3 | tee -a "$KEEP/logs/steps.log"
+import cProfile, io, os, pstats, sys
+from pathlib import Path
+sys.stdout = open(os.devnull, "w")  # the generated text
+profile = cProfile.Profile()
+profile.enable()
+from litgpt.generate.cli import main  # the imports are part of the profile, as in a `litgpt generate` run
+main(Path(sys.argv[1]), max_new_tokens=100, temperature=0.0)
+profile.disable()
+for key in ("cumulative", "tottime"):
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats(key).print_stats(60)
+    Path(sys.argv[2], f"cprofile_{key}.txt").write_text(text.getvalue())
+print("cProfile written", file=sys.stderr)
+PY
+}
+
 # ---------------------------------------------------------------------------------------------- issue 18: convert
 # pythia-70m settings of the dense comparison (tutorials/results/README.md): AdamW 1e-3, wd 0.1, betas (0.9, 0.95),
 # cosine to 1e-4, 64 x 1024 tokens a step, compiled
@@ -386,9 +414,9 @@ convert_report() {
 
 for part in "$@"; do
   case $part in
-    moe|pretrain|tests|generate|rerun|finetune|convert|convert_a|convert_b) "part_$part" ;;
+    moe|pretrain|tests|generate|rerun|profile|finetune|convert|convert_a|convert_b) "part_$part" ;;
     report) convert_report ;;
-    *) log "unknown part $part (moe, pretrain, tests, generate, rerun, finetune, convert, convert_a, convert_b, report)" ;;
+    *) log "unknown part $part (moe, pretrain, tests, generate, rerun, profile, finetune, convert, convert_a, convert_b, report)" ;;
   esac
 done
 log "pack results"
