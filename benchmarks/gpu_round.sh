@@ -5,10 +5,10 @@
 #             parameters (eager with the CUDA profile, then compiled), then `litgpt compare` of MHA vs GQA vs MLA in
 #             identical MoE models (config_hub/compare/moe-attention.yaml, 50M tokens each, ../shared/data)
 #   pretrain  issue 16: pythia-160m and pythia-160m-mla for 100M tokens each on ../shared/data (both at once on the
-#             GPU), plus the three one-step checkpoints issue 15's timing runs on (random weights: texts run to full
-#             length) and the CUDA tests, all while the two train
-#   generate  issue 15: `litgpt benchmark decode` at the generate shapes, then `litgpt benchmark generate` on the three
-#             checkpoints with upstream litgpt 0.5.13 and HF transformers beside ours
+#             GPU), with the CUDA tests beside them
+#   generate  issue 15: `litgpt benchmark decode` at the generate shapes, then `litgpt benchmark generate` on three
+#             random-init checkpoints (pythia-160m-mla, pythia-160m and the DeepSeek-layout MLA; random weights: the
+#             texts run to full length) with upstream litgpt 0.5.13 and HF transformers beside ours
 #   convert   issue 18: convert_b, convert_a, then report (benchmarks/convert_report.py over what they left)
 #   convert_b (b) pythia-70m MHA for 100M tokens, converted to MLA at 1/4 and 1/8 of its KV bytes, healed with 5% and
 #             10% of its tokens, against the same MLA shapes trained from scratch for 110M tokens (the source and the
@@ -112,15 +112,6 @@ pretrain() {  # model name: 100M tokens, resumable
     --train.log_interval 20 --train.save_interval 200 --eval.interval 250 --eval.max_iters 15 > "$KEEP/logs/pretrain_$1.log" 2>&1
   tail -4 "$KEEP/logs/pretrain_$1.log"
 }
-one_step() {  # issue 15's timing checkpoints: one optimizer step, so the weights are (nearly) random
-  local name=$1; shift
-  [ -f "$KEEP/ckpt15/$name/final/lit_model.pth" ] && return
-  timeout 300 python3 -m litgpt pretrain "$@" --out_dir "$KEEP/ckpt15/$name" --precision bf16-mixed --resume false \
-    --overwrite true "${corpus[@]}" --train.max_steps 1 --train.micro_batch_size 4 --train.global_batch_size 4 \
-    --train.max_seq_length 256 --train.save_interval null --eval.interval 1000 --eval.max_iters 1 \
-    > "$KEEP/logs/ckpt15_$name.log" 2>&1
-  ls "$KEEP/ckpt15/$name/final" >/dev/null || tail -5 "$KEEP/logs/ckpt15_$name.log"
-}
 cuda_tests() {
   timeout $(left) python3 -m pytest -q -p no:cacheprovider -n 6 -m cuda tests/test_kernels.py \
     tests/test_kernels_sampling.py tests/test_kv_cache.py tests/test_attention.py tests/test_generate.py \
@@ -162,12 +153,11 @@ model_config:
 YAML
 }
 part_pretrain() {
-  log "tokenize the corpus"; tokenize; ds_yaml
-  log "pretrain pythia-160m and pythia-160m-mla, 100M tokens each, at once; issue 15's checkpoints and the CUDA tests beside them"
+  log "tokenize the corpus"; tokenize
+  log "pretrain pythia-160m and pythia-160m-mla, 100M tokens each, at once; the CUDA tests beside them"
   pretrain pythia-160m > "$KEEP/logs/pretrain_mha.tail" &
   pretrain pythia-160m-mla > "$KEEP/logs/pretrain_mla.tail" &
-  (one_step mla --model_name pythia-160m-mla; one_step mha --model_name pythia-160m; one_step ds --config /tmp/ds.yaml
-   log "CUDA tests"; cuda_tests) > "$KEEP/logs/beside.log" 2>&1 &
+  (log "CUDA tests"; cuda_tests) > "$KEEP/logs/beside.log" 2>&1 &
   wait
   cat "$KEEP/logs/pretrain_mha.tail" "$KEEP/logs/pretrain_mla.tail" "$KEEP/logs/beside.log" | tee -a "$KEEP/logs/steps.log"
 }
@@ -184,10 +174,7 @@ peer_python() {  # /tmp/peer_python: this machine's python3 with upstream litgpt
 }
 part_generate() {
   peer_python
-  if [ ! -f "$KEEP/ckpt15/ds/final/lit_model.pth" ]; then  # a fresh machine: make them now
-    log "issue 15's checkpoints"; tokenize; ds_yaml
-    one_step mla --model_name pythia-160m-mla; one_step mha --model_name pythia-160m; one_step ds --config /tmp/ds.yaml
-  fi
+  [ -f "$KEEP/random/ds/lit_model.pth" ] || { log "random-init bases"; random_bases; }
   log "benchmark decode at the generate shapes"
   timeout 120 python3 -m litgpt benchmark decode --models '[pythia-160m-mla, pythia-160m]' --batch_sizes '[1, 8]' \
     --context_lengths '[1024]' --mode cuda_graph --decode_steps 300 --warmup 10 --out_dir "$KEEP/gen/decode" 2>&1 \
@@ -200,7 +187,7 @@ part_generate() {
       mha) extra=(--peer_python /tmp/peer_python --peer_new_tokens '[100]' --chat false) ;;
       ds) extra=(--peer_python /tmp/peer_python --peer_new_tokens '[100]' --chat false --batches '[1]') ;;
     esac
-    timeout $(( $(left) < 200 ? $(left) : 200 )) python3 -m litgpt benchmark generate "$KEEP/ckpt15/$m/final" \
+    timeout $(( $(left) < 200 ? $(left) : 200 )) python3 -m litgpt benchmark generate "$KEEP/random/$m" \
       --out_dir "$KEEP/gen/$m" "${extra[@]}" 2>&1 | tail -15 | tee -a "$KEEP/logs/steps.log"
   done
 }
@@ -251,24 +238,26 @@ PY
 }
 
 # ---------------------------------------------------------------------------------------------- issues 16 and 15 again
-random_bases() {  # random-init checkpoints with the Pythia tokenizer: $KEEP/random/{mha,mla}
+random_bases() {  # random-init checkpoints with the Pythia tokenizer: $KEEP/random/{mha,mla,ds} (ds: /tmp/ds.yaml)
+  ds_yaml
   python3 - "$KEEP/random" "$D/tokenizers/pythia" <<'PY'
 import shutil, sys
 from pathlib import Path
-import torch
+import torch, yaml
 from litgpt import GPT, Config
 from litgpt.checkpoint import save_checkpoint
-for short, name in (("mha", "pythia-160m"), ("mla", "pythia-160m-mla")):
+ds = Config(**yaml.safe_load(open("/tmp/ds.yaml"))["model_config"])
+for short, config in (("mha", Config.from_name("pythia-160m")), ("mla", Config.from_name("pythia-160m-mla")), ("ds", ds)):
     out = Path(sys.argv[1]) / short
     torch.manual_seed(0)
-    save_checkpoint(GPT(Config.from_name(name)).to(torch.bfloat16), out)
+    save_checkpoint(GPT(config).to(torch.bfloat16), out)
     for f in Path(sys.argv[2]).iterdir():
         shutil.copy(f, out / f.name)
 PY
 }
 part_rerun() {
   local r=$KEEP/random
-  [ -f "$r/mla/lit_model.pth" ] || { log "random-init bases"; random_bases; }
+  [ -f "$r/ds/lit_model.pth" ] || { log "random-init bases"; random_bases; }
   timeout 150 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_quantize.py \
     > "$KEEP/logs/cuda_tests_rerun.log" 2>&1 &  # beside the fine-tunes: their peak memory is per process
   log "benchmark finetune, lora and qlora x 4 attention variants, 100 steps a cell ($(left) s left)"
@@ -298,7 +287,7 @@ part_rerun() {
 
 part_profile() {  # issue 15: where the time to the first printed token goes on this machine (about 40 s)
   local r=$KEEP/random p=$KEEP/profile
-  [ -f "$r/mla/lit_model.pth" ] || { log "random-init bases"; random_bases; }
+  [ -f "$r/ds/lit_model.pth" ] || { log "random-init bases"; random_bases; }
   mkdir -p "$p"
   log "profile litgpt generate: two plain runs (they fill the caches), -X importtime, then cProfile of its main()"
   for i in 1 2; do

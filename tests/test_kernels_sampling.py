@@ -1,12 +1,24 @@
 """The fused top-k Gumbel-max draw (`litgpt.kernels.sampling`): its Triton kernel under the Triton interpreter on
 CPU against the torch reference, the Sampler's kernel path against its torch path (CUDA), and the CPU fallback."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 import litgpt.kernels.sampling as sampling
 from litgpt.generate.base import Sampler, SamplingParams
-from litgpt.kernels.sampling import gumbel_top_k_sample, gumbel_top_k_sample_reference, inverse_temperature
+from litgpt.kernels.sampling import (
+    FUSED_MAX_K,
+    fused_top_k_sample,
+    gumbel_top_k_sample,
+    gumbel_top_k_sample_reference,
+    inverse_temperature,
+    top_k_candidates,
+)
 from test_kernels import interpreted_copy, route_to_interpreted
 
 
@@ -109,6 +121,97 @@ def distinct_bf16_logits(B: int, device: str) -> torch.Tensor:
     return values[torch.argsort(torch.rand(B, values.numel(), device=device), dim=1)]  # (B, 2560)
 
 
+# ---------------------------------------------------------------------------------------------- the fused top-k
+def tied_logits(B: int, V: int, pad: int, dtype: torch.dtype, device: str = "cpu") -> torch.Tensor:
+    """(B, V + pad) logits on a grid of halves (many equal values, at the k-th place too); the padded columns, above
+    every real logit, must never be drawn."""
+    logits = (torch.randn(B, V + pad, device=device) * 6).round() / 2
+    logits[:, V:] = 100.0
+    return logits.to(dtype)
+
+
+def fused_reference(logits, V, k, seeds, position, inv) -> torch.Tensor:
+    values, ids = top_k_candidates(logits, V, k)
+    return gumbel_top_k_sample_reference(values, ids, seeds, position, inv)
+
+
+def test_top_k_candidates_rank_equal_logits_by_smaller_token_id() -> None:
+    logits = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0, 9.0]])  # the last column: padding, beyond vocab_size 5
+    values, ids = top_k_candidates(logits, 5, 2)
+    assert values.tolist() == [[3.0, 3.0]] and ids.tolist() == [[1, 2]]
+
+
+FUSED_CASES = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+from litgpt.kernels import triton_sampling
+from test_kernels_sampling import fused_reference, tied_logits
+from litgpt.kernels.sampling import FUSED_MAX_K, inverse_temperature
+cases = [
+    (1, 100, 1, torch.float32, 64),
+    (3, 1000, 50, torch.bfloat16, 256),  # 4 chunks a row, the last one partial
+    (2, 700, FUSED_MAX_K, torch.float32, 256),
+    (2, 900, 7, torch.float16, 128),
+    (1, 2100, 50, torch.bfloat16, triton_sampling.CHUNK),  # the launch's own chunk (2048): two chunks
+]
+for B, V, k, dtype, chunk in cases:
+    torch.manual_seed(B * 100 + k)
+    logits = tied_logits(B, V, 13, dtype)
+    seeds = torch.randint(0, 2**32, (B, 1))
+    inv = inverse_temperature(0.8)
+    for position in (torch.arange(5, 5 + B).view(B, 1), torch.tensor([[2**31 + 1]])):
+        want = fused_reference(logits, V, k, seeds, position, inv)
+        got = triton_sampling.fused_top_k_sample(logits, V, k, seeds.view(B), position.view(-1).expand(B), inv,
+                                                 chunk=chunk)
+        assert got.shape == (B, 1) and torch.equal(got, want) and got.max() < V, (B, V, k, dtype, got, want)
+    flat = torch.zeros_like(logits)  # every logit equal: the tie rule alone picks the candidates, ids 0..k-1
+    flat[:, V:] = 100.0
+    position = torch.arange(B).view(B, 1)
+    got = triton_sampling.fused_top_k_sample(flat, V, k, seeds.view(B), position.view(B), inv, chunk=chunk)
+    assert torch.equal(got, fused_reference(flat, V, k, seeds, position, inv)) and got.max() < k, (got, k)
+    print("ok", B, V, k, dtype)
+"""
+
+
+def test_fused_top_k_matches_reference_interpreted() -> None:
+    """The two kernels (top-k per chunk, then merge and draw) under the Triton interpreter against a stable sort's
+    top-k and the reference draw: equal ids on tied logits, the padded columns never drawn, per-row and shared
+    positions. In a fresh interpreter with TRITON_INTERPRET=1 from the start: `tl.topk` is jitted when triton is
+    imported, so only then does the interpreter run it (an interpreted copy of our module alone cannot call it)."""
+    if not sampling.TRITON_AVAILABLE:
+        pytest.skip("needs triton (pip install triton) for its interpreter")
+    tests = Path(__file__).resolve().parent
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(
+        [str(tests.parent), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    result = subprocess.run([sys.executable, "-c", FUSED_CASES, str(tests)], capture_output=True, text=True,
+                            timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("ok ") == 5, result.stdout
+
+
+def test_fused_top_k_sample_off_cuda_is_the_reference() -> None:
+    torch.manual_seed(3)
+    logits = tied_logits(4, 300, 4, torch.bfloat16)
+    seeds, position = torch.randint(0, 2**32, (4, 1)), torch.randint(0, 1000, (4, 1))
+    inv = inverse_temperature(1.3)
+    assert torch.equal(fused_top_k_sample(logits, 300, 20, seeds, position, inv),
+                       fused_reference(logits, 300, 20, seeds, position, inv))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("k", [1, 50, FUSED_MAX_K])
+def test_fused_top_k_matches_reference_on_cuda(k: int) -> None:
+    """pythia's vocabulary (50,254 of 50,304 padded columns), bf16 logits with many ties, batch 64."""
+    torch.manual_seed(k)
+    B, V = 64, 50254
+    logits = tied_logits(B, V, 50, torch.bfloat16, "cuda")
+    seeds = torch.randint(0, 2**32, (B, 1), device="cuda")
+    position = torch.randint(0, 2**20, (B, 1), device="cuda")
+    inv = inverse_temperature(0.8)
+    got = fused_top_k_sample(logits, V, k, seeds, position, inv)
+    assert torch.equal(got, fused_reference(logits, V, k, seeds, position, inv))
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("k", [1, 7, 50, 1000])
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 1.6])
@@ -122,16 +225,17 @@ def test_sampler_kernel_path_matches_torch_path_on_cuda(k: int, temperature: flo
     fused = seeded_sampler(params, V, B, "cuda", True, 42)
     torch_path = seeded_sampler(params, V, B, "cuda", False, 42)
     launches = []
-    op = sampling._gumbel_top_k_op
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sampling, "_gumbel_top_k_op", lambda *args: launches.append(1) or op(*args))
+        for name in ("_gumbel_top_k_op", "_fused_top_k_op"):  # k <= FUSED_MAX_K: the fused top-k, else the draw
+            op = getattr(sampling, name)
+            patch.setattr(sampling, name, lambda *args, name=name, op=op: launches.append(name) or op(*args))
         for step in range(4):
             padding = torch.randn(B, 64, device="cuda").to(torch.bfloat16) + 10  # padded ids: never sampled
             logits = torch.cat([distinct_bf16_logits(B, "cuda"), padding], dim=1)  # (B, V + 64)
             position = torch.randint(0, 2**20, (B, 1), device="cuda")
             got, want = fused(logits, position), torch_path(logits, position)
             assert got.max() < V and torch.equal(got, want)
-    assert len(launches) == 4, "the kernel path did not run"
+    assert launches == ["_fused_top_k_op" if k <= FUSED_MAX_K else "_gumbel_top_k_op"] * 4, launches
 
 
 @pytest.mark.cuda

@@ -27,8 +27,10 @@ from torch import nn
 
 from litgpt.kernels._triton import TRITON_AVAILABLE
 from litgpt.kernels.sampling import (
+    FUSED_MAX_K,
     MAX_K,
     VALUE_DTYPES,
+    fused_top_k_sample,
     gumbel_noise,
     gumbel_top_k_sample,
     inverse_temperature,
@@ -105,8 +107,11 @@ class Sampler(nn.Module):
     (row seed, position, token id), so a step has no RNG state to advance: it replays under a CUDA graph and gives
     the same tokens for the same seed everywhere.
 
-    `use_kernel`: a top-k draw (top_p 1.0) on CUDA runs the top-k over the raw logits and one fused Triton launch
-    (`litgpt.kernels.sampling.gumbel_top_k_sample`) for the scaling, the noise and the argmax; the same tokens.
+    `use_kernel`: a top-k draw (top_p 1.0) on CUDA runs in Triton: for k up to FUSED_MAX_K the top-k as well
+    (`litgpt.kernels.sampling.fused_top_k_sample`, two launches instead of torch.topk's several), else torch.topk
+    over the raw logits, then one launch for the scaling, the noise and the argmax (`gumbel_top_k_sample`). The same
+    tokens as the torch path, except where logits tie at the k-th place: the kernels keep the smaller token id
+    (a stable descending sort's order), torch.topk either.
     """
 
     def __init__(
@@ -142,7 +147,10 @@ class Sampler(nn.Module):
         """logits (B, V_padded) for the token at `position` (B, 1) -> token ids (B, 1)."""
         if self._fused(logits):
             # dividing by temperature > 0 keeps the order: the top-k of the raw logits, scaled in fp32 by the kernel
-            values, token_ids = torch.topk(logits[:, : self.vocab_size], self.params.top_k, dim=-1)  # (B, k), (B, k)
+            k = self.params.top_k
+            if k <= FUSED_MAX_K:  # the top-k in the kernels too: two launches
+                return fused_top_k_sample(logits, self.vocab_size, k, self.row_seeds, position, self.inv_temperature)
+            values, token_ids = torch.topk(logits[:, : self.vocab_size], k, dim=-1)  # (B, k), (B, k)
             return gumbel_top_k_sample(values, token_ids, self.row_seeds, position, self.inv_temperature)  # (B, 1)
         logits = logits[:, : self.vocab_size].float()  # (B, V)
         if self.params.greedy:

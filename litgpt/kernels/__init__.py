@@ -4,8 +4,9 @@
 new latent's norm, the key's rope and, in the same launch, the query's rope); `gqa_decode_attention` the MHA/GQA/MQA
 decode over `KVCache`, `gqa_cache_write` its cache write (the query's and key's rope and the key and value writes in
 one launch). `linear` is the small-batch GEMV (+ norm, activation, bias, residual) of folded decode steps.
-`litgpt.kernels.sampling.gumbel_top_k_sample` is the decode step's fused top-k Gumbel-max draw (used by
-`litgpt.generate.base.Sampler`). `litgpt.kernels.cross_entropy` holds the training loss's passes over the logits (used by `litgpt.loss`).
+`litgpt.kernels.sampling.fused_top_k_sample` is the decode step's top-k with its Gumbel-max draw, and
+`gumbel_top_k_sample` the draw among given candidates (both used by `litgpt.generate.base.Sampler`).
+`litgpt.kernels.cross_entropy` holds the training loss's passes over the logits (used by `litgpt.loss`).
 `set_kernels(model, False)` switches every block back to the torch path.
 """
 

@@ -1,5 +1,6 @@
-"""The decode step's top-k Gumbel-max draw: the Triton kernel of `litgpt.kernels.triton_sampling` on CUDA, a
-pure-torch reference everywhere else, and the counter-based hash (`mix32`) that both draw their noise from.
+"""The decode step's top-k Gumbel-max draw: the Triton kernels of `litgpt.kernels.triton_sampling` on CUDA (the draw
+among given candidates, `gumbel_top_k_sample`, and the top-k with the draw, `fused_top_k_sample`), pure-torch
+references everywhere else, and the counter-based hash (`mix32`) that both draw their noise from.
 
 The noise of a candidate is a hash of (row seed, position, token id), so the draw needs no RNG state: the same
 seed gives the same tokens eager, compiled, under a CUDA graph, with the kernel or without it.
@@ -15,6 +16,7 @@ from litgpt.kernels._triton import TRITON_AVAILABLE
 M32 = 0xFFFFFFFF
 TOKEN_SALT = 0x9E3779B9  # token id t hashes to mix32(t ^ TOKEN_SALT)
 MAX_K = 1024  # candidates per row the kernel takes (`litgpt.kernels.triton_sampling.MAX_K`)
+FUSED_MAX_K = 128  # the largest k of the fused top-k (`litgpt.kernels.triton_sampling.FUSED_MAX_K`)
 VALUE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
@@ -113,3 +115,64 @@ def _gumbel_top_k_fake(values: torch.Tensor, *_: object) -> torch.Tensor:
 _gumbel_top_k_op = define_op("gumbel_top_k_sample", (
     "(Tensor values, Tensor token_ids, Tensor row_seeds, Tensor positions, float inv_temperature) -> Tensor"),
     _launch, _gumbel_top_k_fake)
+
+
+# ------------------------------------------------------------------------------------------------ top-k and draw
+def top_k_candidates(logits: torch.Tensor, vocab_size: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's k largest logits among the first vocab_size columns and their token ids, (B, k) each, ranked by
+    logit and, on equal logits, smaller token id first (a stable descending sort): the candidates the fused kernel
+    draws among."""
+    values, ids = torch.sort(logits[:, :vocab_size], dim=-1, descending=True, stable=True)  # (B, V), (B, V)
+    return values[:, :k], ids[:, :k]
+
+
+def fused_kernel_applies(logits: torch.Tensor, vocab_size: int, k: int, row_seeds: torch.Tensor,
+                         position: torch.Tensor) -> bool:
+    """True where `fused_top_k_sample`'s kernels take these inputs: Triton installed, all on one CUDA device,
+    bf16/fp16/fp32 logits (B, >= vocab_size) with a unit last stride, 1 <= k <= FUSED_MAX_K and k <= vocab_size, one
+    int64 seed and position per row (or one position for all)."""
+    B = logits.size(0) if logits.dim() == 2 else -1
+    return (
+        TRITON_AVAILABLE
+        and logits.is_cuda
+        and logits.dim() == 2
+        and logits.dtype in VALUE_DTYPES
+        and logits.stride(-1) == 1
+        and 1 <= k <= min(FUSED_MAX_K, vocab_size)
+        and vocab_size <= logits.size(1)
+        and row_seeds.dtype == position.dtype == torch.int64
+        and all(t.device == logits.device for t in (row_seeds, position))
+        and row_seeds.numel() == B
+        and position.numel() in (1, B)
+        and not (torch.is_grad_enabled() and logits.requires_grad)
+    )
+
+
+def fused_top_k_sample(logits: torch.Tensor, vocab_size: int, k: int, row_seeds: torch.Tensor,
+                       position: torch.Tensor, inv_temperature: float) -> torch.Tensor:
+    """Draw from each row's top k: logits (B, >= vocab_size) (later columns, a padded vocabulary's, never drawn),
+    row_seeds (B, 1), position (B, 1) int64 -> token ids (B, 1) int64.
+
+    Two Triton launches on CUDA (`fused_kernel_applies`: the top-k and the draw), else `top_k_candidates` then
+    `gumbel_top_k_sample_reference`: the same candidates (ties at the k-th logit go to the smaller token id) and the
+    same draw, equal up to the rounding of log.
+    """
+    if not fused_kernel_applies(logits, vocab_size, k, row_seeds, position):
+        values, ids = top_k_candidates(logits, vocab_size, k)
+        return gumbel_top_k_sample_reference(values, ids, row_seeds, position, inv_temperature)
+    B = logits.size(0)
+    positions = position.reshape(-1).expand(B)  # (B,): stride 0 when one position is shared
+    return _fused_top_k_op(logits, vocab_size, k, row_seeds.reshape(B), positions, float(inv_temperature))  # (B, 1)
+
+
+def _launch_fused(logits: torch.Tensor, vocab_size: int, k: int, row_seeds: torch.Tensor, positions: torch.Tensor,
+                  inv_temperature: float) -> torch.Tensor:
+    """The fused top-k's Triton launcher, imported at the first launch."""
+    from litgpt.kernels import triton_sampling
+
+    return triton_sampling.fused_top_k_sample(logits, vocab_size, k, row_seeds, positions, inv_temperature)
+
+
+_fused_top_k_op = define_op("fused_top_k_sample", (
+    "(Tensor logits, int vocab_size, int k, Tensor row_seeds, Tensor positions, float inv_temperature) -> Tensor"),
+    _launch_fused, _gumbel_top_k_fake)
