@@ -165,6 +165,7 @@ for B, V, k, dtype, chunk in cases:
                                                  chunk=chunk)
         assert got.shape == (B, 1) and torch.equal(got, want) and got.max() < V, (B, V, k, dtype, got, want)
     flat = torch.zeros_like(logits)  # every logit equal: the tie rule alone picks the candidates, ids 0..k-1
+    flat[:, 1::2] = -0.0  # equal to +0.0 as well
     flat[:, V:] = 100.0
     position = torch.arange(B).view(B, 1)
     got = triton_sampling.fused_top_k_sample(flat, V, k, seeds.view(B), position.view(B), inv, chunk=chunk)

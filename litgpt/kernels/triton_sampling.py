@@ -101,7 +101,7 @@ def gumbel_top_k_sample(values: torch.Tensor, token_ids: torch.Tensor, row_seeds
 def _key(logits, ids):
     """int64 keys ordered as (fp32 logit, then smaller token id): the high 32 bits the logit's bits with the
     magnitude bits of negatives flipped (so signed order is float order), the low 32 bits 2**32 - 1 - id."""
-    bits = logits.to(tl.int32, bitcast=True)
+    bits = (logits + 0.0).to(tl.int32, bitcast=True)  # -0.0 + 0.0 is +0.0: the two zeros tie, as they compare
     ordered = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
     return (ordered << 32) + (LOW_BITS - ids.to(tl.int64))
 
