@@ -35,6 +35,9 @@
 #            KEEP=/tmp/keep, DEADLINE_S=PIPELINE_S (default 1500); then waits like --collect
 #   later:   bash benchmarks/gpu_round.sh --collect                waits (at most COLLECT_S, default 570 s) until the
 #            pipeline is done, then packs what /tmp/keep holds into $OUT/results-now.tar.gz (also when not done yet)
+# Send each --collect call as soon as the last one returns: the machine goes back 30 s after a call (its idle time,
+# 2026-12-01), and the pipeline with it. A returned file may be at most 16 MiB: pack() leaves out weights, token
+# caches, tokenizer copies and the pipeline's own archive (out/); split what is still larger (`split -b 15m`).
 set -uo pipefail
 pack() {  # DIR ARCHIVE: DIR's results (logs, tables, plots, JSON) without weights or token caches
   tar -C "$1" --exclude='*.pth' --exclude='*.pth.lora' --exclude='*.bin' --exclude='tokens' --exclude='*.ckpt' \
