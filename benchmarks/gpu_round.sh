@@ -37,11 +37,16 @@
 #            pipeline is done, then packs what /tmp/keep holds into $OUT/results-now.tar.gz (also when not done yet)
 # Send each --collect call as soon as the last one returns: the machine goes back 30 s after a call (its idle time,
 # 2026-12-01), and the pipeline with it. A returned file may be at most 16 MiB: pack() leaves out weights, token
-# caches, tokenizer copies and the pipeline's own archive (out/); split what is still larger (`split -b 15m`).
+# caches, tokenizer copies and the pipeline's own archive (out/), and splits what is still larger.
 set -uo pipefail
-pack() {  # DIR ARCHIVE: DIR's results (logs, tables, plots, JSON) without weights or token caches
+pack() {  # DIR ARCHIVE: DIR's results (logs, tables, plots, JSON) without weights or token caches; an archive over
+  # the 16 MiB a returned file may be is split into ARCHIVE.part-00, -01, ... (cat them back together)
   tar -C "$1" --exclude='*.pth' --exclude='*.pth.lora' --exclude='*.bin' --exclude='tokens' --exclude='*.ckpt' \
     --exclude='*.safetensors' --exclude='tokenizer*.json' --exclude='out' -czf "$2" . 2>/dev/null
+  rm -f "$2".part-*
+  if [ "$(stat -c %s "$2")" -gt $((15 * 1024 * 1024)) ]; then
+    split -b 15m -d "$2" "$2.part-" && rm "$2"
+  fi
 }
 collect() {
   local until=$((SECONDS + ${COLLECT_S:-570}))
