@@ -60,26 +60,35 @@ def gumbel_top_k_sample_reference(values: torch.Tensor, token_ids: torch.Tensor,
     return token_ids.gather(-1, scores.argmax(dim=-1, keepdim=True))  # (B, 1)
 
 
-def kernel_applies(values: torch.Tensor, token_ids: torch.Tensor, row_seeds: torch.Tensor,
-                   position: torch.Tensor) -> bool:
-    """True where the Triton kernel takes these inputs: Triton installed, all on one CUDA device, bf16/fp16/fp32
-    values and int64 ids of one (B, k) shape with k <= MAX_K and unit last strides, one int64 seed and position
-    per row (or one position for all)."""
+def _draw_applies(values: torch.Tensor, row_seeds: torch.Tensor, position: torch.Tensor) -> bool:
+    """What both draws' kernels need: Triton installed, bf16/fp16/fp32 values (B, n) on CUDA with a unit last stride
+    and no autograd, and one int64 seed and position per row (or one position for all) on the same device."""
     B = values.size(0) if values.dim() == 2 else -1
     return (
         TRITON_AVAILABLE
         and values.is_cuda
         and values.dim() == 2
-        and token_ids.shape == values.shape
-        and 0 < values.size(1) <= MAX_K
         and values.dtype in VALUE_DTYPES
-        and token_ids.dtype == row_seeds.dtype == position.dtype == torch.int64
-        and all(t.device == values.device for t in (token_ids, row_seeds, position))
         and values.stride(-1) == 1
-        and token_ids.stride(-1) == 1
+        and row_seeds.dtype == position.dtype == torch.int64
+        and all(t.device == values.device for t in (row_seeds, position))
         and row_seeds.numel() == B
         and position.numel() in (1, B)
         and not (torch.is_grad_enabled() and values.requires_grad)
+    )
+
+
+def kernel_applies(values: torch.Tensor, token_ids: torch.Tensor, row_seeds: torch.Tensor,
+                   position: torch.Tensor) -> bool:
+    """True where the Triton kernel takes these inputs: `_draw_applies`, and int64 ids of the values' (B, k) shape
+    with k <= MAX_K, on their device, with a unit last stride."""
+    return (
+        _draw_applies(values, row_seeds, position)
+        and token_ids.shape == values.shape
+        and 0 < values.size(1) <= MAX_K
+        and token_ids.dtype == torch.int64
+        and token_ids.device == values.device
+        and token_ids.stride(-1) == 1
     )
 
 
@@ -128,23 +137,12 @@ def top_k_candidates(logits: torch.Tensor, vocab_size: int, k: int) -> tuple[tor
 
 def fused_kernel_applies(logits: torch.Tensor, vocab_size: int, k: int, row_seeds: torch.Tensor,
                          position: torch.Tensor) -> bool:
-    """True where `fused_top_k_sample`'s kernels take these inputs: Triton installed, all on one CUDA device,
-    bf16/fp16/fp32 logits (B, >= vocab_size) with a unit last stride, 1 <= k <= FUSED_MAX_K and k <= vocab_size, one
-    int64 seed and position per row (or one position for all)."""
-    B = logits.size(0) if logits.dim() == 2 else -1
+    """True where `fused_top_k_sample`'s kernels take these inputs: `_draw_applies` for logits (B, >= vocab_size),
+    and 1 <= k <= FUSED_MAX_K, k <= vocab_size."""
     return (
-        TRITON_AVAILABLE
-        and logits.is_cuda
-        and logits.dim() == 2
-        and logits.dtype in VALUE_DTYPES
-        and logits.stride(-1) == 1
+        _draw_applies(logits, row_seeds, position)
         and 1 <= k <= min(FUSED_MAX_K, vocab_size)
         and vocab_size <= logits.size(1)
-        and row_seeds.dtype == position.dtype == torch.int64
-        and all(t.device == logits.device for t in (row_seeds, position))
-        and row_seeds.numel() == B
-        and position.numel() in (1, B)
-        and not (torch.is_grad_enabled() and logits.requires_grad)
     )
 
 

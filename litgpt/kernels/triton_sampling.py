@@ -64,6 +64,22 @@ def _log(x, PRECISE: tl.constexpr):
 
 
 @triton.jit
+def _gumbel_argmax(scaled, ids, valid, lanes, SEEDS, POS, row, stride_s, stride_p, PRECISE_LOG: tl.constexpr):
+    """The lane of argmax(scaled + Gumbel noise) over the valid lanes, the first on ties as torch's argmax; the noise
+    of a lane hashes (row seed, position, token id) as `litgpt.kernels.sampling.gumbel_noise` does."""
+    seed = tl.load(SEEDS + row * stride_s).to(tl.uint32)  # values in [0, 2**32): the low 32 bits are the value
+    position = tl.load(POS + row * stride_p).to(tl.uint32)  # truncation == position & 0xFFFFFFFF
+    key = _mix32(seed ^ _mix32(position))
+    token_hash = _mix32(ids.to(tl.uint32) ^ 0x9E3779B9)
+    bits = _mix32(token_hash ^ key)  # uniform 32-bit integers
+    uniform = ((bits >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)  # in (0, 1), exact: 24 bits
+    gumbel = -_log(-_log(uniform, PRECISE_LOG), PRECISE_LOG)
+    scores = tl.where(valid, scaled + gumbel, float("-inf"))
+    best = tl.reduce(scores, 0, _maximum)
+    return tl.reduce(tl.where(scores == best, lanes, 2147483647), 0, _minimum)
+
+
+@triton.jit
 def _gumbel_top_k_kernel(VALUES, IDS, SEEDS, POS, OUT, stride_v, stride_i, stride_s, stride_p, K, inv_temperature,
                          BLOCK: tl.constexpr, PRECISE_LOG: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -71,16 +87,7 @@ def _gumbel_top_k_kernel(VALUES, IDS, SEEDS, POS, OUT, stride_v, stride_i, strid
     valid = offs < K
     logits = tl.load(VALUES + row * stride_v + offs, mask=valid, other=0.0).to(tl.float32) * inv_temperature
     ids = tl.load(IDS + row * stride_i + offs, mask=valid, other=0)  # (BLOCK,) int64
-    seed = tl.load(SEEDS + row * stride_s).to(tl.uint32)  # values in [0, 2**32): the low 32 bits are the value
-    position = tl.load(POS + row * stride_p).to(tl.uint32)  # truncation == position & 0xFFFFFFFF
-    key = _mix32(seed ^ _mix32(position))
-    token_hash = _mix32(ids.to(tl.uint32) ^ 0x9E3779B9)
-    bits = _mix32(token_hash ^ key)  # (BLOCK,) uniform 32-bit integers
-    uniform = ((bits >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)  # in (0, 1), exact: 24 bits
-    gumbel = -_log(-_log(uniform, PRECISE_LOG), PRECISE_LOG)
-    scores = tl.where(valid, logits + gumbel, float("-inf"))
-    best = tl.reduce(scores, 0, _maximum)
-    choice = tl.reduce(tl.where(scores == best, offs, BLOCK), 0, _minimum)  # the first maximum, as torch.argmax
+    choice = _gumbel_argmax(logits, ids, valid, offs, SEEDS, POS, row, stride_s, stride_p, PRECISE_LOG)
     tl.store(OUT + row, tl.load(IDS + row * stride_i + choice))
 
 
@@ -136,15 +143,8 @@ def _merge_draw_kernel(KEYS, SEEDS, POS, OUT, stride_s, stride_p, N_KEYS, K, inv
     valid = rank < K  # the k largest
     ids = LOW_BITS - (top & LOW_BITS)  # (KP,) token ids
     logits = _key_logit(top) * inv_temperature
-    seed = tl.load(SEEDS + row * stride_s).to(tl.uint32)
-    position = tl.load(POS + row * stride_p).to(tl.uint32)
-    key = _mix32(seed ^ _mix32(position))
-    bits = _mix32(_mix32(ids.to(tl.uint32) ^ 0x9E3779B9) ^ key)  # as `_gumbel_top_k_kernel`
-    uniform = ((bits >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
-    gumbel = -_log(-_log(uniform, PRECISE_LOG), PRECISE_LOG)
-    scores = tl.where(valid, logits + gumbel, float("-inf"))
-    best = tl.reduce(scores, 0, _maximum)
-    choice = tl.reduce(tl.where(scores == best, rank, KP), 0, _minimum)  # the first (highest-ranked) maximum
+    # on ties the first lane: the highest-ranked key
+    choice = _gumbel_argmax(logits, ids, valid, rank, SEEDS, POS, row, stride_s, stride_p, PRECISE_LOG)
     tl.store(OUT + row, tl.reduce(tl.where(rank == choice, ids, 0), 0, _maximum))
 
 
