@@ -180,7 +180,9 @@ peer_python() {  # /tmp/peer_python: this machine's python3 with upstream litgpt
   [ -d /tmp/peersite/litgpt ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
     --target /tmp/peersite .peer/*.whl
 }
-part_generate() {
+generate_benchmarks() {  # ARCHIVE MODEL...: `benchmark decode` at the generate shapes, then `benchmark generate` on
+  # the random-init checkpoint of each MODEL (mla, mha, ds), ARCHIVE packed after each step (what a cut-off run keeps)
+  local archive=$1; shift
   peer_python
   [ -f "$KEEP/random/ds/lit_model.pth" ] || { log "random-init bases"; random_bases; }
   log "benchmark decode at the generate shapes"
@@ -188,7 +190,8 @@ part_generate() {
     --context_lengths '[1024]' --mode cuda_graph --decode_steps 300 --warmup 10 --out_dir "$KEEP/gen/decode" 2>&1 \
     | tail -2 | tee -a "$KEEP/logs/steps.log"
   cat "$KEEP/gen/decode/results.csv" >> "$KEEP/logs/steps.log"
-  for m in mla mha ds; do
+  pack "$KEEP" "$archive"
+  for m in "$@"; do
     log "benchmark generate $m"
     case $m in
       mla) extra=(--hf false) ;;
@@ -196,8 +199,12 @@ part_generate() {
       ds) extra=(--peer_python /tmp/peer_python --peer_new_tokens '[100]' --chat false --batches '[1]') ;;
     esac
     timeout $(( $(left) < 200 ? $(left) : 200 )) python3 -m litgpt benchmark generate "$KEEP/random/$m" \
-      --out_dir "$KEEP/gen/$m" "${extra[@]}" 2>&1 | tail -15 | tee -a "$KEEP/logs/steps.log"
+      --out_dir "$KEEP/gen/$m" "${extra[@]}" 2>&1 | grep "^| " | tee -a "$KEEP/logs/steps.log"
+    pack "$KEEP" "$archive"
   done
+}
+part_generate() {
+  generate_benchmarks "$OUT/results-generate.tar.gz" mla mha ds
 }
 
 # ---------------------------------------------------------------------------------------------- issue 16: fine-tune
@@ -277,20 +284,7 @@ part_rerun() {
   grep "^| " "$KEEP/logs/ft_memory.log" | tee -a "$KEEP/logs/steps.log"
   wait; tail -3 "$KEEP/logs/cuda_tests_rerun.log" | tee -a "$KEEP/logs/steps.log"
   pack "$KEEP" "$OUT/results-rerun.tar.gz"
-  log "benchmark decode at the generate shapes"
-  timeout 120 python3 -m litgpt benchmark decode --models '[pythia-160m-mla, pythia-160m]' --batch_sizes '[1, 8]' \
-    --context_lengths '[1024]' --mode cuda_graph --decode_steps 300 --warmup 10 --out_dir "$KEEP/gen/decode" 2>&1 \
-    | tail -1 | tee -a "$KEEP/logs/steps.log"
-  cat "$KEEP/gen/decode/results.csv" >> "$KEEP/logs/steps.log"
-  pack "$KEEP" "$OUT/results-rerun.tar.gz"
-  peer_python
-  log "benchmark generate mla"
-  timeout $(( $(left) < 200 ? $(left) : 200 )) python3 -m litgpt benchmark generate "$r/mla" --out_dir "$KEEP/gen/mla" \
-    --hf false 2>&1 | grep "^| litgpt" | tee -a "$KEEP/logs/steps.log"
-  pack "$KEEP" "$OUT/results-rerun.tar.gz"
-  log "benchmark generate mha, with the peers"
-  timeout $(( $(left) < 200 ? $(left) : 200 )) python3 -m litgpt benchmark generate "$r/mha" --out_dir "$KEEP/gen/mha" \
-    --peer_python /tmp/peer_python --peer_new_tokens '[100]' --chat false 2>&1 | grep "^| " | tee -a "$KEEP/logs/steps.log"
+  generate_benchmarks "$OUT/results-rerun.tar.gz" mla mha
 }
 
 part_profile() {  # issue 15: where the time to the first printed token goes on this machine (about 40 s)
