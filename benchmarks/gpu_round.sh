@@ -3,12 +3,14 @@
 #
 #   moe       issue 17: `litgpt benchmark pretrain` of the MoE models against the dense ones of about equal active
 #             parameters (eager with the CUDA profile, then compiled), then `litgpt compare` of MHA vs GQA vs MLA in
-#             identical MoE models (config_hub/compare/moe-attention.yaml, 50M tokens each, ../shared/data)
+#             identical MoE models (config_hub/compare/moe-attention.yaml, 50M tokens each, ../shared/data; the
+#             three train at once, with the CUDA tests beside them: their tokens/s are not single-run figures)
 #   pretrain  issue 16: pythia-160m and pythia-160m-mla for 100M tokens each on ../shared/data (both at once on the
 #             GPU), with the CUDA tests beside them
-#   generate  issue 15: `litgpt benchmark decode` at the generate shapes, then `litgpt benchmark generate` on three
-#             random-init checkpoints (pythia-160m-mla, pythia-160m and the DeepSeek-layout MLA; random weights: the
-#             texts run to full length) with upstream litgpt 0.5.13 and HF transformers beside ours
+#   generate  issue 15: `litgpt benchmark decode` at the generate shapes, then `litgpt benchmark generate` on
+#             random-init pythia-160m-mla and pythia-160m checkpoints (random weights: the texts run to full length),
+#             with upstream litgpt 0.5.13 and HF transformers beside ours on the MHA one
+#   generate_ds  the same plus the DeepSeek-layout MLA (q_lora_rank set: upstream and HF load it too)
 #   convert   issue 18: convert_b, convert_a, then report (benchmarks/convert_report.py over what they left)
 #   convert_b (b) pythia-70m MHA for 100M tokens, converted to MLA at 1/4 and 1/8 of its KV bytes, healed with 5% and
 #             10% of its tokens, against the same MLA shapes trained from scratch for 110M tokens (the source and the
@@ -98,18 +100,27 @@ corpus=(--data TextFiles --data.train_data_path $D/corpus/train --data.val_data_
 
 # ---------------------------------------------------------------------------------------------- issue 17: MoE
 part_moe() {
+  local models='[pythia-70m, pythia-70m-moe, pythia-70m-gqa, pythia-70m-moe-gqa, pythia-70m-mla, pythia-70m-moe-mla]'
   log "benchmark pretrain, eager, with the CUDA profile: MoE vs dense"
-  timeout $(left) python3 -m litgpt benchmark pretrain \
-    --models '[pythia-70m, pythia-70m-moe, pythia-70m-mla, pythia-70m-moe-mla]' --compile '[false]' --profile true \
-    --out_dir "$KEEP/moe/bench_eager" 2>&1 | tail -8 | tee -a "$KEEP/logs/steps.log"
+  timeout $(left) python3 -m litgpt benchmark pretrain --models "$models" --compile '[false]' --profile true \
+    --out_dir "$KEEP/moe/bench_eager" 2>&1 | tail -10 | tee -a "$KEEP/logs/steps.log"
   log "benchmark pretrain, compiled"
-  timeout $(( $(left) < 150 ? $(left) : 150 )) python3 -m litgpt benchmark pretrain \
-    --models '[pythia-70m, pythia-70m-moe, pythia-70m-mla, pythia-70m-moe-mla]' --compile '[true]' \
-    --out_dir "$KEEP/moe/bench_compiled" 2>&1 | tail -8 | tee -a "$KEEP/logs/steps.log"
-  log "compare MHA vs GQA vs MLA in MoE models, 50M tokens each ($(left) s left)"
-  timeout $(left) python3 -m litgpt compare --config config_hub/compare/moe-attention.yaml \
-    --out_dir "$KEEP/moe/compare" --train.max_tokens 50000000 --train.save_interval 250 --train.log_interval 10 \
-    --eval.interval 100 --eval.max_iters 15 "${corpus[@]}" > "$KEEP/logs/compare_moe.log" 2>&1
+  timeout $(( $(left) < 150 ? $(left) : 150 )) python3 -m litgpt benchmark pretrain --models "$models" \
+    --compile '[true]' --out_dir "$KEEP/moe/bench_compiled" 2>&1 | tail -10 | tee -a "$KEEP/logs/steps.log"
+  log "tokenize the corpus"; tokenize
+  # the three trainings at once (one out_dir, one model each: compare merges their rows), the CUDA tests beside
+  # them; then compare with all three listed records nothing new and writes the table and plots
+  log "compare MHA vs GQA vs MLA in MoE models, 50M tokens each, at once ($(left) s left)"
+  local args=(--config config_hub/compare/moe-attention.yaml --out_dir "$KEEP/moe/compare"
+              --train.max_tokens 50000000 --train.save_interval 250 --train.log_interval 10
+              --eval.interval 100 --eval.max_iters 15 "${corpus[@]}")
+  for m in pythia-70m-moe pythia-70m-moe-gqa pythia-70m-moe-mla; do
+    timeout $(left) python3 -m litgpt compare "${args[@]}" --models "[$m]" > "$KEEP/logs/compare_$m.log" 2>&1 &
+  done
+  (log "CUDA tests"; cuda_tests) > "$KEEP/logs/beside.log" 2>&1 &
+  wait
+  tail -3 "$KEEP"/logs/compare_pythia-70m-moe*.log "$KEEP/logs/beside.log" | tee -a "$KEEP/logs/steps.log"
+  timeout $(left) python3 -m litgpt compare "${args[@]}" > "$KEEP/logs/compare_moe.log" 2>&1
   tail -25 "$KEEP/logs/compare_moe.log" | tee -a "$KEEP/logs/steps.log"
 }
 
@@ -204,6 +215,9 @@ generate_benchmarks() {  # ARCHIVE MODEL...: `benchmark decode` at the generate 
   done
 }
 part_generate() {
+  generate_benchmarks "$OUT/results-generate.tar.gz" mla mha
+}
+part_generate_ds() {  # the DeepSeek-layout MLA as well (its peer rows were measured on 2026-12-01)
   generate_benchmarks "$OUT/results-generate.tar.gz" mla mha ds
 }
 
@@ -405,9 +419,9 @@ convert_report() {
 
 for part in "$@"; do
   case $part in
-    moe|pretrain|tests|generate|rerun|profile|finetune|convert|convert_a|convert_b) "part_$part" ;;
+    moe|pretrain|tests|generate|generate_ds|rerun|profile|finetune|convert|convert_a|convert_b) "part_$part" ;;
     report) convert_report ;;
-    *) log "unknown part $part (moe, pretrain, tests, generate, rerun, profile, finetune, convert, convert_a, convert_b, report)" ;;
+    *) log "unknown part $part (moe, pretrain, tests, generate, generate_ds, rerun, profile, finetune, convert, convert_a, convert_b, report)" ;;
   esac
 done
 log "pack results"

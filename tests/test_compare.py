@@ -114,6 +114,38 @@ def test_compare_writes_results_skips_finished_and_resumes_exactly(tmp_path, tex
     assert [r["step"] for r in read_metrics(out / "debug-mla") if "loss" in r] == list(range(1, 7))
 
 
+def test_processes_sharing_an_out_dir_keep_each_others_rows_and_peak_memory(tmp_path, text_dir, capsys,
+                                                                            monkeypatch):
+    import litgpt.benchmark.compare as compare_module
+
+    out = tmp_path / "compare"
+    train = compare_module._train
+
+    def train_while_another_process_records_debug(name, *args):
+        # this process loaded results.json before training; another one records `debug` meanwhile
+        monkeypatch.setattr(compare_module, "_train", train)
+        main(compare_args(text_dir, out, models="[debug]"))
+        assert list(json.loads((out / "results.json").read_text())["models"]) == ["debug"]
+        return train(name, *args)
+
+    monkeypatch.setattr(compare_module, "_train", train_while_another_process_records_debug)
+    main(compare_args(text_dir, out, models="[debug-mla]"))
+    assert sorted(json.loads((out / "results.json").read_text())["models"]) == MODELS  # neither row is lost
+    capsys.readouterr()
+
+    # a model trained but not recorded (a run stopped in between) keeps the peak memory its run wrote
+    recorded = json.loads((out / "results.json").read_text())
+    recorded["models"].pop("debug")
+    (out / "results.json").write_text(json.dumps(recorded))
+    (out / "debug" / "peak_memory.json").write_text(json.dumps({"peak_memory_gib": 1.25}))
+    main(compare_args(text_dir, out))
+    output = capsys.readouterr().out
+    assert "compare: debug finished training earlier; recording its results\n" in output
+    assert "compare: debug-mla is finished (results recorded), skipping it" in output
+    assert json.loads((out / "results.json").read_text())["models"]["debug"]["peak_memory_gib"] == 1.25
+    assert "| 1.25 GiB |" in (out / "results.md").read_text()
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

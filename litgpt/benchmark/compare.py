@@ -6,7 +6,9 @@ held-out tokens (the first `eval.max_iters` validation batches, validated after 
 and next-token accuracy (the share of tokens whose argmax prediction is right), and for mixture-of-experts models
 the share of those tokens each expert of each MoE layer received. Results go to `results.json` and `results.md`;
 loss curves (from each run's CSV log) to `loss_vs_tokens.png` and `loss_vs_time.png`. Rerunning the same command
-skips finished models and resumes an interrupted one from its latest step checkpoint.
+skips finished models and resumes an interrupted one from its latest step checkpoint. Processes with different
+`--models` and otherwise the same settings may share one out_dir, also at once (each merges its rows into
+results.json; models trained at once on one GPU share it, so their tokens/s are not single-run figures).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from litgpt.utils import atomic_write, hyperparameters
 
 DEFAULT_MODELS = ["pythia-70m", "pythia-70m-gqa", "pythia-70m-mqa", "pythia-70m-mla"]
 RESULTS_VERSION = 1
+PEAK_MEMORY_FILE = "peak_memory.json"  # written beside each run on CUDA, so a later recording keeps the peak
 # Settings a rerun may change: process counts change how fast the data is read, never what a model trains on
 # (runs before the rename recorded tokenize_workers as num_workers).
 ANY_VALUE_SETTINGS = ("data.init_args.tokenize_workers", "data.init_args.loader_workers", "data.init_args.num_workers")
@@ -108,9 +111,10 @@ def compare(
         if finished and name in results["models"]:
             progress.write(f"compare: {name} is finished (results recorded), skipping it")
             continue
-        if finished:  # stopped between the final checkpoint and recording: the peak memory is lost
-            progress.write(f"compare: {name} finished training earlier; recording its results (peak memory unknown)")
-            peak_memory = None
+        if finished:  # trained by an earlier or a concurrent run that stopped before (or did not) record it
+            peak_memory = _read_peak_memory(run_dir)
+            known = "" if peak_memory is not None else " (peak memory unknown)"
+            progress.write(f"compare: {name} finished training earlier; recording its results{known}")
         else:
             progress.write(f"compare: training {name} into {run_dir}")
             peak_memory = _train(name, model_config, run_dir, precision, data, train, eval, optimizer, devices,
@@ -118,8 +122,8 @@ def compare(
         seq_len = train.max_seq_length or configs[name].block_size
         if seq_len not in held_out:
             held_out[seq_len] = held_out_batches(data, tokenizer_dir, seq_len, train.micro_batch_size, eval.max_iters)
-        results["models"][name] = collect(name, configs[name], run_dir, precision, peak_memory, held_out[seq_len])
-        write_json(results_path, results)
+        row = collect(name, configs[name], run_dir, precision, peak_memory, held_out[seq_len])
+        results = _record(results_path, results, name, row)
 
     rows = [results["models"][name] for name in models]
     results["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -147,7 +151,28 @@ def _train(
     setup(model_name=name, model_config=model_config, out_dir=run_dir, precision=precision, resume="auto",
           data=data, train=train, eval=eval, optimizer=optimizer, devices=devices, tokenizer_dir=tokenizer_dir,
           logger_name="csv", seed=seed, compile=compile)
-    return torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    if not cuda:
+        return None
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    write_json(run_dir / PEAK_MEMORY_FILE, {"peak_memory_gib": peak})  # for a later run that records this model
+    return peak
+
+
+def _read_peak_memory(run_dir: Path) -> Optional[float]:
+    """The peak GiB `_train` wrote beside a finished run, or None (CPU, or trained before it was written)."""
+    path = run_dir / PEAK_MEMORY_FILE
+    return json.loads(path.read_text(encoding="utf-8"))["peak_memory_gib"] if path.is_file() else None
+
+
+def _record(path: Path, results: dict, name: str, row: dict) -> dict:
+    """`results` with `name`'s row, merged with the rows another compare process running in the same out_dir
+    (with other --models) wrote to `path` meanwhile, written atomically; returns the merged record."""
+    on_disk = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if on_disk and not changed_settings(on_disk.get("settings", {}), results["settings"], ANY_VALUE_SETTINGS):
+        results["models"] = {**on_disk.get("models", {}), **results["models"]}
+    results["models"][name] = row
+    write_json(path, results)
+    return results
 
 
 def _shared_tokenizer(data: DataModule, config: Config, tokenizer_dir: Path) -> Path:
