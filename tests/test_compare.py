@@ -229,6 +229,26 @@ def test_moe_models_report_accuracy_and_expert_load(tmp_path, text_dir):
     assert scores["accuracy"] == pytest.approx(results["models"]["debug-moe"]["val_acc"])
 
 
+def test_evaluate_scores_token_ids_past_vocab_size_as_training_does():
+    """A tokenizer may have more ids than vocab_size (Pythia's 50,277 against 50,254): the held-out pass scores them
+    against all padded_vocab_size logits, as training's loss does, instead of failing (a CUDA device assert)."""
+    from litgpt.benchmark.compare import evaluate
+    from litgpt.config import Config
+    from litgpt.model import GPT
+
+    torch.manual_seed(0)
+    model = GPT(Config(n_layer=1, n_embd=32, n_head=2, block_size=16, vocab_size=300, padding_multiple=64))
+    assert model.config.padded_vocab_size == 320
+    batch = torch.randint(0, 320, (2, 17))
+    batch[:, 5] = 310  # past vocab_size, inside the padded logits
+    scores = evaluate(model, [batch])
+    with torch.no_grad():
+        logits = model(batch[:, :-1])  # (2, 16, 320)
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+    assert scores["loss"] == pytest.approx(expected.item(), rel=1e-5)
+    assert scores["accuracy"] == (logits.argmax(-1) == batch[:, 1:]).float().mean().item()
+
+
 def test_moe_attention_comparison_config_loads(capsys):
     """config_hub/compare/moe-attention.yaml parses as `litgpt compare` reads it: MHA, GQA and MLA in identical
     MoE models of 50M parameters or more, the shared corpus and the Pythia tokenizer."""

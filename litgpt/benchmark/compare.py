@@ -215,7 +215,9 @@ def evaluate(model: GPT, batches: list[torch.Tensor], autocast_dtype: Optional[t
             for row in batch.to(device):  # (T + 1,)
                 inputs, targets = row[None, :-1], row[1:]  # (1, T), (T,)
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    logits = model(inputs)[0, :, : model.config.vocab_size].float()  # (T, vocab)
+                    # all padded_vocab_size logits, as training's loss: a tokenizer may have ids past vocab_size
+                    # (Pythia's: 50,277 ids, vocab_size 50,254)
+                    logits = model(inputs)[0].float()  # (T, padded_vocab)
                 loss += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").double()
                 correct += (logits.argmax(dim=-1) == targets).sum()
                 tokens += targets.numel()
