@@ -403,7 +403,9 @@ def test_loading_in_bfloat16_converts_each_tensor_once_and_makes_no_float32_copy
         model = load_checkpoint(checkpoint_dir, device="cpu", dtype=torch.bfloat16)
     rope_values = 2 * model.cos.numel()  # cos and sin: built in float32, then cast
     assert allocations.bytes.get(torch.float32, 0) < 0.05 * float32_bytes, allocations.bytes
-    assert allocations.bytes.get(torch.bfloat16, 0) == float32_bytes // 2 + 2 * rope_values, allocations.bytes
+    # beyond the weights and the rope cache, only the NaN/inf check's aminmax scalars (a few bytes per tensor)
+    extra = allocations.bytes.get(torch.bfloat16, 0) - (float32_bytes // 2 + 2 * rope_values)
+    assert 0 <= extra <= 8 * len(saved_state), allocations.bytes
     weight_copies = sorted(shape for shape, dtype in allocations.to_copy if dtype == torch.bfloat16)
     assert weight_copies == sorted([tuple(v.shape) for v in saved_state.values()] + [tuple(model.cos.shape)] * 2)
     assert set(allocations.bytes) <= {torch.float32, torch.bfloat16, torch.bool, torch.int64}, allocations.bytes

@@ -127,6 +127,8 @@ def test_grouped_gemm_and_gathered_paths_equal_the_per_expert_loop(bias):
         y = experts(x_in, weights, indices)
         (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
         results[path] = (y.detach(), x_in.grad, experts.fc_weight.grad.clone(), experts.proj_weight.grad.clone())
+        if bias:
+            results[path] += (experts.fc_bias.grad.clone(), experts.proj_bias.grad.clone())
     for path in ("grouped", "gathered"):
         for got, want in zip(results[path], results["loop"]):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
