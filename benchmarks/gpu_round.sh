@@ -4,7 +4,8 @@
 #   moe       issue 17: `litgpt benchmark pretrain` of the MoE models against the dense ones of about equal active
 #             parameters (eager with the CUDA profile, then compiled), then `litgpt compare` of MHA vs GQA vs MLA in
 #             identical MoE models (config_hub/compare/moe-attention.yaml, 50M tokens each, ../shared/data; the
-#             three train at once, with the CUDA tests beside them: their tokens/s are not single-run figures)
+#             three train at once, with the CUDA tests beside them: their tokens/s are not single-run figures);
+#             moe_bench and moe_compare are its two halves
 #   pretrain  issue 16: pythia-160m and pythia-160m-mla for 100M tokens each on ../shared/data (both at once on the
 #             GPU), with the CUDA tests beside them
 #   generate  issue 15: `litgpt benchmark decode` at the generate shapes, then `litgpt benchmark generate` on
@@ -15,7 +16,8 @@
 #   convert_b (b) pythia-70m MHA for 100M tokens, converted to MLA at 1/4 and 1/8 of its KV bytes, healed with 5% and
 #             10% of its tokens, against the same MLA shapes trained from scratch for 110M tokens (the source and the
 #             two from-scratch runs share the GPU, as do the four heals: their tokens/s are not single-run figures)
-#   convert_a (a) pythia-70m-mla vs its MLA-o variants (-mla-o2, -mla-o4) at 50M tokens, seeds 42 and 43 at once
+#   convert_a (a) pythia-70m-mla vs its MLA-o variants (-mla-o2, -mla-o4) at 50M tokens, seeds 42 and 43: all six
+#             trainings at once (their tokens/s are not single-run figures)
 #   rerun     issues 16 and 15 after the QLoRA dtype fix: LoRA and QLoRA peak memory in every attention variant
 #             (`litgpt benchmark finetune`, 100 steps a cell, on random-init bases of the pretrained shapes: memory
 #             depends on shapes, not on weights), then `benchmark decode` and `benchmark generate` on random-init
@@ -100,13 +102,19 @@ corpus=(--data TextFiles --data.train_data_path $D/corpus/train --data.val_data_
 
 # ---------------------------------------------------------------------------------------------- issue 17: MoE
 part_moe() {
+  part_moe_bench
+  part_moe_compare
+}
+part_moe_bench() {  # about 250 s
   local models='[pythia-70m, pythia-70m-moe, pythia-70m-gqa, pythia-70m-moe-gqa, pythia-70m-mla, pythia-70m-moe-mla]'
   log "benchmark pretrain, eager, with the CUDA profile: MoE vs dense"
   timeout $(left) python3 -m litgpt benchmark pretrain --models "$models" --compile '[false]' --profile true \
     --out_dir "$KEEP/moe/bench_eager" 2>&1 | tail -10 | tee -a "$KEEP/logs/steps.log"
   log "benchmark pretrain, compiled"
-  timeout $(( $(left) < 150 ? $(left) : 150 )) python3 -m litgpt benchmark pretrain --models "$models" \
+  timeout $(( $(left) < 200 ? $(left) : 200 )) python3 -m litgpt benchmark pretrain --models "$models" \
     --compile '[true]' --out_dir "$KEEP/moe/bench_compiled" 2>&1 | tail -10 | tee -a "$KEEP/logs/steps.log"
+}
+part_moe_compare() {  # about 900 s
   log "tokenize the corpus"; tokenize
   # the three trainings at once (one out_dir, one model each: compare merges their rows), the CUDA tests beside
   # them; then compare with all three listed records nothing new and writes the table and plots
@@ -395,18 +403,26 @@ part_convert_b() {  # (b): the source and the two from-scratch MLAs train at onc
     echo "$(basename "$f"): $(grep "val loss" "$f" | sed -n '1p;$p' | tr '\n' ' ')"
   done | tee -a "$KEEP/logs/steps.log"
 }
-part_convert_a() {  # (a): MLA vs MLA-o at 50M tokens each; the two seeds at once
-  tokenize
+part_convert_a() {  # (a): MLA vs MLA-o at 50M tokens each, two seeds: all six trainings at once (compare merges the
+  tokenize          # rows of processes sharing an out_dir), then one compare per seed records them and writes its table
   local c=$KEEP/convert
   mkdir -p "$c"
-  log "(a) MLA vs MLA-o (o_latent_dim n_embd/2, n_embd/4), 50M tokens each, seeds 42 and 43 at once"
+  log "(a) MLA vs MLA-o (o_latent_dim n_embd/2, n_embd/4), 50M tokens each, seeds 42 and 43, six at once"
+  local models=(pythia-70m-mla pythia-70m-mla-o2 pythia-70m-mla-o4)
+  mla_o_compare() {  # SEED [MODELS]: one compare into the seed's out_dir
+    timeout $(left) python3 -m litgpt compare --out_dir "$c/mla-o-seed$1" --seed "$1" "${corpus[@]}" "${small[@]}" \
+      --train.max_tokens 50000000 --train.save_interval 500 --eval.interval 100 --models "$2"
+  }
   for seed in 42 43; do
-    timeout $(left) python3 -m litgpt compare --models '[pythia-70m-mla, pythia-70m-mla-o2, pythia-70m-mla-o4]' \
-      --out_dir "$c/mla-o-seed$seed" --seed $seed "${corpus[@]}" "${small[@]}" --train.max_tokens 50000000 \
-      --train.save_interval 500 --eval.interval 100 > "$KEEP/logs/convert_mla_o_$seed.log" 2>&1 &
+    for m in "${models[@]}"; do
+      mla_o_compare $seed "[$m]" > "$KEEP/logs/convert_mla_o_${seed}_$m.log" 2>&1 &
+    done
   done
   wait
-  tail -12 "$KEEP"/logs/convert_mla_o_*.log | tee -a "$KEEP/logs/steps.log"
+  for seed in 42 43; do
+    mla_o_compare $seed "[$(IFS=,; echo "${models[*]}")]" > "$KEEP/logs/convert_mla_o_$seed.log" 2>&1
+  done
+  tail -12 "$KEEP"/logs/convert_mla_o_4[23].log | tee -a "$KEEP/logs/steps.log"
 }
 part_convert() {
   part_convert_b
@@ -419,9 +435,9 @@ convert_report() {
 
 for part in "$@"; do
   case $part in
-    moe|pretrain|tests|generate|generate_ds|rerun|profile|finetune|convert|convert_a|convert_b) "part_$part" ;;
+    moe|moe_bench|moe_compare|pretrain|tests|generate|generate_ds|rerun|profile|finetune|convert|convert_a|convert_b) "part_$part" ;;
     report) convert_report ;;
-    *) log "unknown part $part (moe, pretrain, tests, generate, generate_ds, rerun, profile, finetune, convert, convert_a, convert_b, report)" ;;
+    *) log "unknown part $part (moe, moe_bench, moe_compare, pretrain, tests, generate, generate_ds, rerun, profile, finetune, convert, convert_a, convert_b, report)" ;;
   esac
 done
 log "pack results"
