@@ -12,6 +12,7 @@
 #             random-init pythia-160m-mla and pythia-160m checkpoints (random weights: the texts run to full length),
 #             with upstream litgpt 0.5.13 and HF transformers beside ours on the MHA one
 #   generate_ds  the same plus the DeepSeek-layout MLA (q_lora_rank set: upstream and HF load it too)
+#   sampling  issue 15: benchmarks/sampling.py, the captured draw (greedy, torch top-k, the fused kernel) at batch 1, 8
 #   convert   issue 18: convert_b, convert_a, then report (benchmarks/convert_report.py over what they left)
 #   convert_b (b) pythia-70m MHA for 100M tokens, converted to MLA at 1/4 and 1/8 of its KV bytes, healed with 5% and
 #             10% of its tokens, against the same MLA shapes trained from scratch for 110M tokens (the source and the
@@ -221,6 +222,11 @@ generate_benchmarks() {  # ARCHIVE MODEL...: `benchmark decode` at the generate 
       --out_dir "$KEEP/gen/$m" "${extra[@]}" 2>&1 | grep "^| " | tee -a "$KEEP/logs/steps.log"
     pack "$KEEP" "$archive"
   done
+}
+part_sampling() {  # issue 15: device time of the sampled step's draw against greedy (about 20 s)
+  log "sampler draw, captured, batch 1 and 8"
+  mkdir -p "$KEEP/sampling"
+  timeout 120 python3 benchmarks/sampling.py --out "$KEEP/sampling/results.json" 2>&1 | tee -a "$KEEP/logs/steps.log"
 }
 part_generate() {
   generate_benchmarks "$OUT/results-generate.tar.gz" mla mha
@@ -435,9 +441,9 @@ convert_report() {
 
 for part in "$@"; do
   case $part in
-    moe|moe_bench|moe_compare|pretrain|tests|generate|generate_ds|rerun|profile|finetune|convert|convert_a|convert_b) "part_$part" ;;
+    moe|moe_bench|moe_compare|pretrain|tests|sampling|generate|generate_ds|rerun|profile|finetune|convert|convert_a|convert_b) "part_$part" ;;
     report) convert_report ;;
-    *) log "unknown part $part (moe, moe_bench, moe_compare, pretrain, tests, generate, generate_ds, rerun, profile, finetune, convert, convert_a, convert_b, report)" ;;
+    *) log "unknown part $part (moe, moe_bench, moe_compare, pretrain, tests, sampling, generate, generate_ds, rerun, profile, finetune, convert, convert_a, convert_b, report)" ;;
   esac
 done
 log "pack results"
