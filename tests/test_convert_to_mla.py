@@ -163,3 +163,43 @@ def test_bad_arguments_are_one_line_errors(checkpoints, tmp_path, source, kwargs
         convert_to_mla(checkpoint_dir, tmp_path / "out", **kwargs)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_healing_a_converted_checkpoint_with_finetune_full_or_pretrain(tmp_path):
+    """The healing path of the README: convert an MHA checkpoint, then train the converted MLA model with
+    `finetune_full` or by continuing `litgpt pretrain` from it. Both train the model its model_config.yaml describes
+    (the latent cache and all), and the validation loss falls below the one right after the conversion."""
+    import yaml
+
+    from litgpt.__main__ import main
+    from test_data_sft import make_base_checkpoint, make_records, write_json_dir
+    from test_finetune import ft_args, logged
+
+    source = make_base_checkpoint(tmp_path / "mha")  # debug: 4 heads of 8, 2 rope dims a head, random weights
+    converted = tmp_path / "mla"
+    main(["convert_to_mla", str(source), "--out_dir", str(converted), "--kv_lora_rank", "16", "--qk_rope_head_dim", "2"])
+    config = yaml.safe_load((converted / "model_config.yaml").read_text())
+    assert config["latent_attention"]["kv_lora_rank"] == 16 and config["latent_attention"]["qk_rope_head_dim"] == 2
+
+    healed = tmp_path / "healed-finetune"
+    main(ft_args("finetune_full", converted, write_json_dir(tmp_path / "instruct"), healed,
+                 **{"train.max_steps": "12", "eval.interval": "6"}))
+    val = {step: float(v) for step, v in logged(healed, 0, "val_loss").items()}
+    assert sorted(val) == [0, 6, 12] and val[12] < val[0]  # step 0: the converted model as it came out
+    assert yaml.safe_load((healed / "final" / "model_config.yaml").read_text()) == config
+
+    text = tmp_path / "text"
+    for split, records in (("train", make_records(120)), ("val", make_records(20))):
+        (text / split).mkdir(parents=True)
+        (text / split / "records.txt").write_text("\n\n".join(" ".join(r.values()) for r in records))
+    continued = tmp_path / "healed-pretrain"
+    main(["pretrain", "--initial_checkpoint_dir", str(converted), "--tokenizer_dir", str(converted),
+          "--out_dir", str(continued), "--precision", "32-true", "--data", "TextFiles",
+          "--data.train_data_path", str(text / "train"), "--data.val_data_path", str(text / "val"),
+          "--data.cache_dir", str(tmp_path / "cache"), "--data.tokenize_workers", "1",
+          "--train.max_steps", "12", "--train.global_batch_size", "4", "--train.micro_batch_size", "2",
+          "--train.max_seq_length", "32", "--train.lr_warmup_steps", "2", "--optimizer.lr", "0.01",
+          "--eval.interval", "6", "--eval.max_iters", "2", "--eval.initial_validation", "true"])
+    val = {step: float(v) for step, v in logged(continued, 0, "val_loss").items()}
+    assert sorted(val) == [0, 6, 12] and val[12] < val[0]
+    assert yaml.safe_load((continued / "final" / "model_config.yaml").read_text()) == config
