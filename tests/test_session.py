@@ -114,6 +114,8 @@ def test_first_streamed_token_comes_before_the_steps_capture_which_counts_as_pre
 
     monkeypatch.setattr(DecodeStep, "_call", slow_first_call)
     llm.generate_with_stats(["the cat"], max_new_tokens=8, temperature=0)  # builds the session (eager on the CPU)
+    assert events == ["capture"]  # its first decode step prepared it (the fold)
+    events.clear()
     session = llm.session
     session.step.prepared = False  # an eager step has nothing to prepare; make this one behave like a captured one
     _, stats = llm.generate_with_stats(["the cat"], max_new_tokens=8, temperature=0, stream=Recorder())
@@ -128,20 +130,42 @@ def test_first_streamed_token_comes_before_the_steps_capture_which_counts_as_pre
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("name", ["debug", "debug-mla"])
-def test_a_session_unfolded_before_its_first_step_captures_the_unfolded_step(name):
-    """`litgpt benchmark decode --fold false` unfolds the model after building its session: the step is captured at
-    its first call, so it runs the blocks' own modules (a step captured at the build would read the freed folded
-    weights) and decodes what the eager unfolded step decodes."""
-    from litgpt.fold import is_folded, unfold
+def test_an_unfolded_session_captures_the_unfolded_step(name):
+    """`litgpt benchmark decode --fold false` builds its session with fold=False on a model folded before: the step
+    is captured at its first call on the blocks' own modules and decodes what the eager unfolded step decodes."""
+    from litgpt.fold import fold_for_decode, is_folded
     from litgpt.generate.base import DecodeStep, generate_tokens
 
     model = make_model(name).cuda()  # float32: the torch path in both, the same kernels
     prompt = [torch.randint(model.config.vocab_size, (5,), device="cuda")]
-    session = DecodeSession(model, 1, 32, SamplingParams(0.0), "cuda_graph", kernels=False)
-    unfold(model)
+    fold_for_decode(model)
+    session = DecodeSession(model, 1, 32, SamplingParams(0.0), "cuda_graph", kernels=False, fold=False)
     assert not is_folded(model) and not session.step.prepared
     captured = [int(t) for t in session.tokens(prompt, 12)]
     model.set_kv_cache(1, max_seq_length=32)
     eager = DecodeStep(model, session.sampler, "eager")
     reference = [int(t) for t in generate_tokens(model, prompt, 12, session.sampler, eager)]
-    assert session.step.prepared and captured == reference
+    assert session.step.prepared and captured == reference and not is_folded(model)
+
+
+@pytest.mark.parametrize("name", ["debug", "debug-mla"])
+def test_the_session_folds_at_the_first_decode_step_after_the_first_token(name):
+    """Folding is left off the first token's path: the build and the prefill leave the model unfolded, the first
+    decode step folds it (counted in prepare_s), and the tokens are those of a model folded before the prefill."""
+    from litgpt.fold import fold_for_decode, is_folded
+    from litgpt.generate.base import DecodeStep, generate_tokens
+
+    model = make_model(name)
+    prompt = [torch.randint(model.config.vocab_size, (5,))]
+    session = DecodeSession(model, 1, 32, SamplingParams(0.0))
+    assert not is_folded(model) and not session.step.prepared
+    tokens = session.tokens(prompt, 6)
+    first = [int(next(tokens))]  # the prefill's token
+    assert not is_folded(model)
+    rest = [int(t) for t in tokens]
+    assert is_folded(model) and session.step.prepared and session.step.prepare_s > 0
+    assert not any(b.is_inference() for b in model.transformer.h[0].folded.buffers())  # usable outside inference
+    model.set_kv_cache(1, max_seq_length=32)
+    fold_for_decode(model)  # the old order: folded before the prefill
+    reference = [int(t) for t in generate_tokens(model, prompt, 6, session.sampler, DecodeStep(model, session.sampler))]
+    assert first + rest == reference and len(reference) == 6

@@ -34,7 +34,6 @@ from litgpt.generate.base import (
     prefill,
     resolve_dtype,
 )
-from litgpt.fold import unfold
 from litgpt.generate.session import DecodeSession
 from litgpt.kernels import set_kernels
 from litgpt.model import GPT, init_weights
@@ -71,9 +70,7 @@ def benchmark_decode(
     device = model.lm_head.weight.device
     model.clear_kv_cache()
     model.max_seq_length = context_length
-    session = DecodeSession(model, batch_size, context_length, params, mode, kernels)
-    if not fold:
-        unfold(model)  # the torch blocks' own one-token steps, before the step is first compiled or captured
+    session = DecodeSession(model, batch_size, context_length, params, mode, kernels, fold=fold)
     sampler, step = session.sampler, session.step
     generator = torch.Generator().manual_seed(0)
     prompts = list(torch.randint(model.config.vocab_size, (batch_size, prompt_len), generator=generator))

@@ -187,10 +187,13 @@ class DecodeStep:
     one explicit graph (a replay costs one launch and no guard checks). The caller owns the model's KV cache,
     which must be set (and must not be reallocated) before the first call, and its folded decode weights
     (`litgpt.fold.fold_for_decode`: two GEMMs per parallel-residual block instead of about nine, measured faster
-    at every shape in benchmarks/RESULTS.md), which must be folded before the step is compiled or captured.
+    at every shape in benchmarks/RESULTS.md), which must be folded before the step is compiled or captured: by the
+    caller, or by `first_call`, which the first call runs before anything else (the decode session's fold).
     """
 
-    def __init__(self, model: GPT, sampler: Sampler, mode: str = "eager") -> None:
+    def __init__(
+        self, model: GPT, sampler: Sampler, mode: str = "eager", first_call: Optional[Callable[[], None]] = None
+    ) -> None:
         if mode not in DECODE_MODES:
             raise ValueError(f"decode mode must be one of {DECODE_MODES}, got {mode!r}")
         self.model, self.sampler, self.mode = model, sampler, mode
@@ -199,11 +202,11 @@ class DecodeStep:
             raise ValueError(f"decode mode {mode!r} needs the model on a CUDA device; use 'compile' or 'eager'")
         self._fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.forward
         self._graph: Optional[torch.cuda.CUDAGraph] = None
-        self.prepared = mode == "eager"  # compiled and/or captured: done by the first call (or `prepare`)
-        self.prepare_s = 0.0  # seconds the first call spent compiling/capturing (its one step included)
+        self._first_call = first_call  # work before the first step (the session's fold), counted in prepare_s
+        self.prepared = mode == "eager" and first_call is None  # done by the first call (or `prepare`)
+        self.prepare_s = 0.0  # seconds the first call spent preparing: first_call, compile/capture, its one step
         if mode in ("compile", "max-autotune"):
             if self.device.type == "cuda":
-                self._mark_static_buffers()
                 self.compile(mode="reduce-overhead" if mode == "compile" else mode, fullgraph=True, dynamic=False)
             else:
                 self.compile(fullgraph=True, dynamic=False)
@@ -242,6 +245,11 @@ class DecodeStep:
         if not self.prepared:
             synchronize(self.device)
             t0 = time.perf_counter()
+            if self._first_call is not None:
+                with torch.inference_mode(False):  # what it makes (folded weights) outlives this step: normal tensors
+                    self._first_call()
+            if self.mode in ("compile", "max-autotune") and self.device.type == "cuda":
+                self._mark_static_buffers()  # before dynamo traces the step, and after first_call made its buffers
             out = self._call(token, input_pos)
             synchronize(self.device)
             self.prepare_s += time.perf_counter() - t0
