@@ -1,6 +1,6 @@
 """`litgpt pretrain --devices 2` on the CPU (gloo, through the real CLI): 2-process DDP trains exactly what one
-process with gradient accumulation trains, writes one log and one normal checkpoint, resumes a 1-process
-checkpoint; `--strategy fsdp` without CUDA is a one-line error."""
+process with gradient accumulation trains (an MoE model too), writes one log and one normal checkpoint, resumes a
+1-process checkpoint and is resumed by one process; `--strategy fsdp` without CUDA is a one-line error."""
 
 import csv
 from pathlib import Path
@@ -93,6 +93,44 @@ def test_ddp_resumes_a_one_process_checkpoint(tmp_path, text_dir, runs):
     final = load_checkpoint(out / "final").state_dict()
     for name, value in load_checkpoint(runs["one"] / "final").state_dict().items():
         torch.testing.assert_close(final[name], value, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_one_process_resumes_a_ddp_checkpoint(tmp_path, text_dir, runs):
+    """The other way round: 1 process (accumulation 2) resuming the 2-process step-3 checkpoint trains steps 4-6 on
+    the same windows as the uninterrupted DDP run, to the same final weights."""
+    out = tmp_path / "resumed"
+    step3 = runs["ddp"] / "step-00000003"
+    result = run_cli(tiny_args(text_dir, out, devices="1", resume=str(step3), tokenizer_dir=str(step3), **STEPS))
+    assert result.returncode == 0, result.stderr
+    assert f"resuming from {step3}/lit_model.pth" in result.stdout
+    resumed, expected = train_losses(out), train_losses(runs["ddp"])
+    assert resumed.keys() == {4, 5, 6}
+    assert [resumed[s] for s in (4, 5, 6)] == pytest.approx([expected[s] for s in (4, 5, 6)], rel=1e-5)
+    final = load_checkpoint(out / "final").state_dict()
+    for name, value in load_checkpoint(runs["ddp"] / "final").state_dict().items():
+        torch.testing.assert_close(final[name], value, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_ddp_trains_an_moe_model_as_one_process_does(tmp_path, text_dir):
+    """A mixture-of-experts model under 2-process DDP: the per-expert counts are summed over the ranks, so the V3
+    bias update (and with it every routing choice) is the one of a single process with accumulation 2."""
+    moe = {"model_name": "debug-moe",  # bias: false, as MODEL above
+           "model_config": "{n_layer: 2, block_size: 32, vocab_size: 384, padding_multiple: 64, bias: false}",
+           "train.max_steps": "3", "train.save_interval": "3"}  # an odd count of +-rate steps: the bias is off zero
+    ddp = run_cli(tiny_args(text_dir, tmp_path / "ddp", devices="2", strategy="ddp", **moe))
+    assert ddp.returncode == 0, ddp.stderr
+    one = run_cli(tiny_args(text_dir, tmp_path / "one", devices="1", tokenizer_dir=str(tmp_path / "ddp" / "tokenizer"),
+                            **moe))
+    assert one.returncode == 0, one.stderr
+    ddp_losses, one_losses = train_losses(tmp_path / "ddp"), train_losses(tmp_path / "one")
+    assert [ddp_losses[s] for s in range(1, 4)] == pytest.approx([one_losses[s] for s in range(1, 4)], rel=1e-5)
+    ddp_state = torch.load(tmp_path / "ddp" / "final" / "lit_model.pth", weights_only=True)["model"]
+    one_state = torch.load(tmp_path / "one" / "final" / "lit_model.pth", weights_only=True)["model"]
+    biases = [k for k in one_state if k.endswith("e_score_correction_bias")]
+    assert biases and all(one_state[k].abs().min() > 0 for k in biases)  # every expert's bias moved
+    assert all(torch.equal(ddp_state[k], one_state[k]) for k in biases)  # the same +-rate steps: the same routing
+    for name in one_state:  # Adam turns rounding noise in a near-zero gradient into up to lr-sized steps (lr 1e-3)
+        torch.testing.assert_close(ddp_state[name], one_state[name], rtol=0, atol=1e-4, msg=name)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without CUDA")
