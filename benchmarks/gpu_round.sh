@@ -210,6 +210,11 @@ generate_benchmarks() {  # ARCHIVE MODEL...: `benchmark decode` at the generate 
     --context_lengths '[1024]' --mode cuda_graph --decode_steps 300 --warmup 10 --out_dir "$KEEP/gen/decode" 2>&1 \
     | tail -2 | tee -a "$KEEP/logs/steps.log"
   cat "$KEEP/gen/decode/results.csv" >> "$KEEP/logs/steps.log"
+  log "benchmark decode, eager step at batch 1 (what a short generation would pay per token without the capture)"
+  timeout 60 python3 -m litgpt benchmark decode --models '[pythia-160m-mla, pythia-160m]' --batch_sizes '[1]' \
+    --context_lengths '[1024]' --mode eager --decode_steps 50 --warmup 5 --out_dir "$KEEP/gen/decode_eager" 2>&1 \
+    | tail -2 | tee -a "$KEEP/logs/steps.log"
+  cat "$KEEP/gen/decode_eager/results.csv" >> "$KEEP/logs/steps.log"
   pack "$KEEP" "$archive"
   for m in "$@"; do
     log "benchmark generate $m"
