@@ -1,7 +1,8 @@
 """Device time of one decode step's token choice (`litgpt.generate.base.Sampler`) at the generate shapes: greedy
-argmax, top-k through torch (`use_kernel=False`), the fused Triton top-k + draw (k <= FUSED_MAX_K) and torch.topk +
-the Triton draw (k above it), each captured in a CUDA graph as the decode step captures it and replayed. The sampled
-rows must give the torch path's tokens (ties aside) or the row says so. Issue 15: how much of MHA's sampled batch-8
+argmax, top-k through torch (`use_kernel=False`), the fused Triton top-k + draw (k <= FUSED_MAX_K; also at other
+first-pass widths than CHUNK) and torch.topk + the Triton draw (k above it), each captured in a CUDA graph as the
+decode step captures it and replayed. The sampled rows must give the torch path's tokens (ties aside) or the row
+says so. Issue 15: how much of MHA's sampled batch-8
 step (0.555 ms against the greedy 0.510 ms on the H200) is the draw.
 
     python benchmarks/sampling.py --out results/sampling.json
@@ -27,6 +28,9 @@ CASES = (  # name, temperature, top_k, use_kernel
 )  # each torch row before the kernel rows of its k: their tokens are compared with it
 
 
+CHUNKS = (1024, 2048, 4096)  # the fused top-k's first-pass width (`litgpt.kernels.triton_sampling.CHUNK`)
+
+
 def replay_ms(graph: torch.cuda.CUDAGraph, reps: int) -> float:
     """Mean device milliseconds of one replay over `reps` back-to-back replays (CUDA events)."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -41,23 +45,38 @@ def replay_ms(graph: torch.cuda.CUDAGraph, reps: int) -> float:
 
 
 @torch.inference_mode()
-def time_case(temperature: float, top_k: int | None, use_kernel: bool, logits: torch.Tensor, vocab_size: int,
-              reps: int) -> tuple[float, torch.Tensor]:
-    """(ms per captured draw, the tokens it drew) for one sampler setting."""
-    batch = logits.size(0)
-    sampler = Sampler(SamplingParams(temperature, top_k), vocab_size, batch, logits.device, use_kernel=use_kernel)
-    sampler.seed(1234)
-    position = torch.full((batch, 1), 7, dtype=torch.int64, device=logits.device)  # (B, 1)
+def captured(draw, reps: int) -> tuple[float, torch.Tensor]:
+    """(ms per replay, the tokens drawn) of `draw()` captured in a CUDA graph, as the decode step captures it."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):  # first launches (Triton's load, torch's workspaces) outside the capture
         for _ in range(2):
-            sampler(logits, position)
+            draw()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        tokens = sampler(logits, position)  # (B, 1)
+        tokens = draw()  # (B, 1)
     return replay_ms(graph, reps), tokens.clone()
+
+
+def sampler_draw(temperature: float, top_k: int | None, use_kernel: bool, logits: torch.Tensor, vocab_size: int):
+    """The decode step's draw for one sampler setting, at position 7 of every row."""
+    batch = logits.size(0)
+    sampler = Sampler(SamplingParams(temperature, top_k), vocab_size, batch, logits.device, use_kernel=use_kernel)
+    sampler.seed(1234)
+    position = torch.full((batch, 1), 7, dtype=torch.int64, device=logits.device)  # (B, 1)
+    return sampler, lambda: sampler(logits, position)
+
+
+def chunk_draw(sampler: Sampler, logits: torch.Tensor, vocab_size: int, k: int, chunk: int):
+    """The fused top-k draw of `sampler` (same seeds, position, temperature) with another first-pass width."""
+    from litgpt.kernels import triton_sampling
+
+    batch = logits.size(0)
+    positions = torch.full((batch,), 7, dtype=torch.int64, device=logits.device)  # (B,)
+    seeds = sampler.row_seeds.reshape(batch)
+    return lambda: triton_sampling.fused_top_k_sample(logits, vocab_size, k, seeds, positions,
+                                                      sampler.inv_temperature, chunk=chunk)
 
 
 def main() -> None:
@@ -74,11 +93,17 @@ def main() -> None:
         logits = (torch.randn(batch, args.padded_vocab_size, device="cuda") * 3).to(torch.bfloat16)  # (B, V_padded)
         reference: dict[int | None, torch.Tensor] = {}
         for name, temperature, top_k, use_kernel in CASES:
-            ms, tokens = time_case(temperature, top_k, use_kernel, logits, args.vocab_size, args.reps)
+            sampler, draw = sampler_draw(temperature, top_k, use_kernel, logits, args.vocab_size)
+            ms, tokens = captured(draw, args.reps)
             if not use_kernel:
                 reference[top_k] = tokens
             same = None if not use_kernel else bool(torch.equal(tokens, reference[top_k]))
             rows.append(dict(batch=batch, case=name, top_k=top_k, kernel=use_kernel, ms=ms, same_tokens_as_torch=same))
+            if name == "top-50, fused kernel":  # the same draw at other first-pass widths
+                for chunk in CHUNKS:
+                    ms, tokens = captured(chunk_draw(sampler, logits, args.vocab_size, top_k, chunk), args.reps)
+                    rows.append(dict(batch=batch, case=f"top-50, fused kernel, chunk {chunk}", top_k=top_k, kernel=True,
+                                     ms=ms, same_tokens_as_torch=bool(torch.equal(tokens, reference[top_k]))))
     header = "| batch | case | us per draw | same tokens as torch |"
     print(header + "\n|---|---|---|---|")
     for r in rows:
