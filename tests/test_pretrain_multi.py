@@ -78,36 +78,22 @@ def test_ddp_matches_one_process_with_gradient_accumulation(runs):
     assert max((first[k] - one_model[k]).abs().max().item() for k in one_model) > 1e-3
 
 
-def test_ddp_resumes_a_one_process_checkpoint(tmp_path, text_dir, runs):
-    """The data position is global: 2 processes resuming a 1-process step-3 checkpoint (accumulation 2) train
-    steps 4-6 on the same windows as the uninterrupted 1-process run."""
+@pytest.mark.parametrize("source, processes", [("one", {"devices": "2", "strategy": "ddp"}), ("ddp", {"devices": "1"})],
+                         ids=["ddp-resumes-one-process", "one-process-resumes-ddp"])
+def test_resuming_with_another_process_count_keeps_the_data_position(tmp_path, text_dir, runs, source, processes):
+    """The data position is global: 2 processes resuming a 1-process step-3 checkpoint (accumulation 2), or 1
+    process resuming the 2-process one, train steps 4-6 on the same windows as the uninterrupted run, to the same
+    final weights."""
     out = tmp_path / "resumed"
-    step3 = runs["one"] / "step-00000003"
-    result = run_cli(tiny_args(text_dir, out, devices="2", strategy="ddp", resume=str(step3),
-                               tokenizer_dir=str(step3), **STEPS))
+    step3 = runs[source] / "step-00000003"
+    result = run_cli(tiny_args(text_dir, out, resume=str(step3), tokenizer_dir=str(step3), **processes, **STEPS))
     assert result.returncode == 0, result.stderr
     assert f"resuming from {step3}/lit_model.pth" in result.stdout
-    resumed, expected = train_losses(out), train_losses(runs["one"])
+    resumed, expected = train_losses(out), train_losses(runs[source])
     assert resumed.keys() == {4, 5, 6}
     assert [resumed[s] for s in (4, 5, 6)] == pytest.approx([expected[s] for s in (4, 5, 6)], rel=1e-5)
     final = load_checkpoint(out / "final").state_dict()
-    for name, value in load_checkpoint(runs["one"] / "final").state_dict().items():
-        torch.testing.assert_close(final[name], value, rtol=1e-4, atol=1e-6, msg=name)
-
-
-def test_one_process_resumes_a_ddp_checkpoint(tmp_path, text_dir, runs):
-    """The other way round: 1 process (accumulation 2) resuming the 2-process step-3 checkpoint trains steps 4-6 on
-    the same windows as the uninterrupted DDP run, to the same final weights."""
-    out = tmp_path / "resumed"
-    step3 = runs["ddp"] / "step-00000003"
-    result = run_cli(tiny_args(text_dir, out, devices="1", resume=str(step3), tokenizer_dir=str(step3), **STEPS))
-    assert result.returncode == 0, result.stderr
-    assert f"resuming from {step3}/lit_model.pth" in result.stdout
-    resumed, expected = train_losses(out), train_losses(runs["ddp"])
-    assert resumed.keys() == {4, 5, 6}
-    assert [resumed[s] for s in (4, 5, 6)] == pytest.approx([expected[s] for s in (4, 5, 6)], rel=1e-5)
-    final = load_checkpoint(out / "final").state_dict()
-    for name, value in load_checkpoint(runs["ddp"] / "final").state_dict().items():
+    for name, value in load_checkpoint(runs[source] / "final").state_dict().items():
         torch.testing.assert_close(final[name], value, rtol=1e-4, atol=1e-6, msg=name)
 
 
