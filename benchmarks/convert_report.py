@@ -98,7 +98,35 @@ def plot(root: Path, out_dir: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # left: the whole runs; right: the heal window, where the converted models' first validation (about 7) is off
+    # the scale, with the source's final loss and the target's 2% band
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax in axes:
+        _heal_curves(root, ax)
+    source = final_val(root / "mha")
+    if source is not None:
+        zoom = axes[1]
+        zoom.axhspan(source, source * 1.02, color="grey", alpha=0.2, label="within 2% of the source")
+        zoom.set_xlim((SOURCE_TOKENS - 5e6) / 1e6, (SOURCE_TOKENS + max(HEALS) + 1e6) / 1e6)
+        zoom.set_ylim(source - 0.05, source + 0.45)
+        zoom.set_title("the heal window (the converted models start at about 7, off the scale)", fontsize=8)
+    for ax in axes:
+        _label(ax)
+    _save(fig, out_dir / "heal_loss_vs_tokens.png")
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    for results in sorted(root.glob("mla-o-seed*/results.json")):
+        for name in json.loads(results.read_text())["models"]:
+            run = results.parent / name
+            if (run / "logs").is_dir():
+                xs, ys = zip(*val_curve(run))
+                ax.plot([x / 1e6 for x in xs], ys, label=f"{name} ({results.parent.name.removeprefix('mla-o-')})")
+    _label(ax)
+    _save(fig, out_dir / "mla_o_loss_vs_tokens.png")
+
+
+def _heal_curves(root: Path, ax) -> None:
+    """The source's, the heals' and the from-scratch runs' validation loss against training tokens, on ax."""
     if (root / "mha" / "logs").is_dir():
         xs, ys = zip(*val_curve(root / "mha"))
         ax.plot([x / 1e6 for x in xs], ys, marker="o", ms=2, label="MHA source", color="black")
@@ -112,25 +140,19 @@ def plot(root: Path, out_dir: Path) -> None:
         if (root / f"scratch-{name}" / "logs").is_dir():
             xs, ys = zip(*val_curve(root / f"scratch-{name}"))
             ax.plot([x / 1e6 for x in xs], ys, linestyle="--", marker="o", ms=2, label=f"MLA at {share} KV from scratch")
-    _save(fig, ax, out_dir / "heal_loss_vs_tokens.png")
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for results in sorted(root.glob("mla-o-seed*/results.json")):
-        for name in json.loads(results.read_text())["models"]:
-            run = results.parent / name
-            if (run / "logs").is_dir():
-                xs, ys = zip(*val_curve(run))
-                ax.plot([x / 1e6 for x in xs], ys, label=f"{name} ({results.parent.name.removeprefix('mla-o-')})")
-    _save(fig, ax, out_dir / "mla_o_loss_vs_tokens.png")
 
 
-def _save(fig, ax, path: Path) -> None:
-    """Label a validation-loss-vs-tokens plot, write it and close it."""
-    import matplotlib.pyplot as plt
-
+def _label(ax) -> None:
+    """Axis labels and legend of a validation-loss-vs-tokens plot."""
     ax.set_xlabel("training tokens (M)")
     ax.set_ylabel("validation loss")
     ax.legend(fontsize=7)
+
+
+def _save(fig, path: Path) -> None:
+    """Write a figure and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
