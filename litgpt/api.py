@@ -132,7 +132,8 @@ class LLM:
     ) -> tuple[list[str], dict]:
         """`generate` for a list of prompts, plus timings, peak memory and KV-cache bytes.
 
-        With `stream` (batch of one only) the prompt and then each piece of text is written to it as it comes.
+        With `stream` the first prompt and then each piece of its text are written to it as they come (the other
+        prompts' texts are only returned).
         kernels: False decodes on the pure-torch attention and linear maps instead of the Triton kernels.
         """
         params = SamplingParams(temperature, top_k, top_p)
@@ -149,14 +150,13 @@ class LLM:
             torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
         if stream is not None:
-            if len(prompts) != 1:
-                raise ValueError("streaming works for one prompt at a time")
             stream.write(prompts[0])
             stream.flush()
+        if stream is not None and len(prompts) == 1:
             ids, _, ttft = session.stream(prompt_ids[0], max_new_tokens, self.tokenizer, stop_tokens, stream)
             rows = [ids]
         else:
-            rows, ttft = session.generate(prompt_ids, max_new_tokens, stop_tokens)
+            rows, ttft = session.generate(prompt_ids, max_new_tokens, stop_tokens, stream, self.tokenizer)
         total = time.perf_counter() - t0
         captured_s = session.step.prepare_s - captured_before  # the step's compile/capture at its first call, if now
         new_tokens = sum(len(r) for r in rows)

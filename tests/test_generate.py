@@ -1,3 +1,4 @@
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -140,6 +141,28 @@ def test_generation_ends_at_the_first_look_after_every_row_has_stopped():
     assert len(calls) == last_look - 1 < 39  # the first token comes from the prefill, every later one from a step
     assert rows == [row[: n - 1] for row, n in zip(free, stopped_at)]
 
+def test_a_streamed_batch_writes_the_first_rows_text_and_returns_every_row(tmp_path):
+    """With a stream, the first row's text is written (up to its stop sequence) while the other rows run on: the
+    rows returned are those of the unstreamed batch, and the text written is the first row's."""
+    from litgpt import LLM
+
+    llm = LLM.load(make_checkpoint(tmp_path), device="cpu", precision="32-true")
+    model, tokenizer = llm.model, llm.tokenizer
+    prompts = [tokenizer.encode(text) for text in ("The cat", "A dog sat on the")]
+    free = run_generate(model, prompts, 12, SamplingParams(0.0))
+    stops = [free[0][2:4]]  # a two-token stop that ends the first row by its 4th token
+    expected = [trim_at_stop(row, stops)[0] for row in free]
+    assert len(expected[0]) <= 2 and len(expected[1]) > len(expected[0])
+    model.set_kv_cache(2, max_seq_length=len(prompts[1]) + 12)
+    sampler = Sampler(SamplingParams(0.0), model.config.vocab_size, 2, torch.device("cpu"))
+    out = io.StringIO()
+    rows, _ = generate(model, prompts, 12, sampler, DecodeStep(model, sampler), stops, stream=out, tokenizer=tokenizer)
+    assert rows == expected
+    assert out.getvalue() == tokenizer.decode(torch.tensor(expected[0]))
+    with pytest.raises(ValueError, match="needs the tokenizer"):
+        generate(model, prompts, 12, sampler, DecodeStep(model, sampler), stops, stream=out)
+
+
 @pytest.mark.parametrize("case", ["debug", "debug-mla"])
 def test_compiled_step_does_not_recompile_per_token(case):
     """The decode step keeps its shapes: one compiled graph serves every position (dynamo would raise otherwise)."""
@@ -207,6 +230,27 @@ def test_cli_same_seed_same_text_and_samples(tmp_path):
     assert first.returncode == 0, first.stderr
     assert first.stdout == again.stdout
     assert first.stdout.count("A dog") == 3
+
+
+def test_cli_batches_stream_their_first_sample_and_print_the_same_text(tmp_path, monkeypatch, capsys):
+    """At --batch_size 2 each batch's first sample streams (one `stream_tokens` per batch, writing to stdout); stdout
+    is every sample, in order, with separators."""
+    import litgpt.generate.base as base
+    import litgpt.generate.session as session
+    from litgpt import LLM
+    from litgpt.__main__ import main
+
+    checkpoint_dir = make_checkpoint(tmp_path)
+    streamed, original = [], base.stream_tokens
+    spy = lambda tokens, tokenizer, stops, out, **kw: streamed.append(out is sys.stdout) or original(  # noqa: E731
+        tokens, tokenizer, stops, out, **kw)
+    monkeypatch.setattr(base, "stream_tokens", spy)  # the batch of two
+    monkeypatch.setattr(session, "stream_tokens", spy)  # the batch of one (the session's own stream)
+    main(["generate", str(checkpoint_dir), "--prompt", "The cat", "--max_new_tokens", "8", "--temperature", "0",
+          "--precision", "32-true", "--device", "cpu", "--num_samples", "3", "--batch_size", "2"])
+    assert streamed == [True, True]
+    text = LLM.load(checkpoint_dir, device="cpu", precision="32-true").generate("The cat", 8, temperature=0)
+    assert capsys.readouterr().out == ("The cat" + text + "\n" + "-" * 40 + "\n") * 3
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ first token are counted as a user sees them:
 
 - ours: `python -m litgpt generate CKPT --prompt P --max_new_tokens N --temperature T` (plus `--num_samples B
   --batch_size B` for a batch of B), for every N in `new_tokens` and B in `batches`. The parent times the process from
-  start to exit (wall) and the first byte printed after the echoed prompt (first printed token; at batch 1 the text
-  streams, at a larger batch it comes at the end). The command's own stderr stats line gives start-up, load, first
+  start to exit (wall) and the first byte printed after the echoed prompt (first printed token; the first sample's text
+  streams, at any batch). The command's own stderr stats line gives start-up, load, first
   token, decode tokens and seconds, decode tokens/s and peak memory; the older line (`time to first token ...;
   N tokens in S s: decode R tokens/s ...`) is read too.
 - chat: `python -m litgpt chat CKPT --max_new_tokens C --temperature 0`, two messages typed after each `>> Prompt: `
@@ -552,7 +552,7 @@ def _write(out_dir: Path, meta: dict, rows: list[dict]) -> None:
              f"{meta['git_commit'] or 'unknown'}), checkpoint `{meta['checkpoint']}`", "",
              f"Command: `{meta['command_line']}`", "", format_table(rows), "",
              "Wall: process start to exit, measured by the parent. First printed token: the parent's time from the "
-             "process start to the first byte after the echoed prompt (at a batch above 1 the text comes at the end; "
+             "process start to the first byte after the echoed prompt (the first sample of a batch streams; "
              "text that does not yet decode cleanly is held back by the command). Chat rows: wall is from sending "
              "the message to the next prompt, first printed token from sending it to the first reply byte. The "
              "other columns are each tool's own (stderr); upstream's tokens/s includes the prefill.", ""]

@@ -371,12 +371,16 @@ def generate(
     step: DecodeStep,
     stop_tokens: list[list[int]] = (),
     check_every: int = 16,
+    stream: Optional[TextIO] = None,
+    tokenizer: Optional[Tokenizer] = None,
 ) -> tuple[list[list[int]], float]:
     """Generate for every prompt at once: each row's new ids, cut before its first stop sequence, and the
     seconds until the first tokens were ready.
 
     Single-token stops are looked for on the device every `check_every` tokens, over the tokens since the last look
     (one search, not one a token), and the host reads the result then, to end early once every row has stopped.
+    With `stream` (and the `tokenizer` to decode with), the first row's text is written to it as it comes
+    (`stream_tokens`: the text of the ids returned for that row), while the other rows run beside it.
     """
     t0 = time.perf_counter()
     device = model.lm_head.weight.device
@@ -386,15 +390,27 @@ def generate(
     stop_ids = torch.tensor(single, dtype=torch.int64, device=device)
     stopped = torch.zeros(B, 1, dtype=torch.bool, device=device)
     n, time_to_first = 0, 0.0
-    for n, token in enumerate(generate_tokens(model, prompts, max_new_tokens, sampler, step), start=1):
-        out[:, n - 1 : n] = token
-        if n == 1:
-            synchronize(device)
-            time_to_first = time.perf_counter() - t0
-        if single and n % check_every == 0:
-            stopped |= torch.isin(out[:, n - check_every : n], stop_ids).any(dim=-1, keepdim=True)  # (B, 1)
-            if bool(stopped.all()):
-                break
+
+    def recorded() -> Iterator[torch.Tensor]:  # every row's tokens into `out`, until every row has stopped
+        nonlocal n, time_to_first, stopped
+        for n, token in enumerate(generate_tokens(model, prompts, max_new_tokens, sampler, step), start=1):
+            out[:, n - 1 : n] = token
+            if n == 1:
+                synchronize(device)
+                time_to_first = time.perf_counter() - t0
+            yield token
+            if single and n % check_every == 0:
+                stopped |= torch.isin(out[:, n - check_every : n], stop_ids).any(dim=-1, keepdim=True)  # (B, 1)
+                if bool(stopped.all()):
+                    return
+
+    tokens = recorded()
+    if stream is not None:
+        if tokenizer is None:
+            raise ValueError("streaming needs the tokenizer to decode with")
+        stream_tokens((token[:1] for token in tokens), tokenizer, stop_tokens, stream)  # (1, 1) each
+    for _ in tokens:  # the rest: all of it without a stream, the rows still running after the streamed one stopped
+        pass
     rows = out[:, :n].tolist()
     return [trim_at_stop(row, list(stop_tokens))[0] for row in rows], time_to_first
 

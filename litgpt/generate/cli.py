@@ -48,7 +48,7 @@ def main(
         top_k: sample only among the k likeliest tokens (null for all).
         top_p: sample only among the likeliest tokens whose probability adds up to top_p (1.0 for all).
         num_samples: how many samples to generate.
-        batch_size: samples generated at once; with 1, text streams token by token.
+        batch_size: samples generated at once; the first sample of each batch streams token by token.
         seed: sampling seed: the same seed gives the same text.
         precision: weight precision: 32-true, bf16-true, 16-true, 64-true (default: bf16 on CUDA, else 32-true).
         device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
@@ -75,13 +75,12 @@ def main(
     load_s = time.perf_counter() - t0
     for first in range(0, num_samples, batch_size):
         rows = min(batch_size, num_samples - first)
-        stream = sys.stdout if rows == 1 else None
-        texts, stats = llm.generate_with_stats(
+        texts, stats = llm.generate_with_stats(  # the batch's first text streams, the others print when it ends
             [prompt] * rows, max_new_tokens, temperature, top_k, top_p, seed=seed + first, compile=compile,
-            stream=stream, kernels=kernels,
+            stream=sys.stdout, kernels=kernels,
         )
-        for text in texts:
-            if stream is None:
+        for i, text in enumerate(texts):
+            if i > 0:
                 sys.stdout.write(prompt + text)
             sys.stdout.write("\n")
             if num_samples > 1:

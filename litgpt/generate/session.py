@@ -115,10 +115,13 @@ class DecodeSession:
         return generate_tokens(self.model, prompts, max_new_tokens, self.sampler, self.step, start)
 
     def generate(
-        self, prompts: list[torch.Tensor], max_new_tokens: int, stop_tokens: list[list[int]] = ()
+        self, prompts: list[torch.Tensor], max_new_tokens: int, stop_tokens: list[list[int]] = (),
+        stream: Optional[TextIO] = None, tokenizer: Optional[Tokenizer] = None,
     ) -> tuple[list[list[int]], float]:
-        """Each row's new ids cut before its first stop sequence, and the seconds to the first tokens."""
-        return generate(self.model, prompts, max_new_tokens, self.sampler, self.step, stop_tokens)
+        """Each row's new ids cut before its first stop sequence, and the seconds to the first tokens; with `stream`,
+        the first row's text is written to it as it comes (`litgpt.generate.base.generate`)."""
+        return generate(self.model, prompts, max_new_tokens, self.sampler, self.step, stop_tokens,
+                        stream=stream, tokenizer=tokenizer)
 
     def stream(
         self, prompt: torch.Tensor, max_new_tokens: int, tokenizer: Tokenizer, stop_tokens: list[list[int]], out: TextIO,
