@@ -152,7 +152,7 @@ class LLM:
         if stream is not None:
             stream.write(prompts[0])
             stream.flush()
-        if stream is not None and len(prompts) == 1:
+        if stream is not None and len(prompts) == 1:  # ends at the stop sequence, not at the batch path's next look
             ids, _, ttft = session.stream(prompt_ids[0], max_new_tokens, self.tokenizer, stop_tokens, stream)
             rows = [ids]
         else:
