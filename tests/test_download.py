@@ -1,4 +1,5 @@
-"""`litgpt download` against the real huggingface_hub: offline it fails fast in one line; a local hub works."""
+"""`litgpt download` against the real huggingface_hub: offline it fails fast in one line (one connection attempt, the
+probe, and no retries); a local hub works."""
 
 import json
 import os
@@ -6,14 +7,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from huggingface_hub import constants
 
-from litgpt.scripts.download import download, hub_unreachable
+from litgpt.scripts.download import HUB_PROBE_TIMEOUT_S, download, hub_unreachable
 
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens, the connection is refused at once
 REPO = "EleutherAI/pythia-160m"
@@ -31,14 +31,56 @@ def online(monkeypatch):
     return monkeypatch
 
 
-def test_unreachable_hub_fails_fast_in_one_line(online, tmp_path):
+@pytest.fixture
+def connections(monkeypatch) -> list[tuple[object, float | None]]:
+    """Every TCP connection attempt of this process while the test runs (any thread): (address, the socket's timeout).
+    A failed download that retried would attempt again; one that waits for nothing attempts once."""
+    attempts: list[tuple[object, float | None]] = []
+    connect = socket.socket.connect
+
+    def counted(self, address):
+        attempts.append((address, self.gettimeout()))
+        return connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", counted)
+    return attempts
+
+
+# runs `python -m litgpt ARGS` with every connection attempt written, one a line, to $CONNECTIONS_FILE at exit
+COUNTED_CLI = """
+import atexit, os, runpy, socket, sys
+attempts = []
+connect = socket.socket.connect
+def counted(self, address):
+    attempts.append(address)
+    return connect(self, address)
+socket.socket.connect = counted
+def write_attempts():
+    with open(os.environ["CONNECTIONS_FILE"], "w") as f:
+        f.writelines(f"{a}\\n" for a in attempts)
+atexit.register(write_attempts)
+sys.argv = ["litgpt", *sys.argv[1:]]
+runpy.run_module("litgpt", run_name="__main__", alter_sys=True)
+"""
+
+
+def run_counted_cli(args: list[str], env: dict[str, str], out: Path, **kwargs) -> tuple[subprocess.CompletedProcess,
+                                                                                         list[str]]:
+    """`litgpt ARGS` in a process of its own, and the addresses it tried to connect to (as repr strings)."""
+    count_file = out / "connections.txt"
+    result = subprocess.run([sys.executable, "-c", COUNTED_CLI, *args], capture_output=True, text=True,
+                            env={**env, "CONNECTIONS_FILE": str(count_file)}, timeout=300, **kwargs)  # a hang guard
+    assert count_file.is_file(), f"the command did not exit normally: {result.stderr}"
+    return result, count_file.read_text().splitlines()
+
+
+def test_unreachable_hub_fails_fast_in_one_line(online, tmp_path, connections):
     online.setenv("HF_ENDPOINT", UNREACHABLE)
-    start = time.perf_counter()
     with pytest.raises(ValueError) as info:
         download(REPO, checkpoint_dir=tmp_path)
-    elapsed = time.perf_counter() - start
     message = str(info.value)
-    assert elapsed < 10, f"took {elapsed:.1f} s"
+    # one attempt, the probe's, with its timeout: no listing, no download, none of huggingface_hub's retries
+    assert connections == [(("127.0.0.1", 9), HUB_PROBE_TIMEOUT_S)]
     assert "\n" not in message
     assert message.startswith(f"could not download {REPO}: no network connection to the Hugging Face hub at "
                               f"{UNREACHABLE} (ConnectError: ")
@@ -47,38 +89,58 @@ def test_unreachable_hub_fails_fast_in_one_line(online, tmp_path):
     assert not (tmp_path / "EleutherAI").exists()
 
 
-def test_offline_mode_is_named(online, tmp_path):
+def test_offline_mode_is_named(online, tmp_path, connections):
     online.setenv("HF_ENDPOINT", UNREACHABLE)
     online.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ValueError, match=rf"^could not download {REPO}: offline mode is on \(HF_HUB_OFFLINE is set\); "
                        r"unset HF_HUB_OFFLINE to download, or on a machine without network access, copy tokenizer"):
         download(REPO, checkpoint_dir=tmp_path)
+    assert connections == []  # offline: not even the probe
 
 
-def test_silent_server_is_bounded_by_the_probe_timeout():
+def test_silent_server_is_bounded_by_the_probe_timeout(connections):
+    """A server that accepts and never answers: one request whose socket carries the probe's timeout, which is what
+    ends it (a timeout error, not an answer and not a retry)."""
     with socket.socket() as server:  # accepts connections (backlog) and never answers
         server.bind(("127.0.0.1", 0))
         server.listen(1)
-        start = time.perf_counter()
-        problem = hub_unreachable(f"http://127.0.0.1:{server.getsockname()[1]}", timeout=0.5)
-        elapsed = time.perf_counter() - start
+        address = server.getsockname()
+        problem = hub_unreachable(f"http://127.0.0.1:{address[1]}", timeout=0.5)
     assert problem is not None and "Timeout" in problem
-    assert elapsed < 3, f"took {elapsed:.1f} s"
+    assert connections == [(address, 0.5)]
+
+
+def test_a_probe_that_never_returns_is_abandoned_after_its_timeout(monkeypatch):
+    """A request stuck where the socket timeout does not reach (a DNS lookup): the probe gives up waiting for its
+    thread and names the bound; the stuck request is only released afterwards."""
+    import huggingface_hub
+
+    release, calls = threading.Event(), []
+
+    class StuckSession:
+        def head(self, url: str, timeout: float) -> None:
+            calls.append((url, timeout))
+            release.wait(60)  # returns normally: a probe that waited for it would report the hub reachable
+
+    monkeypatch.setattr(huggingface_hub, "get_session", lambda: StuckSession())
+    try:
+        problem = hub_unreachable("http://hub.invalid", timeout=0.2)
+    finally:
+        release.set()
+    assert problem == "no answer within 0.2 s"
+    assert calls == [("http://hub.invalid", 0.2)]
 
 
 def test_cli_offline_exits_2_with_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "LITGPT_DEBUG")}
     env["HF_ENDPOINT"] = UNREACHABLE
-    start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "litgpt", "download", REPO, "--checkpoint_dir", str(tmp_path)],
-                            capture_output=True, text=True, env=env, timeout=60)
-    elapsed = time.perf_counter() - start
+    result, attempts = run_counted_cli(["download", REPO, "--checkpoint_dir", str(tmp_path)], env, tmp_path)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"litgpt: error: could not download {REPO}: no network connection to the Hugging Face "
                                f"hub at {UNREACHABLE}")
-    assert elapsed < 30, f"took {elapsed:.1f} s"  # mostly the CLI's imports; the download itself fails at once
+    assert attempts == [repr(("127.0.0.1", 9))]  # the probe alone: the command failed at once, without retries
 
 
 # ---------------------------------------------------------------------------------------------------- a local hub

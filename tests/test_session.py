@@ -92,19 +92,40 @@ def test_decode_benchmark_decodes_through_a_session(built):
     assert all(block.attn.use_kernel is False for block in model.transformer.h)  # the session set the switch
 
 
+class FakeClock:
+    """`time.perf_counter` that advances TICK_S at each reading and `advance(s)` when a test says so: durations are
+    sums of known steps, whatever the machine's load."""
+
+    TICK_S = 1e-3
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += self.TICK_S
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def test_first_streamed_token_comes_before_the_steps_capture_which_counts_as_prepare(tmp_path, monkeypatch):
     """A step that compiles or captures does so at its first call, the first decode step after the prefill: the
-    streamed first token is written before it, and its time is reported as prepare, not as decode."""
+    streamed first token is written before it, and its time is reported as prepare, not as decode. The capture is a
+    jump of CAPTURE_S on a fake clock (every reading of `time.perf_counter` adds 1 ms): the stats must put that jump
+    (and a few readings' ticks) into prepare_s and none of it into decode_s, on any machine."""
     from litgpt.generate.base import DecodeStep
 
+    CAPTURE_S = 1000.0
     llm = LLM.load(make_checkpoint(tmp_path), device="cpu")
     events: list[str] = []
     original = DecodeStep._call
+    clock = FakeClock()
 
-    def slow_first_call(self, token, input_pos):  # stands in for a CUDA-graph capture of 0.4 s
+    def capturing_first_call(self, token, input_pos):  # stands in for a CUDA-graph capture of CAPTURE_S
         if not self.prepared:
             events.append("capture")
-            time.sleep(0.4)
+            clock.advance(CAPTURE_S)
         return original(self, token, input_pos)
 
     class Recorder(io.StringIO):
@@ -112,17 +133,24 @@ def test_first_streamed_token_comes_before_the_steps_capture_which_counts_as_pre
             events.append("text")
             return super().write(text)
 
-    monkeypatch.setattr(DecodeStep, "_call", slow_first_call)
+    monkeypatch.setattr(DecodeStep, "_call", capturing_first_call)
     llm.generate_with_stats(["the cat"], max_new_tokens=8, temperature=0)  # builds the session (eager on the CPU)
     assert events == ["capture"]  # its first decode step prepared it (the fold)
     events.clear()
     session = llm.session
     session.step.prepared = False  # an eager step has nothing to prepare; make this one behave like a captured one
-    _, stats = llm.generate_with_stats(["the cat"], max_new_tokens=8, temperature=0, stream=Recorder())
+    session.step.prepare_s = 0.0
+    with monkeypatch.context() as fake_time:
+        fake_time.setattr(time, "perf_counter", clock)
+        _, stats = llm.generate_with_stats(["the cat"], max_new_tokens=8, temperature=0, stream=Recorder())
     assert llm.session is session
     assert events[:3] == ["text", "text", "capture"]  # the prompt, the first token, then the capture
-    assert stats["prepare_s"] >= 0.4 and session.step.prepare_s >= 0.4
-    assert stats["decode_s"] < 0.4 <= stats["total_s"] - stats["time_to_first_token_s"]
+    assert CAPTURE_S <= session.step.prepare_s < CAPTURE_S + 1.0  # the capture and a few ticks
+    assert stats["prepare_s"] == session.step.prepare_s  # a reused session: nothing built, only the capture
+    after_first_token = stats["total_s"] - stats["time_to_first_token_s"]
+    assert CAPTURE_S < after_first_token < CAPTURE_S + 1.0  # the capture came after the first token
+    assert 0 < stats["decode_s"] < 1.0  # a few ticks: none of the capture
+    assert stats["decode_s"] == pytest.approx(after_first_token - stats["prepare_s"])
     assert stats["decode_tokens_per_s"] == pytest.approx(7 / stats["decode_s"])
     _, again = llm.generate_with_stats(["the cat"], max_new_tokens=8, temperature=0)  # reused: nothing to prepare
     assert again["prepare_s"] == 0.0 and events.count("capture") == 1
