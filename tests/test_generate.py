@@ -307,7 +307,7 @@ def test_top_k_draws_from_k_candidates_exactly_as_over_the_masked_vocabulary():
         if params.top_p < 1.0:
             ordered, order = torch.sort(masked, dim=-1, descending=True)
             probs = torch.softmax(ordered, dim=-1)
-            ordered = ordered.masked_fill((torch.cumsum(probs, dim=-1) - probs) > params.top_p, float("-inf"))
+            ordered = ordered.masked_fill((torch.cumsum(probs, dim=-1) - probs) >= params.top_p, float("-inf"))
             masked = torch.full_like(masked, float("-inf")).scatter(-1, order, ordered)
         key = _mix32(sampler.row_seeds ^ _mix32(position & _M32))
         uniform = ((_mix32(sampler.token_hash ^ key) >> 8).float() + 0.5) * (1.0 / (1 << 24))

@@ -251,3 +251,39 @@ def test_kernel_matches_reference_on_cuda(dtype: torch.dtype) -> None:
     for v in (values, torch.zeros_like(values)):
         want = gumbel_top_k_sample_reference(v, ids, seeds, position, inverse_temperature(0.8))
         assert torch.equal(gumbel_top_k_sample(v, ids, seeds, position, inverse_temperature(0.8)), want)
+
+
+# ---------------------------------------------------------------------------------------------- top-p
+# probabilities that are powers of two (softmax of their logs is exact in fp32), over shuffled token ids: the sums of
+# the likeliest ones, 0.5, 0.75, 0.875, 0.9375, are exact too, so top_p can sit exactly on a boundary
+TOP_P_PROBS = torch.tensor([0.125, 0.5, 0.0625, 0.25, 0.0625])
+
+
+@pytest.mark.parametrize("top_p, kept", [
+    (0.5, [1]),  # the likeliest token alone reaches 0.5: the next one (0.25) is not needed
+    (0.75, [1, 3]),  # 0.5 + 0.25 reaches 0.75 exactly: the 0.125 token is left out
+    (0.875, [0, 1, 3]),
+    (0.6, [1, 3]),  # between boundaries: the token that crosses 0.6 is kept
+    (0.3, [1]),
+    (1.0, [0, 1, 2, 3, 4]),
+])
+def test_top_p_keeps_the_smallest_set_of_likeliest_tokens_that_reaches_top_p(top_p: float, kept: list[int]) -> None:
+    """Top-p (nucleus) as transformers' TopPLogitsWarper and vLLM take it: the smallest set of likeliest tokens whose
+    probability adds up to top_p or more; the token whose probability crosses top_p is kept, and one after a set
+    that already reaches top_p is not. On the exact boundaries the draws come only from that set, in proportion to
+    the probabilities (the torch path: no Triton kernel takes top_p < 1, see `Sampler._fused`)."""
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    logits = TOP_P_PROBS.log().view(1, -1)
+    assert torch.equal(torch.softmax(logits, dim=-1), TOP_P_PROBS.view(1, -1))  # exact: the boundary is exact
+    hf = TopPLogitsWarper(top_p)(None, logits.clone())  # the oracle: -inf outside its kept set
+    assert torch.isfinite(hf[0]).nonzero().view(-1).tolist() == kept
+    n = 8000
+    sampler = Sampler(SamplingParams(1.0, top_p=top_p), 5, n, torch.device("cpu"))
+    sampler.seed(3)
+    tokens = sampler(logits.expand(n, -1), torch.arange(n).view(n, 1)).view(-1)  # every row its own draw
+    assert sorted(set(tokens.tolist())) == kept
+    frequencies = torch.bincount(tokens, minlength=5).float() / n
+    expected = torch.zeros(5)
+    expected[kept] = TOP_P_PROBS[kept] / TOP_P_PROBS[kept].sum()
+    torch.testing.assert_close(frequencies, expected, atol=0.02, rtol=0)

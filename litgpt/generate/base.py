@@ -79,7 +79,8 @@ def resolve_dtype(precision: Optional[str], device: torch.device) -> torch.dtype
 @dataclass(frozen=True)
 class SamplingParams:
     """temperature 0 is greedy (argmax); top_k keeps the k likeliest tokens; top_p keeps the smallest set of
-    likeliest tokens whose probability reaches top_p (1.0 keeps all)."""
+    likeliest tokens whose probability reaches top_p, the token that crosses it included (transformers' and vLLM's
+    rule; 1.0 keeps all)."""
 
     temperature: float = 1.0
     top_k: Optional[int] = None
@@ -168,7 +169,8 @@ class Sampler(nn.Module):
                 logits, token_ids = torch.sort(logits, dim=-1, descending=True)  # (B, V)
                 token_hash = self.token_hash.view(-1)[token_ids]
             probs = torch.softmax(logits, dim=-1)  # candidates sorted by logit, likeliest first
-            outside = (torch.cumsum(probs, dim=-1) - probs) > self.params.top_p  # the likeliest token always stays
+            # out: a token after likelier ones that already reach top_p (the likeliest token always stays)
+            outside = (torch.cumsum(probs, dim=-1) - probs) >= self.params.top_p
             logits = logits.masked_fill(outside, float("-inf"))
         gumbel = gumbel_noise(token_hash, self.row_seeds, position)  # (B, candidates), fp32
         choice = (logits + gumbel).argmax(dim=-1, keepdim=True)  # (B, 1)
