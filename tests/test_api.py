@@ -26,6 +26,24 @@ def test_generate_sampling_is_reproducible(llm):
     assert llm.generate("The dog", seed=1, **kwargs) == llm.generate("The dog", seed=1, **kwargs)
 
 
+def test_generate_seed_picks_the_samples(llm):
+    """The seed picks the samples: another seed draws other text, the same seed the same text again (20 tokens of a
+    random model, nearly uniform over 300 tokens: two streams that agree by chance are out of the question). Row i of
+    a batch draws from its own stream (seed, i), so a batch of copies of one prompt gives different samples, none of
+    them another seed's, and the first prompt's text is the same alone or with any other prompts after it."""
+    kwargs = dict(max_new_tokens=20, temperature=1.0)
+    first = llm.generate("The dog", seed=1, **kwargs)
+    other = llm.generate("The dog", seed=2, **kwargs)
+    assert first != other
+    assert llm.generate("The dog", seed=1, **kwargs) == first
+    batches = {seed: llm.generate(["The dog"] * 3, seed=seed, **kwargs) for seed in (1, 2, 3)}
+    samples = [text for texts in batches.values() for text in texts]
+    assert len(set(samples)) == len(samples) == 9, samples  # no two (seed, row) streams alike
+    assert batches[1][0] == first and batches[2][0] == other
+    assert llm.generate(["The dog", "Moon", "A big happy dog saw the sun"], seed=1, **kwargs)[0] == first
+    assert llm.generate(["The dog", "Moon"], seed=2, **kwargs)[0] == other
+
+
 def test_load_precision_and_exports(tmp_path):
     llm = LLM.load(make_checkpoint(tmp_path), device="cpu", precision="64-true")
     assert llm.model.lm_head.weight.dtype == torch.float64

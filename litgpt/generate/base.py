@@ -130,8 +130,10 @@ class Sampler(nn.Module):
         self.seed(0)
 
     def seed(self, seed: int) -> None:
-        """Give row i the stream `hash(seed, i)`: in place, so captured graphs keep seeing the buffer."""
-        seeds = [mix32_int(mix32_int(seed) ^ mix32_int(row + 1)) for row in range(self.row_seeds.size(0))]
+        """Give row i the stream `hash(hash(seed) ^ (i + 1))`: in place, so captured graphs keep seeing the buffer.
+        A chain, not hash(seed) ^ hash(i + 1), which is symmetric: seed s, row r would share the stream of seed
+        r + 1, row s - 1 (seeds 1 and 2 would draw the same two samples in batches of two)."""
+        seeds = [mix32_int(mix32_int(seed) ^ (row + 1)) for row in range(self.row_seeds.size(0))]
         self.row_seeds.copy_(torch.tensor(seeds, dtype=torch.int64).view(-1, 1))
 
     def _fused(self, logits: torch.Tensor) -> bool:
