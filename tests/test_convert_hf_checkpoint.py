@@ -312,3 +312,34 @@ def test_moe_and_yarn_config_fields():
     assert (v2.moe_scoring, v2.n_expert_groups, v2.n_shared_expert) == ("softmax", None, 1)
     with pytest.warns(UserWarning, match="norm_topk_prob=true, which transformers' DeepseekV2 ignores"):
         config_from_hf({**v2_dict, "norm_topk_prob": True})
+
+
+def test_deepseek_v3_config_without_rope_interleave_takes_transformers_default(tmp_path):
+    """A DeepSeek-V3 config.json without rope_interleave (older exports): transformers reads it as True, its default,
+    and so must the converter: the interleaved rope, and HF's logits (the rotate-half reading differs from them)."""
+    import dataclasses
+
+    from litgpt import GPT
+
+    assert DeepseekV3Config().rope_interleave is True  # transformers' default, which the converter must share
+    config = DeepseekV3Config(**{**COMMON, "q_lora_rank": 24, **MLA}, attn_implementation="eager")
+    torch.manual_seed(0)
+    model = DeepseekV3ForCausalLM(config).eval()
+    randomize_(model)
+    hf_dir = tmp_path / "hf"
+    model.save_pretrained(hf_dir)
+    raw = json.loads((hf_dir / "config.json").read_text())
+    raw.pop("rope_interleave")
+    (hf_dir / "config.json").write_text(json.dumps(raw))
+    hf_model = DeepseekV3ForCausalLM.from_pretrained(hf_dir, attn_implementation="eager").eval()
+    assert hf_model.config.rope_interleave is True
+    assert config_from_hf(raw).rope_interleave is True
+    ours = load_checkpoint(convert_hf_checkpoint(hf_dir, output_dir=tmp_path / "lit")).eval()
+    assert ours.config.rope_interleave is True
+    idx = torch.randint(0, VOCAB, (2, 10))
+    expected = hf_logits(hf_model, idx)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx), expected, atol=1e-5, rtol=1e-5)
+        rotate_half = GPT(dataclasses.replace(ours.config, rope_interleave=False)).eval()
+        rotate_half.load_state_dict(ours.state_dict())
+        assert (rotate_half(idx) - expected).abs().max() > 1e-3  # the setting shows in the logits

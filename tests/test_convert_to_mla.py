@@ -203,3 +203,38 @@ def test_healing_a_converted_checkpoint_with_finetune_full_or_pretrain(tmp_path)
     val = {step: float(v) for step, v in logged(continued, 0, "val_loss").items()}
     assert sorted(val) == [0, 6, 12] and val[12] < val[0]
     assert yaml.safe_load((continued / "final" / "model_config.yaml").read_text()) == config
+
+
+def test_the_rope_pairs_that_dominate_the_query_key_products_are_kept(monkeypatch):
+    """An MQA source whose rope pairs 0 and 2 carry query and key rows 10x the usual size and pairs 1 and 3 rows
+    0.1x: keeping two pairs, the conversion keeps 0 and 2 (every layer), and its logits are much closer to the
+    source's than those of the same conversion made to keep 1 and 3 (latent norm skipped, full kv rank: the rope
+    pairs are the only loss)."""
+    from litgpt.scripts.convert_to_mla import pair_dims
+
+    source = source_model(n_query_groups=1)
+    c = source.config  # 4 heads of 16, 8 rope dims per head: pairs (j, j + 4), j = 0..3
+    with torch.no_grad():
+        for block in source.transformer.h:
+            qk = block.attn.qkv.weight[: (c.n_head + 1) * c.head_size].view(c.n_head + 1, c.head_size, c.n_embd)
+            for j, (a, b) in enumerate(pair_dims(c.rope_n_elem, c.rope_interleave)):
+                qk[:, [a, b]] *= 10.0 if j in (0, 2) else 0.1
+    target = mla_config(c, kv_lora_rank=28, qk_rope_head_dim=4, o_latent_dim=None)  # 28: the rank bound
+
+    def converted(stats=None) -> tuple[GPT, list[list[int]]]:
+        state, layers = convert_state_dict(source, target, stats)
+        model = GPT(target).to(torch.float64).eval()
+        model.load_state_dict(state, strict=True)
+        return model, [row["kept_rope_pairs"] for row in layers]
+
+    model, kept = converted()
+    assert kept == [[0, 2]] * c.n_layer
+    # the same conversion told (through calibration statistics) that pairs 1 and 3 matter most
+    favour_others = [dict(pair_scores=torch.tensor([0.0, 1.0, 0.0, 1.0]), latent_rms=lambda down, bias: 1.0)] * c.n_layer
+    other, other_kept = converted(favour_others)
+    assert other_kept == [[1, 3]] * c.n_layer
+    monkeypatch.setattr(litgpt.attention, "latent_entries", latent_entries_without_norm)
+    with torch.no_grad():
+        expected = source(TOKENS)
+        error, other_error = relative_error(model(TOKENS), expected), relative_error(other(TOKENS), expected)
+    assert error < 0.1 * other_error, (error, other_error)

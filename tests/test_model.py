@@ -1,5 +1,7 @@
 """GPT forward, cached decode and the public API."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -137,3 +139,49 @@ def test_rope_cache_follows_weights_device_and_meta_build():
     with torch.device("meta"):
         model = GPT.from_name("debug")
     assert model.cos.device.type == "cpu" and model.cos.shape == (128, model.config.rope_n_elem)
+
+
+# ------------------------------------------------------------------------------------------------ scaled embeddings
+def test_scale_embeddings_multiplies_the_embedding_by_the_root_of_n_embd():
+    """scale_embeddings: the blocks read wte(idx) * sqrt(n_embd) (Gemma's normalizer), not the embedding as it is."""
+    config = Config.from_name("debug", block_size=32, vocab_size=100, padding_multiple=64, scale_embeddings=True)
+    model = randomize(GPT(config)).eval()
+    seen = []
+    model.transformer.h[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    idx = torch.randint(0, 100, (2, 7))
+    with torch.no_grad():
+        model(idx)
+    assert config.n_embd == 64  # so the factor is 8
+    torch.testing.assert_close(seen[0], model.transformer.wte.weight[idx] * 8.0, rtol=0, atol=0)
+
+
+def test_scale_embeddings_logits_match_transformers_gemma(tmp_path):
+    """A Gemma model of transformers (which scales its embeddings by sqrt(hidden_size)) with a SiLU MLP and untied
+    head, i.e. a Llama but for that scale and Gemma's (1 + w) RMSNorm gains: converted as a Llama with the gains
+    plus one, our model with scale_embeddings=True gives its logits."""
+    transformers = pytest.importorskip("transformers", reason="the oracle is transformers' Gemma")
+    from litgpt.checkpoint import load_checkpoint
+    from litgpt.scripts.convert_hf_checkpoint import convert_hf_checkpoint
+
+    dims = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                head_dim=8, intermediate_size=48, max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=10000.0,
+                hidden_act="silu", tie_word_embeddings=False)
+    torch.manual_seed(0)
+    gemma = transformers.GemmaForCausalLM(transformers.GemmaConfig(**dims, attn_implementation="eager")).eval()
+    state = {}
+    with torch.no_grad():
+        for name, p in gemma.named_parameters():
+            p.copy_(torch.randn_like(p) * (0.1 if "norm" in name else 0.3))
+            state[name] = p.detach() + (1.0 if "norm" in name else 0.0)  # Llama's gain is Gemma's 1 + w
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(**dims))
+    llama.load_state_dict(state, strict=True)
+    llama.save_pretrained(tmp_path / "hf")
+    converted = load_checkpoint(convert_hf_checkpoint(tmp_path / "hf", output_dir=tmp_path / "lit"))
+    assert converted.config.scale_embeddings is False
+    model = GPT(dataclasses.replace(converted.config, scale_embeddings=True)).eval()
+    model.load_state_dict(converted.state_dict())
+    idx = torch.randint(0, 96, (2, 10))
+    with torch.no_grad():
+        expected = gemma(idx).logits
+        torch.testing.assert_close(model(idx)[..., :96], expected, atol=1e-5, rtol=1e-5)
+        assert (converted.eval()(idx)[..., :96] - expected).abs().max() > 0.1  # the scale matters here
