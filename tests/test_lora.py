@@ -375,3 +375,44 @@ def test_lora_linear_rows_and_repr():
     assert LoRALinear(linear, 2, 4, 0.0, rows=[(0, 3), (3, 6)]).row_ranges is None  # all rows
     with pytest.raises(ValueError, match="overlap"):
         LoRALinear(linear, 2, 4, 0.0, rows=[(0, 3), (2, 5)])
+
+
+@pytest.mark.parametrize("rows", [None, [(0, 2), (4, 6)]])
+def test_lora_layer_is_the_base_plus_alpha_over_r_times_b_a(rows):
+    """By hand, with r=2 and alpha=6 (scale 3): the layer's output is base(x) + 3 B(A(x)) (on its rows), the same
+    through `linear_inputs` (the fused loss's form) and `projection`, and merging leaves W + 3 B @ A in the base."""
+    torch.manual_seed(0)
+    linear = nn.Linear(5, 6, dtype=torch.float64)
+    layer = LoRALinear(copy.deepcopy(linear), r=2, alpha=6, dropout=0.0, rows=rows).eval()
+    with torch.no_grad():
+        layer.lora_A.normal_()
+        layer.lora_B.normal_()
+    A, B = layer.lora_A.detach(), layer.lora_B.detach()  # (2, 5), (rows, 2)
+    full_B = torch.zeros(6, 2, dtype=torch.float64)
+    full_B[torch.tensor([0, 1, 4, 5]) if rows else torch.arange(6)] = B
+    x = torch.randn(3, 5, dtype=torch.float64)
+    expected = linear(x) + 3.0 * (x @ A.T @ full_B.T)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
+        x_cat, w_cat, bias = layer.linear_inputs(x)
+        torch.testing.assert_close(F.linear(x_cat, w_cat, bias), expected, rtol=1e-12, atol=1e-12)
+        weight, bias = layer.projection()
+        torch.testing.assert_close(F.linear(x, weight, bias), expected, rtol=1e-12, atol=1e-12)
+        layer.merge()
+        torch.testing.assert_close(layer.linear.weight, linear.weight + 3.0 * full_B @ A, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
+    assert LoRASpec(r=2, alpha=6).scaling == 3.0
+
+
+def test_a_lora_models_update_is_scaled_by_its_specs_alpha_over_r():
+    """Through `apply_lora` with the spec's r=3 and alpha=6: the model's logits are those of the plain model with
+    W + 2 B @ A in every target, B @ A computed here."""
+    base, model = make_lora("mha", torch.float64)
+    patched = copy.deepcopy(base)
+    targets = dict(patched.named_modules())
+    with torch.no_grad():
+        for name, m in lora_modules(model):
+            targets[name].weight += (6 / R) * m.full_B() @ m.lora_A
+        idx = torch.randint(0, 100, (2, 9))
+        torch.testing.assert_close(model(idx), patched(idx), rtol=1e-10, atol=1e-10)
+        assert (model(idx) - base(idx)).abs().max() > 1e-2  # the updates show
