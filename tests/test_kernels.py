@@ -1,6 +1,8 @@
 """Decode attention: the torch references against explicit loops and the model; the Triton kernel (GPU) against
-the float32 reference on fresh random inputs, with poisoned outputs. The MHA/GQA cache write's kernel also runs
-without a GPU, under the Triton interpreter (skipped when triton is not installed).
+the float32 reference on fresh random inputs, with poisoned outputs. Without a GPU the kernels run under the Triton
+interpreter on CPU tensors (skipped only when triton is not installed): split-KV decode attention (MLA and
+MHA/GQA/MQA, with and without the split merge) and both cache writes (MLA and MHA/GQA), small shapes that reach each
+branch. `interpreted_copy` and `route_to_interpreted` serve the other kernels' tests too.
 
 All GPU checks: `python -m pytest -q -m cuda tests/test_kernels.py`.
 """
@@ -11,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional, Union
 
 import pytest
 import torch
@@ -24,13 +26,14 @@ from litgpt.kernels import (
     gqa_cache_write,
     gqa_decode_attention,
     gqa_decode_attention_reference,
+    mla_cache_write,
     mla_decode_attention,
     mla_decode_attention_reference,
     set_kernels,
     split_heads,
 )
 from litgpt.kv_cache import KVCache
-from litgpt.rope import apply_partial_rope, build_rope_cache
+from litgpt.rope import apply_partial_rope, apply_rope_last, build_rope_cache
 
 from test_model import MLA_DIMS, randomize
 
@@ -343,9 +346,15 @@ def test_write_qkv_on_cpu_is_the_torch_path():
 
 def interpreted_copy(kernel_module: str) -> ModuleType:
     """A private copy of `litgpt.kernels.<kernel_module>` whose kernels the Triton interpreter runs on CPU tensors
-    (the flag is read when @triton.jit decorates); the real module and its GPU launches are left alone."""
+    (the flag is read when @triton.jit decorates); the real module and its GPU launches are left alone.
+
+    The copy's float constants `tl.constexpr(x)` become x, the value the compiler folds in: the interpreter runs
+    `constant * tensor` as constexpr arithmetic, which wraps the tensor in a constexpr that tl.sigmoid and the like
+    then reject."""
     if not TRITON_AVAILABLE:
         pytest.skip("needs triton (pip install triton) for its interpreter")
+    import triton.language as tl
+
     name = f"_interpreted_{kernel_module}"
     spec = importlib.util.spec_from_file_location(name, Path(litgpt.kernels.__file__).parent / f"{kernel_module}.py")
     module = importlib.util.module_from_spec(spec)
@@ -353,22 +362,74 @@ def interpreted_copy(kernel_module: str) -> ModuleType:
         patch.setenv("TRITON_INTERPRET", "1")
         patch.setitem(sys.modules, name, module)  # dataclasses look their module up while the class is made
         spec.loader.exec_module(module)
+    for key, value in list(vars(module).items()):
+        if isinstance(value, tl.constexpr) and isinstance(value.value, float):
+            setattr(module, key, value.value)
     return module
 
 
+_INTERPRETED_LANGUAGE: dict = {}  # a @triton.jit function of triton.language -> its interpreted twin
+
+
+def interpret_language(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For this test, every @triton.jit function of `triton.language` (tl.sum, tl.max, tl.sigmoid, tl.cdiv, their
+    combine functions, the tensor methods such as x.sum()) becomes its interpreted twin, as importing triton with
+    TRITON_INTERPRET=1 would have made it: they were jitted when triton was imported, and an interpreted kernel can
+    not call a jitted function.
+
+    Every attribute of the `triton.language` modules is restored after the test too: a twin's call swaps
+    `triton.language.core`'s builtins (tl.core.load, tl.core.arange, ...) for the interpreter's and leaves them so,
+    which would break a later GPU compile in the same process."""
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    import triton.language as tl
+
+    def twin(function: JITFunction) -> InterpretedFunction:
+        if function.fn not in _INTERPRETED_LANGUAGE:  # one twin each: the interpreter's reductions compare identity
+            _INTERPRETED_LANGUAGE[function.fn] = InterpretedFunction(function.fn)
+        return _INTERPRETED_LANGUAGE[function.fn]
+
+    namespaces = [module for name, module in list(sys.modules.items())
+                  if name == "triton.language" or name.startswith("triton.language.")] + [tl.core.tensor]
+    for namespace in namespaces:
+        for name, value in list(vars(namespace).items()):
+            if isinstance(value, JITFunction):
+                monkeypatch.setattr(namespace, name, twin(value))
+            elif isinstance(namespace, ModuleType):
+                monkeypatch.setattr(namespace, name, value)  # as it is now, restored after the test
+
+
 def route_to_interpreted(monkeypatch: pytest.MonkeyPatch, copy: ModuleType, kernel_module: str, entry: ModuleType,
-                         op_name: str, gate: Callable[..., bool]) -> list:
+                         op_name: Union[str, tuple[str, ...]], gate: Callable[..., bool], *,
+                         gate_name: str = "kernel_applies", launcher: Optional[ModuleType] = None) -> list:
     """For this test, route `entry`'s kernel path to the interpreted `copy` of `litgpt.kernels.<kernel_module>`: the
-    launch (the `op_name` operator of `entry`, through the dispatcher) imports the copy, and `entry.kernel_applies`
-    becomes `gate` (which accepts CPU tensors). Returns the list that records every launch."""
+    launch imports the copy, and `entry.<gate_name>` (the check that picks the kernel path) becomes `gate`, which
+    accepts CPU tensors. Every call of `op_name` (one name or several) of `launcher` (default `entry`: the operator
+    the entry point calls through the dispatcher; or `copy`: its launchers) appends its name to the returned list."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # triton asserts it again when it loads its launch helpers
+    interpret_language(monkeypatch)
     monkeypatch.setattr(litgpt.kernels, kernel_module, copy, raising=False)
     monkeypatch.setitem(sys.modules, f"litgpt.kernels.{kernel_module}", copy)
-    monkeypatch.setattr(entry, "kernel_applies", gate)
+    monkeypatch.setattr(entry, gate_name, gate)
     launches = []
-    op = getattr(entry, op_name)
-    monkeypatch.setattr(entry, op_name, lambda *args: launches.append(1) or op(*args))
+    for name in (op_name,) if isinstance(op_name, str) else op_name:
+        op = getattr(launcher or entry, name)
+        monkeypatch.setattr(launcher or entry, name,
+                            lambda *args, _op=op, _name=name: launches.append(_name) or _op(*args))
     return launches
+
+
+def interpreter_gate(tensors: tuple[torch.Tensor, ...], widths: tuple[int, ...] = ()) -> bool:
+    """`litgpt.kernels._triton.kernel_applies` without its CUDA and dtype conditions (the kernels run on CPU tensors
+    under the interpreter, in any float dtype they load): one dtype, no autograd, unit last strides, every width a
+    positive multiple of 16."""
+    return (
+        all(t.dtype == tensors[0].dtype for t in tensors)
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        and all(t.stride(-1) == 1 for t in tensors)
+        and all(w % 16 == 0 and w > 0 for w in widths)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -381,13 +442,17 @@ def interpreted(interpreted_module, monkeypatch):
     """Route `gqa_cache_write`'s kernel path (`litgpt::gqa_cache_write`) to the interpreted launcher on CPU tensors
     for this test; returns the list that records every launch."""
     return route_to_interpreted(monkeypatch, interpreted_module, "triton_decode", dispatch, "_gqa_cache_write_op",
-                                lambda tensors, widths: all(t.stride(-1) == 1 for t in tensors))
+                                interpreter_gate)
 
 
-GQA_WRITE_CASES = [  # (B, n_head, n_groups, head_size)
-    (2, 4, 4, 32),  # MHA
-    (3, 6, 2, 64),  # GQA
-    (2, 4, 1, 48),  # MQA, a head width that is not a power of 2
+GQA_WRITE_CASES = [  # (B, n_head, n_groups, head_size, interleaved rope, roped fraction of each head, dtype)
+    (2, 4, 4, 32, False, 0.25, torch.bfloat16),  # MHA, rotate-half over a quarter of each head
+    (2, 4, 4, 32, True, 1.0, torch.float32),  # MHA, interleaved over the whole head
+    (3, 6, 2, 64, True, 0.25, torch.bfloat16),  # GQA
+    (3, 6, 2, 64, False, 1.0, torch.float32),
+    (2, 4, 1, 48, False, 1.0, torch.bfloat16),  # MQA, a head width that is not a power of 2 (masked lanes)
+    (2, 4, 1, 48, True, 0.25, torch.float32),
+    (2, 4, 2, 16, False, 0.0, torch.bfloat16),  # no rope: the heads pass through, the tables are not read
 ]
 
 
@@ -415,10 +480,7 @@ def assert_rope_close(out: torch.Tensor, exact: torch.Tensor, torch_path: torch.
     torch.testing.assert_close(out, torch_path, **(tight or dict(atol=5e-2, rtol=2e-2)))
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("fraction", [0.25, 1.0])
-@pytest.mark.parametrize("interleave", [False, True])
-@pytest.mark.parametrize("B, nh, ng, hs", GQA_WRITE_CASES)
+@pytest.mark.parametrize("B, nh, ng, hs, interleave, fraction, dtype", GQA_WRITE_CASES)
 def test_gqa_cache_write_kernel_matches_torch_path_interpreted(interpreted, B, nh, ng, hs, interleave, fraction, dtype):
     """The kernel (Triton interpreter, CPU) against the torch path: the roped query, the written k and v cache rows,
     and every other cache row untouched; per-row (B, 1) and shared (1,) positions."""
@@ -478,6 +540,182 @@ def test_gqa_cache_write_op_compiles_with_its_mutations_interpreted(interpreted)
     q = compiled(qkv, k_cache, v_cache, input_pos, cos, sin, nh, n, False)
     assert len(interpreted) == 2
     assert torch.equal(q, q_eager) and torch.equal(k_cache, k_eager) and torch.equal(v_cache, v_eager)
+
+
+# ---------------------------------------------------------------- decode attention and the MLA cache write, interpreted
+
+@pytest.fixture
+def interpreted_attention(interpreted_module, monkeypatch) -> tuple[list, list]:
+    """Route `mla_decode_attention`'s and `gqa_decode_attention`'s kernel path (`litgpt::decode_attention`) to the
+    interpreted launcher on CPU tensors for this test; returns the launch record and the (split_len, n_splits) of
+    every launch's split plan."""
+    launches = route_to_interpreted(monkeypatch, interpreted_module, "triton_decode", dispatch, "_decode_attention_op",
+                                    interpreter_gate)
+    plans = []
+    plan = interpreted_module.split_plan
+    monkeypatch.setattr(interpreted_module, "split_plan", lambda *args: plans.append(plan(*args)) or plans[-1])
+    return launches, plans
+
+
+# Off CUDA the launcher plans for 4 SMs. SMALL_TILES: 16 rows and 16 keys per program, splits of at least 16 keys
+# until 4 programs per SM. SMALL_MERGE: the merge takes 2 splits and 64 output columns per tile (on the GPU, more
+# than 128 splits, or fewer splits and wider values, give several tiles).
+SMALL_TILES = dict(block_h=16, block_n=16, waves=4.0, min_split=16)
+SMALL_MERGE = dict(MERGE_BLOCK_S=2, MERGE_TILE=128)
+ATTENTION_CASES = [  # (cache, B, heads, groups, T, S_max, d (MLA: d_c), d_R (MLA) or d_v (GQA), valid lengths of the
+    # last new token per row (all equal: shared (T,) positions, else per row (B, T)), tiles (None: the default
+    # config), merge tiles (None: the module's), KV splits the launch must take)
+    ("mla", 2, 4, 1, 1, 200, 64, 16, [200, 17], None, None, 2),  # 2 splits of two 64-key tiles, merged; row 1's
+    # second split holds none of its keys
+    ("mla", 2, 3, 1, 2, 48, 48, 16, [40, 40], None, None, 1),  # one split: stage 1 writes the output; q_len 2
+    # (causal among the new tokens); a latent of 48 in a 64-wide tile; S_max not a multiple of the tile
+    ("mla", 1, 20, 1, 1, 100, 128, 16, [77], SMALL_TILES, SMALL_MERGE, 7),  # 20 rows in two blocks of 16; 7 splits,
+    # the 5 that hold keys merged 2 at a time (the running maximum rescales), in two programs of 64 columns
+    ("gqa", 2, 4, 1, 2, 300, 48, 48, [300, 100], None, None, 2),  # MQA, q_len 2, head width 48 (masked lanes)
+    ("gqa", 2, 6, 2, 1, 150, 32, 16, [150, 33], None, None, 1),  # GQA, values narrower than keys
+    ("gqa", 2, 2, 2, 1, 80, 16, 16, [80, 1], SMALL_TILES, None, 3),  # MHA, 3 splits merged in a tile of 4 (masked
+    # split lanes); row 1 sees one key
+]
+
+
+@pytest.mark.parametrize("cache, B, H, G, T, S, d, d_last, lengths, tiles, merge, splits", ATTENTION_CASES)
+def test_decode_attention_kernel_matches_float32_reference_interpreted(interpreted_attention, interpreted_module,
+                                                                       monkeypatch, cache, B, H, G, T, S, d, d_last,
+                                                                       lengths, tiles, merge, splits):
+    """The split-KV kernel (Triton interpreter, CPU; the merge stage where the plan splits the KV) against the
+    float32 reference: outputs and partial buffers start as NaN (every output element is written, only the splits
+    that hold a row's keys are merged), and the cache holds NaN past each row's valid length (never read).
+
+    In float16: the interpreter keeps bfloat16 as its bit patterns and multiplies those in `tl.dot` (Triton's
+    interpreter does not do bfloat16 arithmetic), so the bfloat16 launch is checked on the GPU only."""
+    launches, plans = interpreted_attention
+    if tiles is not None:
+        monkeypatch.setattr(interpreted_module, "default_config", lambda *_: interpreted_module.LaunchConfig(**tiles))
+    for name, value in (merge or {}).items():
+        monkeypatch.setattr(interpreted_module, name, value)
+    torch.manual_seed(S + H)
+    dtype = torch.float16
+    input_pos = torch.tensor([[n - T + t for t in range(T)] for n in lengths])  # (B, T)
+    input_pos = input_pos[0] if len(set(lengths)) == 1 else input_pos  # (T,) shared by the batch
+    stale = torch.arange(S) >= torch.tensor(lengths).unsqueeze(1)  # (B, S): past each row's valid length
+    if cache == "mla":
+        q = torch.randn(B, H, T, d + d_last, dtype=dtype)
+        kv = torch.randn(B, S, d + d_last, dtype=dtype)
+        ref = mla_decode_attention_reference(q.float(), kv.float(), input_pos, d, 0.07)  # (B, H, T, d_c)
+        kv[stale] = float("nan")
+        run = lambda: mla_decode_attention(q, kv, input_pos, d, 0.07)  # noqa: E731
+        width = d
+    else:
+        q = torch.randn(B, H, T, d, dtype=dtype)
+        k, v = torch.randn(B, G, S, d, dtype=dtype), torch.randn(B, G, S, d_last, dtype=dtype)
+        ref = gqa_decode_attention_reference(q.float(), k.float(), v.float(), input_pos, 0.125)  # (B, H, T, d_v)
+        k.transpose(1, 2)[stale], v.transpose(1, 2)[stale] = float("nan"), float("nan")
+        run = lambda: gqa_decode_attention(q, k, v, input_pos, 0.125)  # noqa: E731
+        width = d_last
+    with poisoned_empty():
+        out = run()
+    assert launches == ["_decode_attention_op"], "the kernel path did not run"
+    assert plans[-1][1] == splits
+    assert out.shape == (B, H, T, width) and out.dtype == dtype and not out.isnan().any()
+    assert rel_error(out, ref) < 1e-3  # measured 3e-5 to 3e-4
+
+
+@pytest.fixture
+def interpreted_mla_write(interpreted_module, monkeypatch) -> list:
+    """Route `mla_cache_write`'s kernel path (`litgpt::mla_cache_write`) to the interpreted launcher on CPU tensors
+    for this test; returns the list that records every launch."""
+    return route_to_interpreted(monkeypatch, interpreted_module, "triton_decode", dispatch, "_mla_cache_write_op",
+                                interpreter_gate)
+
+
+MLA_WRITE_CASES = [  # (B, h, d_c, d_R, interleaved rope, dtype)
+    (2, 3, 64, 16, False, torch.bfloat16),
+    (3, 2, 48, 16, True, torch.float32),  # a latent of 48 in a 64-wide block (masked lanes)
+    (1, 4, 32, 32, True, torch.bfloat16),
+    (2, 2, 32, 16, False, torch.float32),
+]
+
+
+@pytest.mark.parametrize("B, h, d_c, d_r, interleave, dtype", MLA_WRITE_CASES)
+def test_mla_cache_write_kernel_matches_torch_path_interpreted(interpreted_mla_write, B, h, d_c, d_r, interleave,
+                                                               dtype):
+    """The fused MLA cache write (Triton interpreter, CPU) against the torch path (`latent_entries`,
+    `write_positions`, `apply_rope_last`): the query's latent part copied as it is and its rope part rotated, the
+    new row [RMSNorm(latent) * gain | roped key] written at each row's position, every other cache row untouched;
+    per-row (B, 1) and shared (1,) positions."""
+    S, D, eps = 10, d_c + d_r, 1e-5
+    cos_table, sin_table = build_rope_cache(S, d_r)
+    gain = (1 + 0.2 * torch.randn(d_c)).to(dtype)
+    rows = torch.arange(B)
+    for input_pos in (torch.tensor([[0], [S - 1], [4]][:B]), torch.tensor([6])):
+        kv_a = torch.randn(B, 1, D, dtype=dtype) * 3
+        query = torch.randn(B, 1, h, D, dtype=dtype).transpose(1, 2)  # (B, h, 1, D), as the model passes it
+        cache = torch.randn(B, S, D, dtype=dtype)
+        cos, sin = cos_table[input_pos], sin_table[input_pos]  # (B, 1, d_R) or (1, d_R)
+        torch_cache, fp32_cache = cache.clone(), cache.float()
+        mla_cache_write(kv_a, torch_cache, input_pos, cos, sin, gain, eps, interleave)  # no query: the torch path
+        mla_cache_write(kv_a.float(), fp32_cache, input_pos, cos, sin, gain, eps, interleave)
+        q_torch = apply_rope_last(query, cos, sin, interleave)
+        q_fp32 = apply_rope_last(query.float(), cos, sin, interleave)
+        before = cache.clone()
+        launches = len(interpreted_mla_write)
+        with poisoned_empty():
+            q = mla_cache_write(kv_a, cache, input_pos, cos, sin, gain, eps, interleave, query)  # (B, h, 1, D)
+        assert len(interpreted_mla_write) == launches + 1, "the kernel path did not run"
+        assert q.shape == (B, h, 1, D) and q.dtype == dtype and not q.isnan().any()
+        assert torch.equal(q[..., :d_c], query[..., :d_c])
+        assert_rope_close(q, q_fp32, q_torch)
+        pos = input_pos.view(-1).expand(B)  # (B,)
+        assert_rope_close(cache[rows, pos], fp32_cache[rows, pos], torch_cache[rows, pos])
+        untouched = torch.ones(B, S, dtype=torch.bool)
+        untouched[rows, pos] = False
+        assert torch.equal(cache[untouched], before[untouched])
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # the GEMV's 1 / sqrt(0 + eps 0), unused
+# without a norm: the interpreter computes it on the host
+@pytest.mark.parametrize("cache", ["mla", "mha"])
+def test_folded_decode_on_the_interpreted_kernels(interpreted_module, monkeypatch, cache):
+    """A folded model's cached decode in float16 with every kernel of its one-token step under the Triton interpreter
+    (CPU): the cache write (MLA or MHA), split-KV attention and the GEMVs with their norm and activation prologues,
+    against the same model's torch path: logits and the second block's cache, batch 1 (the GEMVs take one row),
+    per-row positions."""
+    from litgpt.fold import fold_for_decode
+
+    import litgpt.kernels.linear  # noqa: F401  (the module: `litgpt.kernels.linear` the attribute is the function)
+
+    linear_copy = interpreted_copy("triton_linear")
+    tile = next(c for c in linear_copy._CONFIGS if c.kwargs == {"BLOCK_N": 32, "BLOCK_K": 256})
+    monkeypatch.setattr(linear_copy._gemv_kernel, "configs", [tile])  # no GPU to time the others on
+    if cache == "mla":
+        config = Config.from_name("debug", block_size=48, latent_attention={
+            **MLA_DIMS, "q_lora_rank": None, "kv_lora_rank": 64, "qk_rope_head_dim": 16})
+    else:
+        config = Config.from_name("debug", block_size=48, n_embd=128)  # 4 heads of 32, half of each roped
+    torch.manual_seed(0)
+    model = randomize(GPT(config)).to(dtype=torch.float16).eval()
+    fold_for_decode(model)
+    routes = (  # (the interpreted copy, its module, the entry point's module, the operator, the entry's check)
+        (interpreted_module, "triton_decode", dispatch, "_decode_attention_op", "kernel_applies"),
+        (interpreted_module, "triton_decode", dispatch, f"_{'mla' if cache == 'mla' else 'gqa'}_cache_write_op",
+         "kernel_applies"),
+        (linear_copy, "triton_linear", sys.modules["litgpt.kernels.linear"], "_gemv_op", "triton_can_run"),
+    )
+    idx = torch.randint(0, config.padded_vocab_size, (1, 7))
+    with torch.no_grad():
+        torch_logits = cached_decode(model, idx, prefill=5, use_kernel=False).float()
+        torch_cache = [t.float().clone() for t in model.transformer.h[1].attn.kv_cache.buffers()]
+        records = [route_to_interpreted(monkeypatch, copy, kernel_module, entry, op_name, interpreter_gate,
+                                        gate_name=gate_name)
+                   for copy, kernel_module, entry, op_name, gate_name in routes]  # each kernel's launch record
+        kernel_logits = cached_decode(model, idx, prefill=5, use_kernel=True).float()
+    steps = 2 * config.n_layer  # 2 one-token steps: one attention, one cache write and two GEMVs in each block
+    assert [len(r) for r in records] == [steps, steps, 2 * steps], "a kernel path did not run"
+    assert rel_error(kernel_logits, torch_logits) < 1e-2
+    kernel_cache = list(model.transformer.h[1].attn.kv_cache.buffers())
+    assert len(kernel_cache) == len(torch_cache) > 0
+    for got, want in zip(kernel_cache, torch_cache):
+        assert rel_error(got, want) < 1e-2
 
 
 def gqa_model(**overrides) -> GPT:

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 import litgpt.kernels.cross_entropy
 from litgpt import GPT, Config
 from litgpt.loss import linear_cross_entropy
+from test_kernels import interpreted_copy
+from test_kernels_cross_entropy import route_cross_entropy
 
 
 @pytest.fixture
@@ -170,3 +172,35 @@ def test_ignored_targets_on_the_cuda_kernels(dtype: torch.dtype) -> None:
     zero = linear_cross_entropy(hidden, weight, None, every)
     zero.backward()
     assert zero.item() == 0.0
+
+
+# ---------------------------------------------------------------------------------------------- Triton interpreter
+@pytest.fixture(scope="module")
+def interpreted_cross_entropy():
+    return interpreted_copy("triton_cross_entropy")
+
+
+def test_fused_loss_on_the_interpreted_kernels(interpreted_cross_entropy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`linear_cross_entropy` on the Triton kernels (interpreter, CPU, float32 logits) against F.cross_entropy in
+    float64, a third of the targets ignored: the training forward and backward (the row losses, then the gradient
+    written over the saved logits, scaled by the upstream gradient / counted tokens) and the no-grad forward."""
+    launches = route_cross_entropy(monkeypatch, interpreted_cross_entropy)
+    torch.manual_seed(0)
+    params = [torch.randn(30, 16), torch.randn(50, 16), torch.randn(50)]  # hidden, weight, bias
+    params = [p.requires_grad_(True) for p in params]
+    targets = torch.randint(0, 50, (30,))
+    targets[::3] = -100
+    loss = linear_cross_entropy(*params, targets)
+    (2.5 * loss).backward()
+    assert launches == ["row_losses", "softmax_grad_"], "the kernel path did not run"
+    exact = [p.detach().double().requires_grad_(True) for p in params]
+    want = F.cross_entropy(F.linear(*exact), targets, ignore_index=-100)
+    (2.5 * want).backward()
+    torch.testing.assert_close(loss.double(), want.detach(), rtol=1e-6, atol=1e-6)
+    for got, ref in zip(params, exact):
+        torch.testing.assert_close(got.grad.double(), ref.grad, rtol=1e-5, atol=1e-6)
+    assert torch.all(params[0].grad[::3] == 0)
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(*params, targets).double(), want.detach(), rtol=1e-6,
+                                   atol=1e-6)
+    assert launches == ["row_losses", "softmax_grad_", "row_losses"]
