@@ -249,9 +249,10 @@ def test_evaluate_scores_token_ids_past_vocab_size_as_training_does():
     assert scores["accuracy"] == (logits.argmax(-1) == batch[:, 1:]).float().mean().item()
 
 
-def test_moe_attention_comparison_config_loads(capsys):
+def test_moe_attention_comparison_config_loads(tmp_path, text_dir, capsys):
     """config_hub/compare/moe-attention.yaml parses as `litgpt compare` reads it: MHA, GQA and MLA in identical
-    MoE models of 50M parameters or more, the shared corpus and the Pythia tokenizer."""
+    MoE models of 50M parameters or more, TinyStories and the Pythia tokenizer by default, and the offline corpus
+    options its header names (TextFiles on local train/val folders, a local tokenizer) override them."""
     from litgpt.config import Config
     from litgpt.model import GPT
 
@@ -261,10 +262,23 @@ def test_moe_attention_comparison_config_loads(capsys):
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["models"] == ["pythia-70m-moe", "pythia-70m-moe-gqa", "pythia-70m-moe-mla"]
-    assert printed["tokenizer_dir"] == "../shared/data/tokenizers/pythia"
-    assert printed["data"]["class_path"] == "litgpt.data.TextFiles"
-    assert printed["data"]["init_args"]["train_data_path"] == "../shared/data/corpus/train"
-    assert printed["data"]["init_args"]["val_data_path"] == "../shared/data/corpus/val"
+    assert printed["tokenizer_dir"] == "checkpoints/EleutherAI/pythia-160m"
+    assert printed["data"]["class_path"] == "litgpt.data.TinyStories"
+
+    tokenizer_dir = tmp_path / "tokenizers" / "pythia"
+    tokenizer_dir.mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--config", str(path), "--data", "TextFiles",
+              "--data.train_data_path", str(text_dir / "train"), "--data.val_data_path", str(text_dir / "val"),
+              "--tokenizer_dir", str(tokenizer_dir), "--print_config"])
+    assert exit_info.value.code == 0
+    override = yaml.safe_load(capsys.readouterr().out)
+    assert override["tokenizer_dir"] == str(tokenizer_dir)
+    assert override["data"]["class_path"] == "litgpt.data.TextFiles"
+    assert override["data"]["init_args"]["train_data_path"] == str(text_dir / "train")
+    assert override["data"]["init_args"]["val_data_path"] == str(text_dir / "val")
+    assert {k: v for k, v in override.items() if k not in ("data", "tokenizer_dir")} == {
+        k: v for k, v in printed.items() if k not in ("data", "tokenizer_dir")}
     configs = {name: Config.from_name(name).to_dict() for name in printed["models"]}
     attention = ("name", "n_query_groups", "latent_attention", "rotary_percentage")
     shared = [{k: v for k, v in c.items() if k not in attention} for c in configs.values()]
