@@ -1,10 +1,11 @@
-"""Tables and plots of issue 18's experiments from the run directories `benchmarks/gpu_round.sh convert` writes.
+"""Tables and plots of the MHA -> MLA conversion experiments from the run directories `benchmarks/gpu.sh convert`
+writes.
 
     python benchmarks/convert_report.py KEEP/convert --out_dir tutorials/results/convert
 
 (b) MHA -> MLA: the source's final validation loss, each conversion's loss right after converting (its heal runs'
 step-0 validation) and after healing with 5% and 10% of the source's tokens, and the same MLA shape trained from
-scratch on the source's tokens + 10%; the issue's target is "within 2% of the source at 1/4 of its KV cache after at
+scratch on the source's tokens + 10%; the target is "within 2% of the source at 1/4 of its KV cache after at
 most 10%". (a) MLA vs MLA-o: each `litgpt compare` run's final validation loss, per seed and the mean. Writes
 `results.md`, `results.json`, `heal_loss_vs_tokens.png` and `mla_o_loss_vs_tokens.png`.
 """
@@ -160,7 +161,7 @@ def _save(fig, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", type=Path, help="the convert/ directory of gpu_round.sh's KEEP")
+    parser.add_argument("root", type=Path, help="the convert/ directory that benchmarks/gpu.sh convert leaves in KEEP")
     parser.add_argument("--out_dir", type=Path, default=Path("tutorials/results/convert"))
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
