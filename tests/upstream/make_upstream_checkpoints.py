@@ -2,7 +2,7 @@
 
 Run with the oracle venv, never with the project's own environment:
 
-    python -m venv /work/oracle && /work/oracle/bin/pip install torch==2.13.0 litgpt==0.5.13 && /work/oracle/bin/python tests/upstream/make_upstream_checkpoints.py
+    python -m venv .oracle && .oracle/bin/pip install torch==2.13.0 litgpt==0.5.13 && .oracle/bin/python tests/upstream/make_upstream_checkpoints.py
 
 (``tests/upstream/make_venv.sh`` performs the install steps.)
 

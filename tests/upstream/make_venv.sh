@@ -3,11 +3,11 @@
 # It is used only to regenerate the fixtures in tests/data/upstream/ and is
 # kept apart from the project's own environment.
 #
-#   bash tests/upstream/make_venv.sh            # creates /work/oracle
+#   bash tests/upstream/make_venv.sh            # creates .oracle
 #   ORACLE=/tmp/oracle bash tests/upstream/make_venv.sh
 set -euo pipefail
 
-ORACLE="${ORACLE:-/work/oracle}"
+ORACLE="${ORACLE:-.oracle}"
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 UPSTREAM_VERSION="${UPSTREAM_VERSION:-0.5.13}"
 
