@@ -13,7 +13,7 @@ from typing import Optional, TextIO, Union
 
 import torch
 
-from litgpt.checkpoint import load_checkpoint
+from litgpt.checkpoint import load_checkpoint, missing_weights_message
 from litgpt.config import Config
 from litgpt.generate.base import SamplingParams, check_lengths, peak_memory_bytes, resolve_device, resolve_dtype
 from litgpt.generate.session import DecodeSession, decode_mode
@@ -68,6 +68,8 @@ class LLM:
                 f"checkpoint directory {str(checkpoint_dir)!r} does not exist; point at a directory written by "
                 "`litgpt pretrain` (e.g. out/pretrain/debug/final)"
             )
+        if (checkpoint_dir / "lit_model.pth.lora").is_file() and not (checkpoint_dir / "lit_model.pth").is_file():
+            raise FileNotFoundError(missing_weights_message(checkpoint_dir))
         for name in ("model_config.yaml", "lit_model.pth"):
             if not (checkpoint_dir / name).is_file():
                 raise FileNotFoundError(
@@ -116,6 +118,13 @@ class LLM:
             if not isinstance(prompt, str) or not prompt:
                 raise ValueError(f"prompt {i} is empty; every prompt needs some text")
             encoded.append(tk.encode(self.prompt_style.apply(prompt), bos=bos))
+        vocab = self.model.config.padded_vocab_size
+        top = max((int(ids.max()) for ids in encoded if ids.numel()), default=-1)
+        if top >= vocab:  # checked here, on the host: on CUDA the model's own check would cost a device sync
+            raise ValueError(
+                f"the tokenizer gave token id {top}, outside the model's vocabulary of {vocab} ids; load the "
+                "tokenizer the checkpoint was trained with"
+            )
         return encoded
 
     def generate_with_stats(
@@ -132,8 +141,10 @@ class LLM:
     ) -> tuple[list[str], dict]:
         """`generate` for a list of prompts, plus timings, peak memory and KV-cache bytes.
 
-        With `stream` the first prompt and then each piece of its text are written to it as they come (the other
-        prompts' texts are only returned).
+        With `stream` the first prompt as the model reads it (framed by the prompt style, as upstream litgpt's
+        generate prints it: a fine-tuned checkpoint's answer follows the style's `### Response:` line or newline,
+        not the bare prompt), then each piece of its text, are written to it as they come (the other prompts' texts
+        are only returned).
         kernels: False decodes on the pure-torch attention and linear maps instead of the Triton kernels.
         """
         params = SamplingParams(temperature, top_k, top_p)
@@ -150,7 +161,7 @@ class LLM:
             torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
         if stream is not None:
-            stream.write(prompts[0])
+            stream.write(self.prompt_style.apply(prompts[0]))
             stream.flush()
         if stream is not None and len(prompts) == 1:  # ends at the stop sequence, not at the batch path's next look
             ids, _, ttft = session.stream(prompt_ids[0], max_new_tokens, self.tokenizer, stop_tokens, stream)

@@ -163,6 +163,21 @@ def save_checkpoint(model: GPT, checkpoint_dir: PathLike) -> None:
     save_config(model.config, checkpoint_dir)
 
 
+def missing_weights_message(checkpoint_dir: PathLike) -> str:
+    """Why a directory without lit_model.pth cannot be loaded, and the fix: `litgpt merge_lora` for a LoRA fine-tune's
+    checkpoint (lit_model.pth.lora alone), else a conversion or a `litgpt pretrain` output."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if (checkpoint_dir / "lit_model.pth.lora").is_file():
+        return (
+            f"{str(checkpoint_dir)!r} holds LoRA weights (lit_model.pth.lora) but no merged lit_model.pth; run "
+            f"`litgpt merge_lora {checkpoint_dir}` to write it, then load the directory again"
+        )
+    return (
+        f"{str(checkpoint_dir)!r} has no lit_model.pth; convert a Hugging Face checkpoint with "
+        "`python -m litgpt.scripts.convert_hf_checkpoint` or point at a `litgpt pretrain` output"
+    )
+
+
 def load_checkpoint(
     checkpoint_dir: PathLike,
     device: Optional[Union[str, torch.device]] = None,
@@ -188,10 +203,7 @@ def load_checkpoint(
         raise FileNotFoundError(f"checkpoint directory {str(checkpoint_dir)!r} does not exist")
     weights = checkpoint_dir / "lit_model.pth"
     if not weights.is_file():
-        raise CheckpointNotFoundError(
-            f"{str(checkpoint_dir)!r} has no lit_model.pth; convert a Hugging Face checkpoint with "
-            "`python -m litgpt.scripts.convert_hf_checkpoint` or point at a `litgpt pretrain` output"
-        )
+        raise CheckpointNotFoundError(missing_weights_message(checkpoint_dir))
     config = _read_config(checkpoint_dir)
     with torch.device("meta"), SkipInit():
         model = GPT(config)

@@ -44,6 +44,9 @@ DEFAULT_ROTARY_PERCENTAGE = 0.25
 # rotary_percentage values an MLA config may carry, although MLA sets its rope width with qk_rope_head_dim: the
 # default, and 1.0 (the whole decoupled rope key rotated), which upstream litgpt's MLA model_config.yaml files hold.
 MLA_ROTARY_PERCENTAGES = (DEFAULT_ROTARY_PERCENTAGE, 1.0)
+# The largest block_size accepted: 16,777,216 positions, past every released model's context (10M at most). GPT builds
+# its rope cache for block_size positions at once, so a typo like 10**9 would otherwise allocate many GB.
+MAX_BLOCK_SIZE = 2**24
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,36 @@ class Config:
         elif self.latent_attention is False:
             self.latent_attention = None
         self._validate()
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """Refuse an implausible block_size (what its rope cache would allocate), and warn about an MLA latent that
+        makes the KV cache larger than MHA's or is wider than the model."""
+        if self.block_size > MAX_BLOCK_SIZE:
+            rope_bytes = self.block_size * self.rope_n_elem * 2 * 4  # cos and sin, float32
+            raise ValueError(
+                f"block_size {self.block_size:,} is past any model's context (at most {MAX_BLOCK_SIZE:,} here): the "
+                f"rope cache alone would allocate {rope_bytes / 1e9:,.1f} GB at model build; set block_size to the "
+                "context the model trains or generates with (e.g. 4096)"
+            )
+        mla = self.mla
+        if mla is None:
+            return
+        mha_values = 2 * self.n_head * self.head_size  # one layer's K and V per token for MHA with these heads
+        if mla.kv_lora_rank <= self.n_embd and mla.cache_width <= mha_values:
+            return
+        per_token = self.n_layer * 2  # bytes per cached value over all layers, in bf16
+        suggested = min(4 * self.head_size, self.n_embd)
+        wide = ", and a latent wider than n_embd holds no more than n_embd values would" if (
+            mla.kv_lora_rank > self.n_embd) else ""
+        warnings.warn(
+            f"latent_attention.kv_lora_rank={mla.kv_lora_rank} is implausible for n_embd={self.n_embd}: the MLA KV "
+            f"cache takes {mla.cache_width * per_token:,} bytes per token (bf16, {self.n_layer} layers) against "
+            f"{mha_values * per_token:,} for MHA ({mla.cache_width / mha_values:.2f}x){wide}; set kv_lora_rank so that "
+            f"kv_lora_rank + qk_rope_head_dim stays well below MHA's {mha_values} values a layer and kv_lora_rank <= "
+            f"n_embd, e.g. {suggested}{' (4 x head_size, as DeepSeek-V2)' if suggested == 4 * self.head_size else ''}",
+            stacklevel=4,
+        )
 
     def _resolve_moe(self) -> None:
         """Fill the MoE fields left to defaults: scoring as upstream litgpt reads its configs (grouped experts:

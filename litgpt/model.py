@@ -96,6 +96,8 @@ class GPT(nn.Module):
         B, T = idx.shape
         if T > self.max_seq_length:
             raise ValueError(f"cannot forward a sequence of length {T}: max_seq_length is {self.max_seq_length}")
+        if not torch.compiler.is_compiling():
+            self._check_inputs(idx, input_pos, input_pos_maxp1)
         if input_pos is None:
             ctx = AttentionInputs(self.cos[:T], self.sin[:T])  # (T, rope_n_elem): a causal pass, no cache
         else:
@@ -113,6 +115,40 @@ class GPT(nn.Module):
             hidden, weight, bias = linear_inputs(self.lm_head, x.flatten(0, 1))  # a LoRA head appends its branch
             return linear_cross_entropy(hidden, weight, bias, targets.flatten())
         return self.lm_head(x)  # (B, T, padded_vocab_size)
+
+    def _check_inputs(
+        self, idx: torch.Tensor, input_pos: Optional[torch.Tensor], input_pos_maxp1: Optional[int]
+    ) -> None:
+        """One-line ValueErrors for token ids outside the vocabulary and positions past the KV cache, instead of an
+        index error deep in the embedding or the cache (a device-side assert on CUDA). Host values are checked
+        always; tensor values only on the CPU, where reading them costs no device sync (the CUDA decode step stays
+        sync-free: `LLM` checks its prompts' ids on the host)."""
+        cache_len = getattr(self, "kv_cache_length", self.max_seq_length) if input_pos is not None else None
+        if cache_len is not None and input_pos_maxp1 is not None and input_pos_maxp1 > cache_len:
+            raise ValueError(
+                f"input_pos_maxp1 {input_pos_maxp1} is past the KV cache of {cache_len} positions; build a longer "
+                f"cache with model.set_kv_cache(batch_size, max_seq_length=...) (at most block_size "
+                f"{self.config.block_size}), or start a new sequence"
+            )
+        if idx.device.type != "cpu" or idx.numel() == 0:
+            return
+        vocab = self.config.padded_vocab_size
+        low, high = int(idx.min()), int(idx.max())
+        if low < 0 or high >= vocab:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"token id {bad} is outside the model's vocabulary of {vocab} ids (0..{vocab - 1}); encode the text "
+                "with the checkpoint's own tokenizer"
+            )
+        if cache_len is not None and input_pos.numel() and input_pos.device.type == "cpu":
+            last = int(input_pos.max())
+            if last >= cache_len or int(input_pos.min()) < 0:
+                bad = last if last >= cache_len else int(input_pos.min())
+                raise ValueError(
+                    f"input_pos {bad} is outside the KV cache of {cache_len} positions (0..{cache_len - 1}); build a "
+                    f"longer cache with model.set_kv_cache(batch_size, max_seq_length=...) (at most block_size "
+                    f"{self.config.block_size}), or start a new sequence"
+                )
 
     # ------------------------------------------------------------------ KV cache
     def set_kv_cache(

@@ -101,3 +101,46 @@ def test_benchmark_reports_the_issue_numbers():
     assert result["peak_memory_bytes"] > 0 and result["gap"] > 1
     with pytest.raises(ValueError, match="exceeds the model's block_size"):
         llm.benchmark(context_length=config.block_size + 1)
+
+
+# ------------------------------------------------------------------------------------------------ out-of-range inputs
+def test_a_token_id_outside_the_vocabulary_is_a_value_error_naming_it():
+    model = litgpt.GPT.from_name("debug-mla").eval()
+    vocab = model.config.padded_vocab_size
+    for bad in (vocab, -1):
+        with pytest.raises(ValueError) as info:
+            model(torch.tensor([[1, bad, 2]]))
+        assert str(info.value) == (f"token id {bad} is outside the model's vocabulary of {vocab} ids (0..{vocab - 1}); "
+                                   "encode the text with the checkpoint's own tokenizer")
+    assert model(torch.tensor([[0, vocab - 1]])).shape == (1, 2, vocab)
+
+
+def test_decoding_past_the_kv_cache_is_a_value_error_naming_the_position_and_the_fix():
+    model = litgpt.GPT.from_name("debug-mla").eval()
+    model.set_kv_cache(batch_size=1, max_seq_length=16)
+    with torch.no_grad():
+        model(torch.tensor([[1]]), input_pos=torch.tensor([15]))  # the last position: fine
+        with pytest.raises(ValueError) as info:
+            model(torch.tensor([[1]]), input_pos=torch.tensor([16]))
+        assert str(info.value) == ("input_pos 16 is outside the KV cache of 16 positions (0..15); build a longer cache "
+                                   "with model.set_kv_cache(batch_size, max_seq_length=...) (at most block_size 128), "
+                                   "or start a new sequence")
+        with pytest.raises(ValueError, match="input_pos_maxp1 20 is past the KV cache of 16 positions"):
+            model(torch.tensor([[1, 2]]), input_pos=torch.tensor([0, 1]), input_pos_maxp1=20)
+
+
+def test_the_input_checks_stay_out_of_a_compiled_step():
+    """Compiled as one graph (fullgraph: a data-dependent check would break it), the step runs without the checks."""
+    model = litgpt.GPT.from_name("debug-mla").eval()
+    model.set_kv_cache(batch_size=1, max_seq_length=16)
+    step = torch.compile(model, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        expected = model(torch.tensor([[3]]), input_pos=torch.tensor([0]))
+        torch.testing.assert_close(step(torch.tensor([[3]]), input_pos=torch.tensor([0])), expected)
+
+
+def test_llm_checks_its_prompts_ids_on_the_host(llm):
+    llm.model.config.padded_vocab_size = 10  # as if the tokenizer were another model's
+    with pytest.raises(ValueError, match=r"^the tokenizer gave token id \d+, outside the model's vocabulary of 10 ids; "
+                                         r"load the tokenizer the checkpoint was trained with$"):
+        llm.generate("The cat sat on the mat", max_new_tokens=2)

@@ -225,3 +225,32 @@ def test_mla_o_variants_are_the_mla_shapes_with_an_output_latent_of_half_and_a_q
             mla_o = Config.from_name(f"{base}-mla-o{divisor}")
             assert mla_o.latent_attention == {**mla.latent_attention, "o_latent_dim": mla.n_embd // divisor}
             assert dataclasses.replace(mla_o, name=mla.name, latent_attention=mla.latent_attention) == mla
+
+
+def test_an_implausible_block_size_is_refused_with_what_it_would_allocate():
+    with pytest.raises(ValueError) as info:
+        Config(block_size=10**9)
+    assert str(info.value) == (
+        "block_size 1,000,000,000 is past any model's context (at most 16,777,216 here): the rope cache alone would "
+        "allocate 256.0 GB at model build; set block_size to the context the model trains or generates with (e.g. "
+        "4096)")
+    assert Config(block_size=2**24).block_size == 2**24  # the bound itself is accepted (nothing is allocated here)
+
+
+def test_an_mla_latent_that_outgrows_mha_warns_with_the_cache_bytes_and_the_fix():
+    latent = dict(q_lora_rank=None, kv_lora_rank=512, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16)
+    with pytest.warns(UserWarning) as record:
+        Config.from_name("debug-mla", latent_attention=latent)  # n_embd 64: 8x
+    assert [str(w.message) for w in record] == [
+        "latent_attention.kv_lora_rank=512 is implausible for n_embd=64: the MLA KV cache takes 2,080 bytes per token "
+        "(bf16, 2 layers) against 512 for MHA (4.06x), and a latent wider than n_embd holds no more than n_embd values "
+        "would; set kv_lora_rank so that kv_lora_rank + qk_rope_head_dim stays well below MHA's 128 values a layer and "
+        "kv_lora_rank <= n_embd, e.g. 64 (4 x head_size, as DeepSeek-V2)"]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in Config.names():  # every shipped shape is plausible
+            Config.from_name(name)
+        Config.from_name("debug-mla", latent_attention={**latent, "kv_lora_rank": 64})  # = n_embd: fine
+
