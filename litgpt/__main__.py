@@ -4,19 +4,28 @@ The table names each command by import path (`"litgpt.generate.cli:main"`): the 
 first and only that command's module is imported, so `litgpt generate` does not pay for the modules of the
 other commands. Only the help screens that list commands (`litgpt --help`, `litgpt benchmark --help`) import
 every command below them, for the one-line descriptions.
+
+Exit codes: 0 done; 2 an error the command reports in one line `litgpt: error: ...` (bad input, a path that does not
+exist, an output that would write over an input, a disk with no space left for a checkpoint); 130 interrupted
+(Ctrl-C: what was printed so far stays, without a traceback). `python -m litgpt.scripts.X` behaves the same
+(`run_script`). LITGPT_DEBUG=1 shows the traceback instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib
 import inspect
+import json
 import logging
+import math
 import os
+import re
 import sys
 import typing
-from typing import Callable, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 # jsonargparse's own options, valid for every command
 PARSER_OPTIONS = ("config", "print_config", "help")
@@ -207,9 +216,121 @@ def command_subtable(table: CommandTable, words: list[str], fn: Callable | None)
     return sub  # type: ignore[return-value]
 
 
-def main(argv: list[str] | None = None) -> list[str]:
-    """Run the command argv names (default: sys.argv[1:]); returns its subcommand words (`["benchmark", "decode"]`)."""
-    from jsonargparse import CLI, ArgumentParser
+def mapping_options(fn: Callable) -> set[str]:
+    """`--name` of every parameter of `fn` typed as a mapping (`model_config: Optional[dict]`)."""
+    hints = typing.get_type_hints(fn)
+    return {f"--{name}" for name in inspect.signature(fn).parameters if _is_mapping(hints.get(name))}
+
+
+def _is_mapping(hint: Any) -> bool:
+    if hint is dict or typing.get_origin(hint) is dict:
+        return True
+    return typing.get_origin(hint) is Union and any(_is_mapping(arg) for arg in typing.get_args(hint))
+
+
+def expand_mappings(fn: Callable, args: list[str]) -> list[str]:
+    """`--model_config '{n_layer: 2}'` -> `--model_config.n_layer=2`: a mapping given whole overrides the fields it
+    names and keeps the others (of the --config yaml or an earlier option), as `--model_config.n_layer 2` does.
+
+    Values are passed as command-line text (a string as it is, anything else as JSON); the command converts each to
+    its field's type. A value that is not a mapping (`null`, a file) is passed on unchanged."""
+    import yaml
+
+    options = mapping_options(fn)
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        option, eq, value = arg.partition("=")
+        if arg == "--":
+            out += args[i:]
+            break
+        if option not in options or (not eq and i + 1 >= len(args)):
+            out.append(arg)
+            i += 1
+            continue
+        if not eq:
+            value = args[i + 1]
+        try:
+            mapping = yaml.safe_load(value)
+        except yaml.YAMLError:
+            mapping = None
+        if isinstance(mapping, dict) and all(isinstance(k, str) for k in mapping):
+            out += [f"{option}.{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in mapping.items()]
+        else:
+            out += [arg] if eq else [arg, value]
+        i += 1 if eq else 2
+    return out
+
+
+# What jsonargparse says about a value of the wrong type: the lines that only repeat "not that type" (the useful
+# line, if any, is another one: a class's own ValueError)
+_TYPE_NOISE = ("Expected a", "Does not validate against", "Parser key", "Not a valid subclass",
+               "Problem with given class_path", "Unable to load config", "Given value", "Subtypes:", "Errors:")
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text", "NoneType": "null",
+               "tuple": "a list like [a, b]", "list": "a list like [a, b]", "dict": "a mapping like {key: value}",
+               "Path": "a path", "PathLike": "a path"}
+
+
+def one_line_detail(message: str, argv: list[str] = ()) -> str:
+    """jsonargparse's several-line report of a bad value, as one line that names the option, what it takes and what
+    was given (`--train.max_steps expects an integer or null, got 'abc'`), or, where a class refused the value, the
+    class's own one-line message; any other message with its lines joined."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    joined = " ".join(lines)
+    key = re.match(r'Parser key "([^"]+)":', joined)
+    if key is None and "Does not validate against any of the Union subtypes" not in joined:
+        return joined
+    own = [line[2:].strip() for line in lines if line.startswith("- ")]
+    own = [line for line in own if not line.startswith(_TYPE_NOISE) and "Expected a path but" not in line]
+    if own:
+        return own[0] if key is None else f"--{_argv_option(key.group(1), argv)}: {own[0]}"
+    given = re.search(r"(?:Given value|Got value): (.*)$", str(message).strip())
+    if key is None or given is None:
+        return joined
+    option, value = _argv_option(key.group(1), argv), given.group(1).strip()
+    described = re.sub(r"Given value type: <class '[\w.]+'>", "", joined)  # the type of the text given, not wanted
+    types = re.findall(r"<class '([\w.]+)'>|typing\.Literal\[([^\]]*)\]", described)
+    wanted: list[str] = []
+    for cls, literal in types:
+        name = cls.rsplit(".", 1)[-1]
+        if cls == "torch.Tensor":
+            continue
+        text = f"one of {literal.replace(chr(39), '')}" if literal else _TYPE_NAMES.get(name, f"a {cls} subclass")
+        if text not in wanted:
+            wanted.append(text)
+    if "a number" in wanted and _non_finite(value):
+        from litgpt.args import VALUE_RANGES
+
+        what = VALUE_RANGES.get(option.rsplit(".", 1)[-1], "a finite number")
+        return f"--{option} must be {what}, got {value}"
+    if not wanted:
+        return joined
+    return f"--{option} expects {' or '.join(wanted)}, got {value!r}"
+
+
+def _argv_option(key: str, argv: list[str]) -> str:
+    """The option as the command line spelled it: jsonargparse names a subclass's argument by its last part (`lr`
+    for `--optimizer.lr` or `--optimizer.init_args.lr`)."""
+    if "." in key:
+        return key
+    for arg in reversed(list(argv)):
+        name = arg[2:].partition("=")[0] if arg.startswith("--") else ""
+        if name == key or name.endswith(f".{key}"):
+            return name
+    return key
+
+
+def _non_finite(value: str) -> bool:
+    try:
+        return not math.isfinite(float(value))
+    except ValueError:
+        return False
+
+
+def one_line_error_parser(prog: str) -> type:
+    """An ArgumentParser class whose errors are one line `prog: error: ...` and exit 2, not a page of usage."""
+    from jsonargparse import ArgumentParser
 
     class OneLineErrorParser(ArgumentParser):
         """Bad arguments end in one line naming the problem, not a page of usage (`--help` shows that)."""
@@ -217,25 +338,85 @@ def main(argv: list[str] | None = None) -> list[str]:
         def error(self, message: str, ex: Exception | None = None) -> None:
             if os.environ.get("LITGPT_DEBUG") and ex is not None:
                 raise ex
-            detail = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
-            sys.stderr.write(f"litgpt: error: {detail} (see --help)\n")
+            sys.stderr.write(f"{prog}: error: {one_line_detail(message, self.command_line)} (see --help)\n")
             raise SystemExit(2)
 
-    argv = sys.argv[1:] if argv is None else list(argv)
+        command_line: list[str] = []  # the arguments parsed, to find an option's spelling in (`one_line_detail`)
+
+    return OneLineErrorParser
+
+
+# the errors a command reports in one line (ValueError: bad input; the others: a path that is not there, a network
+# that is not), besides `litgpt.utils.WriteError` (no space left for a write)
+ONE_LINE_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError, FileNotFoundError, NotADirectoryError, ConnectionError,
+)
+
+
+@contextlib.contextmanager
+def one_line_errors(prog: str = "litgpt", argv: list[str] = ()) -> Iterator[None]:
+    """Errors a command reports (`ONE_LINE_ERRORS`, a `WriteError`) end the process in one line `prog: error: ...`
+    and exit 2; Ctrl-C ends it quietly with exit 130, after the output printed so far (the current line ended)."""
+    from litgpt.utils import WriteError
+
     try:
+        yield
+    except KeyboardInterrupt:
+        if os.environ.get("LITGPT_DEBUG"):
+            raise
+        _end_line()
+        raise SystemExit(130) from None
+    except (*ONE_LINE_ERRORS, WriteError) as e:
+        if os.environ.get("LITGPT_DEBUG"):
+            raise
+        sys.stderr.write(f"{prog}: error: {one_line_detail(str(e), argv)}\n")
+        raise SystemExit(2) from None
+
+
+def _end_line() -> None:
+    """After an interruption: end stdout's partial line (streamed text) and flush it; a closed pipe is ignored."""
+    try:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    """Run the command argv names (default: sys.argv[1:]); returns its subcommand words (`["benchmark", "decode"]`)."""
+    from jsonargparse import CLI
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser_class = one_line_error_parser("litgpt")
+    parser_class.command_line = argv
+    with one_line_errors("litgpt", argv):
         table = commands()
         words, fn, rest = resolve_command(table, argv)
         if fn is not None:
             check_options(words, fn, rest)
-            argv = words + qualify_optimizer_names(fn, first_positional(fn, rest))
-        CLI(command_subtable(table, words, fn), args=argv, parser_class=OneLineErrorParser, as_positional=False)
-    except (ValueError, FileNotFoundError, NotADirectoryError, ConnectionError) as e:
-        if os.environ.get("LITGPT_DEBUG"):
-            raise
-        detail = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
-        sys.stderr.write(f"litgpt: error: {detail}\n")
-        raise SystemExit(2) from None
+            argv = words + expand_mappings(fn, qualify_optimizer_names(fn, first_positional(fn, rest)))
+        CLI(command_subtable(table, words, fn), args=argv, parser_class=parser_class, as_positional=False)
     return words
+
+
+def run_command(word: str, argv: Optional[list[str]] = None) -> list[str]:
+    """`python -m litgpt.scripts.merge_lora ARGS` for a script that is also a `litgpt` command: `litgpt merge_lora
+    ARGS`, the same options and errors."""
+    return main([word, *(sys.argv[1:] if argv is None else argv)])
+
+
+def run_script(fn: Callable, argv: Optional[list[str]] = None, as_positional: bool = True) -> Any:
+    """`python -m litgpt.scripts.X`: run `fn` as a command line would (jsonargparse), with the errors of `litgpt`
+    commands: one line `X: error: ...` and exit 2 (bad arguments, refused input, no space left), exit 130 on Ctrl-C.
+    Every script's `if __name__ == "__main__"` calls this."""
+    from jsonargparse import CLI
+
+    prog = fn.__name__
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser_class = one_line_error_parser(prog)
+    parser_class.command_line = argv
+    with one_line_errors(prog, argv):
+        return CLI(fn, args=argv, parser_class=parser_class, as_positional=as_positional)
 
 
 def cli() -> None:

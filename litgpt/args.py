@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Union
 
@@ -14,6 +16,9 @@ import torch
 # yaml `optimizer:` section, in the order given (later wins). Python callers may also pass a class name or a dict.
 OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
 OptimizerArg = Union[OptimizerCallable, str, dict]
+# The valid range of a command-line number, by its option's last part (what `--optimizer.lr nan` is told)
+LR_RANGE = "a finite number >= 0 (e.g. 3e-4)"
+VALUE_RANGES = {"lr": LR_RANGE}
 
 
 @dataclass
@@ -117,8 +122,12 @@ class OptimizerSpec:
                     f"optimizer dict keys must be class_path and init_args, got {sorted(unknown)}; "
                     "write e.g. {class_path: AdamW, init_args: {lr: 3e-4}}"
                 )
-            return cls(_optimizer_class(optimizer.get("class_path", "torch.optim.AdamW")), dict(optimizer.get("init_args") or {}))
+            init_args = dict(optimizer.get("init_args") or {})
+            _check_lr(init_args)
+            return cls(_optimizer_class(optimizer.get("class_path", "torch.optim.AdamW")), init_args)
         if callable(optimizer):
+            if isinstance(optimizer, functools.partial):  # the command line's: its arguments are known before a build
+                _check_lr(optimizer.keywords)
             # Build it once on a dummy parameter: the class and every hyperparameter it ended up with are then
             # read off the optimizer itself (`defaults`), whatever spelling produced the callable.
             try:
@@ -148,6 +157,15 @@ class OptimizerSpec:
         """{class_path, init_args}: the yaml `optimizer:` section that reproduces this optimizer."""
         init_args = {k: list(v) if isinstance(v, tuple) else v for k, v in self.init_args.items()}
         return {"class_path": f"{self.cls.__module__}.{self.cls.__qualname__}", "init_args": init_args}
+
+
+def _check_lr(init_args: dict) -> None:
+    """A learning rate, where given, must be a finite number >= 0 (torch accepts inf, and refuses NaN unclearly)."""
+    lr = init_args.get("lr")
+    if lr is None or isinstance(lr, torch.Tensor):
+        return
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"--optimizer.lr must be {LR_RANGE}, got {lr!r}")
 
 
 def _optimizer_class(class_path: str) -> type:

@@ -8,6 +8,8 @@ counters, data position and RNG all live in the checkpoint).
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -23,6 +25,7 @@ from litgpt.model import GPT, Block, init_weights
 from litgpt.tokenizer import Tokenizer
 from litgpt.training import (
     PRECISIONS,
+    RUN_DIRS,
     Checkpointer,
     check_same_config,
     delete_run,
@@ -31,9 +34,9 @@ from litgpt.training import (
     resolve_precision,
     run,
 )
-from litgpt.utils import hyperparameters
+from litgpt.utils import check_output_spares_inputs, hyperparameters
 
-__all__ = ["PRECISIONS", "check_resume_matches", "fit", "resolve_config", "setup"]
+__all__ = ["PRECISIONS", "check_resume_matches", "fit", "resolve_config", "setup", "typed_model_config"]
 
 
 def setup(
@@ -86,13 +89,19 @@ def setup(
     """
     optimizer = OptimizerSpec.resolve(optimizer)
     devices = check_devices(devices)
+    model_config = typed_model_config(model_config)
     hparams = hyperparameters(locals())
-    train.validate()
-    eval.validate()
+    # what is named (a model, a checkpoint) is checked before what is missing (a stopping condition)
     if model_name is None and model_config is None and initial_checkpoint_dir is not None:
         config = Config.from_checkpoint(initial_checkpoint_dir)  # continue training that model as it is
     else:
         config = resolve_config(model_name, model_config)
+    check_output_spares_inputs(
+        "--out_dir", out_dir, {"--initial_checkpoint_dir": initial_checkpoint_dir, "--tokenizer_dir": tokenizer_dir},
+        RUN_DIRS,
+    )
+    train.validate()
+    eval.validate()
     precision = resolve_precision(precision)
     if strategy == "fsdp" and not torch.cuda.is_available():
         raise ValueError(
@@ -137,9 +146,52 @@ def resolve_config(model_name: Optional[str], model_config: Optional[dict]) -> C
     """A named config with `model_config` overriding its fields, or a config built from `model_config` alone."""
     if model_name is None and model_config is None:
         raise ValueError("pass a model name (e.g. `litgpt pretrain pythia-160m-mla`) or --model_config")
+    model_config = typed_model_config(model_config)
     if model_name is None:
         return Config.from_dict(dict(model_config), source="--model_config")
-    return Config.from_name(model_name, **(model_config or {}))
+    overrides = dict(model_config or {})
+    name = overrides.pop("name", None)  # from_name's own first parameter: the new name is set after
+    config = Config.from_name(model_name, **overrides)
+    return config if name is None else dataclasses.replace(config, name=name)
+
+
+def typed_model_config(model_config: Optional[dict]) -> Optional[dict]:
+    """`--model_config.n_layer 2` arrives as the text "2": each text value becomes its `Config` field's type (read as
+    yaml: `2`, `1e-5`, `true`, `null`, `{kv_lora_rank: 64}`); a field that takes text keeps it (`name`), unknown
+    keys are left for `Config` to refuse by name, and values of other types are kept as they are."""
+    if not model_config:
+        return model_config
+    hints = typing.get_type_hints(Config)
+    return {
+        key: _typed(value, hints[key]) if isinstance(value, str) and key in hints else value
+        for key, value in model_config.items()
+    }
+
+
+def _typed(text: str, hint: Any) -> Any:
+    import yaml
+
+    options = typing.get_args(hint) if typing.get_origin(hint) is Union else (hint,)
+    if type(None) in options and text.strip() in ("null", "None", "~", ""):
+        return None
+    if any(_takes_text(option) for option in options):
+        return text
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text  # Config names the field and the text it cannot use
+    if isinstance(value, str) and float in options:
+        try:
+            return float(text)  # yaml 1.1 reads 1e-5 (no dot) as text
+        except ValueError:
+            pass
+    return value
+
+
+def _takes_text(hint: Any) -> bool:
+    if hint is str:
+        return True
+    return typing.get_origin(hint) is Literal and all(isinstance(v, str) for v in typing.get_args(hint))
 
 
 def fit(

@@ -31,7 +31,7 @@ from litgpt.flops import peak_flops
 from litgpt.moe import ExpertBalance, expert_load_metrics
 from litgpt.prompts import PromptStyle
 from litgpt.tokenizer import Tokenizer
-from litgpt.utils import atomic_directory
+from litgpt.utils import atomic_directory, no_space_errors
 
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
 STEP_DIR = "step-{:08d}"
@@ -92,6 +92,8 @@ class RunFiles:
 
 
 PRETRAIN_FILES = RunFiles()
+# the directories a run writes (and `--overwrite` deletes) in its out_dir: an input there would be written over
+RUN_DIRS = ("final", "step-*")
 
 
 def run_checkpoints(out_dir: Path, files: RunFiles = PRETRAIN_FILES) -> list[Path]:
@@ -199,7 +201,11 @@ class Checkpointer:
         fabric = self.fabric
         owner = fabric.global_rank == 0
         filter = None if self.model_filter is None else {"model": self.model_filter}
-        with atomic_directory(checkpoint_dir, owner=owner) as tmp:
+        # a disk that fills up mid-save: one line (the directory there before is left as it was, so rerunning the
+        # command resumes from the last complete checkpoint)
+        fix = ("free some space and rerun the command (it resumes from the last complete checkpoint), or pass another "
+               "--out_dir")
+        with no_space_errors(checkpoint_dir, fix), atomic_directory(checkpoint_dir, owner=owner) as tmp:
             fabric.barrier()  # rank 0 has created tmp
             fabric.save(tmp / self.files.state_file, {**state, "rng": get_rng()}, filter=filter)
             if owner:

@@ -1,5 +1,6 @@
-"""Small helpers shared by several modules: atomic file and directory writes, device synchronization, the
-yaml-safe record of a command's arguments, command-line argument checks, and when the process started.
+"""Small helpers shared by several modules: atomic file and directory writes (and the one-line error of a write that
+fails for want of space), device synchronization, the yaml-safe record of a command's arguments, command-line
+argument checks (an output that would write over an input), and when the process started.
 
 This module imports no other litgpt module, so any of them can import it without an import cycle.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import fnmatch
 import math
 import os
 import secrets
@@ -15,7 +18,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -25,20 +28,53 @@ _IMPORTED_AT = time.time()  # the last fallback of `process_start_time`
 
 
 # ---------------------------------------------------------------------------------------------- atomic writes
+# errno values of a write refused for want of space: a full file system, an exhausted quota
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# what torch's zip writer raises (a RuntimeError without an errno) when the file system refuses its bytes
+TORCH_WRITE_FAILURES = ("PytorchStreamWriter failed", "file write failed", "unexpected pos")
+
+
+class WriteError(OSError):
+    """A file or directory that could not be written for want of space: its message is one line naming the path and
+    the fix. What was there before is left as it was (the writes are atomic)."""
+
+
+@contextlib.contextmanager
+def no_space_errors(
+    path: PathLike, fix: str = "free some space on that disk or write somewhere else"
+) -> Iterator[None]:
+    """Turn a write that fails for want of space (ENOSPC, EDQUOT, or torch's zip writer failing) into a `WriteError`
+    naming `path` and `fix`; other errors pass through unchanged."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as e:
+        if e.errno not in NO_SPACE_ERRNOS:
+            raise
+        raise WriteError(e.errno, f"no space left to write {path} ({e.strerror}); {fix}") from None
+    except RuntimeError as e:
+        if not any(failure in str(e) for failure in TORCH_WRITE_FAILURES):
+            raise
+        detail = " ".join(str(e).split())[:160]
+        raise WriteError(errno.EIO, f"could not write {path} (torch: {detail}); the disk may be full: {fix}") from None
+
+
 def atomic_write(path: PathLike, write: Callable[[Path], None]) -> None:
     """Call `write(tmp)` for a temporary file beside `path`, fsync it, then rename it onto `path`.
 
     A reader, or a run killed at any point, sees the old file or the complete new one, never a partial one. The
     temporary file (`.<name>.<pid>-<random>.tmp`, created by `write` with the usual permissions) is removed if
-    `write` raises.
+    `write` raises. A write that fails for want of space raises `WriteError` (one line naming `path`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        with no_space_errors(path):
+            write(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -133,6 +169,42 @@ def command_line(args: Mapping[str, Any], command: str) -> str:
             value = "'[" + ", ".join(str(v) for v in value) + "]'"
         parts.append(f"--{key} {value}")
     return " ".join(parts)
+
+
+def check_output_spares_inputs(
+    out_option: str, out_dir: PathLike, inputs: Mapping[str, Optional[PathLike]], replaced: Sequence[str] = ("",)
+) -> None:
+    """Refuse an output directory whose writes would land on one of the command's inputs (a ValueError, one line).
+
+    `inputs` maps each input's option (`--checkpoint_dir`) to its path (None: not given). An input is refused when
+    it is out_dir itself, or lies at or under what the command replaces or deletes in out_dir: `replaced` holds glob
+    patterns of names directly in out_dir (`"final"`, `"step-*"`), and `""` for out_dir as a whole. Paths are
+    compared resolved (relative paths, `..` and symlinks followed), so two spellings of one directory are one.
+    """
+    out = Path(out_dir).resolve()
+    for option, value in inputs.items():
+        if value is None:
+            continue
+        path = Path(value).resolve()
+        if path == out:
+            raise ValueError(
+                f"{out_option} {str(out_dir)!r} is {option} {str(value)!r} itself: the command would write over its "
+                f"own input; pass another {out_option}"
+            )
+        if out not in path.parents:
+            continue
+        top = path.relative_to(out).parts[0]
+        hit = next((p for p in replaced if p == "" or fnmatch.fnmatchcase(top, p)), None)
+        if hit == "":
+            raise ValueError(
+                f"{option} {str(value)!r} lies inside {out_option} {str(out_dir)!r}, which the command replaces as a "
+                f"whole: it would delete its own input; pass another {out_option}"
+            )
+        if hit is not None:
+            raise ValueError(
+                f"{option} {str(value)!r} lies in {out_option} {str(out_dir)!r} as {top}/, a directory the command "
+                f"writes over: it would overwrite its own input; pass another {out_option}, or copy the input elsewhere"
+            )
 
 
 def positive_ints(name: str, values: list[int]) -> list[int]:

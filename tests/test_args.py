@@ -1,6 +1,7 @@
 """litgpt/args.py: optimizer specs from every spelling, --devices validation, train/eval checks."""
 
 import functools
+import re
 
 import pytest
 import torch
@@ -44,8 +45,17 @@ def test_bad_optimizer_arguments_fail_when_built():
     spec = OptimizerSpec.resolve({"class_path": "SGD", "init_args": {"lrr": 1}})
     with pytest.raises(ValueError, match="optimizer SGD: bad init_args"):
         spec.build([torch.nn.Parameter(torch.zeros(1))], torch.device("cpu"))
-    with pytest.raises(ValueError, match="--optimizer: "):
-        OptimizerSpec.resolve(functools.partial(torch.optim.SGD, lr=-1.0))
+    with pytest.raises(ValueError, match="--optimizer: Invalid momentum value: -1.0"):
+        OptimizerSpec.resolve(functools.partial(torch.optim.SGD, lr=0.1, momentum=-1.0))
+
+
+@pytest.mark.parametrize("lr", [-1.0, -1e-9, float("nan"), float("inf"), "3e-4", True])
+def test_a_learning_rate_must_be_a_finite_number_from_zero_in_every_spelling(lr):
+    message = rf"^--optimizer\.lr must be a finite number >= 0 \(e\.g\. 3e-4\), got {re.escape(repr(lr))}$"
+    with pytest.raises(ValueError, match=message):
+        OptimizerSpec.resolve(functools.partial(torch.optim.SGD, lr=lr))
+    with pytest.raises(ValueError, match=message):
+        OptimizerSpec.resolve({"class_path": "AdamW", "init_args": {"lr": lr}})
 
 
 @pytest.mark.parametrize("devices, expected", [(1, 1), (4, 4), (-1, -1), ("auto", "auto"), ("2", 2), ("0,1", "0,1")])

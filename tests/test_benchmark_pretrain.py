@@ -70,3 +70,16 @@ def test_bad_max_norm_is_one_line_error(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--max_norm must be positive or null (no clipping), got 0.0" in err[0], err
+
+
+def test_an_unknown_compile_mode_or_model_is_one_line_before_any_run(tmp_path, capsys, steps):
+    cases = ((["--compile_mode", "bogus"], "litgpt: error: --compile_mode 'bogus' is not a torch.compile mode; choose "
+                                           f"one of {', '.join(benchmark.compile_modes())}"),
+             (["--models", "[debug, nope]"], "litgpt: error: unknown model name 'nope'."))
+    assert {"default", "reduce-overhead", "max-autotune"} <= set(benchmark.compile_modes())
+    for extra, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(bench_args(tmp_path, *extra))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith(message), err
+    assert steps == []  # no configuration was timed

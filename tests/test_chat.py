@@ -5,7 +5,7 @@ import torch
 from litgpt import LLM
 from litgpt.generate.base import SamplingParams
 from litgpt.generate.chat import Conversation
-from test_generate import argmax_reference, cli, make_checkpoint
+from test_generate import argmax_reference, cli, interrupt_when, make_checkpoint
 
 
 def test_chat_over_stdin_reuses_the_cache_and_exits_on_empty_line(tmp_path):
@@ -48,3 +48,16 @@ def test_conversation_starts_over_when_the_context_is_full(tmp_path, capsys):
 def test_chat_bad_arguments(tmp_path):
     result = cli("chat", str(make_checkpoint(tmp_path)), "--device", "cpu", "--top_p", "2")
     assert result.returncode == 2 and result.stderr.startswith("litgpt: error: top_p must be in (0, 1]")
+
+
+def test_ctrl_c_during_a_reply_ends_the_chat_quietly_with_130(tmp_path):
+    code, out, err = interrupt_when(["chat", str(make_checkpoint(tmp_path)), "--device", "cpu", "--temperature", "0"],
+                                    seen=">> Reply: ", stdin="The cat\n")
+    assert code == 130 and "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert out.startswith(">> Prompt: >> Reply: ") and out.endswith("\n")
+
+
+def test_ctrl_c_at_the_prompt_ends_the_chat_quietly_with_130(tmp_path):
+    code, out, err = interrupt_when(["chat", str(make_checkpoint(tmp_path)), "--device", "cpu"], seen=">> Prompt: ")
+    assert (code, out) == (130, ">> Prompt: \n") and "Traceback" not in err, err
+

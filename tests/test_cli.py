@@ -189,3 +189,117 @@ def test_generate_through_the_executable_prints_all_its_output(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("the cat") and result.stdout.endswith("\n")
     assert result.stderr.rstrip().splitlines()[-1].startswith("litgpt generate: start-up")
+
+
+# ------------------------------------------------------------------------------------ scripts run as modules
+SCRIPTS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "litgpt" / "scripts").glob("*.py")
+                 if p.stem != "__init__")
+
+
+def script(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_script_runs_through_the_one_line_error_entry_point(name):
+    """Each `python -m litgpt.scripts.X` ends in `run_script` or `run_command` (one-line errors, exit 2), and its bad
+    option is one line, not a usage page or a traceback."""
+    source = (Path(__file__).resolve().parents[1] / "litgpt" / "scripts" / f"{name}.py").read_text()
+    main_block = source.split('if __name__ == "__main__":', 1)
+    assert len(main_block) == 2 and ("run_script(" in main_block[1] or "run_command(" in main_block[1]), name
+    result = script(f"litgpt.scripts.{name}", "--no_such_option", "1")
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "no_such_option" in result.stderr
+
+
+def test_convert_hf_checkpoint_refusals_are_one_line(tmp_path):
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    cases = [
+        (None, f"convert_hf_checkpoint: error: {str(hf)!r} has no config.json; point at a Hugging Face model "
+               "directory"),
+        (b"{bad", f"convert_hf_checkpoint: error: {hf / 'config.json'} is not valid JSON (Expecting property name "
+                  "enclosed in double quotes at line 1, column 2); it should be a Hugging Face config.json: "
+                  "re-download or fix it"),
+        (b'{"a": "\xff"}', f"convert_hf_checkpoint: error: {hf / 'config.json'} is not UTF-8 text (byte 0xff at offset "
+                           "7); it should be a Hugging Face config.json: re-download or fix it"),
+        (b"[1]", f"convert_hf_checkpoint: error: {hf / 'config.json'} holds a JSON list, not a Hugging Face config "
+                 "object; point at a Hugging Face model directory"),
+        (b'{"architectures": ["FooForCausalLM"]}', "convert_hf_checkpoint: error: unsupported architecture "
+         "FooForCausalLM; supported: GPTNeoXForCausalLM, LlamaForCausalLM, DeepseekV2ForCausalLM, "
+         "DeepseekV3ForCausalLM"),
+    ]
+    for content, expected in cases:
+        if content is not None:
+            (hf / "config.json").write_bytes(content)
+        result = script("litgpt.scripts.convert_hf_checkpoint", str(hf))
+        assert (result.returncode, result.stderr) == (2, expected + "\n")
+
+
+def test_convert_lit_checkpoint_refusals_are_one_line(tmp_path):
+    from test_generate import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path)  # MLA: no GPT-NeoX equivalent
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    result = script("litgpt.scripts.convert_lit_checkpoint", str(ckpt), str(tmp_path / "hf"), "--architecture",
+                    "GPTNeoXForCausalLM")
+    assert (result.returncode, result.stderr) == (2, "convert_lit_checkpoint: error: cannot convert 'debug-mla' to "
+                                                     "GPTNeoXForCausalLM: it has no equivalent of latent_attention "
+                                                     "(MLA)\n")
+    result = script("litgpt.scripts.convert_lit_checkpoint", ".", "../checkpoint", cwd=ckpt)
+    assert result.returncode == 2 and result.stderr.startswith("convert_lit_checkpoint: error: --output_dir "
+                                                               "'../checkpoint' is --checkpoint_dir '.' itself")
+    result = script("litgpt.scripts.convert_lit_checkpoint", str(ckpt))
+    assert (result.returncode, result.stderr) == (2, "convert_lit_checkpoint: error: the following arguments are "
+                                                     "required: output_dir (see --help)\n")
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
+
+
+# ------------------------------------------------------------------------------------ outputs never overwrite inputs
+def test_convert_to_mla_never_writes_over_its_source(tmp_path, capsys, monkeypatch):
+    from test_generate import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path, "debug")
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    (tmp_path / "link").symlink_to(ckpt)
+    monkeypatch.chdir(tmp_path)
+    for out, message in ((str(ckpt), f"--out_dir {str(ckpt)!r} is --checkpoint_dir {str(ckpt)!r} itself"),
+                         ("link/", "--out_dir 'link' is --checkpoint_dir"),
+                         (".", f"--checkpoint_dir {str(ckpt)!r} lies inside --out_dir '.', which the command replaces "
+                               "as a whole: it would delete its own input")):
+        code, err = run_main(capsys, ["convert_to_mla", str(ckpt), "--out_dir", out, "--kv_lora_rank", "16",
+                                      "--qk_rope_head_dim", "8"])
+        assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
+
+
+# ------------------------------------------------------------------------------------ values of the wrong kind
+def test_a_learning_rate_that_is_not_a_finite_number_from_zero_is_one_line_naming_the_option(tmp_path, capsys):
+    base = ["pretrain", "debug", "--out_dir", str(tmp_path), "--train.max_steps", "1"]
+    for args, shown in ((["--optimizer.lr", "nan"], "nan"), (["--optimizer.init_args.lr", "inf"], "inf"),
+                        (["--optimizer", "SGD", "--optimizer.lr", "-1"], "-1.0"), (["--optimizer.lr", ".nan"], "nan")):
+        code, err = run_main(capsys, base + args)
+        option = args[-2][2:]
+        assert code == 2 and err.splitlines()[-1].startswith(
+            f"litgpt: error: --{option} must be a finite number >= 0 (e.g. 3e-4), got {shown}"), err
+        assert len(err.splitlines()) == 1 and "Union" not in err
+
+
+def test_a_val_split_fraction_out_of_range_is_one_line_naming_the_option(tmp_path, capsys):
+    code, err = run_main(capsys, ["finetune_lora", str(tmp_path), "--data", "JSON", "--data.json_path",
+                                  str(tmp_path / "x.json"), "--data.val_split_fraction", "1.5"])
+    assert code == 2 and err == ("litgpt: error: --data.val_split_fraction must be in (0, 1), the share of JSON's "
+                                 "records held out for validation (e.g. 0.05), got 1.5")
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--train.max_steps", "abc"], "--train.max_steps expects an integer or null, got 'abc' (see --help)"),
+    (["--train.max_time", "nan"], "--train.max_time must be a finite number, got nan (see --help)"),
+    (["--eval.interval", "1.5"], "--eval.interval expects an integer, got '1.5' (see --help)"),
+    (["--strategy", "foo"], "--strategy expects one of auto, ddp, fsdp, got 'foo' (see --help)"),
+    (["--optimizer.betas", "1"], "--optimizer.betas expects a list like [a, b], got '1' (see --help)"),
+])
+def test_a_value_of_the_wrong_type_is_one_line_naming_the_option_and_what_it_takes(tmp_path, capsys, args, expected):
+    code, err = run_main(capsys, ["pretrain", "debug", "--out_dir", str(tmp_path), "--train.max_steps", "1", *args])
+    assert (code, err) == (2, "litgpt: error: " + expected)

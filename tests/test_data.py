@@ -478,3 +478,16 @@ print("TOKENS", len(data._split_tokens("train")))
     reference = prepared(TextFiles(train_data_path=tmp_path / "train", val_data_path=tmp_path / "val",
                                    cache_dir=tmp_path / "reference"), tokenizers[0])
     assert f"TOKENS {len(read_bin(reference, 'train'))}" in result.stdout
+
+
+def test_a_tinystories_file_that_is_not_utf8_is_named(tmp_path):
+    from litgpt.data.tinystories import read_stories
+
+    for name, text in (("a.json", '["un caf\u00e9"]'), ("a.jsonl", '{"text": "caf\u00e9"}\n'), ("a.txt", "caf\u00e9\n")):
+        path = tmp_path / name
+        path.write_bytes(text.encode("latin-1"))
+        with pytest.raises(ValueError) as info:
+            list(read_stories(path))
+        where = f" at offset {text.index(chr(0xe9))}" if name.endswith(".json") else ""  # streamed: no offset
+        assert str(info.value) == (f"{path} is not UTF-8 text (byte 0xe9{where}); save it as UTF-8 (e.g. `iconv -t "
+                                   "UTF-8`) and rerun")

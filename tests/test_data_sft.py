@@ -193,6 +193,18 @@ def test_bad_json_paths(tmp_path):
         JSON(json_path=tmp_path / "one.json", ignore_index=3)
 
 
+def test_a_file_that_is_not_utf8_is_named_with_the_bad_byte(tmp_path):
+    for name in ("latin1.json", "latin1.jsonl"):
+        path = tmp_path / name
+        record = '{"instruction": "caf\u00e9", "output": "x"}'
+        path.write_bytes((f"[{record}]" if name.endswith(".json") else record).encode("latin-1"))
+        with pytest.raises(ValueError) as info:
+            JSON(json_path=path, val_split_fraction=0.5).records()
+        offset = (f"[{record}]" if name.endswith(".json") else record).index("\u00e9")
+        assert str(info.value) == (f"{path} is not UTF-8 text (byte 0xe9 at offset {offset}); save it as UTF-8 (e.g. "
+                                   "`iconv -t UTF-8`) and rerun")
+
+
 def test_alpaca_reads_a_local_file_and_says_how_to_work_offline(tmp_path):
     records = make_records(50)
     (tmp_path / "alpaca").mkdir()

@@ -299,3 +299,20 @@ def test_config_hub_has_every_model_and_mode_and_variants_differ_only_in_paths()
         configs = [yaml.safe_load((ROOT / "config_hub" / "finetune" / m / f"{mode}.yaml").read_text()) for m in models]
         strip = [{k: v for k, v in c.items() if k not in ("checkpoint_dir", "out_dir")} for c in configs]
         assert all(s == strip[0] for s in strip), mode
+
+
+def test_an_out_dir_that_would_write_over_the_checkpoint_is_refused(tmp_path, base, data_dir, capsys):
+    """The checkpoint to fine-tune may not be out_dir, nor a final/ or step-*/ directory in it (the run writes and,
+    with --overwrite, deletes those): however the paths are spelled."""
+    out = tmp_path / "out"
+    shutil.copytree(base, out / "final")
+    (tmp_path / "link").symlink_to(out)
+    before = (out / "final" / "lit_model.pth").read_bytes()
+    for command in ("finetune_full", "finetune_lora"):
+        err = one_line_error(capsys, ft_args(command, out / "final", data_dir, tmp_path / "link"))
+        assert err == (f"litgpt: error: --checkpoint_dir {str(out / 'final')!r} lies in --out_dir "
+                       f"{str(tmp_path / 'link')!r} as final/, a directory the command writes over: it would overwrite "
+                       "its own input; pass another --out_dir, or copy the input elsewhere")
+        err = one_line_error(capsys, ft_args(command, out / "final", data_dir, out / "final" / ".." / "final"))
+        assert "is --checkpoint_dir" in err and "itself: the command would write over its own input" in err
+    assert (out / "final" / "lit_model.pth").read_bytes() == before

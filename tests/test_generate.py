@@ -313,3 +313,125 @@ def test_top_k_draws_from_k_candidates_exactly_as_over_the_masked_vocabulary():
         uniform = ((_mix32(sampler.token_hash ^ key) >> 8).float() + 0.5) * (1.0 / (1 << 24))
         expected = (masked - torch.log(-torch.log(uniform))).argmax(dim=-1, keepdim=True)
         assert torch.equal(sampler(logits, position), expected)
+
+
+# ------------------------------------------------------------------------------------------------ interruptions
+# `python -c` this, then the `litgpt` arguments: the executable with a decode step that hangs from its third call
+# on (until a signal), so that a test can interrupt a generation that is sure to be running
+HANGING_STEP = """
+import sys, time
+import litgpt.generate.base as base
+from litgpt.__main__ import cli
+
+calls, original = [], base.DecodeStep.__call__
+
+def step(self, token, input_pos):
+    calls.append(1)
+    if len(calls) > 2:
+        time.sleep(600)
+    return original(self, token, input_pos)
+
+base.DecodeStep.__call__ = step
+sys.argv = ["litgpt", *sys.argv[1:]]
+cli()
+"""
+
+
+def interrupt_when(args: list[str], seen: str, stdin: str = "") -> tuple[int, str, str]:
+    """Run the executable with a hanging decode step, send SIGINT once stdout holds `seen`; (status, stdout, stderr)."""
+    import os
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-c", HANGING_STEP, *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if stdin:
+        proc.stdin.write(stdin.encode())
+        proc.stdin.flush()
+    out = b""
+    while seen.encode() not in out:
+        chunk = os.read(proc.stdout.fileno(), 4096)
+        assert chunk, f"the command ended before printing {seen!r}: {proc.stderr.read().decode()}"
+        out += chunk
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=120)
+    return proc.returncode, (out + rest).decode(), err.decode()
+
+
+def test_ctrl_c_during_generate_ends_quietly_with_130_after_the_text_so_far(tmp_path):
+    checkpoint_dir = make_checkpoint(tmp_path)
+    code, out, err = interrupt_when(["generate", str(checkpoint_dir), "--prompt", "The cat", "--max_new_tokens", "50",
+                                     "--temperature", "0", "--device", "cpu"], seen="The cat")
+    assert code == 130 and "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    from litgpt import LLM
+
+    full = "The cat" + LLM.load(checkpoint_dir, device="cpu").generate("The cat", max_new_tokens=50, temperature=0)
+    assert out.endswith("\n") and out.startswith("The cat") and full.startswith(out[:-1])
+
+
+def test_ctrl_c_in_process_exits_130_with_the_streamed_text(tmp_path, monkeypatch, capsys):
+    """A KeyboardInterrupt at the third decode step: exit 130, stdout the text streamed so far and a newline."""
+    import litgpt.generate.base as base
+    from litgpt import LLM
+    from litgpt.__main__ import main
+
+    checkpoint_dir = make_checkpoint(tmp_path)
+    full = "The cat" + LLM.load(checkpoint_dir, device="cpu").generate("The cat", max_new_tokens=20, temperature=0)
+    calls, original = [], base.DecodeStep.__call__
+
+    def step(self, token, input_pos):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, token, input_pos)
+
+    monkeypatch.setattr(base.DecodeStep, "__call__", step)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["generate", str(checkpoint_dir), "--prompt", "The cat", "--max_new_tokens", "20", "--temperature",
+                  "0", "--device", "cpu"])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C left `litgpt generate` as a KeyboardInterrupt (a traceback)")
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 130 and err == "" and len(calls) == 3
+    assert out.startswith("The cat") and out.endswith("\n") and full.startswith(out[:-1]) and len(out) < len(full)
+
+
+# ------------------------------------------------------------------------------------------------ what it refuses
+def test_compile_on_the_cpu_warns_before_anything_is_loaded(tmp_path, monkeypatch):
+    """--compile true on the CPU: a warning that the compile takes minutes, given before the weights load."""
+    import litgpt.generate.chat as chat
+    import litgpt.generate.cli as generate_cli
+
+    checkpoint_dir = make_checkpoint(tmp_path)
+    for module in (generate_cli, chat):
+        caught: list = []
+
+        def load(*args, **kwargs):
+            caught.extend(str(w.message) for w in record)
+            raise RuntimeError("stop here")
+
+        monkeypatch.setattr(module.LLM, "load", load)
+        with pytest.warns(UserWarning) as record, pytest.raises(RuntimeError, match="stop here"):
+            module.main(checkpoint_dir, compile=True, device="cpu")
+        assert len(caught) == 1 and caught[0].startswith("--compile true on the CPU: torch.compile builds the decode "
+                                                         "step in C++ after the first token, which takes minutes")
+        assert "leave --compile unset" in caught[0]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generate_cli.warn_compile_on_cpu(None, "cpu")
+        generate_cli.warn_compile_on_cpu(False, "cpu")
+
+
+def test_generate_on_a_lora_checkpoint_without_merged_weights_says_to_merge(tmp_path):
+    checkpoint_dir = make_checkpoint(tmp_path)
+    (checkpoint_dir / "lit_model.pth").rename(checkpoint_dir / "lit_model.pth.lora")
+    result = cli("generate", str(checkpoint_dir), "--device", "cpu")
+    assert (result.returncode, result.stderr) == (2, (
+        f"litgpt: error: {str(checkpoint_dir)!r} holds LoRA weights (lit_model.pth.lora) but no merged lit_model.pth; "
+        f"run `litgpt merge_lora {checkpoint_dir}` to write it, then load the directory again\n"))
+    from litgpt.checkpoint import load_checkpoint
+
+    with pytest.raises(FileNotFoundError, match=r"run `litgpt merge_lora .*` to write it"):
+        load_checkpoint(checkpoint_dir)

@@ -2,6 +2,7 @@
 checkpoint become a plain lit_model.pth that loads like any checkpoint; bad inputs end in one line."""
 
 import copy
+import shutil
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,20 @@ def test_bad_inputs_end_in_one_line(tmp_path, capsys, breakage, message):
         main(["merge_lora", str(run_dir)])
     err = capsys.readouterr().err.strip()
     assert err.startswith("litgpt: error: ") and len(err.splitlines()) == 1
+
+
+def test_a_base_that_is_the_fine_tunes_own_directory_is_refused(tmp_path, capsys, monkeypatch):
+    """The merged lit_model.pth goes into the fine-tune's directory: a base checkpoint there (its lit_model.pth) would
+    be written over by the weights made from it, however the path is spelled."""
+    base_dir, run_dir, _ = make_run(tmp_path)
+    shutil.copyfile(base_dir / "lit_model.pth", run_dir / "lit_model.pth")
+    before = (run_dir / "lit_model.pth").read_bytes()
+    monkeypatch.chdir(run_dir)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["merge_lora", str(run_dir), "--pretrained_checkpoint_dir", "."])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "litgpt: error: the base checkpoint '.' is the fine-tune's directory itself: the merged lit_model.pth would be "
+        "written over the base weights it is made from; pass --pretrained_checkpoint_dir with the checkpoint the LoRA "
+        "run started from\n")
+    assert (run_dir / "lit_model.pth").read_bytes() == before

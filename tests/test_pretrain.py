@@ -492,3 +492,121 @@ def test_initial_checkpoint_alone_is_the_model(tmp_path, text_dir):
     before = torch.load(first / "final" / "lit_model.pth", weights_only=True)["model"]
     after = torch.load(tmp_path / "second" / "final" / "lit_model.pth", weights_only=True)["model"]
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+# ------------------------------------------------------------------------------------ --model_config overrides
+DEBUG_YAML = ROOT / "config_hub" / "pretrain" / "debug.yaml"
+
+
+def resolved(monkeypatch, args: list[str]) -> tuple:
+    """(Config, hyperparameters) that `litgpt pretrain ARGS` would train with (the run itself is not started)."""
+    import litgpt.pretrain as pretrain
+
+    seen = {}
+    monkeypatch.setattr(pretrain, "fit", lambda fabric, config, **kw: seen.update(config=config, hparams=kw["hparams"]))
+    main(args)
+    return seen["config"], seen["hparams"]
+
+
+@pytest.mark.parametrize("override", [["--model_config", "{n_layer: 2}"], ["--model_config={n_layer: 2}"],
+                                      ["--model_config.n_layer", "2"], ["--model_config.n_layer=2"]])
+def test_a_model_config_override_changes_the_named_fields_and_keeps_the_yamls_others(tmp_path, monkeypatch, override):
+    config, hparams = resolved(monkeypatch, ["pretrain", "--config", str(DEBUG_YAML), "--out_dir", str(tmp_path),
+                                             *override])
+    assert (config.name, config.n_layer, config.n_embd, config.n_head, config.block_size, config.vocab_size,
+            config.padded_vocab_size) == ("debug-mla", 2, 128, 4, 256, 2048, 2048)
+    assert hparams["model_config"] == {"n_layer": 2, "n_embd": 128, "n_head": 4, "block_size": 256,
+                                       "vocab_size": 2048, "padding_multiple": 64}
+
+
+def test_model_config_values_from_the_command_line_take_their_fields_types(tmp_path, monkeypatch):
+    latent = "{q_lora_rank: null, kv_lora_rank: 32, qk_rope_head_dim: 8, qk_nope_head_dim: 32, v_head_dim: 32}"
+    config, _ = resolved(monkeypatch, [
+        "pretrain", "--config", str(DEBUG_YAML), "--out_dir", str(tmp_path), "--model_config.n_layer", "3",
+        "--model_config.norm_eps", "1e-4", "--model_config.bias", "false", "--model_config.name", "mine",
+        "--model_config.latent_attention", latent, "--model_config", "{rope_base: 500, lm_head_bias: true}",
+    ])
+    assert (config.n_layer, config.norm_eps, config.bias, config.name, config.rope_base, config.lm_head_bias) == (
+        3, 1e-4, False, "mine", 500, True)
+    assert config.latent_attention["kv_lora_rank"] == 32 and config.latent_attention["q_lora_rank"] is None
+    assert config.n_embd == 128  # from the yaml
+
+
+def test_typed_model_config_converts_text_by_field():
+    from litgpt.pretrain import typed_model_config
+
+    assert typed_model_config({"n_layer": "2", "norm_eps": "1e-5", "rotary_percentage": "0.5", "bias": "true",
+                               "name": "123", "moe_scoring": "null", "n_query_groups": "null", "gelu_approximate":
+                               "tanh", "n_embd": 64, "no_such_field": "7"}) == {
+        "n_layer": 2, "norm_eps": 1e-5, "rotary_percentage": 0.5, "bias": True, "name": "123", "moe_scoring": None,
+        "n_query_groups": None, "gelu_approximate": "tanh", "n_embd": 64, "no_such_field": "7"}
+    assert typed_model_config(None) is None
+
+
+def test_an_unknown_model_name_is_named_before_a_missing_stopping_condition(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", "--model_name", "pythia-14m-mal", "--out_dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("litgpt: error: unknown model name 'pythia-14m-mal'. Similar: pythia-14m,"), err
+
+
+def test_an_input_checkpoint_inside_what_the_run_writes_is_refused(tmp_path, text_dir, finished_run, capsys):
+    out = copy_run(finished_run, tmp_path / "out")
+    before = (out / "final" / "lit_model.pth").read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        main(tiny_args(text_dir, out, **{"train.max_steps": "1", "initial_checkpoint_dir": str(out / "final"),
+                                         "resume": "false", "overwrite": "true"}))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err == (
+        f"litgpt: error: --initial_checkpoint_dir {str(out / 'final')!r} lies in --out_dir {str(out)!r} as final/, a "
+        "directory the command writes over: it would overwrite its own input; pass another --out_dir, or copy the "
+        "input elsewhere")
+    assert (out / "final" / "lit_model.pth").read_bytes() == before
+
+
+# ------------------------------------------------------------------------------------ a full disk
+def test_a_full_disk_during_a_save_is_one_line_and_the_rerun_resumes_exactly(tmp_path, text_dir, capsys,
+                                                                             monkeypatch):
+    """The save of step 4 fails for want of space: one line naming the directory and the fix, exit 2, step 2 intact
+    and nothing half-written; the rerun resumes from step 2 and logs the losses of an undisturbed run."""
+    import errno
+
+    import lightning.fabric
+
+    extra = {"train.max_steps": "6", "train.save_interval": "2"}
+    reference = run_cli(tiny_args(text_dir, tmp_path / "ref", **extra))
+    assert reference.returncode == 0, reference.stderr
+
+    out = tmp_path / "out"
+    original, saves = lightning.fabric.Fabric.save, []
+
+    def save(self, path, state, filter=None):
+        saves.append(path)
+        if len(saves) == 2:
+            Path(path).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, path, state, filter=filter)
+
+    monkeypatch.setattr(lightning.fabric.Fabric, "save", save)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the other runs (OMP_NUM_THREADS=1): the same sums, bit for bit
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(tiny_args(text_dir, out, **extra))
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1] == (
+        f"litgpt: error: [Errno 28] no space left to write {out / 'step-00000004'} (No space left on device); free "
+        "some space and rerun the command (it resumes from the last complete checkpoint), or pass another --out_dir")
+    assert sorted(p.name for p in out.iterdir()) == ["logs", "step-00000002", "tokenizer"]  # no .step-*.tmp
+    assert torch.load(out / "step-00000002" / "lit_model.pth", weights_only=True)["step_count"] == 2
+
+    monkeypatch.setattr(lightning.fabric.Fabric, "save", original)
+    resumed = run_cli(tiny_args(text_dir, out, **extra))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from {out / 'step-00000002' / 'lit_model.pth'}" in resumed.stdout
+    after = logged_losses(out, 1)
+    assert after == {step: loss for step, loss in logged_losses(tmp_path / "ref", 0).items() if step > 2}  # bitwise

@@ -1,5 +1,6 @@
 """litgpt/utils.py: atomic file and directory writes, synchronize, hyperparameters and the command-line helpers."""
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -11,11 +12,14 @@ import torch
 from litgpt.args import OptimizerSpec, TrainArgs
 from litgpt.data import TextFiles
 from litgpt.utils import (
+    WriteError,
     atomic_directory,
     atomic_write,
+    check_output_spares_inputs,
     command_line,
     format_number,
     hyperparameters,
+    no_space_errors,
     parse_device,
     positive_ints,
     synchronize,
@@ -190,3 +194,68 @@ def test_process_start_time_does_not_believe_a_start_after_litgpt_was_imported(m
     # the boot clock read just after the process started, the wall clock much later: /proc's start lands after import
     monkeypatch.setattr(utils.time, "time", lambda: now + 10 * utils.START_SLACK_S)
     assert utils.process_start_time() == utils._IMPORTED_AT
+
+
+# ---------------------------------------------------------------------------------------------- full disks
+def test_a_write_refused_for_want_of_space_is_one_line_naming_the_path_and_keeps_the_old_file(tmp_path):
+    path = tmp_path / "a.json"
+    atomic_write(path, lambda tmp: tmp.write_text("old"))
+
+    def full(tmp: Path) -> None:
+        tmp.write_text("partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(WriteError) as info:
+        atomic_write(path, full)
+    assert info.value.errno == errno.ENOSPC
+    assert str(info.value) == (f"[Errno 28] no space left to write {path} (No space left on device); free some space "
+                               "on that disk or write somewhere else")
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["a.json"]
+
+
+def test_no_space_errors_maps_torch_writer_failures_and_passes_others_through(tmp_path):
+    with pytest.raises(WriteError, match=r"could not write x\.pth \(torch: \[enforce fail at "
+                                         r"inline_container\.cc:672\] \. unexpected pos 704 vs 598\); the disk may "
+                                         r"be full: free it"):
+        with no_space_errors("x.pth", "free it"):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    with pytest.raises(PermissionError):
+        with no_space_errors("x.pth"):
+            raise PermissionError(errno.EACCES, "Permission denied")
+    with pytest.raises(RuntimeError, match="something else"):
+        with no_space_errors("x.pth"):
+            raise RuntimeError("something else")
+
+
+# ---------------------------------------------------------------------------------------------- outputs and inputs
+def test_an_output_that_is_an_input_is_refused_however_spelled(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    (tmp_path / "link").symlink_to(src)
+    monkeypatch.chdir(tmp_path)
+    for out in ("src", "./src/", "link", "src/../src", str(src)):
+        with pytest.raises(ValueError) as info:
+            check_output_spares_inputs("--out_dir", out, {"--checkpoint_dir": "src"})
+        assert str(info.value) == (f"--out_dir {out!r} is --checkpoint_dir 'src' itself: the command would write over "
+                                   "its own input; pass another --out_dir")
+
+
+def test_an_output_replaced_as_a_whole_may_not_hold_an_input(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"^--checkpoint_dir 'a/b/c' lies inside --out_dir 'a', which the command "
+                                         r"replaces as a whole: it would delete its own input; pass another "
+                                         r"--out_dir$"):
+        check_output_spares_inputs("--out_dir", "a", {"--checkpoint_dir": "a/b/c"})
+    check_output_spares_inputs("--out_dir", "a/b", {"--checkpoint_dir": "a", "--data": None})  # inside the input: ok
+    check_output_spares_inputs("--out_dir", "ab", {"--checkpoint_dir": "a"})  # a prefix is not a parent
+
+
+def test_a_run_directory_may_not_hold_an_input_in_what_the_run_writes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runs = ("final", "step-*")
+    for inside in ("out/final", "out/step-00000010/", "out/final/sub"):
+        with pytest.raises(ValueError, match=r"lies in --out_dir 'out' as (final|step-00000010)/, a directory the "
+                                             r"command writes over: it would overwrite its own input"):
+            check_output_spares_inputs("--out_dir", "out", {"--checkpoint_dir": inside}, runs)
+    check_output_spares_inputs("--out_dir", "out", {"--checkpoint_dir": "out/base"}, runs)  # not written there
+

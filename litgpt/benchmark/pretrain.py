@@ -62,10 +62,16 @@ def benchmark_pretrain(
     import lightning as L
 
     spec = OptimizerSpec.resolve(optimizer)
+    modes = compile_modes()
+    if compile_mode not in modes:
+        raise ValueError(
+            f"--compile_mode {compile_mode!r} is not a torch.compile mode; choose one of {', '.join(modes)}"
+        )
     if max_norm is not None and not max_norm > 0:
         raise ValueError(f"--max_norm must be positive or null (no clipping), got {max_norm}")
 
     models = models or ["pythia-160m", "pythia-160m-gqa", "pythia-160m-mqa", "pythia-160m-mla"]
+    configs = {name: Config.from_name(name) for name in models}  # an unknown name fails here, before any run
     compile = [False, True] if compile is None else compile
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
@@ -77,7 +83,7 @@ def benchmark_pretrain(
     for name in models:
         for use_compile in compile:
             profile_path = out_dir / f"profile_{name}_{'compiled' if use_compile else 'eager'}.txt" if profile else None
-            rows.append(_run(fabric, Config.from_name(name), micro_batch_size, seq_len, use_compile, warmup_steps,
+            rows.append(_run(fabric, configs[name], micro_batch_size, seq_len, use_compile, warmup_steps,
                              steps, profile_path, compile_mode, optimizer=spec, max_norm=max_norm))
             r = rows[-1]
             mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
@@ -92,6 +98,17 @@ def benchmark_pretrain(
     atomic_write(out_dir / "results.json", lambda tmp: tmp.write_text(results, encoding="utf-8"))
     print(f"wrote {out_dir / 'results.json'}")
     return rows
+
+
+def compile_modes() -> list[str]:
+    """The modes this torch's `torch.compile(mode=...)` takes (inductor's list; the long-standing four if it cannot
+    be read)."""
+    try:
+        from torch._inductor import list_mode_options
+
+        return list(list_mode_options())
+    except (ImportError, AttributeError):
+        return ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 
 def _run(

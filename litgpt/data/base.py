@@ -341,6 +341,16 @@ def _tokenize_to_file(
 
 
 # ---------------------------------------------------------------------------------------------------- cache files
+def not_utf8(path: Path, error: UnicodeDecodeError, whole_file: bool = True) -> ValueError:
+    """The one-line error for a data file that is not UTF-8 text: the file, the first bad byte and, where `error`
+    decoded the whole file (not a buffer of a streamed read), its offset."""
+    byte = error.object[error.start] if error.start < len(error.object) else None
+    found = "an invalid byte" if byte is None else f"byte {byte:#04x}"
+    if whole_file:
+        found += f" at offset {error.start}"
+    return ValueError(f"{path} is not UTF-8 text ({found}); save it as UTF-8 (e.g. `iconv -t UTF-8`) and rerun")
+
+
 def _hash_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -351,7 +361,7 @@ def _read_meta(out_dir: Path) -> Optional[dict]:
         return None
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         logger.warning("ignoring unreadable %s", path)
         return None
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch.utils.data import Dataset
 
+from litgpt.data.base import not_utf8
 from litgpt.loss import IGNORE_INDEX
 from litgpt.prompts import PromptStyle, prompt_styles, prompt_uses_bos
 from litgpt.tokenizer import Tokenizer
@@ -43,7 +44,10 @@ def read_records(path: Path) -> list[dict[str, str]]:
     the file, the record and the key."""
     if not path.is_file():
         raise FileNotFoundError(f"instruction data file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, e) from None
     if path.suffix == ".jsonl":
         data: Any = []
         for line_number, line in enumerate(text.splitlines(), 1):
@@ -247,4 +251,5 @@ class SFTDataModule:
 def check_fraction(name: str, fraction: Optional[float]) -> None:
     """A val_split_fraction must lie strictly between 0 and 1."""
     if fraction is not None and not 0.0 < fraction < 1.0:
-        raise ValueError(f"{name}: val_split_fraction must be in (0, 1), got {fraction}")
+        raise ValueError(f"--data.val_split_fraction must be in (0, 1), the share of {name}'s records held out for "
+                         f"validation (e.g. 0.05), got {fraction}")

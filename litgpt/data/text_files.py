@@ -49,7 +49,8 @@ class TextFiles(DataModule):
         self.val_data_path = None if self.val_data_path is None else _as_paths(self.val_data_path)
         self.cache_dir = None if self.cache_dir is None else Path(self.cache_dir)
         if self.val_data_path is None and not 0.0 < self.val_split_fraction < 1.0:
-            raise ValueError(f"val_split_fraction must be in (0, 1), got {self.val_split_fraction}")
+            raise ValueError(f"--data.val_split_fraction must be in (0, 1), the share of TextFiles's documents held "
+                             f"out for validation (e.g. 0.05), got {self.val_split_fraction}")
 
     def cache_root(self) -> Path:
         if self.cache_dir is not None:

@@ -9,7 +9,7 @@ from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Optional
 
-from litgpt.data.base import DataModule, check_split, holdout_split
+from litgpt.data.base import DataModule, check_split, holdout_split, not_utf8
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ class TinyStories(DataModule):
         self.data_path = None if self.data_path is None else Path(self.data_path)
         self.cache_dir = Path(self.cache_dir)
         if not 0.0 < self.val_split_fraction < 1.0:
-            raise ValueError(f"val_split_fraction must be in (0, 1), got {self.val_split_fraction}")
+            raise ValueError(f"--data.val_split_fraction must be in (0, 1), the share of TinyStories's documents "
+                             f"held out for validation (e.g. 0.05), got {self.val_split_fraction}")
         self._hub: Any = None
 
     # ------------------------------------------------------------------ DataModule
@@ -214,13 +215,16 @@ def _offline_errors() -> tuple[type[BaseException], ...]:
 
 # ---------------------------------------------------------------------------------------------------- readers
 def read_stories(path: Path) -> Iterator[str]:
-    """The stories in one TinyStories file, stripped, empty ones skipped."""
+    """The stories in one TinyStories file, stripped, empty ones skipped; a file that is not UTF-8 text is a one-line
+    ValueError naming it."""
     suffix = path.suffix.lower()
     if suffix == ".txt":
         texts = _read_txt(path)
     elif suffix == ".json":
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise not_utf8(path, e) from None
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON list of stories, got {type(data).__name__}")
         texts = (_story(item, path) for item in data)
@@ -238,7 +242,10 @@ def read_stories(path: Path) -> Iterator[str]:
 
 def _lines(path: Path) -> Iterator[str]:
     with open(path, encoding="utf-8") as f:
-        yield from f
+        try:
+            yield from f
+        except UnicodeDecodeError as e:  # decoded a buffer at a time: the offset is not the file's
+            raise not_utf8(path, e, whole_file=False) from None
 
 
 def _read_txt(path: Path) -> Iterator[str]:

@@ -25,6 +25,7 @@ from litgpt.model import GPT
 from litgpt.quantize import compute_dtype
 from litgpt.tokenizer import Tokenizer
 from litgpt.training import (
+    RUN_DIRS,
     Checkpointer,
     Objective,
     RunFiles,
@@ -35,6 +36,7 @@ from litgpt.training import (
     resolve_precision,
     run,
 )
+from litgpt.utils import check_output_spares_inputs
 
 # The loop defaults of a fine-tune (upstream litgpt's): 16 sequences per step, 5 epochs, cosine to 0.
 FINETUNE_TRAIN = TrainArgs(save_interval=1000, log_interval=1, global_batch_size=16, micro_batch_size=1,
@@ -122,13 +124,15 @@ def prepare(
     train: TrainArgs,
     eval: EvalArgs,
 ) -> Plan:
-    """Check a fine-tune's arguments before any work and pick the checkpoint it resumes from."""
+    """Check a fine-tune's arguments before any work and pick the checkpoint it resumes from. What is named (the
+    checkpoint, out_dir) is checked before what is missing (a stopping condition)."""
+    config = check_base_checkpoint(checkpoint_dir)
+    check_output_spares_inputs("--out_dir", out_dir, {"--checkpoint_dir": checkpoint_dir}, RUN_DIRS)
     train.validate()
     eval.validate()
     if train.max_tokens is not None:
         raise ValueError("train.max_tokens is not supported by fine-tuning (its sequences have different lengths); "
                          "set train.max_steps, train.epochs or train.max_time")
-    config = check_base_checkpoint(checkpoint_dir)
     precision = resolve_precision(precision)
     if isinstance(resume, Path) and not resume.exists():
         raise FileNotFoundError(f"--resume {str(resume)!r} does not exist")

@@ -16,6 +16,7 @@ import torch
 
 from litgpt.api import LLM
 from litgpt.generate.base import SamplingParams
+from litgpt.generate.cli import warn_compile_on_cpu
 from litgpt.generate.session import decode_mode
 
 
@@ -49,7 +50,8 @@ class Conversation:
             )
         ids = self.pending + new_ids
         if self.position + len(ids) + max_new_tokens > self.cache_len:
-            sys.stderr.write("[context full: starting a new conversation]\n")
+            sys.stderr.write(f"[context full ({self.cache_len} tokens): starting a new conversation; a lower "
+                             "--max_new_tokens leaves room for more turns]\n")
             self.position, ids = 0, new_ids
         t0 = time.perf_counter()
         captured_before = self.session.step.prepare_s
@@ -64,9 +66,16 @@ class Conversation:
         return kept, time.perf_counter() - t0
 
 
+def default_max_new_tokens(context: int) -> int:
+    """A reply's default length: a quarter of the context, at most 200 tokens, so that about three turns fit before
+    the conversation starts over (64 in the quick start's 256-token context, where a fixed 200 made the second turn
+    start over)."""
+    return max(1, min(200, context // 4))
+
+
 def main(
     checkpoint_dir: Path,
-    max_new_tokens: int = 200,
+    max_new_tokens: Optional[int] = None,
     temperature: float = 0.8,
     top_k: Optional[int] = 50,
     top_p: float = 1.0,
@@ -81,7 +90,9 @@ def main(
 
     Args:
         checkpoint_dir: a directory with lit_model.pth, model_config.yaml and tokenizer files.
-        max_new_tokens: most tokens per reply.
+        max_new_tokens: most tokens per reply (default: a quarter of the model's context, at most 200: 64 for a
+            256-token context). When the next message and reply would not fit after the conversation so far, the
+            conversation starts over.
         temperature: sampling temperature; 0 is greedy decoding.
         top_k: sample only among the k likeliest tokens (null for all).
         top_p: sample only among the likeliest tokens whose probability adds up to top_p (1.0 for all).
@@ -94,9 +105,12 @@ def main(
         prompt_style: how messages are framed (default: the checkpoint's prompt_style.yaml, else plain text).
     """
     params = SamplingParams(temperature, top_k, top_p)
-    if max_new_tokens < 1:
+    if max_new_tokens is not None and max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    warn_compile_on_cpu(compile, device)
     llm = LLM.load(checkpoint_dir, device=device, precision=precision, prompt_style=prompt_style)
+    if max_new_tokens is None:
+        max_new_tokens = default_max_new_tokens(llm.model.max_seq_length)
     conversation = Conversation(llm, params, seed, compile, max_new_tokens, kernels)
     sys.stderr.write("Chat: type a message and press Enter; an empty line or Ctrl-D quits.\n")
     while True:

@@ -9,16 +9,28 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
 from litgpt.api import LLM
-from litgpt.generate.base import SamplingParams
+from litgpt.generate.base import SamplingParams, resolve_device
 from litgpt.utils import process_start_time, synchronize
 
 # "first token" is the time from the start of a batch's generation to its first token. The line says "time to first
 # token" because tests/test_generate.py asserts that phrase; `litgpt.benchmark.generate` parses both.
 FIRST_TOKEN_LABEL = "time to first token"
+
+
+def warn_compile_on_cpu(compile: Optional[bool], device: str) -> None:
+    """`--compile true` on the CPU: warn, before the weights load, that the compile comes first and takes minutes
+    (inductor builds the step's C++ at the first decoded token: 506 s were measured for a 5-token run)."""
+    if compile and resolve_device(device).type == "cpu":
+        warnings.warn(
+            "--compile true on the CPU: torch.compile builds the decode step in C++ after the first token, which takes "
+            "minutes (506 s measured for 5 tokens) before the text goes on; leave --compile unset (the CPU then "
+            "decodes eagerly, at once) unless a long generation repays it", stacklevel=2,
+        )
 
 
 def main(
@@ -55,7 +67,7 @@ def main(
         compile: compile the decode step (true) or not (false); default: by the tokens to generate: on CUDA a CUDA
             graph of the eager step, and the compiled step captured as one graph only from 50,000 tokens (batch x
             max_new_tokens), where its compile of a few seconds per process pays for itself; on the CPU the eager
-            step.
+            step (true there warns: the CPU compile takes minutes).
         kernels: on CUDA, decode attention runs the Triton split-KV kernels of `litgpt.kernels` (false: the
             pure-torch attention). No effect on CPU, where the torch path always runs.
         prompt_style: how the prompt is framed (default: the checkpoint's prompt_style.yaml, else plain text).
@@ -69,6 +81,7 @@ def main(
     SamplingParams(temperature, top_k, top_p)  # bad values fail before the weights load
     if not prompt:
         raise ValueError("the prompt is empty; pass some text with --prompt")
+    warn_compile_on_cpu(compile, device)
     t0 = time.perf_counter()
     llm = LLM.load(checkpoint_dir, device=device, precision=precision, prompt_style=prompt_style)
     synchronize(llm.device)  # the weights are on the device when the clock stops
@@ -81,7 +94,7 @@ def main(
         )
         for i, text in enumerate(texts):
             if i > 0:
-                sys.stdout.write(prompt + text)
+                sys.stdout.write(llm.prompt_style.apply(prompt) + text)  # as the first row streamed it
             sys.stdout.write("\n")
             if num_samples > 1:
                 sys.stdout.write("-" * 40 + "\n")

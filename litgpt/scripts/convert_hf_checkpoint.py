@@ -373,12 +373,27 @@ def _weight_files(checkpoint_dir: Path) -> list[Path]:
                                 ("pytorch_model.bin.index.json", "pytorch_model*.bin")):
         index = checkpoint_dir / index_name
         if index.is_file():
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            data = _read_json(index, "a weight index")
+            weight_map = data.get("weight_map") if isinstance(data, dict) else None
+            if not isinstance(weight_map, dict):
+                raise ValueError(f"{index} has no weight_map; re-download the model's index file")
             return [checkpoint_dir / f for f in sorted(set(weight_map.values()))]
         files = sorted(checkpoint_dir.glob(pattern))
         if files:
             return files
     raise FileNotFoundError(f"{str(checkpoint_dir)!r} has no *.safetensors or pytorch_model*.bin weight files")
+
+
+def _read_json(path: Path, what: str) -> Any:
+    """A JSON file's content; a file that is not UTF-8 JSON is a one-line ValueError naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); it should be "
+                         f"{what}: re-download or fix it") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); it should be "
+                         f"{what}: re-download or fix it") from None
 
 
 def neox_qkv_to_ours(t: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -521,7 +536,10 @@ def convert_hf_checkpoint(
     config_file = checkpoint_dir / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{str(checkpoint_dir)!r} has no config.json; point at a Hugging Face model directory")
-    hf_config: dict[str, Any] = json.loads(config_file.read_text(encoding="utf-8"))
+    hf_config = _read_json(config_file, "a Hugging Face config.json")
+    if not isinstance(hf_config, dict):
+        raise ValueError(f"{config_file} holds a JSON {type(hf_config).__name__}, not a Hugging Face config object; "
+                         "point at a Hugging Face model directory")
     arch = architecture_of(hf_config)
     config = config_from_hf(hf_config, name="" if hf_config.get("_name_or_path") else checkpoint_dir.resolve().name)
     weights = HFWeights(checkpoint_dir, _dtype(dtype))
@@ -535,6 +553,6 @@ def convert_hf_checkpoint(
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from litgpt.__main__ import run_script
 
-    CLI(convert_hf_checkpoint)
+    run_script(convert_hf_checkpoint)

@@ -43,7 +43,7 @@ from litgpt.scripts.convert_hf_checkpoint import (
     SUPPORTED_ARCHITECTURES,
     copy_tokenizer_files,
 )
-from litgpt.utils import atomic_write
+from litgpt.utils import atomic_write, check_output_spares_inputs
 
 log = logging.getLogger(__name__)
 
@@ -429,6 +429,8 @@ def convert_lit_checkpoint(
     from safetensors.torch import save_file
 
     checkpoint_dir, output_dir = Path(checkpoint_dir), Path(output_dir)
+    # the Hugging Face files would go beside lit_model.pth, over any there (the originals of an in-place conversion)
+    check_output_spares_inputs("--output_dir", output_dir, {"--checkpoint_dir": checkpoint_dir}, replaced=())
     config = Config.from_checkpoint(checkpoint_dir)
     arch = architecture or default_architecture(config)
     check_convertible(config, arch)
@@ -457,6 +459,6 @@ def convert_lit_checkpoint(
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from litgpt.__main__ import run_script
 
-    CLI(convert_lit_checkpoint)
+    run_script(convert_lit_checkpoint)

@@ -33,7 +33,8 @@ its `attn_bias` (the target sets attn_bias when the source's qkv has a bias); a 
 dropped with a warning.
 
 The output directory (lit_model.pth, model_config.yaml named <name>-mla, tokenizer files, convert_report.json) is
-written atomically. Heal the converted model with `litgpt finetune_full` or `litgpt pretrain --initial_checkpoint_dir`.
+written atomically; it may not be, or hold, the source checkpoint or the calibration data. Heal the converted model
+with `litgpt finetune_full` or `litgpt pretrain --initial_checkpoint_dir`.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from litgpt.checkpoint import atomic_torch_save, load_checkpoint, save_config
 from litgpt.config import DEFAULT_ROTARY_PERCENTAGE, Config
 from litgpt.model import GPT
 from litgpt.scripts.download import TOKENIZER_FILES
-from litgpt.utils import atomic_directory
+from litgpt.utils import atomic_directory, check_output_spares_inputs
 
 REPORT_FILE = "convert_report.json"
 EXTRA_FILES = ("prompt_style.yaml",)  # copied beside the tokenizer files where present
@@ -82,6 +83,9 @@ def convert_to_mla(
     Returns the report (also printed as a table and written to out_dir/convert_report.json).
     """
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
+    check_output_spares_inputs(  # out_dir is replaced as a whole: no input may be in it
+        "--out_dir", out_dir, {"--checkpoint_dir": checkpoint_dir, "--calibration_data": calibration_data}
+    )
     source = load_checkpoint(checkpoint_dir).eval()
     config = source.config
     if config.mla is not None:
@@ -387,3 +391,9 @@ def print_report(report: dict[str, Any]) -> None:
     total = report["kv_bytes_per_token"]
     print(f"total KV bytes per token: {total['before']} -> {total['after']} "
           f"({total['after'] / total['before']:.1%})")
+
+
+if __name__ == "__main__":
+    from litgpt.__main__ import run_command
+
+    run_command("convert_to_mla")

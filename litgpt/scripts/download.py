@@ -135,3 +135,9 @@ def download(
         raise ValueError(f"could not download {repo_id} from {endpoint} ({_first_line(e)}); {OFFLINE_FIX}") from None
     print(f"saved {', '.join(wanted)} to {out_dir}")
     return out_dir
+
+
+if __name__ == "__main__":
+    from litgpt.__main__ import run_command
+
+    run_command("download")

@@ -71,6 +71,6 @@ def kv_cache_report(
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from litgpt.__main__ import run_script
 
-    CLI(kv_cache_report, as_positional=False)
+    run_script(kv_cache_report, as_positional=False)

@@ -61,17 +61,23 @@ def merge_lora(
     if not lora_path.is_file():
         raise FileNotFoundError(f"{lora_path} does not exist; point at a `litgpt finetune_lora` output directory "
                                 f"(the one holding {LORA_FILE})")
-    if merged_path.exists():
-        raise ValueError(f"{merged_path} exists already (merged before?); use it as it is, or delete it to "
-                              "merge again")
     hparams = _read_hparams(checkpoint_dir / HPARAMS_FILE)
-    spec = LoRASpec.from_hyperparameters(hparams)
     if pretrained_checkpoint_dir is None:
         if not hparams.get("checkpoint_dir"):
             raise ValueError(f"{checkpoint_dir / HPARAMS_FILE} names no base checkpoint_dir; pass "
                              "--pretrained_checkpoint_dir")
         pretrained_checkpoint_dir = Path(hparams["checkpoint_dir"])
     pretrained_checkpoint_dir = Path(pretrained_checkpoint_dir)
+    if pretrained_checkpoint_dir.resolve() == checkpoint_dir.resolve():
+        raise ValueError(
+            f"the base checkpoint {str(pretrained_checkpoint_dir)!r} is the fine-tune's directory itself: the merged "
+            f"{MERGED_FILE} would be written over the base weights it is made from; pass --pretrained_checkpoint_dir "
+            "with the checkpoint the LoRA run started from"
+        )
+    if merged_path.exists():
+        raise ValueError(f"{merged_path} exists already (merged before?); use it as it is, or delete it to "
+                              "merge again")
+    spec = LoRASpec.from_hyperparameters(hparams)
     if not (pretrained_checkpoint_dir / MERGED_FILE).is_file():
         raise FileNotFoundError(
             f"base checkpoint {str(pretrained_checkpoint_dir / MERGED_FILE)!r} does not exist; pass "
@@ -126,3 +132,9 @@ def _check_same_config(checkpoint_dir: Path, config: Config, pretrained_checkpoi
             f"{checkpoint_dir}/model_config.yaml differs from the base checkpoint {str(pretrained_checkpoint_dir)!r} "
             f"in {', '.join(diff[:5])}; pass --pretrained_checkpoint_dir with the checkpoint the LoRA run started from"
         )
+
+
+if __name__ == "__main__":
+    from litgpt.__main__ import run_command
+
+    run_command("merge_lora")

@@ -104,7 +104,7 @@ def _limited(texts: Iterator[str], max_chars: Optional[int], stats: dict) -> Ite
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from litgpt.__main__ import run_script
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    CLI(train_tokenizer, as_positional=False)
+    run_script(train_tokenizer, as_positional=False)
