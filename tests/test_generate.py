@@ -418,10 +418,12 @@ def test_compile_on_the_cpu_warns_before_anything_is_loaded(tmp_path, monkeypatc
         assert "leave --compile unset" in caught[0]
     import warnings
 
+    from litgpt.utils import warn_compile_on_cpu
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        generate_cli.warn_compile_on_cpu(None, "cpu")
-        generate_cli.warn_compile_on_cpu(False, "cpu")
+        for compile, device in ((None, "cpu"), (False, "cpu"), (True, "cuda")):
+            warn_compile_on_cpu(compile, torch.device(device))
 
 
 def test_generate_on_a_lora_checkpoint_without_merged_weights_says_to_merge(tmp_path):

@@ -15,9 +15,9 @@ from typing import Optional, TextIO
 import torch
 
 from litgpt.api import LLM
-from litgpt.generate.base import SamplingParams
-from litgpt.generate.cli import warn_compile_on_cpu
+from litgpt.generate.base import SamplingParams, resolve_device
 from litgpt.generate.session import decode_mode
+from litgpt.utils import warn_compile_on_cpu
 
 
 class Conversation:
@@ -107,7 +107,7 @@ def main(
     params = SamplingParams(temperature, top_k, top_p)
     if max_new_tokens is not None and max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    warn_compile_on_cpu(compile, device)
+    warn_compile_on_cpu(compile, resolve_device(device))
     llm = LLM.load(checkpoint_dir, device=device, precision=precision, prompt_style=prompt_style)
     if max_new_tokens is None:
         max_new_tokens = default_max_new_tokens(llm.model.max_seq_length)

@@ -9,28 +9,16 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Optional
 
 from litgpt.api import LLM
 from litgpt.generate.base import SamplingParams, resolve_device
-from litgpt.utils import process_start_time, synchronize
+from litgpt.utils import process_start_time, synchronize, warn_compile_on_cpu
 
 # "first token" is the time from the start of a batch's generation to its first token. The line says "time to first
 # token" because tests/test_generate.py asserts that phrase; `litgpt.benchmark.generate` parses both.
 FIRST_TOKEN_LABEL = "time to first token"
-
-
-def warn_compile_on_cpu(compile: Optional[bool], device: str) -> None:
-    """`--compile true` on the CPU: warn, before the weights load, that the compile comes first and takes minutes
-    (inductor builds the step's C++ at the first decoded token: 506 s were measured for a 5-token run)."""
-    if compile and resolve_device(device).type == "cpu":
-        warnings.warn(
-            "--compile true on the CPU: torch.compile builds the decode step in C++ after the first token, which takes "
-            "minutes (506 s measured for 5 tokens) before the text goes on; leave --compile unset (the CPU then "
-            "decodes eagerly, at once) unless a long generation repays it", stacklevel=2,
-        )
 
 
 def main(
@@ -81,7 +69,7 @@ def main(
     SamplingParams(temperature, top_k, top_p)  # bad values fail before the weights load
     if not prompt:
         raise ValueError("the prompt is empty; pass some text with --prompt")
-    warn_compile_on_cpu(compile, device)
+    warn_compile_on_cpu(compile, resolve_device(device))
     t0 = time.perf_counter()
     llm = LLM.load(checkpoint_dir, device=device, precision=precision, prompt_style=prompt_style)
     synchronize(llm.device)  # the weights are on the device when the clock stops
