@@ -261,7 +261,8 @@ class MultiheadLatentAttention(AttentionBase):
         if not ctx.cached:
             kv = latent_entries(kv_a, ctx.cos, ctx.sin, self.kv_a_norm.weight, self.kv_a_norm.eps, c.rope_interleave)
             return kv, None if query is None else apply_rope_last(query, ctx.cos, ctx.sin, c.rope_interleave)
-        kv, query = self.kv_cache.write(ctx.input_pos, kv_a, ctx.cos, ctx.sin, self.kv_a_norm, c.rope_interleave, query)
+        kv, query = self.kv_cache.write(ctx.input_pos, kv_a, ctx.cos, ctx.sin, self.kv_a_norm, c.rope_interleave, query,
+                                        self.use_kernel)
         return ctx.cache_view(kv, seq_dim=1), query
 
     def naive(self, q: torch.Tensor, kv_a: torch.Tensor, ctx: AttentionInputs) -> torch.Tensor:

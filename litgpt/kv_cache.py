@@ -93,12 +93,15 @@ class KVCacheCompressed(nn.Module):
         norm: nn.Module,
         interleave: bool,
         query: Optional[torch.Tensor] = None,
+        use_kernel: bool = True,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Write the new tokens' [norm(latent) | rope(k_R)] from kv_a_proj's output kv_a (B, T, d_c + d_R) at
         input_pos; return the whole buffer (B, S, d_c + d_R) and, if given, `query` (B, h, T, d_c + d_R) with its
         rope part roped at the same positions (the kernel rotates it in the same launch; `litgpt.kernels`).
 
-        norm: kv_a_norm (an RMSNorm: its weight and eps are read); cos, sin: the rope rows at input_pos.
+        norm: kv_a_norm (an RMSNorm: its weight and eps are read); cos, sin: the rope rows at input_pos; use_kernel
+        False keeps the write on the torch path.
         """
-        query = mla_cache_write(kv_a, self.kv, input_pos, cos, sin, norm.weight, norm.eps, interleave, query)
+        query = mla_cache_write(kv_a, self.kv, input_pos, cos, sin, norm.weight, norm.eps, interleave, query,
+                                use_kernel)
         return self.kv, query

@@ -703,11 +703,12 @@ def test_folded_decode_on_the_interpreted_kernels(interpreted_module, monkeypatc
     )
     idx = torch.randint(0, config.padded_vocab_size, (1, 7))
     with torch.no_grad():
-        torch_logits = cached_decode(model, idx, prefill=5, use_kernel=False).float()
-        torch_cache = [t.float().clone() for t in model.transformer.h[1].attn.kv_cache.buffers()]
         records = [route_to_interpreted(monkeypatch, copy, kernel_module, entry, op_name, interpreter_gate,
                                         gate_name=gate_name)
                    for copy, kernel_module, entry, op_name, gate_name in routes]  # each kernel's launch record
+        torch_logits = cached_decode(model, idx, prefill=5, use_kernel=False).float()
+        assert [len(r) for r in records] == [0, 0, 0], "a kernel ran with the kernels switched off"
+        torch_cache = [t.float().clone() for t in model.transformer.h[1].attn.kv_cache.buffers()]
         kernel_logits = cached_decode(model, idx, prefill=5, use_kernel=True).float()
     steps = 2 * config.n_layer  # 2 one-token steps: one attention, one cache write and two GEMVs in each block
     assert [len(r) for r in records] == [steps, steps, 2 * steps], "a kernel path did not run"

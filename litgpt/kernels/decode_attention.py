@@ -137,18 +137,19 @@ def mla_cache_write(
     eps: float,
     interleave: bool,
     query: Optional[torch.Tensor] = None,
+    use_kernel: bool = True,
 ) -> Optional[torch.Tensor]:
     """Write the new tokens' `latent_entries` into the MLA cache (B, S, d_c + d_R) at input_pos ((T,) or (B, T)) in
     place; with `query` (B, h, T, d_c + d_R), also return it with its last d_R dims roped at the same positions.
 
-    One Triton launch for both on CUDA for one new token per row (bf16/fp16, widths multiples of 16), else torch
+    One Triton launch for both on CUDA for one new token per row (bf16/fp16, widths multiples of 16, `use_kernel`), else torch
     (`latent_entries`, `write_positions`, `apply_rope_last`). kv_a: kv_a_proj's output (B, T, d_c + d_R); cos, sin:
     the rope rows at input_pos.
     """
     B, T, D = kv_a.shape
     d_r = cos.size(-1)
     fused = (
-        query is not None and T == 1 and query.dim() == 4 and query.size(-1) == D == cache.size(-1)
+        use_kernel and query is not None and T == 1 and query.dim() == 4 and query.size(-1) == D == cache.size(-1)
         and cos.numel() // d_r in (1, B) and 0 < d_r < D
         and kernel_applies((query, kv_a, cache), (D - d_r, d_r))
     )
