@@ -42,7 +42,8 @@ def _mix32(x):
 
 
 # the reductions through tl.reduce with combine functions of this module, not tl.max/tl.argmax: those are jitted
-# when triton is imported, so the tests' interpreted copy of this module could not call them
+# when triton is imported, so an interpreted copy of this module runs its own reductions without swapping any of
+# triton.language's functions for interpreted twins
 @triton.jit
 def _maximum(a, b):
     return tl.maximum(a, b)
