@@ -216,10 +216,16 @@ def command_subtable(table: CommandTable, words: list[str], fn: Callable | None)
     return sub  # type: ignore[return-value]
 
 
+# Mapping options whose whole value merges into what is there (the --config yaml's) field by field; their command
+# converts each field's command-line text to the field's type (`litgpt.pretrain.typed_model_config`)
+MERGED_MAPPINGS = ("model_config",)
+
+
 def mapping_options(fn: Callable) -> set[str]:
-    """`--name` of every parameter of `fn` typed as a mapping (`model_config: Optional[dict]`)."""
+    """`--name` of every parameter of `fn` typed as a mapping and named in MERGED_MAPPINGS (`model_config`)."""
     hints = typing.get_type_hints(fn)
-    return {f"--{name}" for name in inspect.signature(fn).parameters if _is_mapping(hints.get(name))}
+    return {f"--{name}" for name in inspect.signature(fn).parameters
+            if name in MERGED_MAPPINGS and _is_mapping(hints.get(name))}
 
 
 def _is_mapping(hint: Any) -> bool:

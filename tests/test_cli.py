@@ -303,3 +303,17 @@ def test_a_val_split_fraction_out_of_range_is_one_line_naming_the_option(tmp_pat
 def test_a_value_of_the_wrong_type_is_one_line_naming_the_option_and_what_it_takes(tmp_path, capsys, args, expected):
     code, err = run_main(capsys, ["pretrain", "debug", "--out_dir", str(tmp_path), "--train.max_steps", "1", *args])
     assert (code, err) == (2, "litgpt: error: " + expected)
+
+
+def test_only_model_config_merges_field_by_field():
+    """`--model_config {...}` becomes one option per field (merged into the yaml's); a value that is not a mapping,
+    and the mapping options of commands that take their values as they come, pass unchanged."""
+    from litgpt.__main__ import expand_mappings
+    from litgpt.benchmark.finetune import benchmark_finetune
+    from litgpt.pretrain import setup
+
+    assert expand_mappings(setup, ["--model_config", "{n_layer: 2, name: x, latent_attention: {kv_lora_rank: 8}}",
+                                   "--seed", "1", "--model_config=null"]) == [
+        "--model_config.n_layer=2", "--model_config.name=x", '--model_config.latent_attention={"kv_lora_rank": 8}',
+        "--seed", "1", "--model_config=null"]
+    assert expand_mappings(benchmark_finetune, ["--lora", "{lora_r: 4}"]) == ["--lora", "{lora_r: 4}"]
