@@ -33,7 +33,7 @@ FLAG_OPTIONS = ("--help", "-h", "--print_config")  # options that need no value 
 
 # Commands whose process has nothing left to clean up once they return: the `litgpt` executable ends them without the
 # interpreter's teardown (module finalizers, captured CUDA graphs, the CUDA context), which took 0.5-0.6 s after
-# `litgpt generate`'s last token on an H200 (benchmarks/RESULTS.md, issue 15).
+# `litgpt generate`'s last token on an H200 (benchmarks/results/history.md).
 EXIT_WITHOUT_TEARDOWN = ("generate", "chat")
 
 # a command is a function, or the import path "package.module:function" of one

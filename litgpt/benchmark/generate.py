@@ -28,7 +28,8 @@ a user's second run; without it the first timed run pays them (on an H200, a col
 pythia-160m decoded at 8 tokens/s, the next ones at 660-870).
 
 Temperature: by default batch 1 is greedy (temperature 0) and larger batches are sampled at temperature 0.8 with
-top_k 50 (the `litgpt generate` defaults), as the issue's batch-8 row is "sampled"; `--temperature T` uses T for all.
+top_k 50 (the `litgpt generate` defaults), so the batch-8 rows measure sampled decoding; `--temperature T` uses T
+for all.
 results.json (rows + meta) and results.md (the table) are rewritten after every row.
 """
 
@@ -61,7 +62,7 @@ SECOND_MESSAGE = "And what else do they like?"
 SAMPLED_TEMPERATURE = 0.8  # batches above 1, when --temperature is not given (litgpt generate's default)
 SAMPLED_TOP_K = 50  # litgpt generate's and upstream's default top_k; transformers is given the same
 PROCESS_TIMEOUT_S = 3600.0
-CHAT_TARGET_S = 0.5  # the issue's target for the second chat turn
+CHAT_TARGET_S = 0.5  # the second chat turn's reply should take at most this long (a reply that feels immediate)
 PROMPT_MARKER, REPLY_MARKER = b">> Prompt: ", b">> Reply: "
 HF_RESULT = "BENCHMARK_HF "
 TOOL_OURS, TOOL_CHAT = "litgpt generate", "litgpt chat"
@@ -622,7 +623,7 @@ def benchmark_generate(
         batches: batch sizes to run; a batch B above 1 runs `--num_samples B --batch_size B`.
         prompt: the prompt (and the first chat message).
         temperature: sampling temperature for every row; null: greedy (0) at batch 1 and sampled at 0.8 with
-            top_k 50 above (the issue's batch-8 row is sampled).
+            top_k 50 above (sampled decoding).
         repeats: runs of each configuration (one row each).
         chat: also run a two-turn `litgpt chat` (greedy).
         chat_tokens: max_new_tokens of each chat turn.

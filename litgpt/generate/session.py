@@ -29,7 +29,7 @@ from litgpt.utils import synchronize
 
 # Tokens (batch x new tokens) from which the compiled step pays for its compile in one process. Compiling costs
 # seconds in every process, even with inductor's on-disk cache (dynamo re-traces the step); the captured eager step is
-# about 0.1 ms slower per step at pythia-160m size (benchmarks/RESULTS.md, issue 15), so the break-even lies near
+# about 0.1 ms slower per step at pythia-160m size (benchmarks/results/history.md), so the break-even lies near
 # 50,000 steps: past the 2,048-token context of the Pythia-shaped models, which therefore decode with `cuda_graph`
 # unless --compile true asks otherwise.
 COMPILE_FROM_TOKENS = 50_000
