@@ -212,8 +212,28 @@ def test_qlora_trains_lora_over_quantized_base_weights(tmp_path, data_dir, monke
     state = torch.load(out / "final" / "lit_model.pth.lora", weights_only=True)
     assert state["step_count"] == 6 and sorted(state["model"]) == ["transformer.h.0.attn.qkv.lora_A",
                                                                     "transformer.h.0.attn.qkv.lora_B"]
-    merged = LLM.load(out / "final", device="cpu")
-    assert merged.generate("Define the word cat.", max_new_tokens=3, temperature=0) is not None
+    # the merged checkpoint holds the base's weights, its qkv weight plus alpha/r B A (B left its zero start)
+    merged = torch.load(out / "final" / "lit_model.pth", weights_only=True)
+    merged = merged.get("model", merged)
+    base_weights = torch.load(base / "lit_model.pth", weights_only=True)
+    base_weights = base_weights.get("model", base_weights)
+    lora_a, lora_b = (state["model"][f"transformer.h.0.attn.qkv.lora_{m}"].float() for m in "AB")
+    hparams = yaml.safe_load((out / "final" / "hyperparameters.yaml").read_text())
+    assert (hparams["lora_query"], hparams["lora_key"], hparams["lora_value"]) == (True, False, True)
+    n_embd = lora_a.size(1)
+    delta = hparams["lora_alpha"] / hparams["lora_r"] * (lora_b @ lora_a)  # (2 n_embd, n_embd): the q and v rows
+    update = torch.zeros(3 * n_embd, n_embd)  # qkv's rows are [q heads | k groups | v groups] (MHA: n_embd each)
+    update[:n_embd], update[2 * n_embd :] = delta[:n_embd], delta[n_embd:]
+    key = "transformer.h.0.attn.qkv.weight"
+    assert set(merged) == set(base_weights)
+    dtype = merged[key].dtype  # the fine-tune's precision (bf16-true)
+    assert all(torch.equal(merged[k], base_weights[k].to(dtype)) for k in merged if k != key)
+    expected = base_weights[key].float() + update
+    assert update.abs().max() > 0.05, "the fine-tune did not move LoRA's B off zero"
+    # the merge in float32, rounded once to bf16 (a relative step of 2**-8): within one step of the exact sum, while
+    # leaving the update out would miss it by up to update.abs().max()
+    torch.testing.assert_close(merged[key].float(), expected, rtol=2**-8, atol=1e-6)
+    assert (merged[key].float() - base_weights[key].to(dtype).float()).abs().max() > 0.5 * update.abs().max()
 
 
 def test_finetune_is_the_alias_of_finetune_lora():
