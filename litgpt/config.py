@@ -36,6 +36,9 @@ LITGPT_ONLY_FIELDS = ("moe_scoring", "moe_layer_freq", "moe_bias_update_rate", "
 # ones with their defaults (DeepSeek's: mscale 1, mscale_all_dim 0, truncated correction range).
 YARN_REQUIRED_KEYS = ("factor", "original_max_seq_len", "beta_fast", "beta_slow")
 YARN_DEFAULTS: dict[str, Any] = dict(mscale=1.0, mscale_all_dim=0.0, truncate=True)
+# ... or Llama 3.1's scaling (upstream litgpt's keys; `litgpt.rope.llama3_frequencies`), told apart from YaRN by
+# low_freq_factor / high_freq_factor
+LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_seq_len")
 LATENT_ATTENTION_KEYS = ("q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
 # Optional latent_attention keys (ours, MLA-o): a low-rank output map h*d_v -> o_latent_dim -> n_embd, with an
 # optional RMSNorm on that output latent. Absent or None/false: MLA's one output map `proj`.
@@ -102,7 +105,7 @@ class Config:
     intermediate_size: Optional[int] = None
     scale_embeddings: bool = False
     latent_attention: Optional[Union[bool, dict]] = None
-    rope_adjustments: Optional[dict] = None  # YaRN: keys YARN_REQUIRED_KEYS and YARN_DEFAULTS
+    rope_adjustments: Optional[dict] = None  # YaRN (YARN_REQUIRED_KEYS, YARN_DEFAULTS) or Llama 3 (LLAMA3_ROPE_KEYS)
     # mixture of experts (mlp_class_name "LLaMAMoE", `litgpt.moe`); upstream litgpt's names first, then ours
     moe_intermediate_size: Optional[int] = None  # routed and shared expert width (default: intermediate_size)
     n_expert: int = 0  # routed experts
@@ -144,9 +147,12 @@ class Config:
             self._resolve_moe()
         if self.rope_adjustments is not None:
             if not isinstance(self.rope_adjustments, dict):
-                raise ValueError(f"rope_adjustments must be a dict of YaRN settings, got {self.rope_adjustments!r}")
+                raise ValueError(
+                    f"rope_adjustments must be a dict of YaRN or Llama 3 settings, got {self.rope_adjustments!r}"
+                )
             given = self.rope_adjustments
-            self.rope_adjustments = {**given, **{k: given.get(k, v) for k, v in YARN_DEFAULTS.items()}}
+            if not _is_llama3(given):
+                self.rope_adjustments = {**given, **{k: given.get(k, v) for k, v in YARN_DEFAULTS.items()}}
         if self.latent_attention is True:
             hs = self.head_size
             self.latent_attention = dict(
@@ -200,7 +206,7 @@ class Config:
         _require_positive(self, ("head_size", "padded_vocab_size", "n_query_groups", "intermediate_size"))
         self._validate_moe()
         if self.rope_adjustments is not None:
-            _validate_yarn(self.rope_adjustments)
+            (_validate_llama3 if _is_llama3(self.rope_adjustments) else _validate_yarn)(self.rope_adjustments)
         if self.padded_vocab_size < self.vocab_size:
             raise ValueError(f"padded_vocab_size ({self.padded_vocab_size}) must be >= vocab_size ({self.vocab_size})")
         if self.n_head % self.n_query_groups:
@@ -494,15 +500,43 @@ def _require_non_negative(config: Config, names: tuple[str, ...]) -> None:
             raise ValueError(f"{name} must be a non-negative integer or null, got {value!r}")
 
 
+def _is_llama3(adjustments: dict) -> bool:
+    """Whether rope_adjustments hold Llama 3's settings rather than YaRN's (litgpt.rope.is_llama3)."""
+    return "low_freq_factor" in adjustments or "high_freq_factor" in adjustments
+
+
+def _validate_llama3(adjustments: dict) -> None:
+    """Llama 3 rope scaling: exactly LLAMA3_ROPE_KEYS, numbers, factor >= 1, 0 < low_freq_factor < high_freq_factor."""
+    unknown = sorted(set(adjustments) - set(LLAMA3_ROPE_KEYS))
+    missing = [k for k in LLAMA3_ROPE_KEYS if k not in adjustments]
+    if unknown or missing:
+        raise ValueError(
+            f"rope_adjustments (Llama 3 scaling): unknown keys {unknown} / missing keys {missing}; expected exactly "
+            f"{LLAMA3_ROPE_KEYS}"
+        )
+    for key in LLAMA3_ROPE_KEYS:
+        value = adjustments[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"rope_adjustments.{key} must be a number, got {value!r}")
+    if adjustments["factor"] < 1:
+        raise ValueError(f"rope_adjustments.factor must be >= 1, got {adjustments['factor']}")
+    if adjustments["original_max_seq_len"] <= 0 or not 0 < adjustments["low_freq_factor"] < adjustments[
+            "high_freq_factor"]:
+        raise ValueError(
+            "rope_adjustments: Llama 3 scaling needs original_max_seq_len > 0 and 0 < low_freq_factor < "
+            f"high_freq_factor, got {adjustments}"
+        )
+
+
 def _validate_yarn(adjustments: dict) -> None:
-    """rope_adjustments must be YaRN's settings (upstream's llama3-style keys are not implemented)."""
+    """rope_adjustments without Llama 3's keys must be YaRN's settings."""
     known = (*YARN_REQUIRED_KEYS, *YARN_DEFAULTS)
     unknown = sorted(set(adjustments) - set(known))
     missing = [k for k in YARN_REQUIRED_KEYS if k not in adjustments]
     if unknown or missing:
         raise ValueError(
-            f"rope_adjustments: unknown keys {unknown} / missing keys {missing}; only YaRN is implemented, with keys "
-            f"{YARN_REQUIRED_KEYS} and optional {tuple(YARN_DEFAULTS)}"
+            f"rope_adjustments: unknown keys {unknown} / missing keys {missing}; YaRN takes {YARN_REQUIRED_KEYS} and "
+            f"optional {tuple(YARN_DEFAULTS)}, Llama 3 scaling {LLAMA3_ROPE_KEYS}"
         )
     for key in (*YARN_REQUIRED_KEYS, "mscale", "mscale_all_dim"):
         value = adjustments[key]

@@ -9,6 +9,12 @@ linear ramp blends the ones between. The cos/sin tables are scaled by mscale(fac
 mscale(factor, mscale_all_dim), so roped query and key parts grow by that much each, and attention's softmax scale
 is multiplied by mscale(factor, mscale_all_dim)^2 (`softmax_scale_multiplier`), where
 mscale(s, m) = 0.1 m ln(s) + 1 for s > 1, else 1.
+
+Llama 3 scaling (`rope_adjustments` with upstream litgpt's keys factor, low_freq_factor, high_freq_factor,
+original_max_seq_len; `is_llama3`): wavelengths 2*pi/freq longer than original_max_seq_len / low_freq_factor are
+divided by `factor`, those shorter than original_max_seq_len / high_freq_factor are kept, and between the two the
+frequency is a blend with weight s = (original_max_seq_len / wavelength - low) / (high - low) on the kept one. No
+magnitude correction: the attention factor and softmax multiplier stay 1.
 """
 
 from __future__ import annotations
@@ -19,6 +25,14 @@ from typing import Optional
 import torch
 
 
+LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_seq_len")
+
+
+def is_llama3(adjustments: Optional[dict]) -> bool:
+    """Whether rope_adjustments are Llama 3's (they carry low_freq_factor or high_freq_factor) rather than YaRN's."""
+    return adjustments is not None and ("low_freq_factor" in adjustments or "high_freq_factor" in adjustments)
+
+
 def yarn_mscale(factor: float, mscale: float) -> float:
     """DeepSeek's YaRN magnitude correction: 0.1 * mscale * ln(factor) + 1 (1 without scaling)."""
     return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
@@ -26,7 +40,7 @@ def yarn_mscale(factor: float, mscale: float) -> float:
 
 def rope_attention_factor(adjustments: Optional[dict]) -> float:
     """What the cos/sin tables are multiplied by: mscale(factor, mscale) / mscale(factor, mscale_all_dim)."""
-    if adjustments is None:
+    if adjustments is None or is_llama3(adjustments):
         return 1.0
     factor = adjustments["factor"]
     return yarn_mscale(factor, adjustments["mscale"]) / yarn_mscale(factor, adjustments["mscale_all_dim"])
@@ -34,7 +48,7 @@ def rope_attention_factor(adjustments: Optional[dict]) -> float:
 
 def softmax_scale_multiplier(adjustments: Optional[dict]) -> float:
     """What attention's 1/sqrt(d) softmax scale is multiplied by: mscale(factor, mscale_all_dim)^2 (1 without YaRN)."""
-    if adjustments is None:
+    if adjustments is None or is_llama3(adjustments):
         return 1.0
     return yarn_mscale(adjustments["factor"], adjustments["mscale_all_dim"]) ** 2
 
@@ -60,6 +74,21 @@ def yarn_frequencies(
     return (1.0 / (factor * powers)) * (1 - keep) + (1.0 / powers) * keep
 
 
+def llama3_frequencies(
+    n_elem: int, base: float, adjustments: dict, device: Optional[torch.device] = None
+) -> torch.Tensor:
+    """Llama 3's rotation frequencies (n_elem/2,) in float32 (see the module docstring)."""
+    factor, original = adjustments["factor"], adjustments["original_max_seq_len"]
+    low, high = adjustments["low_freq_factor"], adjustments["high_freq_factor"]
+    theta = 1.0 / (base ** (torch.arange(0, n_elem, 2, device=device, dtype=torch.float32) / n_elem))  # (n_elem/2,)
+    wavelength = 2 * math.pi / theta  # (n_elem/2,)
+    slow = wavelength > original / low  # interpolated: divided by factor
+    fast = wavelength < original / high  # kept
+    blend = (original / wavelength - low) / (high - low)  # (n_elem/2,) weight of the kept frequency
+    mixed = (1 - blend) * theta / factor + blend * theta
+    return torch.where(slow, theta / factor, torch.where(fast, theta, mixed))
+
+
 def build_rope_cache(
     seq_len: int,
     n_elem: int,
@@ -69,8 +98,11 @@ def build_rope_cache(
     adjustments: Optional[dict] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of shape (seq_len, n_elem) in float32, in rotate-half order (each frequency twice); with YaRN
-    `adjustments` (a resolved `config.rope_adjustments`), its frequencies and its attention factor."""
-    if adjustments is None:
+    `adjustments` (a resolved `config.rope_adjustments`), its frequencies and its attention factor; with Llama 3's,
+    its frequencies."""
+    if is_llama3(adjustments):
+        theta = llama3_frequencies(n_elem, base, adjustments, device)  # (n_elem/2,)
+    elif adjustments is None:
         theta = 1.0 / (base ** (torch.arange(0, n_elem, 2, device=device, dtype=torch.float32) / n_elem))  # (n_elem/2,)
     else:
         theta = yarn_frequencies(n_elem, base, adjustments, device)  # (n_elem/2,)

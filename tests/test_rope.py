@@ -1,5 +1,6 @@
 """litgpt/rope.py: the cos/sin cache at known positions, both layouts against a float64 complex-number rotation,
-partial rope, per-row positions, and YaRN (its ramp, its attention factor, and transformers' as the oracle)."""
+partial rope, per-row positions, YaRN (its ramp, its attention factor, and transformers' as the oracle) and Llama 3
+scaling (its three bands, and transformers' as the oracle)."""
 
 import math
 
@@ -166,3 +167,46 @@ def test_yarn_matches_transformers(overrides):
     inv_freq, attention_factor = ROPE_INIT_FUNCTIONS["yarn"](config, torch.device("cpu"))
     torch.testing.assert_close(yarn_frequencies(16, 10000, yarn), inv_freq, rtol=1e-6, atol=0)
     assert rope_attention_factor(yarn) == pytest.approx(attention_factor, rel=1e-9)
+
+
+# ------------------------------------------------------------------------------------------------ Llama 3
+LLAMA3 = dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_seq_len=64)
+
+
+def test_llama3_keeps_short_wavelengths_divides_long_ones_and_blends_between():
+    from litgpt.rope import is_llama3, llama3_frequencies, rope_attention_factor, softmax_scale_multiplier
+
+    n, base = 16, 10000
+    plain = 1.0 / (base ** (torch.arange(0, n, 2, dtype=torch.float32) / n))  # (8,)
+    wavelength = 2 * math.pi / plain
+    theta = llama3_frequencies(n, base, LLAMA3)
+    # wavelengths 6.3, 20, 63, 199, 628, ...: < 64/4 = 16 kept, > 64/1 = 64 divided by 8, between blended
+    assert wavelength[0] < 16 and 16 < wavelength[1] < 64 and 16 < wavelength[2] < 64 and wavelength[3] > 64
+    assert theta[0].item() == plain[0].item()
+    torch.testing.assert_close(theta[3:], plain[3:] / 8.0, rtol=0, atol=0)
+    blend = (64 / wavelength[1:3] - 1.0) / 3.0  # 64/19.87 = 3.22 -> 0.74; 64/62.83 = 1.02 -> 0.006
+    assert blend.tolist() == pytest.approx([0.7403, 0.0062], abs=1e-4)
+    torch.testing.assert_close(theta[1:3], plain[1:3] / 8.0 * (1 - blend) + plain[1:3] * blend)
+    assert is_llama3(LLAMA3) and not is_llama3(YARN) and not is_llama3(None)
+    assert rope_attention_factor(LLAMA3) == 1.0 and softmax_scale_multiplier(LLAMA3) == 1.0
+    cos, _ = build_rope_cache(T, n, adjustments=LLAMA3)
+    torch.testing.assert_close(cos, torch.cos(torch.outer(torch.arange(T, dtype=torch.float32), theta).repeat(1, 2)))
+
+
+@pytest.mark.parametrize("overrides", [{}, {"factor": 32.0, "original_max_seq_len": 8192}, {"high_freq_factor": 2.0}])
+def test_llama3_matches_transformers(overrides):
+    """Frequencies equal transformers' llama3 rope init (attention factor 1) for a Llama config."""
+    transformers = pytest.importorskip("transformers", reason="the oracle for Llama 3 scaling is transformers'")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from litgpt.rope import llama3_frequencies
+
+    ours = {**LLAMA3, **overrides}
+    rope_parameters = dict(rope_type="llama3", rope_theta=500000.0, factor=ours["factor"],
+                           low_freq_factor=ours["low_freq_factor"], high_freq_factor=ours["high_freq_factor"],
+                           original_max_position_embeddings=ours["original_max_seq_len"])
+    config = transformers.LlamaConfig(hidden_size=256, num_attention_heads=4, max_position_embeddings=131072,
+                                      rope_parameters=rope_parameters)
+    inv_freq, attention_factor = ROPE_INIT_FUNCTIONS["llama3"](config, torch.device("cpu"))
+    assert attention_factor == 1.0
+    torch.testing.assert_close(llama3_frequencies(64, 500000, ours), inv_freq, rtol=1e-6, atol=0)
