@@ -29,8 +29,9 @@ class PromptStyle:
         return f"{prompt}\n\n{input}" if input else prompt
 
     def stop_tokens(self, tokenizer: Tokenizer) -> list[list[int]]:
-        """Token sequences that end a reply (each a list of ids)."""
-        return [[tokenizer.eos_id]] if tokenizer.eos_id is not None else []
+        """Token sequences that end a reply (each a list of ids): the tokenizer's stop ids (EOS and
+        generation_config's eos_token_id)."""
+        return [[i] for i in tokenizer.stop_ids]
 
     @classmethod
     def from_name(cls, name: str) -> "PromptStyle":
@@ -94,9 +95,9 @@ prompt_styles: dict[str, type[PromptStyle]] = {style.name: style for style in (P
 
 
 def prompt_uses_bos(tokenizer: Tokenizer) -> bool:
-    """Whether a prompt starts with the tokenizer's BOS: Llama-style `<s>` yes; none, or GPT-2-style
-    `<|endoftext|>` that is also EOS, no. Generation and fine-tuning data frame prompts alike."""
-    return tokenizer.bos_id is not None and tokenizer.bos_id != tokenizer.eos_id
+    """Whether a prompt starts with the tokenizer's BOS: as its own configuration says (`Tokenizer.add_bos`).
+    Generation and fine-tuning data frame prompts alike."""
+    return bool(tokenizer.add_bos)
 
 
 def load_prompt_style(checkpoint_dir: Union[str, Path], name: Optional[str] = None) -> PromptStyle:

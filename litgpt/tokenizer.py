@@ -1,9 +1,14 @@
 """`Tokenizer`: one interface over a Hugging Face `tokenizer.json` or a SentencePiece `tokenizer.model`.
 
-Special tokens come from `tokenizer_config.json`, `special_tokens_map.json` and `generation_config.json` when
-present; byte-level BPE tokenizers whose configs name no end-of-text token (GPT-2, Pythia, ours from
-`litgpt train_tokenizer`) get `<|endoftext|>` as EOS. `fingerprint` identifies the exact tokenizer files, so
-data tokenized with one tokenizer is never silently reused with another.
+Special tokens follow the tokenizer's own configuration, as `transformers.AutoTokenizer` reads it: `bos_token` /
+`eos_token` come from `tokenizer_config.json` (then `special_tokens_map.json`); whether a text starts with BOS (or
+ends with EOS) is what tokenizer.json's own post-processor adds (Llama 3's TemplateProcessing prepends
+`<|begin_of_text|>`; `add_bos_token` / `add_eos_token` are baked into it when transformers saves it), and for a
+SentencePiece tokenizer.model alone `add_bos_token` (default true, as Llama's) / `add_eos_token`. `generation_config.json` only adds stop ids (its `eos_token_id`, an id or a
+list) and an EOS when the tokenizer configs name none; byte-level BPE tokenizers whose configs name no end-of-text
+token (GPT-2, Pythia, ours from `litgpt train_tokenizer`) get `<|endoftext|>` as EOS. `fingerprint` identifies the
+exact tokenizer files (chat templates included), so data tokenized with one tokenizer is never silently reused with
+another.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ logger = logging.getLogger(__name__)
 
 ENDOFTEXT = "<|endoftext|>"
 # Files that define a tokenizer's behaviour: copied into checkpoints and hashed into the fingerprint.
-CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+CONFIG_FILES = (
+    "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "chat_template.jinja",
+    "chat_template.json",
+)
 NO_TOKENIZER_HINT = "run `litgpt train_tokenizer` to train one or `litgpt download` to fetch a model's"
 
 
@@ -34,6 +42,9 @@ class Tokenizer:
         backend: "huggingface" (tokenizer.json) or "sentencepiece" (tokenizer.model).
         vocab_size: number of ids, added special tokens included.
         bos_id, eos_id: special token ids, or None when the tokenizer has none.
+        add_bos, add_eos: whether the tokenizer's configuration frames a text with BOS / EOS (what
+            `transformers.AutoTokenizer(...)(text)` adds); `encode(text, bos=t.add_bos, eos=t.add_eos)` matches it.
+        stop_ids: the ids that end a reply: EOS, then generation_config.json's `eos_token_id` (an id or a list).
         files: the tokenizer files, to copy into checkpoints (`save`).
         fingerprint: sha256 over the names and bytes of `files`.
     """
@@ -78,6 +89,12 @@ class Tokenizer:
         self.fingerprint: str = _fingerprint(self.files)
         self.bos_id: Optional[int] = self._special_id("bos")
         self.eos_id: Optional[int] = self._special_id("eos")
+        self.add_bos, self.add_eos = self._framing()
+        generation = _read_json(checkpoint_dir / "generation_config.json").get("eos_token_id")
+        generation = generation if isinstance(generation, list) else [generation]
+        self.stop_ids: list[int] = list(
+            dict.fromkeys(i for i in [self.eos_id, *generation] if isinstance(i, int) and not isinstance(i, bool))
+        )
 
     # ------------------------------------------------------------------ special tokens
     def token_to_id(self, token: str) -> Optional[int]:
@@ -88,9 +105,16 @@ class Tokenizer:
         return None if idx == self.processor.unk_id() and token != self.processor.id_to_piece(idx) else idx
 
     def _special_id(self, kind: str) -> Optional[int]:
-        """Resolve `bos`/`eos`: tokenizer_config, then special_tokens_map, then generation_config, then defaults."""
+        """Resolve `bos`/`eos`: tokenizer_config, then special_tokens_map; for EOS then generation_config's (first)
+        eos_token_id; then the backend's defaults (SentencePiece's own ids, `<|endoftext|>` as a byte-level EOS).
+
+        A BOS comes only from the tokenizer's files: generation_config's bos_token_id is not the tokenizer's (Qwen2
+        names one there while its tokenizer has `bos_token: null` and adds none)."""
+        named = False
         for name in ("tokenizer_config.json", "special_tokens_map.json"):
-            token = _read_json(self.checkpoint_dir / name).get(f"{kind}_token")
+            config = _read_json(self.checkpoint_dir / name)
+            named = named or f"{kind}_token" in config
+            token = config.get(f"{kind}_token")
             if isinstance(token, dict):
                 token = token.get("content")
             if token is None:
@@ -104,17 +128,42 @@ class Tokenizer:
                     "vocabulary; fix the config or the tokenizer file"
                 )
             return idx
-        generation_id = _read_json(self.checkpoint_dir / "generation_config.json").get(f"{kind}_token_id")
-        if isinstance(generation_id, list):  # several stop ids: the first is the canonical one
-            generation_id = generation_id[0] if generation_id else None
-        if isinstance(generation_id, int):
-            return generation_id
+        if kind == "eos":
+            generation_id = _read_json(self.checkpoint_dir / "generation_config.json").get("eos_token_id")
+            if isinstance(generation_id, list):  # several stop ids: the first is the canonical one
+                generation_id = generation_id[0] if generation_id else None
+            if isinstance(generation_id, int):
+                return generation_id
+        if named:  # the configs say `null`: there is none
+            return None
         if self.backend == "sentencepiece":
             idx = self.processor.bos_id() if kind == "bos" else self.processor.eos_id()
             return idx if idx >= 0 else None
         if kind == "eos":  # byte-level BPE (GPT-2, Pythia, ours) separates documents with <|endoftext|>
             return self.token_to_id(ENDOFTEXT)
         return None
+
+    def _framing(self) -> tuple[bool, bool]:
+        """(add_bos, add_eos), as transformers frames `tokenizer(text)`: a tokenizer.json frames a text with what
+        its own post-processor adds around it (Llama 2's and Llama 3's TemplateProcessing prepend BOS; Qwen2's
+        ByteLevel adds nothing), and tokenizer_config's add_bos_token / add_eos_token are already baked into it;
+        a SentencePiece tokenizer.model alone follows add_bos_token (default true, as Llama's) and add_eos_token
+        (default false)."""
+        if self.backend == "sentencepiece":
+            config = _read_json(self.checkpoint_dir / "tokenizer_config.json")
+            return (bool(config.get("add_bos_token", True)) and self.bos_id is not None,
+                    bool(config.get("add_eos_token", False)) and self.eos_id is not None)
+        if self.processor.post_processor is None:
+            return False, False
+        plain = self.processor.encode("a", add_special_tokens=False).ids
+        framed = self.processor.encode("a", add_special_tokens=True).ids
+        start = next((i for i in range(len(framed) - len(plain) + 1) if framed[i : i + len(plain)] == plain), 0)
+        prefix, suffix = framed[:start], framed[start + len(plain) :]
+        if self.bos_id is None and len(prefix) == 1:  # the post-processor adds a BOS the configs do not name
+            self.bos_id = prefix[0]
+        if self.eos_id is None and len(suffix) == 1:
+            self.eos_id = suffix[0]
+        return prefix == [self.bos_id], suffix == [self.eos_id]
 
     # ------------------------------------------------------------------ encode / decode
     def encode(
@@ -125,9 +174,11 @@ class Tokenizer:
         device: Optional[Union[torch.device, str]] = None,
         max_length: int = -1,
     ) -> torch.Tensor:
-        """Token ids of `text` as a 1-d int64 tensor, optionally framed by BOS/EOS and cut to `max_length`."""
+        """Token ids of `text` as a 1-d int64 tensor, optionally framed by BOS/EOS and cut to `max_length`.
+
+        A text that already starts with the BOS token (a chat template writes it) gets no second one."""
         ids = self._encode_plain(text)
-        if bos:
+        if bos and not (ids and ids[0] == self.bos_id):
             if self.bos_id is None:
                 raise ValueError(f"encode(bos=True): the tokenizer in {self.checkpoint_dir} has no BOS token")
             ids = [self.bos_id] + ids
@@ -193,7 +244,7 @@ class Tokenizer:
     def __repr__(self) -> str:
         return (
             f"Tokenizer({str(self.checkpoint_dir)!r}, backend={self.backend}, vocab_size={self.vocab_size}, "
-            f"bos_id={self.bos_id}, eos_id={self.eos_id}, fingerprint={self.fingerprint[:12]})"
+            f"bos_id={self.bos_id}, eos_id={self.eos_id}, add_bos={self.add_bos}, fingerprint={self.fingerprint[:12]})"
         )
 
 

@@ -76,8 +76,11 @@ def test_special_tokens_from_configs(tokenizer_dir, tmp_path):
     assert t.encode("the", bos=True, eos=True).tolist() == [0, *bare.encode("the").tolist(), 0]
     t = variant("map", {"special_tokens_map.json": {"eos_token": "t"}})
     assert t.eos_id == bare.token_to_id("t") != 0
+    # generation_config supplies stop ids (and an EOS the tokenizer configs lack), never a BOS
     t = variant("gen", {"generation_config.json": {"bos_token_id": 5, "eos_token_id": [7, 8]}})
-    assert (t.bos_id, t.eos_id) == (5, 7)
+    assert (t.bos_id, t.eos_id, t.stop_ids, t.add_bos) == (None, 7, [7, 8], False)
+    t = variant("gen_eos", {"tokenizer_config.json": {"eos_token": "t"}, "generation_config.json": {"eos_token_id": 9}})
+    assert t.stop_ids == [bare.token_to_id("t"), 9]
     with pytest.raises(ValueError, match="not in the tokenizer's vocabulary"):
         variant("bad", {"tokenizer_config.json": {"eos_token": "<|nope|>"}})
 
@@ -129,3 +132,57 @@ def test_sentencepiece(tmp_path):
     assert ids[0].item() == 1 and ids[-1].item() == 2
     assert tokenizer.decode(ids[1:-1]) == "the cat saw the dog"
     assert tokenizer.encode_batch(["the cat", "a dog"]) == [tokenizer.encode(t).tolist() for t in ("the cat", "a dog")]
+
+
+# ---------------------------------------------------------------------------------------------------- BOS / EOS
+LLAMA2 = dict(config={"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True, "add_eos_token": False},
+              post_processor="<s>", generation_config={"bos_token_id": 1, "eos_token_id": 2})
+QWEN2 = dict(config={"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+             generation_config={"bos_token_id": 9, "eos_token_id": [8, 9]})
+LLAMA3 = dict(config={"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, post_processor="<|begin_of_text|>",
+              generation_config={"bos_token_id": 2, "eos_token_id": [3, 4]})
+# a Llama-layout checkpoint whose tokenizer adds no BOS although generation_config names one
+NO_BOS = dict(config={"bos_token": None, "eos_token": "</s>", "add_bos_token": False},
+              generation_config={"bos_token_id": 0, "eos_token_id": 1})
+# tokenizer.json's post-processor is the truth where it disagrees with add_bos_token / add_eos_token (transformers 5
+# bakes those flags into it when it saves the tokenizer)
+OFF = dict(config={"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": False}, post_processor="<s>")
+EOS_TOO = dict(config={"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True, "add_eos_token": True})
+
+
+@pytest.mark.parametrize("family", [LLAMA2, QWEN2, LLAMA3, NO_BOS, OFF, EOS_TOO],
+                         ids=["llama2", "qwen2", "llama3", "no_bos", "add_bos_false", "add_eos"])
+def test_bos_and_eos_follow_the_tokenizer_config_as_transformers_does(tmp_path, family):
+    from hf_tokenizers import auto_tokenizer, make_hf_tokenizer
+
+    directory = make_hf_tokenizer(tmp_path, **family)
+    ours, theirs = Tokenizer(directory), auto_tokenizer(directory)
+    assert (ours.bos_id, ours.eos_id) == (theirs.bos_token_id, theirs.eos_token_id)
+    for text in ["The cat saw the dog.", "Hello, how are you today?", " a", "<|im_start|>user"]:
+        ids = ours.encode(text, bos=ours.add_bos, eos=ours.add_eos).tolist()
+        assert ids == theirs(text)["input_ids"], text
+    generation = family.get("generation_config", {}).get("eos_token_id", [])
+    generation = generation if isinstance(generation, list) else [generation]
+    assert ours.stop_ids == list(dict.fromkeys([ours.eos_id, *generation]))
+
+
+def test_a_text_that_starts_with_bos_gets_no_second_one(tmp_path):
+    from hf_tokenizers import make_hf_tokenizer
+
+    tokenizer = Tokenizer(make_hf_tokenizer(tmp_path, **LLAMA3))
+    once = tokenizer.encode("<|begin_of_text|>The cat", bos=True).tolist()
+    assert once == [tokenizer.bos_id] + tokenizer.encode("The cat").tolist()
+
+
+def test_llm_prompts_start_with_bos_only_when_the_tokenizer_adds_one(tmp_path):
+    from hf_tokenizers import auto_tokenizer, make_hf_tokenizer
+
+    from litgpt.api import LLM
+    from litgpt.config import Config
+    from litgpt.model import GPT
+
+    model = GPT(Config.from_name("debug", n_layer=1, n_embd=16, n_head=2, vocab_size=512, block_size=32))
+    for name, family in (("qwen2", QWEN2), ("no_bos", NO_BOS), ("llama3", LLAMA3)):
+        directory = make_hf_tokenizer(tmp_path / name, **family)
+        llm = LLM(model, tokenizer=Tokenizer(directory))
+        assert llm.encode_prompts(["The cat"])[0].tolist() == auto_tokenizer(directory)("The cat")["input_ids"], name
