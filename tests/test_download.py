@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import torch
 from huggingface_hub import constants
 
 from litgpt.scripts.download import HUB_PROBE_TIMEOUT_S, download, hub_unreachable
@@ -145,7 +146,12 @@ def test_cli_offline_exits_2_with_one_line(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- a local hub
 class FakeHub(BaseHTTPRequestHandler):
-    """Just enough of the hub API for list_repo_files and hf_hub_download of REPO at main."""
+    """Just enough of the hub API for list_repo_files and hf_hub_download of REPO at main, serving `files`."""
+
+    repo: str = REPO
+    files: dict[str, bytes] = FILES
+    requests: list[str] = []
+    tokens: list[str] = []
 
     def log_message(self, *args) -> None:  # keep the test output clean
         pass
@@ -162,13 +168,19 @@ class FakeHub(BaseHTTPRequestHandler):
         path = self.path.split("?")[0]
         if path == "/":
             return self._reply(200)
-        if path == f"/api/models/{REPO}/tree/main":
-            tree = [{"type": "file", "oid": "0" * 40, "size": len(data), "path": name} for name, data in FILES.items()]
+        if "authorization" in self.headers:
+            self.tokens.append(self.headers["authorization"])
+        if path == f"/api/models/{self.repo}/tree/main":
+            self.requests.append(path)
+            tree = [{"type": "file", "oid": "0" * 40, "size": len(data), "path": name}
+                    for name, data in self.files.items()]
             return self._reply(200, json.dumps(tree).encode(), {"Content-Type": "application/json"})
-        prefix = f"/{REPO}/resolve/main/"
-        if path.startswith(prefix) and path[len(prefix):] in FILES:
+        prefix = f"/{self.repo}/resolve/main/"
+        if path.startswith(prefix) and path[len(prefix):] in self.files:
             name = path[len(prefix):]
-            return self._reply(200, FILES[name], {"X-Repo-Commit": COMMIT, "ETag": f'"etag-{name}"'})
+            if self.command == "GET":
+                self.requests.append(path)
+            return self._reply(200, self.files[name], {"X-Repo-Commit": COMMIT, "ETag": f'"etag-{name}"'})
         return self._reply(404, b"{}", {"X-Error-Code": "RepoNotFound"})
 
     do_GET = do_HEAD = _route
@@ -185,8 +197,8 @@ def local_hub(online):
     server.server_close()
 
 
-def test_download_from_a_reachable_hub(local_hub, tmp_path):
-    out_dir = download(REPO, checkpoint_dir=tmp_path)
+def test_tokenizer_only_from_a_reachable_hub(local_hub, tmp_path):
+    out_dir = download(REPO, checkpoint_dir=tmp_path, tokenizer_only=True)
     assert out_dir == tmp_path / REPO
     assert (out_dir / "tokenizer.json").read_bytes() == FILES["tokenizer.json"]
     assert (out_dir / "tokenizer_config.json").read_bytes() == FILES["tokenizer_config.json"]
@@ -198,3 +210,146 @@ def test_missing_repository_is_one_line(local_hub, tmp_path):
                        r"private: pass --access_token\); check the name$"):
         download("nobody/nothing", checkpoint_dir=tmp_path)
     assert not Path(tmp_path / "nobody").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- whole models
+TINY = "tiny-org/tiny-llama"
+
+
+@pytest.fixture
+def hf_model_dir(tmp_path):
+    """A tiny random transformers Llama saved by save_pretrained, with a tokenizer: (the model, its directory)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_tokenizers import make_hf_tokenizer
+    from test_convert_hf_checkpoint import randomize_
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64,
+                         attn_implementation="eager")
+    model = LlamaForCausalLM(config).eval()
+    randomize_(model)
+    hf_dir = tmp_path / "hf"
+    model.save_pretrained(hf_dir)
+    make_hf_tokenizer(hf_dir, {"eos_token": "</s>", "bos_token": "<s>"})
+    return model, hf_dir
+
+
+def assert_logits_equal(hf_model, checkpoint_dir: Path) -> None:
+    from litgpt.checkpoint import load_checkpoint
+
+    model = load_checkpoint(checkpoint_dir).eval()
+    idx = torch.randint(0, 96, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), hf_model(idx).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture
+def model_hub(online, hf_model_dir):
+    """The tiny Llama as the hub's TINY, beside files the download must leave: a .bin copy of the weights, a README
+    and a subfolder's checkpoint. Yields (the HF model, the handler class: its requests and tokens)."""
+    hf_model, hf_dir = hf_model_dir
+    files = {p.name: p.read_bytes() for p in hf_dir.iterdir() if p.is_file()}
+    files.update({"pytorch_model.bin": b"not fetched", "README.md": b"# tiny", "original/consolidated.pth": b"x"})
+    handler = type("TinyHub", (FakeHub,), {"repo": TINY, "files": files, "requests": [], "tokens": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs=dict(poll_interval=0.05), daemon=True)
+    thread.start()
+    online.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    online.delenv("HF_TOKEN", raising=False)
+    yield hf_model, handler
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_fetches_the_model_and_converts_it(model_hub, tmp_path, capsys):
+    hf_model, hub = model_hub
+    out_dir = download(TINY, checkpoint_dir=tmp_path / "checkpoints")
+    assert out_dir == tmp_path / "checkpoints" / TINY
+    fetched = sorted(path.rsplit("/", 1)[-1] for path in hub.requests if "/resolve/" in path)
+    assert fetched == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                       "tokenizer_config.json"]
+    assert {"lit_model.pth", "model_config.yaml", "tokenizer.json", "tokenizer_config.json"} <= {
+        p.name for p in out_dir.iterdir()}
+    assert_logits_equal(hf_model, out_dir)
+    from litgpt.config import Config
+
+    assert Config.from_file(out_dir / "model_config.yaml").name == "tiny-llama"  # not a named config: the repo's name
+    assert f"litgpt generate {TINY}" in capsys.readouterr().out
+    assert hub.tokens == []
+
+
+def test_access_token_and_model_name_and_no_conversion(model_hub, tmp_path):
+    _, hub = model_hub
+    out_dir = download(TINY, checkpoint_dir=tmp_path, access_token="hf_secret", convert_checkpoint=False)
+    assert hub.tokens and set(hub.tokens) == {"Bearer hf_secret"}
+    assert (out_dir / "model.safetensors").is_file() and not (out_dir / "lit_model.pth").exists()
+    # the same files again (already there), converted and named
+    out_dir = download(TINY, checkpoint_dir=tmp_path, model_name="my-llama")
+    from litgpt.config import Config
+
+    assert Config.from_file(out_dir / "model_config.yaml").name == "my-llama"
+
+
+def test_hf_token_environment_variable_and_tokenizer_only(model_hub, online, tmp_path):
+    _, hub = model_hub
+    online.setenv("HF_TOKEN", "hf_from_env")
+    download(TINY, checkpoint_dir=tmp_path, tokenizer_only=True)
+    assert set(hub.tokens) == {"Bearer hf_from_env"}
+    assert sorted(p.name for p in (tmp_path / TINY).iterdir() if p.is_file()) == [
+        "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
+
+
+def test_source_dir_converts_offline(online, hf_model_dir, tmp_path, connections):
+    hf_model, hf_dir = hf_model_dir
+    online.setenv("HF_ENDPOINT", UNREACHABLE)
+    online.setenv("HF_HUB_OFFLINE", "1")
+    (hf_dir / "README.md").write_text("not taken")
+    out_dir = download(TINY, checkpoint_dir=tmp_path / "checkpoints", source_dir=hf_dir)
+    assert connections == []
+    assert not (out_dir / "README.md").exists()
+    assert_logits_equal(hf_model, out_dir)
+    assert (hf_dir / "config.json").read_bytes() == (out_dir / "config.json").read_bytes()
+    assert not (hf_dir / "lit_model.pth").exists()  # the source directory is left as it was
+
+
+def test_cli_list_prints_named_models(capsys):
+    from litgpt.__main__ import main
+    from litgpt.config import Config
+
+    main(["download", "list"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "EleutherAI/pythia-160m  pythia-160m" in [" ".join(line.split()).replace(" ", "  ", 1) for line in lines]
+    pairs = {tuple(line.split()) for line in lines[1:]}
+    named = {(f"{c.hf_config['org']}/{c.hf_config['name']}", c.name)
+             for c in map(Config.from_name, Config.names()) if c.hf_config and c.name == c.hf_config.get("name")}
+    assert named <= pairs
+    assert not any(name.endswith(("-gqa", "-mla")) for _, name in pairs)  # variants are not the hub's models
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["not-a-repo-id"], "'not-a-repo-id' is not a hub repository id ORG/NAME (e.g. EleutherAI/pythia-160m); run "
+                            "`litgpt download list` for the named models"),
+        ([TINY, "--source_dir", "/nonexistent/hf"], "--source_dir '/nonexistent/hf' is not a directory"),
+        ([TINY, "--dtype", "int8"], "--dtype must name a torch floating point type"),
+    ],
+)
+def test_cli_bad_input_is_one_line(args, message, capsys, tmp_path):
+    from litgpt.__main__ import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["download", *args, "--checkpoint_dir", str(tmp_path)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_source_dir_without_weights_is_one_line(tmp_path):
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=rf"^{TINY} has no \*.safetensors or pytorch_model\*.bin weights at its top "
+                       r"level \(in --source_dir .*\); pass --tokenizer_only true"):
+        download(TINY, checkpoint_dir=tmp_path / "c", source_dir=tmp_path / "hf")
