@@ -29,9 +29,13 @@ MOE_DEFAULTS: dict[str, Any] = dict(
     norm_topk_prob=False, moe_scoring=None, moe_layer_freq=1, moe_bias_update_rate=0.0, moe_aux_loss=None,
     moe_aux_loss_weight=0.0,
 )
-# Our fields that upstream litgpt's Config does not have: `save` leaves them out of model_config.yaml while they hold
-# their "no MoE" value, so the yaml of every dense model stays loadable by upstream litgpt.
-LITGPT_ONLY_FIELDS = ("moe_scoring", "moe_layer_freq", "moe_bias_update_rate", "moe_aux_loss", "moe_aux_loss_weight")
+# Our fields that upstream litgpt's Config does not have: `save` leaves each out of model_config.yaml while it means
+# what upstream litgpt assumes without it (`upstream_implied`): no MoE extras, scoring as upstream derives it from
+# n_expert_groups, every layer past first_k_dense_replace MoE, untied embeddings. So the yaml of every dense model
+# and of every MoE model upstream can express stays loadable by upstream litgpt, which rejects unknown keys.
+LITGPT_ONLY_FIELDS = (
+    "moe_scoring", "moe_layer_freq", "moe_bias_update_rate", "moe_aux_loss", "moe_aux_loss_weight", "tie_embeddings"
+)
 # rope_adjustments (upstream litgpt's name and keys): YaRN, as DeepSeek defines it. Required keys, then the optional
 # ones with their defaults (DeepSeek's: mscale 1, mscale_all_dim 0, truncated correction range).
 YARN_REQUIRED_KEYS = ("factor", "original_max_seq_len", "beta_fast", "beta_slow")
@@ -122,6 +126,8 @@ class Config:
     moe_bias_update_rate: float = 0.0  # DeepSeek-V3's auxiliary-loss-free balancing step size (sigmoid scoring)
     moe_aux_loss: Optional[Literal["switch", "sequence"]] = None  # MOE_AUX_LOSSES
     moe_aux_loss_weight: float = 0.0
+    # lm_head's weight is the embedding's Parameter (Llama 3.2, Qwen2.5-0.5B, SmolLM2); state dicts keep both keys
+    tie_embeddings: bool = False
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -225,6 +231,10 @@ class Config:
             raise ValueError("rope_base and rope_condense_ratio must be positive")
         if self.norm_eps <= 0:
             raise ValueError(f"norm_eps must be positive, got {self.norm_eps}")
+        if not isinstance(self.tie_embeddings, bool):
+            raise ValueError(f"tie_embeddings must be true or false, got {self.tie_embeddings!r}")
+        if self.tie_embeddings and self.lm_head_bias:
+            raise ValueError("tie_embeddings=True shares the embedding as lm_head's weight; set lm_head_bias=False")
         if self.shared_attention_norm and not self.parallel_residual:
             raise ValueError("shared_attention_norm=True requires parallel_residual=True")
         if self.latent_attention is None:
@@ -473,11 +483,20 @@ class Config:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def upstream_implied(self) -> dict[str, Any]:
+        """For each of `LITGPT_ONLY_FIELDS`, the value upstream litgpt assumes for this config without the field:
+        the "no MoE" defaults, but moe_scoring as upstream derives it (grouped experts: sigmoid, else top-k softmax)."""
+        implied = {k: MOE_DEFAULTS[k] for k in LITGPT_ONLY_FIELDS if k in MOE_DEFAULTS}
+        implied["tie_embeddings"] = False
+        if self.mlp_class_name == "LLaMAMoE":
+            implied["moe_scoring"] = "sigmoid" if self.n_expert_groups else "topk_softmax"
+        return implied
+
     def save(self, path: Union[str, Path]) -> None:
-        """Write as yaml (the `model_config.yaml` format), without our own fields where they hold their "no MoE"
-        value (`LITGPT_ONLY_FIELDS`): upstream litgpt rejects keys it does not know."""
-        data = {k: v for k, v in self.to_dict().items()
-                if not (k in LITGPT_ONLY_FIELDS and _same_value(v, MOE_DEFAULTS[k]))}
+        """Write as yaml (the `model_config.yaml` format), without our own fields where they mean what upstream
+        litgpt assumes without them (`upstream_implied`): upstream litgpt rejects keys it does not know."""
+        implied = self.upstream_implied()
+        data = {k: v for k, v in self.to_dict().items() if not (k in implied and _same_value(v, implied[k]))}
         with open(path, "w", encoding="utf-8") as f:
             yaml.safe_dump(data, f, sort_keys=False)
 

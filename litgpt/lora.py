@@ -311,6 +311,9 @@ def apply_lora(model: GPT, spec: LoRASpec) -> None:
     model = _gpt(model)
     if is_lora(model):
         raise ValueError("apply_lora: the model has LoRA layers already; apply LoRA once, to a plain model")
+    if spec.head and model.config.tie_embeddings:
+        raise ValueError("apply_lora: the LM head of a tie_embeddings model is the embedding, so merging its update "
+                         "would change the embedding too; leave the head out of the LoRA targets")
     for block in model.transformer.h:
         for name, rows in attention_targets(block.attn, spec):
             _wrap(block.attn, name, spec, rows)

@@ -36,11 +36,28 @@ class GPT(nn.Module):
                 ln_f=build_norm(config, config.n_embd),
             )
         )
+        if config.tie_embeddings:  # one Parameter: lm_head.weight stays in state dicts, as upstream litgpt expects
+            self.tie_embeddings()
+            self.register_load_state_dict_pre_hook(_check_tied_weights)
+            self.register_load_state_dict_post_hook(lambda module, incompatible: module.tie_embeddings())
         if config.moe_layers:  # stacked experts inside, upstream litgpt's per-expert keys in the state dict
             self.register_state_dict_post_hook(split_expert_keys)
             self.register_load_state_dict_pre_hook(stack_expert_keys)
         self._max_seq_length = 0
         self.max_seq_length = config.block_size
+
+    def tie_embeddings(self) -> None:
+        """Make lm_head's weight the embedding's Parameter (again): after `to`/`to_empty` and an `assign=True`
+        load, which give each module its own Parameter. The head may be wrapped (LoRA's `linear`)."""
+        head = getattr(self.lm_head, "linear", self.lm_head)
+        if isinstance(head, nn.Linear) and head.weight is not self.transformer.wte.weight:
+            head.weight = self.transformer.wte.weight
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "GPT":
+        out = super()._apply(fn, *args, **kwargs)
+        if self.config.tie_embeddings:
+            self.tie_embeddings()
+        return out
 
     @classmethod
     def from_name(cls, name: str, **kwargs: Any) -> "GPT":
@@ -182,6 +199,19 @@ class GPT(nn.Module):
     def kv_cache_bytes(self) -> int:
         """Bytes held by all layers' KV caches (0 when none is set)."""
         return sum(block.attn.kv_cache_bytes() for block in self.transformer.h)
+
+
+def _check_tied_weights(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """A tied model loads one embedding: a state dict whose lm_head.weight differs from transformer.wte.weight
+    would silently keep only one of them."""
+    wte, head = state_dict.get(f"{prefix}transformer.wte.weight"), state_dict.get(f"{prefix}lm_head.weight")
+    if wte is None or head is None or head is wte or wte.device.type == "meta" or head.device.type == "meta":
+        return
+    if wte.shape != head.shape or not torch.equal(wte, head.to(wte.dtype)):
+        raise ValueError(
+            "tie_embeddings=True but the state dict's lm_head.weight differs from transformer.wte.weight; load it "
+            "into a model with tie_embeddings=False (model_config.yaml) to keep both"
+        )
 
 
 class Block(nn.Module):

@@ -256,3 +256,27 @@ def test_an_mla_latent_that_outgrows_mha_warns_with_the_cache_bytes_and_the_fix(
             Config.from_name(name)
         Config.from_name("debug-mla", latent_attention={**latent, "kv_lora_rank": 64})  # = n_embd: fine
 
+
+
+def test_saved_yaml_writes_our_fields_only_where_upstream_would_read_them_otherwise(tmp_path):
+    """moe_scoring is left out where upstream litgpt derives the same (grouped experts: sigmoid, else top-k softmax)
+    and written where it differs (DeepSeek-V2's softmax); tie_embeddings only when true."""
+    import yaml
+
+    upstream = dict(mlp_class_name="LLaMAMoE", intermediate_size=64, n_expert=8, n_expert_per_token=2)
+    cases = [
+        (Config.from_name("debug", **upstream), {}),  # topk_softmax, as upstream derives without groups
+        (Config.from_name("debug", **upstream, n_expert_groups=4, n_topk_groups=2), {}),  # sigmoid, as upstream
+        (Config.from_name("debug", **upstream, moe_scoring="softmax"), {"moe_scoring": "softmax"}),
+        (Config.from_name("debug", **upstream, moe_scoring="sigmoid"), {"moe_scoring": "sigmoid"}),
+        (Config.from_name("debug", **upstream, moe_layer_freq=2), {"moe_layer_freq": 2}),
+        (Config.from_name("debug", tie_embeddings=True), {"tie_embeddings": True}),
+        (Config.from_name("debug"), {}),
+    ]
+    from litgpt.config import LITGPT_ONLY_FIELDS
+
+    for i, (config, ours) in enumerate(cases):
+        config.save(tmp_path / f"{i}.yaml")
+        saved = yaml.safe_load((tmp_path / f"{i}.yaml").read_text())
+        assert {k: v for k, v in saved.items() if k in LITGPT_ONLY_FIELDS} == ours, i
+        assert Config.from_file(tmp_path / f"{i}.yaml") == config

@@ -185,3 +185,67 @@ def test_scale_embeddings_logits_match_transformers_gemma(tmp_path):
         expected = gemma(idx).logits
         torch.testing.assert_close(model(idx)[..., :96], expected, atol=1e-5, rtol=1e-5)
         assert (converted.eval()(idx)[..., :96] - expected).abs().max() > 0.1  # the scale matters here
+
+
+# ------------------------------------------------------------------------------------------------ tied embeddings
+def test_tied_embeddings_share_one_parameter_through_moves_loads_and_training(tmp_path):
+    """tie_embeddings: lm_head.weight is the embedding's Parameter (counted once), state dicts still hold both keys
+    (upstream litgpt's layout), and the tie survives to_empty, a dtype move, an assign=True load and a training step."""
+    from litgpt.checkpoint import load_checkpoint, save_config
+
+    config = Config.from_name("debug", tie_embeddings=True)
+    untied = sum(p.numel() for p in GPT(Config.from_name("debug")).parameters())
+    model = GPT(config)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert sum(p.numel() for p in model.parameters()) == untied - 1024 * 64  # padded_vocab_size x n_embd fewer
+    state = model.state_dict()
+    assert state["lm_head.weight"].data_ptr() == state["transformer.wte.weight"].data_ptr()  # one storage
+    with torch.device("meta"):
+        meta = GPT(config)
+    meta.to_empty(device="cpu")
+    assert meta.lm_head.weight is meta.transformer.wte.weight
+    meta.load_state_dict(state, assign=True)
+    assert meta.lm_head.weight is meta.transformer.wte.weight
+    assert model.to(torch.float64).lm_head.weight is model.transformer.wte.weight
+    model = model.float()
+    idx = torch.randint(0, 1000, (2, 8))
+    loss = model(idx, targets=idx)
+    loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= 0.1 * p.grad
+    assert model.lm_head.weight is model.transformer.wte.weight
+    torch.save(model.state_dict(), tmp_path / "lit_model.pth")
+    save_config(config, tmp_path)
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    torch.testing.assert_close(loaded(idx), model(idx))
+    bad = {**state, "lm_head.weight": state["lm_head.weight"] + 1}
+    with pytest.raises(ValueError, match="lm_head.weight differs from transformer.wte.weight"):
+        GPT(config).load_state_dict(bad)
+
+
+def test_tied_mla_model_folds_for_decode_and_refuses_a_lora_head():
+    """Folded decode of a tied MLA model gives its unfolded cached logits; LoRA on its head (which would move the
+    embedding when merged) is refused, LoRA elsewhere keeps the tie."""
+    from litgpt.fold import fold_for_decode
+    from litgpt.lora import LoRASpec, apply_lora
+
+    torch.manual_seed(0)
+    model = GPT(Config.from_name("debug-mla", block_size=32, tie_embeddings=True)).to(torch.float64).eval()
+    prompt, step = torch.randint(0, 1000, (1, 5)), torch.randint(0, 1000, (1, 1))
+    with torch.no_grad():
+        model.set_kv_cache(batch_size=1)
+        model(prompt, input_pos=torch.arange(5))
+        plain = model(step, input_pos=torch.tensor([5]))
+        fold_for_decode(model)
+        model.set_kv_cache(batch_size=1)
+        model(prompt, input_pos=torch.arange(5))
+        folded = model(step, input_pos=torch.tensor([5]))
+    assert (plain - folded).abs().max().item() < 1e-9 * plain.abs().max().item()
+    lora_model = GPT(Config.from_name("debug", tie_embeddings=True))
+    with pytest.raises(ValueError, match="leave the head out of the LoRA targets"):
+        apply_lora(lora_model, LoRASpec(head=True))
+    assert not any("lora" in n for n, _ in lora_model.named_parameters())  # refused before any layer was wrapped
+    apply_lora(lora_model, LoRASpec())
+    assert lora_model.lm_head.weight is lora_model.transformer.wte.weight
