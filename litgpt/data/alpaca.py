@@ -26,7 +26,9 @@ class Alpaca(SFTDataModule):
     Args:
         mask_prompt: give the prompt's tokens no loss weight, so only the response is learned.
         val_split_fraction: fraction of the records held out for validation (0.03865: about 2,000).
-        prompt_style: how instruction and input are framed: alpaca, plain or default (see litgpt.prompts).
+        prompt_style: how instruction and input are framed: alpaca, plain or default (see litgpt.prompts), or
+            chat_template (the base checkpoint's own chat template: user turn instruction + input, assistant turn
+            output).
         ignore_index: the label of positions that carry no loss weight (a masked prompt, padding).
         seed: seed of the validation hold-out.
         loader_workers: DataLoader worker processes (0: in the training process; the samples are in memory).

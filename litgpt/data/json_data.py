@@ -21,8 +21,9 @@ class JSON(SFTDataModule):
         mask_prompt: give the prompt's tokens no loss weight, so only the response is learned.
         val_split_fraction: fraction of the records held out for validation when json_path is a file (required
             then; a directory brings its own val file).
-        prompt_style: how instruction and input are framed: alpaca, plain or default (see litgpt.prompts); saved
-            with the fine-tuned checkpoint for `litgpt generate` and `litgpt chat`.
+        prompt_style: how instruction and input are framed: alpaca, plain or default (see litgpt.prompts), or
+            chat_template (the base checkpoint's own chat template: user turn instruction + input, assistant turn
+            output); saved with the fine-tuned checkpoint for `litgpt generate` and `litgpt chat`.
         ignore_index: the label of positions that carry no loss weight (a masked prompt, padding).
         seed: seed of the validation hold-out.
         loader_workers: DataLoader worker processes (0: in the training process; the samples are in memory).

@@ -8,6 +8,12 @@ model sees at generation what it saw in training. `pad_collate` right-pads a bat
 with 0, labels with `ignore_index`), so padding carries no loss weight and, being after the real tokens, changes
 nothing a causal model computes for them.
 
+With `prompt_style` `chat_template` (the base checkpoint's own chat template) a sample is the template's rendering
+of the conversation [user: instruction (and input after a blank line), assistant: output], tokenized as transformers'
+`apply_chat_template` tokenizes it (the template writes its own BOS and end-of-turn tokens; no EOS is appended), and
+the prompt is the rendering of the user turn with the generation prompt: what `litgpt generate` and `litgpt chat`
+feed the fine-tuned model.
+
 `SFTDataModule` is the base of `JSON` and `Alpaca`, with the call order of the pretraining data modules (`connect`
 -> `prepare_data` -> `setup` -> `train_dataset` / `val_dataset`) plus `collate_fn`; it stays a plain class so that
 `--data JSON` / `class_path` selects among its dataclass subclasses.
@@ -27,7 +33,7 @@ from torch.utils.data import Dataset
 
 from litgpt.data.base import not_utf8
 from litgpt.loss import IGNORE_INDEX
-from litgpt.prompts import PromptStyle, prompt_styles, prompt_uses_bos
+from litgpt.prompts import CHAT_TEMPLATE, ChatTemplate, PromptStyle, load_prompt_style, prompt_uses_bos, style_names
 from litgpt.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -117,13 +123,21 @@ class SFTDataset(Dataset):
         if tokenizer.eos_id is None:
             raise ValueError(f"the tokenizer in {tokenizer.checkpoint_dir} has no EOS token to end each response; "
                              "set eos_token in its tokenizer_config.json")
-        bos = [tokenizer.bos_id] if prompt_uses_bos(tokenizer) else []
+        bos = [tokenizer.bos_id] if prompt_uses_bos(tokenizer, prompt_style) else []
         prompts = tokenizer.encode_batch([prompt_style.apply(r["instruction"], r["input"]) for r in records])
+        if isinstance(prompt_style, ChatTemplate):
+            conversations = tokenizer.encode_batch([_render_record(prompt_style, r) for r in records])
+        else:
+            conversations = [None] * len(records)
         responses = tokenizer.encode_batch([r["output"] for r in records])
         self.samples: list[tuple[torch.Tensor, int]] = []  # (ids (L,), prompt length)
-        for prompt, response in zip(prompts, responses):
-            prompt = bos + prompt
-            ids = (prompt + response + [tokenizer.eos_id])[:max_seq_length]
+        for prompt, response, conversation in zip(prompts, responses, conversations):
+            if bos and not (prompt and prompt[0] == bos[0]):
+                prompt = bos + prompt
+            if conversation is not None and conversation[: len(prompt)] == prompt:
+                ids = conversation[:max_seq_length]  # the template closes the assistant turn itself
+            else:
+                ids = (prompt + response + [tokenizer.eos_id])[:max_seq_length]
             if len(ids) < 2 or (mask_prompt and len(prompt) >= len(ids)):
                 continue  # no target left, or every target would be ignored
             self.samples.append((torch.tensor(ids, dtype=torch.int64), len(prompt)))
@@ -146,6 +160,14 @@ class SFTDataset(Dataset):
         if self.mask_prompt:
             labels[:prompt_length] = self.ignore_index
         return {"input_ids": ids, "labels": labels}
+
+
+def _render_record(style: ChatTemplate, record: dict[str, str]) -> str:
+    """The chat template's text of a record: the user turn (instruction, then input after a blank line) and the
+    assistant turn (output)."""
+    content = f"{record['instruction']}\n\n{record['input']}" if record["input"] else record["instruction"]
+    return style.render([{"role": "user", "content": content}, {"role": "assistant", "content": record["output"]}],
+                        add_generation_prompt=False)
 
 
 def pad_collate(samples: list[dict[str, torch.Tensor]], ignore_index: int = DEFAULT_IGNORE_INDEX) -> dict[str, Any]:
@@ -215,7 +237,12 @@ class SFTDataModule:
 
     @property
     def style(self) -> PromptStyle:
-        """The prompt style the samples are framed with (saved with the fine-tuned checkpoint)."""
+        """The prompt style the samples are framed with (saved with the fine-tuned checkpoint); `chat_template` is
+        the connected tokenizer's checkpoint's template."""
+        if self.prompt_style == CHAT_TEMPLATE:
+            if self.tokenizer is None:
+                raise RuntimeError(f"call {type(self).__name__}.connect(tokenizer, ...) before reading its chat template")
+            return load_prompt_style(self.tokenizer.checkpoint_dir, CHAT_TEMPLATE)
         return PromptStyle.from_name(self.prompt_style)
 
     @property
@@ -238,8 +265,8 @@ class SFTDataModule:
     def _check_fields(self) -> None:
         """For a subclass's `__post_init__`: one-line errors for bad field values."""
         name = type(self).__name__
-        if self.prompt_style not in prompt_styles:
-            raise ValueError(f"{name}: unknown prompt_style {self.prompt_style!r}; choose one of {sorted(prompt_styles)}")
+        if self.prompt_style not in style_names():
+            raise ValueError(f"{name}: unknown prompt_style {self.prompt_style!r}; choose one of {style_names()}")
         if isinstance(self.ignore_index, bool) or not isinstance(self.ignore_index, int) or self.ignore_index >= 0:
             raise ValueError(f"{name}: ignore_index must be a negative integer (never a token id), got "
                              f"{self.ignore_index!r}")

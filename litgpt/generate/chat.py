@@ -2,7 +2,10 @@
 
 Each turn prefills only the new text (the user's message, framed by the prompt style, after the last token of the
 previous reply) at the positions after the conversation so far, then decodes with the same static step as
-`litgpt generate`. When the context is full the conversation starts over. EOF or an empty line ends the session.
+`litgpt generate`. With a checkpoint's chat template the whole conversation is rendered each turn and only the
+tokens after the cached ones are fed; when the rendering no longer starts with what the cache holds (a template
+that rewrites earlier turns), the conversation is prefilled again from the start. When the context is full the
+conversation starts over. EOF or an empty line ends the session.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 from litgpt.api import LLM
 from litgpt.generate.base import SamplingParams, resolve_device
 from litgpt.generate.session import decode_mode
+from litgpt.prompts import ChatTemplate
 from litgpt.utils import warn_compile_on_cpu
 
 
@@ -35,6 +39,10 @@ class Conversation:
         self.stop_tokens = llm.prompt_style.stop_tokens(llm.tokenizer)
         self.position = 0
         self.pending: list[int] = []
+        # with a chat template: the messages so far and the ids the cache holds (`position` of them)
+        self.template = llm.prompt_style if isinstance(llm.prompt_style, ChatTemplate) else None
+        self.messages: list[dict[str, str]] = []
+        self.cached: list[int] = []
         self.first_token_s = 0.0
         self.prepare_s = 0.0
 
@@ -42,6 +50,8 @@ class Conversation:
         """Stream the reply to `message` to `out`; returns its ids and the seconds it took (`first_token_s`: the
         seconds to its first token; `prepare_s`: those the decode step spent on its compile/capture, on the first
         turn that decodes)."""
+        if self.template is not None:
+            return self._reply_templated(message, max_new_tokens, out)
         new_ids = self.llm.encode_prompts([message])[0].tolist()
         if len(new_ids) + max_new_tokens > self.cache_len:
             raise ValueError(
@@ -62,6 +72,43 @@ class Conversation:
         # the cache now holds the message and every reply token but the last, which opens the next turn
         self.position += len(ids) + len(taken) - 1
         self.pending = taken[-1:]
+        self.prepare_s = self.session.step.prepare_s - captured_before
+        return kept, time.perf_counter() - t0
+
+    def _render(self, messages: list[dict[str, str]]) -> list[int]:
+        return self.llm.tokenizer.encode(self.template.render(messages)).tolist()
+
+    def _reply_templated(self, message: str, max_new_tokens: int, out: TextIO) -> tuple[list[int], float]:
+        """`reply` with the chat template: render the conversation with the new message; feed what follows the
+        cached ids (all of it when the rendering changed what the cache holds, or when the context is full: then
+        the conversation starts over from the system message, if any, and this message)."""
+        messages = self.messages + [{"role": "user", "content": message}]
+        full = self._render(messages)
+        if full[: self.position] != self.cached:
+            self.position, self.cached = 0, []
+        if len(full) + max_new_tokens > self.cache_len:
+            system = [m for m in self.messages[:1] if m["role"] == "system"]
+            messages = system + [{"role": "user", "content": message}]
+            full = self._render(messages)
+            if len(full) + max_new_tokens > self.cache_len:
+                raise ValueError(
+                    f"message ({len(full)} tokens with the chat template) + max_new_tokens ({max_new_tokens}) exceeds "
+                    f"the context of {self.cache_len} tokens; send a shorter message or lower --max_new_tokens"
+                )
+            sys.stderr.write(f"[context full ({self.cache_len} tokens): starting a new conversation; a lower "
+                             "--max_new_tokens leaves room for more turns]\n")
+            self.position, self.cached = 0, []
+        ids = full[self.position :]
+        t0 = time.perf_counter()
+        captured_before = self.session.step.prepare_s
+        kept, taken, self.first_token_s = self.session.stream(
+            torch.tensor(ids, dtype=torch.int64), max_new_tokens, self.llm.tokenizer, self.stop_tokens, out,
+            self.position,
+        )
+        # the cache holds the rendered conversation and every reply token but the last
+        self.cached = full + taken[:-1]
+        self.position = len(self.cached)
+        self.messages = messages + [{"role": "assistant", "content": self.llm.tokenizer.decode(kept)}]
         self.prepare_s = self.session.step.prepare_s - captured_before
         return kept, time.perf_counter() - t0
 
@@ -102,7 +149,8 @@ def main(
         compile: compile the decode step (true), or not (false); default: by max_new_tokens (on CUDA, a CUDA graph
             of the eager step for short replies, the compiled step for long ones; on the CPU, eager).
         kernels: on CUDA, decode with the Triton kernels of `litgpt.kernels` (false: pure torch). No effect on CPU.
-        prompt_style: how messages are framed (default: the checkpoint's prompt_style.yaml, else plain text).
+        prompt_style: how messages are framed (default: the checkpoint's prompt_style.yaml, else its chat
+            template, else plain text; chat_template: the checkpoint's chat template).
     """
     params = SamplingParams(temperature, top_k, top_p)
     if max_new_tokens is not None and max_new_tokens < 1:
