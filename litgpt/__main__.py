@@ -392,6 +392,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     """Run the command argv names (default: sys.argv[1:]); returns its subcommand words (`["benchmark", "decode"]`)."""
     from jsonargparse import CLI
 
+    from litgpt.hub import resolve_checkpoint_options
+
     argv = sys.argv[1:] if argv is None else list(argv)
     parser_class = one_line_error_parser("litgpt")
     parser_class.command_line = argv
@@ -400,7 +402,8 @@ def main(argv: list[str] | None = None) -> list[str]:
         words, fn, rest = resolve_command(table, argv)
         if fn is not None:
             check_options(words, fn, rest)
-            argv = words + expand_mappings(fn, qualify_optimizer_names(fn, first_positional(fn, rest)))
+            args = resolve_checkpoint_options(words, list(inspect.signature(fn).parameters), first_positional(fn, rest))
+            argv = words + expand_mappings(fn, qualify_optimizer_names(fn, args))
         CLI(command_subtable(table, words, fn), args=argv, parser_class=parser_class, as_positional=False)
     return words
 

@@ -17,6 +17,7 @@ from litgpt.checkpoint import load_checkpoint, missing_weights_message
 from litgpt.config import Config
 from litgpt.generate.base import SamplingParams, check_lengths, peak_memory_bytes, resolve_device, resolve_dtype
 from litgpt.generate.session import DecodeSession, decode_mode
+from litgpt.hub import resolve_checkpoint_dir
 from litgpt.kernels._triton import start_warm_up
 from litgpt.model import GPT
 from litgpt.prompts import PromptStyle, load_prompt_style, prompt_uses_bos
@@ -62,7 +63,7 @@ class LLM:
         device: "auto" (CUDA when available), "cpu", "cuda"...; precision: 32-true, bf16-true, 16-true, 64-true
         (default bf16 on CUDA, else float32); prompt_style: a name from `litgpt.prompts.prompt_styles`.
         """
-        checkpoint_dir = Path(checkpoint_dir)
+        checkpoint_dir = resolve_checkpoint_dir(checkpoint_dir, option=None)  # ORG/NAME: checkpoints/ORG/NAME
         if not checkpoint_dir.is_dir():
             raise FileNotFoundError(
                 f"checkpoint directory {str(checkpoint_dir)!r} does not exist; point at a directory written by "

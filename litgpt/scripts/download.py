@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import re
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Optional
 
+from litgpt.hub import is_repo_id
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
                    "generation_config.json")
 MODEL_FILES = ("config.json", "generation_config.json")  # besides the tokenizer files and the weights
 WEIGHT_INDEXES = {".safetensors": "model.safetensors.index.json", ".bin": "pytorch_model.bin.index.json"}
-REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # ORG/NAME, as the hub spells repository ids
 DOWNLOAD_WORKERS = 8  # files fetched at once (a sharded checkpoint's shards)
 HUB_PROBE_TIMEOUT_S = 5.0  # one request; an offline machine fails it at once (no DNS, refused connection)
 OFFLINE_FIX = (
@@ -95,11 +95,6 @@ def hub_unreachable(endpoint: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> Opti
 def _first_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
-
-
-def is_repo_id(text: str) -> bool:
-    """Whether `text` is spelled as a hub repository id, ORG/NAME (two parts, not `.` or `..`)."""
-    return bool(REPO_ID.fullmatch(text)) and not any(part in (".", "..") for part in text.split("/"))
 
 
 def named_models() -> dict[str, str]:
