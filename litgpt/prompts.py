@@ -2,10 +2,15 @@
 
 A base model (everything `litgpt pretrain` writes) sees the text as it is: the `default` style. Fine-tuning data
 frames each instruction (and its optional input) with a style too, `alpaca` or `plain`, and `litgpt finetune_*`
-save that style with the checkpoint, so generation frames prompts exactly as training did. A checkpoint names its
-style in `prompt_style.yaml` (`name: alpaca`, or upstream litgpt's `class_path: litgpt.prompts.Alpaca` layout);
-`litgpt generate/chat --prompt_style NAME` overrides it. New styles subclass `PromptStyle` and are added to
-`prompt_styles`.
+save that style with the checkpoint, so generation frames prompts exactly as training did.
+
+A checkpoint names its style in `prompt_style.yaml`: `name: alpaca`, or upstream litgpt's layout `class_path:
+litgpt.prompts.Llama3` (the model families upstream litgpt names: Llama2, Llama3, ChatML, Qwen2_5, SmolLM2, Phi3,
+Gemma, TinyLlama, CodeLlama for Mistral, ...; `save_prompt_style` writes both keys). Without that file a
+checkpoint's own chat template (tokenizer_config.json's `chat_template`, or chat_template.jinja) frames messages:
+`ChatTemplate` renders it with jinja2 as transformers' `apply_chat_template` does. `litgpt generate/chat
+--prompt_style NAME` overrides both (`chat_template`: the checkpoint's template). New styles subclass `PromptStyle`
+and are added to `prompt_styles`.
 """
 
 from __future__ import annotations
@@ -56,9 +61,11 @@ class PromptStyle:
             return cls.from_name("default")
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
-        name: Optional[str] = data.get("name") if isinstance(data, dict) else None
-        if name is None and isinstance(data, dict) and isinstance(data.get("class_path"), str):
-            name = data["class_path"].rsplit(".", 1)[-1].lower()
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} is not a mapping; write `name: default` or `class_path: litgpt.prompts.Default`")
+        name = data.get("name")
+        if name is None and isinstance(data.get("class_path"), str):
+            return _from_class_path(data["class_path"], path)
         if name is None:
             raise ValueError(f"{path} names no prompt style; write `name: default` (or delete the file)")
         if name == CHAT_TEMPLATE:
@@ -71,8 +78,18 @@ class PromptStyle:
         return prompt_styles[name]()
 
     def save(self, checkpoint_dir: Union[str, Path]) -> None:
+        """Write `checkpoint_dir/prompt_style.yaml`: the style's `name` and, for the styles upstream litgpt has too,
+        its `class_path` (`litgpt.prompts.Llama3`), which upstream litgpt reads."""
+        data = {"name": self.name}
+        class_name = "Default" if type(self) is PromptStyle else type(self).__name__
+        if class_name in upstream_class_names():
+            data["class_path"] = f"litgpt.prompts.{class_name}"
         with open(Path(checkpoint_dir) / "prompt_style.yaml", "w", encoding="utf-8") as f:
-            yaml.safe_dump({"name": self.name}, f)
+            yaml.safe_dump(data, f, sort_keys=False)
+
+
+class Default(PromptStyle):
+    """The prompt as it is (upstream litgpt's `Default`)."""
 
 
 class Alpaca(PromptStyle):
@@ -80,17 +97,18 @@ class Alpaca(PromptStyle):
 
     name = "alpaca"
 
-    def apply(self, prompt: str, input: str = "") -> str:
+    def apply(self, prompt: str, input: str = "", *, sys_prompt: Optional[str] = None) -> str:
         if input:
-            return (
+            system = sys_prompt or (
                 "Below is an instruction that describes a task, paired with an input that provides further context. "
                 "Write a response that appropriately completes the request.\n\n"
-                f"### Instruction:\n{prompt}\n\n### Input:\n{input}\n\n### Response:\n"
             )
-        return (
+            return f"{system}### Instruction:\n{prompt}\n\n### Input:\n{input}\n\n### Response:\n"
+        system = sys_prompt or (
             "Below is an instruction that describes a task. Write a response that appropriately completes the "
-            f"request.\n\n### Instruction:\n{prompt}\n\n### Response:\n"
+            "request.\n\n"
         )
+        return f"{system}### Instruction:\n{prompt}\n\n### Response:\n"
 
 
 class Plain(PromptStyle):
@@ -102,7 +120,173 @@ class Plain(PromptStyle):
         return f"{prompt}\n{input}\n" if input else f"{prompt}\n"
 
 
-prompt_styles: dict[str, type[PromptStyle]] = {style.name: style for style in (PromptStyle, Alpaca, Plain)}
+# ---------------------------------------------------------------------------------------------------- model families
+class FramedStyle(PromptStyle):
+    """A fixed frame around the prompt, as the instruction-tuned model families were trained with.
+
+    `frame` holds `{prompt}` (the message, an input after a blank line) and `{system}`: the system prompt written
+    with `system_frame` when there is one (`sys_prompt`, else `default_system`), else nothing. `stop_words` are
+    token sequences (each a tuple of token strings) that end a reply besides the tokenizer's stop ids; those the
+    vocabulary lacks are left out.
+    """
+
+    frame = "{prompt}"
+    system_frame = "{system}"
+    default_system: Optional[str] = None
+    stop_words: tuple[tuple[str, ...], ...] = ()
+
+    def apply(self, prompt: str, input: str = "", *, sys_prompt: Optional[str] = None) -> str:
+        message = f"{prompt}\n\n{input}" if input else prompt
+        system = sys_prompt or self.default_system
+        return self.frame.format(prompt=message, system=self.system_frame.format(system=system) if system else "")
+
+    def stop_tokens(self, tokenizer: Tokenizer) -> list[list[int]]:
+        stops = super().stop_tokens(tokenizer)
+        for words in self.stop_words:
+            ids = [tokenizer.token_to_id(word) for word in words]
+            if None not in ids and ids not in stops:
+                stops.append(ids)
+        return stops
+
+
+def _family(class_name: str, name: str, frame: str, doc: str, **fields: Any) -> type[FramedStyle]:
+    return type(class_name, (FramedStyle,), {"name": name, "frame": frame, "__doc__": doc, "__module__": __name__,
+                                             **fields})
+
+
+INSTRUCTION_PREAMBLE = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+INPUT_PREAMBLE = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. Write a "
+    "response that appropriately completes the request.\n\n"
+)
+LLAMA2_SYSTEM = (
+    "You are a helpful, respectful and honest assistant. Always answer as helpfully as possible, while being safe.  "
+    "Your answers should not include any harmful, unethical, racist, sexist, toxic, dangerous, or illegal content. "
+    "Please ensure that your responses are socially unbiased and positive in nature.\n\nIf a question does not make "
+    "any sense, or is not factually coherent, explain why instead of answering something not correct. If you don't "
+    "know the answer to a question, please don't share false information."
+)
+STABLELM_SYSTEM = (
+    "# StableLM Tuned (Alpha version)\n- StableLM is a helpful and harmless open-source AI language model developed "
+    "by StabilityAI.\n- StableLM is excited to be able to help the user, but will refuse to do anything that could be "
+    "considered harmful to the user.\n- StableLM is more than just an information source, StableLM is also able to "
+    "write poetry, short stories, and make jokes.\n- StableLM will refuse to participate in anything that could harm "
+    "a human."
+)
+SALAMANDRA_SYSTEM = (
+    "I am Salamandra, an AI language model developed at the Barcelona Supercomputing Centre (BSC) by the Language "
+    "Technologies Unit. My knowledge base was last updated on August 2023. Today Date: 2024-09-30\nSoy Salamandra, "
+    "un modelo lingüístico de IA desarrollado en el Barcelona Supercomputing Centre (BSC) por la Language "
+    "Technologies Unit. Mi base de conocimientos se actualizó por última vez en agosto de 2023.\nSoc Salamandra, un "
+    "model de llenguatge d'IA desenvolupat al Barcelona Supercomputing Centre (BSC) per la Language Technologies Unit."
+)
+CHATML_FRAME = "{system}<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+CHATML_SYSTEM = "<|im_start|>system\n{system}<|im_end|>\n"
+LLAMA3_FRAME = (
+    "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\n{prompt}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+)
+
+FLAN = _family("FLAN", "flan", "{system}### Instruction:\n{prompt}\n\n### Response:\n", "FLAN's instruction frame.",
+               default_system=INSTRUCTION_PREAMBLE)
+Longform = _family("Longform", "longform", "{system}### Instruction:\n{prompt}\n\n### Response:\n",
+                   "LongForm's instruction frame.", default_system=INPUT_PREAMBLE)
+StableLMAlpha = _family("StableLMAlpha", "stablelm-alpha", "<|SYSTEM|>{system}<|USER|>{prompt}<|ASSISTANT|>",
+                        "StableLM Tuned Alpha.", default_system=STABLELM_SYSTEM,
+                        stop_words=(("<|SYSTEM|>",), ("<|ASSISTANT|>",), ("<|USER|>",)))
+StableLMZephyr = _family("StableLMZephyr", "stablelm-zephyr", "<|user|>\n{prompt}<|endoftext|>\n<|assistant|>\n",
+                         "StableLM Zephyr.")
+Falcon = _family("Falcon", "falcon", "{prompt}\nAnswer:", "Falcon instruct.", stop_words=(("User", ":"),))
+Falcon3 = _family("Falcon3", "falcon3", "<|user|>\n{prompt}<|endoftext|>\n<|assistant|>\n", "Falcon 3 instruct.",
+                  stop_words=(("<|endoftext|>",),))
+Llama2 = _family("Llama2", "llama2", "[INST] {system} {prompt} [/INST] ", "Llama 2 chat, with its system prompt.",
+                 system_frame="<<SYS>>\n{system}\n<</SYS>>\n\n", default_system=LLAMA2_SYSTEM)
+Llama3 = _family("Llama3", "llama3", LLAMA3_FRAME, "Llama 3 instruct: one system and one user turn.",
+                 system_frame="{system}", default_system="You are a helpful assistant.",
+                 stop_words=(("<|eot_id|>",),))
+R1Base = _family("R1Base", "r1-base", "{system}<｜User｜>{prompt}<｜Assistant｜>", "DeepSeek R1.",
+                 stop_words=(("<｜end▁of▁sentence｜>",),))
+FreeWilly2 = _family("FreeWilly2", "freewilly2", "### System:\n{system}\n\n### User:\n{prompt}\n\n### Assistant:\n",
+                     "FreeWilly 2.", default_system="This is a system prompt, please behave and help the user.")
+Platypus = _family("Platypus", "platypus", "### Instruction:\n\n{prompt}\n\n### Response:\n", "Platypus.")
+StableCode = _family("StableCode", "stablecode", "###Instruction\n{prompt}###Response\n", "StableCode instruct.")
+CodeLlama = _family("CodeLlama", "codellama", "[INST] {system}{prompt} [/INST]",
+                    "CodeLlama and Mistral / Mixtral instruct (a system prompt only when given).",
+                    system_frame="<<SYS>>\n{system}\n<</SYS>>\n\n")
+Phi1 = _family("Phi1", "phi-1", "{prompt}\n\nAnswer:", "Phi-1.", stop_words=(("Answer", ":"),))
+Phi2 = _family("Phi2", "phi-2", "Instruct: {prompt}\nOutput:", "Phi-2.")
+Phi3 = _family("Phi3", "phi-3", "<|system|>\n{system}<|end|>\n<|user|>\n{prompt}<|end|>\n<|assistant|>\n", "Phi-3.",
+               default_system="You are a helpful assistant.", stop_words=(("<|end|>",),))
+Phi4 = _family("Phi4", "phi-4", "{system}<|im_start|>user<|im_sep|>{prompt}<|im_end|><|im_start|>assistant<|im_sep|>",
+               "Phi-4.", system_frame="<|im_start|>system<|im_sep|>{system}<|im_end|>", stop_words=(("<|im_end|>",),))
+Phi4Mini = _family("Phi4Mini", "phi-4-mini", "{system}<|user|>{prompt}<|end|><|assistant|>", "Phi-4 mini.",
+                   system_frame="<|system|>{system}<|end|>", stop_words=(("<|end|>",),))
+Phi4MiniReasoning = _family("Phi4MiniReasoning", "phi-4-mini-reasoning",
+                            "<|system|>{system}<|end|><|user|>{prompt}<|end|><|assistant|>", "Phi-4 mini reasoning.",
+                            default_system="Your name is Phi, an AI math expert developed by Microsoft.",
+                            stop_words=(("<|end|>",),))
+TinyLlama = _family("TinyLlama", "tinyllama", "<|system|>\n{system}</s>\n<|user|>\n{prompt}</s>\n<|assistant|>\n",
+                    "TinyLlama chat.",
+                    default_system="You are a friendly chatbot who always gives helpful, detailed, and polite answers.")
+Gemma = _family("Gemma", "gemma", "<start_of_turn>user\n{prompt}<end_of_turn>\n<start_of_turn>model\n", "Gemma instruct.",
+                stop_words=(("<end_of_turn>",),))
+OLMo = _family("OLMo", "olmo", "<|endoftext|><|user|>\n{prompt}\n<|assistant|>\n", "OLMo instruct.")
+
+
+class ChatML(FramedStyle):
+    """ChatML (`<|im_start|>role ... <|im_end|>`): a system turn when there is a system message."""
+
+    name = "chatml"
+    frame = CHATML_FRAME
+    system_frame = CHATML_SYSTEM
+    stop_words = (("<|im_end|>",),)
+
+    def __init__(self, system_message: Optional[str] = None) -> None:
+        if system_message is not None:
+            self.default_system = system_message
+
+
+def _chatml(class_name: str, name: str, system: Optional[str], doc: str) -> type[ChatML]:
+    return type(class_name, (ChatML,), {"name": name, "default_system": system, "__doc__": doc, "__module__": __name__})
+
+
+Qwen2_5 = _chatml("Qwen2_5", "qwen2.5", "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+                  "Qwen2.5 instruct.")
+Qwen2_5_Math = _chatml("Qwen2_5_Math", "qwen2.5-math",
+                       "Please reason step by step, and put your final answer within \\boxed{}.", "Qwen2.5 math.")
+QwQ = _chatml("QwQ", "qwq", "You are a helpful and harmless assistant. You are Qwen developed by Alibaba. You should "
+              "think step-by-step.", "QwQ.")
+Qwen3 = _chatml("Qwen3", "qwen3", None, "Qwen3 (no system turn).")
+SmolLM2 = _chatml("SmolLM2", "smollm2", "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+                  "SmolLM2 instruct.")
+Salamandra = _chatml("Salamandra", "salamandra", SALAMANDRA_SYSTEM, "Salamandra instruct.")
+
+prompt_styles: dict[str, type[PromptStyle]] = {
+    style.name: style
+    for style in (
+        Default, Alpaca, Plain, FLAN, Longform, StableLMAlpha, StableLMZephyr, Falcon, Falcon3, Llama2, Llama3, R1Base,
+        FreeWilly2, Platypus, StableCode, CodeLlama, Phi1, Phi2, Phi3, Phi4, Phi4Mini, Phi4MiniReasoning, TinyLlama,
+        Gemma, OLMo, ChatML, Qwen2_5, Qwen2_5_Math, QwQ, Qwen3, SmolLM2, Salamandra,
+    )
+}
+OWN_STYLES = ("Plain",)  # ours only: saved by name, without an upstream class_path
+
+
+def upstream_class_names() -> dict[str, type[PromptStyle]]:
+    """Class name -> style, for the `class_path: litgpt.prompts.NAME` of upstream litgpt's prompt_style.yaml."""
+    return {cls.__name__: cls for cls in prompt_styles.values() if cls.__name__ not in OWN_STYLES}
+
+
+def _from_class_path(class_path: str, path: Path) -> PromptStyle:
+    module, _, class_name = class_path.rpartition(".")
+    classes = upstream_class_names()
+    if module != "litgpt.prompts" or class_name not in classes:
+        raise ValueError(
+            f"{path}: class_path {class_path!r} is not a prompt style this library has; known: "
+            f"{', '.join('litgpt.prompts.' + n for n in sorted(classes))} (or write `name:` with one of "
+            f"{style_names()})"
+        )
+    return classes[class_name]()
 
 
 def style_names() -> list[str]:
@@ -259,6 +443,16 @@ class ChatTemplate(PromptStyle):
         """`name: chat_template`: the template itself travels in the tokenizer files saved beside it."""
         with open(Path(checkpoint_dir) / "prompt_style.yaml", "w", encoding="utf-8") as f:
             yaml.safe_dump({"name": self.name}, f)
+
+
+def has_prompt_style(checkpoint_dir: Union[str, Path]) -> bool:
+    """Whether the checkpoint names its prompt style (a prompt_style.yaml)."""
+    return (Path(checkpoint_dir) / "prompt_style.yaml").is_file()
+
+
+def save_prompt_style(style: Union[str, PromptStyle], checkpoint_dir: Union[str, Path]) -> None:
+    """Write `checkpoint_dir/prompt_style.yaml` for `style` (a name or a PromptStyle)."""
+    (PromptStyle.from_name(style) if isinstance(style, str) else style).save(checkpoint_dir)
 
 
 def prompt_uses_bos(tokenizer: Tokenizer, style: Optional[PromptStyle] = None) -> bool:

@@ -19,7 +19,7 @@ from litgpt.data.sft import SFTDataset
 from litgpt.finetune.base import sft_loss
 from litgpt.model import GPT, init_weights
 from litgpt.prompts import Alpaca as AlpacaStyle
-from litgpt.prompts import Plain
+from litgpt.prompts import Plain, Qwen2_5
 from litgpt.scripts.train_tokenizer import train_tokenizer
 from litgpt.tokenizer import Tokenizer
 from test_tokenizer import ListTexts
@@ -71,7 +71,7 @@ def tokenizer(tmp_path_factory) -> Tokenizer:
 
 
 # ---------------------------------------------------------------------------------------------------- samples
-@pytest.mark.parametrize("style", [Plain(), AlpacaStyle()], ids=["plain", "alpaca"])
+@pytest.mark.parametrize("style", [Plain(), AlpacaStyle(), Qwen2_5()], ids=["plain", "alpaca", "qwen2.5"])
 def test_masked_labels_are_ignore_index_exactly_on_the_prompt(tokenizer, style):
     records = make_records(6)
     masked = SFTDataset(records, tokenizer, style, max_seq_length=1000, mask_prompt=True)
@@ -187,8 +187,8 @@ def test_bad_json_paths(tmp_path):
     (tmp_path / "broken.json").write_text("[{")
     with pytest.raises(ValueError, match="is not valid JSON"):
         JSON(json_path=tmp_path / "broken.json", val_split_fraction=0.1).records()
-    with pytest.raises(ValueError, match="unknown prompt_style 'chatml'"):
-        JSON(json_path=tmp_path / "one.json", prompt_style="chatml")
+    with pytest.raises(ValueError, match="unknown prompt_style 'chatmI'; choose one of .*'chatml'"):
+        JSON(json_path=tmp_path / "one.json", prompt_style="chatmI")
     with pytest.raises(ValueError, match="ignore_index must be a negative integer"):
         JSON(json_path=tmp_path / "one.json", ignore_index=3)
 

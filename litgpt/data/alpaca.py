@@ -26,7 +26,8 @@ class Alpaca(SFTDataModule):
     Args:
         mask_prompt: give the prompt's tokens no loss weight, so only the response is learned.
         val_split_fraction: fraction of the records held out for validation (0.03865: about 2,000).
-        prompt_style: how instruction and input are framed: alpaca, plain or default (see litgpt.prompts), or
+        prompt_style: how instruction and input are framed: alpaca, plain, default, a model family's (llama3,
+            qwen2.5, ...: `litgpt.prompts.prompt_styles`), or
             chat_template (the base checkpoint's own chat template: user turn instruction + input, assistant turn
             output).
         ignore_index: the label of positions that carry no loss weight (a masked prompt, padding).

@@ -21,7 +21,8 @@ class JSON(SFTDataModule):
         mask_prompt: give the prompt's tokens no loss weight, so only the response is learned.
         val_split_fraction: fraction of the records held out for validation when json_path is a file (required
             then; a directory brings its own val file).
-        prompt_style: how instruction and input are framed: alpaca, plain or default (see litgpt.prompts), or
+        prompt_style: how instruction and input are framed: alpaca, plain, default, a model family's (llama3,
+            qwen2.5, ...: `litgpt.prompts.prompt_styles`), or
             chat_template (the base checkpoint's own chat template: user turn instruction + input, assistant turn
             output); saved with the fine-tuned checkpoint for `litgpt generate` and `litgpt chat`.
         ignore_index: the label of positions that carry no loss weight (a masked prompt, padding).
