@@ -144,3 +144,140 @@ def test_llm_checks_its_prompts_ids_on_the_host(llm):
     with pytest.raises(ValueError, match=r"^the tokenizer gave token id \d+, outside the model's vocabulary of 10 ids; "
                                          r"load the tokenizer the checkpoint was trained with$"):
         llm.generate("The cat sat on the mat", max_new_tokens=2)
+
+
+# ------------------------------------------------------------------------------------------------ upstream's LLM API
+def test_generate_stream_yields_the_pieces_of_the_same_text_lazily(llm):
+    full = llm.generate("The cat", max_new_tokens=12, temperature=0)
+    stream = llm.generate("The cat", max_new_tokens=12, temperature=0, stream=True)
+    assert not isinstance(stream, (str, list))
+    pieces = list(stream)
+    assert len(pieces) > 1 and all(pieces) and "".join(pieces) == full
+    sampled = dict(max_new_tokens=15, temperature=1.0, seed=7)
+    assert "".join(llm.generate("The dog", stream=True, **sampled)) == llm.generate("The dog", **sampled)
+
+
+def test_a_stream_left_unfinished_stops_when_generate_is_called_again(llm):
+    stream = llm.generate("The cat", max_new_tokens=20, temperature=0, stream=True)
+    next(stream)
+    llm.generate("Moon", max_new_tokens=3, temperature=0)
+    with pytest.raises(RuntimeError, match="taken by a later generate call"):
+        list(stream)
+    with pytest.raises(ValueError, match="stream=True streams one prompt"):
+        llm.generate(["The cat", "Moon"], stream=True)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_benchmark_with_a_prompt_times_generate_with_upstreams_keys(llm, stream):
+    expected = llm.generate("The cat", max_new_tokens=6, temperature=0)
+    text, stats = llm.benchmark(num_iterations=3, prompt="The cat", max_new_tokens=6, temperature=0, stream=stream)
+    assert text == expected
+    # on the CPU there is no GPU memory to report
+    assert list(stats) == ["Seconds total", "Seconds to first token", "Tokens generated",
+                           "Inference speed in tokens/sec"]
+    assert all(len(values) == 3 for values in stats.values())
+    n_tokens = len(llm.tokenizer.encode(expected))
+    assert stats["Tokens generated"] == [6] * 3 or all(t >= n_tokens for t in stats["Tokens generated"])
+    for total, first, tokens, speed in zip(*stats.values()):
+        assert 0 < first <= total and speed == pytest.approx(tokens / total)
+    assert llm.benchmark(prompt="The cat", max_new_tokens=2)[1]["Tokens generated"] in ([1], [2])
+    with pytest.raises(ValueError, match="needs prompt="):
+        llm.benchmark(num_iterations=2)
+    with pytest.raises(ValueError, match="num_iterations must be a positive int"):
+        llm.benchmark(num_iterations=0, prompt="The cat")
+
+
+def test_benchmark_dict_to_markdown_table():
+    from litgpt.api import benchmark_dict_to_markdown_table
+
+    table = benchmark_dict_to_markdown_table({"Seconds total": [1.0, 3.0], "Seconds to first token": [None],
+                                              "Tokens generated": [5]})
+    assert table.splitlines() == ["| Metric | Mean | Std Dev |", "|---|---|---|", "| Seconds total | 2.00 | 1.41 |",
+                                  "| Seconds to first token | n/a | n/a |", "| Tokens generated | 5.00 | 0.00 |"]
+
+
+def test_save_writes_a_checkpoint_that_loads_back_to_the_same_model(tmp_path):
+    checkpoint_dir = make_checkpoint(tmp_path)
+    llm = LLM.load(checkpoint_dir, device="cpu", precision="32-true", prompt_style="plain")
+    llm.generate("The cat", max_new_tokens=8, temperature=0)  # decoded first: the folded copy is not saved
+    with torch.no_grad():
+        llm.model.lm_head.weight.mul_(1.5)  # a modified model is saved as it is now
+    changed = llm.generate("The cat", max_new_tokens=8, temperature=0)
+    llm.save(tmp_path / "saved")
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == [
+        "lit_model.pth", "model_config.yaml", "prompt_style.yaml", "tokenizer.json", "tokenizer_config.json"]
+    reloaded = LLM.load(tmp_path / "saved", device="cpu", precision="32-true")
+    assert reloaded.prompt_style.name == "plain"
+    torch.testing.assert_close(reloaded.model.state_dict(), llm.model.state_dict())
+    assert reloaded.generate("The cat", max_new_tokens=8, temperature=0) == changed
+    # saving over the directory the model was loaded from replaces it
+    reloaded.save(tmp_path / "saved")
+    assert LLM.load(tmp_path / "saved", device="cpu").generate("The cat", max_new_tokens=8, temperature=0) == changed
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match=r"holds files a checkpoint does not \(notes.txt\)"):
+        llm.save(tmp_path / "other")
+    assert (tmp_path / "other" / "notes.txt").read_text() == "keep me"
+    with pytest.raises(ValueError, match="has no tokenizer"):
+        LLM.from_config("debug-mla", device="cpu").save(tmp_path / "x")
+
+
+def test_load_random_init_builds_the_named_config_with_the_given_tokenizer(tmp_path):
+    checkpoint_dir = make_checkpoint(tmp_path)
+    llm = LLM.load("debug-mla", init="random", tokenizer_dir=checkpoint_dir, device="cpu")
+    assert llm.model.config == litgpt.Config.from_name("debug-mla") and llm.checkpoint_dir is None
+    assert llm.tokenizer.fingerprint == LLM.load(checkpoint_dir, device="cpu").tokenizer.fingerprint
+    assert isinstance(llm.generate("The cat", max_new_tokens=3), str)
+    llm.save(tmp_path / "random")
+    torch.testing.assert_close(LLM.load(tmp_path / "random", device="cpu").model.state_dict(), llm.model.state_dict())
+    with pytest.raises(ValueError, match="pass tokenizer_dir=DIR"):
+        LLM.load("debug-mla", init="random")
+    with pytest.raises(ValueError, match="unknown model name 'nope'"):
+        LLM.load("nope", init="random", tokenizer_dir=checkpoint_dir)
+    with pytest.raises(ValueError, match="init must be 'pretrained' or 'random'"):
+        LLM.load(checkpoint_dir, init="zeros")
+    with pytest.raises(ValueError, match="access_token is for downloading, which LLM.load does not do"):
+        LLM.load(checkpoint_dir, access_token="hf_x")
+
+
+def test_load_with_a_tokenizer_dir_uses_that_tokenizer(tmp_path):
+    checkpoint_dir = make_checkpoint(tmp_path / "a")
+    other = tmp_path / "tok"
+    other.mkdir()
+    (other / "tokenizer.json").write_bytes((checkpoint_dir / "tokenizer.json").read_bytes())
+    llm = LLM.load(checkpoint_dir, tokenizer_dir=other, device="cpu")
+    assert llm.tokenizer.checkpoint_dir == other
+
+
+def test_distribute_none_defers_placing_the_model(tmp_path):
+    checkpoint_dir = make_checkpoint(tmp_path)
+    expected = LLM.load(checkpoint_dir, device="cpu", precision="32-true").generate("The cat", 10, temperature=0)
+    llm = LLM.load(checkpoint_dir, distribute=None)
+    assert llm.model is None and llm.config.name == "debug-mla"
+    with pytest.raises(RuntimeError, match=r"call llm.distribute\(\) first"):
+        llm.generate("The cat")
+    with pytest.raises(ValueError, match="pass the device and precision to llm.distribute"):
+        LLM.load(checkpoint_dir, distribute=None, device="cpu")
+    llm.distribute(accelerator="cpu", precision="64-true")
+    assert llm.model.lm_head.weight.dtype == torch.float64
+    llm.distribute(accelerator="cpu", devices=1, precision="32-true", fixed_kv_cache_size=40)
+    assert llm.generate("The cat", 10, temperature=0) == expected
+    assert llm.session.cache_len == 40 and llm.model.transformer.h[0].attn.kv_cache.kv.shape[1] == 40
+    with pytest.raises(ValueError, match="exceeds the fixed KV cache of 40 positions"):
+        llm.generate("The cat", max_new_tokens=40)
+    llm.distribute(accelerator="cpu", fixed_kv_cache_size="max_model_supported")
+    llm.generate("The cat", 3)
+    assert llm.session.cache_len == llm.model.max_seq_length
+    for kwargs, message in [
+        (dict(quantize="bnb.nf4"), "quantize='bnb.nf4' is not supported"),
+        (dict(generate_strategy="sequential"), "generate_strategy='sequential' is not supported"),
+        (dict(devices=2), "devices=2: the LLM runs on one device"),
+        (dict(fixed_kv_cache_size=0), "fixed_kv_cache_size must be a positive int"),
+        (dict(fixed_kv_cache_size=10_000), "fixed_kv_cache_size 10000 exceeds the model's context of 128"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            llm.distribute(accelerator="cpu", **kwargs)
+    random = LLM.load("debug-mla", init="random", tokenizer_dir=checkpoint_dir, distribute=None)
+    assert random.model is None
+    random.distribute(accelerator="cpu")
+    assert isinstance(random.generate("The cat", 3), str)

@@ -20,7 +20,7 @@ import resource
 import time
 from dataclasses import dataclass
 from collections import deque
-from typing import Callable, Iterable, Iterator, Optional, Sequence, TextIO, Union
+from typing import Callable, Generator, Iterable, Iterator, Optional, Sequence, TextIO, Union
 
 import torch
 from torch import nn
@@ -500,6 +500,24 @@ def stream_tokens(
     token's step alone (`_host_ids`), so the device computes while the host prints (n tokens past a stop are then
     computed and dropped). Default: 2 when the tokens live on CUDA, 0 on the CPU, where it would only add tokens.
     """
+    pieces = stream_pieces(tokens, tokenizer, stop_tokens, read_ahead=read_ahead)
+    while True:
+        try:
+            _write(out, next(pieces))
+        except StopIteration as done:
+            return done.value
+
+
+def stream_pieces(
+    tokens: Iterable[torch.Tensor],
+    tokenizer: Tokenizer,
+    stop_tokens: Sequence[Sequence[int]],
+    *,
+    read_ahead: Optional[int] = None,
+) -> Generator[str, None, tuple[list[int], list[int], float]]:
+    """`stream_tokens` as a generator: yields each non-empty piece of text as it is decoded (what `stream_tokens`
+    writes) and returns (kept ids, taken ids, seconds to the first token) when the stream ends. Tokens are asked of
+    `tokens` only as pieces are asked for, so a consumer that stops early stops the decode too."""
     t0 = time.perf_counter()
     matcher = StopMatcher(stop_tokens)
     decoder = IncrementalDecoder(tokenizer)
@@ -513,10 +531,14 @@ def stream_tokens(
         if stop_len:
             break
         safe = len(ids) - matcher.held  # ids[:safe] can no longer be part of a stop sequence
-        _write(out, "".join(decoder.push(i) for i in ids[released:safe]))
+        text = "".join(decoder.push(i) for i in ids[released:safe])
         released = safe
+        if text:
+            yield text
     kept = ids[: len(ids) - stop_len]  # the stop sequence started after `released`: it was held back
-    _write(out, "".join(decoder.push(i) for i in kept[released:]) + decoder.flush())
+    text = "".join(decoder.push(i) for i in kept[released:]) + decoder.flush()
+    if text:
+        yield text
     return kept, ids, time_to_first
 
 
