@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from litgpt.attention import CausalSelfAttention, MultiheadLatentAttention
-from litgpt.model import GPT, GptNeoxMLP, LLaMAMLP
+from litgpt.config import Config as BaseConfig
+from litgpt.model import GPT as BaseModel
+from litgpt.model import GptNeoxMLP, LLaMAMLP
 from litgpt.projection import Projection, dense_weight
 
 LORA_KEYS = ("lora_A", "lora_B")  # a LoRALinear's own entries in a state dict
@@ -303,7 +305,7 @@ def _wrap(parent: nn.Module, name: str, spec: LoRASpec, rows: Optional[list[tupl
     setattr(parent, name, LoRALinear(linear, spec.r, spec.alpha, spec.dropout, rows))
 
 
-def apply_lora(model: GPT, spec: LoRASpec) -> None:
+def apply_lora(model: BaseModel, spec: LoRASpec) -> None:
     """Turn the linears `spec` targets into `LoRALinear`s, in place, and leave only the LoRA parameters trainable
     (`mark_only_lora_as_trainable`). The base weights are kept as they are, so load a checkpoint before or after
     (`load_base_state_dict`). Targets: `TARGET_TABLE` (the table of this module).
@@ -329,7 +331,7 @@ def apply_lora(model: GPT, spec: LoRASpec) -> None:
 def _gpt(model: nn.Module) -> nn.Module:
     """The model inside torch.compile, Fabric and DDP wrappers (names are then relative to it)."""
     for _ in range(4):
-        if isinstance(model, GPT):
+        if isinstance(model, BaseModel):
             break
         inner = next((getattr(model, a) for a in ("_orig_mod", "_forward_module", "module") if hasattr(model, a)), None)
         if not isinstance(inner, nn.Module):
@@ -360,10 +362,18 @@ def lora_filter(name: str, value: Any = None) -> bool:
     return name.rsplit(".", 1)[-1] in LORA_KEYS
 
 
-def mark_only_lora_as_trainable(model: nn.Module) -> None:
-    """requires_grad on the LoRA parameters only."""
-    for name, p in _gpt(model).named_parameters():
-        p.requires_grad_(lora_filter(name))
+def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> None:
+    """requires_grad on the LoRA parameters only, and on biases as `bias` says: "none" (every bias frozen),
+    "lora_only" (the biases of the LoRA layers' base linears train too), "all" (every bias trains too)."""
+    if bias not in ("none", "lora_only", "all"):
+        raise ValueError(f"bias must be 'none', 'lora_only' or 'all', got {bias!r}")
+    model = _gpt(model)
+    for name, p in model.named_parameters():
+        p.requires_grad_(lora_filter(name) or (bias == "all" and name.rsplit(".", 1)[-1] == "bias"))
+    if bias == "lora_only":
+        for _, m in lora_modules(model):
+            if m.linear.bias is not None:
+                m.linear.bias.requires_grad_(True)
 
 
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -453,3 +463,66 @@ def merge_for_decoding(model: nn.Module, owner: str) -> None:
             stacklevel=3,
         )
         merge_lora(model)
+
+
+# ---------------------------------------------------------------------------------------------- upstream's names
+def merge_lora_weights(model: nn.Module) -> None:
+    """Upstream litgpt's name for `merge_lora`: add every LoRA update into its base weight, in place."""
+    merge_lora(model)
+
+
+@dataclass
+class Config(BaseConfig):
+    """A model config with the LoRA settings of upstream litgpt's `litgpt.lora.Config`: `GPT(config)` builds the
+    model with LoRA layers on the targets whose flag is set (the table of this module says which linears each flag
+    adapts), of rank `lora_r`, scale `lora_alpha / lora_r` and input dropout `lora_dropout`. With every flag off (the
+    default) the model has no LoRA layers; a flag on with `lora_r` 0 is refused (`LoRASpec` checks the values)."""
+
+    lora_r: int = 0
+    lora_alpha: float = 1
+    lora_dropout: float = 0.0
+    lora_query: bool = False
+    lora_key: bool = False
+    lora_value: bool = False
+    lora_projection: bool = False
+    lora_mlp: bool = False
+    lora_head: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.lora_spec  # checks the LoRA values now, at construction
+
+    @property
+    def lora_spec(self) -> Optional[LoRASpec]:
+        """The `LoRASpec` of these settings, or None when no target is enabled."""
+        targets = {name: getattr(self, HPARAM_PREFIX + name) for name in TARGETS}
+        if not any(targets.values()):
+            return None
+        return LoRASpec(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout, **targets)
+
+    def base_config(self) -> BaseConfig:
+        """The model's own fields as a plain `litgpt.Config` (what model_config.yaml of a merged model holds)."""
+        return BaseConfig.from_dict({f.name: getattr(self, f.name) for f in fields(BaseConfig)})
+
+
+class GPT(BaseModel):
+    """Upstream litgpt's `litgpt.lora.GPT`: a GPT built from a `litgpt.lora.Config` with LoRA layers on the config's
+    targets (`apply_lora`). As upstream, every parameter is trainable after construction: call
+    `mark_only_lora_as_trainable(model)` before fine-tuning. State dicts keep the plain model's keys plus
+    `<layer>.lora_A` / `<layer>.lora_B`, so a base checkpoint loads with `load_state_dict(..., strict=False)`."""
+
+    def __init__(self, config: Config) -> None:
+        if not isinstance(config, Config):
+            raise TypeError(f"litgpt.lora.GPT needs a litgpt.lora.Config, got {type(config).__name__}; build one with "
+                            "litgpt.lora.Config.from_name(name, lora_r=..., lora_query=True, ...)")
+        super().__init__(config)
+        spec = config.lora_spec
+        if spec is not None:
+            apply_lora(self, spec)
+            for p in self.parameters():
+                p.requires_grad_(True)
+
+    @classmethod
+    def from_name(cls, name: str, **kwargs: Any) -> "GPT":
+        return cls(Config.from_name(name, **kwargs))
+

@@ -416,3 +416,108 @@ def test_a_lora_models_update_is_scaled_by_its_specs_alpha_over_r():
         idx = torch.randint(0, 100, (2, 9))
         torch.testing.assert_close(model(idx), patched(idx), rtol=1e-10, atol=1e-10)
         assert (model(idx) - base(idx)).abs().max() > 1e-2  # the updates show
+
+
+# ------------------------------------------------------------------------------------------------ upstream's names
+import litgpt.lora as lora  # noqa: E402
+from test_generate import make_checkpoint  # noqa: E402
+
+
+def test_lora_config_has_upstreams_fields_and_defaults_and_builds_no_lora_by_default():
+    config = lora.Config.from_name("debug")
+    assert isinstance(config, Config)
+    assert {k: getattr(config, k) for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_query", "lora_key",
+                                           "lora_value", "lora_projection", "lora_mlp", "lora_head")} == dict(
+        lora_r=0, lora_alpha=1, lora_dropout=0.0, lora_query=False, lora_key=False, lora_value=False,
+        lora_projection=False, lora_mlp=False, lora_head=False)
+    assert config.lora_spec is None and config.base_config() == Config.from_name("debug")
+    model = lora.GPT(config)
+    assert not is_lora(model) and set(model.state_dict()) == set(GPT.from_name("debug").state_dict())
+    with pytest.raises(ValueError, match=r"LoRA r \(lora_r\) must be a positive integer, got 0"):
+        lora.Config.from_name("debug", lora_query=True)
+    with pytest.raises(TypeError, match="needs a litgpt.lora.Config"):
+        lora.GPT(Config.from_name("debug"))
+
+
+@pytest.mark.parametrize("name, lora_keys", [
+    ("debug", ["attn.qkv.lora_A", "attn.qkv.lora_B", "mlp.fc.lora_A", "mlp.fc.lora_B", "mlp.proj.lora_A",
+               "mlp.proj.lora_B"]),
+    ("debug-mla", ["attn.q_proj.lora_A", "attn.q_proj.lora_B", "attn.kv_b_proj.lora_A", "attn.kv_b_proj.lora_B",
+                   "mlp.fc.lora_A", "mlp.fc.lora_B", "mlp.proj.lora_A", "mlp.proj.lora_B"]),
+])
+def test_lora_gpt_has_lora_layers_on_the_configs_targets_and_loads_a_base_state_dict(name, lora_keys):
+    torch.manual_seed(0)
+    base = randomize(GPT.from_name(name)).eval()
+    model = lora.GPT.from_name(name, lora_r=4, lora_alpha=8, lora_query=True, lora_value=True, lora_mlp=True)
+    assert isinstance(model.config, lora.Config) and model.config.lora_spec == LoRASpec(
+        r=4, alpha=8, dropout=0.0, query=True, value=True, mlp=True)
+    extra = set(model.state_dict()) - set(base.state_dict())
+    assert extra == {f"transformer.h.{i}.{k}" for i in range(2) for k in lora_keys}
+    assert all(lora.lora_filter(k, None) for k in extra)
+    assert not any(lora.lora_filter(k, None) for k in base.state_dict())
+    # as upstream: everything trains until mark_only_lora_as_trainable
+    assert all(p.requires_grad for p in model.parameters())
+    result = model.load_state_dict(base.state_dict(), strict=False)
+    assert set(result.missing_keys) == extra and not result.unexpected_keys
+    x = torch.randint(0, 100, (1, 8))
+    torch.testing.assert_close(model.eval()(x), base(x))  # B starts at zero
+
+
+def test_mark_only_lora_as_trainable_bias_modes():
+    model = lora.GPT.from_name("debug", lora_r=2, lora_query=True, lora_mlp=True)
+    names = dict(model.named_parameters())
+    lora_names = {n for n in names if lora.lora_filter(n, None)}
+    lora_biases = {f"{n}.linear.bias" for n, _ in lora_modules(model)}  # parameter names (not state-dict keys)
+    all_biases = {n for n in names if n.endswith(".bias")}
+    assert lora_biases and lora_biases < all_biases
+    for bias, expected in [("none", lora_names), ("lora_only", lora_names | lora_biases),
+                           ("all", lora_names | all_biases)]:
+        lora.mark_only_lora_as_trainable(model, bias=bias)
+        assert {n for n, p in model.named_parameters() if p.requires_grad} == expected, bias
+    with pytest.raises(ValueError, match="bias must be 'none', 'lora_only' or 'all', got 'some'"):
+        lora.mark_only_lora_as_trainable(model, bias="some")
+
+
+def test_merge_lora_weights_keeps_the_output_and_gives_a_plain_state_dict():
+    torch.manual_seed(0)
+    model = lora.GPT.from_name("debug", lora_r=2, lora_alpha=4, lora_query=True, lora_value=True,
+                               lora_projection=True).eval()
+    with torch.no_grad():
+        for p in lora_parameters(model):
+            p.normal_(0, 0.3)
+    x = torch.randint(0, 100, (2, 8))
+    before = model(x)
+    lora.merge_lora_weights(model)
+    assert not has_unmerged_lora(model)
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
+    assert set(model.state_dict()) == set(GPT.from_name("debug").state_dict())
+
+
+def test_a_lora_fine_tune_through_the_python_api_saves_a_checkpoint_llm_loads(tmp_path):
+    """Upstream's pattern: lora.GPT from a lora.Config, the base weights loaded, only LoRA trained, merged, then
+    served and saved by `LLM`."""
+    from litgpt import LLM
+
+    checkpoint_dir = make_checkpoint(tmp_path)
+    base = LLM.load(checkpoint_dir, device="cpu", precision="32-true")
+    config = lora.Config.from_file(checkpoint_dir / "model_config.yaml", lora_r=4, lora_alpha=8, lora_query=True,
+                                   lora_value=True)
+    model = lora.GPT(config)
+    model.load_state_dict(torch.load(checkpoint_dir / "lit_model.pth"), strict=False)
+    lora.mark_only_lora_as_trainable(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = base.tokenizer.encode("The cat sat on the mat").unsqueeze(0)
+    for _ in range(3):
+        loss = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    llm = LLM(model, base.tokenizer)
+    with pytest.raises(ValueError, match="unmerged LoRA layers"):
+        llm.save(tmp_path / "tuned")
+    lora.merge_lora_weights(model)
+    expected = llm.generate("The cat", max_new_tokens=6, temperature=0)
+    llm.save(tmp_path / "tuned")
+    reloaded = LLM.load(tmp_path / "tuned", device="cpu", precision="32-true")
+    assert reloaded.model.config == Config.from_file(checkpoint_dir / "model_config.yaml")
+    assert reloaded.generate("The cat", max_new_tokens=6, temperature=0) == expected
