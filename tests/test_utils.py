@@ -259,3 +259,128 @@ def test_a_run_directory_may_not_hold_an_input_in_what_the_run_writes(tmp_path, 
             check_output_spares_inputs("--out_dir", "out", {"--checkpoint_dir": inside}, runs)
     check_output_spares_inputs("--out_dir", "out", {"--checkpoint_dir": "out/base"}, runs)  # not written there
 
+
+
+# ---------------------------------------------------------------------------------------------- upstream's helpers
+import litgpt.utils as utils  # noqa: E402
+
+
+def test_num_parameters_counts_shared_and_4bit_parameters_and_filters_by_requires_grad():
+    import litgpt.lora as lora
+    from litgpt import GPT, Config
+
+    model = GPT.from_name("debug")
+    assert utils.num_parameters(model) == sum(p.numel() for p in model.parameters())
+    tied = GPT(Config.from_name("debug", tie_embeddings=True))
+    assert utils.num_parameters(tied) == utils.num_parameters(model) - model.lm_head.weight.numel()
+    lora_model = lora.GPT.from_name("debug", lora_r=2, lora_query=True)
+    lora.mark_only_lora_as_trainable(lora_model)
+    trainable = sum(p.numel() for n, p in lora_model.named_parameters() if lora.lora_filter(n, p))
+    assert utils.num_parameters(lora_model, requires_grad=True) == trainable > 0
+    assert utils.num_parameters(lora_model, requires_grad=False) == utils.num_parameters(model)
+    packed = torch.nn.Linear(8, 4)
+    packed.weight.quant_state = type("QuantState", (), {"shape": torch.Size([4, 16])})()  # as bitsandbytes' 4-bit
+    assert utils.num_parameters(packed) == 64 + 4
+
+
+def test_load_checkpoint_loads_plain_wrapped_and_lora_and_uses_fsdp_load_raw(tmp_path):
+    import litgpt.lora as lora
+    from litgpt import GPT
+
+    torch.manual_seed(0)
+    source = GPT.from_name("debug")
+    torch.save(source.state_dict(), tmp_path / "plain.pth")
+    torch.save({"model": source.state_dict()}, tmp_path / "wrapped.pth")
+    for name in ("plain.pth", "wrapped.pth"):
+        model = GPT.from_name("debug")
+        utils.load_checkpoint(None, model, tmp_path / name)
+        torch.testing.assert_close(model.state_dict(), source.state_dict())
+    lora_model = lora.GPT.from_name("debug", lora_r=2, lora_value=True)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        utils.load_checkpoint(None, lora_model, tmp_path / "plain.pth")
+    utils.load_checkpoint(None, lora_model, tmp_path / "plain.pth", strict=False)
+    torch.testing.assert_close(lora_model.transformer.h[0].attn.qkv.weight, source.transformer.h[0].attn.qkv.weight)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        utils.load_checkpoint(None, GPT.from_name("debug"), tmp_path / "nope.pth")
+
+    class FSDPStrategy:
+        pass
+
+    calls = []
+    fabric = type("Fabric", (), {"strategy": FSDPStrategy(), "load_raw": lambda self, *a, **k: calls.append((a, k))})()
+    utils.load_checkpoint(fabric, lora_model, tmp_path / "plain.pth", strict=False)
+    assert calls == [((tmp_path / "plain.pth", lora_model), {"strict": False})]
+
+
+@pytest.mark.parametrize("chunk_size", [0, 1, 5, 128])
+def test_chunked_cross_entropy_equals_the_mean_over_counted_targets(chunk_size):
+    torch.manual_seed(0)
+    logits = torch.randn(2, 7, 11, requires_grad=True)
+    targets = torch.randint(0, 11, (2, 7))
+    targets[0, :3] = -100
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    loss = utils.chunked_cross_entropy(logits, targets, chunk_size=chunk_size)
+    torch.testing.assert_close(loss, expected)
+    (grad,) = torch.autograd.grad(loss, logits)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    torch.testing.assert_close(grad, expected_grad)
+    pieces = list(logits.split([3, 4], dim=1))  # an LM head applied in chunks along T
+    torch.testing.assert_close(utils.chunked_cross_entropy(pieces, targets), expected)
+    assert utils.chunked_cross_entropy(logits, torch.full_like(targets, -100)).item() == 0.0
+    with pytest.raises(ValueError, match="do not match targets"):
+        utils.chunked_cross_entropy(logits, targets[:, :-1])
+
+
+def test_cycle_iterator_restarts_counts_epochs_and_refuses_an_empty_iterable():
+    iterator = utils.CycleIterator([1, 2, 3])
+    assert iter(iterator) is iterator
+    assert [next(iterator) for _ in range(7)] == [1, 2, 3, 1, 2, 3, 1] and iterator.epoch == 2
+    with pytest.raises(ValueError, match="yields nothing"):
+        next(utils.CycleIterator([]))
+
+
+def test_get_default_supported_precision_and_parse_devices():
+    cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    assert utils.get_default_supported_precision(training=True) == ("bf16-mixed" if cuda_bf16 else "32-true")
+    assert utils.get_default_supported_precision(training=False) == ("bf16-true" if cuda_bf16 else "32-true")
+    assert utils.parse_devices("auto") == utils.parse_devices(-1) == (torch.cuda.device_count() or 1)
+    assert utils.parse_devices(3) == 3 and utils.parse_devices("0,1") == 2
+    for bad in (0, "x", True):
+        with pytest.raises(ValueError, match="--devices must be"):
+            utils.parse_devices(bad)
+
+
+def test_check_valid_checkpoint_dir(tmp_path, capsys):
+    from test_generate import make_checkpoint
+
+    checkpoint_dir = make_checkpoint(tmp_path)
+    utils.check_valid_checkpoint_dir(checkpoint_dir)
+    (checkpoint_dir / "tokenizer.json").unlink()
+    utils.check_valid_checkpoint_dir(checkpoint_dir, ignore_tokenizer_files=True)
+    with pytest.raises(FileNotFoundError, match="has no tokenizer.json or tokenizer.model"):
+        utils.check_valid_checkpoint_dir(checkpoint_dir, raise_error=True, verbose=False)
+    assert capsys.readouterr().err == ""
+    (checkpoint_dir / "lit_model.pth").rename(checkpoint_dir / "lit_model.pth.lora")
+    with pytest.raises(SystemExit) as info:
+        utils.check_valid_checkpoint_dir(checkpoint_dir, ignore_tokenizer_files=True)
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "has no lit_model.pth; it holds LoRA weights: run `litgpt merge_lora" in err and err.count("\n") == 1
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        utils.check_valid_checkpoint_dir(tmp_path / "nowhere", raise_error=True)
+
+
+def test_copy_config_files_and_save_config(tmp_path):
+    from litgpt import Config
+    from test_generate import make_checkpoint
+
+    checkpoint_dir = make_checkpoint(tmp_path)
+    (checkpoint_dir / "generation_config.json").write_text("{}")
+    utils.copy_config_files(checkpoint_dir, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        p.name for p in checkpoint_dir.iterdir() if p.name != "lit_model.pth")
+    for p in (tmp_path / "out").iterdir():
+        assert p.read_bytes() == (checkpoint_dir / p.name).read_bytes()
+    config = Config.from_name("debug-mla", n_layer=3)
+    utils.save_config(config, tmp_path / "saved")
+    assert Config.from_checkpoint(tmp_path / "saved") == config
