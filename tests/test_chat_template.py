@@ -230,3 +230,22 @@ def test_instruction_data_with_the_chat_template(tmp_path):
         assert sample["labels"].tolist() == [-100] * len(prompt) + full[len(prompt):]
     with pytest.raises(ValueError, match="unknown prompt_style 'nope'; choose one of .*chat_template"):
         JSON(tmp_path / "data", prompt_style="nope")
+
+
+def test_cli_chat_and_generate_with_the_template(tmp_path):
+    from test_generate import cli
+
+    from litgpt import LLM
+
+    checkpoint_dir = make_template_checkpoint(tmp_path, "llama3")
+    result = cli("chat", str(checkpoint_dir), "--device", "cpu", "--temperature", "0", "--max_new_tokens", "4",
+                 stdin="Hello\nThe cat\n\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(">> Reply: ") == 2
+    result = cli("generate", str(checkpoint_dir), "--prompt", "Hello", "--max_new_tokens", "4", "--temperature", "0",
+                 "--device", "cpu", "--prompt_style", "chat_template")
+    assert result.returncode == 0, result.stderr
+    llm = LLM.load(checkpoint_dir, device="cpu")
+    rendered = auto_tokenizer(checkpoint_dir).apply_chat_template([{"role": "user", "content": "Hello"}],
+                                                                   add_generation_prompt=True, tokenize=False)
+    assert result.stdout == rendered + llm.generate("Hello", max_new_tokens=4, temperature=0) + "\n"

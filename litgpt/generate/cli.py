@@ -58,7 +58,8 @@ def main(
             step (true there warns: the CPU compile takes minutes).
         kernels: on CUDA, decode attention runs the Triton split-KV kernels of `litgpt.kernels` (false: the
             pure-torch attention). No effect on CPU, where the torch path always runs.
-        prompt_style: how the prompt is framed (default: the checkpoint's prompt_style.yaml, else plain text).
+        prompt_style: how the prompt is framed (default: the checkpoint's prompt_style.yaml, else its chat
+            template, else plain text; chat_template: the checkpoint's chat template).
 
     After each batch one line goes to stderr (see `format_phases`): start-up and load (on the first batch's line;
     0.000 on later ones), prepare, first token, decode tokens, seconds and tokens/s, peak memory and KV-cache size.
