@@ -249,3 +249,28 @@ def test_cli_chat_and_generate_with_the_template(tmp_path):
     rendered = auto_tokenizer(checkpoint_dir).apply_chat_template([{"role": "user", "content": "Hello"}],
                                                                    add_generation_prompt=True, tokenize=False)
     assert result.stdout == rendered + llm.generate("Hello", max_new_tokens=4, temperature=0) + "\n"
+
+
+def test_finetune_with_the_chat_template_saves_it_and_generation_uses_it(tmp_path):
+    from litgpt import LLM
+    from litgpt.__main__ import main
+
+    base = make_template_checkpoint(tmp_path / "base", "qwen2.5")
+    records = [{"instruction": f"Define the word {w}.", "input": "", "output": f"A {w} is a kind of star."}
+               for w in ("sun", "cat", "dog", "tree", "house", "moon")]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.json").write_text(json.dumps(records[:4]))
+    (tmp_path / "data" / "val.json").write_text(json.dumps(records[4:]))
+    out = tmp_path / "out"
+    main(["finetune_full", str(base), f"--out_dir={out}", "--precision=32-true", "--data=JSON",
+          f"--data.json_path={tmp_path / 'data'}", "--data.prompt_style=chat_template", "--data.mask_prompt=true",
+          "--train.global_batch_size=2", "--train.micro_batch_size=2", "--train.max_steps=2",
+          "--train.lr_warmup_steps=1", "--eval.interval=1000", "--eval.max_iters=1"])
+    final = out / "final"
+    assert (final / "prompt_style.yaml").read_text().strip() == "name: chat_template"
+    llm = LLM.load(final, device="cpu")
+    assert isinstance(llm.prompt_style, ChatTemplate)
+    prompt = "Define the word sun."
+    expected = auto_tokenizer(base).apply_chat_template([{"role": "user", "content": prompt}],
+                                                        add_generation_prompt=True, tokenize=True)
+    assert llm.encode_prompts([prompt])[0].tolist() == ids_of(expected)
