@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from litgpt import fp8
 from litgpt.checkpoint import atomic_torch_save, read_checkpoint_file, save_config
 from litgpt.config import Config
 from litgpt.model import GPT
@@ -343,6 +344,7 @@ class HFWeights:
 
     def __init__(self, checkpoint_dir: Path, dtype: Optional[torch.dtype] = None) -> None:
         self.dtype = dtype
+        self.fp8_block = fp8.block_size(checkpoint_dir)  # FP8 checkpoints: weights dequantized as they are read
         self._loaders: dict[str, Callable[[], torch.Tensor]] = {}
         for file in _weight_files(checkpoint_dir):
             if file.suffix == ".safetensors":
@@ -360,10 +362,11 @@ class HFWeights:
 
     @property
     def names(self) -> list[str]:
-        return sorted(self._loaders)
+        return sorted(set(self._loaders) - fp8.scale_names(self._loaders))
 
     def get(self, name: str) -> torch.Tensor:
-        tensor = self._loaders[name]()
+        scale_inv = self._loaders.get(name + fp8.SCALE_SUFFIX)
+        tensor = fp8.dequantize(name, self._loaders[name](), scale_inv and scale_inv(), self.fp8_block, self.dtype)
         return tensor if self.dtype is None else tensor.to(self.dtype)
 
 
