@@ -154,7 +154,9 @@ def _family(class_name: str, name: str, frame: str, doc: str, **fields: Any) -> 
                                              **fields})
 
 
-INSTRUCTION_PREAMBLE = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+INSTRUCTION_PREAMBLE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+)
 INPUT_PREAMBLE = (
     "Below is an instruction that describes a task, paired with an input that provides further context. Write a "
     "response that appropriately completes the request.\n\n"
@@ -228,8 +230,8 @@ Phi4MiniReasoning = _family("Phi4MiniReasoning", "phi-4-mini-reasoning",
 TinyLlama = _family("TinyLlama", "tinyllama", "<|system|>\n{system}</s>\n<|user|>\n{prompt}</s>\n<|assistant|>\n",
                     "TinyLlama chat.",
                     default_system="You are a friendly chatbot who always gives helpful, detailed, and polite answers.")
-Gemma = _family("Gemma", "gemma", "<start_of_turn>user\n{prompt}<end_of_turn>\n<start_of_turn>model\n", "Gemma instruct.",
-                stop_words=(("<end_of_turn>",),))
+Gemma = _family("Gemma", "gemma", "<start_of_turn>user\n{prompt}<end_of_turn>\n<start_of_turn>model\n",
+                "Gemma instruct.", stop_words=(("<end_of_turn>",),))
 OLMo = _family("OLMo", "olmo", "<|endoftext|><|user|>\n{prompt}\n<|assistant|>\n", "OLMo instruct.")
 
 

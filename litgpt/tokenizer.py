@@ -4,9 +4,10 @@ Special tokens follow the tokenizer's own configuration, as `transformers.AutoTo
 `eos_token` come from `tokenizer_config.json` (then `special_tokens_map.json`); whether a text starts with BOS (or
 ends with EOS) is what tokenizer.json's own post-processor adds (Llama 3's TemplateProcessing prepends
 `<|begin_of_text|>`; `add_bos_token` / `add_eos_token` are baked into it when transformers saves it), and for a
-SentencePiece tokenizer.model alone `add_bos_token` (default true, as Llama's) / `add_eos_token`. `generation_config.json` only adds stop ids (its `eos_token_id`, an id or a
-list) and an EOS when the tokenizer configs name none; byte-level BPE tokenizers whose configs name no end-of-text
-token (GPT-2, Pythia, ours from `litgpt train_tokenizer`) get `<|endoftext|>` as EOS. `fingerprint` identifies the
+SentencePiece tokenizer.model alone `add_bos_token` (default true, as Llama's) / `add_eos_token`.
+`generation_config.json` only adds stop ids (its `eos_token_id`, an id or a list) and an EOS when the tokenizer
+configs name none; byte-level BPE tokenizers whose configs name no end-of-text token (GPT-2, Pythia, ours from
+`litgpt train_tokenizer`) get `<|endoftext|>` as EOS. `fingerprint` identifies the
 exact tokenizer files (chat templates included), so data tokenized with one tokenizer is never silently reused with
 another.
 """

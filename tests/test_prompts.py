@@ -50,7 +50,8 @@ UPSTREAM = {  # upstream litgpt's prompt_style.yaml class paths -> what the prom
     "Alpaca": "Below is an instruction that describes a task. Write a response that appropriately completes the "
               "request.\n\n### Instruction:\nHi\n\n### Response:\n",
     "Llama3": "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful assistant.<|eot_id|>"
-              "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+              "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+              "<|start_header_id|>assistant<|end_header_id|>\n\n",
     "ChatML": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
     "Qwen2_5": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
                "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
@@ -80,7 +81,9 @@ def test_system_prompts_and_inputs():
     from litgpt.prompts import Llama2, ChatML, CodeLlama
 
     assert CodeLlama().apply("Hi", sys_prompt="Be brief.") == "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST]"
-    assert ChatML("S").apply("Hi", "x {y}") == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi\n\nx {y}<|im_end|>\n<|im_start|>assistant\n"
+    assert ChatML("S").apply("Hi", "x {y}") == (
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi\n\nx {y}<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert Llama2().apply("Hi").startswith("[INST] <<SYS>>\nYou are a helpful, respectful and honest assistant.")
     assert Llama2().apply("Hi").endswith("share false information.\n<</SYS>>\n\n Hi [/INST] ")
 

@@ -241,7 +241,8 @@ class SFTDataModule:
         the connected tokenizer's checkpoint's template."""
         if self.prompt_style == CHAT_TEMPLATE:
             if self.tokenizer is None:
-                raise RuntimeError(f"call {type(self).__name__}.connect(tokenizer, ...) before reading its chat template")
+                raise RuntimeError(f"call {type(self).__name__}.connect(tokenizer, ...) before reading the chat "
+                                   "template")
             return load_prompt_style(self.tokenizer.checkpoint_dir, CHAT_TEMPLATE)
         return PromptStyle.from_name(self.prompt_style)
 
