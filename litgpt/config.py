@@ -402,16 +402,18 @@ class Config:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_name(cls, name: str, **kwargs: Any) -> "Config":
-        """A named config (see `Config.names()`), with fields overridden by `kwargs`.
+        """A named config (see `Config.names()`), or the one whose Hugging Face id (`ORG/NAME`, its hf_config) is
+        `name`, with fields overridden by `kwargs`.
 
         When `kwargs` turn the config into latent attention, the named config's rotary_percentage is not carried
         over (as in the `-mla` variants); one passed in `kwargs` is validated as usual.
         """
-        if name not in name_to_config:
-            close = [n for n in name_to_config if name.split("-")[0] in n][:8]
+        row = named_config(name)
+        if row is None:
+            close = [n for n in cls.names() if name.split("/")[-1].split("-")[0].lower() in n.lower()][:8]
             hint = f" Similar: {', '.join(close)}." if close else ""
             raise ValueError(f"unknown model name {name!r}.{hint} See litgpt.Config.names() for all of them.")
-        conf = deepcopy(name_to_config[name])
+        conf = deepcopy(row)
         conf.update(kwargs)
         if _is_mla(conf) and "rotary_percentage" not in kwargs:
             conf["rotary_percentage"] = DEFAULT_ROTARY_PERCENTAGE
@@ -419,7 +421,11 @@ class Config:
 
     @classmethod
     def names(cls) -> list[str]:
-        return sorted(name_to_config)
+        """Every name `from_name` takes (besides Hugging Face ids): the built-in families (Pythia, debug and their
+        -gqa/-mqa/-mla variants) and the published models of `litgpt.configs`."""
+        from litgpt.configs import NAMES
+
+        return sorted({*name_to_config, *NAMES})
 
     @classmethod
     def from_file(cls, path: Union[str, Path], **kwargs: Any) -> "Config":
@@ -499,6 +505,23 @@ class Config:
         data = {k: v for k, v in self.to_dict().items() if not (k in implied and _same_value(v, implied[k]))}
         with open(path, "w", encoding="utf-8") as f:
             yaml.safe_dump(data, f, sort_keys=False)
+
+
+def named_config(name: str) -> Optional[dict]:
+    """The fields (a row, not to be modified) of a named config: built-in, then `litgpt.configs` (derived from published config.json files, on first
+    use), then by Hugging Face id `ORG/NAME`; None if there is none."""
+    if name in name_to_config:
+        return name_to_config[name]
+    from litgpt import configs as published
+
+    if name in published.HF_CONFIG_JSON:
+        return published.rows()[name]
+    if "/" in name:
+        for row in (*configs, *published.rows().values()):
+            hf = row.get("hf_config") or {}
+            if hf and f"{hf.get('org')}/{hf.get('name')}" == name:
+                return row
+    return None
 
 
 def _find_multiple(n: int, k: int) -> int:

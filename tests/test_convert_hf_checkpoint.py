@@ -15,6 +15,10 @@ from transformers import (
     GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
 )
 
 from litgpt import Config
@@ -31,6 +35,9 @@ MOE = dict(MLA, first_k_dense_replace=1, n_routed_experts=8, num_experts_per_tok
            n_group=4, topk_group=2)
 YARN = dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=16, beta_fast=32.0,
             beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0)
+LLAMA3_ROPE = dict(rope_type="llama3", rope_theta=10000.0, factor=4.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                   original_max_position_embeddings=32)
+SEQ = 48  # past LLAMA3_ROPE's original context (32), within max_position_embeddings (64)
 
 CASES = {
     "neox": (GPTNeoXForCausalLM, GPTNeoXConfig, dict(rotary_pct=0.5, rotary_emb_base=500)),
@@ -42,6 +49,20 @@ CASES = {
     "llama-headdim-tied-bias": (
         LlamaForCausalLM, LlamaConfig,
         dict(num_key_value_heads=1, head_dim=12, tie_word_embeddings=True, attention_bias=True, rms_norm_eps=1e-5),
+    ),
+    # Llama 3 rope scaling with head_dim 16 (8 frequencies, wavelengths 6.3, 20, 63, ...): against original 32 and
+    # factors 1/4, the first is kept (< 8), the second blended, the rest divided by 4; positions run past 32
+    "llama3-rope-gqa": (
+        LlamaForCausalLM, LlamaConfig,
+        dict(num_key_value_heads=2, head_dim=16, rope_parameters=LLAMA3_ROPE),
+    ),
+    "llama-linear-rope": (
+        LlamaForCausalLM, LlamaConfig, dict(rope_parameters=dict(rope_type="linear", rope_theta=10000.0, factor=2.0)),
+    ),
+    "qwen2-tied-qkv-bias": (Qwen2ForCausalLM, Qwen2Config, dict(num_key_value_heads=2, tie_word_embeddings=True)),
+    "mistral-gqa": (MistralForCausalLM, MistralConfig, dict(num_key_value_heads=2, sliding_window=None)),
+    "mistral-window-covers-context": (
+        MistralForCausalLM, MistralConfig, dict(num_key_value_heads=1, sliding_window=64, rope_theta=1e6),
     ),
     "deepseek-v3-qlora": (DeepseekV3ForCausalLM, DeepseekV3Config, dict(q_lora_rank=24, rope_interleave=True, **MLA)),
     "deepseek-v3-qlora-rotate-half": (
@@ -106,7 +127,7 @@ def test_logits_match_hf(case, tmp_path):
     hf_model, hf_dir = make_hf(case, tmp_path)
     out_dir = convert_hf_checkpoint(hf_dir, output_dir=tmp_path / "lit")
     model = load_checkpoint(out_dir).eval()
-    idx = torch.randint(0, VOCAB, (2, 10))
+    idx = torch.randint(0, VOCAB, (2, SEQ))
     with torch.no_grad():
         ours = model(idx)
     torch.testing.assert_close(ours, hf_logits(hf_model, idx), atol=1e-5, rtol=1e-5)
@@ -177,7 +198,16 @@ def _deepseek_v3_dict(**overrides) -> dict:
 @pytest.mark.parametrize(
     "hf, match",
     [
-        ({"architectures": ["MistralForCausalLM"]}, r"unsupported architecture MistralForCausalLM; supported: GPTNeoX"),
+        ({"architectures": ["MistralForCausalLM"]}, r"^MistralForCausalLM: config.json has no 'num_attention_heads'"),
+        ({"architectures": ["Gemma2ForCausalLM"]}, r"unsupported architecture Gemma2ForCausalLM; supported: GPTNeoX"),
+        # transformers' MLA families we cannot express: one line naming the family and what we lack
+        ({"architectures": ["MiniCPM3ForCausalLM"]},
+         r"^unsupported architecture MiniCPM3ForCausalLM \(transformers' minicpm3\): our model has no longrope"),
+        ({"model_type": "longcat_flash"},
+         r"^unsupported architecture LongcatFlashForCausalLM \(transformers' longcat_flash\): .*zero-computation"),
+        ({"architectures": ["DeepseekV32ForCausalLM"]}, r"\(transformers' deepseek_v32\): .*sparse-attention indexer"),
+        ({"model_type": "kimi_linear"}, r"\(transformers' kimi_linear\): our model has no linear-attention"),
+        ({"model_type": "axk1"}, r"\(transformers' axk1\): our model has no RMSNorm on the MoE output"),
         ({"model_type": "t5"}, "unsupported architecture <none given>"),
         (
             {**_deepseek_v3_dict(), "rope_parameters": None, "rope_scaling": {"type": "dynamic", "factor": 4}},
@@ -199,8 +229,27 @@ def _deepseek_v3_dict(**overrides) -> dict:
         (_deepseek_v3_dict(**{**MOE, "n_group": 3}), r"n_expert_groups \(3\) must divide n_expert \(8\)"),
         (
             {**LlamaConfig(**COMMON).to_dict(), "architectures": ["LlamaForCausalLM"],
-             "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}},
-            "rope scaling 'llama3' is not supported",
+             "rope_parameters": {"rope_type": "dynamic", "rope_theta": 5e5, "factor": 8.0}},
+            "rope scaling 'dynamic' is not supported",
+        ),
+        (
+            {**LlamaConfig(**COMMON).to_dict(), "architectures": ["LlamaForCausalLM"],
+             "rope_parameters": {"rope_type": "linear", "rope_theta": 5e5, "factor": 2.5}},
+            r"linear rope scaling factor 2.5 is not supported; rope_condense_ratio takes a whole number",
+        ),
+        (
+            {**MistralConfig(**COMMON, sliding_window=16).to_dict(), "architectures": ["MistralForCausalLM"]},
+            r"^MistralForCausalLM: sliding_window=16 < max_position_embeddings=64 is not supported",
+        ),
+        (
+            {**Qwen2Config(**COMMON, use_sliding_window=True, sliding_window=32, max_window_layers=1).to_dict(),
+             "architectures": ["Qwen2ForCausalLM"]},
+            r"^Qwen2ForCausalLM: sliding_window=32 < max_position_embeddings=64 is not supported",
+        ),
+        (
+            {**_deepseek_v3_dict(**MOE), "architectures": ["Glm4MoeLiteForCausalLM"],
+             "mlp_layer_types": ["sparse", "dense"]},
+            r"mlp_layer_types \['sparse', 'dense'\] is not supported",
         ),
         ({**LlamaConfig(**COMMON).to_dict(), "architectures": ["LlamaForCausalLM"], "hidden_act": "gelu"},
          "hidden_act 'gelu' is not supported"),
@@ -343,3 +392,20 @@ def test_deepseek_v3_config_without_rope_interleave_takes_transformers_default(t
         rotate_half = GPT(dataclasses.replace(ours.config, rope_interleave=False)).eval()
         rotate_half.load_state_dict(ours.state_dict())
         assert (rotate_half(idx) - expected).abs().max() > 1e-3  # the setting shows in the logits
+
+
+def test_new_layouts_read_their_settings():
+    """Llama 3 rope, linear rope, Qwen2's q/k/v biases and tie, Mistral: the config fields each maps to."""
+    llama3 = config_from_hf({**LlamaConfig(**COMMON, head_dim=16, rope_parameters=LLAMA3_ROPE).to_dict(),
+                             "architectures": ["LlamaForCausalLM"]})
+    assert llama3.rope_adjustments == dict(factor=4.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                           original_max_seq_len=32)
+    legacy = {**LlamaConfig(**COMMON).to_dict(), "architectures": ["LlamaForCausalLM"], "rope_parameters": None,
+              "rope_theta": 1e5, "rope_scaling": {"type": "linear", "factor": 4.0}}  # deepseek-coder's config.json
+    assert (config_from_hf(legacy).rope_condense_ratio, config_from_hf(legacy).rope_base) == (4, 100000)
+    qwen = config_from_hf({**Qwen2Config(**COMMON, num_key_value_heads=2, tie_word_embeddings=True).to_dict(),
+                           "architectures": ["Qwen2ForCausalLM"]})
+    assert (qwen.bias, qwen.attn_bias, qwen.tie_embeddings) == (False, True, True)
+    mistral = config_from_hf({**MistralConfig(**COMMON, num_key_value_heads=2, sliding_window=None).to_dict(),
+                              "architectures": ["MistralForCausalLM"]})
+    assert (mistral.bias, mistral.attn_bias, mistral.tie_embeddings, mistral.block_size) == (False, False, False, 64)

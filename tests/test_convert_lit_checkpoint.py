@@ -20,6 +20,8 @@ MOE = dict(LLAMA, latent_attention=MLA, rope_interleave=True, rotary_percentage=
            n_expert=8, n_expert_per_token=2, moe_intermediate_size=16, n_shared_expert=1, first_k_dense_replace=1,
            n_expert_groups=4, n_topk_groups=2)
 YARN = dict(factor=4.0, original_max_seq_len=16, beta_fast=32, beta_slow=1, mscale=1.0, mscale_all_dim=1.0)
+LLAMA3 = dict(factor=4.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_seq_len=32)
+SEQ = 48  # the Llama 3 case's sequence: past LLAMA3's original context (32), within block_size (64)
 
 # case: (config overrides, architecture argument, HF architecture expected in config.json)
 CASES = {
@@ -32,8 +34,13 @@ CASES = {
     ),
     "llama-gqa": (dict(LLAMA, n_query_groups=2), None, "LlamaForCausalLM"),
     "llama-attn-bias-interleaved": (
-        dict(LLAMA, n_query_groups=1, attn_bias=True, rope_interleave=True), None, "LlamaForCausalLM",
+        dict(LLAMA, n_query_groups=1, attn_bias=True, rope_interleave=True), "LlamaForCausalLM", "LlamaForCausalLM",
     ),
+    # q/k/v biases only (attn_bias without bias): Qwen2's layout, here with tied embeddings
+    "qwen2-tied": (dict(LLAMA, n_query_groups=2, attn_bias=True, tie_embeddings=True), None, "Qwen2ForCausalLM"),
+    # Llama 3 rope scaling, head_size 16 (wavelengths 6.3, 20, 63, ...: kept, blended, divided against original 32)
+    "llama3-rope": (dict(LLAMA, n_query_groups=2, head_size=16, rope_adjustments=LLAMA3), None, "LlamaForCausalLM"),
+    "llama-linear-rope": (dict(LLAMA, rope_condense_ratio=2), None, "LlamaForCausalLM"),
     "mla-v3": (dict(LLAMA, latent_attention=MLA), None, "DeepseekV3ForCausalLM"),
     "mla-v3-interleaved-noqlora": (
         dict(LLAMA, latent_attention={**MLA, "q_lora_rank": None}, rope_interleave=True), None, "DeepseekV3ForCausalLM",
@@ -52,7 +59,8 @@ CASES = {
     ),
     "moe-v2": (dict(MOE, moe_scoring="softmax", n_shared_expert=2), None, "DeepseekV2ForCausalLM"),
 }
-ROUND_TRIP = ("neox", "neox-sequential-nobias-tanh", "llama-gqa", "mla-v3", "mla-v3-attn-bias", "moe-v3-yarn",
+ROUND_TRIP = ("neox", "neox-sequential-nobias-tanh", "llama-gqa", "qwen2-tied", "llama3-rope", "llama-linear-rope",
+              "mla-v3", "mla-v3-attn-bias", "moe-v3-yarn",
               "moe-v3-no-groups", "moe-v2")
 
 
@@ -82,7 +90,7 @@ def test_logits_match_in_transformers(case, tmp_path):
     hf_dir = convert_lit_checkpoint(tmp_path / "lit", tmp_path / "hf", architecture=architecture)
     assert json.loads((hf_dir / "config.json").read_text())["architectures"] == [expected_arch]
     hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, attn_implementation="eager", dtype=torch.float32).eval()
-    idx = torch.randint(0, VOCAB, (2, 10))
+    idx = torch.randint(0, VOCAB, (2, SEQ if "llama3" in case else 10))
     with torch.no_grad():
         torch.testing.assert_close(hf_model(idx).logits, model(idx), atol=1e-5, rtol=1e-5)
     if case in ROUND_TRIP:  # and back: the same tensors, plus zero biases where HF's bias flags are coarser
@@ -111,6 +119,10 @@ def test_mla_with_parallel_residual_has_no_hf_equivalent(tmp_path):
         (dict(LLAMA), "DeepseekV3ForCausalLM", r"latent_attention=None \(no MLA\)"),
         (dict(LLAMA, scale_embeddings=True), None, "scale_embeddings=True"),
         (dict(), "MistralForCausalLM", "unsupported architecture MistralForCausalLM"),
+        (dict(LLAMA, bias=True), "Qwen2ForCausalLM", r"bias=True \(Qwen2 has no o_proj or MLP biases\)"),
+        (dict(LLAMA, rope_adjustments=LLAMA3, rope_condense_ratio=2), None, r"LlamaForCausalLM: .*rope_condense_ratio=2"),
+        (dict(rope_adjustments=LLAMA3), None, r"GPTNeoXForCausalLM: .*rope_adjustments \(Llama 3 scaling\)"),
+        (dict(MOE, moe_scoring="sigmoid", rope_adjustments=LLAMA3), None, r"rope_adjustments \(Llama 3 scaling\)"),
         (dict(MOE, moe_scoring="topk_softmax", n_expert_groups=None, n_topk_groups=None), None,
          r"DeepseekV3ForCausalLM.*moe_scoring='topk_softmax'"),
         (dict(MOE, moe_scoring="softmax"), "DeepseekV3ForCausalLM", "moe_scoring='softmax'"),

@@ -2,9 +2,11 @@
 
     python -m litgpt.scripts.convert_hf_checkpoint checkpoints/EleutherAI/pythia-160m
 
-The `Config` is built from `config.json` alone (no named config is consulted). Supported architectures are
-listed in `SUPPORTED_ARCHITECTURES`; the name tables here are shared with `convert_lit_checkpoint` (the
-other direction).
+The `Config` is built from `config.json` alone by `litgpt.configs.hf.config_from_hf`, the mapping the named configs
+are derived with. Supported architectures are listed in `SUPPORTED_ARCHITECTURES` (GPT-NeoX; Llama, Qwen2 and
+Mistral with Llama's modules; DeepSeek-V2/V3, GLM-4.7-Flash and Youtu-LLM with DeepSeek's); the name tables here are
+shared with `convert_lit_checkpoint` (the other direction). A tied checkpoint (tie_word_embeddings) converts to a
+`tie_embeddings` config whose state dict holds the embedding under both keys, as one tensor.
 
 DeepSeek-V2/V3 checkpoints convert with their mixture-of-experts layers (`litgpt.moe`: V2's softmax routing, greedy
 or group-limited; V3's sigmoid routing with e_score_correction_bias and expert groups; shared experts; the first
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import shutil
 import warnings
@@ -32,22 +33,30 @@ import torch
 from litgpt import fp8
 from litgpt.checkpoint import atomic_torch_save, read_checkpoint_file, save_config
 from litgpt.config import Config
+from litgpt.configs.hf import (  # noqa: F401  (re-exported: convert_lit_checkpoint and callers import them here)
+    DEEPSEEK_FAMILY,
+    DEEPSEEK_LATENT_NORM_EPS,
+    DEEPSEEK_V2,
+    DEEPSEEK_V3,
+    GLM4_MOE_LITE,
+    GPT_NEOX,
+    LLAMA,
+    LLAMA_LIKE,
+    MISTRAL,
+    MODEL_TYPES,
+    QWEN2,
+    SUPPORTED_ARCHITECTURES,
+    V3_GROUP_SCORES,
+    YOUTU,
+    architecture_of,
+    config_from_hf,
+)
 from litgpt.model import GPT
-from litgpt.rope import rope_attention_factor
 from litgpt.scripts.download import TOKENIZER_FILES
 
 log = logging.getLogger(__name__)
 
-GPT_NEOX = "GPTNeoXForCausalLM"
-LLAMA = "LlamaForCausalLM"
-DEEPSEEK_V2 = "DeepseekV2ForCausalLM"
-DEEPSEEK_V3 = "DeepseekV3ForCausalLM"
-SUPPORTED_ARCHITECTURES = (GPT_NEOX, LLAMA, DEEPSEEK_V2, DEEPSEEK_V3)
-MODEL_TYPES = {"gpt_neox": GPT_NEOX, "llama": LLAMA, "deepseek_v2": DEEPSEEK_V2, "deepseek_v3": DEEPSEEK_V3}
-GELU_APPROXIMATE = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh"}
-# HF's DeepSeek q_a_layernorm/kv_a_layernorm are built with their default eps, not config.rms_norm_eps.
-DEEPSEEK_LATENT_NORM_EPS = 1e-6
-
+# the architectures and the config.json mapping live in litgpt.configs.hf (shared with the named configs)
 
 @dataclass(frozen=True)
 class Layout:
@@ -89,6 +98,7 @@ _DEEPSEEK = Layout(
         "self_attn.kv_b_proj": "attn.kv_b_proj",
     },
 )
+_LLAMA_LAYOUT = Layout(top=_LLAMA_LIKE_TOP, layer_prefix="model.layers.{i}.", layer=_LLAMA_LIKE_BLOCK)
 LAYOUTS: dict[str, Layout] = {
     GPT_NEOX: Layout(
         top={"gpt_neox.embed_in": "transformer.wte", "gpt_neox.final_layer_norm": "transformer.ln_f",
@@ -102,9 +112,8 @@ LAYOUTS: dict[str, Layout] = {
             "mlp.dense_4h_to_h": "mlp.proj",
         },
     ),
-    LLAMA: Layout(top=_LLAMA_LIKE_TOP, layer_prefix="model.layers.{i}.", layer=_LLAMA_LIKE_BLOCK),
-    DEEPSEEK_V2: _DEEPSEEK,
-    DEEPSEEK_V3: _DEEPSEEK,
+    **{arch: _LLAMA_LAYOUT for arch in LLAMA_LIKE},
+    **{arch: _DEEPSEEK for arch in DEEPSEEK_FAMILY},
 }
 LLAMA_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 NEOX_QKV = "attention.query_key_value"
@@ -116,226 +125,6 @@ V2_TOPK_METHODS = {"greedy": False, "group_limited_greedy": True}  # transformer
 V3_GROUP_SCORES = 2  # transformers' DeepseekV3 scores a group by its best two experts
 # Non-persistent buffers that older transformers versions saved; they carry no weights.
 IGNORED_SUFFIXES = ("attention.bias", "attention.masked_bias", "rotary_emb.inv_freq")
-
-
-# ---------------------------------------------------------------------------------------------------- config
-def architecture_of(hf_config: dict) -> str:
-    """The supported architecture named by config.json (`architectures`, else `model_type`)."""
-    names = list(hf_config.get("architectures") or [])
-    if not names and hf_config.get("model_type") in MODEL_TYPES:
-        names = [MODEL_TYPES[hf_config["model_type"]]]
-    arch = names[0] if len(names) == 1 else ", ".join(names) or "<none given>"
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(f"unsupported architecture {arch}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
-    return arch
-
-
-def _rope_base(hf: dict, arch: str, legacy_key: str = "rope_theta") -> float:
-    """rope_theta from `rope_parameters` (transformers >= 5) or the legacy top-level keys; scaled rope is refused."""
-    params = hf.get("rope_parameters") or {}
-    scaling = hf.get("rope_scaling") or {}
-    rope_type = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
-    if rope_type != "default":
-        raise ValueError(
-            f"{arch}: rope scaling {rope_type!r} is not supported (only unscaled rope converts); "
-            "remove rope_scaling/rope_parameters.rope_type from config.json only if the weights were trained without it"
-        )
-    theta = float(params.get("rope_theta", hf.get(legacy_key, hf.get("rope_theta", 10000.0))))
-    return int(theta) if theta.is_integer() else theta
-
-
-def _deepseek_rope(hf: dict, arch: str) -> tuple[float, Optional[dict]]:
-    """rope_theta and our `rope_adjustments` (None without scaling) for a DeepSeek config.json, as transformers
-    computes them; only YaRN converts."""
-    params = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
-    rope_type = params.get("rope_type") or params.get("type") or "default"
-    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
-    base = int(theta) if theta.is_integer() else theta
-    if rope_type == "default":
-        return base, None
-    if rope_type != "yarn":
-        raise ValueError(f"{arch}: rope scaling {rope_type!r} is not supported (only 'yarn' and unscaled rope convert)")
-    original = params.get("original_max_position_embeddings") or hf.get("max_position_embeddings", 2048)
-    factor = params.get("factor") or hf.get("max_position_embeddings", 2048) / original
-    mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
-    if not (mscale and mscale_all_dim):
-        if mscale_all_dim:
-            raise ValueError(
-                f"{arch}: YaRN with mscale_all_dim={mscale_all_dim} but mscale={mscale!r} is not supported "
-                "(transformers then scales the softmax by mscale_all_dim but the rope by ln(factor) alone)"
-            )
-        mscale, mscale_all_dim = 1.0, 0.0  # transformers without both: the rope scaled by mscale(factor, 1) alone
-    adjustments = dict(
-        factor=float(factor), original_max_seq_len=int(original), beta_fast=float(params.get("beta_fast") or 32),
-        beta_slow=float(params.get("beta_slow") or 1), mscale=float(mscale), mscale_all_dim=float(mscale_all_dim),
-        truncate=bool(params.get("truncate", True)),
-    )
-    attention_factor = params.get("attention_factor")
-    if attention_factor is not None and not math.isclose(attention_factor, rope_attention_factor(adjustments)):
-        raise ValueError(
-            f"{arch}: YaRN attention_factor={attention_factor} is not supported: ours follows from factor, mscale and "
-            f"mscale_all_dim ({rope_attention_factor(adjustments):.6g} here)"
-        )
-    return base, adjustments
-
-
-def _deepseek_moe(hf: dict, arch: str) -> dict:
-    """Our MoE fields for a DeepSeek config.json, or {} when no layer is MoE (n_routed_experts null or 0, or every
-    layer within first_k_dense_replace)."""
-    n_layer, experts = hf["num_hidden_layers"], hf.get("n_routed_experts")
-    first_dense, every = hf.get("first_k_dense_replace") or 0, hf.get("moe_layer_freq") or 1
-    if not experts or not any(i % every == 0 for i in range(first_dense, n_layer)):
-        return {}
-    fields: dict[str, Any] = dict(
-        mlp_class_name="LLaMAMoE",
-        n_expert=experts,
-        n_expert_per_token=hf["num_experts_per_tok"],
-        moe_intermediate_size=hf["moe_intermediate_size"],
-        n_shared_expert=hf.get("n_shared_experts") or None,
-        first_k_dense_replace=first_dense or None,
-        moe_layer_freq=every,
-        routed_scaling_factor=float(hf.get("routed_scaling_factor", 1.0)),
-        norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
-    )
-    if arch == DEEPSEEK_V2:
-        method = hf.get("topk_method") or "greedy"
-        if method not in V2_TOPK_METHODS:
-            raise ValueError(f"{arch}: topk_method {method!r} is not supported; use one of {sorted(V2_TOPK_METHODS)}")
-        fields.update(moe_scoring="softmax")
-        if V2_TOPK_METHODS[method]:
-            fields.update(n_expert_groups=hf["n_group"], n_topk_groups=hf["topk_group"], n_topk_scores_per_group=1)
-        if fields["norm_topk_prob"]:
-            warnings.warn(
-                f"{arch}: norm_topk_prob=true, which transformers' DeepseekV2 ignores; the converted model "
-                "renormalises the routing weights as DeepSeek's reference code does, so its outputs differ from "
-                "transformers'",
-                stacklevel=4,
-            )
-    else:
-        fields.update(moe_scoring="sigmoid")
-        if (hf.get("n_group") or 1) > 1:  # one group keeps every expert: no group limit
-            fields.update(n_expert_groups=hf["n_group"], n_topk_groups=hf["topk_group"],
-                          n_topk_scores_per_group=V3_GROUP_SCORES)
-    return fields
-
-
-def _require_silu(hf: dict, arch: str) -> None:
-    if hf.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"{arch}: hidden_act {hf['hidden_act']!r} is not supported; the gated MLP uses silu")
-
-
-def _vocab(hf: dict) -> dict:
-    # The HF embedding has vocab_size rows; it is already padded as the checkpoint needs it.
-    return dict(vocab_size=hf["vocab_size"], padded_vocab_size=hf["vocab_size"])
-
-
-def _neox_config(hf: dict) -> dict:
-    act = hf.get("hidden_act", "gelu")
-    if act not in GELU_APPROXIMATE:
-        raise ValueError(f"{GPT_NEOX}: hidden_act {act!r} is not supported; use one of {sorted(GELU_APPROXIMATE)}")
-    params = hf.get("rope_parameters") or {}
-    return dict(
-        block_size=hf.get("max_position_embeddings", 2048),
-        n_layer=hf["num_hidden_layers"],
-        n_embd=hf["hidden_size"],
-        n_head=hf["num_attention_heads"],
-        head_size=hf["hidden_size"] // hf["num_attention_heads"],
-        rotary_percentage=float(params.get("partial_rotary_factor", hf.get("rotary_pct", 0.25))),
-        rope_base=_rope_base(hf, GPT_NEOX, legacy_key="rotary_emb_base"),
-        parallel_residual=hf.get("use_parallel_residual", True),
-        bias=True,  # the MLP and the norms always carry biases; attention's follow attention_bias (zero-filled)
-        norm_class_name="LayerNorm",
-        norm_eps=hf.get("layer_norm_eps", 1e-5),
-        mlp_class_name="GptNeoxMLP",
-        gelu_approximate=GELU_APPROXIMATE[act],
-        intermediate_size=hf.get("intermediate_size") or 4 * hf["hidden_size"],
-        **_vocab(hf),
-    )
-
-
-def _llama_config(hf: dict) -> dict:
-    _require_silu(hf, LLAMA)
-    n_head = hf["num_attention_heads"]
-    return dict(
-        block_size=hf.get("max_position_embeddings", 2048),
-        n_layer=hf["num_hidden_layers"],
-        n_embd=hf["hidden_size"],
-        n_head=n_head,
-        n_query_groups=hf.get("num_key_value_heads") or n_head,
-        head_size=hf.get("head_dim") or hf["hidden_size"] // n_head,
-        rotary_percentage=1.0,
-        rope_base=_rope_base(hf, LLAMA),
-        parallel_residual=False,
-        # attention_bias covers q/k/v/o, mlp_bias the MLP; our `bias` covers both, missing ones are zero-filled
-        bias=bool(hf.get("attention_bias", False) or hf.get("mlp_bias", False)),
-        norm_class_name="RMSNorm",
-        norm_eps=hf.get("rms_norm_eps", 1e-6),
-        mlp_class_name="LLaMAMLP",
-        intermediate_size=hf["intermediate_size"],
-        **_vocab(hf),
-    )
-
-
-def _deepseek_config(hf: dict, arch: str) -> dict:
-    _require_silu(hf, arch)
-    n_layer = hf["num_hidden_layers"]
-    rope_base, rope_adjustments = _deepseek_rope(hf, arch)
-    eps = hf.get("rms_norm_eps", 1e-6)
-    if not math.isclose(eps, DEEPSEEK_LATENT_NORM_EPS):
-        warnings.warn(
-            f"{arch}: rms_norm_eps={eps} but HF's q_a/kv_a norms use eps={DEEPSEEK_LATENT_NORM_EPS}; our model uses "
-            "norm_eps for every norm, so outputs differ slightly",
-            stacklevel=3,
-        )
-    nope, rope = hf["qk_nope_head_dim"], hf["qk_rope_head_dim"]
-    attention_bias = bool(hf.get("attention_bias", False))
-    return dict(
-        block_size=hf.get("max_position_embeddings", 2048),
-        n_layer=n_layer,
-        n_embd=hf["hidden_size"],
-        n_head=hf["num_attention_heads"],
-        head_size=nope + rope,  # informational for MLA: the query/key head width
-        # rotary_percentage stays at its default: MLA rotates the whole decoupled key, qk_rope_head_dim wide
-        rope_base=rope_base,
-        rope_adjustments=rope_adjustments,
-        # V2 rotates complex pairs (2i, 2i+1); V3 has a flag. HF's V3 interleaved path writes its output
-        # de-interleaved, but q and k alike, so scores equal ours with rope_interleave=True unpermuted.
-        rope_interleave=True if arch == DEEPSEEK_V2 else bool(hf.get("rope_interleave", True)),
-        parallel_residual=False,
-        # HF attention_bias: q_a_proj, kv_a_proj_with_mqa (our attn_bias) and o_proj (our bias); mlp_bias: MLP.
-        # Our `bias` also gives q_proj/q_b_proj/kv_b_proj/MLP biases, which are zero-filled.
-        attn_bias=attention_bias,
-        bias=attention_bias or bool(hf.get("mlp_bias", False)),
-        norm_class_name="RMSNorm",
-        norm_eps=eps,
-        intermediate_size=hf["intermediate_size"],
-        **(_deepseek_moe(hf, arch) or dict(mlp_class_name="LLaMAMLP")),
-        latent_attention=dict(
-            q_lora_rank=hf.get("q_lora_rank"),
-            kv_lora_rank=hf["kv_lora_rank"],
-            qk_rope_head_dim=rope,
-            qk_nope_head_dim=nope,
-            v_head_dim=hf["v_head_dim"],
-        ),
-        **_vocab(hf),
-    )
-
-
-def config_from_hf(hf_config: dict, name: str = "") -> Config:
-    """Our `Config` for a Hugging Face config.json dict. `name` defaults to the last part of `_name_or_path`."""
-    arch = architecture_of(hf_config)
-    if arch == GPT_NEOX:
-        fields = _neox_config(hf_config)
-    elif arch == LLAMA:
-        fields = _llama_config(hf_config)
-    else:
-        fields = _deepseek_config(hf_config, arch)
-    name_or_path = str(hf_config.get("_name_or_path") or "")
-    hf_id = {}
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", name_or_path) and not Path(name_or_path).exists():
-        org, repo = name_or_path.split("/")
-        hf_id = dict(org=org, name=repo)
-    return Config(name=name or Path(name_or_path).name, hf_config=hf_id, **fields)
 
 
 # ---------------------------------------------------------------------------------------------------- weights
@@ -428,19 +217,19 @@ def convert_state_dict(arch: str, config: Config, weights: HFWeights, tied: bool
             raise ValueError(f"{arch}: unexpected tensor {name!r} in the checkpoint")
         i, sub = int(match.group(1)), match.group(2)
         if i >= config.n_layer:
-            if arch in (DEEPSEEK_V2, DEEPSEEK_V3):  # multi-token-prediction layers follow the main stack
+            if arch in DEEPSEEK_FAMILY:  # multi-token-prediction layers follow the main stack
                 skipped_layers.add(i)
                 continue
             raise ValueError(f"{arch}: tensor {name!r} belongs to layer {i} but num_hidden_layers is {config.n_layer}")
         prefix = f"transformer.h.{i}."
-        expert = HF_EXPERT.fullmatch(sub) if arch in (DEEPSEEK_V2, DEEPSEEK_V3) else None
+        expert = HF_EXPERT.fullmatch(sub) if arch in DEEPSEEK_FAMILY else None
         if expert is not None:  # one routed expert's projection
             out[f"{prefix}mlp.experts.{expert.group(1)}.{EXPERT_PARTS[expert.group(2)]}.{param}"] = weights.get(name)
-        elif arch in (DEEPSEEK_V2, DEEPSEEK_V3) and sub == "mlp.experts" and param in FUSED_EXPERTS:
+        elif arch in DEEPSEEK_FAMILY and sub == "mlp.experts" and param in FUSED_EXPERTS:
             out.update(split_fused_experts(weights.get(name), param, f"{prefix}mlp.experts."))
         elif arch == GPT_NEOX and sub == NEOX_QKV:
             out[f"{prefix}attn.qkv.{param}"] = neox_qkv_to_ours(weights.get(name), config.n_head)
-        elif arch == LLAMA and sub in LLAMA_QKV:
+        elif arch in LLAMA_LIKE and sub in LLAMA_QKV:
             qkv_parts.setdefault((i, param), {})[sub] = weights.get(name)
         elif sub in layout.layer:
             out[f"{prefix}{layout.layer[sub]}.{param}"] = weights.get(name)
@@ -460,7 +249,7 @@ def convert_state_dict(arch: str, config: Config, weights: HFWeights, tied: bool
     if tied or "lm_head.weight" not in out:
         if not tied:
             raise ValueError(f"{arch}: the checkpoint has no LM head weight and tie_word_embeddings is false")
-        out["lm_head.weight"] = out["transformer.wte.weight"].clone()
+        out["lm_head.weight"] = out["transformer.wte.weight"]  # one tensor (config.tie_embeddings), saved once
     return _complete(out, config, arch)
 
 
@@ -546,7 +335,7 @@ def convert_hf_checkpoint(
     arch = architecture_of(hf_config)
     config = config_from_hf(hf_config, name="" if hf_config.get("_name_or_path") else checkpoint_dir.resolve().name)
     weights = HFWeights(checkpoint_dir, _dtype(dtype))
-    state_dict = convert_state_dict(arch, config, weights, tied=bool(hf_config.get("tie_word_embeddings", False)))
+    state_dict = convert_state_dict(arch, config, weights, tied=config.tie_embeddings)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(state_dict, output_dir / "lit_model.pth")
     save_config(config, output_dir)

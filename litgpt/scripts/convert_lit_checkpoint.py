@@ -3,8 +3,9 @@
     python -m litgpt.scripts.convert_lit_checkpoint out/pretrain/final out/hf
 
 Writes `model.safetensors` and `config.json` for the HF architecture that computes the same function:
-GPTNeoXForCausalLM (LayerNorm + GptNeoxMLP, MHA), LlamaForCausalLM (sequential RMSNorm + LLaMAMLP) or
-DeepseekV3ForCausalLM (MLA, sequential RMSNorm + LLaMAMLP or V3-routed LLaMAMoE, YaRN); DeepseekV2ForCausalLM
+GPTNeoXForCausalLM (LayerNorm + GptNeoxMLP, MHA), LlamaForCausalLM (sequential RMSNorm + LLaMAMLP; Llama 3 rope
+scaling as rope_type llama3, rope_condense_ratio as rope_type linear), Qwen2ForCausalLM (the same with q/k/v biases
+only: attn_bias without bias) or DeepseekV3ForCausalLM (MLA, sequential RMSNorm + LLaMAMLP or V3-routed LLaMAMoE, YaRN); DeepseekV2ForCausalLM
 on request, and by default for MoE models with V2's softmax routing. Routed experts are written per expert
 (`mlp.experts.{i}.gate_proj.weight`, what `save_pretrained` writes and every reader takes) or, with
 `--expert_layout fused`, in transformers 5's fused tensors (`mlp.experts.gate_up_proj`, `mlp.experts.down_proj`).
@@ -40,14 +41,17 @@ from litgpt.scripts.convert_hf_checkpoint import (
     LLAMA,
     LLAMA_QKV,
     NEOX_QKV,
-    SUPPORTED_ARCHITECTURES,
+    QWEN2,
     copy_tokenizer_files,
 )
+from litgpt.rope import is_llama3
 from litgpt.utils import atomic_write, check_output_spares_inputs
 
 log = logging.getLogger(__name__)
 
-MODEL_TYPE = {GPT_NEOX: "gpt_neox", LLAMA: "llama", DEEPSEEK_V2: "deepseek_v2", DEEPSEEK_V3: "deepseek_v3"}
+MODEL_TYPE = {GPT_NEOX: "gpt_neox", LLAMA: "llama", QWEN2: "qwen2", DEEPSEEK_V2: "deepseek_v2",
+              DEEPSEEK_V3: "deepseek_v3"}
+EXPORT_ARCHITECTURES = tuple(MODEL_TYPE)
 _MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 _SHARED_EXPERTS = ("mlp.shared_experts.gate_proj", "mlp.shared_experts.up_proj", "mlp.shared_experts.down_proj")
 OUR_EXPERT = re.compile(r"mlp\.experts\.(\d+)\.(fc_1|fc_2|proj)")
@@ -62,25 +66,30 @@ def default_architecture(config: Config) -> str:
         return DEEPSEEK_V2 if config.moe_scoring == "softmax" else DEEPSEEK_V3
     if config.parallel_residual or config.norm_class_name == "LayerNorm" or config.mlp_class_name == "GptNeoxMLP":
         return GPT_NEOX
-    return LLAMA
+    return QWEN2 if config.attn_bias and not config.bias else LLAMA  # Qwen2: q/k/v biases only
 
 
 def unsupported_properties(config: Config, arch: str) -> list[str]:
     """Our config's properties that `arch` cannot express, as 'field=value' strings (empty: convertible)."""
     c = config
+    llama3 = is_llama3(c.rope_adjustments)
     checks: list[tuple[bool, str]] = [
         (not c.scale_embeddings, "scale_embeddings=True"),
-        (c.rope_condense_ratio == 1, f"rope_condense_ratio={c.rope_condense_ratio}"),
+        # Llama's "linear" rope type divides positions like our condense ratio, but not on top of Llama 3 scaling
+        (c.rope_condense_ratio == 1 or (arch in (LLAMA, QWEN2) and not llama3),
+         f"rope_condense_ratio={c.rope_condense_ratio}"),
         (not c.lm_head_bias, "lm_head_bias=True"),
     ]
-    if arch in (GPT_NEOX, LLAMA):
+    if arch in (GPT_NEOX, LLAMA, QWEN2):
         checks.append((c.mla is None, "latent_attention (MLA)"))
-        checks.append((c.rope_adjustments is None, "rope_adjustments (YaRN)"))
+        checks.append((c.rope_adjustments is None or llama3, "rope_adjustments (YaRN)"))
+        checks.append((not llama3 or arch != GPT_NEOX, "rope_adjustments (Llama 3 scaling)"))
     else:
+        checks.append((not llama3, "rope_adjustments (Llama 3 scaling)"))
         checks.append((c.mla is not None, "latent_attention=None (no MLA)"))
         checks.append((c.mla is None or c.mla.o_latent_dim is None, "latent_attention.o_latent_dim (MLA-o)"))
         checks += _deepseek_moe_checks(c, arch)
-        yarn = c.rope_adjustments
+        yarn = None if llama3 else c.rope_adjustments
         if yarn is not None:  # without mscale_all_dim transformers scales the rope by mscale(factor, 1) whatever mscale
             checks.append((yarn["mscale_all_dim"] or yarn["mscale"] == 1, f"rope_adjustments.mscale={yarn['mscale']} "
                            "with mscale_all_dim=0"))
@@ -95,11 +104,13 @@ def unsupported_properties(config: Config, arch: str) -> list[str]:
         checks += [
             (not c.parallel_residual, "parallel_residual=True"),
             (c.norm_class_name == "RMSNorm", f"norm_class_name={c.norm_class_name!r}"),
-            (c.mlp_class_name == "LLaMAMLP" or (c.mlp_class_name == "LLaMAMoE" and arch != LLAMA),
+            (c.mlp_class_name == "LLaMAMLP" or (c.mlp_class_name == "LLaMAMoE" and arch not in (LLAMA, QWEN2)),
              f"mlp_class_name={c.mlp_class_name!r}"),
         ]
-    if arch == LLAMA:
+    if arch in (LLAMA, QWEN2):
         checks.append((c.rope_n_elem == c.head_size, f"rotary_percentage={c.rotary_percentage} (partial rope)"))
+    if arch == QWEN2:  # q/k/v always carry biases (zero-filled where ours lack them), o_proj and the MLP none
+        checks.append((not c.bias, "bias=True (Qwen2 has no o_proj or MLP biases)"))
     if arch == DEEPSEEK_V2:
         checks.append((c.rope_interleave, "rope_interleave=False"))
     return [what for ok, what in checks if not ok]
@@ -127,8 +138,8 @@ def _deepseek_moe_checks(c: Config, arch: str) -> list[tuple[bool, str]]:
 
 def check_convertible(config: Config, arch: str) -> None:
     """Raise a one-line ValueError naming what `arch` has no equivalent for."""
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(f"unsupported architecture {arch}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+    if arch not in EXPORT_ARCHITECTURES:
+        raise ValueError(f"unsupported architecture {arch}; supported: {', '.join(EXPORT_ARCHITECTURES)}")
     problems = unsupported_properties(config, arch)
     if problems:
         only = " (the HF architecture with MLA)" if config.mla is not None and arch == DEEPSEEK_V3 else ""
@@ -139,7 +150,10 @@ def check_convertible(config: Config, arch: str) -> None:
 
 
 def hf_bias_flags(config: Config, arch: str) -> dict[str, bool]:
-    """HF bias flags for our config: an HF projection gets a bias if the one of ours it maps to has one."""
+    """HF bias flags for our config: an HF projection gets a bias if the one of ours it maps to has one (Qwen2 has
+    no flags: its q/k/v biases are always there)."""
+    if arch == QWEN2:
+        return {}
     flags = dict(attention_bias=config.bias or config.attn_bias)
     if arch in (LLAMA, DEEPSEEK_V2):
         flags["mlp_bias"] = config.bias
@@ -149,6 +163,8 @@ def hf_bias_flags(config: Config, arch: str) -> dict[str, bool]:
 def hf_bias_modules(arch: str, hf_config: dict) -> set[str]:
     """HF block modules (Linear layers) that carry a bias under hf_config's flags."""
     attention = bool(hf_config.get("attention_bias"))
+    if arch == QWEN2:
+        return set(LLAMA_QKV)
     if arch == GPT_NEOX:  # GPT-NeoX's MLP always has biases
         return {"mlp.dense_h_to_4h", "mlp.dense_4h_to_h"} | ({NEOX_QKV, "attention.dense"} if attention else set())
     mlp = set()
@@ -190,8 +206,16 @@ def hf_config_for(
     else:
         hf.update(hidden_act="silu", rms_norm_eps=c.norm_eps, rope_theta=c.rope_base,
                   num_key_value_heads=c.n_query_groups)
-    if arch == LLAMA:
+    if arch in (LLAMA, QWEN2):
         hf.update(head_dim=c.head_size)
+        if is_llama3(c.rope_adjustments):
+            a = c.rope_adjustments
+            rope.update(rope_type="llama3", factor=a["factor"], low_freq_factor=a["low_freq_factor"],
+                        high_freq_factor=a["high_freq_factor"], original_max_position_embeddings=a["original_max_seq_len"])
+        elif c.rope_condense_ratio != 1:  # positions divided by the ratio: transformers' "linear" rope type
+            rope.update(rope_type="linear", factor=float(c.rope_condense_ratio))
+    if arch == QWEN2:
+        hf.update(use_sliding_window=False, sliding_window=None)
     if arch in (DEEPSEEK_V2, DEEPSEEK_V3):
         d = c.mla
         assert d is not None
@@ -415,7 +439,7 @@ def convert_lit_checkpoint(
     Args:
         checkpoint_dir: directory with lit_model.pth and model_config.yaml.
         output_dir: where to write the Hugging Face files (tokenizer files are copied along).
-        architecture: HF architecture to write, one of GPTNeoXForCausalLM, LlamaForCausalLM,
+        architecture: HF architecture to write, one of GPTNeoXForCausalLM, LlamaForCausalLM, Qwen2ForCausalLM,
             DeepseekV2ForCausalLM, DeepseekV3ForCausalLM (default: the one matching the config).
         tie_embeddings: write `tie_word_embeddings: true` and the embedding once (the LM head is the embedding).
             Default: tie when lm_head.weight is, or equals, transformer.wte.weight. True needs them equal;

@@ -100,11 +100,11 @@ def _first_line(error: BaseException) -> str:
 def named_models() -> dict[str, str]:
     """Hub id -> the named config (`litgpt.Config.names()`) of that model: the config named as the repository, else
     the first name (the -gqa/-mla variants of a config carry their base's hub id but are other models)."""
-    from litgpt.config import Config, name_to_config
+    from litgpt.config import Config, named_config
 
     out: dict[str, str] = {}
     for name in Config.names():
-        hf = name_to_config[name].get("hf_config") or {}
+        hf = (named_config(name) or {}).get("hf_config") or {}
         if not hf.get("org") or not hf.get("name"):
             continue
         repo = f"{hf['org']}/{hf['name']}"
