@@ -438,6 +438,7 @@ class Config:
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
         data.update(kwargs)
+        _warn_upstream_yarn(data.get("rope_adjustments"), path)
         rotary = data.get("rotary_percentage", DEFAULT_ROTARY_PERCENTAGE)
         if _is_mla(data) and "rotary_percentage" not in kwargs and not _mla_rotary_percentage(rotary):
             # written before MLA configs refused it; it never had an effect there, so the model loads unchanged
@@ -505,6 +506,29 @@ class Config:
         data = {k: v for k, v in self.to_dict().items() if not (k in implied and _same_value(v, implied[k]))}
         with open(path, "w", encoding="utf-8") as f:
             yaml.safe_dump(data, f, sort_keys=False)
+
+
+# What upstream litgpt's build_rope_cache does with YaRN rope_adjustments (read from Lightning-AI/litgpt's model.py):
+# its ramp weights the unscaled frequencies, so it divides the fast ones by `factor` and keeps the slow ones, the
+# reverse of DeepSeek's reference and transformers (which keep the fast and interpolate the slow), and it clamps the
+# ramp's upper end at n_elem/2 - 1 instead of n_elem - 1.
+UPSTREAM_YARN_DIFFERENCE = (
+    "upstream litgpt computes YaRN differently from DeepSeek and transformers: its ramp keeps the slow rope frequencies "
+    "and divides the fast ones by `factor` (DeepSeek and transformers keep the fast ones and interpolate the slow ones), "
+    "so upstream litgpt gives this model other logits; this library follows DeepSeek"
+)
+_warned_upstream_yarn = False
+
+
+def _warn_upstream_yarn(adjustments: Any, path: Path) -> None:
+    """Warn once per process when a model_config.yaml holds YaRN rope_adjustments (see UPSTREAM_YARN_DIFFERENCE)."""
+    global _warned_upstream_yarn
+    if _warned_upstream_yarn or not isinstance(adjustments, dict) or _is_llama3(adjustments):
+        return
+    if "beta_fast" not in adjustments and "beta_slow" not in adjustments:
+        return
+    _warned_upstream_yarn = True
+    warnings.warn(f"{path}: rope_adjustments are YaRN's; {UPSTREAM_YARN_DIFFERENCE}", stacklevel=3)
 
 
 def named_config(name: str) -> Optional[dict]:

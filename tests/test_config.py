@@ -1,6 +1,8 @@
 """Config: derived fields, named configs, yaml loading and validation."""
 
 import dataclasses
+import warnings
+
 import pytest
 import yaml
 
@@ -280,3 +282,27 @@ def test_saved_yaml_writes_our_fields_only_where_upstream_would_read_them_otherw
         saved = yaml.safe_load((tmp_path / f"{i}.yaml").read_text())
         assert {k: v for k, v in saved.items() if k in LITGPT_ONLY_FIELDS} == ours, i
         assert Config.from_file(tmp_path / f"{i}.yaml") == config
+
+
+def test_yarn_yaml_warns_once_how_upstream_litgpt_differs(tmp_path, monkeypatch):
+    """Loading a model_config.yaml with YaRN rope_adjustments warns once per process, naming the difference (upstream
+    litgpt's ramp keeps the slow frequencies and divides the fast ones); Llama 3 scaling and plain rope do not warn."""
+    import litgpt.config as config_module
+
+    monkeypatch.setattr(config_module, "_warned_upstream_yarn", False)
+    yarn = dict(factor=4.0, original_max_seq_len=32, beta_fast=32.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0)
+    llama3 = dict(factor=4.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_seq_len=32)
+    plain_path = _write(tmp_path, rope_adjustments=llama3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Config.from_file(plain_path)
+        Config.from_file(_write(tmp_path, rope_adjustments=None))
+        assert not caught
+        yarn_path = _write(tmp_path, rope_adjustments=yarn)
+        first = Config.from_file(yarn_path)
+        second = Config.from_file(yarn_path)
+    assert first == second and first.rope_adjustments["beta_fast"] == 32.0
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert message.startswith(f"{yarn_path}: rope_adjustments are YaRN's; upstream litgpt computes YaRN differently")
+    assert "keeps the slow rope frequencies and divides the fast ones by `factor`" in message
