@@ -48,9 +48,10 @@ class GPT(nn.Module):
 
     def tie_embeddings(self) -> None:
         """Make lm_head's weight the embedding's Parameter (again): after `to`/`to_empty` and an `assign=True`
-        load, which give each module its own Parameter. The head may be wrapped (LoRA's `linear`)."""
+        load, which give each module its own Parameter. The head may be wrapped (LoRA's `linear`); a quantized head
+        (a bitsandbytes layer, not a plain nn.Linear) keeps its own quantized copy."""
         head = getattr(self.lm_head, "linear", self.lm_head)
-        if isinstance(head, nn.Linear) and head.weight is not self.transformer.wte.weight:
+        if type(head) is nn.Linear and head.weight is not self.transformer.wte.weight:
             head.weight = self.transformer.wte.weight
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "GPT":
