@@ -228,7 +228,8 @@ class LLM:
         compile: Optional[bool] = None,
         *,
         stream: bool = False,
-    ) -> Union[str, list[str], Iterator[str]]:
+        return_as_token_ids: bool = False,
+    ) -> Union[str, list[str], Iterator[str], torch.Tensor, list[torch.Tensor]]:
         """The continuation of `prompt` (a str), or of each prompt of a list (batched, any lengths).
 
         temperature 0 is greedy. Each row stops at the tokenizer's EOS (or the prompt style's stop tokens).
@@ -237,16 +238,21 @@ class LLM:
         stream: True returns an iterator over the pieces of text of one prompt, each yielded as soon as it is
         decoded (tokens are decoded only as the iterator is advanced; the pieces join to what `generate` returns).
         A later `generate` call reuses the KV cache: an unfinished iterator then raises RuntimeError.
+        return_as_token_ids: the new token ids (a 1-D int64 tensor on the CPU, per prompt) instead of their text,
+        cut before the stop sequence as the text is; not with stream=True, which streams text.
         """
         if stream:
             if not isinstance(prompt, str):
                 raise ValueError("stream=True streams one prompt: pass a str, not a list")
+            if return_as_token_ids:
+                raise ValueError("stream=True streams text; for token ids call generate(..., return_as_token_ids=True) "
+                                 "without stream")
             return self._stream(prompt, max_new_tokens, temperature, top_k, top_p, seed, compile)
-        texts, _ = self.generate_with_stats(
-            [prompt] if isinstance(prompt, str) else list(prompt), max_new_tokens, temperature, top_k, top_p, seed,
-            compile,
-        )
-        return texts[0] if isinstance(prompt, str) else texts
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        rows, _ = self._generate_rows(prompts, max_new_tokens, temperature, top_k, top_p, seed, compile)
+        out = [torch.tensor(r, dtype=torch.int64) for r in rows] if return_as_token_ids else [
+            self.tokenizer.decode(r) for r in rows]
+        return out[0] if isinstance(prompt, str) else out
 
     def _stream(
         self, prompt: str, max_new_tokens: int = 50, temperature: float = 1.0, top_k: Optional[int] = None,
@@ -324,6 +330,23 @@ class LLM:
         are only returned).
         kernels: False decodes on the pure-torch attention and linear maps instead of the Triton kernels.
         """
+        rows, stats = self._generate_rows(prompts, max_new_tokens, temperature, top_k, top_p, seed, compile, stream,
+                                          kernels)
+        return [self.tokenizer.decode(r) for r in rows], stats
+
+    def _generate_rows(
+        self,
+        prompts: list[str],
+        max_new_tokens: int = 50,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        top_p: float = 1.0,
+        seed: int = 1234,
+        compile: Optional[bool] = None,
+        stream: Optional[TextIO] = None,
+        kernels: bool = True,
+    ) -> tuple[list[list[int]], dict]:
+        """`generate_with_stats` with each prompt's new token ids (cut before the stop sequence) for its texts."""
         params = SamplingParams(temperature, top_k, top_p)
         prompt_ids = self.encode_prompts(prompts)
         cache_len = check_lengths(self._placed_model(), [len(p) for p in prompt_ids], max_new_tokens)
@@ -366,7 +389,7 @@ class LLM:
             mode=mode,
             prepare_s=built_s + captured_s,
         )
-        return [self.tokenizer.decode(r) for r in rows], stats
+        return rows, stats
 
     def decode_session(
         self, batch_size: int, cache_len: int, params: SamplingParams, mode: str, kernels: bool = True

@@ -281,3 +281,15 @@ def test_distribute_none_defers_placing_the_model(tmp_path):
     assert random.model is None
     random.distribute(accelerator="cpu")
     assert isinstance(random.generate("The cat", 3), str)
+
+
+def test_generate_return_as_token_ids_gives_the_ids_of_the_text(llm):
+    text = llm.generate("The cat", max_new_tokens=8, temperature=0)
+    ids = llm.generate("The cat", max_new_tokens=8, temperature=0, return_as_token_ids=True)
+    assert isinstance(ids, torch.Tensor) and ids.dtype == torch.int64 and ids.dim() == 1 and 1 <= len(ids) <= 8
+    assert llm.tokenizer.decode(ids) == text
+    batch = llm.generate(["The cat", "Moon"], max_new_tokens=5, temperature=0, return_as_token_ids=True)
+    assert [llm.tokenizer.decode(t) for t in batch] == llm.generate(["The cat", "Moon"], max_new_tokens=5,
+                                                                    temperature=0)
+    with pytest.raises(ValueError, match="stream=True streams text"):
+        llm.generate("The cat", stream=True, return_as_token_ids=True)
