@@ -34,6 +34,7 @@ from litgpt.generate.base import (
 )
 from litgpt.generate.session import DecodeSession, decode_mode
 from litgpt.hub import resolve_checkpoint_dir
+from litgpt.quantize import check_inference_quantize, has_quantized_weights, quantize_linears
 from litgpt.kernels._triton import start_warm_up
 from litgpt.model import GPT
 from litgpt.prompts import PromptStyle, load_prompt_style, prompt_uses_bos
@@ -81,6 +82,7 @@ class LLM:
         self.session: Optional[DecodeSession] = None
         self.fixed_kv_cache_size: Optional[int] = None  # set by `distribute`: every session's cache length
         self._generation = 0  # counts generate calls: a stream started before the latest call stops with an error
+        self._session_weights: Optional[tuple] = None  # `weights_key` of the model when the session was built
 
     @property
     def device(self) -> torch.device:
@@ -181,12 +183,12 @@ class LLM:
         devices: 1 or "auto" (one device); precision: as in `LLM.load`;
         fixed_kv_cache_size: None sizes each generation's KV cache to it; an int or "max_model_supported" (the
         model's max_seq_length) fixes the cache at that many positions for every generation, so prompt +
-        max_new_tokens must fit in it. quantize and generate_strategy ("sequential", "tensor_parallel") are refused:
-        decoding runs on one device with folded full-precision weights.
+        max_new_tokens must fit in it. quantize: "bnb.nf4", "bnb.nf4-dq", "bnb.fp4", "bnb.fp4-dq" or "bnb.int8"
+        loads the weights, then swaps the linear layers for bitsandbytes' quantized ones
+        (`litgpt.quantize.quantize_linears`); such a model decodes on its own modules, unfolded. generate_strategy
+        ("sequential", "tensor_parallel") is refused: decoding runs on one device.
         """
-        if quantize is not None:
-            raise ValueError(f"quantize={quantize!r} is not supported for generation: the decode step folds "
-                             "full-precision weights, which quantized layers cannot give; leave quantize=None")
+        check_inference_quantize(quantize)
         if generate_strategy is not None:
             raise ValueError(f"generate_strategy={generate_strategy!r} is not supported: the LLM decodes on one "
                              "device; leave generate_strategy=None")
@@ -212,6 +214,8 @@ class LLM:
                 model = GPT(self.config)
             init_weights(model)
             model = model.to(dtype=dtype)
+        if quantize is not None:
+            quantize_linears(model, quantize)
         self.model = model.eval()
         self.config = model.config
         self.fixed_kv_cache_size = model.max_seq_length if cache == "max_model_supported" else cache
@@ -396,7 +400,9 @@ class LLM:
     ) -> DecodeSession:
         """The session for this batch: the last one when it serves (captured and compiled steps are kept), else a
         new one. Captured and compiled steps get a cache of the whole context, so that later calls fit in it; with
-        `fixed_kv_cache_size` (see `distribute`) every session gets a cache of that many positions."""
+        `fixed_kv_cache_size` (see `distribute`) every session gets a cache of that many positions. A session is
+        also rebuilt when the model's weights changed since it was built (a training step, an in-place edit, a
+        load): its folded decode weights are a snapshot of them."""
         model = self._placed_model()
         if self.fixed_kv_cache_size is not None:
             if cache_len > self.fixed_kv_cache_size:
@@ -408,9 +414,13 @@ class LLM:
             cache_len = self.fixed_kv_cache_size
         elif mode != "eager":
             cache_len = model.max_seq_length
-        if self.session is None or not self.session.matches(batch_size, cache_len, params, mode, kernels):
+        if (self.session is None or not self.session.matches(batch_size, cache_len, params, mode, kernels)
+                or self._session_weights != weights_key(model)):
             self.session = None  # drop the old step (and its graph) before building the new cache
-            self.session = DecodeSession(model, batch_size, cache_len, params, mode, kernels)
+            # quantized weights cannot be folded: such a model decodes on its own modules
+            self.session = DecodeSession(model, batch_size, cache_len, params, mode, kernels,
+                                         fold=not has_quantized_weights(model))
+            self._session_weights = weights_key(model)  # after the build, which may merge LoRA weights in place
         return self.session
 
     # ------------------------------------------------------------------------------------------------ saving
@@ -559,3 +569,10 @@ def benchmark_dict_to_markdown_table(data: dict[str, list]) -> str:
         std = statistics.stdev(values) if len(values) > 1 else 0.0
         lines.append(f"| {key} | {statistics.fmean(values):.2f} | {std:.2f} |")
     return "\n".join(lines)
+
+
+def weights_key(model: torch.nn.Module) -> tuple:
+    """Identifies the current values of the model's parameters: each one's storage address and version counter
+    (which every in-place change, an optimizer step included, bumps). Equal keys: nothing was written since."""
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+

@@ -20,6 +20,9 @@ nothing else, so a model loaded in float32 would keep float32 embeddings, norms 
 float32 residual stream, activations and logits (twice the activation memory of bf16; on an H200, QLoRA's peak then
 exceeded LoRA's under bf16-mixed, 2026-12-01). Quantized weights cannot be folded for
 decoding or merged in place: merge a QLoRA run into its full-precision base with `litgpt merge_lora`.
+
+Inference (`litgpt generate/chat --quantize`, `LLM.distribute(quantize=...)`) needs no Fabric: `quantize_linears` swaps
+a loaded model's linears for bitsandbytes' layers itself (`INFERENCE_MODES`), on CUDA or the CPU.
 """
 
 from __future__ import annotations
@@ -92,3 +95,77 @@ def _unknown_mode(quantize: str) -> str:
 def is_quantized(weight: torch.Tensor) -> bool:
     """Whether a weight is a bitsandbytes quantized parameter (4-bit or int8)."""
     return type(weight).__module__.startswith("bitsandbytes")
+
+
+# ---------------------------------------------------------------------------------------------- inference
+# `litgpt generate/chat --quantize`: the model's linear layers swapped for bitsandbytes' quantized ones after loading
+INFERENCE_MODES = ("bnb.nf4", "bnb.nf4-dq", "bnb.fp4", "bnb.fp4-dq", "bnb.int8")
+# linears kept in full precision: the LM head (bitsandbytes' and transformers' usual exception; it may share the
+# embedding's weight) and MLA's kv_b_proj, whose weight the absorbed decode path reads as a matrix (W_UK, W_UV)
+FULL_PRECISION_LINEARS = ("lm_head", "kv_b_proj")
+# bitsandbytes (0.50) repacks a 4-bit weight for its AVX512-BF16 CPU kernel on the first call, which asserts whole
+# blocks of this many output rows; other layers take its generic path
+CPU_PACKED_ROWS = 32
+INT8_THRESHOLD = 6.0  # LLM.int8()'s outlier threshold: input columns above it are multiplied in 16-bit
+
+
+def check_inference_quantize(quantize: Optional[str]) -> None:
+    """Raise a one-line ValueError unless `--quantize quantize` names an inference mode and bitsandbytes is
+    installed (its CPU backend runs every mode, as CUDA does); nothing to check for None."""
+    if quantize is None:
+        return
+    if quantize not in INFERENCE_MODES:
+        hint = " (bnb.int8-training is for fine-tuning; use bnb.int8)" if quantize == "bnb.int8-training" else ""
+        raise ValueError(
+            f"--quantize {quantize!r} is not a quantization mode for inference{hint}; choose one of "
+            f"{', '.join(INFERENCE_MODES)}"
+        )
+    if not bitsandbytes_available():
+        raise ValueError(f"--quantize {quantize} needs bitsandbytes, which is not installed; run `{INSTALL_HINT}`")
+
+
+@torch.no_grad()
+def quantize_linears(model: torch.nn.Module, quantize: str) -> list[str]:
+    """Replace every `nn.Linear` of `model` but those named in `FULL_PRECISION_LINEARS` by a bitsandbytes layer
+    holding its weight quantized (`bnb.nf4`/`bnb.fp4`: 4-bit, one absmax per 64 weights, `-dq` with the absmax
+    values quantized too; `bnb.int8`: LLM.int8(), int8 rows with their scales), on the weight's device and
+    computing in its dtype; biases stay as they are. Returns the names of the layers replaced.
+
+    Quantized weights cannot be folded for decoding: a decode session of a quantized model steps through the
+    blocks' own modules (`litgpt.fold.check_foldable`)."""
+    check_inference_quantize(quantize)
+    import warnings
+
+    with warnings.catch_warnings():  # bitsandbytes' own deprecation warnings, on import
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import bitsandbytes as bnb
+
+    mode = quantize.removeprefix("bnb.")
+    targets = [(name, module) for name, module in model.named_modules()
+               if type(module) is torch.nn.Linear and name.rpartition(".")[2] not in FULL_PRECISION_LINEARS]
+    for name, linear in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        weight, bias = linear.weight, linear.bias
+        if mode == "int8":
+            layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=bias is not None,
+                                        has_fp16_weights=False, threshold=INT8_THRESHOLD, device="meta")
+            layer.weight = bnb.nn.Int8Params(weight.data, requires_grad=False, has_fp16_weights=False)
+        else:
+            quant_type, double = mode.removesuffix("-dq"), mode.endswith("-dq")
+            layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=bias is not None,
+                                      compute_dtype=weight.dtype, quant_type=quant_type,
+                                      compress_statistics=double, device="meta")
+            layer.weight = bnb.nn.Params4bit(weight.data, requires_grad=False, quant_type=quant_type,
+                                             compress_statistics=double)
+            if linear.out_features % CPU_PACKED_ROWS and hasattr(layer, "support_avx512bf16_for_cpu"):
+                layer.support_avx512bf16_for_cpu = False  # its CPU repacking needs whole blocks of rows
+        if bias is not None:
+            layer.bias = torch.nn.Parameter(bias.data, requires_grad=False)
+        setattr(parent, child, layer.to(weight.device))  # moving the parameters quantizes them
+    return [name for name, _ in targets]
+
+
+def has_quantized_weights(model: torch.nn.Module) -> bool:
+    """Whether any parameter of `model` is a bitsandbytes quantized one."""
+    return any(is_quantized(p) for p in model.parameters())

@@ -269,7 +269,7 @@ def test_distribute_none_defers_placing_the_model(tmp_path):
     llm.generate("The cat", 3)
     assert llm.session.cache_len == llm.model.max_seq_length
     for kwargs, message in [
-        (dict(quantize="bnb.nf4"), "quantize='bnb.nf4' is not supported"),
+        (dict(quantize="bnb.int8-training"), "'bnb.int8-training' is not a quantization mode for inference"),
         (dict(generate_strategy="sequential"), "generate_strategy='sequential' is not supported"),
         (dict(devices=2), "devices=2: the LLM runs on one device"),
         (dict(fixed_kv_cache_size=0), "fixed_kv_cache_size must be a positive int"),
@@ -293,3 +293,31 @@ def test_generate_return_as_token_ids_gives_the_ids_of_the_text(llm):
                                                                     temperature=0)
     with pytest.raises(ValueError, match="stream=True streams text"):
         llm.generate("The cat", stream=True, return_as_token_ids=True)
+
+
+def test_generate_after_the_weights_change_decodes_the_new_weights(tmp_path):
+    """The session's folded decode weights are a snapshot: an in-place edit or an optimizer step after a generate
+    rebuilds the session, so the text is the one a fresh load of the changed weights gives."""
+    llm = LLM.load(make_checkpoint(tmp_path), device="cpu", precision="32-true")
+    llm.generate("The cat", max_new_tokens=10, temperature=0)
+    session = llm.session
+    llm.generate("The cat", max_new_tokens=10, temperature=0)
+    assert llm.session is session  # unchanged weights: the session is reused
+    with torch.no_grad():
+        for block in llm.model.transformer.h:
+            block.mlp.fc.weight.mul_(3)
+            block.attn.proj.weight.mul_(-2)
+    edited = llm.generate("The cat", max_new_tokens=10, temperature=0)
+    assert llm.session is not session
+    llm.save(tmp_path / "edited")
+    fresh = LLM.load(tmp_path / "edited", device="cpu", precision="32-true")
+    assert edited == fresh.generate("The cat", max_new_tokens=10, temperature=0)
+    optimizer = torch.optim.SGD(llm.model.parameters(), lr=0.5)
+    llm.model.train()
+    llm.model(torch.tensor([[1, 2, 3]])).sum().backward()
+    optimizer.step()
+    llm.model.eval()
+    stepped = llm.generate("The cat", max_new_tokens=10, temperature=0)
+    llm.save(tmp_path / "stepped")
+    assert stepped == LLM.load(tmp_path / "stepped", device="cpu", precision="32-true").generate(
+        "The cat", max_new_tokens=10, temperature=0)

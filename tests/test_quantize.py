@@ -348,3 +348,105 @@ def test_a_merged_qlora_fine_tune_computes_what_the_unmerged_qlora_model_does(tm
     assert argmax_reference(merged, prompt, 10) == greedy
     assert run_generate(merged, [prompt], 10, SamplingParams(0.0))[0] == greedy  # the folded, cached decode
     assert argmax_reference(base, prompt, 10) != greedy
+
+
+# ---------------------------------------------------------------------------------------------- inference
+def _dequantized_checkpoint(checkpoint_dir, mode: str, out_dir):
+    """The checkpoint with each weight `quantize_linears` quantizes replaced by its dequantization (what the quantized
+    layers multiply by), saved beside copies of the tokenizer files: (its directory, the layers quantized)."""
+    import shutil
+
+    import bitsandbytes.functional as bnb_functional
+
+    from litgpt.checkpoint import load_checkpoint, save_checkpoint
+    from litgpt.quantize import quantize_linears
+
+    quantized = load_checkpoint(checkpoint_dir)
+    names = quantize_linears(quantized, mode)
+    reference = load_checkpoint(checkpoint_dir)
+    with torch.no_grad():
+        for name in names:
+            weight = quantized.get_submodule(name).weight
+            dense = bnb_functional.dequantize_4bit(weight.data, weight.quant_state)
+            target = reference.get_submodule(name).weight
+            assert not torch.equal(dense, target)  # quantization changed it
+            target.copy_(dense)
+    shutil.copytree(checkpoint_dir, out_dir)
+    save_checkpoint(reference, out_dir)
+    return out_dir, names
+
+
+@needs_bnb_cpu
+@pytest.mark.parametrize("name", ["debug", "debug-mla"])
+def test_quantized_generate_is_the_dequantized_models_generate(name, tmp_path, capsys):
+    from litgpt.__main__ import main
+    from test_generate import make_checkpoint
+
+    checkpoint = make_checkpoint(tmp_path, name)
+    reference, names = _dequantized_checkpoint(checkpoint, "bnb.nf4", tmp_path / "dequantized")
+    assert "lm_head" not in names and not any(n.endswith("kv_b_proj") for n in names)
+    assert any(n.endswith("attn.proj") for n in names) and any(n.endswith("mlp.proj") for n in names)
+    args = ["--prompt", "the cat sat", "--max_new_tokens", "12", "--temperature", "0", "--device", "cpu"]
+    main(["generate", str(checkpoint), *args, "--quantize", "bnb.nf4"])
+    quantized_text = capsys.readouterr().out
+    main(["generate", str(reference), *args])
+    assert capsys.readouterr().out == quantized_text
+    assert len(quantized_text) > len("the cat sat\n")
+
+
+@needs_bnb_cpu
+def test_quantized_chat_replies_as_the_dequantized_model(tmp_path, capsys, monkeypatch):
+    import io
+
+    from litgpt.__main__ import main
+    from test_generate import make_checkpoint
+
+    checkpoint = make_checkpoint(tmp_path)
+    reference, _ = _dequantized_checkpoint(checkpoint, "bnb.nf4", tmp_path / "dequantized")
+    replies = []
+    for directory, extra in ((checkpoint, ["--quantize", "bnb.nf4"]), (reference, [])):
+        monkeypatch.setattr("sys.stdin", io.StringIO("hello there\nand then\n\n"))
+        main(["chat", str(directory), "--max_new_tokens", "8", "--temperature", "0", "--device", "cpu", *extra])
+        replies.append(capsys.readouterr().out)
+    assert replies[0] == replies[1] and replies[0].count(">> Reply: ") == 2
+
+
+@needs_bnb_cpu
+@pytest.mark.parametrize("mode", ["bnb.nf4-dq", "bnb.fp4", "bnb.int8"])
+def test_other_inference_modes_store_quantized_weights_and_generate(mode, tmp_path):
+    from litgpt.api import LLM
+    from test_generate import make_checkpoint
+
+    checkpoint = make_checkpoint(tmp_path, "debug")
+    full = LLM.load(checkpoint, device="cpu")
+    llm = LLM.load(checkpoint, distribute=None)
+    llm.distribute(accelerator="cpu", quantize=mode)
+    weight = llm.model.transformer.h[0].attn.qkv.weight
+    assert is_quantized(weight) and weight.dtype == (torch.int8 if mode == "bnb.int8" else torch.uint8)
+    assert not is_quantized(llm.model.lm_head.weight)
+    idx = torch.randint(0, 300, (1, 12))
+    with torch.no_grad():
+        ours, reference = llm.model(idx), full.model(idx)
+    # quantization moves the logits a little, not a lot (random weights: a loose bound)
+    assert (ours - reference).abs().mean() < 0.25 * reference.abs().mean()
+    assert isinstance(llm.generate("the cat", max_new_tokens=6, temperature=0), str)
+
+
+@pytest.mark.parametrize(
+    "mode, message",
+    [
+        ("bnb.int8-training", "--quantize 'bnb.int8-training' is not a quantization mode for inference (bnb.int8-training "
+                              "is for fine-tuning; use bnb.int8); choose one of bnb.nf4, bnb.nf4-dq, bnb.fp4, "
+                              "bnb.fp4-dq, bnb.int8"),
+        ("gptq", "--quantize 'gptq' is not a quantization mode for inference; choose one of bnb.nf4, bnb.nf4-dq, "
+                 "bnb.fp4, bnb.fp4-dq, bnb.int8"),
+    ],
+)
+@pytest.mark.parametrize("command", ["generate", "chat"])
+def test_bad_inference_quantize_is_one_line(command, mode, message, tmp_path, capsys):
+    from litgpt.__main__ import main
+
+    with pytest.raises(SystemExit) as info:
+        main([command, str(tmp_path / "never-loaded"), "--quantize", mode])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == f"litgpt: error: {message}\n"

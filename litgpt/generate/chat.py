@@ -19,6 +19,8 @@ import torch
 
 from litgpt.api import LLM
 from litgpt.generate.base import SamplingParams, resolve_device
+from litgpt.generate.loading import load_llm
+from litgpt.quantize import check_inference_quantize
 from litgpt.generate.session import decode_mode
 from litgpt.prompts import ChatTemplate
 from litgpt.utils import warn_compile_on_cpu
@@ -132,6 +134,7 @@ def main(
     compile: Optional[bool] = None,
     kernels: bool = True,
     prompt_style: Optional[str] = None,
+    quantize: Optional[str] = None,
 ) -> None:
     """Chat with a checkpoint: type a message, read the streamed reply; an empty line or EOF (Ctrl-D) quits.
 
@@ -151,12 +154,16 @@ def main(
         kernels: on CUDA, decode with the Triton kernels of `litgpt.kernels` (false: pure torch). No effect on CPU.
         prompt_style: how messages are framed (default: the checkpoint's prompt_style.yaml, else its chat
             template, else plain text; chat_template: the checkpoint's chat template).
+        quantize: store the linear layers' weights quantized by bitsandbytes: bnb.nf4, bnb.nf4-dq, bnb.fp4,
+            bnb.fp4-dq (4-bit) or bnb.int8 (LLM.int8()); the LM head stays in --precision. The weights load in full
+            first; a quantized model decodes unfolded (see `litgpt.quantize.quantize_linears`).
     """
     params = SamplingParams(temperature, top_k, top_p)
     if max_new_tokens is not None and max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     warn_compile_on_cpu(compile, resolve_device(device))
-    llm = LLM.load(checkpoint_dir, device=device, precision=precision, prompt_style=prompt_style)
+    check_inference_quantize(quantize)
+    llm = load_llm(checkpoint_dir, device, precision, prompt_style, quantize)
     if max_new_tokens is None:
         max_new_tokens = default_max_new_tokens(llm.model.max_seq_length)
     conversation = Conversation(llm, params, seed, compile, max_new_tokens, kernels)

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from litgpt.api import LLM
 from litgpt.generate.base import SamplingParams, resolve_device
+from litgpt.generate.loading import load_llm
+from litgpt.quantize import check_inference_quantize
 from litgpt.utils import process_start_time, synchronize, warn_compile_on_cpu
 
 # "first token" is the time from the start of a batch's generation to its first token. The line says "time to first
@@ -36,6 +37,7 @@ def main(
     compile: Optional[bool] = None,
     kernels: bool = True,
     prompt_style: Optional[str] = None,
+    quantize: Optional[str] = None,
 ) -> None:
     """Generate text from a checkpoint, streaming it to stdout; timings and memory go to stderr.
 
@@ -60,6 +62,9 @@ def main(
             pure-torch attention). No effect on CPU, where the torch path always runs.
         prompt_style: how the prompt is framed (default: the checkpoint's prompt_style.yaml, else its chat
             template, else plain text; chat_template: the checkpoint's chat template).
+        quantize: store the linear layers' weights quantized by bitsandbytes: bnb.nf4, bnb.nf4-dq, bnb.fp4,
+            bnb.fp4-dq (4-bit) or bnb.int8 (LLM.int8()); the LM head stays in --precision. The weights load in full
+            first; a quantized model decodes unfolded (see `litgpt.quantize.quantize_linears`).
 
     After each batch one line goes to stderr (see `format_phases`): start-up and load (on the first batch's line;
     0.000 on later ones), prepare, first token, decode tokens, seconds and tokens/s, peak memory and KV-cache size.
@@ -70,9 +75,10 @@ def main(
     SamplingParams(temperature, top_k, top_p)  # bad values fail before the weights load
     if not prompt:
         raise ValueError("the prompt is empty; pass some text with --prompt")
+    check_inference_quantize(quantize)
     warn_compile_on_cpu(compile, resolve_device(device))
     t0 = time.perf_counter()
-    llm = LLM.load(checkpoint_dir, device=device, precision=precision, prompt_style=prompt_style)
+    llm = load_llm(checkpoint_dir, device, precision, prompt_style, quantize)
     synchronize(llm.device)  # the weights are on the device when the clock stops
     load_s = time.perf_counter() - t0
     for first in range(0, num_samples, batch_size):
