@@ -18,7 +18,7 @@ import dataclasses
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional, TextIO, Union
+from typing import Any, Callable, Iterator, Literal, Optional, TextIO, Union
 
 import torch
 
@@ -39,7 +39,7 @@ from litgpt.kernels._triton import start_warm_up
 from litgpt.model import GPT
 from litgpt.prompts import PromptStyle, load_prompt_style, prompt_uses_bos
 from litgpt.tokenizer import Tokenizer
-from litgpt.utils import atomic_directory
+from litgpt.utils import atomic_directory, chunked_cross_entropy
 
 # what `LLM.save` writes, or may replace, in a checkpoint directory (anything else there is refused)
 CHECKPOINT_FILES = frozenset({
@@ -52,7 +52,7 @@ BENCHMARK_KEYS = ("Seconds total", "Seconds to first token", "Tokens generated",
                   "Total GPU memory allocated in GB")
 
 
-class LLM:
+class LLM(torch.nn.Module):
     """A model with its tokenizer and prompt style, ready to generate.
 
     Generation runs in a `litgpt.generate.session.DecodeSession`, kept between calls with the same batch size,
@@ -60,8 +60,9 @@ class LLM:
     the whole context (`model.max_seq_length`) so that later calls reuse them; the eager step (the CPU default)
     gets a cache of exactly prompt + max_new_tokens, or of `fixed_kv_cache_size` positions when `distribute` set one.
 
-    `model` is None between `LLM.load(..., distribute=None)` and `llm.distribute(...)`; `config` is the model's
-    config either way.
+    `model` is None between `LLM.load(..., distribute=None)` and `llm.distribute(...)` (or `trainer_setup()`);
+    `config` is the model's config either way. As upstream litgpt's, the LLM is a `torch.nn.Module` around its model
+    (for a LightningModule's attribute): calling it runs the model (`forward`), its state dict is the model's.
     """
 
     def __init__(
@@ -74,6 +75,7 @@ class LLM:
     ) -> None:
         if model is None and config is None:
             raise ValueError("LLM needs a model, or the config of the model `distribute` will build")
+        super().__init__()
         self.model = model.eval() if model is not None else None
         self.config = config if config is not None else model.config
         self.tokenizer = tokenizer
@@ -94,6 +96,57 @@ class LLM:
                 "the model is not placed on a device yet (LLM.load(..., distribute=None)); call llm.distribute() first"
             )
         return self.model
+
+    # ------------------------------------------------------------------------------------------------ training
+    def state_dict(self, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> dict:
+        """The model's state dict (no `model.` prefix), as upstream's LLM gives it."""
+        return self._placed_model().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        return self._placed_model().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        target_ids: Optional[torch.Tensor] = None,
+        loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+    ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The model's logits (B, T, V) for `input_ids` (B, T); with `target_ids` (B, T) also the loss of predicting
+        target_ids[:, 1:] from logits[:, :-1] (`loss_fn(logits, targets)`, default
+        `litgpt.utils.chunked_cross_entropy`, which passes over targets equal to -100)."""
+        logits = self._placed_model()(input_ids)
+        if target_ids is None:
+            return logits
+        loss_fn = chunked_cross_entropy if loss_fn is None else loss_fn
+        return logits, loss_fn(logits[..., :-1, :], target_ids[..., 1:])
+
+    def trainer_setup(self, trainer_ckpt: Optional[Union[str, Path]] = None) -> None:
+        """Build the model on the CPU for a trainer to place (PyTorch Lightning's `LightningModule.setup`), replacing
+        any model placed before: with `trainer_ckpt` (a Lightning checkpoint of the module holding this LLM) the
+        weights of its "state_dict", whose keys lose the prefix of the attribute that held the LLM (`llm.`); else
+        the checkpoint directory's weights; else (init="random") random weights (`litgpt.model.init_weights`)."""
+        from litgpt.checkpoint import read_checkpoint_file
+        from litgpt.model import init_weights
+
+        self.session = None
+        self.fixed_kv_cache_size = None
+        if trainer_ckpt is not None:
+            checkpoint = read_checkpoint_file(trainer_ckpt)
+            if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+                raise ValueError(f"{trainer_ckpt} has no 'state_dict' entry: pass a checkpoint a Lightning Trainer "
+                                 "wrote (or leave trainer_ckpt out)")
+            state_dict = checkpoint["state_dict"]
+            prefix = next(iter(state_dict), "").split(".", 1)[0] + "."
+            state_dict = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
+            model = GPT(self.config)
+            model.load_state_dict(state_dict, strict=True)
+        elif self.checkpoint_dir is not None:
+            model = load_checkpoint(self.checkpoint_dir)
+        else:
+            model = GPT(self.config)
+            init_weights(model)
+        self.model = model
+        self.config = model.config
 
     @classmethod
     def load(
@@ -206,7 +259,8 @@ class LLM:
         self.session = None  # the old model's session (and its cache) goes before the new weights come
         if self.checkpoint_dir is not None:
             start_warm_up(device)
-            model = load_checkpoint(self.checkpoint_dir, device=device, dtype=dtype)
+            # quantized: loaded on the CPU (memory-mapped), each linear quantized on its way to the device
+            model = load_checkpoint(self.checkpoint_dir, device="cpu" if quantize else device, dtype=dtype)
         else:
             from litgpt.model import init_weights
 
@@ -215,7 +269,7 @@ class LLM:
             init_weights(model)
             model = model.to(dtype=dtype)
         if quantize is not None:
-            quantize_linears(model, quantize)
+            quantize_linears(model, quantize, device=device)
         self.model = model.eval()
         self.config = model.config
         self.fixed_kv_cache_size = model.max_seq_length if cache == "max_model_supported" else cache
@@ -402,8 +456,8 @@ class LLM:
         new one. Captured and compiled steps get a cache of the whole context, so that later calls fit in it; with
         `fixed_kv_cache_size` (see `distribute`) every session gets a cache of that many positions. A session is
         also rebuilt when the model's weights changed since it was built (a training step, an in-place edit, a
-        load): its folded decode weights are a snapshot of them."""
-        model = self._placed_model()
+        load): its folded decode weights are a snapshot of them. The model is put in eval mode (no dropout)."""
+        model = self._placed_model().eval()
         if self.fixed_kv_cache_size is not None:
             if cache_len > self.fixed_kv_cache_size:
                 raise ValueError(

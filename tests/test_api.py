@@ -321,3 +321,61 @@ def test_generate_after_the_weights_change_decodes_the_new_weights(tmp_path):
     llm.save(tmp_path / "stepped")
     assert stepped == LLM.load(tmp_path / "stepped", device="cpu", precision="32-true").generate(
         "The cat", max_new_tokens=10, temperature=0)
+
+
+# ------------------------------------------------------------------------------------------------ the LLM as a module
+def test_llm_is_a_module_whose_call_gives_logits_and_the_shifted_loss(llm):
+    assert isinstance(llm, torch.nn.Module) and dict(llm.named_children()) == {"model": llm.model}
+    assert llm.state_dict().keys() == llm.model.state_dict().keys()  # no "model." prefix, as upstream
+    ids = torch.randint(0, 300, (2, 9))
+    targets = ids.clone()
+    targets[0, :4] = -100
+    logits = llm(input_ids=ids)
+    torch.testing.assert_close(logits, llm.model(ids))
+    logits, loss = llm(input_ids=ids, target_ids=targets)
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets[:, 1:].flatten())
+    torch.testing.assert_close(loss, expected)
+    _, other = llm(ids, targets, loss_fn=lambda lg, t: lg.sum() * 0 + t.numel())
+    assert other.item() == 2 * 8
+
+
+def test_trainer_setup_builds_the_model_from_the_checkpoint_a_trainer_checkpoint_or_random(tmp_path):
+    """The tutorial's LightningModule pattern, without Lightning: LLM.load(..., distribute=None), trainer_setup(),
+    training through llm(input_ids=..., target_ids=...) on llm.model's parameters; a Trainer checkpoint (the holding
+    module's state dict under "state_dict", keys prefixed `llm.`) restores the trained weights."""
+    checkpoint_dir = make_checkpoint(tmp_path)
+    llm = LLM.load(checkpoint_dir, distribute=None)
+    llm.trainer_setup()
+    loaded = LLM.load(checkpoint_dir, device="cpu", precision="32-true")
+    torch.testing.assert_close(llm.state_dict(), loaded.state_dict())
+
+    class LitLLM(torch.nn.Module):  # what Lightning saves of a LightningModule with `self.llm = llm`
+        def __init__(self, llm):
+            super().__init__()
+            self.llm = llm
+
+    holder = LitLLM(llm)
+    optimizer = torch.optim.AdamW(llm.model.parameters(), lr=1e-2)
+    batch = llm.tokenizer.encode("The cat sat on the mat").unsqueeze(0)
+    llm.train()
+    for _ in range(2):
+        _, loss = holder.llm(input_ids=batch, target_ids=batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(k.startswith("llm.") for k in holder.state_dict())
+    torch.save({"state_dict": holder.state_dict(), "epoch": 1}, tmp_path / "trainer.ckpt")
+    trained = llm.generate("The cat", max_new_tokens=6, temperature=0)
+    assert not llm.model.training  # generate decodes in eval mode
+
+    resumed = LLM.load(checkpoint_dir, distribute=None)
+    resumed.trainer_setup(trainer_ckpt=tmp_path / "trainer.ckpt")
+    torch.testing.assert_close(resumed.state_dict(), llm.state_dict())
+    assert resumed.generate("The cat", max_new_tokens=6, temperature=0) == trained
+
+    random = LLM.load("debug-mla", init="random", tokenizer_dir=checkpoint_dir, distribute=None)
+    random.trainer_setup()
+    assert random.model.config == litgpt.Config.from_name("debug-mla")
+    torch.save({"epoch": 1}, tmp_path / "bad.ckpt")
+    with pytest.raises(ValueError, match="has no 'state_dict' entry"):
+        random.trainer_setup(trainer_ckpt=tmp_path / "bad.ckpt")
