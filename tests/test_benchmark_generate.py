@@ -225,7 +225,7 @@ def test_hf_is_skipped_with_the_converters_reason(tmp_path):
                               out_dir=tmp_path / "out", extra_args=["--no_such_option", "1"])
     ours, hf = rows  # the warm-up run adds no row
     assert ours["error"].startswith("litgpt: error: unrecognized option '--no_such_option'")  # recorded, not raised
-    assert hf["skipped"].startswith("ValueError: cannot convert 'debug-mla' to DeepseekV3ForCausalLM")
+    assert hf["skipped"].startswith("convert_lit_checkpoint: error: cannot convert 'debug-mla' to DeepseekV3ForCausalLM")
     assert "\n" not in hf["skipped"] and hf["wall_s"] is None
     meta = json.loads((tmp_path / "out" / "results.json").read_text())["meta"]
     assert meta["warmup"] is True and len(meta["warmup_s"]) == 1 and meta["hf_skipped"] == hf["skipped"]
