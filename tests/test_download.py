@@ -353,3 +353,18 @@ def test_source_dir_without_weights_is_one_line(tmp_path):
     with pytest.raises(ValueError, match=rf"^{TINY} has no \*.safetensors or pytorch_model\*.bin weights at its top "
                        r"level \(in --source_dir .*\); pass --tokenizer_only true"):
         download(TINY, checkpoint_dir=tmp_path / "c", source_dir=tmp_path / "hf")
+
+
+def test_source_dir_with_sharded_weights_takes_the_shards_and_their_index(hf_model_dir, tmp_path):
+    hf_model, _ = hf_model_dir
+    sharded = tmp_path / "sharded"
+    hf_model.save_pretrained(sharded, max_shard_size="20KB")
+    shards = sorted(p.name for p in sharded.glob("*.safetensors"))
+    assert len(shards) > 1 and (sharded / "model.safetensors.index.json").is_file()
+    torch.save(hf_model.state_dict(), sharded / "pytorch_model.bin")  # the safetensors are preferred
+    out_dir = download(TINY, checkpoint_dir=tmp_path / "checkpoints", source_dir=sharded, dtype="bfloat16")
+    assert sorted(p.name for p in out_dir.glob("*.safetensors")) == shards
+    assert not (out_dir / "pytorch_model.bin").exists()
+    from litgpt.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out_dir).lm_head.weight.dtype == torch.bfloat16
