@@ -52,6 +52,11 @@ def resolve_checkpoint_options(words: list[str], parameters: list[str], args: li
     skipped = NOT_RESOLVED.get(" ".join(words), ())
     options = {f"--{name}" for name in CHECKPOINT_OPTIONS if name in parameters and name not in skipped}
     out = list(args)
+    for i in reversed(range(len(out))):  # a --config yaml's values: resolved ones follow it (later options win)
+        option, eq, value = out[i].partition("=")
+        if option == "--config" and (eq or i + 1 < len(out)):
+            out[i + (0 if eq else 1) + 1:i + (0 if eq else 1) + 1] = _config_overrides(value if eq else out[i + 1],
+                                                                                      options)
     for i, arg in enumerate(out):
         if arg == "--":
             break
@@ -66,4 +71,26 @@ def resolve_checkpoint_options(words: list[str], parameters: list[str], args: li
             out[i] = f"{option}={resolved}"
         else:
             out[i + 1] = resolved
+    return out
+
+
+def _config_overrides(config_file: str, options: set[str]) -> list[str]:
+    """`--name=checkpoints/ORG/NAME` for each checkpoint option that the yaml `config_file` sets to a hub id naming a
+    download (nothing for a file that cannot be read: the parser reports it)."""
+    import yaml
+
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            values = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    if not isinstance(values, dict):
+        return []
+    out = []
+    for option in sorted(options):
+        value = values.get(option[2:])
+        if isinstance(value, str) and value:
+            resolved = resolve_checkpoint_dir(value, option[2:])
+            if str(resolved) != value:
+                out.append(f"{option}={resolved}")
     return out

@@ -52,13 +52,22 @@ def test_every_checkpoint_option_of_a_command_line_is_resolved(downloaded):
     from litgpt.scripts.merge_lora import merge_lora
 
     expected = str(Path("checkpoints") / REPO)
-    params = list(inspect.signature(pretrain).parameters)
+    params = params_pretrain = list(inspect.signature(pretrain).parameters)
     args = ["--tokenizer_dir", REPO, f"--initial_checkpoint_dir={REPO}", "--out_dir", "out/x"]
     assert resolve_checkpoint_options(["pretrain"], params, args) == [
         "--tokenizer_dir", expected, f"--initial_checkpoint_dir={expected}", "--out_dir", "out/x"]
     params = list(inspect.signature(merge_lora).parameters)
     assert resolve_checkpoint_options(["merge_lora"], params, ["--pretrained_checkpoint_dir", REPO]) == [
         "--pretrained_checkpoint_dir", expected]
+    # a --config yaml's hub ids: the resolved values follow the --config option, so later options still win
+    config = Path("run.yaml")
+    config.write_text(f"tokenizer_dir: {REPO}\nout_dir: {REPO}\ninitial_checkpoint_dir: null\n")
+    args = ["--config", str(config), "--tokenizer_dir", "other"]
+    assert resolve_checkpoint_options(["pretrain"], params_pretrain, args) == [
+        "--config", str(config), f"--tokenizer_dir={expected}", "--tokenizer_dir", "other"]
+    config.write_text("tokenizer_dir: nobody/nothing\n")
+    with pytest.raises(FileNotFoundError, match="^--tokenizer_dir 'nobody/nothing': neither nobody/nothing nor"):
+        resolve_checkpoint_options(["pretrain"], params_pretrain, [f"--config={config}"])
     # download's --checkpoint_dir is the root it writes under, not a checkpoint
     assert resolve_checkpoint_options(["download"], ["repo_id", "checkpoint_dir"], ["--checkpoint_dir", "a/b"]) == [
         "--checkpoint_dir", "a/b"]
