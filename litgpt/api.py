@@ -287,6 +287,7 @@ class LLM(torch.nn.Module):
         *,
         stream: bool = False,
         return_as_token_ids: bool = False,
+        sys_prompt: Optional[str] = None,
     ) -> Union[str, list[str], Iterator[str], torch.Tensor, list[torch.Tensor]]:
         """The continuation of `prompt` (a str), or of each prompt of a list (batched, any lengths).
 
@@ -298,6 +299,8 @@ class LLM(torch.nn.Module):
         A later `generate` call reuses the KV cache: an unfinished iterator then raises RuntimeError.
         return_as_token_ids: the new token ids (a 1-D int64 tensor on the CPU, per prompt) instead of their text,
         cut before the stop sequence as the text is; not with stream=True, which streams text.
+        sys_prompt: a system message before each prompt, for a prompt style with a system turn (a checkpoint's chat
+        template); other styles refuse it.
         """
         if stream:
             if not isinstance(prompt, str):
@@ -305,9 +308,10 @@ class LLM(torch.nn.Module):
             if return_as_token_ids:
                 raise ValueError("stream=True streams text; for token ids call generate(..., return_as_token_ids=True) "
                                  "without stream")
-            return self._stream(prompt, max_new_tokens, temperature, top_k, top_p, seed, compile)
+            return self._stream(prompt, max_new_tokens, temperature, top_k, top_p, seed, compile, sys_prompt=sys_prompt)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        rows, _ = self._generate_rows(prompts, max_new_tokens, temperature, top_k, top_p, seed, compile)
+        rows, _ = self._generate_rows(prompts, max_new_tokens, temperature, top_k, top_p, seed, compile,
+                                      sys_prompt=sys_prompt)
         out = [torch.tensor(r, dtype=torch.int64) for r in rows] if return_as_token_ids else [
             self.tokenizer.decode(r) for r in rows]
         return out[0] if isinstance(prompt, str) else out
@@ -315,12 +319,13 @@ class LLM(torch.nn.Module):
     def _stream(
         self, prompt: str, max_new_tokens: int = 50, temperature: float = 1.0, top_k: Optional[int] = None,
         top_p: float = 1.0, seed: int = 1234, compile: Optional[bool] = None, stats: Optional[dict] = None,
+        sys_prompt: Optional[str] = None,
     ) -> Iterator[str]:
         """The pieces of `prompt`'s continuation as they are decoded: the session's token stream through
         `stream_pieces`. Arguments are checked and the session made now; decoding happens as the iterator is
         advanced. `stats`, when given, gets "new_tokens" and "time_to_first_token_s" once the stream ends."""
         params = SamplingParams(temperature, top_k, top_p)
-        prompt_ids = self.encode_prompts([prompt])
+        prompt_ids = self.encode_prompts([prompt], sys_prompt)
         cache_len = check_lengths(self._placed_model(), [len(prompt_ids[0])], max_new_tokens)
         session = self.decode_session(1, cache_len, params, decode_mode(self.device, max_new_tokens, compile))
         session.seed(seed)
@@ -346,7 +351,17 @@ class LLM(torch.nn.Module):
 
         return checked()
 
-    def encode_prompts(self, prompts: list[str]) -> list[torch.Tensor]:
+    def frame(self, prompt: str, sys_prompt: Optional[str] = None) -> str:
+        """The text the model reads for `prompt`: the prompt style applied, after a system turn with `sys_prompt`
+        (only a style that renders conversations, a chat template, has one)."""
+        if sys_prompt is None:
+            return self.prompt_style.apply(prompt)
+        if not hasattr(self.prompt_style, "render"):
+            raise ValueError(f"sys_prompt needs a prompt style with a system turn (a checkpoint's chat template); "
+                             f"the {self.prompt_style.name!r} style has none")
+        return self.prompt_style.render([{"role": "system", "content": sys_prompt}, {"role": "user", "content": prompt}])
+
+    def encode_prompts(self, prompts: list[str], sys_prompt: Optional[str] = None) -> list[torch.Tensor]:
         model = self._placed_model()
         if self.tokenizer is None:
             raise ValueError("this LLM has no tokenizer; load one with LLM.load(checkpoint_dir)")
@@ -358,7 +373,7 @@ class LLM(torch.nn.Module):
         for i, prompt in enumerate(prompts):
             if not isinstance(prompt, str) or not prompt:
                 raise ValueError(f"prompt {i} is empty; every prompt needs some text")
-            encoded.append(tk.encode(self.prompt_style.apply(prompt), bos=bos))
+            encoded.append(tk.encode(self.frame(prompt, sys_prompt), bos=bos))
         vocab = model.config.padded_vocab_size
         top = max((int(ids.max()) for ids in encoded if ids.numel()), default=-1)
         if top >= vocab:  # checked here, on the host: on CUDA the model's own check would cost a device sync
@@ -403,10 +418,11 @@ class LLM(torch.nn.Module):
         compile: Optional[bool] = None,
         stream: Optional[TextIO] = None,
         kernels: bool = True,
+        sys_prompt: Optional[str] = None,
     ) -> tuple[list[list[int]], dict]:
         """`generate_with_stats` with each prompt's new token ids (cut before the stop sequence) for its texts."""
         params = SamplingParams(temperature, top_k, top_p)
-        prompt_ids = self.encode_prompts(prompts)
+        prompt_ids = self.encode_prompts(prompts, sys_prompt)
         cache_len = check_lengths(self._placed_model(), [len(p) for p in prompt_ids], max_new_tokens)
         mode = decode_mode(self.device, max_new_tokens, compile, len(prompts))
         self._generation += 1
@@ -420,7 +436,7 @@ class LLM(torch.nn.Module):
             torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
         if stream is not None:
-            stream.write(self.prompt_style.apply(prompts[0]))
+            stream.write(self.frame(prompts[0], sys_prompt))
             stream.flush()
         if stream is not None and len(prompts) == 1:  # ends at the stop sequence, not at the batch path's next look
             ids, _, ttft = session.stream(prompt_ids[0], max_new_tokens, self.tokenizer, stop_tokens, stream)
@@ -561,9 +577,9 @@ class LLM(torch.nn.Module):
                     stats["time_to_first_token_s"] = first
             else:
                 t0 = time.perf_counter()
-                texts, stats = self.generate_with_stats([prompt], **kwargs)
+                rows, stats = self._generate_rows([prompt], **kwargs)
                 total = time.perf_counter() - t0
-                text = texts[0]
+                text = self.tokenizer.decode(rows[0])
             results["Seconds total"].append(total)
             results["Seconds to first token"].append(stats["time_to_first_token_s"])
             results["Tokens generated"].append(stats["new_tokens"])

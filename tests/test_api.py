@@ -379,3 +379,22 @@ def test_trainer_setup_builds_the_model_from_the_checkpoint_a_trainer_checkpoint
     torch.save({"epoch": 1}, tmp_path / "bad.ckpt")
     with pytest.raises(ValueError, match="has no 'state_dict' entry"):
         random.trainer_setup(trainer_ckpt=tmp_path / "bad.ckpt")
+
+
+def test_generate_sys_prompt_renders_a_system_turn_with_a_chat_template(llm):
+    from litgpt.prompts import ChatTemplate
+
+    with pytest.raises(ValueError, match="sys_prompt needs a prompt style with a system turn.*'default' style has none"):
+        llm.generate("The cat", sys_prompt="Be brief.")
+    template = ("{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+                "{% if add_generation_prompt %}[assistant] {% endif %}")
+    llm.prompt_style = ChatTemplate(template)
+    assert llm.frame("The cat", "Be brief.") == "[system] Be brief.\n[user] The cat\n[assistant] "
+    expected_ids = argmax_reference(llm.model, llm.tokenizer.encode(llm.frame("The cat", "Be brief.")), 5)
+    eos = llm.tokenizer.eos_id
+    expected = llm.tokenizer.decode(expected_ids[: expected_ids.index(eos)] if eos in expected_ids else expected_ids)
+    assert llm.generate("The cat", max_new_tokens=5, temperature=0, sys_prompt="Be brief.") == expected
+    streamed = llm.generate("The cat", max_new_tokens=5, temperature=0, sys_prompt="Be brief.", stream=True)
+    assert "".join(streamed) == expected
+    text, _ = llm.benchmark(prompt="The cat", max_new_tokens=5, temperature=0, sys_prompt="Be brief.")
+    assert text == expected
