@@ -125,11 +125,13 @@ def check_inference_quantize(quantize: Optional[str]) -> None:
 
 
 @torch.no_grad()
-def quantize_linears(model: torch.nn.Module, quantize: str) -> list[str]:
+def quantize_linears(model: torch.nn.Module, quantize: str, device: Optional[torch.device] = None) -> list[str]:
     """Replace every `nn.Linear` of `model` but those named in `FULL_PRECISION_LINEARS` by a bitsandbytes layer
     holding its weight quantized (`bnb.nf4`/`bnb.fp4`: 4-bit, one absmax per 64 weights, `-dq` with the absmax
-    values quantized too; `bnb.int8`: LLM.int8(), int8 rows with their scales), on the weight's device and
-    computing in its dtype; biases stay as they are. Returns the names of the layers replaced.
+    values quantized too; `bnb.int8`: LLM.int8(), int8 rows with their scales), computing in the weight's dtype;
+    biases stay as they are. The layers are quantized on `device` (default: the weight's) and, when `device` is
+    given, the rest of the model moves there too: a model loaded on the CPU reaches a GPU with its linears already
+    quantized, never holding their full-precision weights there. Returns the names of the layers replaced.
 
     Quantized weights cannot be folded for decoding: a decode session of a quantized model steps through the
     blocks' own modules (`litgpt.fold.check_foldable`)."""
@@ -162,7 +164,12 @@ def quantize_linears(model: torch.nn.Module, quantize: str) -> list[str]:
                 layer.support_avx512bf16_for_cpu = False  # its CPU repacking needs whole blocks of rows
         if bias is not None:
             layer.bias = torch.nn.Parameter(bias.data, requires_grad=False)
-        setattr(parent, child, layer.to(weight.device))  # moving the parameters quantizes them
+        setattr(parent, child, layer.to(weight.device if device is None else device))  # moving quantizes them
+    if device is not None:  # everything else follows, module by module (the quantized layers are there already)
+        quantized_types = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+        for module in model.modules():
+            if not isinstance(module, quantized_types):
+                module._apply(lambda t: t.to(device), recurse=False)
     return [name for name, _ in targets]
 
 

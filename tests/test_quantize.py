@@ -435,9 +435,9 @@ def test_other_inference_modes_store_quantized_weights_and_generate(mode, tmp_pa
 @pytest.mark.parametrize(
     "mode, message",
     [
-        ("bnb.int8-training", "--quantize 'bnb.int8-training' is not a quantization mode for inference (bnb.int8-training "
-                              "is for fine-tuning; use bnb.int8); choose one of bnb.nf4, bnb.nf4-dq, bnb.fp4, "
-                              "bnb.fp4-dq, bnb.int8"),
+        ("bnb.int8-training", "--quantize 'bnb.int8-training' is not a quantization mode for inference "
+                              "(bnb.int8-training is for fine-tuning; use bnb.int8); choose one of bnb.nf4, "
+                              "bnb.nf4-dq, bnb.fp4, bnb.fp4-dq, bnb.int8"),
         ("gptq", "--quantize 'gptq' is not a quantization mode for inference; choose one of bnb.nf4, bnb.nf4-dq, "
                  "bnb.fp4, bnb.fp4-dq, bnb.int8"),
     ],
