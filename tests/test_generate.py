@@ -401,6 +401,7 @@ def test_compile_on_the_cpu_warns_before_anything_is_loaded(tmp_path, monkeypatc
     """--compile true on the CPU: a warning that the compile takes minutes, given before the weights load."""
     import litgpt.generate.chat as chat
     import litgpt.generate.cli as generate_cli
+    from litgpt.api import LLM
 
     checkpoint_dir = make_checkpoint(tmp_path)
     for module in (generate_cli, chat):
@@ -410,7 +411,7 @@ def test_compile_on_the_cpu_warns_before_anything_is_loaded(tmp_path, monkeypatc
             caught.extend(str(w.message) for w in record)
             raise RuntimeError("stop here")
 
-        monkeypatch.setattr(module.LLM, "load", load)
+        monkeypatch.setattr(LLM, "load", load)  # the class both commands load with
         with pytest.warns(UserWarning) as record, pytest.raises(RuntimeError, match="stop here"):
             module.main(checkpoint_dir, compile=True, device="cpu")
         assert len(caught) == 1 and caught[0].startswith("--compile true on the CPU: torch.compile builds the decode "
