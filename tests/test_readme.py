@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path, PurePosixPath
@@ -219,3 +220,124 @@ def test_quick_start_trains_an_mla_model():
         config = Config.from_name(cfg["model_name"], **(cfg.get("model_config") or {}))
         assert config.latent_attention is not None, f"{path} trains {config.name}, not an MLA model"
         assert cfg.get("resume") == "auto", f"{path} does not resume on a rerun (resume: {cfg.get('resume')!r})"
+
+
+# ----------------------------------------------------------------------------------------------- the CPU walk-through
+# The quick start, `chat`, the LoRA fine-tune and the MHA -> MLA conversion run as the README writes them (each
+# `litgpt ...` command parsed from its ```bash block, in a scratch directory, repository files such as
+# config_hub/pretrain/debug.yaml and README.md read from this checkout), and their outputs are checked against what the
+# README says they print. Reduced to fit CI (2 CPU cores, the whole suite in 20 minutes): each pretrain runs 40 of its
+# 200 steps on 1 MB of its 4 MB of text (REDUCED_PRETRAIN), and the LoRA run 5 of its 40 epochs (REDUCED_LORA).
+# The converted model's full fine-tune runs as written and learns its answer from that reduced base too, so its
+# output is checked word for word; the LoRA answer needs the full base and epochs, so the reduced run checks how it is
+# printed, and LITGPT_README_FULL=1 runs everything unreduced and checks the answer word for word too (about 4
+# minutes on two idle cores).
+FULL = os.environ.get("LITGPT_README_FULL") == "1"
+REDUCED_PRETRAIN = [] if FULL else ["--train.max_steps", "40", "--data.max_bytes", "1000000", "--eval.max_iters", "2"]
+REDUCED_LORA = [] if FULL else ["--train.epochs", "5"]
+REPO_ARGS = re.compile(r"^(config_hub/\S+|README\.md)$")  # arguments that name a file of this checkout
+COMMAND_TIMEOUT_S = 900
+LEN_PROMPT = "What does the Python builtin len do?"
+
+
+def section(title: str) -> str:
+    """The text of the README section whose `## ` heading starts with `title`, up to the next `## `."""
+    text = readme_text()
+    assert f"\n## {title}" in text, f"README.md has no '## {title}' section"
+    return text.split(f"\n## {title}", 1)[1].split("\n## ", 1)[0]
+
+
+def litgpt_commands(text: str) -> list[list[str]]:
+    """Every `litgpt ...` command of the text's ```bash blocks (also those after `&&` or a `|`), as argument lists
+    without the `litgpt` and without comments."""
+    commands = []
+    for lang, body, _ in fenced_blocks(text):
+        if lang not in ("bash", "sh", "shell"):
+            continue
+        for line in body.splitlines():
+            for part in re.split(r"&&|\|", line):
+                words = shlex.split(part, comments=True)
+                if words[:1] == ["litgpt"]:
+                    commands.append(words[1:])
+    return commands
+
+
+def command(text: str, subcommand: str, contains: str = "") -> list[str]:
+    """The text's one `litgpt SUBCOMMAND ...` command (written once or more) that has `contains` in it."""
+    found = {tuple(c) for c in litgpt_commands(text) if c[:1] == [subcommand] and contains in " ".join(c)}
+    assert len(found) == 1, f"expected one `litgpt {subcommand} ...{contains}...` command, found {sorted(found)}"
+    return list(found.pop())
+
+
+def text_blocks(text: str) -> list[str]:
+    return [body for lang, body, _ in fenced_blocks(text) if lang == "text"]
+
+
+def run_litgpt(args: list[str], cwd: Path, stdin: str = "") -> subprocess.CompletedProcess:
+    args = [str(ROOT / a) if REPO_ARGS.match(a) else a for a in args]
+    pythonpath = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(pythonpath))
+    result = subprocess.run([sys.executable, "-m", "litgpt", *args], cwd=cwd, env=env, input=stdin,
+                            capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+    assert result.returncode == 0, f"`litgpt {shlex.join(args)}` failed:\n{result.stderr[-4000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def walkthrough(tmp_path_factory) -> Path:
+    """A scratch directory after the quick start's pretrain and the fine-tuning section's data/builtins.json."""
+    root = tmp_path_factory.mktemp("walkthrough")
+    run_litgpt(command(section("Quick start"), "pretrain", "debug.yaml") + REDUCED_PRETRAIN, root)
+    (data_block,) = [b for b, _ in BLOCKS if "data/builtins.json" in b]
+    subprocess.run([sys.executable, "-c", data_block], cwd=root, check=True, timeout=120)
+    return root
+
+
+def test_quick_start_generate_prints_the_prompt_and_its_continuation(walkthrough):
+    out = run_litgpt(command(section("Quick start"), "generate", "out/pretrain/debug/final"), walkthrough).stdout
+    assert out.startswith("def main(") and len(out) > len("def main(") + 20, out
+
+
+def test_chat_keeps_three_turns_in_the_quick_start_models_context(walkthrough):
+    """The README's three messages piped into `litgpt chat`, at its default --max_new_tokens: three replies, each
+    turn's context longer than the last, and no turn starts the conversation over (a fixed default of 200 tokens did
+    at the second turn of this 256-token model)."""
+    text = section("Generate and chat")
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("printf ") and "| litgpt chat" in ln]
+    messages = shlex.split(line.split("|", 1)[0])[1].encode().decode("unicode_escape")
+    result = run_litgpt(command(text, "chat", "out/pretrain/debug/final"), walkthrough, stdin=messages)
+    assert messages.count("\n") == 3 and result.stdout.count(">> Reply: ") == 3, result.stdout
+    assert "context full" not in result.stderr, result.stderr
+    in_context = [int(n) for n in re.findall(r"(\d+) in context\]", result.stderr)]
+    assert len(in_context) == 3 and in_context[0] < in_context[1] < in_context[2] <= 256, result.stderr
+
+
+def test_lora_fine_tune_answers_after_its_prompt_style(walkthrough):
+    """The LoRA fine-tune as written (fewer epochs unless LITGPT_README_FULL=1), then `generate`: the plain style it
+    trained with is saved and frames the printed prompt, so the answer starts on the line after the prompt instead of
+    being glued to it; the full run's answer is the README's word for word."""
+    text = section("Fine-tuning")
+    run_litgpt(command(text, "finetune_lora") + REDUCED_LORA, walkthrough)
+    checkpoint = walkthrough / "out" / "finetune" / "lora" / "final"
+    assert yaml.safe_load((checkpoint / "prompt_style.yaml").read_text()) == {"name": "plain"}
+    generate = command(text, "generate")
+    assert generate[1] == "out/finetune/lora/final" and LEN_PROMPT in generate
+    out = run_litgpt(generate, walkthrough).stdout
+    assert out.startswith(LEN_PROMPT + "\n") and out[len(LEN_PROMPT) + 1:].strip(), out
+    (expected,) = text_blocks(text)
+    assert expected.startswith(LEN_PROMPT + "\n")
+    if FULL:
+        assert out == expected
+
+
+def test_converted_mla_model_fine_tunes_to_the_readmes_answer(walkthrough):
+    """The conversion section as written (its MHA pretrain reduced like the quick start's): the converted MLA model
+    is fine-tuned and `generate` prints exactly what the README shows, not the prompt and blank lines."""
+    text = section("Converting MHA/GQA checkpoints to MLA")
+    run_litgpt(command(text, "pretrain") + REDUCED_PRETRAIN, walkthrough)
+    report = run_litgpt(command(text, "convert_to_mla"), walkthrough).stdout
+    assert "total KV bytes per token: 4096 -> 1152" in report, report
+    run_litgpt(command(text, "finetune_full"), walkthrough)
+    out = run_litgpt(command(text, "generate"), walkthrough).stdout
+    (expected,) = text_blocks(text)
+    assert out == expected == f"{LEN_PROMPT}\nReturn the number of items in a container.\n"
