@@ -16,7 +16,7 @@ import yaml
 
 from litgpt.config import Config
 from litgpt.model import GPT
-from litgpt.utils import PathLike, atomic_write
+from litgpt.files import PathLike, atomic_write
 
 __all__ = [
     "CheckpointError", "CheckpointNotFoundError", "atomic_torch_save", "atomic_write", "check_finite",

@@ -32,6 +32,8 @@ CONFIG_FILES = (
     "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "chat_template.jinja",
     "chat_template.json",
 )
+# Every file of a checkpoint's tokenizer: what `litgpt download` fetches and the converters copy.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", *CONFIG_FILES)
 NO_TOKENIZER_HINT = "run `litgpt train_tokenizer` to train one or `litgpt download` to fetch a model's"
 
 

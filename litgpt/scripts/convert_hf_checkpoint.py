@@ -52,7 +52,7 @@ from litgpt.configs.hf import (  # noqa: F401  (re-exported: convert_lit_checkpo
     config_from_hf,
 )
 from litgpt.model import GPT
-from litgpt.scripts.download import TOKENIZER_FILES
+from litgpt.tokenizer import TOKENIZER_FILES
 
 log = logging.getLogger(__name__)
 

@@ -51,7 +51,7 @@ import torch
 from litgpt.checkpoint import atomic_torch_save, load_checkpoint, save_config
 from litgpt.config import DEFAULT_ROTARY_PERCENTAGE, Config
 from litgpt.model import GPT
-from litgpt.scripts.download import TOKENIZER_FILES
+from litgpt.tokenizer import TOKENIZER_FILES
 from litgpt.utils import atomic_directory, check_output_spares_inputs
 
 REPORT_FILE = "convert_report.json"

@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from litgpt.hub import is_repo_id
+from litgpt.tokenizer import TOKENIZER_FILES
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-                   "generation_config.json")
 MODEL_FILES = ("config.json", "generation_config.json")  # besides the tokenizer files and the weights
 WEIGHT_INDEXES = {".safetensors": "model.safetensors.index.json", ".bin": "pytorch_model.bin.index.json"}
 DOWNLOAD_WORKERS = 8  # files fetched at once (a sharded checkpoint's shards)
