@@ -62,7 +62,8 @@ def setup(
     """Pretrain a model.
 
     Args:
-        model_name: a named config (`litgpt.Config.names()`); optional when `model_config` is given.
+        model_name: a named config (`litgpt.Config.names()`; `litgpt pretrain list` prints them); optional when
+            `model_config` is given.
         model_config: config fields; with `model_name` they override that config's fields, alone they define it.
         out_dir: where checkpoints (`step-XXXXXXXX/`, `final/`) and logs go.
         precision: `32-true`, `bf16-mixed`, `bf16-true`, `16-mixed`... (default: bf16-mixed on CUDA, else 32-true).
@@ -87,6 +88,9 @@ def setup(
         seed: random seed for weights and data order.
         compile: compile the model with torch.compile.
     """
+    if model_name == "list":
+        print("\n".join(Config.names()))
+        return
     optimizer = OptimizerSpec.resolve(optimizer)
     devices = check_devices(devices)
     model_config = typed_model_config(model_config)

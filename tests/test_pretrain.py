@@ -610,3 +610,15 @@ def test_a_full_disk_during_a_save_is_one_line_and_the_rerun_resumes_exactly(tmp
     assert f"resuming from {out / 'step-00000002' / 'lit_model.pth'}" in resumed.stdout
     after = logged_losses(out, 1)
     assert after == {step: loss for step, loss in logged_losses(tmp_path / "ref", 0).items() if step > 2}  # bitwise
+
+
+def test_pretrain_list_prints_every_name_from_name_takes(capsys):
+    """`litgpt pretrain list` (upstream's spelling) prints the named configs, one a line, and trains nothing."""
+    from litgpt.__main__ import main
+    from litgpt.config import Config
+
+    main(["pretrain", "list"])
+    names = capsys.readouterr().out.split()
+    assert names == Config.names()
+    assert {"pythia-160m-mla", "Llama-3.2-1B", "DeepSeek-V2-Lite", "Qwen2.5-0.5B", "SmolLM2-135M"} <= set(names)
+    assert all(Config.from_name(name).name == name for name in ("debug-mla", "Qwen2.5-0.5B"))
