@@ -571,6 +571,16 @@ def _is_llama3(adjustments: dict) -> bool:
     return "low_freq_factor" in adjustments or "high_freq_factor" in adjustments
 
 
+def _require_scaling_numbers(adjustments: dict, keys: tuple[str, ...]) -> None:
+    """The rope-scaling settings `keys` are finite numbers (not booleans), and `factor` is at least 1."""
+    for key in keys:
+        value = adjustments[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"rope_adjustments.{key} must be a number, got {value!r}")
+    if adjustments["factor"] < 1:
+        raise ValueError(f"rope_adjustments.factor must be >= 1, got {adjustments['factor']}")
+
+
 def _validate_llama3(adjustments: dict) -> None:
     """Llama 3 rope scaling: exactly LLAMA3_ROPE_KEYS, numbers, factor >= 1, 0 < low_freq_factor < high_freq_factor."""
     unknown = sorted(set(adjustments) - set(LLAMA3_ROPE_KEYS))
@@ -580,12 +590,7 @@ def _validate_llama3(adjustments: dict) -> None:
             f"rope_adjustments (Llama 3 scaling): unknown keys {unknown} / missing keys {missing}; expected exactly "
             f"{LLAMA3_ROPE_KEYS}"
         )
-    for key in LLAMA3_ROPE_KEYS:
-        value = adjustments[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"rope_adjustments.{key} must be a number, got {value!r}")
-    if adjustments["factor"] < 1:
-        raise ValueError(f"rope_adjustments.factor must be >= 1, got {adjustments['factor']}")
+    _require_scaling_numbers(adjustments, LLAMA3_ROPE_KEYS)
     if adjustments["original_max_seq_len"] <= 0 or not 0 < adjustments["low_freq_factor"] < adjustments[
             "high_freq_factor"]:
         raise ValueError(
@@ -604,12 +609,7 @@ def _validate_yarn(adjustments: dict) -> None:
             f"rope_adjustments: unknown keys {unknown} / missing keys {missing}; YaRN takes {YARN_REQUIRED_KEYS} and "
             f"optional {tuple(YARN_DEFAULTS)}, Llama 3 scaling {LLAMA3_ROPE_KEYS}"
         )
-    for key in (*YARN_REQUIRED_KEYS, "mscale", "mscale_all_dim"):
-        value = adjustments[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"rope_adjustments.{key} must be a number, got {value!r}")
-    if adjustments["factor"] < 1:
-        raise ValueError(f"rope_adjustments.factor must be >= 1, got {adjustments['factor']}")
+    _require_scaling_numbers(adjustments, (*YARN_REQUIRED_KEYS, "mscale", "mscale_all_dim"))
     if adjustments["original_max_seq_len"] <= 0 or adjustments["beta_fast"] <= 0 or adjustments["beta_slow"] <= 0:
         raise ValueError("rope_adjustments.original_max_seq_len, beta_fast and beta_slow must be positive")
     if not isinstance(adjustments["truncate"], bool):
