@@ -13,8 +13,10 @@ weights to sum to one, and all are multiplied by routed_scaling_factor.
 
 Experts (`Experts`): the routed SwiGLU experts stacked, [fc_1 | fc_2] as one (E, 2I, C) tensor and proj as (E, C, I),
 so a batch of tokens sorted by expert runs one grouped GEMM per projection (`torch._grouped_mm`), without dropping
-tokens; a per-expert loop is the reference (and the fallback), and decode-sized inputs gather the chosen experts'
-weights instead (static shapes: a decode step with MoE layers can be captured). The GPT's state dict names the
+tokens; a per-expert loop is the reference (and the fallback). Decode-sized inputs take the "sorted" path
+(`litgpt.kernels.moe_grouped`): the token-expert pairs grouped by expert on the device and each chosen expert's
+weights read in place, once per step (Triton on CUDA), with shapes fixed by the token count, so a decode step with MoE
+layers captures as one static graph. The GPT's state dict names the
 experts as upstream litgpt's LLaMAMoE does, `experts.{i}.fc_1.weight` etc. (`split_expert_keys`, `stack_expert_keys`).
 
 Load balancing in training (`ExpertBalance`, driven by `litgpt.training.train_step`): in a training forward each
@@ -38,8 +40,9 @@ from torch import nn
 
 from litgpt.activations import swiglu
 from litgpt.config import Config
+from litgpt.kernels.moe_grouped import grouped_experts, kernel_applies
 
-EXPERT_PATHS = ("grouped", "loop", "gathered")
+EXPERT_PATHS = ("grouped", "loop", "sorted")
 _STACKED_KEY = re.compile(r"(.*\.experts\.)(fc|proj)_(weight|bias)")
 _EXPERT_KEY = re.compile(r"(.*\.experts\.)(\d+)\.(fc_1|fc_2|proj)\.(weight|bias)")
 
@@ -109,9 +112,10 @@ class Experts(nn.Module):
     and with config.bias `fc_bias` (E, 2I), `proj_bias` (E, C).
 
     Paths, the same function: "grouped" (tokens sorted by expert, one `torch._grouped_mm` per projection), "loop"
-    (the reference: one matmul per expert over its tokens; it reads the counts on the host) and "gathered" (each
-    token multiplies its k experts' gathered weights: static shapes, and for a few tokens only the chosen experts'
-    bytes are read). `path` None (default) picks one per call (`choose_path`); a name forces it.
+    (the reference: one matmul per expert over its tokens; it reads the counts on the host) and "sorted" (the
+    token-expert pairs grouped by expert on the device, `litgpt.kernels.moe_grouped.grouped_experts`: on CUDA two
+    Triton grouped GEMMs that read each chosen expert's weights in place, gate and up fused with the SwiGLU; static
+    shapes). `path` None (default) picks one per call (`choose_path`); a name forces it.
     """
 
     def __init__(self, config: Config) -> None:
@@ -135,29 +139,32 @@ class Experts(nn.Module):
         path = self.path or self.choose_path(x, N * k)
         if path not in EXPERT_PATHS:
             raise ValueError(f"Experts.path must be one of {EXPERT_PATHS} or None, got {path!r}")
-        if path == "gathered":
-            y = self.gathered(x, indices)  # (N, k, C)
-        else:
-            flat = indices.flatten()  # (N*k,) slot s is token s // k's (s % k)-th expert
-            order = flat.argsort(stable=True)  # slots sorted by expert
-            counts = torch.zeros(self.config.n_expert, dtype=torch.int64, device=x.device)
-            counts.scatter_add_(0, flat, torch.ones_like(flat))  # (E,) tokens per expert
-            # index_select: its backward is index_add_; x[...]'s is index_put's sort-based accumulate
-            rows = x.index_select(0, order // k)  # (N*k, C) grouped by expert
-            run = self.grouped if path == "grouped" else self.loop
-            y_sorted = run(rows, counts, flat[order])  # (N*k, C)
-            y = torch.empty_like(y_sorted).index_copy_(0, order, y_sorted).view(N, k, -1)  # (N, k, C), token order
+        if path == "sorted":
+            return grouped_experts(x, self.fc_weight, self.proj_weight, self.fc_bias, self.proj_bias, weights,
+                                   indices)  # (N, C)
+        flat = indices.flatten()  # (N*k,) slot s is token s // k's (s % k)-th expert
+        order = flat.argsort(stable=True)  # slots sorted by expert
+        counts = torch.zeros(self.config.n_expert, dtype=torch.int64, device=x.device)
+        counts.scatter_add_(0, flat, torch.ones_like(flat))  # (E,) tokens per expert
+        # index_select: its backward is index_add_; x[...]'s is index_put's sort-based accumulate
+        rows = x.index_select(0, order // k)  # (N*k, C) grouped by expert
+        run = self.grouped if path == "grouped" else self.loop
+        y_sorted = run(rows, counts, flat[order])  # (N*k, C)
+        y = torch.empty_like(y_sorted).index_copy_(0, order, y_sorted).view(N, k, -1)  # (N, k, C), token order
         return (y * weights.unsqueeze(-1)).sum(dim=1).to(x.dtype)  # (N, C), the weighted sum in fp32
 
     def choose_path(self, x: torch.Tensor, slots: int) -> str:
-        """Gathered for decode-sized inputs (no more token-expert pairs than experts); else grouped where
-        `torch._grouped_mm` runs; else, while a CUDA graph is being captured, gathered; else the loop."""
-        if slots <= self.config.n_expert:
-            return "gathered"
+        """Sorted for decode-sized inputs: up to MAX_SLOTS token-expert pairs where its Triton kernels run, else up
+        to one pair per expert (its torch reference gathers each pair's weights); else grouped where
+        `torch._grouped_mm` runs; else, while a CUDA graph is being captured, sorted; else the loop."""
+        if slots <= self.config.n_expert or kernel_applies(
+            x, self.fc_weight, self.proj_weight, self.fc_bias, self.proj_bias, slots
+        ):
+            return "sorted"
         if self.grouped_mm_applies(x):
             return "grouped"
         if x.is_cuda and torch.cuda.is_current_stream_capturing():
-            return "gathered"
+            return "sorted"
         return "loop"
 
     def grouped_mm_applies(self, x: torch.Tensor) -> bool:
@@ -195,16 +202,6 @@ class Experts(nn.Module):
             h = F.linear(chunk, self.fc_weight[e], fc_bias)  # (n_e, 2I)
             outs.append(F.linear(swiglu(h), self.proj_weight[e], proj_bias))  # (n_e, C)
         return torch.cat(outs)
-
-    def gathered(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """x (N, C), indices (N, k) -> each token's k expert outputs (N, k, C), from the chosen experts' weights."""
-        h = (self.fc_weight[indices] @ x[:, None, :, None]).squeeze(-1)  # (N, k, 2I, C) @ (N, 1, C, 1) -> (N, k, 2I)
-        if self.fc_bias is not None:
-            h = h + self.fc_bias[indices]
-        y = (self.proj_weight[indices] @ swiglu(h).unsqueeze(-1)).squeeze(-1)  # (N, k, C, I) @ (N, k, I, 1)
-        if self.proj_bias is not None:
-            y = y + self.proj_bias[indices]
-        return y
 
 
 def _rows_of(bias: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:

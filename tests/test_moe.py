@@ -109,7 +109,7 @@ def test_group_limit_and_bias_change_the_choice_not_the_weights():
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_grouped_gemm_and_gathered_paths_equal_the_per_expert_loop(bias):
+def test_grouped_gemm_and_sorted_paths_equal_the_per_expert_loop(bias):
     """Outputs and gradients of the three expert paths agree (float32; the grouped path is torch._grouped_mm on
     the CPU), with tokens that skip some experts entirely."""
     torch.manual_seed(0)
@@ -120,7 +120,7 @@ def test_grouped_gemm_and_gathered_paths_equal_the_per_expert_loop(bias):
     indices[:, 1] = (indices[:, 0] + 1 + torch.randint(0, 4, (13,))) % 8
     weights = torch.rand(13, 2)
     results = {}
-    for path in ("loop", "grouped", "gathered"):
+    for path in ("loop", "grouped", "sorted"):
         experts.path = path
         experts.zero_grad()
         x_in = x.clone().requires_grad_()
@@ -129,7 +129,7 @@ def test_grouped_gemm_and_gathered_paths_equal_the_per_expert_loop(bias):
         results[path] = (y.detach(), x_in.grad, experts.fc_weight.grad.clone(), experts.proj_weight.grad.clone())
         if bias:
             results[path] += (experts.fc_bias.grad.clone(), experts.proj_bias.grad.clone())
-    for path in ("grouped", "gathered"):
+    for path in ("grouped", "sorted"):
         for got, want in zip(results[path], results["loop"]):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert results["loop"][0].abs().max() > 1e-2
@@ -141,7 +141,7 @@ def test_grouped_gemm_and_gathered_paths_equal_the_per_expert_loop(bias):
 def test_path_choice():
     experts = Experts(moe_config())
     x = torch.randn(4, 32)
-    assert experts.choose_path(x, slots=8) == "gathered"  # decode-sized: no more slots than experts
+    assert experts.choose_path(x, slots=8) == "sorted"  # decode-sized: no more slots than experts
     assert experts.choose_path(x, slots=9) == "grouped"  # torch._grouped_mm on the CPU in float32
     assert experts.choose_path(x.double(), slots=9) == "loop"
 
@@ -280,7 +280,7 @@ def test_routing_bias_stays_float32_when_the_model_is_cast(tmp_path):
 @pytest.mark.parametrize("residual", ["parallel", "sequential"])
 @pytest.mark.parametrize("folded", [False, True])
 def test_cached_decode_equals_full_forward(attention, residual, folded):
-    """Prefill then one-token steps (the gathered expert path, in folded blocks the attention folded and the MoE
+    """Prefill then one-token steps (the sorted expert path, in folded blocks the attention folded and the MoE
     unfolded) give the full forward's logits (float64), with a dense first layer and shared experts."""
     torch.manual_seed(0)
     overrides = dict(n_layer=3, first_k_dense_replace=1, n_shared_expert=1, **SCORINGS["v3-groups-bias"])

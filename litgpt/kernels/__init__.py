@@ -7,11 +7,16 @@ one launch). `linear` is the small-batch GEMV (+ norm, activation, bias, residua
 `litgpt.kernels.sampling.fused_top_k_sample` is the decode step's top-k with its Gumbel-max draw, and
 `gumbel_top_k_sample` the draw among given candidates (both used by `litgpt.generate.base.Sampler`).
 `litgpt.kernels.cross_entropy` holds the training loss's passes over the logits (used by `litgpt.loss`).
-`set_kernels(model, False)` switches every block back to the torch path.
+`litgpt.kernels.moe_grouped.grouped_experts` is a mixture of experts' decode-sized routed experts, grouped by expert
+on the device and read in place (used by `litgpt.moe.Experts`).
+Each decode entry point also takes a `block_table` for the paged caches (`litgpt.kv_cache.PagedKVCache`,
+`PagedKVCacheCompressed`): the same kernels then walk each row's pages; `write_pages` and `gather_pages` are the
+torch path's paged write and read. `set_kernels(model, False)` switches every block back to the torch path.
 """
 
 from litgpt.kernels._triton import KERNEL_DTYPES, TRITON_AVAILABLE
 from litgpt.kernels.decode_attention import (
+    gather_pages,
     gqa_cache_write,
     gqa_decode_attention,
     gqa_decode_attention_reference,
@@ -23,6 +28,7 @@ from litgpt.kernels.decode_attention import (
     roped_heads,
     set_kernels,
     split_heads,
+    write_pages,
     write_positions,
 )
 from litgpt.kernels.linear import linear
@@ -30,6 +36,7 @@ from litgpt.kernels.linear import linear
 __all__ = [
     "KERNEL_DTYPES",
     "TRITON_AVAILABLE",
+    "gather_pages",
     "gqa_cache_write",
     "gqa_decode_attention",
     "gqa_decode_attention_reference",
@@ -42,5 +49,6 @@ __all__ = [
     "roped_heads",
     "set_kernels",
     "split_heads",
+    "write_pages",
     "write_positions",
 ]
