@@ -1,22 +1,29 @@
 """`litgpt benchmark decode`: output files and columns, throughput numbers, the capacity formula (KV bytes per
-token of MHA and MLA), block_size raising, and bad inputs."""
+token of MHA and MLA), block_size raising, the floor of an MoE model (the experts a step reads), random weights
+built in the target dtype, and bad inputs."""
 
 import csv
 import math
 
 import pytest
+import torch
 
 from litgpt.__main__ import main
 from litgpt.benchmark.decode import (
+    BANDWIDTH,
     CAPACITY_COLUMNS,
     RESULTS_COLUMNS,
     benchmark_decode_command,
+    build_model,
+    expected_distinct_experts,
     largest_batch,
     longest_context,
     memory_needed,
+    step_weight_bytes,
 )
 from litgpt.config import Config
 from litgpt.model import GPT
+from litgpt.rope import build_rope_cache
 
 TINY = dict(models=["debug", "debug-mla"], batch_sizes=[1, 2], context_lengths=[16, 160], decode_steps=2, warmup=1,
             device="cpu", memory_budget_gib=0.5, reserve_gib=0.25, fit_batch_at_context=1000)
@@ -103,3 +110,59 @@ def test_bad_input_is_one_line(args, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("litgpt: error:") and message in err and err.count("\n") == 1
     assert not (tmp_path / "results.csv").exists()
+
+
+def test_expected_distinct_experts():
+    assert expected_distinct_experts(8, 2, 1) == 2.0  # one token reads its k experts
+    assert expected_distinct_experts(8, 2, 3) == pytest.approx(8 * (1 - 0.75**3))  # 4.625
+    assert expected_distinct_experts(64, 6, 8) == pytest.approx(34.88, abs=0.01)  # DeepSeek-V2-Lite at batch 8
+    assert expected_distinct_experts(64, 6, 1000) == pytest.approx(64)
+
+
+def test_floor_counts_the_experts_a_step_reads():
+    """By hand on a small config: 3 layers, the first dense, 2 MoE layers of 8 experts (2 a token, width 16, C 32,
+    with biases) and one shared expert; float32. A step of B tokens reads 8 (1 - (3/4)^B) experts a layer and B embedding rows."""
+    config = Config.from_name("debug", n_layer=3, n_embd=32, n_head=4, vocab_size=100, padding_multiple=64,
+                              block_size=64, mlp_class_name="LLaMAMoE", intermediate_size=48, first_k_dense_replace=1,
+                              moe_intermediate_size=16, n_expert=8, n_expert_per_token=2, n_shared_expert=1)
+    model = GPT(config)
+    total = 4 * sum(p.numel() for p in model.parameters())
+    assert config.bias  # debug's: the experts' biases count with them
+    routed = 8 * (2 * 16 * 32 + 32 * 16 + 2 * 16 + 32) * 4  # one layer's experts: (E, 2I, C), (E, C, I), biases
+    rows = 128 * 32 * 4  # the embedding table: 128 padded rows of 32
+    assert step_weight_bytes(model, 1) == total - 2 * routed * (1 - 2 / 8) - rows + 1 * 32 * 4
+    assert step_weight_bytes(model, 3) == pytest.approx(total - 2 * routed * (1 - 4.625 / 8) - rows + 3 * 32 * 4)
+    assert step_weight_bytes(model, 500) == pytest.approx(total, abs=1e-6 * total)  # all experts, all rows
+
+    with torch.device("meta"):  # DeepSeek-V2-Lite in bf16: about 4.9 GB at batch 1, all 29.3 GiB at a large batch
+        lite = GPT(Config.from_name("DeepSeek-V2-Lite")).to(torch.bfloat16)
+    lite_routed = 26 * 64 * 3 * 2048 * 1408 * 2
+    lite_total = 15_706_484_224 * 2
+    one = lite_total - lite_routed * (1 - 6 / 64) - (102400 - 1) * 2048 * 2
+    assert step_weight_bytes(lite, 1) == pytest.approx(one) and 4.8e9 < one < 5.0e9
+    assert step_weight_bytes(lite, 4096) == pytest.approx(lite_total - (102400 - 4096) * 2048 * 2)
+
+
+def test_moe_rows_floor_and_weights_built_in_the_target_dtype(tmp_path):
+    """An MoE model's rows take the floor of the weights the step reads plus the cache, and the random weights are
+    built in the target dtype (bf16 here), the V3 router bias in float32 and the rope tables as a fresh build."""
+    result = benchmark_decode_command(models=["debug-moe-mla"], batch_sizes=[1, 4], context_lengths=[16],
+                                      decode_steps=2, warmup=1, device="cpu", precision="bf16-true",
+                                      memory_budget_gib=0.5, reserve_gib=0.25, out_dir=tmp_path)
+    one, four = result["results"]
+    config = Config.from_name("debug-moe-mla")
+    model = build_model(config, torch.device("cpu"), torch.bfloat16, True, 0)
+    for r in (one, four):
+        assert r["status"] == "ok" and r["dtype"] == "bfloat16"
+        assert r["step_weight_bytes"] == step_weight_bytes(model, r["batch"])
+        assert r["floor_ms"] == pytest.approx((r["step_weight_bytes"] + r["kv_cache_bytes"]) / BANDWIDTH * 1e3)
+    weights = result["capacity"][0]["weights_bytes"]
+    assert one["step_weight_bytes"] < four["step_weight_bytes"] < weights
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    matrices = [p for name, p in model.named_parameters() if p.dim() > 1 and not name.endswith("bias")]
+    assert all(p.float().std() > 0 for p in matrices)  # initialised, not left empty (biases start at zero)
+    bias = [m.gate.e_score_correction_bias for m in model.modules() if hasattr(m, "gate")]
+    assert all(b is None or b.dtype == torch.float32 for b in bias)
+    cos, _ = build_rope_cache(model.max_seq_length, config.rope_n_elem, torch.device("cpu"), config.rope_base,
+                              config.rope_condense_ratio, config.rope_adjustments)
+    assert torch.equal(model.cos, cos.to(torch.bfloat16))

@@ -2,8 +2,10 @@
 `litgpt benchmark decode` command (throughput vs context and batch per model, KV bytes per token, capacity).
 
 `benchmark_decode` fills a cache of `context_length` positions with a prefill of random tokens (chunked), then
-times decode steps at the last positions of the context. The floor is the bytes a step must read (all weights
-plus the whole KV cache) at `BANDWIDTH` bytes/s; `gap` is measured time over the floor.
+times decode steps at the last positions of the context. The floor is the bytes a step must read at `BANDWIDTH`
+bytes/s: the weights it uses (`step_weight_bytes`: of a mixture of experts' routed experts only the expected number
+of distinct ones its B tokens choose, E * (1 - (1 - k/E)^B); of the embedding table only its B rows) plus the whole
+KV cache; `gap` is measured time over the floor.
 
 `capacity` answers "what fits in a memory budget" from the model's own numbers:
     memory(B, S) = weights + B*S*(kv_bytes_per_token + step_bytes_per_token) + S*rope_bytes_per_position + reserve
@@ -36,7 +38,9 @@ from litgpt.generate.base import (
 )
 from litgpt.generate.session import DecodeSession
 from litgpt.kernels import set_kernels
+from litgpt.checkpoint import SkipInit
 from litgpt.model import GPT, init_weights
+from litgpt.moe import Experts
 from litgpt.utils import command_line, format_number, parse_device, positive_ints, synchronize
 
 BANDWIDTH = 3.0e12  # measured H100 copy bandwidth, bytes/s
@@ -95,8 +99,9 @@ def benchmark_decode(
     if profile_path is not None:
         _profile(step, token, input_pos - decode_steps, profile_path)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    step_bytes = step_weight_bytes(model, batch_size)
     kv_bytes = model.kv_cache_bytes()
-    floor_ms = (weight_bytes + kv_bytes) / BANDWIDTH * 1e3
+    floor_ms = (step_bytes + kv_bytes) / BANDWIDTH * 1e3
     ms_per_step = elapsed / decode_steps * 1e3
     peak, kind = peak_memory_bytes(device)
     return dict(
@@ -114,9 +119,32 @@ def benchmark_decode(
         peak_memory_kind=kind,
         kv_cache_bytes=kv_bytes,
         weight_bytes=weight_bytes,
+        step_weight_bytes=step_bytes,
         floor_ms=floor_ms,
         gap=ms_per_step / floor_ms,
     )
+
+
+def expected_distinct_experts(n_expert: int, per_token: int, tokens: int) -> float:
+    """Expected number of distinct experts that `tokens` tokens choose, each `per_token` of `n_expert` at random:
+    E * (1 - (1 - k/E)^B) (an expert is missed by one token with probability 1 - k/E)."""
+    return n_expert * (1.0 - (1.0 - per_token / n_expert) ** tokens)
+
+
+def step_weight_bytes(model: GPT, batch_size: int) -> float:
+    """Bytes of weights one decode step of batch_size tokens reads: every parameter once, except each MoE layer's
+    routed experts, of which the step reads the expected number of distinct ones its tokens choose
+    (`expected_distinct_experts`), and the embedding table (when not tied to lm_head), of which it reads one row a
+    token. Shared experts, dense layers, routers, attention, norms and lm_head count whole."""
+    total = float(sum(p.numel() * p.element_size() for p in model.parameters()))
+    c = model.config
+    for experts in (m for m in model.modules() if isinstance(m, Experts)):
+        routed = sum(p.numel() * p.element_size() for p in experts.parameters())
+        total -= routed * (1.0 - expected_distinct_experts(c.n_expert, c.n_expert_per_token, batch_size) / c.n_expert)
+    wte = model.transformer.wte.weight
+    if wte is not model.lm_head.weight:
+        total -= (wte.size(0) - min(batch_size, wte.size(0))) * wte.size(1) * wte.element_size()
+    return total
 
 
 def _profile(step: DecodeStep, token: torch.Tensor, input_pos: torch.Tensor, path: Path, steps: int = 5) -> None:
@@ -138,7 +166,7 @@ def _profile(step: DecodeStep, token: torch.Tensor, input_pos: torch.Tensor, pat
 DEFAULT_MODELS = ["pythia-160m", "pythia-160m-gqa", "pythia-160m-mqa", "pythia-160m-mla"]
 RESULTS_COLUMNS = (
     "model", "batch", "context", "mode", "kernels", "dtype", "tokens_per_s", "ms_per_step", "floor_ms", "gap",
-    "kv_bytes_per_token", "kv_cache_bytes", "peak_memory_bytes", "status",
+    "step_weight_bytes", "kv_bytes_per_token", "kv_cache_bytes", "peak_memory_bytes", "status",
 )
 CAPACITY_COLUMNS = (
     "model", "dtype", "memory_budget_bytes", "weights_bytes", "kv_bytes_per_token", "step_bytes_per_token",
@@ -167,7 +195,8 @@ def benchmark_decode_command(
     """End-to-end decode throughput versus context length and batch per model, KV bytes per token, and the
     longest context (batch 1) and largest batch (at one context) that fit a memory budget.
 
-    Every model gets random weights; a model whose block_size is below the longest context gets it raised.
+    Every model gets random weights, built in the target dtype on the device; a model whose block_size is below
+    the longest context gets it raised.
     Writes results.csv, throughput.png, capacity.csv and summary.md under out_dir (results.csv after every row).
 
     Args:
@@ -252,12 +281,16 @@ def benchmark_decode_command(
 
 
 def build_model(config: Config, device: torch.device, dtype: torch.dtype, kernels: bool, seed: int) -> GPT:
-    """A GPT with random weights on `device` in `dtype`, decode kernels switched on or off."""
-    torch.manual_seed(seed)
-    with torch.device(device):
+    """A GPT with random weights on `device` in `dtype`, decode kernels switched on or off. Built on the meta device
+    and materialised in `dtype` where it runs, then initialised in place: no float32 copy anywhere (a 16B-parameter
+    model would need 63 GB for one)."""
+    with torch.device("meta"), SkipInit():
         model = GPT(config)
+    model = model.to(dtype=dtype).to_empty(device=device)  # the Router keeps V3's bias in float32
+    model.reset_rope_cache()  # on `device` now (built on the CPU while the weights were on meta)
+    torch.manual_seed(seed)
     init_weights(model)
-    model = model.to(dtype=dtype).eval()
+    model = model.to(dtype=dtype).eval()  # the weights are in place already; this casts the rope buffers as before
     set_kernels(model, kernels)
     return model
 
@@ -276,7 +309,8 @@ def measure(
     per_token = kv_bytes_per_token(model.config, dtype)
     row = dict(model=name, batch=batch, context=context, mode=mode, kernels=kernels,
                dtype=str(dtype).removeprefix("torch."), tokens_per_s=math.nan, ms_per_step=math.nan,
-               floor_ms=math.nan, gap=math.nan, kv_bytes_per_token=per_token,
+               floor_ms=math.nan, gap=math.nan, step_weight_bytes=step_weight_bytes(model, batch),
+               kv_bytes_per_token=per_token,
                kv_cache_bytes=batch * context * per_token, peak_memory_bytes=math.nan, status="ok")
     torch._dynamo.reset()  # each shape compiles its own static graph
     try:
@@ -526,8 +560,10 @@ def write_summary(
         "## Notes",
         "",
         "- tokens/s = batch * decode_steps / time; ms/step the time of one step (all rows).",
-        f"- floor ms: (weights + whole KV cache) bytes / {BANDWIDTH / 1e12:g} TB/s (H100 copy bandwidth); "
-        "gap = ms/step / floor ms." + ("" if cuda else " On CPU the floor is an H100's, not this machine's."),
+        f"- floor ms: (the step's weight bytes + whole KV cache) / {BANDWIDTH / 1e12:g} TB/s (H100 copy bandwidth); "
+        "gap = ms/step / floor ms. The step's weight bytes (step_weight_bytes in results.csv) count every weight once, "
+        "except a mixture of experts' routed experts, of which B tokens choosing k of E read E * (1 - (1 - k/E)^B) "
+        "distinct ones in expectation, and the embedding table, of which a step reads B rows." + ("" if cuda else " On CPU the floor is an H100's, not this machine's."),
         "- peak MiB: `torch.cuda.max_memory_allocated` over prefill and decode." if cuda else
         "- peak MiB: not measured on CPU (only the process RSS exists, which is not one configuration's): nan in "
         "results.csv, empty here.",
