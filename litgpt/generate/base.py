@@ -179,6 +179,109 @@ class Sampler(nn.Module):
         return choice if token_ids is None else token_ids.gather(-1, choice)  # (B, 1) token ids
 
 
+class RowSamplingParams(nn.Module):
+    """Each row's sampling settings as (B, 1) device tensors, so one step samples rows with different settings:
+    temperature (0: greedy), top_k (the vocabulary size: no top-k), top_p (1.0: no top-p) and the row's noise seed.
+    `set_row` writes a host copy; `sync` copies it to the device buffers in place (a captured step keeps them)."""
+
+    def __init__(self, batch_size: int, vocab_size: int, device: torch.device) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        pin = device.type == "cuda"
+        self._host = {
+            "temperature": torch.zeros(batch_size, 1, dtype=torch.float32, pin_memory=pin),
+            "top_k": torch.full((batch_size, 1), vocab_size, dtype=torch.int64, pin_memory=pin),
+            "top_p": torch.ones(batch_size, 1, dtype=torch.float32, pin_memory=pin),
+            "row_seeds": torch.zeros(batch_size, 1, dtype=torch.int64, pin_memory=pin),
+        }
+        for name, host in self._host.items():
+            self.register_buffer(name, host.to(device), persistent=False)  # (B, 1) each
+        self._dirty = False
+        self.filtered_rows: set[int] = set()  # rows with top-k or top-p: a step over them sorts the logits
+
+    def set_row(self, row: int, params: SamplingParams, seed: int) -> None:
+        """Row `row` samples with `params` from the noise stream of `seed`: the stream row 0 of a `Sampler` seeded
+        with `seed` draws from, so a request decodes alike here, alone, batched or beside anything."""
+        top_k = self.vocab_size if params.top_k is None else min(params.top_k, self.vocab_size)
+        values = dict(temperature=params.temperature, top_k=top_k, top_p=params.top_p,
+                      row_seeds=mix32_int(mix32_int(seed) ^ 1))
+        for name, value in values.items():
+            self._host[name][row, 0] = value
+        if not params.greedy and (top_k < self.vocab_size or params.top_p < 1.0):
+            self.filtered_rows.add(row)
+        else:
+            self.filtered_rows.discard(row)
+        self._dirty = True
+
+    def sync(self) -> None:
+        if self._dirty:
+            for name, host in self._host.items():
+                getattr(self, name).copy_(host, non_blocking=True)
+            self._dirty = False
+
+
+class RowSampler(nn.Module):
+    """Next token ids (B, 1) from logits (B, V) with each row's own settings (`RowSamplingParams`), on the device and
+    without a host sync: the same draw as `Sampler`'s torch path (Gumbel-max with noise hashed from (row seed,
+    position, token id)), with the settings as tensors. Greedy rows take the argmax.
+
+    `filtered`: apply each row's top-k and top-p (a sort of the logits); without it every sampled row draws from the
+    whole vocabulary (which is what rows without top-k and top-p do either way). `top_logprobs` n > 0: each step
+    also writes, into the buffers `logprobs` (B, 1 + n) and `top_ids` (B, n), the chosen token's log-probability
+    and the n likeliest tokens' (under the model's distribution, before temperature and filtering), read after
+    the step."""
+
+    def __init__(self, params: RowSamplingParams, filtered: bool = False, top_logprobs: int = 0) -> None:
+        super().__init__()
+        self.params, self.filtered, self.top_logprobs = params, filtered, min(top_logprobs, params.vocab_size)
+        vocab_size, device = params.vocab_size, params.row_seeds.device
+        token_ids = torch.arange(vocab_size, dtype=torch.int64, device=device)
+        self.register_buffer("token_hash", token_hashes(token_ids).view(1, vocab_size), persistent=False)
+        B, n = params.row_seeds.size(0), self.top_logprobs
+        self.register_buffer("logprobs", torch.zeros(B, 1 + n, dtype=torch.float32, device=device), persistent=False)
+        self.register_buffer("top_ids", torch.zeros(B, n, dtype=torch.int64, device=device), persistent=False)
+
+    def forward(self, logits: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """logits (B, V_padded) for the tokens at `position` (B, 1) -> token ids (B, 1)."""
+        p = self.params
+        token = sample_rows(logits, position, p.temperature, p.top_k, p.top_p, p.row_seeds, self.token_hash,
+                            self.filtered)
+        if self.top_logprobs:
+            self.logprobs.copy_(token_logprobs(logits, token, self.top_ids, p.vocab_size))
+        return token
+
+
+def sample_rows(logits: torch.Tensor, position: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
+                top_p: torch.Tensor, row_seeds: torch.Tensor, token_hash: torch.Tensor, filtered: bool) -> torch.Tensor:
+    """Token ids (B, 1) from logits (B, >= V) at position (B, 1), with per-row temperature, top_k, top_p (B, 1)
+    (see `RowSampler`); token_hash (1, V) is `token_hashes` of the vocabulary."""
+    vocab_size = token_hash.size(-1)
+    logits = logits[:, :vocab_size].float()  # (B, V)
+    greedy = temperature == 0  # (B, 1)
+    scaled = logits / torch.where(greedy, torch.ones_like(temperature), temperature)  # (B, V)
+    token_ids, hashes = None, token_hash  # every token a candidate, in vocabulary order
+    if filtered:  # candidates sorted by logit, likeliest first: a row keeps its first top_k, then its top_p set
+        scaled, token_ids = torch.sort(scaled, dim=-1, descending=True)  # (B, V), (B, V)
+        hashes = token_hash.view(-1)[token_ids]  # (B, V)
+        rank = torch.arange(vocab_size, device=logits.device)  # (V,)
+        scaled = scaled.masked_fill(rank >= top_k, float("-inf"))
+        probs = torch.softmax(scaled, dim=-1)
+        outside = ((torch.cumsum(probs, dim=-1) - probs) >= top_p) & (top_p < 1.0)  # as `Sampler`'s top-p
+        scaled = scaled.masked_fill(outside, float("-inf"))
+    choice = (scaled + gumbel_noise(hashes, row_seeds, position)).argmax(dim=-1, keepdim=True)  # (B, 1)
+    sampled = choice if token_ids is None else token_ids.gather(-1, choice)
+    return torch.where(greedy, logits.argmax(dim=-1, keepdim=True), sampled)  # (B, 1)
+
+
+def token_logprobs(logits: torch.Tensor, token: torch.Tensor, top_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """log-softmax over the first vocab_size logits (B, >= V): [logprob of token (B, 1) | the top_ids.size(1) largest
+    logprobs] (B, 1 + n) in fp32, writing their token ids into top_ids (B, n) in place."""
+    logprobs = torch.log_softmax(logits[:, :vocab_size].float(), dim=-1)  # (B, V)
+    top, ids = logprobs.topk(top_ids.size(1), dim=-1)  # (B, n), (B, n)
+    top_ids.copy_(ids)
+    return torch.cat((logprobs.gather(-1, token), top), dim=-1)  # (B, 1 + n)
+
+
 # ------------------------------------------------------------------------------------------------ the decode step
 class DecodeStep:
     """The one decode step: (B, 1) token ids at (B, 1) positions -> the next token ids (B, 1).
