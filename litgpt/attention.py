@@ -18,6 +18,7 @@ from torch import nn
 
 from litgpt.config import Config
 from litgpt.kernels import (
+    gather_pages,
     gqa_decode_attention,
     key_mask,
     latent_entries,
@@ -25,7 +26,7 @@ from litgpt.kernels import (
     mla_decode_attention_reference,
     roped_heads,
 )
-from litgpt.kv_cache import KVCache, KVCacheCompressed
+from litgpt.kv_cache import KVCache, KVCacheCompressed, PagedKVCache, PagedKVCacheCompressed
 from litgpt.norm import RMSNorm
 from litgpt.projection import Projection, as_dtype, linear_map, stack_outputs
 from litgpt.rope import apply_rope_last, softmax_scale_multiplier
@@ -38,12 +39,14 @@ class AttentionInputs:
     cos, sin: rope rows of the new tokens, (T, n) or per row (B, T, n). input_pos: their positions, (T,) or (B, T),
     when they go into a KV cache (None: a causal pass over the new tokens alone, as in training).
     input_pos_maxp1: with a cache, read only its first input_pos_maxp1 positions.
+    block_table: with a paged cache, (B, P) page ids: row b's position p lives in page block_table[b, p // page_size].
     """
 
     cos: torch.Tensor
     sin: torch.Tensor
     input_pos: Optional[torch.Tensor] = None
     input_pos_maxp1: Optional[int] = None
+    block_table: Optional[torch.Tensor] = None
 
     @property
     def cached(self) -> bool:
@@ -55,8 +58,17 @@ class AttentionInputs:
         return None if self.input_pos is None else key_mask(self.input_pos, key_len)
 
     def cache_view(self, cache: torch.Tensor, seq_dim: int) -> torch.Tensor:
-        """The part of a whole cache buffer this forward reads: its first input_pos_maxp1 positions, or all."""
+        """The part of a whole cache buffer this forward reads, positions along seq_dim: its first input_pos_maxp1
+        positions, or all. A paged cache's pool (num_pages, page_size, ...) comes back as each row's pages
+        gathered in order (a contiguous copy, (B, S, ...) with S moved to seq_dim), for SDPA to read."""
+        if self.block_table is not None:
+            return gather_pages(cache, self.block_table, self.input_pos_maxp1).movedim(1, seq_dim)
         return cache if self.input_pos_maxp1 is None else cache.narrow(seq_dim, 0, self.input_pos_maxp1)
+
+    def kernel_view(self, cache: torch.Tensor, seq_dim: int) -> torch.Tensor:
+        """What the decode attention functions read (`litgpt.kernels`): `cache_view` of a static cache; a paged
+        cache's pool itself, which they read through `block_table`."""
+        return cache if self.block_table is not None else self.cache_view(cache, seq_dim)
 
 
 def cudnn_attention_takes(q: torch.Tensor, mask: Optional[torch.Tensor]) -> bool:
@@ -127,6 +139,11 @@ class AttentionBase(nn.Module):
     ) -> nn.Module:
         raise NotImplementedError
 
+    def build_paged_kv_cache(
+        self, num_pages: int, page_size: int, device: Optional[torch.device], dtype: Optional[torch.dtype]
+    ) -> nn.Module:
+        raise NotImplementedError
+
     def kv_cache_bytes(self) -> int:
         """Bytes held by this layer's cache buffers (0 when none is set)."""
         if self.kv_cache is None:
@@ -162,11 +179,13 @@ class CausalSelfAttention(AttentionBase):
             return y.transpose(1, 2).reshape(B, T, n_head * hs)
         # the cache's write splits qkv, ropes q and k and writes k, v: one launch for a decode step on CUDA
         q, k, v = self.kv_cache.write_qkv(ctx.input_pos, qkv, ctx.cos, ctx.sin, n_head, c.rope_n_elem,
-                                          c.rope_interleave, self.use_kernel)  # (B, nh, T, hs), caches (B, ng, S, hs)
-        k, v = ctx.cache_view(k, seq_dim=2), ctx.cache_view(v, seq_dim=2)
-        if T == 1 and self.use_kernel:  # decode: the split-KV kernel reads only valid tokens
-            y = gqa_decode_attention(q, k, v, ctx.input_pos, self.scale)  # (B, nh, 1, hs)
+                                          c.rope_interleave, self.use_kernel, ctx.block_table)
+        # q (B, nh, T, hs); k, v: caches (B, ng, S, hs) or paged pools (num_pages, page_size, ng, hs)
+        if T == 1 and self.use_kernel:  # decode: the split-KV kernel reads only valid tokens (through the pages)
+            y = gqa_decode_attention(q, ctx.kernel_view(k, seq_dim=2), ctx.kernel_view(v, seq_dim=2), ctx.input_pos,
+                                     self.scale, ctx.block_table)  # (B, nh, 1, hs)
         else:
+            k, v = ctx.cache_view(k, seq_dim=2), ctx.cache_view(v, seq_dim=2)  # (B, ng, S, hs)
             y = self.attend(q, k, v, ctx.mask(k.size(2)), scale=self.scale)  # (B, nh, T, hs)
         return y.transpose(1, 2).reshape(B, T, n_head * hs)
 
@@ -178,6 +197,12 @@ class CausalSelfAttention(AttentionBase):
     ) -> KVCache:
         c = self.config
         return KVCache(batch_size, c.n_query_groups, max_seq_length, c.head_size, device=device, dtype=dtype)
+
+    def build_paged_kv_cache(
+        self, num_pages: int, page_size: int, device: Optional[torch.device], dtype: Optional[torch.dtype]
+    ) -> PagedKVCache:
+        c = self.config
+        return PagedKVCache(num_pages, page_size, c.n_query_groups, c.head_size, device=device, dtype=dtype)
 
 
 class MultiheadLatentAttention(AttentionBase):
@@ -254,22 +279,24 @@ class MultiheadLatentAttention(AttentionBase):
     def latent_cache(
         self, kv_a: torch.Tensor, ctx: AttentionInputs, query: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """The attended [c | k_R] (B, S, d_c+d_R) for kv_a_proj's output (B, T, d_c+d_R): the T new tokens alone
-        without a cache, else the cache after writing them. `query` (B, h, T, .. + d_R) comes back with its rope
-        part roped (in the cache's write launch where the kernel applies)."""
+        """The attended [c | k_R] for kv_a_proj's output (B, T, d_c+d_R): the T new tokens alone (B, T, d_c+d_R)
+        without a cache, else the whole cache (B, S, d_c+d_R) or page pool (num_pages, page_size, d_c+d_R) after
+        writing them (`AttentionInputs.cache_view`/`kernel_view` give the part to read). `query`
+        (B, h, T, .. + d_R) comes back with its rope part roped (in the cache's write launch where the kernel
+        applies)."""
         c = self.config
         if not ctx.cached:
             kv = latent_entries(kv_a, ctx.cos, ctx.sin, self.kv_a_norm.weight, self.kv_a_norm.eps, c.rope_interleave)
             return kv, None if query is None else apply_rope_last(query, ctx.cos, ctx.sin, c.rope_interleave)
-        kv, query = self.kv_cache.write(ctx.input_pos, kv_a, ctx.cos, ctx.sin, self.kv_a_norm, c.rope_interleave, query,
-                                        self.use_kernel)
-        return ctx.cache_view(kv, seq_dim=1), query
+        return self.kv_cache.write(ctx.input_pos, kv_a, ctx.cos, ctx.sin, self.kv_a_norm, c.rope_interleave, query,
+                                   self.use_kernel, ctx.block_table)
 
     def naive(self, q: torch.Tensor, kv_a: torch.Tensor, ctx: AttentionInputs) -> torch.Tensor:
         """Decompress per-head K/V from the latent and run SDPA. q (B, h, T, d_n+d_R) -> (B, T, h * d_v)."""
         d, h = self.dims, self.config.n_head
         B, _, T, _ = q.shape
-        kv, q = self.latent_cache(kv_a, ctx, query=q)  # (B, S, d_c+d_R), q with its rope part roped
+        kv, q = self.latent_cache(kv_a, ctx, query=q)  # q with its rope part roped
+        kv = ctx.cache_view(kv, seq_dim=1)  # (B, S, d_c+d_R)
         S = kv.size(1)
         latent, k_rope = kv.split((d.kv_lora_rank, d.qk_rope_head_dim), dim=-1)  # (B, S, d_c), (B, S, d_R)
         k_nope, v = (
@@ -301,10 +328,11 @@ class MultiheadLatentAttention(AttentionBase):
         if not prefolded:
             q_nope, q_rope = q.split((d.qk_nope_head_dim, d.qk_rope_head_dim), dim=-1)
             q = torch.cat((torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk), q_rope), dim=-1)  # (B, h, T, d_c+d_R)
-        kv, q = self.latent_cache(kv_a, ctx, query=q)  # (B, S, d_c+d_R), q with its rope part roped
+        kv, q = self.latent_cache(kv_a, ctx, query=q)  # q with its rope part roped
+        kv = ctx.kernel_view(kv, seq_dim=1)  # (B, S, d_c+d_R), or a paged pool read through ctx.block_table
         input_pos = ctx.input_pos if ctx.cached else torch.arange(T, device=q.device)
         attention = mla_decode_attention if self.use_kernel else mla_decode_attention_reference
-        o_latent = attention(q, kv, input_pos, d.kv_lora_rank, self.scale)  # (B, h, T, d_c)
+        o_latent = attention(q, kv, input_pos, d.kv_lora_rank, self.scale, ctx.block_table)  # (B, h, T, d_c)
         if prefolded and not d.o_latent_norm:
             return o_latent.transpose(1, 2).reshape(B, T, h * d.kv_lora_rank)
         y = torch.einsum("bhtc,hvc->bthv", o_latent, w_uv)  # (B, T, h, d_v)
@@ -402,4 +430,12 @@ class MultiheadLatentAttention(AttentionBase):
         d = self.dims
         return KVCacheCompressed(
             batch_size, max_seq_length, d.kv_lora_rank, d.qk_rope_head_dim, device=device, dtype=dtype
+        )
+
+    def build_paged_kv_cache(
+        self, num_pages: int, page_size: int, device: Optional[torch.device], dtype: Optional[torch.dtype]
+    ) -> PagedKVCacheCompressed:
+        d = self.dims
+        return PagedKVCacheCompressed(
+            num_pages, page_size, d.kv_lora_rank, d.qk_rope_head_dim, device=device, dtype=dtype
         )

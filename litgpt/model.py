@@ -17,6 +17,7 @@ from litgpt.attention import AttentionInputs, CausalSelfAttention, MultiheadLate
 from litgpt.config import Config
 from litgpt.kernels import linear
 from litgpt.kernels.linear import NormKind
+from litgpt.kv_cache import PagedCache
 from litgpt.loss import linear_cross_entropy
 from litgpt.moe import Experts, LLaMAMoE, Router, split_expert_keys, stack_expert_keys
 from litgpt.norm import RMSNorm, build_norm
@@ -100,6 +101,7 @@ class GPT(nn.Module):
         input_pos: Optional[torch.Tensor] = None,
         input_pos_maxp1: Optional[int] = None,
         targets: Optional[torch.Tensor] = None,
+        block_table: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Logits (B, T, padded_vocab_size) for token ids idx (B, T), or with `targets` the training loss.
 
@@ -110,19 +112,25 @@ class GPT(nn.Module):
         targets (B, T), if given, makes forward return the mean cross-entropy of the logits against them, computed
         in chunks by `litgpt.loss.linear_cross_entropy` without an fp32 copy of the (B, T, vocab) logits; targets
         equal to -100 (`litgpt.loss.IGNORE_INDEX`: prompt and padding tokens of fine-tuning data) carry no weight.
+        block_table (B, P) int32, with a paged cache (`set_paged_kv_cache`) and per-row input_pos (B, T): row b's
+        token at position p is written to page block_table[b, p // page_size], slot p % page_size, and attends to
+        positions 0..p of its row, read through the same table (an idle row: table all 0, the scratch page, at
+        input_pos 0; its logits mean nothing).
         """
         B, T = idx.shape
         if T > self.max_seq_length:
             raise ValueError(f"cannot forward a sequence of length {T}: max_seq_length is {self.max_seq_length}")
         if not torch.compiler.is_compiling():
-            self._check_inputs(idx, input_pos, input_pos_maxp1)
+            self._check_inputs(idx, input_pos, input_pos_maxp1, block_table)
         if input_pos is None:
+            if block_table is not None:
+                raise TypeError("block_table was given without input_pos: pass each row's positions (B, T) with it")
             ctx = AttentionInputs(self.cos[:T], self.sin[:T])  # (T, rope_n_elem): a causal pass, no cache
         else:
             if self.transformer.h[0].attn.kv_cache is None:
                 raise TypeError("input_pos was given but no KV cache is set: call `model.set_kv_cache(batch_size)` first")
             # rope rows at the positions, (T, n) or (B, T, n); the cache read stops at input_pos_maxp1
-            ctx = AttentionInputs(self.cos[input_pos], self.sin[input_pos], input_pos, input_pos_maxp1)
+            ctx = AttentionInputs(self.cos[input_pos], self.sin[input_pos], input_pos, input_pos_maxp1, block_table)
         x = self.transformer.wte(idx)  # (B, T, n_embd)
         if self.config.scale_embeddings:
             x = x * torch.tensor(self.config.n_embd**0.5, dtype=x.dtype)
@@ -135,19 +143,25 @@ class GPT(nn.Module):
         return self.lm_head(x)  # (B, T, padded_vocab_size)
 
     def _check_inputs(
-        self, idx: torch.Tensor, input_pos: Optional[torch.Tensor], input_pos_maxp1: Optional[int]
+        self, idx: torch.Tensor, input_pos: Optional[torch.Tensor], input_pos_maxp1: Optional[int],
+        block_table: Optional[torch.Tensor] = None,
     ) -> None:
         """One-line ValueErrors for token ids outside the vocabulary and positions past the KV cache, instead of an
         index error deep in the embedding or the cache (a device-side assert on CUDA). Host values are checked
         always; tensor values only on the CPU, where reading them costs no device sync (the CUDA decode step stays
         sync-free: `LLM` checks its prompts' ids on the host)."""
         cache_len = getattr(self, "kv_cache_length", self.max_seq_length) if input_pos is not None else None
+        cache = self.transformer.h[0].attn.kv_cache
+        longer = (f"build a longer cache with model.set_kv_cache(batch_size, max_seq_length=...) (at most block_size "
+                  f"{self.config.block_size}), or start a new sequence")
+        if isinstance(cache, PagedCache) and input_pos is not None:
+            cache_len = self._check_block_table(cache, idx, block_table)
+            longer = "give the rows more pages (block_table columns), up to max_seq_length"
+        elif block_table is not None and input_pos is not None:
+            raise TypeError("block_table addresses a paged KV cache, but the model's cache is static: call "
+                            "model.set_paged_kv_cache(num_pages, page_size) first, or leave block_table out")
         if cache_len is not None and input_pos_maxp1 is not None and input_pos_maxp1 > cache_len:
-            raise ValueError(
-                f"input_pos_maxp1 {input_pos_maxp1} is past the KV cache of {cache_len} positions; build a longer "
-                f"cache with model.set_kv_cache(batch_size, max_seq_length=...) (at most block_size "
-                f"{self.config.block_size}), or start a new sequence"
-            )
+            raise ValueError(f"input_pos_maxp1 {input_pos_maxp1} is past the KV cache of {cache_len} positions; {longer}")
         if idx.device.type != "cpu" or idx.numel() == 0:
             return
         vocab = self.config.padded_vocab_size
@@ -163,9 +177,7 @@ class GPT(nn.Module):
             if last >= cache_len or int(input_pos.min()) < 0:
                 bad = last if last >= cache_len else int(input_pos.min())
                 raise ValueError(
-                    f"input_pos {bad} is outside the KV cache of {cache_len} positions (0..{cache_len - 1}); build a "
-                    f"longer cache with model.set_kv_cache(batch_size, max_seq_length=...) (at most block_size "
-                    f"{self.config.block_size}), or start a new sequence"
+                    f"input_pos {bad} is outside the KV cache of {cache_len} positions (0..{cache_len - 1}); {longer}"
                 )
 
     # ------------------------------------------------------------------ KV cache
@@ -192,6 +204,38 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.attn.kv_cache = block.attn.build_kv_cache(batch_size, max_seq_length, device, dtype)
         self.kv_cache_length = max_seq_length
+
+    def set_paged_kv_cache(
+        self,
+        num_pages: int,
+        page_size: int,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        """Give every layer a paged KV cache: a pool of num_pages pages of page_size tokens each (page 0 is scratch,
+        never handed to a sequence), `litgpt.kv_cache.PagedKVCache` or, for MLA, `PagedKVCacheCompressed`. A forward
+        then takes a block table (see `forward`); `clear_kv_cache` removes it. Positions stay below max_seq_length
+        (the rope tables)."""
+        device = self.lm_head.weight.device if device is None else device
+        dtype = self.transformer.wte.weight.dtype if dtype is None else dtype
+        for block in self.transformer.h:
+            block.attn.kv_cache = block.attn.build_paged_kv_cache(num_pages, page_size, device, dtype)
+        self.kv_cache_length = self.max_seq_length
+
+    def _check_block_table(self, cache: PagedCache, idx: torch.Tensor, block_table: Optional[torch.Tensor]) -> int:
+        """The positions a row of this forward can hold, after one-line errors for a missing or misshapen block
+        table and (on the CPU) page ids outside the pool."""
+        if block_table is None:
+            raise TypeError("the KV cache is paged: pass block_table= (B, pages) int32 page ids with input_pos")
+        if block_table.dim() != 2 or block_table.size(0) != idx.size(0) or block_table.is_floating_point():
+            raise ValueError(f"block_table must be integer page ids of shape ({idx.size(0)}, pages), one row per row "
+                             f"of idx, got {block_table.dtype} {tuple(block_table.shape)}")
+        if block_table.device.type == "cpu" and block_table.numel():
+            low, high = int(block_table.min()), int(block_table.max())
+            if low < 0 or high >= cache.num_pages:
+                raise ValueError(f"block_table holds page {low if low < 0 else high}, outside the pool's "
+                                 f"{cache.num_pages} pages (0..{cache.num_pages - 1})")
+        return min(self.max_seq_length, block_table.size(1) * cache.page_size)
 
     def clear_kv_cache(self) -> None:
         for block in self.transformer.h:

@@ -284,7 +284,9 @@ def token_logprobs(logits: torch.Tensor, token: torch.Tensor, top_ids: torch.Ten
 
 # ------------------------------------------------------------------------------------------------ the decode step
 class DecodeStep:
-    """The one decode step: (B, 1) token ids at (B, 1) positions -> the next token ids (B, 1).
+    """The one decode step: (B, 1) token ids at (B, 1) positions -> the next token ids (B, 1); with a paged KV cache
+    (`GPT.set_paged_kv_cache`), also each row's (B, P) block table, which a captured step copies into its own
+    static table before each replay, as it does the tokens and positions.
 
     Modes: "eager" runs the module as is; "compile" wraps it in torch.compile (on CUDA with
     mode="reduce-overhead", i.e. CUDA graphs; on CPU inductor's default mode); "max-autotune" likewise with
@@ -307,7 +309,7 @@ class DecodeStep:
         self.device = model.lm_head.weight.device
         if mode in ("cuda_graph", "compile+cuda_graph") and self.device.type != "cuda":
             raise ValueError(f"decode mode {mode!r} needs the model on a CUDA device; use 'compile' or 'eager'")
-        self._fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.forward
+        self._fn: Callable[..., torch.Tensor] = self.forward
         self._graph: Optional[torch.cuda.CUDAGraph] = None
         self._first_call = first_call  # work before the first step (the session's fold), counted in prepare_s
         self.prepared = mode == "eager" and first_call is None  # done by the first call (or `prepare`)
@@ -320,9 +322,11 @@ class DecodeStep:
         elif mode == "compile+cuda_graph":
             self.compile(fullgraph=True, dynamic=False)
 
-    def forward(self, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, token: torch.Tensor, input_pos: torch.Tensor, block_table: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """token (B, 1) at input_pos (B, 1) -> next token (B, 1), sampled for position input_pos + 1."""
-        logits = self.model(token, input_pos)[:, -1]  # (B, V_padded)
+        logits = self.model(token, input_pos, block_table=block_table)[:, -1]  # (B, V_padded)
         return self.sampler(logits, input_pos + 1)
 
     def compile(self, **compile_kwargs) -> None:
@@ -335,20 +339,25 @@ class DecodeStep:
             torch._dynamo.mark_static_address(buffer)
 
     @torch.inference_mode()
-    def prepare(self, batch_size: int) -> None:
+    def prepare(self, batch_size: int, pages: Optional[int] = None) -> None:
         """Compile and/or capture the step now rather than at its first call: one step of token 0 at position 0
         (every row), which writes cache position 0; run it before the prefill, which overwrites that position.
-        Nothing to do in eager mode or once prepared.
+        With a paged cache, `pages` is the width of the block tables later steps pass: this step's table is all
+        page 0, the scratch page, so it writes nothing a sequence owns. Nothing to do in eager mode or once prepared.
 
         Without it the first call prepares: it runs at the first decode position, after the prefill has produced the
         first token, so a streamed first token is printed before the capture (and its cache write is the real one)."""
         if self.prepared:
             return
         zeros = torch.zeros(batch_size, 1, dtype=torch.int64, device=self.device)  # (B, 1)
-        self(zeros, zeros)
+        scratch = None if pages is None else torch.zeros(batch_size, pages, dtype=torch.int32, device=self.device)
+        self(zeros, zeros, scratch)
 
     @torch.inference_mode()
-    def __call__(self, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, token: torch.Tensor, input_pos: torch.Tensor, block_table: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        inputs = (token, input_pos) if block_table is None else (token, input_pos, block_table)
         if not self.prepared:
             synchronize(self.device)
             t0 = time.perf_counter()
@@ -357,36 +366,40 @@ class DecodeStep:
                     self._first_call()
             if self.mode in ("compile", "max-autotune") and self.device.type == "cuda":
                 self._mark_static_buffers()  # before dynamo traces the step, and after first_call made its buffers
-            out = self._call(token, input_pos)
+            out = self._call(*inputs)
             synchronize(self.device)
             self.prepare_s += time.perf_counter() - t0
             self.prepared = True
             return out
-        return self._call(token, input_pos)
+        return self._call(*inputs)
 
-    def _call(self, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    def _call(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Run the step on its inputs: (token, input_pos) or, with a paged cache, (token, input_pos, block_table)."""
         if self.mode in ("cuda_graph", "compile+cuda_graph"):
-            return self._replay(token, input_pos)
+            return self._replay(*inputs)
         if self.mode in ("compile", "max-autotune") and self.device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()
-            return self._fn(token, input_pos).clone()  # the graph's output buffer is reused by the next replay
-        return self._fn(token, input_pos)
+            return self._fn(*inputs).clone()  # the graph's output buffer is reused by the next replay
+        return self._fn(*inputs)
 
-    def _replay(self, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    def _replay(self, *inputs: torch.Tensor) -> torch.Tensor:
         if self._graph is None:
-            self._static_token, self._static_pos = token.clone(), input_pos.clone()
+            self._static_inputs = tuple(t.clone() for t in inputs)
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):  # warm up kernels (and their workspaces) outside the capture
                 for _ in range(2):
-                    self._fn(self._static_token, self._static_pos)
+                    self._fn(*self._static_inputs)
             torch.cuda.current_stream().wait_stream(stream)
             self._graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self._graph):
-                self._static_out = self._fn(self._static_token, self._static_pos)
+                self._static_out = self._fn(*self._static_inputs)
             # the warm-up and capture wrote this position's cache entry; replaying below writes it again, the same
-        self._static_token.copy_(token)
-        self._static_pos.copy_(input_pos)
+        if len(inputs) != len(self._static_inputs):
+            raise ValueError("this decode step was captured " + ("with" if len(inputs) < 3 else "without")
+                             + " a block table: pass one at every step or at none")
+        for static, new in zip(self._static_inputs, inputs):
+            static.copy_(new)  # token, positions (and block table) into the captured step's own buffers
         self._graph.replay()
         return self._static_out.clone()
 

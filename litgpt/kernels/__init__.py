@@ -9,11 +9,14 @@ one launch). `linear` is the small-batch GEMV (+ norm, activation, bias, residua
 `litgpt.kernels.cross_entropy` holds the training loss's passes over the logits (used by `litgpt.loss`).
 `litgpt.kernels.moe_grouped.grouped_experts` is a mixture of experts' decode-sized routed experts, grouped by expert
 on the device and read in place (used by `litgpt.moe.Experts`).
-`set_kernels(model, False)` switches every block back to the torch path.
+Each decode entry point also takes a `block_table` for the paged caches (`litgpt.kv_cache.PagedKVCache`,
+`PagedKVCacheCompressed`): the same kernels then walk each row's pages; `write_pages` and `gather_pages` are the
+torch path's paged write and read. `set_kernels(model, False)` switches every block back to the torch path.
 """
 
 from litgpt.kernels._triton import KERNEL_DTYPES, TRITON_AVAILABLE
 from litgpt.kernels.decode_attention import (
+    gather_pages,
     gqa_cache_write,
     gqa_decode_attention,
     gqa_decode_attention_reference,
@@ -25,6 +28,7 @@ from litgpt.kernels.decode_attention import (
     roped_heads,
     set_kernels,
     split_heads,
+    write_pages,
     write_positions,
 )
 from litgpt.kernels.linear import linear
@@ -32,6 +36,7 @@ from litgpt.kernels.linear import linear
 __all__ = [
     "KERNEL_DTYPES",
     "TRITON_AVAILABLE",
+    "gather_pages",
     "gqa_cache_write",
     "gqa_decode_attention",
     "gqa_decode_attention_reference",
@@ -44,5 +49,6 @@ __all__ = [
     "roped_heads",
     "set_kernels",
     "split_heads",
+    "write_pages",
     "write_positions",
 ]

@@ -6,6 +6,12 @@ by the batch or (B, T) per row): the query at position p attends cached tokens 0
 lengths and causality among the new tokens at once. On CUDA, for bf16/fp16 inputs whose head widths are multiples
 of 16 and that need no gradient, they launch the split-KV kernel of `litgpt.kernels.triton_decode`; otherwise they
 run the reference, which is also what the tests check the kernel against.
+
+Paged caches (`litgpt.kv_cache.PagedKVCache`, `PagedKVCacheCompressed`): every function here also takes a
+`block_table` (B, P) of page ids, and the cache it reads or writes is then a pool of pages ((num_pages, page_size,
+d_c + d_R) for MLA, (num_pages, page_size, G, hs) for K and V): row b's position p lives in page
+block_table[b, p // page_size], slot p % page_size. The Triton kernels walk the pages through the table; the torch
+path writes with `write_pages` and reads with `gather_pages` (a contiguous copy of each row's pages).
 """
 
 from __future__ import annotations
@@ -28,14 +34,38 @@ def key_mask(input_pos: torch.Tensor, S: int) -> torch.Tensor:
     return mask.unsqueeze(1) if mask.dim() == 3 else mask
 
 
+def gather_pages(pool: torch.Tensor, block_table: torch.Tensor, length: Optional[int] = None) -> torch.Tensor:
+    """Each row's pages of a pool (num_pages, page_size, ...) in block-table order, as one contiguous copy
+    (B, P * page_size, ...), or its first `length` positions (only the pages that hold them are copied)."""
+    page_size = pool.size(1)
+    if length is not None:
+        block_table = block_table[:, : -(-length // page_size)]  # (B, pages holding positions < length)
+    rows = pool[block_table.long()].flatten(1, 2)  # (B, P * page_size, ...)
+    return rows if length is None else rows[:, :length]
+
+
+def write_pages(pool: torch.Tensor, block_table: torch.Tensor, input_pos: torch.Tensor, values: torch.Tensor) -> None:
+    """pool[block_table[b, p // page_size], p % page_size] = values[b, t] in place for each p = input_pos[b, t]
+    (input_pos (T,) or (B, T)); values (B, T, ...) with the pool's trailing shape."""
+    B, T = values.shape[:2]
+    positions = _positions(input_pos, B, T)  # (B, T)
+    page_size = pool.size(1)
+    pages = block_table.gather(1, positions // page_size).long()  # (B, T)
+    pool.index_put_((pages, positions % page_size), values.to(pool.dtype))
+
+
 def mla_decode_attention_reference(
-    q: torch.Tensor, kv: torch.Tensor, input_pos: torch.Tensor, kv_lora_rank: int, scale: float
+    q: torch.Tensor, kv: torch.Tensor, input_pos: torch.Tensor, kv_lora_rank: int, scale: float,
+    block_table: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Absorbed MLA attention in pure torch (softmax in fp32 or wider); the torch decode path and the test reference.
 
-    q: (B, h, T, d_c + d_R) = [q_nope absorbed into latent space | roped q_rope]; kv: (B, S, d_c + d_R) = [c | k_rope].
+    q: (B, h, T, d_c + d_R) = [q_nope absorbed into latent space | roped q_rope]; kv: (B, S, d_c + d_R) = [c | k_rope],
+    or with block_table (B, P) a page pool (num_pages, page_size, d_c + d_R), gathered here.
     scores = q . kv * scale over keys 0..input_pos; output = softmax(scores) @ c: (B, h, T, d_c) in q.dtype.
     """
+    if block_table is not None:
+        kv = gather_pages(kv, block_table)  # (B, P * page_size, d_c + d_R)
     B, h, T, D = q.shape
     S = kv.size(1)
     compute = torch.promote_types(q.dtype, torch.float32)
@@ -48,12 +78,17 @@ def mla_decode_attention_reference(
 
 
 def gqa_decode_attention_reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor, scale: float,
+    block_table: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Grouped-query attention over a KV cache in pure torch (softmax in fp32 or wider).
 
-    q: (B, H, T, d); k: (B, G, S, d); v: (B, G, S, d_v) with H a multiple of G. Returns (B, H, T, d_v) in q.dtype.
+    q: (B, H, T, d); k: (B, G, S, d); v: (B, G, S, d_v) with H a multiple of G, or with block_table (B, P) page
+    pools k (num_pages, page_size, G, d) and v (num_pages, page_size, G, d_v), gathered here.
+    Returns (B, H, T, d_v) in q.dtype.
     """
+    if block_table is not None:
+        k, v = gather_pages(k, block_table).transpose(1, 2), gather_pages(v, block_table).transpose(1, 2)
     B, H, T, d = q.shape
     G, S = k.size(1), k.size(2)
     compute = torch.promote_types(q.dtype, torch.float32)
@@ -74,43 +109,70 @@ def _positions(input_pos: torch.Tensor, B: int, T: int) -> torch.Tensor:
                      f"got {tuple(input_pos.shape)}")
 
 
+def _check_block_table(block_table: torch.Tensor, B: int) -> None:
+    if block_table.dim() != 2 or block_table.size(0) != B or block_table.is_floating_point():
+        raise ValueError(f"block_table must hold integer page ids of shape ({B}, pages) for {B} rows, "
+                         f"got {block_table.dtype} {tuple(block_table.shape)}")
+
+
+def _paged_kernel_applies(tensors: tuple[torch.Tensor, ...], widths: tuple[int, ...],
+                          block_table: Optional[torch.Tensor]) -> bool:
+    """`kernel_applies`, and with a block table, the table on the same device with unit last stride."""
+    return kernel_applies(tensors, widths) and (
+        block_table is None or (block_table.device == tensors[0].device and block_table.stride(-1) == 1))
+
+
 def mla_decode_attention(
-    q: torch.Tensor, kv: torch.Tensor, input_pos: torch.Tensor, kv_lora_rank: int, scale: float
+    q: torch.Tensor, kv: torch.Tensor, input_pos: torch.Tensor, kv_lora_rank: int, scale: float,
+    block_table: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Absorbed MLA attention over the latent cache: the Triton kernel where it applies, else the reference.
 
-    Same arguments and result as `mla_decode_attention_reference`. kv may be the whole preallocated cache: only
-    the first input_pos + 1 tokens of each row are read.
+    Same arguments and result as `mla_decode_attention_reference`. kv may be the whole preallocated cache, or with
+    block_table a page pool read through it: only the first input_pos + 1 tokens of each row are read.
     """
-    if q.dim() != 4 or kv.dim() != 3 or q.size(0) != kv.size(0) or q.size(-1) != kv.size(-1):
-        raise ValueError(f"expected q (B, h, T, D) and kv (B, S, D) with the same B and D, "
-                         f"got q {tuple(q.shape)} and kv {tuple(kv.shape)}")
+    B, _, T, D = q.shape if q.dim() == 4 else (0, 0, 0, 0)
+    if q.dim() != 4 or kv.dim() != 3 or (block_table is None and B != kv.size(0)) or D != kv.size(-1):
+        raise ValueError(f"expected q (B, h, T, D) and kv (B, S, D) (or a page pool (pages, page_size, D)) with the "
+                         f"same B and D, got q {tuple(q.shape)} and kv {tuple(kv.shape)}")
     if not 0 < kv_lora_rank < kv.size(-1):
         raise ValueError(f"kv_lora_rank={kv_lora_rank} must lie strictly between 0 and the cache width {kv.size(-1)}")
-    B, _, T, D = q.shape
     positions = _positions(input_pos, B, T)
-    if not kernel_applies((q, kv), (kv_lora_rank, D - kv_lora_rank)):
-        return mla_decode_attention_reference(q, kv, input_pos, kv_lora_rank, scale)
+    if block_table is not None:
+        _check_block_table(block_table, B)
+    if not _paged_kernel_applies((q, kv), (kv_lora_rank, D - kv_lora_rank), block_table):
+        return mla_decode_attention_reference(q, kv, input_pos, kv_lora_rank, scale, block_table)
+    if block_table is not None:
+        return _paged_decode_attention_op(q, kv, kv, positions, block_table, kv_lora_rank, kv_lora_rank, scale, True)
     k = kv.unsqueeze(1)  # (B, 1, S, D): one latent group shared by all heads
     return _decode_attention_op(q, k, k, positions, kv_lora_rank, kv_lora_rank, scale, True)
 
 
 def gqa_decode_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor, scale: float,
+    block_table: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """MHA/GQA/MQA attention over `KVCache` buffers: the Triton kernel where it applies, else the reference.
+    """MHA/GQA/MQA attention over `KVCache` buffers (or, with block_table, `PagedKVCache` pools read through it):
+    the Triton kernel where it applies, else the reference.
 
     Same arguments and result as `gqa_decode_attention_reference`; only the first input_pos + 1 tokens are read.
     """
-    if q.dim() != 4 or k.dim() != 4 or v.shape[:3] != k.shape[:3] or q.size(0) != k.size(0) or q.size(-1) != k.size(-1):
-        raise ValueError(f"expected q (B, H, T, d), k (B, G, S, d), v (B, G, S, d_v), "
-                         f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if q.size(1) % k.size(1) != 0:
-        raise ValueError(f"the number of query heads ({q.size(1)}) must be a multiple of the KV groups ({k.size(1)})")
+    group_dim = 1 if block_table is None else 2  # (B, G, S, d) caches or (pages, page_size, G, d) pools
+    if (q.dim() != 4 or k.dim() != 4 or v.shape[:3] != k.shape[:3] or q.size(-1) != k.size(-1)
+            or (block_table is None and q.size(0) != k.size(0))):
+        raise ValueError(f"expected q (B, H, T, d), k (B, G, S, d), v (B, G, S, d_v) (or page pools (pages, "
+                         f"page_size, G, d)), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.size(1) % k.size(group_dim) != 0:
+        raise ValueError(f"the number of query heads ({q.size(1)}) must be a multiple of the KV groups "
+                         f"({k.size(group_dim)})")
     B, _, T, d = q.shape
     positions = _positions(input_pos, B, T)
-    if not kernel_applies((q, k, v), (d, v.size(-1))):
-        return gqa_decode_attention_reference(q, k, v, input_pos, scale)
+    if block_table is not None:
+        _check_block_table(block_table, B)
+    if not _paged_kernel_applies((q, k, v), (d, v.size(-1)), block_table):
+        return gqa_decode_attention_reference(q, k, v, input_pos, scale, block_table)
+    if block_table is not None:
+        return _paged_decode_attention_op(q, k, v, positions, block_table, d, v.size(-1), scale, False)
     return _decode_attention_op(q, k, v, positions, d, v.size(-1), scale, False)
 
 
@@ -138,9 +200,12 @@ def mla_cache_write(
     interleave: bool,
     query: Optional[torch.Tensor] = None,
     use_kernel: bool = True,
+    block_table: Optional[torch.Tensor] = None,
 ) -> Optional[torch.Tensor]:
     """Write the new tokens' `latent_entries` into the MLA cache (B, S, d_c + d_R) at input_pos ((T,) or (B, T)) in
     place; with `query` (B, h, T, d_c + d_R), also return it with its last d_R dims roped at the same positions.
+    With block_table (B, P) the cache is a page pool (num_pages, page_size, d_c + d_R), written at each position's
+    page and slot.
 
     One Triton launch for both on CUDA for one new token per row (bf16/fp16, widths multiples of 16, `use_kernel`), else torch
     (`latent_entries`, `write_positions`, `apply_rope_last`). kv_a: kv_a_proj's output (B, T, d_c + d_R); cos, sin:
@@ -151,14 +216,21 @@ def mla_cache_write(
     fused = (
         use_kernel and query is not None and T == 1 and query.dim() == 4 and query.size(-1) == D == cache.size(-1)
         and cos.numel() // d_r in (1, B) and 0 < d_r < D
-        and kernel_applies((query, kv_a, cache), (D - d_r, d_r))
+        and _paged_kernel_applies((query, kv_a, cache), (D - d_r, d_r), block_table)
     )
     if not fused:
-        write_positions(cache, input_pos, latent_entries(kv_a, cos, sin, norm_weight, eps, interleave), seq_dim=1)
+        entries = latent_entries(kv_a, cos, sin, norm_weight, eps, interleave)  # (B, T, d_c + d_R)
+        if block_table is None:
+            write_positions(cache, input_pos, entries, seq_dim=1)
+        else:
+            write_pages(cache, block_table, input_pos, entries)
         return None if query is None else apply_rope_last(query, cos, sin, interleave)  # (B, h, T, d_c + d_R)
     positions = _positions(input_pos, B, 1)[:, 0]  # (B,)
-    return _mla_cache_write_op(query.view(B, query.size(1), D), kv_a.view(B, D), cache, positions,
-                               cos.reshape(-1, d_r), sin.reshape(-1, d_r), norm_weight, eps, interleave)
+    args = (cos.reshape(-1, d_r), sin.reshape(-1, d_r), norm_weight, eps, interleave)
+    if block_table is not None:
+        return _paged_mla_cache_write_op(query.view(B, query.size(1), D), kv_a.view(B, D), cache, positions,
+                                         block_table, *args)
+    return _mla_cache_write_op(query.view(B, query.size(1), D), kv_a.view(B, D), cache, positions, *args)
 
 
 def split_heads(
@@ -195,34 +267,44 @@ def gqa_cache_write(
     rope_n_elem: int,
     interleave: bool,
     use_kernel: bool = True,
+    block_table: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Split the qkv rows (B, T, (nh + 2 ng) hs) into heads, rope the first rope_n_elem dims of each query head and
     key group (`apply_partial_rope`), write keys and values into the caches (B, ng, S, hs) at input_pos ((T,) or
-    (B, T)) in place, and return the roped query (B, nh, T, hs).
+    (B, T)) in place, and return the roped query (B, nh, T, hs). With block_table (B, P) the caches are page pools
+    (num_pages, page_size, ng, hs), written at each position's page and slot.
 
     One Triton launch for all of it on CUDA for one new token per row (bf16/fp16, no autograd, `use_kernel`), the
     rotation in fp32; else torch (`roped_heads`, `write_positions`). cos, sin: the rope rows
     at input_pos, (T, rope_n_elem) or (B, T, rope_n_elem).
     """
     B, T, width = qkv.shape
-    n_groups, head_size = k_cache.size(1), k_cache.size(-1)
+    n_groups, head_size = k_cache.size(1 if block_table is None else 2), k_cache.size(-1)
     if width != (n_head + 2 * n_groups) * head_size:
         raise ValueError(f"qkv rows of width {width} do not hold {n_head} query heads and {n_groups} key and value "
                          f"groups of {head_size}")
     fused = (
-        use_kernel and T == 1 and k_cache.dim() == 4 and v_cache.shape == k_cache.shape and k_cache.size(0) == B
+        use_kernel and T == 1 and k_cache.dim() == 4 and v_cache.shape == k_cache.shape
+        and (block_table is not None or k_cache.size(0) == B)
         and 0 <= rope_n_elem <= head_size and rope_n_elem % 2 == 0
         and (rope_n_elem == 0 or (cos.size(-1) == sin.size(-1) == rope_n_elem and cos.numel() // rope_n_elem in (1, B)
                                   and cos.device == sin.device == qkv.device))
-        and kernel_applies((qkv, k_cache, v_cache), ())
+        and _paged_kernel_applies((qkv, k_cache, v_cache), (), block_table)
     )
     if not fused:
         q, k, v = roped_heads(qkv, n_head, n_groups, head_size, cos, sin, rope_n_elem, interleave)
-        write_positions(k_cache, input_pos, k, seq_dim=2)
-        write_positions(v_cache, input_pos, v, seq_dim=2)
+        if block_table is None:
+            write_positions(k_cache, input_pos, k, seq_dim=2)
+            write_positions(v_cache, input_pos, v, seq_dim=2)
+        else:
+            write_pages(k_cache, block_table, input_pos, k.transpose(1, 2))  # (B, T, ng, hs) into the K pool
+            write_pages(v_cache, block_table, input_pos, v.transpose(1, 2))
         return q
     positions = _positions(input_pos, B, 1)[:, 0]  # (B,)
     tables = (cos.reshape(-1, rope_n_elem), sin.reshape(-1, rope_n_elem)) if rope_n_elem else (qkv, qkv)  # unread
+    if block_table is not None:
+        return _paged_gqa_cache_write_op(qkv.select(1, 0), k_cache, v_cache, positions, block_table, *tables, n_head,
+                                         rope_n_elem, interleave)  # (B, nh, 1, hs)
     return _gqa_cache_write_op(qkv.select(1, 0), k_cache, v_cache, positions, *tables, n_head, rope_n_elem,
                                interleave)  # (B, nh, 1, hs)
 
@@ -270,8 +352,20 @@ def _gqa_cache_write_fake(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     return qkv.new_empty(qkv.size(0), n_head, 1, k_cache.size(-1))  # (B, nh, 1, hs)
 
 
+def _paged_gqa_cache_write_fake(qkv: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
+                                positions: torch.Tensor, block_table: torch.Tensor, cos: torch.Tensor,
+                                sin: torch.Tensor, n_head: int, *_: object) -> torch.Tensor:
+    return qkv.new_empty(qkv.size(0), n_head, 1, k_pool.size(-1))  # (B, nh, 1, hs)
+
+
 def _decode_attention_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, d_main: int,
                            d_v: int, *_: object) -> torch.Tensor:
+    B, H, T, _ = q.shape
+    return q.new_empty(B, H, T, d_v)  # (B, H, T, d_v)
+
+
+def _paged_decode_attention_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                                 block_table: torch.Tensor, d_main: int, d_v: int, *_: object) -> torch.Tensor:
     B, H, T, _ = q.shape
     return q.new_empty(B, H, T, d_v)  # (B, H, T, d_v)
 
@@ -286,6 +380,18 @@ _decode_attention_op = define_op("decode_attention", (
 _gqa_cache_write_op = define_op("gqa_cache_write", (
     "(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor positions, Tensor cos, Tensor sin, int n_head, "
     "int rope_n_elem, bool interleave) -> Tensor"), _launcher("gqa_cache_write"), _gqa_cache_write_fake)
+# The same kernels over page pools, read and written through a block table (their PAGED switch on).
+_paged_mla_cache_write_op = define_op("paged_mla_cache_write", (
+    "(Tensor query, Tensor kv_a, Tensor(a!) pool, Tensor positions, Tensor block_table, Tensor cos, Tensor sin, "
+    "Tensor norm_weight, float eps, bool interleave) -> Tensor"), _launcher("paged_mla_cache_write"),
+    _mla_cache_write_fake)
+_paged_decode_attention_op = define_op("paged_decode_attention", (
+    "(Tensor q, Tensor k_pool, Tensor v_pool, Tensor positions, Tensor block_table, int d_main, int d_v, float scale, "
+    "bool shared_v) -> Tensor"), _launcher("paged_decode_attention"), _paged_decode_attention_fake)
+_paged_gqa_cache_write_op = define_op("paged_gqa_cache_write", (
+    "(Tensor qkv, Tensor(a!) k_pool, Tensor(b!) v_pool, Tensor positions, Tensor block_table, Tensor cos, "
+    "Tensor sin, int n_head, int rope_n_elem, bool interleave) -> Tensor"), _launcher("paged_gqa_cache_write"),
+    _paged_gqa_cache_write_fake)
 
 
 def set_kernels(model: "GPT", enabled: bool) -> int:

@@ -16,6 +16,11 @@ With one split, stage 1 writes the normalised output directly and stage 2 is ski
 
 The split count depends only on static sizes (S_max, B, G, rows, SM count), never on input_pos, and nothing
 syncs with the host: the launch can be captured in a CUDA graph.
+
+Paged caches (`litgpt.kv_cache.PagedKVCache`, `PagedKVCacheCompressed`) go through the same kernels with PAGED set:
+the cache is then a pool of pages, and row b's position p lives in page block_table[b, p // PAGE_SIZE], slot
+p % PAGE_SIZE (`_slot_offset`). The split-KV loop walks a row's pages through its block table, tile by tile, so
+nothing is gathered into a contiguous copy; the cache writes find their (page, slot) the same way.
 """
 
 from __future__ import annotations
@@ -37,19 +42,30 @@ MERGE_TILE = 8192  # about this many partial outputs per merge tile: (splits, co
 
 
 @triton.jit
+def _slot_offset(pos, b, BT, stride_btb, stride_b, stride_s, mask, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr):
+    """Element offset of position pos (a scalar or a block) of row b in a cache whose row (static) or page
+    (PAGED) stride is stride_b and position stride stride_s: static, b * stride_b + pos * stride_s; paged, the
+    page block_table[b, pos // PAGE_SIZE] (read where mask holds, else page 0) at slot pos % PAGE_SIZE."""
+    if PAGED:
+        page = tl.load(BT + b * stride_btb + pos // PAGE_SIZE, mask=mask, other=0).to(tl.int64)
+        return page * stride_b + (pos % PAGE_SIZE) * stride_s
+    return b * stride_b + pos * stride_s
+
+
+@triton.jit
 def _split_kernel(
-    Q, K, V, POS, OUT, PART_O, PART_LSE,
+    Q, K, V, POS, BT, OUT, PART_O, PART_LSE,
     qk_scale,  # softmax scale * log2(e)
     stride_qb, stride_qh, stride_qt,
     stride_kb, stride_kg, stride_ks,
     stride_vb, stride_vg, stride_vs,
-    stride_pb, stride_pt,
+    stride_pb, stride_pt, stride_btb,
     stride_ob, stride_oh, stride_ot,
     n_groups, heads_per_group, T, n_rows, S, split_len, n_splits,
     D_MAIN: tl.constexpr, D_ROPE: tl.constexpr, D_V: tl.constexpr,
     BLOCK_DM: tl.constexpr, BLOCK_DR: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
-    SHARED_V: tl.constexpr, SINGLE_SPLIT: tl.constexpr,
+    SHARED_V: tl.constexpr, SINGLE_SPLIT: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
 ):
     pid_rows = tl.program_id(0)  # fastest-varying: row blocks that share a KV tile run side by side (L2 reuse)
     pid_bg = tl.program_id(1)
@@ -78,15 +94,15 @@ def _split_kernel(
     offs_dv = tl.arange(0, BLOCK_DV)
     dv_ok = offs_dv < D_V
 
-    k_base = K + b * stride_kb + g * stride_kg
-    v_base = V + b * stride_vb + g * stride_vg
+    k_base = K + g * stride_kg  # K and V rows: their (page, slot) or (row, position) offsets add on
+    v_base = V + g * stride_vg
     m_i = tl.full([BLOCK_H], -1.0e30, dtype=tl.float32)  # finite: a row with no key in a tile stays NaN-free
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_DV], dtype=tl.float32)
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_ok = offs_n < end
-        k_rows = k_base + offs_n * stride_ks  # (BLOCK_N,)
+        k_rows = k_base + _slot_offset(offs_n, b, BT, stride_btb, stride_kb, stride_ks, n_ok, PAGED, PAGE_SIZE)
         if BLOCK_DM == D_MAIN:
             k_main = tl.load(k_rows[:, None] + offs_dm[None, :], mask=n_ok[:, None], other=0.0)
         else:
@@ -103,7 +119,7 @@ def _split_kernel(
         if SHARED_V:
             v = k_main  # MLA: the latent doubles as V, already in on-chip memory
         else:
-            v_rows = v_base + offs_n * stride_vs
+            v_rows = v_base + _slot_offset(offs_n, b, BT, stride_btb, stride_vb, stride_vs, n_ok, PAGED, PAGE_SIZE)
             v = tl.load(v_rows[:, None] + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])  # (BLOCK_H, BLOCK_DV)
         m_i = m_new
@@ -162,15 +178,17 @@ def _merge_kernel(
 
 @triton.jit
 def _mla_prologue_kernel(
-    Q_IN, KV_A, CACHE, POS, COS, SIN, NORM_W, Q_OUT,
+    Q_IN, KV_A, CACHE, POS, BT, COS, SIN, NORM_W, Q_OUT,
     eps,
-    stride_qib, stride_qih, stride_kvb, stride_cb, stride_cs, stride_pb, stride_cos, stride_sin, stride_qob, stride_qoh,
-    n_head,
+    stride_qib, stride_qih, stride_kvb, stride_cb, stride_cs, stride_pb, stride_btb, stride_cos, stride_sin,
+    stride_qob, stride_qoh,
+    n_head, S,
     D_C: tl.constexpr, D_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, INTERLEAVE: tl.constexpr,
+    PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
 ):
     """Program (b, j < n_head): query head j of row b, latent part copied, rope part rotated into Q_OUT.
     Program (b, n_head): the new token of row b, [RMSNorm(latent) * gain | rotated rope key], written into CACHE at
-    POS[b]."""
+    POS[b] (row b's page and slot when PAGED; nothing written outside positions 0..S-1)."""
     b = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1)
     offs_c = tl.arange(0, BLOCK_C)
@@ -187,20 +205,22 @@ def _mla_prologue_kernel(
         sign = tl.where(offs_r < D_R // 2, -1.0, 1.0)
     cos = tl.load(COS + b * stride_cos + freq, mask=r_ok, other=0.0).to(tl.float32)
     sin = tl.load(SIN + b * stride_sin + freq, mask=r_ok, other=0.0).to(tl.float32)
+    pos = tl.load(POS + b * stride_pb).to(tl.int64)
+    in_cache = (j < n_head) | ((pos >= 0) & (pos < S))  # the query programs always store
     if j < n_head:
         src = Q_IN + b * stride_qib + j * stride_qih
         dst = Q_OUT + b * stride_qob + j * stride_qoh
         tl.store(dst + offs_c, tl.load(src + offs_c, mask=c_ok), mask=c_ok)
     else:
         src = KV_A + b * stride_kvb
-        dst = CACHE + b * stride_cb + tl.load(POS + b * stride_pb).to(tl.int64) * stride_cs
+        dst = CACHE + _slot_offset(pos, b, BT, stride_btb, stride_cb, stride_cs, in_cache, PAGED, PAGE_SIZE)
         latent = tl.load(src + offs_c, mask=c_ok, other=0.0).to(tl.float32)
         gain = tl.load(NORM_W + offs_c, mask=c_ok, other=0.0).to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(latent * latent, axis=0) / D_C + eps)
-        tl.store(dst + offs_c, (latent * rstd * gain).to(CACHE.dtype.element_ty), mask=c_ok)
+        tl.store(dst + offs_c, (latent * rstd * gain).to(CACHE.dtype.element_ty), mask=c_ok & in_cache)
     x = tl.load(src + D_C + offs_r, mask=r_ok, other=0.0).to(tl.float32)
     x_partner = tl.load(src + D_C + partner, mask=r_ok, other=0.0).to(tl.float32)
-    tl.store(dst + D_C + offs_r, (x * cos + sign * x_partner * sin).to(dst.dtype.element_ty), mask=r_ok)
+    tl.store(dst + D_C + offs_r, (x * cos + sign * x_partner * sin).to(dst.dtype.element_ty), mask=r_ok & in_cache)
 
 
 @triton.jit
@@ -228,14 +248,16 @@ def _rope_row(src, offs, d_ok, cos_row, sin_row, N_ROPE: tl.constexpr, INTERLEAV
 
 @triton.jit
 def _gqa_prologue_kernel(
-    QKV, K_CACHE, V_CACHE, POS, COS, SIN, Q_OUT,
-    stride_xb, stride_kb, stride_kg, stride_ks, stride_vb, stride_vg, stride_vs, stride_pb, stride_cos, stride_sin,
-    stride_qob, stride_qoh,
+    QKV, K_CACHE, V_CACHE, POS, BT, COS, SIN, Q_OUT,
+    stride_xb, stride_kb, stride_kg, stride_ks, stride_vb, stride_vg, stride_vs, stride_pb, stride_btb, stride_cos,
+    stride_sin, stride_qob, stride_qoh,
     n_head, n_groups, S,
     HS: tl.constexpr, N_ROPE: tl.constexpr, BLOCK_D: tl.constexpr, INTERLEAVE: tl.constexpr,
+    PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
 ):
     """Program (b, j < n_head): query head j of row b, roped into Q_OUT. Program (b, n_head + g): key group g of
-    row b roped into K_CACHE and value group g copied into V_CACHE, both at POS[b] (nothing written outside 0..S-1).
+    row b roped into K_CACHE and value group g copied into V_CACHE, both at POS[b] (row b's page and slot when
+    PAGED; nothing written outside 0..S-1).
 
     The qkv row is [Q heads | K groups | V groups] of HS each, so program j's head starts at j * HS either way.
     """
@@ -250,12 +272,13 @@ def _gqa_prologue_kernel(
     else:
         g = j - n_head
         pos = tl.load(POS + b * stride_pb).to(tl.int64)
-        ok = d_ok & (pos >= 0) & (pos < S)
-        tl.store(K_CACHE + b * stride_kb + g * stride_kg + pos * stride_ks + offs, x.to(K_CACHE.dtype.element_ty),
-                 mask=ok)
+        in_cache = (pos >= 0) & (pos < S)
+        ok = d_ok & in_cache
+        k_slot = _slot_offset(pos, b, BT, stride_btb, stride_kb, stride_ks, in_cache, PAGED, PAGE_SIZE)
+        tl.store(K_CACHE + k_slot + g * stride_kg + offs, x.to(K_CACHE.dtype.element_ty), mask=ok)
         v = tl.load(src + n_groups * HS + offs, mask=d_ok, other=0.0)  # V group g sits n_groups heads after K's
-        tl.store(V_CACHE + b * stride_vb + g * stride_vg + pos * stride_vs + offs, v.to(V_CACHE.dtype.element_ty),
-                 mask=ok)
+        v_slot = _slot_offset(pos, b, BT, stride_btb, stride_vb, stride_vs, in_cache, PAGED, PAGE_SIZE)
+        tl.store(V_CACHE + v_slot + g * stride_vg + offs, v.to(V_CACHE.dtype.element_ty), mask=ok)
 
 
 @dataclass(frozen=True)
@@ -308,14 +331,59 @@ def decode_attention(
     shared_v: bool,
     config: Optional[LaunchConfig] = None,
 ) -> torch.Tensor:
-    """Launch split-KV decoding. Shapes are checked by the callers in `litgpt.kernels.decode_attention`.
+    """Launch split-KV decoding over static caches. Shapes are checked by the callers in
+    `litgpt.kernels.decode_attention`.
 
     q: (B, H, T, d_main + d_rope) with unit last stride; k: (B, G, S, d_main + d_rope); v: (B, G, S, d_v)
     (ignored and taken from k[..., :d_v] when shared_v); positions: (B, T) view (batch stride may be 0).
     Returns (B, H, T, d_v) in q.dtype.
     """
+    return _split_kv(q, k, v, positions, None, k.size(2), d_main, d_v, scale, shared_v, config)
+
+
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    positions: torch.Tensor,
+    block_table: torch.Tensor,
+    d_main: int,
+    d_v: int,
+    scale: float,
+    shared_v: bool,
+    config: Optional[LaunchConfig] = None,
+) -> torch.Tensor:
+    """Launch split-KV decoding over page pools, read through the block table. Shapes are checked by the callers
+    in `litgpt.kernels.decode_attention`.
+
+    q, positions, the result: as `decode_attention`. k_pool: an MLA pool (num_pages, page_size, d_main + d_rope)
+    (shared_v: V is its first d_v columns) or a K pool (num_pages, page_size, G, d_main + d_rope) with v_pool
+    (num_pages, page_size, G, d_v); block_table: (B, P) page ids with unit last stride, row b's position p in page
+    block_table[b, p // page_size], so each row holds up to P * page_size positions.
+    """
+    k = k_pool.unsqueeze(1) if k_pool.dim() == 3 else k_pool.transpose(1, 2)  # (num_pages, G, page_size, d)
+    v = k if shared_v else v_pool.transpose(1, 2)
+    return _split_kv(q, k, v, positions, block_table, block_table.size(1) * k.size(2), d_main, d_v, scale, shared_v,
+                     config)
+
+
+def _split_kv(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    positions: torch.Tensor,
+    block_table: Optional[torch.Tensor],
+    S: int,
+    d_main: int,
+    d_v: int,
+    scale: float,
+    shared_v: bool,
+    config: Optional[LaunchConfig],
+) -> torch.Tensor:
+    """Both launches: k, v (rows or pages, G, positions or slots, d); S the most positions a row holds; with a
+    block table, the kernel's PAGED switch on and the page size k.size(2)."""
     B, H, T, Dq = q.shape
-    G, S = k.size(1), k.size(2)
+    G = k.size(1)
     d_rope = Dq - d_main
     heads_per_group = H // G
     n_rows = heads_per_group * T
@@ -333,20 +401,21 @@ def decode_attention(
     sizes = (G, heads_per_group, T, n_rows, S, split_len, n_splits)
     pos_strides = (positions.stride(0), positions.stride(1))
     out_strides = (out.stride(0), out.stride(1), out.stride(2))
+    paged = block_table is not None
     with on_device(q):
         _split_kernel[(row_blocks, B * G, n_splits)](
-            q, k, v, positions, out, part_o, part_lse,
+            q, k, v, positions, block_table if paged else positions, out, part_o, part_lse,  # static: BT unread
             scale * LOG2E,
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2),
-            *pos_strides, *out_strides, *sizes,
+            *pos_strides, block_table.stride(0) if paged else 0, *out_strides, *sizes,
             D_MAIN=d_main, D_ROPE=d_rope, D_V=d_v,
             BLOCK_DM=triton.next_power_of_2(d_main),
             BLOCK_DR=triton.next_power_of_2(max(d_rope, 16)),
             BLOCK_DV=block_dv,
             BLOCK_H=config.block_h, BLOCK_N=config.block_n,
-            SHARED_V=shared_v, SINGLE_SPLIT=n_splits == 1,
+            SHARED_V=shared_v, SINGLE_SPLIT=n_splits == 1, PAGED=paged, PAGE_SIZE=k.size(2) if paged else 1,
             num_warps=config.num_warps, num_stages=config.num_stages,
         )
         if n_splits > 1:
@@ -374,22 +443,53 @@ def mla_cache_write(
     at positions, and the query's rope part rotated. Shapes are checked by `litgpt.kernels.mla_cache_write`.
 
     query: (B, h, d_c + d_R), rope part not yet rotated; kv_a: (B, d_c + d_R) = kv_a_proj's output; cache:
-    (B, S, d_c + d_R), written at positions (B,) (batch stride may be 0); cos, sin: (B or 1, d_R) rows of the rope
-    tables at those positions. Returns the query (B, h, 1, d_c + d_R) with its rope part rotated, in query.dtype.
+    (B, S, d_c + d_R), written at positions (B,) (batch stride may be 0; nothing written outside 0..S-1); cos, sin:
+    (B or 1, d_R) rows of the rope tables at those positions. Returns the query (B, h, 1, d_c + d_R) with its rope
+    part rotated, in query.dtype.
     """
+    return _mla_write(query, kv_a, cache, positions, None, cache.size(1), cos, sin, norm_weight, eps, interleave)
+
+
+def paged_mla_cache_write(
+    query: torch.Tensor,
+    kv_a: torch.Tensor,
+    pool: torch.Tensor,
+    positions: torch.Tensor,
+    block_table: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    interleave: bool,
+) -> torch.Tensor:
+    """`mla_cache_write` into a page pool (num_pages, page_size, d_c + d_R): row b's entry goes to page
+    block_table[b, positions[b] // page_size], slot positions[b] % page_size (block_table (B, P), unit last stride;
+    nothing written for a position outside 0..P * page_size - 1)."""
+    return _mla_write(query, kv_a, pool, positions, block_table, block_table.size(1) * pool.size(1), cos, sin,
+                      norm_weight, eps, interleave)
+
+
+def _mla_write(
+    query: torch.Tensor, kv_a: torch.Tensor, cache: torch.Tensor, positions: torch.Tensor,
+    block_table: Optional[torch.Tensor], S: int, cos: torch.Tensor, sin: torch.Tensor, norm_weight: torch.Tensor,
+    eps: float, interleave: bool,
+) -> torch.Tensor:
+    """Both MLA writes: cache (rows or pages, positions or slots, d_c + d_R); S the most positions a row holds."""
     B, h, D = query.shape
     d_c, d_r = norm_weight.size(0), D - norm_weight.size(0)
     q_out = torch.empty(B, h, 1, D, device=query.device, dtype=query.dtype)
+    paged = block_table is not None
     with on_device(query):
         _mla_prologue_kernel[(B, h + 1)](
-            query, kv_a, cache, positions, cos, sin, norm_weight, q_out,
+            query, kv_a, cache, positions, block_table if paged else positions, cos, sin, norm_weight, q_out,
             eps,
             query.stride(0), query.stride(1), kv_a.stride(0), cache.stride(0), cache.stride(1), positions.stride(0),
+            block_table.stride(0) if paged else 0,
             cos.stride(0) if cos.size(0) > 1 else 0, sin.stride(0) if sin.size(0) > 1 else 0,
             q_out.stride(0), q_out.stride(1),
-            h,
+            h, S,
             D_C=d_c, D_R=d_r, BLOCK_C=triton.next_power_of_2(d_c), BLOCK_R=triton.next_power_of_2(d_r),
-            INTERLEAVE=interleave,
+            INTERLEAVE=interleave, PAGED=paged, PAGE_SIZE=cache.size(1) if paged else 1,
             num_warps=2,
         )
     return q_out
@@ -414,18 +514,52 @@ def gqa_cache_write(
     rope tables at those positions (any float dtype: the rotation runs in fp32). Returns the query (B, n_head, 1, hs)
     in qkv.dtype. Runs on CPU tensors too under the Triton interpreter (`TRITON_INTERPRET=1`), as the tests do.
     """
+    return _gqa_write(qkv, k_cache, v_cache, positions, None, k_cache.size(2), cos, sin, n_head, rope_n_elem,
+                      interleave)
+
+
+def paged_gqa_cache_write(
+    qkv: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    positions: torch.Tensor,
+    block_table: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    n_head: int,
+    rope_n_elem: int,
+    interleave: bool,
+) -> torch.Tensor:
+    """`gqa_cache_write` into K and V page pools (num_pages, page_size, G, hs): row b's key and value groups go to
+    page block_table[b, positions[b] // page_size], slot positions[b] % page_size (block_table (B, P), unit last
+    stride; nothing written for a position outside 0..P * page_size - 1)."""
+    k, v = k_pool.transpose(1, 2), v_pool.transpose(1, 2)  # (num_pages, G, page_size, hs) views
+    return _gqa_write(qkv, k, v, positions, block_table, block_table.size(1) * k.size(2), cos, sin, n_head,
+                      rope_n_elem, interleave)
+
+
+def _gqa_write(
+    qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor,
+    block_table: Optional[torch.Tensor], S: int, cos: torch.Tensor, sin: torch.Tensor, n_head: int, rope_n_elem: int,
+    interleave: bool,
+) -> torch.Tensor:
+    """Both MHA/GQA writes: k_cache, v_cache (rows or pages, G, positions or slots, hs); S the most positions a row
+    holds."""
     B = qkv.size(0)
-    G, S, hs = k_cache.shape[1:]
+    G, hs = k_cache.size(1), k_cache.size(3)
     q_out = torch.empty(B, n_head, 1, hs, device=qkv.device, dtype=qkv.dtype)
+    paged = block_table is not None
     with on_device(qkv):
         _gqa_prologue_kernel[(B, n_head + G)](
-            qkv, k_cache, v_cache, positions, cos, sin, q_out,
+            qkv, k_cache, v_cache, positions, block_table if paged else positions, cos, sin, q_out,
             qkv.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), positions.stride(0),
+            block_table.stride(0) if paged else 0,
             cos.stride(0) if cos.size(0) > 1 else 0, sin.stride(0) if sin.size(0) > 1 else 0,
             q_out.stride(0), q_out.stride(1),
             n_head, G, S,
             HS=hs, N_ROPE=rope_n_elem, BLOCK_D=triton.next_power_of_2(hs), INTERLEAVE=interleave,
+            PAGED=paged, PAGE_SIZE=k_cache.size(2) if paged else 1,
             num_warps=1,
         )
     return q_out
