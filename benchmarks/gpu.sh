@@ -23,6 +23,10 @@
 #             `litgpt compare --config config_hub/compare/moe-attention.yaml` on the offline corpus, 50M tokens each
 #   convert   pythia-70m MHA -> MLA at 1/4 and 1/8 of its KV bytes, healed, against the same shapes from scratch;
 #             MLA vs MLA-o at 50M tokens, two seeds; then benchmarks/convert_report.py
+#   moe_model DeepSeek-V2-Lite with random bf16 weights (benchmarks/moe_model.py): the CUDA tests of the grouped MoE
+#             kernels, `litgpt benchmark decode` (captured step) at batch 1, 8, 32 x 1K and 4K contexts, our prefill of
+#             4K and 32 x 4K tokens (tokens/s, MFU) with kernel profiles of the batch-1 and batch-8 decode steps, then
+#             HF transformers' generate (dynamic and static cache) on the same architecture while time is left
 #   kernels   MLA decode kernel bandwidth (and over an MHA cache), its split/merge breakdown, the batch-1 GEMV
 #             against cuBLAS, the training loss's cross-entropy passes, SDPA at MLA's head widths, the sampler draw
 #   tests     every CUDA-marked test
@@ -40,7 +44,7 @@
 #          (or .gpu/corpus.tar.xz of its corpus/, instruct/ and tokenizers/), and wheels/ (bitsandbytes, for QLoRA)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-TOPICS="decode generate training finetune moe convert kernels tests"
+TOPICS="decode generate training finetune moe moe_model convert kernels tests"
 pack() {  # DIR ARCHIVE: DIR without weights or token caches; split into 15 MiB parts (a returned file's limit)
   tar -C "$1" --exclude='*.pth' --exclude='*.pth.lora' --exclude='*.bin' --exclude='tokens' --exclude='*.ckpt' \
     --exclude='*.safetensors' --exclude='tokenizer*.json' -czf "$2" . 2>/dev/null
@@ -132,7 +136,7 @@ topic_tests() {
     tests/test_kernels_sampling.py tests/test_kernels_cross_entropy.py tests/test_kv_cache.py tests/test_attention.py \
     tests/test_fold.py tests/test_benchmark_attention.py tests/test_generate.py tests/test_session.py \
     tests/test_streaming.py tests/test_startup.py tests/test_loss.py tests/test_lora.py tests/test_quantize.py \
-    tests/test_moe.py tests/test_mla_o.py
+    tests/test_moe.py tests/test_mla_o.py tests/test_moe_grouped.py
 }
 
 # ---------------------------------------------------------------------------------------------------------- kernels
@@ -264,6 +268,17 @@ topic_moe() {
   xwait
   x python3 -m litgpt compare "${args[@]}"
   x cp -r $KEEP/moe_compare/results.json $KEEP/moe_compare/results.md $R/
+}
+
+# -------------------------------------------------------------------------------------------------------- moe_model
+topic_moe_model() {
+  topic_dir moe_model
+  x python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_moe_grouped.py tests/test_moe.py
+  x python3 -m litgpt benchmark decode --models '[DeepSeek-V2-Lite]' --batch_sizes '[1, 8, 32]' \
+    --context_lengths '[1024, 4096]' --mode cuda_graph --decode_steps 50 --warmup 5 --memory_budget_gib 40 \
+    --out_dir $R/decode
+  x python3 benchmarks/moe_model.py ours --out $R/ours.json --profile_dir $R/profiles
+  x python3 benchmarks/moe_model.py hf --out $R/hf.json --deadline_s $(($(left) - 40))
 }
 
 # ---------------------------------------------------------------------------------------------------------- convert
