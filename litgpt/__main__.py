@@ -54,12 +54,14 @@ COMMANDS: CommandTable = {
     "download": "litgpt.scripts.download:download",
     "generate": "litgpt.generate.cli:main",
     "chat": "litgpt.generate.chat:main",
+    "serve": "litgpt.serve.cli:serve",
     "benchmark": {
         "attention": "litgpt.benchmark.attention:benchmark_attention",
         "decode": "litgpt.benchmark.decode:benchmark_decode_command",
         "pretrain": "litgpt.benchmark.pretrain:benchmark_pretrain",
         "generate": "litgpt.benchmark.generate:benchmark_generate",
         "finetune": "litgpt.benchmark.finetune:benchmark_finetune",
+        "serve": "litgpt.benchmark.serve:benchmark_serve",
     },
     "compare": "litgpt.benchmark.compare:compare",
 }
