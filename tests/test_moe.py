@@ -421,7 +421,8 @@ def test_bad_moe_configs_are_one_line_errors_naming_the_field(overrides, message
 @pytest.mark.parametrize("name, batch", [("debug-moe", 1), ("debug-moe-mla", 1), ("debug-moe-mla", 8)])
 def test_captured_decode_step_of_an_moe_model(mode, name, batch):
     """bf16: a captured (or compiled and captured) decode step of an MoE model over folded weights gives the logits
-    and caches of the unfolded eager step fed the same tokens (batch 8 x top-2 > 4 experts: the grouped GEMM)."""
+    and caches of the unfolded eager step fed the same tokens (the sorted path's Triton kernels: batch 8 x top-2 is
+    more pairs than the 4 experts, at most MAX_SLOTS)."""
     from test_fold import unfolded_eager_and_folded_steps
 
     torch.manual_seed(0)

@@ -26,9 +26,9 @@ import triton.language as tl
 from litgpt.kernels._triton import on_device
 
 BLOCK_M = 16  # slots a program multiplies at once: tl.dot's smallest M
-_CONFIGS = [
+_CONFIGS = [  # few, so that tuning each (C, I, BLOCK_S) compiles little
     triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=4, num_stages=s)
-    for n in (32, 64) for k in (128, 256) for s in (3, 4)
+    for n, k, s in ((32, 128, 4), (32, 256, 3), (64, 128, 4), (64, 256, 3))
 ]
 # Triton >= 3.2 can keep autotuning results on disk (in its cache directory, beside the compiled kernels)
 _AUTOTUNE_CACHE = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
