@@ -15,7 +15,9 @@ What is measured:
 - profile: `benchmark_decode`'s top kernels by device time over 5 captured decode steps at each batch.
 - hf: `DeepseekV2ForCausalLM.generate` (greedy, `new_tokens` forced) from the model's published config.json with
   random weights built in bf16 on the GPU; decode tokens/s = B x (new_tokens - 1) / (t(new_tokens) - t(1)), so the
-  prefill cancels. A shape that runs out of memory or past the deadline is recorded as such.
+  prefill cancels. The static cache runs without transformers' auto-compile (`disable_compile`): it would compile
+  again for each cache length, inside the timed calls. A shape that runs out of memory or past the deadline is
+  recorded as such.
 """
 
 from __future__ import annotations
@@ -145,8 +147,8 @@ def hf(args: argparse.Namespace) -> None:
 
     def timed(ids: torch.Tensor, new: int, cache: str) -> float:
         kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
-        if cache == "static":
-            kwargs["cache_implementation"] = "static"
+        if cache == "static":  # without the auto-compile, whose recompiles per cache length would be timed
+            kwargs.update(cache_implementation="static", disable_compile=True)
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         with torch.inference_mode():
