@@ -207,6 +207,30 @@ def test_echo_logprobs_in_the_shape_lm_eval_reads(server, reference):
     assert out["usage"]["prompt_tokens"] == len(ids) and out["usage"]["completion_tokens"] == 1
 
 
+def test_lm_eval_local_completions_scores_through_the_server(server, reference):
+    """lm-eval's `local-completions` model finds the server's tokenizer endpoints and scores continuations through
+    echo + logprobs: each score is the model's own log-likelihood of the continuation, and "greedy" whether every
+    continuation token is the argmax."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    url, _ = server
+    lm = LocalCompletionsAPI(base_url=f"{url}/v1/completions", model="tiny", max_retries=1)
+    assert lm.tokenizer_backend == "remote"
+    tk = reference.tokenizer
+    pairs = [("The cat", " saw the sun"), ("A dog", " and a cat"), ("Moon", " and")]
+    scores = lm.loglikelihood([Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)])
+    for (context, continuation), (logprob, greedy) in zip(pairs, scores):
+        context_ids, continuation_ids = tk.encode(context).tolist(), tk.encode(continuation).tolist()
+        ids = context_ids + continuation_ids
+        with torch.inference_mode():
+            logits = reference.model(torch.tensor([ids]))[0, :, : reference.model.config.vocab_size]
+        logprobs = torch.log_softmax(logits.double(), dim=-1)[len(context_ids) - 1 : -1]  # (continuation, V)
+        targets = torch.tensor(continuation_ids)
+        assert logprob == pytest.approx(float(logprobs[torch.arange(len(targets)), targets].sum()), abs=1e-3)
+        assert greedy == bool((logprobs.argmax(-1) == targets).all())
+
+
 # ---------------------------------------------------------------------------------------------------- refusals
 MALFORMED = [
     ({"prompt": "hi", "max_tokens": "five"}, "max_tokens"),
