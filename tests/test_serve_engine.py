@@ -275,3 +275,24 @@ def test_shutdown_without_drain_aborts_what_is_accepted(llms):
     engine.shutdown(drain=False)
     assert [list(s)[-1].finish_reason for s in streams] == ["abort"] * 3
     assert engine.pool.free_pages == engine.pool.capacity
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", CASES)
+def test_the_captured_step_on_cuda_decodes_as_the_eager_one(llms, case):
+    """On CUDA the decode step over all rows is one CUDA graph: greedy and seeded requests (with top-k, top-p and
+    logprobs mixed in) give the eager step's tokens, and every page comes back."""
+    llm = llms[case]
+    requests = [GenerationRequest(r.prompt_ids, r.max_tokens, r.temperature, r.top_k, r.top_p, r.seed,
+                                  ignore_eos=True, logprobs=2 if i % 5 == 0 else None)
+                for i, r in enumerate(mixed_requests(12, sampled=False)[:6] + mixed_requests(12, sampled=True)[6:])]
+    outputs = {}
+    for mode in ("eager", "cuda_graph"):
+        model = copy.deepcopy(llm.model).float().cuda()
+        model.clear_kv_cache()
+        engine = Engine(model, llm.tokenizer, max_batch_size=5, page_size=16, max_prefill_tokens=24,
+                        kv_cache_gib=0.01, mode=mode)
+        outputs[mode] = [tokens(e) for e in engine.generate(requests)]
+        assert engine.pool.free_pages == engine.pool.capacity
+    assert outputs["cuda_graph"] == outputs["eager"]
+    assert [len(t) for t in outputs["eager"]] == [r.max_tokens for r in requests]

@@ -243,10 +243,10 @@ class Engine:
         self.row_params = RowSamplingParams(max_batch_size, self.vocab_size, self.device)
         self._token_hash = token_hashes(torch.arange(self.vocab_size, device=self.device)).view(1, -1)  # (1, V)
         pin = self.device.type == "cuda"
-        self._host_tokens = torch.zeros(max_batch_size, 1, dtype=torch.int64, pin_memory=pin)  # (B, 1)
-        self._host_pos = torch.zeros(max_batch_size, 1, dtype=torch.int64, pin_memory=pin)  # (B, 1)
-        self._tokens = self._host_tokens.to(self.device)
-        self._pos = self._host_pos.to(self.device)
+        # the decode step's inputs, each row's token and its position: one host-to-device copy a step
+        self._host_inputs = torch.zeros(2, max_batch_size, 1, dtype=torch.int64, pin_memory=pin)  # (2, B, 1)
+        self._inputs = self._host_inputs.to(self.device)
+        self._tokens, self._pos = self._inputs  # (B, 1) each
         self._table_rows: dict[int, Seq] = {}  # rows whose block table is set: the sequence it is set for
         # one decode step per (top-k/top-p filtering, logprobs) kind, made at its first use; the first folds
         self._steps: dict[tuple[bool, int], DecodeStep] = {}
@@ -510,17 +510,15 @@ class Engine:
             if rows.get(row) is not seq:
                 self.block_tables.clear(row)
                 del self._table_rows[row]
-        self._host_tokens.zero_()
-        self._host_pos.zero_()
+        inputs = [[0] * self.max_batch_size, [0] * self.max_batch_size]  # idle rows: token 0 at position 0
         items = []
         for seq in decoding:
             self.block_tables.assign(seq.row, seq.pages)
             self._table_rows[seq.row] = seq
-            self._host_tokens[seq.row, 0] = seq.tokens[-1]
-            self._host_pos[seq.row, 0] = len(seq.tokens) - 1
+            inputs[0][seq.row], inputs[1][seq.row] = seq.tokens[-1], len(seq.tokens) - 1
             items.append(self._live[seq.seq_id])
-        self._tokens.copy_(self._host_tokens, non_blocking=True)
-        self._pos.copy_(self._host_pos, non_blocking=True)
+        self._host_inputs.view(2, -1).copy_(torch.tensor(inputs))
+        self._inputs.copy_(self._host_inputs, non_blocking=True)
         self.row_params.sync()
         table = self.block_tables.sync()
         filtered = any(item.filtered for item in items)
