@@ -12,6 +12,10 @@ What is measured:
   token multiplies: every weight except the embedding table, the routed experts at k of E) x tokens + causal
   attention 2 x n_layer x n_head x (qk head width + v head width) x T^2 / 2 per row, and peak the bf16 dense rate
   (989 TFLOP/s on H100 and H200; none recorded for other devices).
+- experts: one MoE layer's routed experts at decode batches (`grouped_experts`, the Triton kernels) beside their
+  torch reference (which gathers each pair's weights) and, where it runs, `torch._grouped_mm` ("grouped"), with random
+  routing: microseconds per call (CUDA events, median of 20 after 3 untimed) and the bandwidth of the bytes the call
+  must read (the distinct chosen experts' weights).
 - profile: `benchmark_decode`'s top kernels by device time over 5 captured decode steps at each batch.
 - hf: `DeepseekV2ForCausalLM.generate` (greedy, `new_tokens` forced) from the model's published config.json with
   random weights built in bf16 on the GPU; decode tokens/s = B x (new_tokens - 1) / (t(new_tokens) - t(1)), so the
@@ -78,7 +82,8 @@ def ours(args: argparse.Namespace) -> None:
     torch.cuda.synchronize()
     result = dict(info, model=args.model, build_s=time.perf_counter() - t0,
                   params=sum(p.numel() for p in model.parameters()),
-                  weight_bytes=sum(p.numel() * p.element_size() for p in model.parameters()), prefill=[], profile=[])
+                  weight_bytes=sum(p.numel() * p.element_size() for p in model.parameters()), prefill=[], experts=[],
+                  profile=[])
     generator = torch.Generator().manual_seed(0)
     for text in args.prefill:
         B, T = shape(text)
@@ -107,6 +112,10 @@ def ours(args: argparse.Namespace) -> None:
             torch.cuda.empty_cache()
         result["prefill"].append(row)
         print(json.dumps(row), flush=True)
+    for batch in args.expert_batches:
+        row = time_experts(model, batch)
+        result["experts"].append(row)
+        print(json.dumps(row), flush=True)
     for batch in args.profile_batches:
         path = Path(args.profile_dir) / f"decode_profile_b{batch}_t{args.profile_context}.txt"
         r = benchmark_decode(model, batch, args.profile_context, decode_steps=20, warmup=3, mode="cuda_graph",
@@ -119,6 +128,56 @@ def ours(args: argparse.Namespace) -> None:
         model.clear_kv_cache()
         torch.cuda.empty_cache()
     Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+def cuda_time_us(function, repeats: int = 20, warmup: int = 3) -> float:
+    """Median microseconds of `function()` by CUDA events."""
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        function()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+@torch.inference_mode()
+def time_experts(model, batch: int) -> dict:
+    """One MoE layer's routed experts for `batch` tokens routed at random: the kernels, the torch reference and the
+    grouped GEMM path, in microseconds and GB/s of the distinct chosen experts' bytes."""
+    from litgpt.kernels.moe_grouped import grouped_experts, grouped_experts_reference, kernel_applies
+    from litgpt.moe import Experts
+
+    experts = next(m for m in model.modules() if isinstance(m, Experts))
+    c = model.config
+    generator = torch.Generator().manual_seed(batch)
+    indices = torch.stack([torch.randperm(c.n_expert, generator=generator)[: c.n_expert_per_token]
+                           for _ in range(batch)]).cuda()  # (B, k)
+    weights = torch.rand(batch, c.n_expert_per_token, generator=generator).cuda()  # (B, k)
+    x = torch.randn(batch, c.n_embd, generator=generator).to(device="cuda", dtype=torch.bfloat16)  # (B, C)
+    per_expert = sum(p[0].numel() * p.element_size() for p in experts.parameters())
+    read = indices.unique().numel() * per_expert
+    tensors = (x, experts.fc_weight, experts.proj_weight, experts.fc_bias, experts.proj_bias)
+    row = dict(batch=batch, distinct_experts=indices.unique().numel(), bytes_read=read,
+               kernels_apply=kernel_applies(*tensors, indices.numel()))
+    paths = {"kernels": lambda: grouped_experts(*tensors, weights, indices),
+             "reference": lambda: grouped_experts_reference(*tensors, weights, indices)}
+    if experts.grouped_mm_applies(x):
+        experts_path = experts.path
+        paths["grouped"] = lambda: (setattr(experts, "path", "grouped"), experts(x, weights, indices))
+    try:
+        for name, function in paths.items():
+            us = cuda_time_us(function)
+            row[f"{name}_us"] = us
+            row[f"{name}_gb_per_s"] = read / us / 1e3
+    finally:
+        if "grouped" in paths:
+            experts.path = experts_path
+    return row
 
 
 def hf(args: argparse.Namespace) -> None:
@@ -188,6 +247,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     mine = commands.add_parser("ours")
     mine.add_argument("--prefill", nargs="+", default=["1x4096", "32x4096"])
+    mine.add_argument("--expert_batches", nargs="*", type=int, default=[1, 8, 32, 64])
     mine.add_argument("--profile_batches", nargs="*", type=int, default=[1, 8])
     mine.add_argument("--profile_context", type=int, default=1024)
     mine.add_argument("--profile_dir", default=".")
