@@ -16,8 +16,8 @@ so a batch of tokens sorted by expert runs one grouped GEMM per projection (`tor
 tokens; a per-expert loop is the reference (and the fallback). Decode-sized inputs take the "sorted" path
 (`litgpt.kernels.moe_grouped`): the token-expert pairs grouped by expert on the device and each chosen expert's
 weights read in place, once per step (Triton on CUDA), with shapes fixed by the token count, so a decode step with MoE
-layers captures as one static graph. The GPT's state dict names the
-experts as upstream litgpt's LLaMAMoE does, `experts.{i}.fc_1.weight` etc. (`split_expert_keys`, `stack_expert_keys`).
+layers captures as one static graph. The GPT's state dict names the experts as upstream litgpt's LLaMAMoE does,
+`experts.{i}.fc_1.weight` etc. (`split_expert_keys`, `stack_expert_keys`).
 
 Load balancing in training (`ExpertBalance`, driven by `litgpt.training.train_step`): in a training forward each
 MoE layer records how many tokens chose each expert and, with moe_aux_loss, its auxiliary loss (Switch over the
