@@ -179,6 +179,9 @@ class Sampler(nn.Module):
         return choice if token_ids is None else token_ids.gather(-1, choice)  # (B, 1) token ids
 
 
+ROW_DRAWS = ("greedy", "sample", "filter")
+
+
 class RowSamplingParams(nn.Module):
     """Each row's sampling settings as (B, 1) device tensors, so one step samples rows with different settings:
     temperature (0: greedy), top_k (the vocabulary size: no top-k), top_p (1.0: no top-p) and the row's noise seed.
@@ -197,7 +200,6 @@ class RowSamplingParams(nn.Module):
         for name, host in self._host.items():
             self.register_buffer(name, host.to(device), persistent=False)  # (B, 1) each
         self._dirty = False
-        self.filtered_rows: set[int] = set()  # rows with top-k or top-p: a step over them sorts the logits
 
     def set_row(self, row: int, params: SamplingParams, seed: int) -> None:
         """Row `row` samples with `params` from the noise stream of `seed`: the stream row 0 of a `Sampler` seeded
@@ -207,10 +209,6 @@ class RowSamplingParams(nn.Module):
                       row_seeds=mix32_int(mix32_int(seed) ^ 1))
         for name, value in values.items():
             self._host[name][row, 0] = value
-        if not params.greedy and (top_k < self.vocab_size or params.top_p < 1.0):
-            self.filtered_rows.add(row)
-        else:
-            self.filtered_rows.discard(row)
         self._dirty = True
 
     def sync(self) -> None:
@@ -225,15 +223,18 @@ class RowSampler(nn.Module):
     without a host sync: the same draw as `Sampler`'s torch path (Gumbel-max with noise hashed from (row seed,
     position, token id)), with the settings as tensors. Greedy rows take the argmax.
 
-    `filtered`: apply each row's top-k and top-p (a sort of the logits); without it every sampled row draws from the
-    whole vocabulary (which is what rows without top-k and top-p do either way). `top_logprobs` n > 0: each step
-    also writes, into the buffers `logprobs` (B, 1 + n) and `top_ids` (B, n), the chosen token's log-probability
-    and the n likeliest tokens' (under the model's distribution, before temperature and filtering), read after
-    the step."""
+    `draw` (one of ROW_DRAWS) is the work a step does, chosen for the rows it serves: "greedy" the argmax alone (every
+    row greedy); "sample" also the draw over the whole vocabulary (no row with top-k or top-p); "filter" also each
+    row's top-k and top-p, over the logits sorted. A row gets the same token from each draw that serves it.
+    `top_logprobs` n > 0: each step also writes, into the buffers `logprobs` (B, 1 + n) and `top_ids` (B, n), the
+    chosen token's log-probability and the n likeliest tokens' (under the model's distribution, before temperature
+    and filtering), read after the step."""
 
-    def __init__(self, params: RowSamplingParams, filtered: bool = False, top_logprobs: int = 0) -> None:
+    def __init__(self, params: RowSamplingParams, draw: str = "sample", top_logprobs: int = 0) -> None:
         super().__init__()
-        self.params, self.filtered, self.top_logprobs = params, filtered, min(top_logprobs, params.vocab_size)
+        if draw not in ROW_DRAWS:
+            raise ValueError(f"draw must be one of {ROW_DRAWS}, got {draw!r}")
+        self.params, self.draw, self.top_logprobs = params, draw, min(top_logprobs, params.vocab_size)
         vocab_size, device = params.vocab_size, params.row_seeds.device
         token_ids = torch.arange(vocab_size, dtype=torch.int64, device=device)
         self.register_buffer("token_hash", token_hashes(token_ids).view(1, vocab_size), persistent=False)
@@ -245,22 +246,24 @@ class RowSampler(nn.Module):
         """logits (B, V_padded) for the tokens at `position` (B, 1) -> token ids (B, 1)."""
         p = self.params
         token = sample_rows(logits, position, p.temperature, p.top_k, p.top_p, p.row_seeds, self.token_hash,
-                            self.filtered)
+                            self.draw)
         if self.top_logprobs:
             self.logprobs.copy_(token_logprobs(logits, token, self.top_ids, p.vocab_size))
         return token
 
 
 def sample_rows(logits: torch.Tensor, position: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
-                top_p: torch.Tensor, row_seeds: torch.Tensor, token_hash: torch.Tensor, filtered: bool) -> torch.Tensor:
+                top_p: torch.Tensor, row_seeds: torch.Tensor, token_hash: torch.Tensor, draw: str) -> torch.Tensor:
     """Token ids (B, 1) from logits (B, >= V) at position (B, 1), with per-row temperature, top_k, top_p (B, 1)
-    (see `RowSampler`); token_hash (1, V) is `token_hashes` of the vocabulary."""
+    and the work `draw` (see `RowSampler`); token_hash (1, V) is `token_hashes` of the vocabulary."""
     vocab_size = token_hash.size(-1)
     logits = logits[:, :vocab_size].float()  # (B, V)
+    if draw == "greedy":
+        return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
     greedy = temperature == 0  # (B, 1)
     scaled = logits / torch.where(greedy, torch.ones_like(temperature), temperature)  # (B, V)
     token_ids, hashes = None, token_hash  # every token a candidate, in vocabulary order
-    if filtered:  # candidates sorted by logit, likeliest first: a row keeps its first top_k, then its top_p set
+    if draw == "filter":  # candidates sorted by logit, likeliest first: a row keeps its first top_k, then its top_p set
         scaled, token_ids = torch.sort(scaled, dim=-1, descending=True)  # (B, V), (B, V)
         hashes = token_hash.view(-1)[token_ids]  # (B, V)
         rank = torch.arange(vocab_size, device=logits.device)  # (V,)

@@ -174,9 +174,12 @@ class _Live:
     prompt_top: list[Optional[dict[int, float]]] = field(default_factory=list)
 
     @property
-    def filtered(self) -> bool:
+    def draw(self) -> str:
+        """The least work that draws this request's tokens (`litgpt.generate.base.ROW_DRAWS`)."""
         p = self.params
-        return not p.greedy and (p.top_k is not None or p.top_p < 1.0)
+        if p.greedy:
+            return "greedy"
+        return "filter" if p.top_k is not None or p.top_p < 1.0 else "sample"
 
 
 class Engine:
@@ -248,8 +251,8 @@ class Engine:
         self._inputs = self._host_inputs.to(self.device)
         self._tokens, self._pos = self._inputs  # (B, 1) each
         self._table_rows: dict[int, Seq] = {}  # rows whose block table is set: the sequence it is set for
-        # one decode step per (top-k/top-p filtering, logprobs) kind, made at its first use; the first folds
-        self._steps: dict[tuple[bool, int], DecodeStep] = {}
+        # one decode step per (draw, logprobs) kind, made at its first use; the first one made folds the weights
+        self._steps: dict[tuple[str, int], DecodeStep] = {}
         self._fold_pending = fold
 
         self._live: dict[int, _Live] = {}  # request id -> request, from submit until its last event
@@ -466,7 +469,7 @@ class Engine:
         position = torch.full((1, 1), chunk.end, dtype=torch.int64, device=self.device)  # (1, 1)
         rows = slice(row, row + 1)
         token = sample_rows(last, position, p.temperature[rows], p.top_k[rows], p.top_p[rows], p.row_seeds[rows],
-                            self._token_hash, item.filtered)  # (1, 1)
+                            self._token_hash, item.draw)  # (1, 1)
         logprob, top = None, None
         if item.request.logprobs is not None:
             n = item.request.logprobs
@@ -494,12 +497,12 @@ class Engine:
             values, ids = logprobs.topk(min(n, self.vocab_size), dim=-1)  # (t, n)
             item.prompt_top.extend(dict(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist()))
 
-    def _decode_step(self, filtered: bool, top_logprobs: int) -> DecodeStep:
-        key = (filtered, top_logprobs)
+    def _decode_step(self, draw: str, top_logprobs: int) -> DecodeStep:
+        key = (draw, top_logprobs)
         if key not in self._steps:
             first_call = partial(fold_for_decode, self.model) if self._fold_pending else None
             self._fold_pending = False
-            sampler = RowSampler(self.row_params, filtered, top_logprobs)
+            sampler = RowSampler(self.row_params, draw, top_logprobs)
             self._steps[key] = DecodeStep(self.model, sampler, self.mode, first_call=first_call)
         return self._steps[key]
 
@@ -521,9 +524,10 @@ class Engine:
         self._inputs.copy_(self._host_inputs, non_blocking=True)
         self.row_params.sync()
         table = self.block_tables.sync()
-        filtered = any(item.filtered for item in items)
+        draws = {item.draw for item in items}
+        draw = "filter" if "filter" in draws else "sample" if "sample" in draws else "greedy"
         top_logprobs = MAX_TOP_LOGPROBS if any(item.request.logprobs is not None for item in items) else 0
-        step = self._decode_step(filtered, top_logprobs)
+        step = self._decode_step(draw, top_logprobs)
         tokens = step(self._tokens, self._pos, table).view(-1).tolist()  # (B,): waits for the step
         logprobs = top_ids = None
         if top_logprobs:
