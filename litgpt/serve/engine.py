@@ -5,7 +5,10 @@ One loop, in a background thread, repeats a step: take new requests and aborts, 
 running decodes by a bounded time), then decode one token for every decoding sequence in one forward over all
 `max_batch_size` rows (captured as a CUDA graph on CUDA; rows without a decoding sequence read and write the scratch
 page at position 0 and their outputs are ignored), then hand each request its token. A sequence retires the step it
-finishes (a stop token, a stop string, max_tokens) and its row and pages are free for the next step's admissions.
+finishes (a stop token, max_tokens) and its row and pages are free for the next step's admissions. The text work of
+a step's tokens (incremental detokenizing, stop strings, events) runs once the next step is queued on the device, so
+the host works while the device computes; a stop string found then retires its sequence one step late (the token it
+drew meanwhile is dropped).
 
 Each row samples with its own settings, held as device tensors (`litgpt.generate.base.RowSampler`). The noise of a
 draw is a hash of (the request's seed, the position of the token drawn, the token id), so a request with a seed
@@ -49,7 +52,7 @@ from litgpt.lora import merge_for_decoding
 from litgpt.model import GPT
 from litgpt.quantize import has_quantized_weights
 from litgpt.serve.paged import BlockTables, PagePool
-from litgpt.serve.scheduler import PrefillChunk, Scheduler, Sequence as Seq
+from litgpt.serve.scheduler import PrefillChunk, Scheduler, Sequence as Seq, Status
 from litgpt.tokenizer import IncrementalDecoder, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -254,6 +257,9 @@ class Engine:
         # one decode step per (draw, logprobs) kind, made at its first use; the first one made folds the weights
         self._steps: dict[tuple[str, int], DecodeStep] = {}
         self._fold_pending = fold
+        # decoded tokens whose text and events are handled once the next decode step is queued, so the device
+        # computes while the host decodes text: (request, token, logprob, top logprobs)
+        self._deferred: list[tuple[_Live, int, Optional[float], Optional[dict[int, float]]]] = []
 
         self._live: dict[int, _Live] = {}  # request id -> request, from submit until its last event
         self._inbox: list[_Live] = []
@@ -437,6 +443,8 @@ class Engine:
             aborts, self._aborts = self._aborts, []
         for item in inbox:
             self.scheduler.add(item.seq)
+        if aborts:
+            self._release_deferred()  # an aborted request's last tokens go out before its final event
         for request_id in aborts:
             item = self._live.get(request_id)
             if item is not None:
@@ -446,6 +454,8 @@ class Engine:
         decoding, _ = self.scheduler.schedule_decode()
         if decoding:
             self._decode(decoding)
+        else:
+            self._release_deferred()
         self.steps += 1
 
     def _prefill(self, chunk: PrefillChunk) -> None:
@@ -528,12 +538,16 @@ class Engine:
         draw = "filter" if "filter" in draws else "sample" if "sample" in draws else "greedy"
         top_logprobs = MAX_TOP_LOGPROBS if any(item.request.logprobs is not None for item in items) else 0
         step = self._decode_step(draw, top_logprobs)
-        tokens = step(self._tokens, self._pos, table).view(-1).tolist()  # (B,): waits for the step
+        next_tokens = step(self._tokens, self._pos, table)  # (B, 1), queued on the device
+        self._release_deferred()  # the last step's text, while this step runs
+        tokens = next_tokens.view(-1).tolist()  # (B,): waits for the step
         logprobs = top_ids = None
         if top_logprobs:
             logprobs, top_ids = step.sampler.logprobs.tolist(), step.sampler.top_ids.tolist()
         for item in items:
             seq = item.seq
+            if seq.status is not Status.DECODE:  # a stop string in its last token's text ended it
+                continue
             self.scheduler.computed(seq, len(seq.tokens))
             token = tokens[seq.row]
             seq.tokens.append(token)
@@ -541,7 +555,20 @@ class Engine:
             if item.request.logprobs is not None:
                 values, n = logprobs[seq.row], item.request.logprobs
                 logprob, top = values[0], dict(zip(top_ids[seq.row][:n], values[1 : 1 + n]))
-            self._emit(item, token, logprob, top)
+            if seq.num_generated >= item.request.max_tokens or (
+                    token in self.stop_token_ids and not item.request.ignore_eos):
+                self._emit(item, token, logprob, top)  # it ends here: retired before the next step is planned
+            else:
+                self._deferred.append((item, token, logprob, top))
+
+    def _release_deferred(self) -> None:
+        """Hand out the tokens whose text work (decoding, stop strings, events) waited for the next step to be
+        queued on the device; a stop string found now retires its sequence (the token it drew meanwhile is
+        dropped)."""
+        deferred, self._deferred = self._deferred, []
+        for item, token, logprob, top in deferred:
+            if item.seq.status is not Status.FINISHED:
+                self._emit(item, token, logprob, top)
 
     # ------------------------------------------------------------------------------------------------ events
     def _emit(self, item: _Live, token: int, logprob: Optional[float], top: Optional[dict[int, float]]) -> None:
