@@ -7,7 +7,7 @@ import importlib
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Literal, Optional, Union
 
 import torch
 
@@ -38,6 +38,9 @@ class TrainArgs:
         max_seq_length: tokens per training sequence (default: the model's block_size).
         max_norm: gradient-norm clipping threshold (None: no clipping).
         min_lr: learning rate at the end of the cosine decay.
+        tie_embeddings: share one matrix between the token embedding and the LM head (the model config's
+            `tie_embeddings`); None keeps the model's own setting. Pretraining sets it; a fine-tune keeps its
+            checkpoint's and refuses another value.
     """
 
     save_interval: Optional[int] = 1000
@@ -52,6 +55,7 @@ class TrainArgs:
     max_seq_length: Optional[int] = None
     max_norm: Optional[float] = 1.0
     min_lr: float = 4e-5
+    tie_embeddings: Optional[bool] = None
 
     def gradient_accumulation_iters(self, world_size: int) -> int:
         per_step = self.micro_batch_size * world_size
@@ -90,16 +94,27 @@ class EvalArgs:
         max_iters: validation batches per run (the same held-out batches every time).
         initial_validation: also validate before the first step.
         final_validation: validate after the last step.
+        max_new_tokens: after each validation of a fine-tune, generate this many tokens (at most) for an example
+            instruction and print them; None generates nothing. Pretraining has no instructions: leave it unset.
+        evaluate_example: which validation record's instruction that sample answers: "first", "random" (a new one
+            each time) or a record index.
     """
 
     interval: int = 1000
     max_iters: int = 100
     initial_validation: bool = False
     final_validation: bool = True
+    max_new_tokens: Optional[int] = None
+    evaluate_example: Union[Literal["first", "random"], int] = "first"
 
     def validate(self) -> None:
         if self.interval <= 0 or self.max_iters <= 0:
             raise ValueError(f"eval.interval and eval.max_iters must be positive, got {self.interval}, {self.max_iters}")
+        if self.max_new_tokens is not None and self.max_new_tokens <= 0:
+            raise ValueError(f"eval.max_new_tokens must be positive (or null: no sample), got {self.max_new_tokens}")
+        if isinstance(self.evaluate_example, int) and self.evaluate_example < 0:
+            raise ValueError(f"eval.evaluate_example must be first, random or a record index >= 0, got "
+                             f"{self.evaluate_example}")
 
 
 @dataclass(frozen=True)

@@ -100,12 +100,17 @@ def setup(
         config = Config.from_checkpoint(initial_checkpoint_dir)  # continue training that model as it is
     else:
         config = resolve_config(model_name, model_config)
+    if train.tie_embeddings is not None:  # the model's tying, recorded in every checkpoint's model_config.yaml
+        config = dataclasses.replace(config, tie_embeddings=train.tie_embeddings)
     check_output_spares_inputs(
         "--out_dir", out_dir, {"--initial_checkpoint_dir": initial_checkpoint_dir, "--tokenizer_dir": tokenizer_dir},
         RUN_DIRS,
     )
     train.validate()
     eval.validate()
+    if eval.max_new_tokens is not None:
+        raise ValueError("eval.max_new_tokens sets the sample a fine-tune generates after each validation; "
+                         "pretraining has no instruction to answer: leave it unset (null)")
     precision = resolve_precision(precision)
     if strategy == "fsdp" and not torch.cuda.is_available():
         raise ValueError(
@@ -147,11 +152,14 @@ def setup(
 
 
 def resolve_config(model_name: Optional[str], model_config: Optional[dict]) -> Config:
-    """A named config with `model_config` overriding its fields, or a config built from `model_config` alone."""
+    """A named config with `model_config` overriding its fields, or a config built from `model_config` alone: without
+    a model_name, or where model_config defines a model of its own under that name (`name: stories15M` with
+    `model_name: stories15M`, as upstream litgpt's yamls write a model that is no named config)."""
     if model_name is None and model_config is None:
         raise ValueError("pass a model name (e.g. `litgpt pretrain pythia-160m-mla`) or --model_config")
     model_config = typed_model_config(model_config)
-    if model_name is None:
+    defines_own = model_config and model_config.get("name") == model_name and model_name not in Config.names()
+    if model_name is None or defines_own:
         return Config.from_dict(dict(model_config), source="--model_config")
     overrides = dict(model_config or {})
     name = overrides.pop("name", None)  # from_name's own first parameter: the new name is set after

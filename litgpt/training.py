@@ -255,12 +255,14 @@ def run(
     loader_workers: int = 0,
     tokens_per_step: Optional[int] = None,
     flops_per_token: Optional[float] = None,
+    after_validation: Optional[Callable[[int], None]] = None,
 ) -> None:
     """Train the Fabric-wrapped `model` with `optimizer` until train.max_steps / max_tokens / max_time / epochs.
 
     `checkpoint`: the training state file to resume from (None: step 0). The data is read in `ResumableSampler`
     order, so a resumed run trains on exactly the batches the uninterrupted run would have. `tokens_per_step` (a
     constant, when known) turns train.max_tokens into a step count; `flops_per_token` adds MFU to the progress lines.
+    `after_validation(step)` runs in every process after each validation (a fine-tune's sample answer).
     """
     files = checkpointer.files
     base_lr = optimizer.param_groups[0]["lr"]  # before a resume overwrites the param groups with the last step's lr
@@ -291,7 +293,10 @@ def run(
     peak = peak_flops(fabric.device) if flops_per_token is not None else None
 
     def validate_now() -> float:
-        return validate(fabric, model, val_loader, state["step_count"], objective.loss)
+        val_loss = validate(fabric, model, val_loader, state["step_count"], objective.loss)
+        if after_validation is not None:
+            after_validation(state["step_count"])
+        return val_loss
 
     if eval.initial_validation and state["step_count"] == 0:
         validate_now()

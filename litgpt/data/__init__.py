@@ -8,7 +8,7 @@ from litgpt.data.base import (
     make_train_loader,
     make_val_loader,
 )
-from litgpt.data.alpaca import Alpaca
+from litgpt.data.alpaca import Alpaca, Alpaca2k
 from litgpt.data.json_data import JSON
 from litgpt.data.sft import SFTDataModule, SFTDataset, pad_collate
 from litgpt.data.stdlib_text import StdlibText
@@ -18,6 +18,7 @@ from litgpt.data.tinystories import TinyStories
 __all__ = [
     "JSON",
     "Alpaca",
+    "Alpaca2k",
     "DataModule",
     "ResumableSampler",
     "SFTDataModule",

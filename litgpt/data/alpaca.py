@@ -1,4 +1,5 @@
-"""`Alpaca`: the cleaned Stanford Alpaca instruction set (about 52K records), downloaded once."""
+"""`Alpaca`: the cleaned Stanford Alpaca instruction set (about 52K records), downloaded once; `Alpaca2k`: its
+2,000-record sample on the Hugging Face hub (`mhenrichsen/alpaca_2k_test`), 1,900 training and 100 validation records."""
 
 from __future__ import annotations
 
@@ -6,15 +7,26 @@ import logging
 import shutil
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from pathlib import Path
+from typing import Any, Optional
 
-from litgpt.data.sft import DEFAULT_IGNORE_INDEX, SFTDataModule, check_fraction, read_records, split_records
+from litgpt.data.sft import (
+    DEFAULT_IGNORE_INDEX,
+    SFTDataModule,
+    _check_record,
+    check_fraction,
+    read_records,
+    split_records,
+)
 from litgpt.utils import atomic_write
 
 logger = logging.getLogger(__name__)
 
 ALPACA_URL = "https://raw.githubusercontent.com/tloen/alpaca-lora/main/alpaca_data_cleaned_archive.json"
+ALPACA_FILE = "alpaca_data_cleaned_archive.json"
+ALPACA2K_REPO = "mhenrichsen/alpaca_2k_test"
+ALPACA2K_FILE = "alpaca2k_data_cleaned_archive.json"  # upstream litgpt's file_name default (the hub's files are read)
 DOWNLOAD_TIMEOUT_S = 60
 
 
@@ -36,6 +48,7 @@ class Alpaca(SFTDataModule):
         download_dir: where the file is kept.
         file_url: where it is downloaded from.
         file_name: its name in download_dir.
+        num_workers: upstream litgpt's name of loader_workers (give one of the two).
     """
 
     mask_prompt: bool = False
@@ -46,12 +59,18 @@ class Alpaca(SFTDataModule):
     loader_workers: int = 0
     download_dir: Path = Path("data/alpaca")
     file_url: str = ALPACA_URL
-    file_name: str = "alpaca_data_cleaned_archive.json"
+    file_name: str = ALPACA_FILE
+    num_workers: InitVar[Optional[int]] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, num_workers: Optional[int] = None) -> None:
         self.download_dir = Path(self.download_dir)
+        if num_workers is not None:
+            if self.loader_workers not in (0, num_workers):
+                raise ValueError(f"{type(self).__name__}: num_workers={num_workers} and loader_workers="
+                                 f"{self.loader_workers} disagree; pass only one (num_workers is upstream's name)")
+            self.loader_workers = num_workers
         self._check_fields()
-        check_fraction("Alpaca", self.val_split_fraction)
+        check_fraction(type(self).__name__, self.val_split_fraction)
 
     @property
     def path(self) -> Path:
@@ -79,3 +98,52 @@ class Alpaca(SFTDataModule):
     def records(self) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
         self.prepare_data()
         return split_records(read_records(self.path), self.val_split_fraction, self.seed)
+
+
+@dataclass
+class Alpaca2k(Alpaca):
+    """The 2,000 Alpaca records of the Hugging Face dataset `repo_id` (its train split), split as upstream litgpt
+    splits them: `datasets`' `train_test_split(test_size=val_split_fraction, seed=seed)`, so 0.05 holds out 100
+    records and the same 100 as upstream's. Loaded with `datasets.load_dataset(repo_id, cache_dir=download_dir)`:
+    downloaded once into download_dir; offline, a cached download or a local directory of .json/.jsonl/.parquet
+    record files as `repo_id` serves.
+
+    Args: those of `Alpaca`, besides
+        repo_id: the dataset on the Hugging Face hub, or a local directory with its files.
+        file_url, file_name: `Alpaca`'s download, which Alpaca2k does not use: leave them unset.
+    """
+
+    val_split_fraction: float = 0.05
+    download_dir: Path = Path("data/alpaca2k")
+    file_name: str = ALPACA2K_FILE
+    repo_id: str = ALPACA2K_REPO
+
+    def __post_init__(self, num_workers: Optional[int] = None) -> None:
+        super().__post_init__(num_workers)
+        if self.file_url != ALPACA_URL or self.file_name != ALPACA2K_FILE:
+            raise ValueError("Alpaca2k: file_url and file_name are Alpaca's download; Alpaca2k loads the Hugging Face "
+                             "dataset repo_id: set --data.repo_id instead")
+
+    def prepare_data(self) -> None:
+        """Download the dataset into download_dir unless it is cached there."""
+        self._load()
+
+    def records(self) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+        split = self._load().train_test_split(test_size=self.val_split_fraction, seed=self.seed)
+        source = Path(self.repo_id)
+        return ([_check_record(r, i, source) for i, r in enumerate(split["train"])],
+                [_check_record(r, i, source) for i, r in enumerate(split["test"])])
+
+    def _load(self) -> Any:
+        """The dataset's train split (a `datasets.Dataset`)."""
+        import datasets
+
+        try:
+            return datasets.load_dataset(self.repo_id, split="train", cache_dir=str(self.download_dir))
+        except (OSError, ValueError) as e:  # no network, no such dataset (FileNotFoundError), unreadable files
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise ConnectionError(
+                f"could not load the Alpaca2k data {self.repo_id!r} ({reason}); offline, load it once with network "
+                f"into --data.download_dir {str(self.download_dir)!r}, or pass --data.repo_id a local directory "
+                "with its .json/.jsonl/.parquet files"
+            ) from None

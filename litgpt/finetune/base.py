@@ -4,12 +4,15 @@
 `launch` builds Fabric and runs `fit` in every process: the base checkpoint's tokenizer and weights, the `Method`'s
 change to the model (LoRA layers, or none), the optimizer over the trainable parameters, then the loop of
 `litgpt pretrain` (`litgpt.training.run`) with the `sft_objective`: next-token cross-entropy over the padded
-batch, prompt and padding positions carrying no weight.
+batch, prompt and padding positions carrying no weight; with eval.max_new_tokens, `generate_example` prints the
+model's answer to a validation prompt after each validation.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
@@ -19,7 +22,7 @@ import torch
 from litgpt.args import EvalArgs, OptimizerSpec, TrainArgs
 from litgpt.checkpoint import load_checkpoint
 from litgpt.config import Config
-from litgpt.data.sft import SFTDataModule
+from litgpt.data.sft import SFTDataModule, SFTDataset
 from litgpt.loss import IGNORE_INDEX
 from litgpt.model import GPT
 from litgpt.quantize import compute_dtype
@@ -38,6 +41,10 @@ from litgpt.training import (
 )
 from litgpt.utils import check_output_spares_inputs
 
+logger = logging.getLogger(__name__)
+
+# The temperature of the sample answer generated after each validation when eval.max_new_tokens is set
+SAMPLE_TEMPERATURE = 0.8
 # The loop defaults of a fine-tune (upstream litgpt's): 16 sequences per step, 5 epochs, cosine to 0.
 FINETUNE_TRAIN = TrainArgs(save_interval=1000, log_interval=1, global_batch_size=16, micro_batch_size=1,
                            lr_warmup_steps=100, epochs=5, min_lr=0.0)
@@ -130,6 +137,12 @@ def prepare(
     check_output_spares_inputs("--out_dir", out_dir, {"--checkpoint_dir": checkpoint_dir}, RUN_DIRS)
     train.validate()
     eval.validate()
+    if train.tie_embeddings is not None and train.tie_embeddings != config.tie_embeddings:
+        raise ValueError(
+            f"train.tie_embeddings {str(train.tie_embeddings).lower()}: a fine-tune keeps the tying of its checkpoint "
+            f"(tie_embeddings: {str(config.tie_embeddings).lower()} in {checkpoint_dir / 'model_config.yaml'}); "
+            "leave train.tie_embeddings unset (null)"
+        )
     if train.max_tokens is not None:
         raise ValueError("train.max_tokens is not supported by fine-tuning (its sequences have different lengths); "
                          "set train.max_steps, train.epochs or train.max_time")
@@ -175,12 +188,15 @@ def launch(
     seed: int,
     hparams: dict,
     plugins: Optional[Any] = None,
+    num_nodes: int = 1,
 ) -> None:
-    """Build Fabric (`plugins`, e.g. a quantization plugin, replace `plan.precision`) and run `fit` on every device."""
+    """Build Fabric (`plugins`, e.g. a quantization plugin, replace `plan.precision`) and run `fit` on every device
+    of the `num_nodes` nodes."""
     import lightning as L
 
     fabric = L.Fabric(
         devices=devices,
+        num_nodes=num_nodes,
         precision=None if plugins is not None else plan.precision,
         plugins=plugins,
         loggers=[make_logger(logger_name, out_dir)],
@@ -239,8 +255,62 @@ def fit(
         fabric, tokenizer, plan.config, hparams, files=method.files, model_filter=method.state_filter,
         prompt_style=data.style, finalize=method.finalize,
     )
+    sample = None
+    if eval.max_new_tokens is not None:
+        example_index(eval.evaluate_example, len(val_data), seed)  # an index past the records fails before training
+        sample = functools.partial(generate_example, fabric, model, tokenizer, val_data, eval, data.style, seed)
     run(
         fabric, model, opt, plan.checkpoint, train_data, val_data, train=train, eval=eval, seed=seed,
         out_dir=out_dir, checkpointer=checkpointer, objective=sft_objective(data.ignore_index),
-        collate_fn=data.collate_fn, loader_workers=data.loader_workers,
+        collate_fn=data.collate_fn, loader_workers=data.loader_workers, after_validation=sample,
     )
+
+
+# ---------------------------------------------------------------------------------------------- the sample answer
+def example_index(evaluate_example: Union[str, int], n_records: int, seed: int) -> int:
+    """The validation record whose prompt the sample answers: eval.evaluate_example "first", "random" (drawn from
+    `seed`, so every process and a resumed run pick the same) or an index."""
+    if evaluate_example == "first":
+        return 0
+    if evaluate_example == "random":
+        return random.Random(seed).randrange(n_records)
+    if not 0 <= evaluate_example < n_records:
+        raise ValueError(f"eval.evaluate_example {evaluate_example} is not a validation record index (there are "
+                         f"{n_records}); pass first, random or an index below {n_records}")
+    return evaluate_example
+
+
+@torch.no_grad()
+def generate_example(
+    fabric: Any, model: torch.nn.Module, tokenizer: Tokenizer, val_data: SFTDataset, eval: EvalArgs, style: Any,
+    seed: int, step: int,
+) -> Optional[list[int]]:
+    """After a validation: the model's answer (at most eval.max_new_tokens ids, sampled at SAMPLE_TEMPERATURE up to
+    the prompt style's stop tokens) to the prompt of the validation record eval.evaluate_example picks, printed with
+    the prompt and returned. Every process generates (a wrapped model's forward may need them all); the sampler
+    draws from its own hashed stream, so training's random state is untouched. None, with a warning, when prompt and
+    answer do not fit the training sequence length."""
+    from litgpt.generate.base import DecodeStep, Sampler, SamplingParams, generate
+
+    index = example_index(eval.evaluate_example, len(val_data), seed + step)
+    ids, prompt_length = val_data.samples[index]
+    prompt = ids[:prompt_length]  # (P,): the framed prompt, as training tokenized it
+    cache_len = prompt_length + eval.max_new_tokens
+    if cache_len > model.max_seq_length:
+        logger.warning("no sample at step %d: validation record %d's prompt (%d tokens) + eval.max_new_tokens (%d) "
+                       "exceed the training sequence length %d", step, index, prompt_length, eval.max_new_tokens,
+                       model.max_seq_length)
+        return None
+    model.eval()
+    model.set_kv_cache(1, max_seq_length=cache_len)
+    try:
+        sampler = Sampler(SamplingParams(temperature=SAMPLE_TEMPERATURE), model.config.vocab_size, 1, fabric.device)
+        sampler.seed(seed + step)
+        rows, _ = generate(model, [prompt], eval.max_new_tokens, sampler, DecodeStep(model, sampler, "eager"),
+                           stop_tokens=style.stop_tokens(tokenizer))
+    finally:
+        model.clear_kv_cache()
+        model.train()
+    fabric.print(f"step {step}: sample answer to validation record {index}:\n{tokenizer.decode(prompt)}"
+                 f"{tokenizer.decode(rows[0])}")
+    return rows[0]

@@ -21,6 +21,7 @@ def setup(
     out_dir: Path = Path("out/finetune/full"),
     precision: Optional[str] = None,
     devices: Union[int, str] = 1,
+    num_nodes: int = 1,
     resume: Resume = "auto",
     overwrite: bool = False,
     data: Optional[SFTDataModule] = None,
@@ -40,7 +41,8 @@ def setup(
         checkpoint_dir: the checkpoint to fine-tune (lit_model.pth, model_config.yaml, tokenizer files).
         out_dir: where checkpoints and logs go.
         precision: `32-true`, `bf16-mixed`, `bf16-true`, `16-mixed`... (default: bf16-mixed on CUDA, else 32-true).
-        devices: devices to train on (data parallel), or "auto".
+        devices: devices per node to train on (data parallel), or "auto".
+        num_nodes: number of nodes (Lightning Fabric launches devices x num_nodes processes).
         resume: `auto` (continue the run in out_dir from its latest readable checkpoint, or start one), `true`
             (the same, but a run must exist), `false` (start from step 0) or a checkpoint path.
         overwrite: with `--resume false`, delete the checkpoints of an earlier run in out_dir and start over.
@@ -58,4 +60,4 @@ def setup(
     hparams = hyperparameters(locals())
     plan = prepare(FULL_FILES, checkpoint_dir, out_dir, precision, resume, overwrite, data, train, eval)
     launch(Method("full", FULL_FILES), plan, checkpoint_dir, out_dir, devices, overwrite, train, eval, optimizer,
-           logger_name, seed, hparams)
+           logger_name, seed, hparams, num_nodes=num_nodes)

@@ -32,6 +32,7 @@ def setup(
     precision: Optional[str] = None,
     quantize: Optional[str] = None,
     devices: Union[int, str] = 1,
+    num_nodes: int = 1,
     resume: Resume = "auto",
     overwrite: bool = False,
     lora_r: int = 8,
@@ -73,7 +74,8 @@ def setup(
             with --quantize bf16-true).
         quantize: QLoRA: store the frozen weights quantized by bitsandbytes: bnb.nf4, bnb.nf4-dq, bnb.fp4,
             bnb.fp4-dq or bnb.int8-training (CUDA only).
-        devices: devices to train on (data parallel), or "auto".
+        devices: devices per node to train on (data parallel), or "auto".
+        num_nodes: number of nodes (Lightning Fabric launches devices x num_nodes processes).
         resume: `auto` (continue the run in out_dir from its latest readable checkpoint, or start one), `true`
             (the same, but a run must exist), `false` (start from step 0) or a checkpoint path.
         overwrite: with `--resume false`, delete the checkpoints of an earlier run in out_dir and start over.
@@ -117,7 +119,7 @@ def setup(
         finalize=functools.partial(merge_final, base_checkpoint_dir=checkpoint_dir),
     )
     launch(method, plan, checkpoint_dir, out_dir, devices, overwrite, train, eval, optimizer, logger_name, seed,
-           hparams, plugins=plugins)
+           hparams, plugins=plugins, num_nodes=num_nodes)
 
 
 def check_same_lora(run_checkpoint_dir: Path, spec: LoRASpec) -> None:
