@@ -404,15 +404,20 @@ def test_sigterm_finishes_the_requests_in_flight(checkpoint):
         process.wait()
 
 
-def test_serve_refuses_a_port_in_use_in_one_line(checkpoint, capsys):
+def test_serve_refuses_bad_options_in_one_line(checkpoint, capsys):
     from litgpt.__main__ import main
 
     taken = listen("127.0.0.1", 0)
+    cases = [(["--port", str(taken.getsockname()[1])], "cannot listen on 127.0.0.1"),
+             (["--accelerator", "tpu"], "--accelerator must be auto, cpu, cuda, gpu or cuda:N"),
+             (["--temperature", "-1"], "temperature must be >= 0"),
+             (["--api_key", " "], "--api_key is empty")]
     try:
-        with pytest.raises(SystemExit) as exit:
-            main(["serve", str(checkpoint), "--port", str(taken.getsockname()[1])])
+        for options, message in cases:
+            with pytest.raises(SystemExit) as exit:
+                main(["serve", str(checkpoint), *options])
+            assert exit.value.code == 2
+            err = capsys.readouterr().err.strip()
+            assert err.count("\n") == 0 and message in err, err
     finally:
         taken.close()
-    assert exit.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "cannot listen on 127.0.0.1" in err and "--port" in err

@@ -511,36 +511,44 @@ class OpenAIServer:
         finished = [False] * len(streams)
 
         async def events() -> AsyncIterator[bytes]:
-            for chunk in (c for cs in first for c in cs):
-                yield sse(chunk)
+            head = [sse(chunk) for chunks_ in first for chunk in chunks_]
+            if head:
+                yield b"".join(head)
             queue: asyncio.Queue = asyncio.Queue()
 
             async def pump(i: int) -> None:
                 try:
                     async for event in streams[i]:
-                        await queue.put((i, event))
-                    await queue.put((i, None))
+                        queue.put_nowait((i, event))
+                    queue.put_nowait((i, None))
                 except Exception as e:  # the engine failed: the client gets an error event, not a silent end
-                    await queue.put((i, e))
+                    queue.put_nowait((i, e))
 
             tasks = [asyncio.ensure_future(pump(i)) for i in range(len(streams))]
             try:
                 open_streams = len(streams)
                 while open_streams:
-                    i, event = await queue.get()
-                    if event is None:
-                        finished[i] = True
-                        open_streams -= 1
-                        continue
-                    if isinstance(event, Exception):
-                        logger.error("a streamed request failed: %s", event)
-                        yield sse(error_body(f"the request failed: {event}", "server_error"))
-                        return
-                    for chunk in chunks(i, event):
-                        yield sse(chunk)
-                for chunk in last():
-                    yield sse(chunk)
-                yield sse("[DONE]")
+                    # every event that is already there goes out in one write (a server behind the engine
+                    # catches up in fewer, larger sends)
+                    items = [await queue.get()]
+                    while not queue.empty():
+                        items.append(queue.get_nowait())
+                    out = []
+                    for i, event in items:
+                        if event is None:
+                            finished[i] = True
+                            open_streams -= 1
+                        elif isinstance(event, Exception):
+                            logger.error("a streamed request failed: %s", event)
+                            yield b"".join(out) + sse(error_body(f"the request failed: {event}", "server_error"))
+                            return
+                        else:
+                            out.extend(sse(chunk) for chunk in chunks(i, event))
+                    if open_streams == 0:
+                        out.extend(sse(chunk) for chunk in last())
+                        out.append(sse("[DONE]"))
+                    if out:
+                        yield b"".join(out)
             finally:
                 for task in tasks:
                     task.cancel()

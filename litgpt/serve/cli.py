@@ -9,6 +9,7 @@ the engine.
 
 from __future__ import annotations
 
+import re
 import socket
 import sys
 from pathlib import Path
@@ -104,6 +105,8 @@ def serve(
         raise ValueError(f"--max_new_tokens must be >= 1, got {max_new_tokens}")
     if api_key is not None and not api_key.strip():
         raise ValueError("--api_key is empty; pass a key, or leave the option out to serve without one")
+    if not re.fullmatch(r"auto|cpu|gpu|cuda(:\d+)?", accelerator):
+        raise ValueError(f"--accelerator must be auto, cpu, cuda, gpu or cuda:N, got {accelerator!r}")
     device = resolve_device("cuda" if accelerator == "gpu" else accelerator)
     sock = listen(host, port)  # a port in use fails before the weights load
     llm = load_llm(checkpoint_dir, str(device), precision, prompt_style, quantize)
