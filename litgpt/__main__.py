@@ -64,6 +64,7 @@ COMMANDS: CommandTable = {
         "serve": "litgpt.benchmark.serve:benchmark_serve",
     },
     "compare": "litgpt.benchmark.compare:compare",
+    "evaluate": "litgpt.evaluate:evaluate",
 }
 
 

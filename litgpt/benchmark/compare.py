@@ -29,6 +29,7 @@ from litgpt.checkpoint import load_checkpoint, read_checkpoint_file
 from litgpt.config import Config
 from litgpt.data import DataModule, TinyStories
 from litgpt.data.base import make_val_loader
+from litgpt.evaluate import EvaluateArgs, load_tasks, score_checkpoint, task_score_lines
 from litgpt.model import GPT
 from litgpt.moe import moe_layers
 from litgpt.pretrain import PRECISIONS, resolve_config, setup
@@ -56,6 +57,7 @@ def compare(
     tokenizer_dir: Optional[Path] = None,
     seed: int = 42,
     compile: bool = False,
+    evaluate: EvaluateArgs = EvaluateArgs(),
 ) -> dict:
     """Pretrain each model with identical settings, validate on the same held-out tokens, tabulate and plot.
 
@@ -74,11 +76,15 @@ def compare(
             on the training text into out_dir/tokenizer and shared by all models.
         seed: random seed of weights and data order, the same for every model.
         compile: compile each model with torch.compile.
+        evaluate: lm-eval tasks to score every trained model on (`--evaluate.tasks hellaswag,arc_easy`, with
+            `--evaluate.include_path DIR` for task YAMLs of your own; see `litgpt evaluate`); the scores join each
+            model's row and the table. They are not training settings: rerunning with other tasks scores the
+            finished models again without retraining them.
     """
     optimizer = OptimizerSpec.resolve(optimizer).as_dict()
     devices = check_devices(devices)
     settings = hyperparameters(locals())
-    settings.pop("models"), settings.pop("out_dir")
+    settings.pop("models"), settings.pop("out_dir"), settings.pop("evaluate")  # scores record their own settings
     from tqdm import tqdm
 
     models = list(DEFAULT_MODELS if models is None else models)
@@ -89,6 +95,9 @@ def compare(
         raise ValueError("compare reads each model's val loss from the final validation; keep eval.final_validation")
     train.validate()
     eval.validate()
+    evaluate.validate()
+    # unknown task names, or hub tasks with no hub, fail here, before any training
+    tasks = load_tasks(evaluate.task_names(), evaluate.include_path) if evaluate.task_names() else None
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not supported; choose one of {', '.join(PRECISIONS)}")
     if tokenizer_dir is not None and not tokenizer_dir.is_dir():
@@ -125,6 +134,14 @@ def compare(
         row = collect(name, configs[name], run_dir, precision, peak_memory, held_out[seq_len])
         results = _record(results_path, results, name, row)
 
+    if tasks is not None:  # each model's task scores, kept while the evaluation settings stay the same
+        for name in models:
+            row = results["models"][name]
+            if (row.get("evaluate") or {}).get("settings") != evaluate.settings():
+                progress.write(f"compare: scoring {name} on {evaluate.tasks}")
+                row["evaluate"] = score_checkpoint(out_dir / name / "final", evaluate, tasks,
+                                                   precision=precision and precision.replace("-mixed", "-true"))
+                results = _record(results_path, results, name, row)
     rows = [results["models"][name] for name in models]
     results["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     write_json(results_path, results)
@@ -426,6 +443,7 @@ def write_table(rows: list[dict], results: dict, path: Path) -> None:
             mean = [f"{100 * sum(layer[i] for layer in layers) / len(layers):.1f}%" for i in range(len(layers[0]))]
             cells = mean + ["-"] * (n_expert - len(mean))
             lines.append(f"| {r['model']} | {r['expert_max_violation']:.3f} | " + " | ".join(cells) + " |")
+    lines += task_score_lines(rows)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
