@@ -30,7 +30,7 @@ class TrainArgs:
         log_interval: optimizer steps between progress lines and logged metrics.
         global_batch_size: sequences per optimizer step, across all devices.
         micro_batch_size: sequences per forward/backward on one device.
-        lr_warmup_steps: linear learning-rate warmup length, in optimizer steps.
+        lr_warmup_steps: linear learning-rate warmup length, in optimizer steps (null or 0: none).
         max_tokens: stop after this many training tokens.
         max_steps: stop after this many optimizer steps.
         max_time: stop after this many seconds of training (the checkpoint is written at the step it stops).
@@ -41,13 +41,15 @@ class TrainArgs:
         tie_embeddings: share one matrix between the token embedding and the LM head (the model config's
             `tie_embeddings`); None keeps the model's own setting. Pretraining sets it; a fine-tune keeps its
             checkpoint's and refuses another value.
+        lr_warmup_fraction: the warmup as a fraction of an epoch's optimizer steps (training samples /
+            global_batch_size), instead of lr_warmup_steps, which must then be null or 0.
     """
 
     save_interval: Optional[int] = 1000
     log_interval: int = 1
     global_batch_size: int = 512
     micro_batch_size: int = 4
-    lr_warmup_steps: int = 2000
+    lr_warmup_steps: Optional[int] = 2000
     max_tokens: Optional[int] = None
     max_steps: Optional[int] = None
     max_time: Optional[float] = None
@@ -56,6 +58,7 @@ class TrainArgs:
     max_norm: Optional[float] = 1.0
     min_lr: float = 4e-5
     tie_embeddings: Optional[bool] = None
+    lr_warmup_fraction: Optional[float] = None
 
     def gradient_accumulation_iters(self, world_size: int) -> int:
         per_step = self.micro_batch_size * world_size
@@ -81,8 +84,22 @@ class TrainArgs:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"train.{name} must be positive, got {value}")
-        if self.lr_warmup_steps < 0:
+        if self.lr_warmup_steps is not None and self.lr_warmup_steps < 0:
             raise ValueError(f"train.lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")
+        if self.lr_warmup_fraction is not None:
+            if self.lr_warmup_steps:
+                raise ValueError(f"train.lr_warmup_fraction ({self.lr_warmup_fraction}) and train.lr_warmup_steps "
+                                 f"({self.lr_warmup_steps}) both set the warmup; set train.lr_warmup_steps to null")
+            if not 0.0 <= self.lr_warmup_fraction <= 1.0:
+                raise ValueError(f"train.lr_warmup_fraction must be in [0, 1] (a share of an epoch's optimizer "
+                                 f"steps), got {self.lr_warmup_fraction}")
+
+    def warmup_steps(self, samples: int) -> int:
+        """Optimizer steps of the linear warmup: lr_warmup_steps, or lr_warmup_fraction of an epoch of `samples`
+        training samples (rounded up)."""
+        if self.lr_warmup_fraction is not None:
+            return math.ceil(self.lr_warmup_fraction * samples / self.global_batch_size)
+        return self.lr_warmup_steps or 0
 
 
 @dataclass

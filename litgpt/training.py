@@ -290,6 +290,8 @@ def run(
         use_distributed_sampler=False,
     )
     total_steps = total_steps_of(train, tokens_per_step, len(train_data))
+    # the warmup in optimizer steps, once the epoch's length is known (train.lr_warmup_fraction)
+    train = dataclasses.replace(train, lr_warmup_steps=train.warmup_steps(len(train_data)), lr_warmup_fraction=None)
     peak = peak_flops(fabric.device) if flops_per_token is not None else None
 
     def validate_now() -> float:
@@ -502,11 +504,12 @@ def is_done(state: dict, train: TrainArgs, total_steps: Optional[int], extra_tim
 
 def learning_rate(step: int, base_lr: float, train: TrainArgs, total_steps: Optional[int]) -> float:
     """Linear warmup over lr_warmup_steps, then cosine decay to min_lr at total_steps (constant if unknown)."""
-    if step < train.lr_warmup_steps:
-        return base_lr * (step + 1) / train.lr_warmup_steps
+    warmup = train.lr_warmup_steps or 0
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
     if total_steps is None:
         return base_lr
-    progress = min(1.0, (step - train.lr_warmup_steps) / max(1, total_steps - train.lr_warmup_steps))
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
     return train.min_lr + 0.5 * (base_lr - train.min_lr) * (1 + math.cos(math.pi * progress))
 
 

@@ -8,6 +8,7 @@ upstream's hub checkpoints (which do not exist here), or point checkpoint_dir an
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import yaml
 import litgpt.generate.base
 import litgpt.training
 from litgpt.__main__ import main
+from litgpt.args import TrainArgs
 from litgpt.data import Alpaca, Alpaca2k
 from litgpt.data.sft import SFTDataset
 from litgpt.finetune.base import example_index
@@ -101,7 +103,7 @@ def test_upstream_data_module_we_lack_is_refused_by_name(name, capsys):
 @pytest.mark.parametrize("key, value, named", [
     ("access_token", "hf_abc", "'access_token'"),
     ("log", {"project": "p"}, "'log.project'"),
-    ("train", {"lr_warmup_fraction": 0.1}, "'lr_warmup_fraction'"),
+    ("eval", {"max_new_token": 10}, "'max_new_token'"),
 ])
 def test_an_upstream_key_we_lack_is_refused_by_name(tmp_path, capsys, key, value, named):
     config = yaml.safe_load((UPSTREAM / "llama-3.2-1B" / "lora.yaml").read_text())
@@ -254,6 +256,27 @@ def test_upstream_lora_yaml_trains_with_its_workers_and_sample_answer(base, tmp_
     answer = printed.split("step 1: sample answer to validation record 0:\n", 1)[1]
     assert answer.startswith(tokenizer.decode(prompts[0]))
     assert (tmp_path / "out" / "final" / "lit_model.pth.lora").is_file()
+
+
+def test_lr_warmup_fraction_sets_the_warmup_of_the_run(tmp_path, capsys):
+    """Upstream's train.lr_warmup_fraction: the warmup spans that share of an epoch's optimizer steps (32 samples,
+    4 a step: 0.5 is 4 steps), as the logged learning rates show; with lr_warmup_steps also set it is refused."""
+    train = TrainArgs(lr_warmup_steps=None, lr_warmup_fraction=0.5, global_batch_size=4, max_steps=3)
+    assert train.warmup_steps(32) == 4 and train.warmup_steps(31) == 4 and train.warmup_steps(33) == 5
+    base = make_base_checkpoint(tmp_path / "base")
+    data = write_json_dir(tmp_path / "data", 32, 8)
+    out = tmp_path / "out"
+    args = ["finetune_full", str(base), f"--out_dir={out}", "--precision=32-true", "--data=JSON",
+            f"--data.json_path={data}", "--data.prompt_style=plain", "--train.global_batch_size=4",
+            "--train.micro_batch_size=4", "--train.max_steps=3", "--eval.interval=100", "--eval.max_iters=1",
+            "--eval.initial_validation=false", "--eval.final_validation=false", "--optimizer.lr=0.01",
+            "--train.lr_warmup_steps=null", "--train.lr_warmup_fraction=0.5"]
+    main(args)
+    with open(out / "logs" / "csv" / "version_0" / "metrics.csv") as f:
+        lrs = {int(r["step"]): float(r["lr"]) for r in csv.DictReader(f) if r.get("lr")}
+    assert lrs == pytest.approx({1: 0.01 / 4, 2: 0.02 / 4, 3: 0.03 / 4})
+    err = one_line_error(capsys, args[:-2] + ["--train.lr_warmup_steps=10", "--train.lr_warmup_fraction=0.5"])
+    assert "train.lr_warmup_fraction (0.5) and train.lr_warmup_steps (10) both set the warmup" in err
 
 
 def test_example_index_follows_evaluate_example():
