@@ -116,6 +116,17 @@ def test_an_upstream_key_we_lack_is_refused_by_name(tmp_path, capsys, key, value
     assert named in err and ("is not accepted" in err or "does not accept" in err)
 
 
+@pytest.mark.parametrize("name", ["llama-3.2-1B/full.yaml", "llama-3.2-3B/lora.yaml"])
+def test_upstream_yaml_as_written_stops_at_the_missing_download(name, tmp_path, monkeypatch, capsys):
+    """Before any work: its checkpoint_dir is where `litgpt download` puts the hub's model, which is not here."""
+    monkeypatch.chdir(tmp_path)
+    repo_id = yaml.safe_load((UPSTREAM / name).read_text())["checkpoint_dir"].removeprefix("checkpoints/")
+    err = one_line_error(capsys, [command_for(UPSTREAM / name), "--config", str(UPSTREAM / name)])
+    assert err == (f"litgpt: error: checkpoint directory 'checkpoints/{repo_id}' does not exist; download the model "
+                   f"with `litgpt download {repo_id}`, or point at another checkpoint")
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------------------------------------------- Alpaca2k
 @pytest.fixture(scope="module")
 def alpaca2k_dir(tmp_path_factory) -> Path:

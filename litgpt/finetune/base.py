@@ -106,10 +106,15 @@ class Plan:
 def check_base_checkpoint(checkpoint_dir: Path) -> Config:
     """The model config of the checkpoint to fine-tune; one-line errors for a missing directory or file."""
     if not checkpoint_dir.is_dir():
-        raise FileNotFoundError(
-            f"checkpoint directory {str(checkpoint_dir)!r} does not exist; point at a model to fine-tune, e.g. "
-            "the final/ directory of a `litgpt pretrain` run"
-        )
+        from litgpt.hub import CHECKPOINTS_ROOT, is_repo_id
+
+        parts = checkpoint_dir.parts
+        repo_id = "/".join(parts[-2:])
+        if len(parts) == 3 and Path(parts[0]) == CHECKPOINTS_ROOT and is_repo_id(repo_id):  # where downloads go
+            fix = f"download the model with `litgpt download {repo_id}`, or point at another checkpoint"
+        else:
+            fix = "point at a model to fine-tune, e.g. the final/ directory of a `litgpt pretrain` run"
+        raise FileNotFoundError(f"checkpoint directory {str(checkpoint_dir)!r} does not exist; {fix}")
     for name in ("lit_model.pth", "model_config.yaml"):
         if not (checkpoint_dir / name).is_file():
             raise FileNotFoundError(
