@@ -153,6 +153,13 @@ def test_completion_and_chat_with_the_openai_client(server, reference):
     assert "".join(d.choices[0].delta.content or "" for d in deltas) == chat.choices[0].message.content
     assert deltas[-1].choices[0].finish_reason == "length"
 
+    scored = api.chat.completions.create(model="tiny", messages=messages, max_tokens=4, temperature=0, logprobs=True,
+                                         top_logprobs=2, extra_body={"ignore_eos": True})
+    content = scored.choices[0].logprobs.content
+    assert len(content) == 4 and "".join(c.token for c in content) == scored.choices[0].message.content
+    for entry in content:  # greedy: the chosen token is the likeliest of its alternatives
+        assert 1 <= len(entry.top_logprobs) <= 2 and entry.logprob == pytest.approx(entry.top_logprobs[0].logprob)
+
     models = api.models.list()
     assert [m.id for m in models.data] == ["tiny"]
     health = httpx.get(f"{url}/health").json()
