@@ -308,7 +308,7 @@ def one_line_detail(message: str, argv: list[str] = ()) -> str:
         name = cls.rsplit(".", 1)[-1]
         if cls == "torch.Tensor":
             continue
-        text = f"one of {literal.replace(chr(39), '')}" if literal else _TYPE_NAMES.get(name, f"a {cls} subclass")
+        text = f"one of {literal.replace(chr(39), '')}" if literal else _TYPE_NAMES.get(name) or _subclasses(cls)
         if text not in wanted:
             wanted.append(text)
     if "a number" in wanted and _non_finite(value):
@@ -319,6 +319,25 @@ def one_line_detail(message: str, argv: list[str] = ()) -> str:
     if not wanted:
         return joined
     return f"--{option} expects {' or '.join(wanted)}, got {value!r}"
+
+
+def _subclasses(class_path: str) -> str:
+    """`a litgpt.data.base.DataModule subclass`, with the names of this package's data modules of that kind (what
+    `--data NAME` takes; a class_path of upstream litgpt that has none here is refused with this list)."""
+    text = f"a {class_path} subclass"
+    module_name, _, name = class_path.rpartition(".")
+    if not module_name.startswith("litgpt.data"):
+        return text
+    import litgpt.data
+
+    base = getattr(importlib.import_module(module_name), name, None)
+    found, todo = set(), list(base.__subclasses__()) if isinstance(base, type) else []
+    while todo:
+        cls = todo.pop()
+        found.add(cls)
+        todo += cls.__subclasses__()
+    names = sorted(cls.__name__ for cls in found if getattr(litgpt.data, cls.__name__, None) is cls)
+    return f"{text} ({', '.join(names)})" if names else text
 
 
 def _argv_option(key: str, argv: list[str]) -> str:

@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+import litgpt.data
 import litgpt.generate.base
 import litgpt.training
 from litgpt.__main__ import main
@@ -99,7 +100,12 @@ def test_upstream_yaml_parses_and_keeps_every_value(path, capsys):
 @pytest.mark.parametrize("name", sorted(REFUSED))
 def test_upstream_data_module_we_lack_is_refused_by_name(name, capsys):
     err = one_line_error(capsys, ["pretrain", "--config", str(UPSTREAM / name)])
-    assert err.startswith("litgpt: error: --data ") and f"'{REFUSED[name]}'" in err
+    # the message lists the data modules there are: `--data NAME` takes each
+    choices = err.split("litgpt.data.base.DataModule subclass (", 1)[1].split(")", 1)[0].split(", ")
+    assert {"TextFiles", "TinyStories"} <= set(choices) and err.endswith(f"got '{REFUSED[name]}' (see --help)")
+    assert all(issubclass(getattr(litgpt.data, c), litgpt.data.DataModule) for c in choices)
+    err = one_line_error(capsys, ["finetune_lora", "--checkpoint_dir", "x", "--data", "LIMA"])  # upstream's too
+    assert "--data expects a litgpt.data.sft.SFTDataModule subclass (Alpaca, Alpaca2k, JSON" in err and "'LIMA'" in err
 
 
 @pytest.mark.parametrize("key, value, named", [
