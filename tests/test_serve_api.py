@@ -330,6 +330,17 @@ def test_disconnect_mid_stream_frees_the_sequence(server):
     assert stats["running"] == 0 and stats["free_pages"] == stats["total_pages"]
 
 
+def test_disconnect_while_waiting_for_a_whole_response_aborts_it(server):
+    url, engine = server
+    before = engine.stats()["generated_tokens"]
+    body = dict(prompt=PROMPTS[2], max_tokens=120, temperature=0, ignore_eos=True)
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up (and closes the connection) after 0.2 s
+        httpx.post(f"{url}/v1/completions", json=body, timeout=httpx.Timeout(60, read=0.2))
+    stats = settle(engine)
+    assert stats["free_pages"] == stats["total_pages"]
+    assert stats["generated_tokens"] - before < 120  # aborted, not run to its end
+
+
 def test_full_queue_is_429_and_the_api_key_is_checked(llm):
     with serving(llm, api_key="sesame", max_batch_size=1, max_queue=1) as (url, engine):
         assert httpx.get(f"{url}/v1/models").status_code == 401
