@@ -9,8 +9,8 @@ memory is merged first).
 `GPTLM` answers lm-eval's three kinds of request:
 - `loglikelihood`: (context, continuation) pairs, sorted longest first and batched (`lm_eval.models.utils.Collator`,
   which also scores continuations that share all but their last token from one row); the LM head maps only the
-  continuation's positions, so no (batch, length, vocabulary) logits are made, and only those rows' log-softmax is
-  taken, in float32.
+  continuation's positions, and their log-softmax is taken in float32 one request at a time (never for the whole
+  batch).
 - `loglikelihood_rolling`: a document's log-likelihood over lm-eval's disjoint rolling windows of the model's context
   (`lm_eval.utils.get_rolling_token_windows`), all documents' windows batched together.
 - `generate_until`: the decode session `LLM.generate` uses (greedy unless the task samples), ended at the stop
@@ -155,7 +155,8 @@ class GPTLM(TemplateLM):
     ) -> list[tuple[float, bool]]:
         """(log-probability of the continuation, whether greedy decoding gives it) for each request, computed in
         batches of `batch_size` rows sorted longest first; one row serves every request whose context +
-        continuation[:-1] is the same (a multiple-choice question's one-token answers)."""
+        continuation[:-1] is the same (a multiple-choice question's one-token answers). The host reads a batch's
+        answers once, after the batch."""
         order = Collator(
             requests,
             sort_fn=lambda req: (-len(req[1] + req[2]), tuple(req[1] + req[2])),
@@ -165,28 +166,34 @@ class GPTLM(TemplateLM):
         results: list[tuple[float, bool]] = []
         progress = tqdm(total=len(requests), disable=disable_tqdm, desc="Running loglikelihood requests")
         for chunk in order.get_batched(n=self.batch_size):
-            for (strings, context, continuation), logprobs in zip(chunk, self._continuation_logprobs(chunk)):
-                greedy = logprobs.argmax(dim=-1)  # (C,)
+            answered, logprobs, greedy = [], [], []
+            for (strings, context, continuation), (logits, lse) in zip(chunk, self._continuation_logits(chunk)):
+                argmax = logits.argmax(dim=-1)  # (C,)
                 # this row's request and those differing from it only in the last continuation token
-                for request, continuation, row_logprobs in order.get_cache(
-                    req_str=strings, cxt_toks=context, cont_toks=continuation, logits=logprobs[None]
+                for request, tokens, row_logits in order.get_cache(
+                    req_str=strings, cxt_toks=context, cont_toks=continuation, logits=logits[None]
                 ):
-                    target = torch.tensor(continuation, dtype=torch.int64, device=logprobs.device)  # (c,)
-                    scored = row_logprobs[0, -len(continuation):]  # (c, V): the trailing positions are this one's
-                    logprob = scored.gather(1, target[:, None]).sum()
-                    answer = (float(logprob), bool((greedy[-len(continuation):] == target).all()))
-                    results.append(answer)
-                    if request is not None:
-                        self.cache_hook.add_partial("loglikelihood", request, answer)
-                    progress.update(1)
+                    c = len(tokens)
+                    target = torch.tensor(tokens, dtype=torch.int64, device=logits.device)  # (c,)
+                    picked = row_logits[0, -c:].gather(1, target[:, None])[:, 0].float()  # (c,): the trailing rows
+                    logprobs.append((picked - lse[-c:]).sum())
+                    greedy.append((argmax[-c:] == target).all())
+                    answered.append(request)
+            for request, logprob, is_greedy in zip(answered, torch.stack(logprobs).tolist(),
+                                                   torch.stack(greedy).tolist()):
+                results.append((logprob, is_greedy))
+                if request is not None:
+                    self.cache_hook.add_partial("loglikelihood", request, (logprob, is_greedy))
+            progress.update(len(answered))
         progress.close()
         return order.get_original(results)
 
     @torch.inference_mode()
-    def _continuation_logprobs(self, chunk: list[TokenRequest]) -> list[torch.Tensor]:
-        """Per request of the batch, the float32 log-softmax (C, V) at the positions that predict its C continuation
-        tokens. The rows are context + continuation without the last token, cut to the last max_length tokens and
-        right-padded; the LM head maps only the continuation's positions (`head_at`)."""
+    def _continuation_logits(self, chunk: list[TokenRequest]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per request of the batch, the logits (C, V) at the positions that predict its C continuation tokens and
+        their log-sum-exp (C,) in float32 (a log-probability is a logit minus it). The rows are context +
+        continuation without the last token, cut to the last max_length tokens and right-padded; the LM head maps
+        only the continuation's positions (`head_at`), and float32 is taken one request at a time."""
         inputs, spans = [], []
         for _, context, continuation in chunk:
             if not context or not continuation:
@@ -203,9 +210,9 @@ class GPTLM(TemplateLM):
         cols = torch.cat([torch.arange(start, end) for start, end in spans])  # (N,)
         device = self.device
         with head_at(self.model, rows.to(device), cols.to(device)):
-            logits = self.model(idx.to(device))  # (N, V): the continuation positions only
-        logprobs = F.log_softmax(logits.float(), dim=-1)  # (N, V)
-        return list(logprobs.split([end - start for start, end in spans]))
+            logits = self.model(idx.to(device))  # (N, V): the continuation positions only, in the model's dtype
+        per_request = logits.split([end - start for start, end in spans])  # (C, V) each
+        return [(row_logits, torch.logsumexp(row_logits.float(), dim=-1)) for row_logits in per_request]
 
     def loglikelihood_rolling(self, requests: list["Instance"], disable_tqdm: bool = False) -> list[float]:
         """Each document's log-likelihood, every token predicted once: lm-eval's disjoint rolling windows of at most
@@ -269,7 +276,9 @@ class GPTLM(TemplateLM):
         if kwargs["do_sample"]:
             params = SamplingParams(kwargs.get("temperature", 1.0), kwargs.get("top_k"), kwargs.get("top_p", 1.0))
         keep = self.max_length - max_new  # the contexts' last tokens that leave room for the generation
-        prompts = [torch.tensor(self.tok_encode(c)[-keep:], dtype=torch.int64) for c in contexts]
+        # an empty context is the prefix token alone, as for a loglikelihood request
+        prompts = [torch.tensor(self.tok_encode(c)[-keep:] or [self.prefix_token_id], dtype=torch.int64)
+                   for c in contexts]
         rows = self.generate_ids(prompts, max_new, params, until)
         return [postprocess_generated_text(self.tok_decode(ids), until, None) for ids in rows]
 
