@@ -299,6 +299,14 @@ def test_bad_input_is_refused_in_one_line(args, message, tmp_path, capsys, offli
     assert not (ckpt / "evaluate").exists()
 
 
+def test_without_tasks_the_task_names_are_listed(tmp_path, capsys, shared_tasks):
+    ckpt = checkpoint(tmp_path / "ckpt", tiny())
+    main(["evaluate", str(ckpt), "--include_path", str(shared_tasks)])
+    names = capsys.readouterr().out.splitlines()
+    assert {"local_mc", "local_ppl", "hellaswag", "lambada_openai"} <= set(names) and names == sorted(names)
+    assert not (ckpt / "evaluate").exists()
+
+
 # ------------------------------------------------------------------------------------------------ README
 def test_readme_evaluate_command_runs_as_written(tmp_path, monkeypatch, capsys):
     """The README's Evaluate command, run as written in a copy of the repository's task folder, on a tiny
