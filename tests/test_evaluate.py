@@ -110,6 +110,7 @@ def test_loglikelihood_and_rolling_agree_with_lm_evals_hf_model(layout, tmp_path
 def test_generate_until_equals_llm_generate_greedy(tmp_path):
     llm = load(checkpoint(tmp_path, tiny("debug-mla")))
     lm = GPTLM(llm, batch_size=2)
+    scored = lm.loglikelihood(requests("loglikelihood", PAIRS), disable_tqdm=True)
     contexts = ["The cat saw the dog.", "Hello", "You are a helpful assistant named"]
     expected = [llm.generate(c, max_new_tokens=12, temperature=0.0) for c in contexts]
     assert len(set(expected)) == 3 and all(expected)
@@ -121,6 +122,8 @@ def test_generate_until_equals_llm_generate_greedy(tmp_path):
     cut = lm.generate_until(requests("generate_until", [(contexts[0], {"until": [stop], "max_gen_toks": 12})]),
                             disable_tqdm=True)
     assert cut == [expected[0].split(stop)[0]] and len(cut[0]) < len(expected[0])
+    # scoring after decoding (a KV cache set, folded decode weights) is unchanged
+    assert lm.loglikelihood(requests("loglikelihood", PAIRS), disable_tqdm=True) == scored
     with pytest.raises(ValueError, match=r"generation settings \['num_beams'\] are not supported"):
         lm.generate_until(requests("generate_until", [(contexts[0], {"until": [], "num_beams": 4})]))
 
