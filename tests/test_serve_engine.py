@@ -296,3 +296,15 @@ def test_the_captured_step_on_cuda_decodes_as_the_eager_one(llms, case):
         assert engine.pool.free_pages == engine.pool.capacity
     assert outputs["cuda_graph"] == outputs["eager"]
     assert [len(t) for t in outputs["eager"]] == [r.max_tokens for r in requests]
+
+
+def test_generate_feeds_more_requests_than_the_queue_holds(llms):
+    llm = llms["debug-gqa"]
+    requests = [GenerationRequest(prompt_ids(i, 4), 3, ignore_eos=True) for i in range(5)]
+    for threaded in (False, True):
+        engine = engine_for(llm, max_batch_size=1, max_queue=2)
+        if threaded:
+            engine.start()
+        out = engine.generate(requests)
+        engine.shutdown()
+        assert [len(tokens(e)) for e in out] == [3] * 5 and engine.stats()["peak_running"] == 1

@@ -28,6 +28,7 @@ import math
 import queue
 import random
 import threading
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import AsyncIterator, Iterator, Optional, Sequence, Union
@@ -363,10 +364,8 @@ class Engine:
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[TokenEvent]]:
         """Run `requests` to the end and return each one's events. With the loop started, this waits on it;
-        otherwise it runs the loop's steps in the calling thread (more requests than max_queue are fed in as the
-        queue drains)."""
-        if self._thread is not None:
-            return [list(stream) for stream in [self.submit(r) for r in requests]]
+        otherwise it runs the loop's steps in the calling thread. More requests than max_queue are fed in as the
+        queue drains."""
         streams = []
         for request in requests:
             while True:
@@ -374,7 +373,12 @@ class Engine:
                     streams.append(self.submit(request))
                     break
                 except QueueFull:
-                    self._step()
+                    if self._thread is None:
+                        self._step()
+                    else:
+                        time.sleep(0.001)  # the loop drains the queue
+        if self._thread is not None:
+            return [list(stream) for stream in streams]
         while not all(stream.finished for stream in streams):
             self._step()
         return [list(stream) for stream in streams]
