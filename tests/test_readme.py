@@ -341,3 +341,69 @@ def test_converted_mla_model_fine_tunes_to_the_readmes_answer(walkthrough):
     out = run_litgpt(command(text, "generate"), walkthrough).stdout
     (expected,) = text_blocks(text)
     assert out == expected == f"{LEN_PROMPT}\nReturn the number of items in a container.\n"
+
+
+# ----------------------------------------------------------------------------------------------- real checkpoints
+def python_module_command(text: str, module: str) -> list[str]:
+    """The arguments of the text's one `python -m MODULE ...` command (in its ```bash blocks)."""
+    found = [shlex.split(line, comments=True)[3:] for lang, body, _ in fenced_blocks(text)
+             if lang in ("bash", "sh", "shell") for line in body.splitlines()
+             if shlex.split(line, comments=True)[:3] in (["python", "-m", module], ["python3", "-m", module])]
+    assert len(found) == 1, f"expected one `python -m {module} ...` command, found {found}"
+    return found[0]
+
+
+def test_real_checkpoints_run_offline_as_written(tmp_path, monkeypatch):
+    """The section's commands as written, in order, with the hub switched off: a tiny random Llama 3 directory,
+    `download --source_dir`, `chat` with the checkpoint's template (its context is apply_chat_template's ids and the
+    reply), the LoRA fine-tune on the template-framed records (the validation loss falls), the conversion to MLA
+    (the KV bytes the README states) and `generate` (the prompt framed as the README shows)."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    text = section("Real checkpoints")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: any hub request would fail
+    (data_block,) = [b for b, _ in BLOCKS if "data/builtins.json" in b]
+    subprocess.run([sys.executable, "-c", data_block], cwd=tmp_path, check=True, timeout=120, capture_output=True)
+
+    make = python_module_command(text, "litgpt.scripts.make_tiny_hf_model")
+    pythonpath = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    subprocess.run([sys.executable, "-m", "litgpt.scripts.make_tiny_hf_model", *make], cwd=tmp_path, check=True,
+                   timeout=COMMAND_TIMEOUT_S, capture_output=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(pythonpath)))
+    hf_dir = tmp_path / make[make.index("--out_dir") + 1]
+    assert json.loads((hf_dir / "config.json").read_text())["rope_parameters"]["rope_type"] == "llama3"
+    assert "chat_template" in json.loads((hf_dir / "tokenizer_config.json").read_text())
+
+    download = command(text, "download")
+    repo_id = download[1]
+    out = run_litgpt(download, tmp_path).stdout
+    assert f"converted {repo_id} to checkpoints/{repo_id}/lit_model.pth" in out, out
+
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("printf ") and "| litgpt chat" in ln]
+    message = shlex.split(line.split("|", 1)[0])[1].encode().decode("unicode_escape")
+    chat = run_litgpt(command(text, "chat"), tmp_path, stdin=message)
+    assert chat.stdout.count(">> Reply: ") == 1, chat.stdout
+    ((replied, in_context),) = [tuple(map(int, m)) for m in
+                                re.findall(r"\[(\d+) tokens in .*?(\d+) in context\]", chat.stderr)]
+    template_ids = AutoTokenizer.from_pretrained(str(hf_dir)).apply_chat_template(
+        [{"role": "user", "content": message.strip()}], add_generation_prompt=True, tokenize=True)
+    template_ids = list(template_ids["input_ids"] if not isinstance(template_ids, list) else template_ids)
+    # the cache holds the prompt and the reply but its last token, sampled and not yet fed back
+    assert in_context == len(template_ids) + replied - 1 and replied > 0, chat.stderr
+
+    finetune = command(text, "finetune_lora")
+    log = run_litgpt(finetune, tmp_path)
+    val = [float(v) for v in re.findall(r"val loss (\d+\.\d+)", log.stdout + log.stderr)]
+    assert len(val) >= 2 and val[-1] < val[0] - 0.5, val
+    final = tmp_path / finetune[finetune.index("--out_dir") + 1] / "final"
+    assert yaml.safe_load((final / "prompt_style.yaml").read_text())["name"] == "chat_template"
+
+    report = run_litgpt(command(text, "convert_to_mla"), tmp_path).stdout
+    (kv_line,) = [ln for ln in report.splitlines() if ln.startswith("total KV bytes per token: ")]
+    assert kv_line in text, f"the README does not state the conversion's {kv_line!r}"
+
+    out = run_litgpt(command(text, "generate"), tmp_path).stdout
+    (expected,) = text_blocks(text)
+    assert out.startswith(expected) and len(out) > len(expected), out

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -164,17 +163,18 @@ TOKENIZER_TEXT_BYTES = 1_000_000  # of the standard library's source: a 1,024-to
 
 def make_tokenizer(out_dir: Path, layout: TinyLayout, vocab_size: int) -> "Any":
     """tokenizer.json (a `vocab_size`-token BPE trained by `litgpt.scripts.train_tokenizer`, then the layout's
-    special tokens) and tokenizer_config.json (its BOS/EOS and chat template); returns the `tokenizers.Tokenizer`."""
+    special tokens) and tokenizer_config.json (its BOS/EOS and chat template) in `out_dir`; returns the
+    `tokenizers.Tokenizer`."""
     from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, processors
 
     from litgpt.data.stdlib_text import StdlibText
     from litgpt.scripts.train_tokenizer import ENDOFTEXT, train_tokenizer
 
     added = [t for t in layout.special_tokens if t != ENDOFTEXT]  # the trained BPE has ENDOFTEXT (id 0)
-    with tempfile.TemporaryDirectory() as scratch:
-        trained = train_tokenizer(StdlibText(cache_dir=Path(scratch), max_bytes=TOKENIZER_TEXT_BYTES), Path(scratch),
-                                  vocab_size=vocab_size - len(added), min_frequency=2, max_chars=None)
-        tokenizer = Tokenizer.from_file(str(trained / "tokenizer.json"))
+    # StdlibText only reads the library's files here (its cache_dir is for tokenized splits, which are not made)
+    train_tokenizer(StdlibText(max_bytes=TOKENIZER_TEXT_BYTES), out_dir, vocab_size=vocab_size - len(added),
+                    min_frequency=2, max_chars=None)
+    tokenizer = Tokenizer.from_file(str(out_dir / "tokenizer.json"))
     tokenizer.add_special_tokens(added)
     if layout.pretokenize_regex is not None:
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
@@ -186,7 +186,6 @@ def make_tokenizer(out_dir: Path, layout: TinyLayout, vocab_size: int) -> "Any":
         bos = layout.bos_token
         tokenizer.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.token_to_id(bos))])
-    out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(out_dir / "tokenizer.json"))
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
