@@ -194,3 +194,36 @@ def generate_text(main, directory, extra: list[str]) -> str:
         main(["generate", str(directory), "--prompt", "What does len do?", "--max_new_tokens", "10",
               "--temperature", "0", "--device", "cpu", *extra])
     return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "args, installed, message",
+    [
+        (["--layout", "gpt2"], True, "--layout 'gpt2' is not a tiny layout; choose one of llama, qwen2, mistral, "
+                                     "deepseek_v2, deepseek_v3, glm4_moe_lite, youtu"),
+        (["--vocab_size", "300"], True, "--vocab_size must be at least 512 (the 256 bytes, the special tokens, "
+                                        "merges), got 300"),
+        ([], True, "holds a model already (config.json); pass a new --out_dir"),
+        (["--layout", "qwen2"], False, "make_tiny_hf_model builds the model with transformers, which is not "
+                                       "installed; run `pip install transformers`"),
+    ],
+)
+def test_make_tiny_hf_model_bad_input_is_one_line(args, installed, message, tmp_path, capsys, monkeypatch):
+    """Refused in one line (exit 2) before anything is written: an unknown layout, a vocabulary too small, a
+    directory that holds a model (no arguments but --out_dir), an environment without transformers."""
+    import importlib.util
+
+    from litgpt.__main__ import run_script
+
+    (tmp_path / "config.json").write_text("{}")
+    out_dir = tmp_path if not args else tmp_path / "new"
+    if not installed:
+        find_spec = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *rest: None if name == "transformers" else find_spec(name, *rest))
+    with pytest.raises(SystemExit) as info:
+        run_script(make_tiny_hf_model, ["--out_dir", str(out_dir), *args], as_positional=False)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "new").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]

@@ -23,6 +23,7 @@ Layouts (the architecture, the settings that make it that family, and the chat t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from dataclasses import dataclass, field
@@ -214,15 +215,15 @@ def make_tiny_hf_model(out_dir: Path, layout: str = "llama", vocab_size: int = 1
     spec = LAYOUTS[layout]
     out_dir = Path(out_dir)
     if (out_dir / "config.json").exists():
-        raise FileExistsError(f"{str(out_dir)!r} holds a model already (config.json); pass a new --out_dir")
+        raise ValueError(f"--out_dir {str(out_dir)!r} holds a model already (config.json); pass a new --out_dir")
     if vocab_size < 512:
         raise ValueError(f"--vocab_size must be at least 512 (the 256 bytes, the special tokens, merges), got "
                          f"{vocab_size}")
-    try:
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
-    except ImportError as e:
-        raise ImportError(f"make_tiny_hf_model builds the model with transformers ({e}); pip install transformers")
+    if importlib.util.find_spec("transformers") is None:
+        raise ValueError("make_tiny_hf_model builds the model with transformers, which is not installed; run "
+                         "`pip install transformers`")
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     tokenizer = make_tokenizer(out_dir, spec, vocab_size)
     ids = {token: tokenizer.token_to_id(token) for token in spec.special_tokens}
