@@ -84,7 +84,7 @@ def test_converted_checkpoint_gives_transformers_logits(downloaded):
     model = load_checkpoint(checkpoint, dtype=torch.float32).eval()
     assert model.config.vocab_size == VOCAB and (model.config.latent_attention is not None) == (
         LAYOUTS[case.split("-")[0]].model_type not in ("llama", "qwen2", "mistral"))
-    idx = torch.randint(0, VOCAB, (2, SEQ))
+    idx = torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ours, theirs = model(idx), hf_model(idx).logits
     scale = theirs.abs().max()
@@ -113,11 +113,6 @@ def test_converted_tokenizer_and_chat_template_give_transformers_ids(downloaded)
         assert tokenizer.encode(style.render(messages)).tolist() == expected
 
 
-def first_stop(ids: list[int], stops: set[int]) -> list[int]:
-    """ids up to (without) the first stop id."""
-    return next((ids[:i] for i, t in enumerate(ids) if t in stops), ids)
-
-
 def test_llm_frames_a_prompt_with_the_template_as_apply_chat_template(downloaded):
     """`LLM.load` reads the checkpoint's chat template: the ids it feeds for a prompt are apply_chat_template's."""
     _, _, hf_tokenizer, checkpoint = downloaded
@@ -129,6 +124,11 @@ def test_llm_frames_a_prompt_with_the_template_as_apply_chat_template(downloaded
         expected = list(expected["input_ids"] if not isinstance(expected, list) else expected)
         sys_prompt = system[0]["content"] if system else None
         assert llm.encode_prompts([user["content"]], sys_prompt=sys_prompt)[0].tolist() == expected
+
+
+def first_stop(ids: list[int], stops: set[int]) -> list[int]:
+    """ids up to (without) the first stop id."""
+    return next((ids[:i] for i, t in enumerate(ids) if t in stops), ids)
 
 
 @pytest.mark.parametrize("downloaded", ["llama", "deepseek_v3-fp8"], indirect=True)
