@@ -23,7 +23,7 @@ import litgpt.generate.base
 import litgpt.training
 from litgpt.__main__ import main
 from litgpt.args import TrainArgs
-from litgpt.data import Alpaca, Alpaca2k
+from litgpt.data import JSON, Alpaca, Alpaca2k
 from litgpt.data.sft import SFTDataset
 from litgpt.finetune.base import example_index
 from litgpt.model import GPT
@@ -161,6 +161,12 @@ def test_alpaca2k_refuses_what_it_would_ignore(capsys):
     with pytest.raises(ValueError, match="num_workers=2 and loader_workers=1 disagree"):
         Alpaca(num_workers=2, loader_workers=1)
     assert Alpaca(num_workers=2).loader_workers == 2
+
+
+def test_json_data_takes_upstreams_num_workers_as_loader_workers():
+    assert JSON(json_path="train.json", val_split_fraction=0.1, num_workers=3).loader_workers == 3
+    with pytest.raises(ValueError, match="JSON: num_workers=3 and loader_workers=2 disagree"):
+        JSON(json_path="train.json", num_workers=3, loader_workers=2)
 
 
 # ---------------------------------------------------------------------------------------------------- what reaches Fabric

@@ -64,12 +64,7 @@ class Alpaca(SFTDataModule):
 
     def __post_init__(self, num_workers: Optional[int] = None) -> None:
         self.download_dir = Path(self.download_dir)
-        if num_workers is not None:
-            if self.loader_workers not in (0, num_workers):
-                raise ValueError(f"{type(self).__name__}: num_workers={num_workers} and loader_workers="
-                                 f"{self.loader_workers} disagree; pass only one (num_workers is upstream's name)")
-            self.loader_workers = num_workers
-        self._check_fields()
+        self._check_fields(num_workers)
         check_fraction(type(self).__name__, self.val_split_fraction)
 
     @property

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -28,6 +28,7 @@ class JSON(SFTDataModule):
         ignore_index: the label of positions that carry no loss weight (a masked prompt, padding).
         seed: seed of the validation hold-out.
         loader_workers: DataLoader worker processes (0: in the training process; the samples are in memory).
+        num_workers: upstream litgpt's name of loader_workers (give one of the two).
     """
 
     json_path: Path
@@ -37,10 +38,11 @@ class JSON(SFTDataModule):
     ignore_index: int = DEFAULT_IGNORE_INDEX
     seed: int = 42
     loader_workers: int = 0
+    num_workers: InitVar[Optional[int]] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, num_workers: Optional[int] = None) -> None:
         self.json_path = Path(self.json_path)
-        self._check_fields()
+        self._check_fields(num_workers)
         check_fraction("JSON", self.val_split_fraction)
 
     def records(self) -> tuple[list[dict[str, str]], list[dict[str, str]]]:

@@ -263,9 +263,15 @@ class SFTDataModule:
             self.setup()
         return self._datasets[split]
 
-    def _check_fields(self) -> None:
-        """For a subclass's `__post_init__`: one-line errors for bad field values."""
+    def _check_fields(self, num_workers: Optional[int] = None) -> None:
+        """For a subclass's `__post_init__`: take upstream litgpt's `num_workers` as loader_workers, and one-line
+        errors for bad field values."""
         name = type(self).__name__
+        if num_workers is not None:
+            if self.loader_workers not in (0, num_workers):
+                raise ValueError(f"{name}: num_workers={num_workers} and loader_workers={self.loader_workers} "
+                                 "disagree; pass only one (num_workers is upstream litgpt's name)")
+            self.loader_workers = num_workers
         if self.prompt_style not in style_names():
             raise ValueError(f"{name}: unknown prompt_style {self.prompt_style!r}; choose one of {style_names()}")
         if isinstance(self.ignore_index, bool) or not isinstance(self.ignore_index, int) or self.ignore_index >= 0:
