@@ -162,9 +162,10 @@ def bnb_packs_for_avx512_bf16() -> bool:
 @needs_bnb_cpu
 @pytest.mark.xfail(
     bnb_packs_for_avx512_bf16(), strict=True,
-    reason="bitsandbytes' AVX512-BF16 CPU kernel (Linear4bit in eval mode) rounds each quantized linear's output to "
-           "bfloat16 although quantize_linears asks for float32 compute: the text departs from the dequantized "
-           "model's, and a nested (-dq) weight narrower than its 64-wide blocks fails to repack")
+    reason="bitsandbytes' AVX512-BF16 CPU kernel (Linear4bit in eval mode) computes each quantized linear in "
+           "bfloat16 although quantize_linears asks for float32: the text departs from the dequantized model's; and "
+           "a weight whose input width is not a multiple of its 64-wide blocks (a 48-wide q_lora_rank) fails to "
+           "repack for it")
 @pytest.mark.parametrize("downloaded, mode", [("llama", "bnb.nf4"), ("deepseek_v3", "bnb.fp4-dq")],
                          indirect=["downloaded"])
 def test_quantized_generate_of_a_converted_checkpoint_is_the_dequantized_models(downloaded, mode, tmp_path):
