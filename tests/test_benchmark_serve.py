@@ -14,6 +14,7 @@ from litgpt.benchmark.serve import (
     level_row,
     percentile,
     prompt_windows,
+    token_gaps,
 )
 from test_generate import make_checkpoint
 
@@ -24,6 +25,12 @@ def test_percentile_interpolates_between_ranks():
     assert percentile([4.0, 1.0, 3.0, 2.0], 50) == pytest.approx(2.5)
     assert percentile(list(range(101)), 99) == pytest.approx(99.0)
     assert percentile([0.0, 10.0], 99) == pytest.approx(9.9)
+
+
+def test_token_gaps_share_the_wait_of_tokens_that_arrive_together():
+    assert token_gaps([1.0, 1.3, 1.3, 1.3, 1.5]) == pytest.approx([0.1, 0.1, 0.1, 0.2])
+    assert token_gaps([2.0, 2.0, 2.4]) == pytest.approx([0.4])  # the second token came with the first
+    assert token_gaps([0.5]) == [] and token_gaps([]) == []
 
 
 def test_level_row_counts_tokens_and_latencies():

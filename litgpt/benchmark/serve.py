@@ -15,8 +15,8 @@ peer as their text; each asks for `max_tokens` new tokens (ours with `ignore_eos
 
 Measured per level, as the client sees it: output tokens/s (every completed request's new tokens, over the level's
 wall time), requests/s, time to first token (send to the first streamed token) p50/p99, inter-token latency (the
-gaps between consecutive streamed tokens, over all requests) p50/p99, and, polled from our server's /health every
-0.2 s, the most sequences running at once and the device's peak memory. Ours counts tokens from the response's
+gaps between consecutive streamed tokens, over all requests; `token_gaps`) p50/p99, and, polled from our server's
+/health every 0.05 s, the most sequences running at once and the device's peak memory. Ours counts tokens from the response's
 usage; the peer's are counted by tokenizing its text. results.json (rows and meta), results.md (the table) and
 serve.png (the plots) are written to out_dir after every level.
 """
@@ -42,7 +42,7 @@ from typing import Any, Optional
 from litgpt.utils import atomic_write
 
 TOOL_OURS, TOOL_UPSTREAM = "litgpt serve", "upstream litgpt serve"
-HEALTH_POLL_S = 0.2
+HEALTH_POLL_S = 0.05
 WARMUP_REQUESTS = 4
 ROW_KEYS = ("tool", "model", "checkpoint", "mode", "level", "requests", "completed", "failed", "prompt_tokens",
             "max_tokens", "wall_s", "output_tokens", "output_tokens_per_s", "requests_per_s", "ttft_p50_ms",
@@ -72,10 +72,23 @@ class RequestResult:
     error: Optional[str] = None
 
 
+def token_gaps(times: list[float]) -> list[float]:
+    """Inter-token latencies from token arrival times: a read that brings k tokens after waiting g since the last
+    read counts k gaps of g / k (a server that falls behind sends several tokens at once; their wait is shared, not
+    one long gap and k - 1 of zero). Tokens that came with the first one have no wait of their own to count."""
+    reads: list[list] = []  # [arrival time, tokens], in order
+    for t in times:
+        if reads and reads[-1][0] == t:
+            reads[-1][1] += 1
+        else:
+            reads.append([t, 1])
+    return [(t - before) / k for (before, _), (t, k) in zip(reads, reads[1:]) for _ in range(k)]
+
+
 def level_row(results: list[RequestResult], wall_s: float, **base: Any) -> dict:
     """The table row of one level from its requests."""
     done = [r for r in results if r.ok]
-    gaps = [b - a for r in done for a, b in zip(r.token_times_s, r.token_times_s[1:])]
+    gaps = [gap for r in done for gap in token_gaps(r.token_times_s)]
     ttfts = [r.ttft_s for r in done if r.ttft_s is not None]
     tokens = sum(r.output_tokens for r in done)
     errors = sorted({r.error for r in results if r.error})
@@ -378,6 +391,7 @@ def benchmark_serve(
     precision: Optional[str] = None,
     peer_python: Optional[Path] = None,
     peer_checkpoint_dir: Optional[Path] = None,
+    peer_concurrency: Optional[list[int]] = [1],
     extra_args: Optional[list[str]] = None,
     out_dir: Path = Path("out/benchmark/serve"),
     startup_timeout_s: float = 900.0,
@@ -400,6 +414,8 @@ def benchmark_serve(
         peer_python: the python of a venv with upstream litgpt; its `litgpt serve --stream true` is driven too (it
             serves one request at a time).
         peer_checkpoint_dir: the checkpoint the peer serves (default: the last of checkpoint_dirs).
+        peer_concurrency: the concurrency levels the peer runs (null: every level; it serves one request at a time,
+            about 10 tokens/s on an H200, so its levels take long).
         extra_args: more options for our `litgpt serve` (`--extra_args '[--page_size, "32"]'`).
         out_dir: where results.json, results.md and serve.png go.
         startup_timeout_s: how long a server may take to answer /health.
@@ -447,13 +463,20 @@ def benchmark_serve(
     def count_for(mode: str, level: float) -> int:
         return num_requests if num_requests is not None else max(8, int(4 * level))
 
-    total = sum(count_for(m, lv) for m, lv in levels) * (len(checkpoint_dirs) + (peer_python is not None))
+    peer_levels = [(m, lv) for m, lv in levels if peer_concurrency is None or (m, lv) in
+                   [("concurrency", c) for c in peer_concurrency]]
+    if peer_python is not None and not peer_levels:
+        raise ValueError(f"--peer_concurrency {peer_concurrency} names none of the levels; pick from {concurrency}")
+    total = (sum(count_for(m, lv) for m, lv in levels) * len(checkpoint_dirs)
+             + (sum(count_for(m, lv) for m, lv in peer_levels) if peer_python is not None else 0))
     progress = tqdm(total=total, desc="benchmark serve", unit="request")
 
-    def drive(server: Server, tool: str, checkpoint_dir: Path, tokenizer: Tokenizer) -> None:
+    def drive(server: Server, tool: str, checkpoint_dir: Path, tokenizer: Tokenizer,
+              levels: list[tuple[str, float]]) -> None:
         ids = tokenizer.encode(text).tolist()
         model = _model_name(checkpoint_dir)
-        prompts = prompt_windows(ids, prompt_tokens, max(count_for(m, lv) for m, lv in levels), seed)
+        prompts = prompt_windows(ids, prompt_tokens, max(WARMUP_REQUESTS, *(count_for(m, lv) for m, lv in levels)),
+                                 seed)
         if server.ours:
             def send(client: Any, i: int) -> Any:
                 return send_ours(client, server.url, prompts[i], max_tokens, temperature, seed + i)
@@ -485,11 +508,11 @@ def benchmark_serve(
             write_results(out_dir, meta, rows)
 
     def serve_and_drive(command: list[str], port: int, ours: bool, tool: str, checkpoint_dir: Path,
-                        env: Optional[dict] = None, cwd: Optional[str] = None) -> None:
+                        levels: list[tuple[str, float]], env: Optional[dict] = None, cwd: Optional[str] = None) -> None:
         tokenizer = Tokenizer(checkpoint_dir)
         server = Server(command, port, ours, env, cwd)
         try:
-            drive(server, tool, checkpoint_dir, tokenizer)
+            drive(server, tool, checkpoint_dir, tokenizer, levels)
         except RuntimeError as e:
             rows.append({**{k: None for k in ROW_KEYS}, "tool": tool, "model": _model_name(checkpoint_dir),
                          "checkpoint": str(checkpoint_dir), "mode": "-", "level": None, "requests": 0,
@@ -509,15 +532,16 @@ def benchmark_serve(
                 command += ["--kv_cache_gib", str(kv_cache_gib)]
             if precision is not None:
                 command += ["--precision", precision]
-            serve_and_drive(command + list(extra_args or []), port, True, TOOL_OURS, checkpoint_dir)
+            serve_and_drive(command + list(extra_args or []), port, True, TOOL_OURS, checkpoint_dir, levels)
         if peer_python is not None:
             port = free_port()
             env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
             with tempfile.TemporaryDirectory(prefix="benchmark-serve-peer-") as cwd:  # so it imports its own litgpt
+                # --timeout: LitServe's default answers a request still waiting after 30 s with 504
                 command = [str(peer_python), "-m", "litgpt", "serve", str(peer_checkpoint.resolve()), "--port",
                            str(port), "--stream", "true", "--max_new_tokens", str(max_tokens), "--temperature",
-                           str(temperature)]
-                serve_and_drive(command, port, False, TOOL_UPSTREAM, peer_checkpoint, env, cwd)
+                           str(temperature), "--accelerator", accelerator, "--timeout", "100000"]
+                serve_and_drive(command, port, False, TOOL_UPSTREAM, peer_checkpoint, peer_levels, env, cwd)
     finally:
         progress.close()
     write_results(out_dir, meta, rows)
