@@ -396,6 +396,20 @@ def sse(data: Any) -> bytes:
 
 
 # ------------------------------------------------------------------------------------------------ the server
+class ClosingStreamingResponse(StreamingResponse):
+    """A streamed response that calls `on_close` however it ends: sent to the end, or cut by the client."""
+
+    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+
+
 class OpenAIServer:
     """The routes' logic: requests to `GenerationRequest`s, the engine's events to OpenAI's responses."""
 
@@ -553,14 +567,8 @@ class OpenAIServer:
                 for task in tasks:
                     task.cancel()
 
-        class Response(StreamingResponse):
-            async def __call__(inner, scope: Any, receive: Any, send: Any) -> None:  # noqa: N805
-                try:
-                    await super().__call__(scope, receive, send)
-                finally:
-                    self.abort(streams, finished)
-
-        return Response(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return ClosingStreamingResponse(events(), lambda: self.abort(streams, finished),
+                                        media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     def envelope(self, kind: str) -> dict:
         prefix = "cmpl" if kind == "text_completion" else "chatcmpl"
@@ -675,10 +683,9 @@ class OpenAIServer:
         self.check_model(body.model)
         prompt = chat_prompt_ids(body.messages, self.model.prompt_style, self.model.tokenizer)
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        max_tokens = self.defaults.max_tokens if max_tokens is None else max_tokens
-        if max_tokens is not None and len(prompt) + max_tokens > self.model.max_seq_length and (
-                body.max_tokens is None and body.max_completion_tokens is None):
-            max_tokens = None  # the server's default only caps the reply: the rest of the context when it is less
+        room = self.model.max_seq_length - len(prompt)
+        if max_tokens is None and self.defaults.max_tokens is not None and self.defaults.max_tokens < room:
+            max_tokens = self.defaults.max_tokens  # the server's default caps a reply; None: the rest of the context
         top = (body.top_logprobs or 0) if body.logprobs else None
         streams = self.submit([self.generation_request(body, prompt, max_tokens, "messages", top)], "messages")
         if body.stream:
