@@ -422,6 +422,16 @@ def test_sigterm_finishes_the_requests_in_flight(checkpoint):
         process.wait()
 
 
+def test_model_names(tmp_path, monkeypatch):
+    from litgpt.serve.cli import model_names
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints" / "EleutherAI" / "pythia-160m").mkdir(parents=True)
+    assert model_names(Path("checkpoints/EleutherAI/pythia-160m")) == (
+        "EleutherAI/pythia-160m", ("checkpoints/EleutherAI/pythia-160m",))
+    assert model_names(Path("out/pretrain/final")) == ("out/pretrain/final", ())
+
+
 def test_serve_refuses_bad_options_in_one_line(checkpoint, capsys):
     from litgpt.__main__ import main
 
