@@ -160,8 +160,8 @@ def quantize_linears(model: torch.nn.Module, quantize: str, device: Optional[tor
                                       compress_statistics=double, device="meta")
             layer.weight = bnb.nn.Params4bit(weight.data, requires_grad=False, quant_type=quant_type,
                                              compress_statistics=double)
-            if linear.out_features % CPU_PACKED_ROWS and hasattr(layer, "support_avx512bf16_for_cpu"):
-                layer.support_avx512bf16_for_cpu = False  # its CPU repacking needs whole blocks of rows
+            if hasattr(layer, "support_avx512bf16_for_cpu") and not cpu_bf16_kernel_applies(linear, weight.dtype):
+                layer.support_avx512bf16_for_cpu = False
         if bias is not None:
             layer.bias = torch.nn.Parameter(bias.data, requires_grad=False)
         setattr(parent, child, layer.to(weight.device if device is None else device))  # moving quantizes them
@@ -171,6 +171,14 @@ def quantize_linears(model: torch.nn.Module, quantize: str, device: Optional[tor
             if not isinstance(module, quantized_types):
                 module._apply(lambda t: t.to(device), recurse=False)
     return [name for name, _ in targets]
+
+
+def cpu_bf16_kernel_applies(linear: torch.nn.Linear, dtype: torch.dtype) -> bool:
+    """Whether bitsandbytes' AVX512-BF16 CPU kernel computes this 4-bit layer as asked: it computes in bfloat16
+    whatever the compute dtype (so only a bfloat16 model may use it), and its repacking needs whole blocks of
+    CPU_PACKED_ROWS rows and input widths in multiples of the 64-weight quantization block."""
+    return (dtype == torch.bfloat16 and linear.out_features % CPU_PACKED_ROWS == 0
+            and linear.in_features % 64 == 0)
 
 
 def has_quantized_weights(model: torch.nn.Module) -> bool:

@@ -26,6 +26,7 @@ from litgpt.lora import (
 )
 from litgpt.projection import dense_weight
 from litgpt.quantize import (
+    cpu_bf16_kernel_applies,
     INSTALL_HINT,
     QUANTIZE_MODES,
     check_quantize,
@@ -409,6 +410,15 @@ def test_quantized_chat_replies_as_the_dequantized_model(tmp_path, capsys, monke
         main(["chat", str(directory), "--max_new_tokens", "8", "--temperature", "0", "--device", "cpu", *extra])
         replies.append(capsys.readouterr().out)
     assert replies[0] == replies[1] and replies[0].count(">> Reply: ") == 2
+
+
+def test_the_cpu_bf16_kernel_serves_only_bfloat16_layers_of_whole_blocks():
+    """bitsandbytes' AVX512-BF16 CPU kernel computes in bfloat16 and repacks whole blocks: a float32 model must not
+    use it (its text would depart from the dequantized model's), nor a 48-wide input (its repacking fails)."""
+    assert cpu_bf16_kernel_applies(nn.Linear(64, 32), torch.bfloat16)
+    assert not cpu_bf16_kernel_applies(nn.Linear(64, 32), torch.float32)
+    assert not cpu_bf16_kernel_applies(nn.Linear(48, 32), torch.bfloat16)
+    assert not cpu_bf16_kernel_applies(nn.Linear(64, 48), torch.bfloat16)
 
 
 @needs_bnb_cpu

@@ -150,22 +150,7 @@ def test_llm_continues_a_chat_prompt_greedily_as_transformers_generate(downloade
     assert ours == theirs and len(ours) >= 3, (ours, theirs)
 
 
-def bnb_packs_for_avx512_bf16() -> bool:
-    """Whether bitsandbytes' CPU backend would repack 4-bit weights for its AVX512-BF16 kernel here."""
-    if cpu_kernels_missing():
-        return False
-    from bitsandbytes.nn.modules import has_avx512bf16
-
-    return bool(has_avx512bf16())
-
-
 @needs_bnb_cpu
-@pytest.mark.xfail(
-    bnb_packs_for_avx512_bf16(), strict=True,
-    reason="bitsandbytes' AVX512-BF16 CPU kernel (Linear4bit in eval mode) computes each quantized linear in "
-           "bfloat16 although quantize_linears asks for float32: the text departs from the dequantized model's; and "
-           "a weight whose input width is not a multiple of its 64-wide blocks (a 48-wide q_lora_rank) fails to "
-           "repack for it")
 @pytest.mark.parametrize("downloaded, mode", [("llama", "bnb.nf4"), ("deepseek_v3", "bnb.fp4-dq")],
                          indirect=["downloaded"])
 def test_quantized_generate_of_a_converted_checkpoint_is_the_dequantized_models(downloaded, mode, tmp_path):
