@@ -167,6 +167,16 @@ def test_completion_and_chat_with_the_openai_client(server, reference):
     assert settle(engine)["free_pages"] == engine.stats()["total_pages"]
 
 
+def test_stop_strings_end_the_text_before_them(server):
+    url, _ = server
+    body = dict(prompt=PROMPTS[3], max_tokens=12, temperature=0, ignore_eos=True)
+    full = httpx.post(f"{url}/v1/completions", json=body).json()["choices"][0]["text"]
+    stop = full[4:6]
+    assert len(full) >= 6 and stop
+    out = httpx.post(f"{url}/v1/completions", json={**body, "stop": [stop, "never there"]}).json()["choices"][0]
+    assert out["text"] == full[: full.index(stop)] and out["finish_reason"] == "stop"
+
+
 def test_concurrent_requests_equal_each_alone(server):
     """16 requests of different prompts and lengths, sent at once, give what each gives alone: greedy, and sampled
     with a per-request seed."""
