@@ -33,7 +33,7 @@ from litgpt.generate.base import (
     stream_pieces,
 )
 from litgpt.generate.session import DecodeSession, decode_mode
-from litgpt.hub import resolve_checkpoint_dir
+from litgpt.hub import CHECKPOINTS_ROOT, is_repo_id, resolve_checkpoint_dir
 from litgpt.quantize import check_inference_quantize, has_quantized_weights, quantize_linears
 from litgpt.kernels._triton import start_warm_up
 from litgpt.model import GPT
@@ -166,8 +166,9 @@ class LLM(torch.nn.Module):
 
         init: "pretrained" loads the checkpoint `model`; "random" builds `Config.from_name(model)` with random
         weights (`litgpt.model.init_weights`) and needs `tokenizer_dir`. tokenizer_dir: a directory (or a downloaded
-        hub id) with tokenizer files to use instead of the checkpoint's. access_token: for downloads, which
-        `LLM.load` does not make (`litgpt download ORG/NAME --access_token ...` does): refused. distribute: "auto"
+        hub id) with tokenizer files to use instead of the checkpoint's. A hub id ORG/NAME found neither as a path
+        nor in checkpoints/ORG/NAME is downloaded and converted there first (`litgpt download`), with access_token
+        (default: $HF_TOKEN) for gated repositories. distribute: "auto"
         places the model on `device` now; None leaves it unplaced (`llm.model` is None) until `llm.distribute(...)`.
         device: "auto" (CUDA when available), "cpu", "cuda"...; precision: 32-true, bf16-true, 16-true, 64-true
         (default bf16 on CUDA, else float32); prompt_style: a name from `litgpt.prompts.prompt_styles`.
@@ -179,9 +180,6 @@ class LLM(torch.nn.Module):
         if distribute is None and (device != "auto" or precision is not None):
             raise ValueError("with distribute=None pass the device and precision to llm.distribute(accelerator=..., "
                              "precision=...), not to LLM.load")
-        if access_token is not None:
-            raise ValueError(f"access_token is for downloading, which LLM.load does not do: fetch the model with "
-                             f"`litgpt download ORG/NAME --access_token ...` and load {str(model)!r} without it")
         if tokenizer_dir is not None:
             tokenizer_dir = resolve_checkpoint_dir(tokenizer_dir, option="tokenizer_dir")
         if init == "random":
@@ -195,6 +193,10 @@ class LLM(torch.nn.Module):
             if distribute == "auto":
                 llm.distribute(accelerator=device, precision=precision)
             return llm
+        if is_repo_id(str(model)) and not Path(model).exists() and not (CHECKPOINTS_ROOT / str(model)).is_dir():
+            from litgpt.scripts.download import download
+
+            download(str(model), checkpoint_dir=CHECKPOINTS_ROOT, access_token=access_token)
         checkpoint_dir = resolve_checkpoint_dir(model, option=None)  # ORG/NAME: checkpoints/ORG/NAME
         if not checkpoint_dir.is_dir():
             raise FileNotFoundError(

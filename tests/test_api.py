@@ -236,8 +236,6 @@ def test_load_random_init_builds_the_named_config_with_the_given_tokenizer(tmp_p
         LLM.load("nope", init="random", tokenizer_dir=checkpoint_dir)
     with pytest.raises(ValueError, match="init must be 'pretrained' or 'random'"):
         LLM.load(checkpoint_dir, init="zeros")
-    with pytest.raises(ValueError, match="access_token is for downloading, which LLM.load does not do"):
-        LLM.load(checkpoint_dir, access_token="hf_x")
 
 
 def test_load_with_a_tokenizer_dir_uses_that_tokenizer(tmp_path):

@@ -314,6 +314,29 @@ def test_source_dir_converts_offline(online, hf_model_dir, tmp_path, connections
     assert not (hf_dir / "lit_model.pth").exists()  # the source directory is left as it was
 
 
+def test_llm_load_downloads_a_missing_hub_id_with_its_access_token(online, hf_model_dir, tmp_path, monkeypatch):
+    """As upstream's `LLM.load("ORG/NAME", access_token=...)`: a hub id not yet in checkpoints/ORG/NAME is downloaded
+    (with the token) and converted there, then loaded; once there, it loads without fetching again."""
+    import litgpt.scripts.download as download_module
+    from litgpt import LLM
+
+    hf_model, hf_dir = hf_model_dir
+    fetched = []
+
+    def fetch_from_local_dir(repo_id, out_dir, tokenizer_only, token, revision):
+        fetched.append((repo_id, token, tokenizer_only))
+        return download_module.copy_from_dir(repo_id, hf_dir, out_dir, tokenizer_only)
+
+    monkeypatch.setattr(download_module, "fetch_from_hub", fetch_from_local_dir)
+    monkeypatch.chdir(tmp_path)
+    llm = LLM.load(TINY, access_token="hf_x", device="cpu")
+    assert fetched == [(TINY, "hf_x", False)]
+    assert llm.checkpoint_dir == Path("checkpoints") / TINY and (tmp_path / "checkpoints" / TINY / "lit_model.pth").is_file()
+    assert_logits_equal(hf_model, tmp_path / "checkpoints" / TINY)
+    LLM.load(TINY, device="cpu")
+    assert len(fetched) == 1
+
+
 def test_cli_list_prints_named_models(capsys):
     from litgpt.__main__ import main
     from litgpt.config import Config
