@@ -37,7 +37,8 @@ def test_the_table_has_every_command():
     assert set(IDS) == {"pretrain", "train_tokenizer", "download", "generate", "chat", "benchmark attention",
                         "benchmark decode", "benchmark pretrain", "benchmark generate", "compare", "merge_lora",
                         "finetune_lora", "finetune", "finetune_full", "benchmark finetune", "convert_to_mla",
-                        "convert_to_litgpt", "convert_from_litgpt", "convert_pretrained_checkpoint"}
+                        "convert_to_litgpt", "convert_from_litgpt", "convert_pretrained_checkpoint", "serve",
+                        "benchmark serve", "evaluate"}
 
 
 @pytest.mark.parametrize("words, fn", COMMANDS, ids=IDS)
