@@ -25,7 +25,7 @@ from litgpt.api import LLM
 from litgpt.prompts import ChatTemplate, PromptStyle
 from litgpt.serve.api import ChatMessage, SamplingDefaults, ServedModel, chat_prompt_ids, create_app
 from litgpt.serve.cli import listen
-from litgpt.serve.engine import Engine
+from litgpt.serve.engine import Engine, GenerationRequest
 from test_generate import make_checkpoint
 
 PROMPTS = ["The cat", "A big happy dog saw the small sun and then", "Moon", "Once upon a time there was a",
@@ -329,30 +329,30 @@ def test_chat_and_transport_refusals(server):
 
 def test_disconnect_mid_stream_frees_the_sequence(server):
     url, engine = server
-    body = dict(prompt=PROMPTS[0], max_tokens=100, temperature=0, ignore_eos=True, stream=True)
+    before = engine.stats()["generated_tokens"]
+    body = dict(prompt=PROMPTS[2], max_tokens=120, temperature=0, ignore_eos=True, stream=True)
     with httpx.Client(timeout=60) as http:
         with http.stream("POST", f"{url}/v1/completions", json=body) as response:
-            lines = response.iter_lines()
-            assert next(line for line in lines if line.startswith("data: "))
-            assert engine.stats()["running"] == 1
-    # the client hung up after its first token: the row and every page come back long before 100 tokens
+            assert next(line for line in response.iter_lines() if line.startswith("data: "))
+    # the client hung up after its first token: the row and every page come back, short of 120 tokens
     stats = settle(engine)
     assert stats["running"] == 0 and stats["free_pages"] == stats["total_pages"]
+    assert stats["generated_tokens"] - before < 120
 
 
 def test_disconnect_while_waiting_for_a_whole_response_aborts_it(server):
     url, engine = server
     before = engine.stats()["generated_tokens"]
     body = dict(prompt=PROMPTS[2], max_tokens=120, temperature=0, ignore_eos=True)
-    with pytest.raises(httpx.ReadTimeout):  # the client gives up (and closes the connection) after 0.2 s
-        httpx.post(f"{url}/v1/completions", json=body, timeout=httpx.Timeout(60, read=0.2))
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up (and closes the connection) after 0.05 s
+        httpx.post(f"{url}/v1/completions", json=body, timeout=httpx.Timeout(60, read=0.05))
     stats = settle(engine)
     assert stats["free_pages"] == stats["total_pages"]
     assert stats["generated_tokens"] - before < 120  # aborted, not run to its end
 
 
 def test_full_queue_is_429_and_the_api_key_is_checked(llm):
-    with serving(llm, api_key="sesame", max_batch_size=1, max_queue=1) as (url, engine):
+    with serving(llm, api_key="sesame", max_batch_size=1, max_queue=2) as (url, engine):
         assert httpx.get(f"{url}/v1/models").status_code == 401
         wrong = httpx.post(f"{url}/v1/completions", json={"prompt": "hi"}, headers={"Authorization": "Bearer x"})
         assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
@@ -360,17 +360,15 @@ def test_full_queue_is_429_and_the_api_key_is_checked(llm):
             client(url, "wrong").completions.create(model="tiny", prompt="hi", max_tokens=1)
         assert httpx.get(f"{url}/health").status_code == 200  # probes need no key
         auth = {"Authorization": "Bearer sesame"}
-        long = dict(prompt=PROMPTS[0], max_tokens=100, temperature=0, ignore_eos=True, stream=True)
-        with httpx.Client(timeout=60, headers=auth) as http:
-            with http.stream("POST", f"{url}/v1/completions", json=long) as running:
-                next(line for line in running.iter_lines() if line.startswith("data: "))
-                with http.stream("POST", f"{url}/v1/completions", json=long) as waiting:
-                    assert waiting.status_code == 200
-                    deadline = time.monotonic() + 30
-                    while engine.stats()["waiting"] < 1 and time.monotonic() < deadline:
-                        time.sleep(0.01)
-                    full = http.post(f"{url}/v1/completions", json={"prompt": "hi", "max_tokens": 1})
-                    assert full.status_code == 429 and full.json()["error"]["code"] == "queue_full"
+        # one request runs and two wait (max_queue=2): submitted to the engine directly, microseconds apart, so
+        # hundreds of decode steps would have to pass before the HTTP request below for the queue not to be full
+        ids = tuple(llm.tokenizer.encode(PROMPTS[0]).tolist())
+        held = [engine.submit(GenerationRequest(ids, max_tokens=120, ignore_eos=True)) for _ in range(3)]
+        full = httpx.post(f"{url}/v1/completions", json={"prompt": "hi", "max_tokens": 1}, headers=auth)
+        for stream in held:
+            engine.abort(stream)
+        assert full.status_code == 429 and full.json()["error"]["code"] == "queue_full"
+        assert full.headers["retry-after"] == "1"
         out = client(url, "sesame").completions.create(model="tiny", prompt="hi", max_tokens=2, temperature=0)
         assert out.usage.completion_tokens >= 1
         stats = settle(engine)
