@@ -100,7 +100,8 @@ def path_values(node, key=""):
         yield key, node
 
 
-HUB = sorted((ROOT / "config_hub").rglob("*.yaml"))
+TASKS = sorted((ROOT / "config_hub" / "evaluate").glob("*.yaml"))  # lm-eval task files, for `litgpt evaluate`
+HUB = sorted(set((ROOT / "config_hub").rglob("*.yaml")) - set(TASKS))  # command configs
 
 
 @pytest.mark.parametrize("path", HUB, ids=[p.relative_to(ROOT / "config_hub").as_posix() for p in HUB])
@@ -116,8 +117,17 @@ def test_config_hub_parses_and_names_only_repository_paths(path, capsys):
             f"{path.name}: {key} = {value!r} points outside the repository")
 
 
+@pytest.mark.parametrize("path", TASKS, ids=[p.name for p in TASKS])
+def test_evaluate_tasks_read_only_shipped_repository_files(path):
+    task = yaml.safe_load(path.read_text())
+    files = task["dataset_kwargs"]["data_files"]
+    for value in (files.values() if isinstance(files, dict) else [files]):
+        assert not Path(value).is_absolute() and ".." not in Path(value).parts, f"{path.name}: {value!r}"
+        assert (ROOT / value).is_file(), f"{path.name}: {value!r} is not a shipped file"
+
+
 # ------------------------------------------------------------------------------------------------------ gpu.sh
-TOPICS = ("decode", "generate", "training", "finetune", "moe", "convert", "kernels", "tests")
+TOPICS = ("decode", "generate", "training", "finetune", "moe", "moe_model", "convert", "kernels", "tests")
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
