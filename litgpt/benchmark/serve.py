@@ -16,9 +16,9 @@ peer as their text; each asks for `max_tokens` new tokens (ours with `ignore_eos
 Measured per level, as the client sees it: output tokens/s (every completed request's new tokens, over the level's
 wall time), requests/s, time to first token (send to the first streamed token) p50/p99, inter-token latency (the
 gaps between consecutive streamed tokens, over all requests; `token_gaps`) p50/p99, and, polled from our server's
-/health every 0.05 s, the most sequences running at once and the device's peak memory. Ours counts tokens from the response's
-usage; the peer's are counted by tokenizing its text. results.json (rows and meta), results.md (the table) and
-serve.png (the plots) are written to out_dir after every level.
+/health every 0.05 s, the most sequences running at once and the device's peak memory. Ours counts tokens from the
+response's usage; the peer's are counted by tokenizing its text. results.json (rows and meta), results.md (the table)
+and serve.png (the plots) are written to out_dir after every level.
 """
 
 from __future__ import annotations

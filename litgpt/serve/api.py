@@ -2,11 +2,12 @@
 
 Endpoints: `POST /v1/completions` and `POST /v1/chat/completions` (streamed as server-sent events `data: {...}`
 ending in `data: [DONE]`, or whole), `GET /v1/models`, `GET /health` (the engine's counters), and the tokenizer as
-vLLM serves it (`POST /tokenize`, `POST /detokenize`, `GET /tokenizer_info`), which lm-eval uses when it finds them. Completions read the
-prompt as it is (text, token ids, or a list of either: one choice per prompt); chat frames the messages with the
-checkpoint's prompt style (its chat template, or a named style: each user turn framed as `litgpt chat` frames it, each
-assistant turn's text and the token that ended it after it). `echo` with `logprobs` gives every prompt token's
-log-probability (the first is null), which is what lm-eval's `local-completions` model scores with.
+vLLM serves it (`POST /tokenize`, `POST /detokenize`, `GET /tokenizer_info`), which lm-eval uses when it finds them.
+Completions read the prompt as it is (text, token ids, or a list of either: one choice per prompt); chat frames the
+messages with the checkpoint's prompt style (its chat template, or a named style: each user turn framed as `litgpt
+chat` frames it, each assistant turn's text and the token that ended it after it). `echo` with `logprobs` gives every
+prompt token's log-probability (the first is null) and its likeliest alternatives, which is what lm-eval's
+`local-completions` model scores with.
 
 Every refused request gets an OpenAI-style error `{"error": {"message", "type", "param", "code"}}`: 400 for a bad
 field (named in `param` and in the message), a prompt that does not fit the context (never truncated) or a field this
