@@ -302,6 +302,16 @@ def test_bad_input_is_refused_in_one_line(args, message, tmp_path, capsys, offli
     assert not (ckpt / "evaluate").exists()
 
 
+def test_hub_id_names_a_downloaded_checkpoint_and_results_go_beside_it(tmp_path, monkeypatch, shared_tasks, capsys):
+    checkpoint(tmp_path / "checkpoints" / "acme" / "tiny", tiny())
+    monkeypatch.chdir(tmp_path)
+    main(["evaluate", "acme/tiny", "--tasks", "local_mc", "--include_path", str(shared_tasks), "--limit", "2",
+          "--device", "cpu"])
+    results = json.loads((tmp_path / "checkpoints" / "acme" / "tiny" / "evaluate" / "results.json").read_text())
+    assert results["n-samples"]["local_mc"]["effective"] == 2
+    assert "wrote checkpoints/acme/tiny/evaluate/results.json" in capsys.readouterr().out
+
+
 def test_without_tasks_the_task_names_are_listed(tmp_path, capsys, shared_tasks):
     ckpt = checkpoint(tmp_path / "ckpt", tiny())
     main(["evaluate", str(ckpt), "--include_path", str(shared_tasks)])
