@@ -25,7 +25,7 @@ from litgpt.api import LLM
 from litgpt.prompts import ChatTemplate, PromptStyle
 from litgpt.serve.api import ChatMessage, SamplingDefaults, ServedModel, chat_prompt_ids, create_app
 from litgpt.serve.cli import listen
-from litgpt.serve.engine import Engine, GenerationRequest
+from litgpt.serve.engine import Engine, GenerationRequest, QueueFull
 from test_generate import make_checkpoint
 
 PROMPTS = ["The cat", "A big happy dog saw the small sun and then", "Moon", "Once upon a time there was a",
@@ -360,10 +360,18 @@ def test_full_queue_is_429_and_the_api_key_is_checked(llm):
             client(url, "wrong").completions.create(model="tiny", prompt="hi", max_tokens=1)
         assert httpx.get(f"{url}/health").status_code == 200  # probes need no key
         auth = {"Authorization": "Bearer sesame"}
-        # one request runs and two wait (max_queue=2): submitted to the engine directly, microseconds apart, so
-        # hundreds of decode steps would have to pass before the HTTP request below for the queue not to be full
+        # one request runs (the only row) and max_queue=2 wait: submitted to the engine directly, the waiting ones
+        # once the first runs, so that the queue stays full for the ~120 decode steps of the running one
         ids = tuple(llm.tokenizer.encode(PROMPTS[0]).tolist())
-        held = [engine.submit(GenerationRequest(ids, max_tokens=120, ignore_eos=True)) for _ in range(3)]
+        held = [engine.submit(GenerationRequest(ids, max_tokens=120, ignore_eos=True))]
+        deadline = time.monotonic() + 30
+        while engine.stats()["running"] < 1:
+            assert time.monotonic() < deadline, "the first request never ran"
+            time.sleep(0.001)
+        with pytest.raises(QueueFull):
+            while True:
+                held.append(engine.submit(GenerationRequest(ids, max_tokens=120, ignore_eos=True)))
+        assert len(held) == 3
         full = httpx.post(f"{url}/v1/completions", json={"prompt": "hi", "max_tokens": 1}, headers=auth)
         for stream in held:
             engine.abort(stream)

@@ -396,6 +396,20 @@ def sse(data: Any) -> bytes:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
 
 
+class ChunkEncoder:
+    """The events of one streamed response: its envelope (id, object, created, model) is serialized once, each chunk
+    only what follows it (a chunk per token: this is the server's per-token work)."""
+
+    def __init__(self, envelope: dict) -> None:
+        self.head = b"data: " + json.dumps(envelope)[:-1].encode() + b", "  # the envelope without its closing brace
+
+    def choice(self, choice: dict) -> bytes:
+        return b"".join((self.head, b'"choices": [', json.dumps(choice).encode(), b"]}\n\n"))
+
+    def usage(self, counts: dict) -> bytes:
+        return b"".join((self.head, b'"choices": [], "usage": ', json.dumps(counts).encode(), b"}\n\n"))
+
+
 # ------------------------------------------------------------------------------------------------ the server
 class ClosingStreamingResponse(StreamingResponse):
     """A streamed response that calls `on_close` however it ends: sent to the end, or cut by the client."""
@@ -519,16 +533,16 @@ class OpenAIServer:
                            code="aborted")
         return choices
 
-    def streaming(self, streams: list[RequestStream], chunks: Callable[[int, TokenEvent], list[dict]],
-                  first: Sequence[list[dict]] = (), last: Callable[[], list[dict]] = lambda: []) -> StreamingResponse:
-        """An SSE response: `first` chunks, then `chunks(i, event)` for each event of stream i as it comes, `last()`,
-        then `[DONE]`. The streams are aborted when the response ends before they do (a client that disconnects)."""
+    def streaming(self, streams: list[RequestStream], chunks: Callable[[int, TokenEvent], list[bytes]],
+                  first: Sequence[bytes] = (), last: Callable[[], list[bytes]] = lambda: []) -> StreamingResponse:
+        """An SSE response: the `first` events, then `chunks(i, event)` for each event of stream i as it comes,
+        `last()`, then `[DONE]`. The streams are aborted when the response ends before they do (a client that
+        disconnects)."""
         finished = [False] * len(streams)
 
         async def events() -> AsyncIterator[bytes]:
-            head = [sse(chunk) for chunks_ in first for chunk in chunks_]
-            if head:
-                yield b"".join(head)
+            if first:
+                yield b"".join(first)
             queue: asyncio.Queue = asyncio.Queue()
 
             async def pump(i: int) -> None:
@@ -558,9 +572,9 @@ class OpenAIServer:
                             yield b"".join(out) + sse(error_body(f"the request failed: {event}", "server_error"))
                             return
                         else:
-                            out.extend(sse(chunk) for chunk in chunks(i, event))
+                            out.extend(chunks(i, event))
                     if open_streams == 0:
-                        out.extend(sse(chunk) for chunk in last())
+                        out.extend(last())
                         out.append(sse("[DONE]"))
                     if out:
                         yield b"".join(out)
@@ -639,17 +653,16 @@ class OpenAIServer:
 
     def stream_completions(self, body: CompletionRequest, prompts: list[list[int]], streams: list[RequestStream],
                            hide: bool) -> StreamingResponse:
-        envelope = self.envelope("text_completion")
+        encoder = ChunkEncoder(self.envelope("text_completion"))
         tokenizer = self.model.tokenizer
         texts = [TokenTexts(tokenizer) for _ in streams]
         choices = [Choice() for _ in streams]
         echoed = [False] * len(streams)
 
-        def chunk(index: int, text: str, logprobs: Optional[dict], finish: Optional[str]) -> dict:
-            return {**envelope, "choices": [{"index": index, "text": text, "logprobs": logprobs,
-                                             "finish_reason": finish}]}
+        def chunk(index: int, text: str, logprobs: Optional[dict], finish: Optional[str]) -> bytes:
+            return encoder.choice({"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish})
 
-        def events(i: int, event: TokenEvent) -> list[dict]:
+        def events(i: int, event: TokenEvent) -> list[bytes]:
             out = []
             choices[i].add(event)
             if body.echo and not echoed[i]:  # the first event: the prompt first (with its logprobs when asked)
@@ -671,11 +684,11 @@ class OpenAIServer:
                 out.append(chunk(i, event.text, lp, event.finish_reason))
             return out
 
-        def last() -> list[dict]:
+        def last() -> list[bytes]:
             if body.stream_options is None or not body.stream_options.include_usage:
                 return []
             counted = [Choice() for _ in choices] if hide else choices
-            return [{**envelope, "choices": [], "usage": usage(prompts, counted)}]
+            return [encoder.usage(usage(prompts, counted))]
 
         return self.streaming(streams, events, last=last)
 
@@ -714,15 +727,14 @@ class OpenAIServer:
 
     def stream_chat(self, body: ChatCompletionRequest, prompt: list[int], streams: list[RequestStream],
                     ) -> StreamingResponse:
-        envelope = self.envelope("chat.completion.chunk")
+        encoder = ChunkEncoder(self.envelope("chat.completion.chunk"))
         texts = TokenTexts(self.model.tokenizer)
         choice = Choice()
 
-        def chunk(delta: dict, logprobs: Optional[dict] = None, finish: Optional[str] = None) -> dict:
-            return {**envelope, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
-                                             "finish_reason": finish}]}
+        def chunk(delta: dict, logprobs: Optional[dict] = None, finish: Optional[str] = None) -> bytes:
+            return encoder.choice({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
 
-        def events(_: int, event: TokenEvent) -> list[dict]:
+        def events(_: int, event: TokenEvent) -> list[bytes]:
             choice.add(event)
             logprobs = None
             if body.logprobs and event.token_id is not None:
@@ -735,12 +747,12 @@ class OpenAIServer:
                 out.append(chunk({}, None, event.finish_reason))
             return out
 
-        def last() -> list[dict]:
+        def last() -> list[bytes]:
             if body.stream_options is None or not body.stream_options.include_usage:
                 return []
-            return [{**envelope, "choices": [], "usage": usage([prompt], [choice])}]
+            return [encoder.usage(usage([prompt], [choice]))]
 
-        return self.streaming(streams, events, first=[[chunk({"role": "assistant", "content": ""})]], last=last)
+        return self.streaming(streams, events, first=[chunk({"role": "assistant", "content": ""})], last=last)
 
     # -------------------------------------------------------------------------------------------- others
     def models(self) -> dict:
