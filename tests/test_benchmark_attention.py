@@ -61,8 +61,8 @@ def perturb_output(function, factor=1.01):
 def drop_newest_key(function):
     """An off-by-one bug: each query misses its own (newest) position."""
 
-    def buggy(q, kv, input_pos, kv_lora_rank, scale):
-        return function(q, kv, input_pos - 1, kv_lora_rank, scale)
+    def buggy(q, kv, input_pos, kv_lora_rank, scale, *args):
+        return function(q, kv, input_pos - 1, kv_lora_rank, scale, *args)
 
     return buggy
 

@@ -104,9 +104,13 @@ def test_a_missing_hub_id_is_one_line_naming_both_paths(command, tmp_path, monke
 
 
 def test_llm_load_of_a_missing_hub_id(tmp_path, monkeypatch):
+    """A hub id with no checkpoints/ORG/NAME is downloaded first, as upstream's LLM.load does; offline, that fails
+    in one line that names the id and the way out."""
     from litgpt.api import LLM
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"^checkpoint directory 'nobody/nothing': neither nobody/nothing nor "
-                       r"checkpoints/nobody/nothing exists; download the model with `litgpt download nobody/nothing`"):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match=r"^could not download nobody/nothing: offline mode is on \(HF_HUB_OFFLINE is "
+                       r"set\); unset HF_HUB_OFFLINE to download"):
         LLM.load("nobody/nothing")
+    assert not (tmp_path / "checkpoints" / "nobody" / "nothing").exists()

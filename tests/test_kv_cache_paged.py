@@ -93,7 +93,7 @@ def prefill_chunks(model: GPT, ids: torch.Tensor, start: int, chunks: tuple[int,
     last chunk's last logits (V,)."""
     assert start + sum(chunks) == len(ids)
     for n in chunks:
-        pos = torch.arange(start, start + n).view(1, n)  # (1, n)
+        pos = torch.arange(start, start + n, device=ids.device).view(1, n)  # (1, n)
         logits = model(ids[None, start : start + n], input_pos=pos, block_table=table[None],
                        input_pos_maxp1=start + n)
         start += n

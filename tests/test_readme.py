@@ -9,9 +9,11 @@ checkpoint (debug-mla weights and a small BPE tokenizer) written to DIR first, s
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 from pathlib import Path, PurePosixPath
@@ -45,6 +47,8 @@ def readme_text() -> str:
 
 
 BLOCKS = python_blocks(readme_text())
+SERVER_URL = "http://127.0.0.1:8000"  # the Serve section's blocks talk to a server; test_serve_section_runs_as_written
+STANDALONE_BLOCKS = [(body, line) for body, line in BLOCKS if SERVER_URL not in body]
 
 
 # ----------------------------------------------------------------------------------------------- python snippets
@@ -66,7 +70,7 @@ def make_checkpoint(checkpoint_dir: Path) -> None:
 def workdir(tmp_path_factory) -> Path:
     """The scratch directory the blocks run in, with a checkpoint at every directory a block `LLM.load`s."""
     root = tmp_path_factory.mktemp("readme")
-    for directory in sorted({d for body, _ in BLOCKS for d in LOAD_CALL.findall(body)}):
+    for directory in sorted({d for body, _ in STANDALONE_BLOCKS for d in LOAD_CALL.findall(body)}):
         make_checkpoint(root / directory)
     return root
 
@@ -75,7 +79,7 @@ def test_readme_has_python_blocks():
     assert BLOCKS, "README.md has no ```python block; the parser in this test no longer matches its fences"
 
 
-@pytest.mark.parametrize("body, line", BLOCKS, ids=[f"line{line}" for _, line in BLOCKS])
+@pytest.mark.parametrize("body, line", STANDALONE_BLOCKS, ids=[f"line{line}" for _, line in STANDALONE_BLOCKS])
 def test_readme_python_block_runs(body, line, workdir):
     script = workdir / f"readme_block_line{line}.py"
     script.write_text(body, encoding="utf-8")
@@ -296,6 +300,55 @@ def walkthrough(tmp_path_factory) -> Path:
 def test_quick_start_generate_prints_the_prompt_and_its_continuation(walkthrough):
     out = run_litgpt(command(section("Quick start"), "generate", "out/pretrain/debug/final"), walkthrough).stdout
     assert out.startswith("def main(") and len(out) > len("def main(") + 20, out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def test_serve_section_runs_as_written(walkthrough):
+    """The Serve section as a user runs it, in one shell: its bash block starts `litgpt serve` on the quick start's
+    checkpoint in the background, waits for /health and queries it with curl; then its python block queries it with
+    the openai client; then `kill %1` stops it (SIGTERM), and the server exits cleanly. Port 8000 as written, unless
+    something on this machine holds it (then another port, in both blocks alike)."""
+    text = section("Serve")
+    (shell,) = [body for lang, body, _ in fenced_blocks(text) if lang == "bash" and "litgpt serve" in body]
+    (client,) = [body for lang, body, _ in fenced_blocks(text) if lang == "python" and SERVER_URL in body]
+    if not port_is_free(8000):
+        port = free_port()
+        shell = shell.replace(SERVER_URL, f"http://127.0.0.1:{port}").replace(
+            "litgpt serve out/pretrain/debug/final &", f"litgpt serve out/pretrain/debug/final --port {port} &")
+        client = client.replace(SERVER_URL, f"http://127.0.0.1:{port}")
+    (walkthrough / "serve_client.py").write_text(client, encoding="utf-8")
+    script = f"set -e\n{shell}\necho\necho '--- client ---'\n{shlex.quote(sys.executable)} serve_client.py\nkill %1\nwait %1 || echo \"server exit $?\"\n"
+    pythonpath = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(pythonpath),
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    result = subprocess.run(["bash", "-c", script], cwd=walkthrough, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, f"the Serve section fails as written:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    served, client_out = result.stdout.split("--- client ---\n")
+    completion, end = json.JSONDecoder().raw_decode(served)  # curl prints the JSON without a newline after it
+    assert completion["object"] == "text_completion" and completion["model"] == "out/pretrain/debug/final"
+    assert completion["usage"]["completion_tokens"] == 30, completion  # max_tokens 30 (temperature 0, no EOS cut)
+    events = [line[len("data: "):] for line in served[end:].splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and all(json.loads(e)["object"] == "chat.completion.chunk" for e in events[:-1])
+    # the openai client's greedy completion is the curl one, word for word
+    assert client_out.startswith(completion["choices"][0]["text"] + "\n"), (client_out, completion)
+    assert "completion_tokens=30" in client_out
+    # SIGTERM: uvicorn finishes, then re-raises the signal, so the shell sees 128 + 15
+    assert client_out.rstrip().endswith("server exit 143") and "Application shutdown complete." in result.stderr
 
 
 def test_chat_keeps_three_turns_in_the_quick_start_models_context(walkthrough):
