@@ -18,6 +18,7 @@ from litgpt.benchmark.decode import (
     expected_distinct_experts,
     largest_batch,
     longest_context,
+    memory_accounting,
     memory_needed,
     step_weight_bytes,
 )
@@ -47,6 +48,8 @@ def test_outputs_throughput_and_capacity(tmp_path):
         assert r["tokens_per_s"] == pytest.approx(r["batch"] * 1e3 / r["ms_per_step"])
         assert r["kv_cache_bytes"] == r["batch"] * r["context"] * r["kv_bytes_per_token"]
         assert math.isnan(r["peak_memory_bytes"])  # not measured on CPU, never a stale number
+        assert math.isnan(r["decode_peak_memory_bytes"])
+        assert r["accounted_bytes"] > r["kv_cache_bytes"]  # the weights and cache at least, on every device
 
     columns, caps = read_csv(tmp_path / "capacity.csv")
     assert columns == CAPACITY_COLUMNS and [c["model"] for c in caps] == ["debug", "debug-mla"]
@@ -166,3 +169,25 @@ def test_moe_rows_floor_and_weights_built_in_the_target_dtype(tmp_path):
     cos, _ = build_rope_cache(model.max_seq_length, config.rope_n_elem, torch.device("cpu"), config.rope_base,
                               config.rope_condense_ratio, config.rope_adjustments)
     assert torch.equal(model.cos, cos.to(torch.bfloat16))
+
+
+def test_memory_accounting_by_hand():
+    """debug-mla in float32, folded for decode, with a 2 x 32 cache: weights + folded maps + cache + rope tables +
+    the logits of a batch of 2 (padded vocab, float32 twice)."""
+    from litgpt.fold import fold_for_decode
+
+    config = Config.from_name("debug-mla")
+    model = GPT(config)
+    model.max_seq_length = 32
+    model.set_kv_cache(2, 32)
+    fold_for_decode(model)
+    acc = memory_accounting(model, 2)
+    weights = 4 * sum(p.numel() for p in model.parameters())
+    folded = 4 * sum(b.numel() for block in model.transformer.h for b in block.folded.buffers())
+    cache = 2 * 32 * config.n_layer * (config.mla.kv_lora_rank + config.mla.qk_rope_head_dim) * 4
+    rope = 2 * 32 * config.rope_n_elem * 4  # cos and sin, max_seq_length rows
+    assert acc == dict(weights=weights, folded=folded, kv_cache=cache, other_buffers=rope,
+                       transients=2 * config.padded_vocab_size * (4 + 4))
+    assert folded > 0
+    model.clear_kv_cache()
+    assert memory_accounting(model, 2)["kv_cache"] == 0

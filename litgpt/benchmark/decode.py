@@ -7,6 +7,9 @@ bytes/s: the weights it uses (`step_weight_bytes`: of a mixture of experts' rout
 of distinct ones its B tokens choose, E * (1 - (1 - k/E)^B); of the embedding table only its B rows) plus the whole
 KV cache; `gap` is measured time over the floor.
 
+`memory_accounting` counts what a decode step holds (weights, folded maps, cache, rope tables, logits); its sum is
+reported beside the peak memory measured over the decode steps alone.
+
 `capacity` answers "what fits in a memory budget" from the model's own numbers:
     memory(B, S) = weights + B*S*(kv_bytes_per_token + step_bytes_per_token) + S*rope_bytes_per_position + reserve
 where step_bytes_per_token is the transient memory of one decode step per cached token, measured on CUDA from two
@@ -85,6 +88,9 @@ def benchmark_decode(
     token, input_pos = prefill(model, prompts, sampler)
     synchronize(device)
     prefill_s = time.perf_counter() - t0
+    prefill_peak, _ = peak_memory_bytes(device)
+    if device.type == "cuda":  # from here on the peak is the decode steps' (their graph or compile included)
+        torch.cuda.reset_peak_memory_stats(device)
     for _ in range(warmup):  # compilation and graph capture happen here
         token = step(token, input_pos)
         input_pos = input_pos + 1
@@ -103,7 +109,8 @@ def benchmark_decode(
     kv_bytes = model.kv_cache_bytes()
     floor_ms = (step_bytes + kv_bytes) / BANDWIDTH * 1e3
     ms_per_step = elapsed / decode_steps * 1e3
-    peak, kind = peak_memory_bytes(device)
+    decode_peak, kind = peak_memory_bytes(device)
+    accounted = memory_accounting(model, batch_size)
     return dict(
         model=model.config.name,
         mode=mode,
@@ -115,8 +122,11 @@ def benchmark_decode(
         ms_per_step=ms_per_step,
         time_to_first_token_s=prefill_s,
         warmup_s=warmup_s,
-        peak_memory_bytes=peak,
+        peak_memory_bytes=max(prefill_peak, decode_peak),
+        decode_peak_memory_bytes=decode_peak,
         peak_memory_kind=kind,
+        accounted_bytes=sum(accounted.values()),
+        accounted=accounted,
         kv_cache_bytes=kv_bytes,
         weight_bytes=weight_bytes,
         step_weight_bytes=step_bytes,
@@ -147,6 +157,20 @@ def step_weight_bytes(model: GPT, batch_size: int) -> float:
     return total
 
 
+def memory_accounting(model: GPT, batch_size: int) -> dict[str, int]:
+    """The memory a decode step of batch_size rows holds by our own count, in bytes: the weights, the folded decode
+    maps (`litgpt.fold`), the KV cache, the other buffers (rope tables) and the step's largest transient, its logits
+    (B x padded vocab, in the model's dtype and again in float32 for the sampler)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    folded = sum(b.numel() * b.element_size() for block in model.transformer.h if block.folded is not None
+                 for b in block.folded.buffers())
+    kv_cache = model.kv_cache_bytes()
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    logits = batch_size * model.config.padded_vocab_size * (model.lm_head.weight.element_size() + 4)
+    return dict(weights=weights, folded=folded, kv_cache=kv_cache, other_buffers=buffers - folded - kv_cache,
+                transients=logits)
+
+
 def _profile(step: DecodeStep, token: torch.Tensor, input_pos: torch.Tensor, path: Path, steps: int = 5) -> None:
     """Write the top kernels of `steps` decode steps (by device time) to `path`."""
     from torch.profiler import ProfilerActivity, profile
@@ -166,7 +190,8 @@ def _profile(step: DecodeStep, token: torch.Tensor, input_pos: torch.Tensor, pat
 DEFAULT_MODELS = ["pythia-160m", "pythia-160m-gqa", "pythia-160m-mqa", "pythia-160m-mla"]
 RESULTS_COLUMNS = (
     "model", "batch", "context", "mode", "kernels", "dtype", "tokens_per_s", "ms_per_step", "floor_ms", "gap",
-    "step_weight_bytes", "kv_bytes_per_token", "kv_cache_bytes", "peak_memory_bytes", "status",
+    "step_weight_bytes", "kv_bytes_per_token", "kv_cache_bytes", "peak_memory_bytes", "decode_peak_memory_bytes",
+    "accounted_bytes", "status",
 )
 CAPACITY_COLUMNS = (
     "model", "dtype", "memory_budget_bytes", "weights_bytes", "kv_bytes_per_token", "step_bytes_per_token",
@@ -311,7 +336,8 @@ def measure(
                dtype=str(dtype).removeprefix("torch."), tokens_per_s=math.nan, ms_per_step=math.nan,
                floor_ms=math.nan, gap=math.nan, step_weight_bytes=step_weight_bytes(model, batch),
                kv_bytes_per_token=per_token,
-               kv_cache_bytes=batch * context * per_token, peak_memory_bytes=math.nan, status="ok")
+               kv_cache_bytes=batch * context * per_token, peak_memory_bytes=math.nan,
+               decode_peak_memory_bytes=math.nan, accounted_bytes=math.nan, status="ok")
     torch._dynamo.reset()  # each shape compiles its own static graph
     try:
         r = benchmark_decode(model, batch, context, decode_steps, warmup, mode, kernels=kernels)
@@ -325,9 +351,9 @@ def measure(
         raise RuntimeError(f"{name}: the cache holds {r['kv_cache_bytes']} bytes, not the {row['kv_cache_bytes']} "
                            "that kv_values_per_token predicts")
     row.update(tokens_per_s=r["decode_tokens_per_s"], ms_per_step=r["ms_per_step"], floor_ms=r["floor_ms"],
-               gap=r["gap"])
+               gap=r["gap"], accounted_bytes=r["accounted_bytes"])
     if device.type == "cuda":  # on CPU the only peak is the process RSS, which is not this configuration's
-        row["peak_memory_bytes"] = r["peak_memory_bytes"]
+        row.update(peak_memory_bytes=r["peak_memory_bytes"], decode_peak_memory_bytes=r["decode_peak_memory_bytes"])
     return row
 
 
@@ -513,8 +539,8 @@ def write_summary(
         "## Throughput",
         "",
         "| model | batch | context | tokens/s | ms/step | floor ms | gap | KV bytes/token | KV cache MiB "
-        "| peak MiB | status |",
-        "|" + "---|" * 11,
+        "| accounted MiB | decode peak MiB | peak MiB | status |",
+        "|" + "---|" * 13,
     ]
     for r in rows:
         status = "ok" if r["status"] == "ok" else f"**{r['status'].upper()}**"
@@ -522,6 +548,8 @@ def write_summary(
             f"| {r['model']} | {r['batch']} | {r['context']} | {format_number(r['tokens_per_s'], ',.0f')} "
             f"| {format_number(r['ms_per_step'], '.4g')} | {format_number(r['floor_ms'], '.4g')} | {format_number(r['gap'], '.1f')} "
             f"| {r['kv_bytes_per_token']:,} | {r['kv_cache_bytes'] / 2**20:,.1f} "
+            f"| {format_number(r['accounted_bytes'] / 2**20, ',.0f')} "
+            f"| {format_number(r['decode_peak_memory_bytes'] / 2**20, ',.0f')} "
             f"| {format_number(r['peak_memory_bytes'] / 2**20, ',.0f')} | {status} |"
         )
     fit_context = capacities[0]["fit_context"]
@@ -564,8 +592,12 @@ def write_summary(
         "gap = ms/step / floor ms. The step's weight bytes (step_weight_bytes in results.csv) count every weight once, "
         "except a mixture of experts' routed experts, of which B tokens choosing k of E read E * (1 - (1 - k/E)^B) "
         "distinct ones in expectation, and the embedding table, of which a step reads B rows." + ("" if cuda else " On CPU the floor is an H100's, not this machine's."),
-        "- peak MiB: `torch.cuda.max_memory_allocated` over prefill and decode." if cuda else
-        "- peak MiB: not measured on CPU (only the process RSS exists, which is not one configuration's): nan in "
+        "- accounted MiB: our own count of what a decode step holds (`memory_accounting`): weights + folded decode "
+        "maps + KV cache + rope tables + the step's logits (B x padded vocab, in the model's dtype and in float32).",
+        "- decode peak MiB: `torch.cuda.max_memory_allocated` over the decode steps alone (the peak is reset after "
+        "the prefill; graph capture or compilation included); peak MiB: over prefill and decode." if cuda else
+        "- peak MiB and decode peak MiB: not measured on CPU (only the process RSS exists, which is not one "
+        "configuration's): nan in "
         "results.csv, empty here.",
     ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

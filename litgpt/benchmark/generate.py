@@ -486,7 +486,8 @@ def _peer_version(peer_python: Path, env: dict, cwd: str) -> Optional[str]:
     return text if result.returncode == 0 and re.fullmatch(r"\d+(\.\d+)+\S*", text) else None
 
 
-def _git_commit() -> Optional[str]:
+def git_commit() -> Optional[str]:
+    """The checkout's HEAD commit, or None outside a git checkout."""
     try:
         result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30,
                                 cwd=Path(__file__).resolve().parent)
@@ -656,7 +657,7 @@ def benchmark_generate(
     meta = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), device=probe["device"],
                 device_name=probe["device_name"], torch=probe["torch"], transformers=probe["transformers"],
                 command_line=shlex.join(sys.argv), checkpoint=str(checkpoint_dir), model=model,
-                git_commit=_git_commit(), python=sys.executable, prompt=prompt,
+                git_commit=git_commit(), python=sys.executable, prompt=prompt,
                 peer_python=str(peer_python) if peer_python else None,
                 peer_litgpt=_peer_version(peer_python, peer_env, peer_cwd) if peer_python else None)
     rows: list[dict] = []

@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
+from litgpt.benchmark.generate import git_commit
 from litgpt.utils import atomic_write
 
 TOOL_OURS, TOOL_UPSTREAM = "litgpt serve", "upstream litgpt serve"
@@ -354,15 +355,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _git_commit() -> Optional[str]:
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30,
-                                cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (result.stdout.strip() or None) if result.returncode == 0 else None
-
-
 def _check_checkpoint(checkpoint_dir: Path, option: str) -> None:
     for name in ("lit_model.pth", "model_config.yaml"):
         if not (checkpoint_dir / name).is_file():
@@ -455,7 +447,7 @@ def benchmark_serve(
         else accelerator
     meta = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 device=torch.cuda.get_device_name() if device.startswith("cuda") else "CPU", torch=torch.__version__,
-                git_commit=_git_commit(), command_line=shlex.join(sys.argv), text_file=str(text_file),
+                git_commit=git_commit(), command_line=shlex.join(sys.argv), text_file=str(text_file),
                 prompt_tokens=prompt_tokens, max_tokens=max_tokens, temperature=temperature,
                 max_batch_size=max_batch_size, kv_cache_gib=kv_cache_gib, servers={})
     rows: list[dict] = []
