@@ -25,8 +25,9 @@
 #             MLA vs MLA-o at 50M tokens, two seeds; then benchmarks/convert_report.py
 #   moe_model DeepSeek-V2-Lite with random bf16 weights (benchmarks/moe_model.py): the CUDA tests of the grouped MoE
 #             kernels and of a captured MoE decode step, `litgpt benchmark decode` (captured step) at batch 1, 8, 32 x 1K and 4K contexts, our prefill of
-#             4K and 32 x 4K tokens (tokens/s, MFU) with kernel profiles of the batch-1 and batch-8 decode steps, then
-#             HF transformers' generate (dynamic and static cache) on the same architecture while time is left
+#             4K and 32 x 4K tokens (tokens/s, MFU) with kernel profiles of the batch-1 and batch-8 decode steps,
+#             `litgpt benchmark generate` of 256 tokens (phases) from a random-init checkpoint (needs DATA's Pythia
+#             tokenizer), then HF transformers' generate (dynamic and static cache) while time is left
 #   kernels   MLA decode kernel bandwidth (and over an MHA cache), its split/merge breakdown, the batch-1 GEMV
 #             against cuBLAS, the training loss's cross-entropy passes, SDPA at MLA's head widths, the sampler draw
 #   tests     every CUDA-marked test
@@ -279,6 +280,11 @@ topic_moe_model() {
     --context_lengths '[1024, 4096]' --mode cuda_graph --decode_steps 50 --warmup 5 --memory_budget_gib 40 \
     --out_dir $R/decode
   x python3 benchmarks/moe_model.py ours --out $R/ours.json --profile_dir $R/profiles
+  log "litgpt generate of 256 tokens (wall time and phases) from a random-init checkpoint (31 GB on disk)"
+  [ $LIST = 0 ] && [ -f "$KEEP/random/ds-v2-lite/lit_model.pth" ] ||
+    x python3 benchmarks/moe_model.py checkpoint --out $KEEP/random/ds-v2-lite --tokenizer_dir $D/tokenizers/pythia
+  x python3 -m litgpt benchmark generate $KEEP/random/ds-v2-lite --new_tokens '[256]' --batches '[1, 8]' \
+    --chat false --hf false --out_dir $R/generate
   x python3 benchmarks/moe_model.py hf --out $R/hf.json --deadline_s $(($(left) - 40))
 }
 

@@ -5,6 +5,7 @@ profile of decode steps, then HF transformers' `generate` on the same architectu
                                          [--profile_batches 1 8] [--profile_context 1024] [--profile_dir DIR]
     python3 benchmarks/moe_model.py hf --out FILE [--model DeepSeek-V2-Lite] [--shapes 1x1024 8x1024 ...]
                                        [--caches dynamic static] [--new_tokens 32] [--deadline_s 200]
+    python3 benchmarks/moe_model.py checkpoint --out DIR --tokenizer_dir DIR [--model DeepSeek-V2-Lite]
 
 What is measured:
 - prefill: `litgpt.generate.base.prefill` of random prompts (B x T) into a fresh cache, after one untimed run of the
@@ -17,6 +18,9 @@ What is measured:
   routing: microseconds per call (CUDA events, median of 20 after 3 untimed) and the bandwidth of the bytes the call
   must read (the distinct chosen experts' weights).
 - profile: `benchmark_decode`'s top kernels by device time over 5 captured decode steps at each batch.
+- checkpoint (nothing timed): a random-init bf16 checkpoint of the model for `litgpt generate` and `litgpt benchmark
+  generate`, with a stand-in tokenizer: the given one (e.g. Pythia's) with `<extra_N>` tokens added up to the
+  model's vocabulary, so that every id a random model samples decodes.
 - hf: `DeepseekV2ForCausalLM.generate` (greedy, `new_tokens` forced) from the model's published config.json with
   random weights built in bf16 on the GPU; decode tokens/s = B x (new_tokens - 1) / (t(new_tokens) - t(1)), so the
   prefill cancels. The static cache runs without transformers' auto-compile (`disable_compile`): it would compile
@@ -242,6 +246,29 @@ def hf(args: argparse.Namespace) -> None:
     Path(args.out).write_text(json.dumps(result, indent=2))
 
 
+def checkpoint(args: argparse.Namespace) -> None:
+    import shutil
+
+    from tokenizers import Tokenizer
+
+    from litgpt.benchmark.decode import build_model
+    from litgpt.checkpoint import save_checkpoint
+    from litgpt.config import Config
+
+    out, source = Path(args.out), Path(args.tokenizer_dir)
+    config = Config.from_name(args.model)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    save_checkpoint(build_model(config, device, torch.bfloat16, True, 0), out)
+    tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
+    missing = config.vocab_size - tokenizer.get_vocab_size()
+    tokenizer.add_tokens([f"<extra_{i}>" for i in range(max(missing, 0))])
+    tokenizer.save(str(out / "tokenizer.json"))
+    for name in ("tokenizer_config.json", "generation_config.json"):
+        if (source / name).is_file():
+            shutil.copy(source / name, out / name)
+    print(json.dumps(dict(checkpoint=str(out), vocab_size=config.vocab_size, tokenizer_size=tokenizer.get_vocab_size())))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -256,13 +283,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     theirs.add_argument("--caches", nargs="+", default=["dynamic", "static"], choices=["dynamic", "static"])
     theirs.add_argument("--new_tokens", type=int, default=32)
     theirs.add_argument("--deadline_s", type=float, default=200.0)
-    for sub in (mine, theirs):
+    saved = commands.add_parser("checkpoint")
+    saved.add_argument("--tokenizer_dir", required=True)
+    for sub in (mine, theirs, saved):
         sub.add_argument("--model", default="DeepSeek-V2-Lite")
         sub.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     if args.command == "hf" and args.new_tokens < 2:
         parser.error("--new_tokens must be >= 2 (the decode rate is the difference of two runs)")
-    (ours if args.command == "ours" else hf)(args)
+    {"ours": ours, "hf": hf, "checkpoint": checkpoint}[args.command](args)
 
 
 if __name__ == "__main__":
