@@ -17,7 +17,8 @@ What is measured:
   torch reference (which gathers each pair's weights) and, where it runs, `torch._grouped_mm` ("grouped"), with random
   routing: microseconds per call (CUDA events, median of 20 after 3 untimed) and the bandwidth of the bytes the call
   must read (the distinct chosen experts' weights).
-- profile: `benchmark_decode`'s top kernels by device time over 5 captured decode steps at each batch.
+- profile: `benchmark_decode`'s top kernels by device time over 5 captured decode steps at each batch, and the top
+  kernels of one prefill of the first `--prefill` shape.
 - checkpoint (nothing timed): a random-init bf16 checkpoint of the model for `litgpt generate` and `litgpt benchmark
   generate`, with a stand-in tokenizer: the given one (e.g. Pythia's) with `<extra_N>` tokens added up to the
   model's vocabulary, so that every id a random model samples decodes.
@@ -109,6 +110,11 @@ def ours(args: argparse.Namespace) -> None:
             row.update(seconds=seconds, tokens_per_s=B * T / seconds, flops=flops, tflops_per_s=flops / seconds / 1e12,
                        mfu=None if info["peak_flops"] is None else flops / seconds / info["peak_flops"],
                        peak_memory_bytes=torch.cuda.max_memory_allocated(), status="ok")
+            if text == args.prefill[0]:  # where the prefill's time goes: its top kernels by device time
+                profile = Path(args.profile_dir) / f"prefill_profile_{B}x{T}.txt"
+                with torch.inference_mode():
+                    profile_prefill(model, prompts, sampler, profile)
+                row["profile"] = str(profile)
         except torch.OutOfMemoryError:
             row["status"] = "out of memory"
         finally:
@@ -132,6 +138,19 @@ def ours(args: argparse.Namespace) -> None:
         model.clear_kv_cache()
         torch.cuda.empty_cache()
     Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+def profile_prefill(model, prompts: list, sampler, path: Path) -> None:
+    """Write the top kernels (by device time) of one prefill of `prompts` to `path`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from litgpt.generate.base import prefill
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        prefill(model, prompts, sampler)
+        torch.cuda.synchronize()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30))
 
 
 def cuda_time_us(function, repeats: int = 20, warmup: int = 3) -> float:
