@@ -26,6 +26,7 @@ from litgpt.kernels import (
     mla_decode_attention_reference,
     roped_heads,
 )
+from litgpt.kernels.fp8_cache import Fp8Rows, as_dense
 from litgpt.kv_cache import KVCache, KVCacheCompressed, PagedKVCache, PagedKVCacheCompressed
 from litgpt.norm import RMSNorm
 from litgpt.projection import Projection, as_dtype, linear_map, stack_outputs
@@ -57,18 +58,22 @@ class AttentionInputs:
         causal pass without a cache (SDPA's is_causal)."""
         return None if self.input_pos is None else key_mask(self.input_pos, key_len)
 
-    def cache_view(self, cache: torch.Tensor, seq_dim: int) -> torch.Tensor:
+    def cache_view(self, cache: torch.Tensor | Fp8Rows, seq_dim: int) -> torch.Tensor:
         """The part of a whole cache buffer this forward reads, positions along seq_dim: its first input_pos_maxp1
-        positions, or all. A paged cache's pool (num_pages, page_size, ...) comes back as each row's pages
-        gathered in order (a contiguous copy, (B, S, ...) with S moved to seq_dim), for SDPA to read."""
+        positions, or all, as dense values (an FP8 cache dequantized). A paged cache's pool (num_pages, page_size,
+        ...) comes back as each row's pages gathered in order (a contiguous copy, (B, S, ...) with S moved to
+        seq_dim), for SDPA to read."""
         if self.block_table is not None:
             return gather_pages(cache, self.block_table, self.input_pos_maxp1).movedim(1, seq_dim)
-        return cache if self.input_pos_maxp1 is None else cache.narrow(seq_dim, 0, self.input_pos_maxp1)
+        return as_dense(self.kernel_view(cache, seq_dim))
 
-    def kernel_view(self, cache: torch.Tensor, seq_dim: int) -> torch.Tensor:
-        """What the decode attention functions read (`litgpt.kernels`): `cache_view` of a static cache; a paged
-        cache's pool itself, which they read through `block_table`."""
-        return cache if self.block_table is not None else self.cache_view(cache, seq_dim)
+    def kernel_view(self, cache: torch.Tensor | Fp8Rows, seq_dim: int) -> torch.Tensor | Fp8Rows:
+        """What the decode attention functions read (`litgpt.kernels`), in the cache's own format: a static cache's
+        first input_pos_maxp1 positions (or all); a paged cache's pool itself, which they read through
+        `block_table`."""
+        if self.block_table is not None or self.input_pos_maxp1 is None:
+            return cache
+        return cache.narrow(seq_dim, 0, self.input_pos_maxp1)
 
 
 def cudnn_attention_takes(q: torch.Tensor, mask: Optional[torch.Tensor]) -> bool:
@@ -135,13 +140,17 @@ class AttentionBase(nn.Module):
             raise TypeError("input_pos was given but no KV cache is set: call `model.set_kv_cache(batch_size)` first")
 
     def build_kv_cache(
-        self, batch_size: int, max_seq_length: int, device: Optional[torch.device], dtype: Optional[torch.dtype]
+        self, batch_size: int, max_seq_length: int, device: Optional[torch.device], dtype: Optional[torch.dtype],
+        kv_cache_dtype: Optional[str] = None,
     ) -> nn.Module:
+        """This layer's static cache; kv_cache_dtype None (dtype) or "fp8_e4m3" (`litgpt.kv_cache`)."""
         raise NotImplementedError
 
     def build_paged_kv_cache(
-        self, num_pages: int, page_size: int, device: Optional[torch.device], dtype: Optional[torch.dtype]
+        self, num_pages: int, page_size: int, device: Optional[torch.device], dtype: Optional[torch.dtype],
+        kv_cache_dtype: Optional[str] = None,
     ) -> nn.Module:
+        """This layer's paged cache; kv_cache_dtype as in `build_kv_cache`."""
         raise NotImplementedError
 
     def kv_cache_bytes(self) -> int:
@@ -193,16 +202,20 @@ class CausalSelfAttention(AttentionBase):
         return linear_map(self.qkv), linear_map(self.proj)
 
     def build_kv_cache(
-        self, batch_size: int, max_seq_length: int, device: Optional[torch.device], dtype: Optional[torch.dtype]
+        self, batch_size: int, max_seq_length: int, device: Optional[torch.device], dtype: Optional[torch.dtype],
+        kv_cache_dtype: Optional[str] = None,
     ) -> KVCache:
         c = self.config
-        return KVCache(batch_size, c.n_query_groups, max_seq_length, c.head_size, device=device, dtype=dtype)
+        return KVCache(batch_size, c.n_query_groups, max_seq_length, c.head_size, device=device, dtype=dtype,
+                       kv_cache_dtype=kv_cache_dtype)
 
     def build_paged_kv_cache(
-        self, num_pages: int, page_size: int, device: Optional[torch.device], dtype: Optional[torch.dtype]
+        self, num_pages: int, page_size: int, device: Optional[torch.device], dtype: Optional[torch.dtype],
+        kv_cache_dtype: Optional[str] = None,
     ) -> PagedKVCache:
         c = self.config
-        return PagedKVCache(num_pages, page_size, c.n_query_groups, c.head_size, device=device, dtype=dtype)
+        return PagedKVCache(num_pages, page_size, c.n_query_groups, c.head_size, device=device, dtype=dtype,
+                            kv_cache_dtype=kv_cache_dtype)
 
 
 class MultiheadLatentAttention(AttentionBase):
@@ -425,17 +438,17 @@ class MultiheadLatentAttention(AttentionBase):
         return w_b @ w_a, bias
 
     def build_kv_cache(
-        self, batch_size: int, max_seq_length: int, device: Optional[torch.device], dtype: Optional[torch.dtype]
+        self, batch_size: int, max_seq_length: int, device: Optional[torch.device], dtype: Optional[torch.dtype],
+        kv_cache_dtype: Optional[str] = None,
     ) -> KVCacheCompressed:
         d = self.dims
-        return KVCacheCompressed(
-            batch_size, max_seq_length, d.kv_lora_rank, d.qk_rope_head_dim, device=device, dtype=dtype
-        )
+        return KVCacheCompressed(batch_size, max_seq_length, d.kv_lora_rank, d.qk_rope_head_dim, device=device,
+                                 dtype=dtype, kv_cache_dtype=kv_cache_dtype)
 
     def build_paged_kv_cache(
-        self, num_pages: int, page_size: int, device: Optional[torch.device], dtype: Optional[torch.dtype]
+        self, num_pages: int, page_size: int, device: Optional[torch.device], dtype: Optional[torch.dtype],
+        kv_cache_dtype: Optional[str] = None,
     ) -> PagedKVCacheCompressed:
         d = self.dims
-        return PagedKVCacheCompressed(
-            num_pages, page_size, d.kv_lora_rank, d.qk_rope_head_dim, device=device, dtype=dtype
-        )
+        return PagedKVCacheCompressed(num_pages, page_size, d.kv_lora_rank, d.qk_rope_head_dim, device=device,
+                                      dtype=dtype, kv_cache_dtype=kv_cache_dtype)

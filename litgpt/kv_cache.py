@@ -13,23 +13,48 @@ p % page_size), so memory follows each sequence's length. Page 0 is a scratch pa
 of a decode batch points all its table at it. Their writes take the same arguments as the static caches' plus the
 block table, and attention reads them through it (`litgpt.attention.AttentionInputs`): one interface to the
 attention code.
+
+`kv_cache_dtype="fp8_e4m3"` stores every cache in float8 e4m3 with float32 scales, quantized in the same call as
+the write (`litgpt.kernels.fp8_cache`): for MLA the normalised latent with one scale per block of at most 128
+values, the rope key kept in the model's dtype; for MHA/GQA/MQA K and V with one scale per token and head. Such a
+cache's `entries(name)` is an `Fp8Rows` where the model's dtype gives the tensor itself.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
 from litgpt.config import Config
-from litgpt.kernels import gqa_cache_write, mla_cache_write, write_positions
+from litgpt.kernels import gqa_cache_write, mla_cache_write, write_entries
+from litgpt.kernels.fp8_cache import E4M3, LATENT_BLOCK, Fp8Rows, num_blocks
+
+KV_CACHE_DTYPES = ("fp8_e4m3",)  # besides None: the model's dtype
+SCALE_BYTES = 4  # float32 scales
 
 
-def kv_cache_bytes_per_token(config: Config, dtype: torch.dtype) -> int:
-    """Bytes one token takes in all layers' caches: n_layer * (kv_lora_rank + qk_rope_head_dim) values for MLA,
-    n_layer * 2 * n_query_groups * head_size for MHA/GQA/MQA, times the dtype's size."""
-    return config.n_layer * config.kv_values_per_token * torch.empty((), dtype=dtype).element_size()
+def check_kv_cache_dtype(kv_cache_dtype: Optional[str]) -> Optional[str]:
+    """kv_cache_dtype itself if it is None (the model's dtype) or one of KV_CACHE_DTYPES, else a one-line error."""
+    if kv_cache_dtype is None or kv_cache_dtype in KV_CACHE_DTYPES:
+        return kv_cache_dtype
+    allowed = ", ".join([repr(d) for d in KV_CACHE_DTYPES])
+    raise ValueError(f"kv_cache_dtype must be null (the model's dtype) or one of {allowed}, got {kv_cache_dtype!r}")
+
+
+def kv_cache_bytes_per_token(config: Config, dtype: torch.dtype, kv_cache_dtype: Optional[str] = None) -> int:
+    """Bytes one token takes in all layers' caches. In the model's dtype: n_layer * (kv_lora_rank +
+    qk_rope_head_dim) values for MLA, n_layer * 2 * n_query_groups * head_size for MHA/GQA/MQA, times the dtype's
+    size. In fp8_e4m3: MLA d_c bytes + 4 per block of at most 128 + d_R values in dtype (256 + 32 in bf16: 328);
+    MHA/GQA/MQA 2 * n_query_groups * (head_size + 4)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    if check_kv_cache_dtype(kv_cache_dtype) is None:
+        return config.n_layer * config.kv_values_per_token * size
+    if config.mla is not None:
+        d_c, d_r = config.mla.kv_lora_rank, config.mla.qk_rope_head_dim
+        return config.n_layer * (d_c + SCALE_BYTES * num_blocks(d_c, LATENT_BLOCK) + d_r * size)
+    return config.n_layer * 2 * config.n_query_groups * (config.head_size + SCALE_BYTES)
 
 
 def _check_static(block_table: Optional[torch.Tensor]) -> None:
@@ -38,11 +63,47 @@ def _check_static(block_table: Optional[torch.Tensor]) -> None:
                         "model.set_paged_kv_cache(num_pages, page_size) first, or leave block_table out")
 
 
-class PagedCache(nn.Module):
+class CacheEntries(nn.Module):
+    """What every cache shares: its entry buffers, dense in the model's dtype or in e4m3 with float32 scales
+    (`kv_cache_dtype="fp8_e4m3"`), and `entries(name)`, the buffer as the cache writes and attention read it."""
+
+    def __init__(self, kv_cache_dtype: Optional[str] = None) -> None:
+        super().__init__()
+        self.kv_cache_dtype = check_kv_cache_dtype(kv_cache_dtype)
+        self._formats: dict[str, tuple[int, int, torch.dtype]] = {}  # name -> (block, tail width, model dtype)
+
+    def allocate(self, name: str, shape: tuple[int, ...], block: int, tail_width: int,
+                 device: Optional[torch.device], dtype: Optional[torch.dtype]) -> None:
+        """Register the buffer `name` of (dense) `shape`: in fp8, `name`_fp8 (..., D - tail_width) e4m3 with
+        `name`_scale (..., blocks) float32 (one per `block` values) and, with a tail, `name`_tail (..., tail_width)
+        in dtype."""
+        dtype = dtype or torch.get_default_dtype()
+        if self.kv_cache_dtype is None:
+            self.register_buffer(name, torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+            return
+        lead, width = shape[:-1], shape[-1] - tail_width
+        self.register_buffer(f"{name}_fp8", torch.zeros(*lead, width, device=device, dtype=E4M3), persistent=False)
+        self.register_buffer(f"{name}_scale", torch.ones(*lead, num_blocks(width, block), device=device,
+                                                          dtype=torch.float32), persistent=False)
+        if tail_width:
+            self.register_buffer(f"{name}_tail", torch.zeros(*lead, tail_width, device=device, dtype=dtype),
+                                 persistent=False)
+        self._formats[name] = (block, tail_width, dtype)
+
+    def entries(self, name: str) -> Union[torch.Tensor, Fp8Rows]:
+        """The buffer `name` ("k", "v" or "kv"): the tensor, or in fp8 its `Fp8Rows`."""
+        if self.kv_cache_dtype is None:
+            return getattr(self, name)
+        block, tail_width, dtype = self._formats[name]
+        tail = getattr(self, f"{name}_tail") if tail_width else None
+        return Fp8Rows(getattr(self, f"{name}_fp8"), getattr(self, f"{name}_scale"), tail, block, dtype)
+
+
+class PagedCache(CacheEntries):
     """What the paged caches share: the pool's geometry and the check that a forward passes a block table."""
 
-    def __init__(self, num_pages: int, page_size: int) -> None:
-        super().__init__()
+    def __init__(self, num_pages: int, page_size: int, kv_cache_dtype: Optional[str] = None) -> None:
+        super().__init__(kv_cache_dtype)
         if num_pages < 2 or page_size < 1:
             raise ValueError(f"a paged KV cache needs at least 2 pages (page 0 is scratch) of at least 1 token, got "
                              f"num_pages={num_pages}, page_size={page_size}")
@@ -56,8 +117,9 @@ class PagedCache(nn.Module):
         return block_table
 
 
-class KVCache(nn.Module):
-    """Keys and values of shape (B, n_query_groups, max_seq_length, head_size)."""
+class KVCache(CacheEntries):
+    """Keys and values of shape (B, n_query_groups, max_seq_length, head_size) (in fp8: one scale per token and
+    group, (B, n_query_groups, max_seq_length, 1))."""
 
     def __init__(
         self,
@@ -67,19 +129,21 @@ class KVCache(nn.Module):
         head_size: int,
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
+        kv_cache_dtype: Optional[str] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(kv_cache_dtype)
         shape = (batch_size, n_query_groups, max_seq_length, head_size)
-        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.allocate("k", shape, head_size, 0, device, dtype)
+        self.allocate("v", shape, head_size, 0, device, dtype)
 
     def forward(
         self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[Union[torch.Tensor, Fp8Rows], Union[torch.Tensor, Fp8Rows]]:
         """Write k, v (B, G, T, hs) at input_pos ((T,) or (B, T)) and return the full caches (B, G, S, hs)."""
-        write_positions(self.k, input_pos, k, seq_dim=2)
-        write_positions(self.v, input_pos, v, seq_dim=2)
-        return self.k, self.v
+        k_cache, v_cache = self.entries("k"), self.entries("v")
+        write_entries(k_cache, input_pos, k, seq_dim=2)
+        write_entries(v_cache, input_pos, v, seq_dim=2)
+        return k_cache, v_cache
 
     def write_qkv(
         self,
@@ -101,8 +165,9 @@ class KVCache(nn.Module):
         head and key group. block_table: None (a static cache is addressed by row; `PagedKVCache` takes one).
         """
         _check_static(block_table)
-        q = gqa_cache_write(qkv, self.k, self.v, input_pos, cos, sin, n_head, rope_n_elem, interleave, use_kernel)
-        return q, self.k, self.v
+        k_cache, v_cache = self.entries("k"), self.entries("v")
+        q = gqa_cache_write(qkv, k_cache, v_cache, input_pos, cos, sin, n_head, rope_n_elem, interleave, use_kernel)
+        return q, k_cache, v_cache
 
 
 class PagedKVCache(PagedCache):
@@ -117,11 +182,12 @@ class PagedKVCache(PagedCache):
         head_size: int,
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
+        kv_cache_dtype: Optional[str] = None,
     ) -> None:
-        super().__init__(num_pages, page_size)
+        super().__init__(num_pages, page_size, kv_cache_dtype)
         shape = (num_pages, page_size, n_query_groups, head_size)
-        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.allocate("k", shape, head_size, 0, device, dtype)
+        self.allocate("v", shape, head_size, 0, device, dtype)
 
     def write_qkv(
         self,
@@ -138,16 +204,18 @@ class PagedKVCache(PagedCache):
         """`KVCache.write_qkv` into the pools, each new token at its row's page and slot (block_table (B, P),
         required); returns the roped query (B, nh, T, hs) and the whole pools (num_pages, page_size, G, hs)."""
         block_table = self._check(block_table)
-        q = gqa_cache_write(qkv, self.k, self.v, input_pos, cos, sin, n_head, rope_n_elem, interleave, use_kernel,
+        k_pool, v_pool = self.entries("k"), self.entries("v")
+        q = gqa_cache_write(qkv, k_pool, v_pool, input_pos, cos, sin, n_head, rope_n_elem, interleave, use_kernel,
                             block_table)
-        return q, self.k, self.v
+        return q, k_pool, v_pool
 
 
-class KVCacheCompressed(nn.Module):
+class KVCacheCompressed(CacheEntries):
     """MLA cache: one buffer `kv` of shape (B, max_seq_length, kv_lora_rank + qk_rope_head_dim).
 
     `kv[..., :kv_lora_rank]` is the normalised latent c = kv_a_norm(latent) (it serves as both keys and values in
-    the absorbed path); `kv[..., kv_lora_rank:]` is the roped key shared by all heads.
+    the absorbed path); `kv[..., kv_lora_rank:]` is the roped key shared by all heads. In fp8 the latent is e4m3
+    with one float32 scale per block of at most 128 values, and the key the tail in the model's dtype.
     """
 
     def __init__(
@@ -158,10 +226,11 @@ class KVCacheCompressed(nn.Module):
         qk_rope_head_dim: int,
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
+        kv_cache_dtype: Optional[str] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(kv_cache_dtype)
         shape = (batch_size, max_seq_length, kv_lora_rank + qk_rope_head_dim)
-        self.register_buffer("kv", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.allocate("kv", shape, LATENT_BLOCK, qk_rope_head_dim, device, dtype)
 
     def write(
         self,
@@ -184,9 +253,9 @@ class KVCacheCompressed(nn.Module):
         `PagedKVCacheCompressed` takes one).
         """
         _check_static(block_table)
-        query = mla_cache_write(kv_a, self.kv, input_pos, cos, sin, norm.weight, norm.eps, interleave, query,
-                                use_kernel)
-        return self.kv, query
+        kv = self.entries("kv")
+        query = mla_cache_write(kv_a, kv, input_pos, cos, sin, norm.weight, norm.eps, interleave, query, use_kernel)
+        return kv, query
 
 
 class PagedKVCacheCompressed(PagedCache):
@@ -201,10 +270,11 @@ class PagedKVCacheCompressed(PagedCache):
         qk_rope_head_dim: int,
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
+        kv_cache_dtype: Optional[str] = None,
     ) -> None:
-        super().__init__(num_pages, page_size)
+        super().__init__(num_pages, page_size, kv_cache_dtype)
         shape = (num_pages, page_size, kv_lora_rank + qk_rope_head_dim)
-        self.register_buffer("kv", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.allocate("kv", shape, LATENT_BLOCK, qk_rope_head_dim, device, dtype)
 
     def write(
         self,
@@ -221,6 +291,7 @@ class PagedKVCacheCompressed(PagedCache):
         """`KVCacheCompressed.write` into the pool, each new token at its row's page and slot (block_table (B, P),
         required); returns the whole pool (num_pages, page_size, d_c + d_R) and the roped query if given."""
         block_table = self._check(block_table)
-        query = mla_cache_write(kv_a, self.kv, input_pos, cos, sin, norm.weight, norm.eps, interleave, query,
-                                use_kernel, block_table)
-        return self.kv, query
+        kv = self.entries("kv")
+        query = mla_cache_write(kv_a, kv, input_pos, cos, sin, norm.weight, norm.eps, interleave, query, use_kernel,
+                                block_table)
+        return kv, query

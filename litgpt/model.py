@@ -187,8 +187,10 @@ class GPT(nn.Module):
         max_seq_length: Optional[int] = None,
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
+        kv_cache_dtype: Optional[str] = None,
     ) -> None:
-        """Preallocate every layer's static KV cache for batch_size rows of max_seq_length tokens."""
+        """Preallocate every layer's static KV cache for batch_size rows of max_seq_length tokens, in the model's
+        dtype (kv_cache_dtype None) or "fp8_e4m3" (e4m3 values with float32 scales, `litgpt.kv_cache`)."""
         if max_seq_length is None:
             max_seq_length = self.max_seq_length
         if max_seq_length > self.max_seq_length:
@@ -202,7 +204,7 @@ class GPT(nn.Module):
         # the embedding's dtype: the compute dtype also where bitsandbytes stores the linears quantized (QLoRA)
         dtype = self.transformer.wte.weight.dtype if dtype is None else dtype
         for block in self.transformer.h:
-            block.attn.kv_cache = block.attn.build_kv_cache(batch_size, max_seq_length, device, dtype)
+            block.attn.kv_cache = block.attn.build_kv_cache(batch_size, max_seq_length, device, dtype, kv_cache_dtype)
         self.kv_cache_length = max_seq_length
 
     def set_paged_kv_cache(
@@ -211,15 +213,17 @@ class GPT(nn.Module):
         page_size: int,
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
+        kv_cache_dtype: Optional[str] = None,
     ) -> None:
         """Give every layer a paged KV cache: a pool of num_pages pages of page_size tokens each (page 0 is scratch,
-        never handed to a sequence), `litgpt.kv_cache.PagedKVCache` or, for MLA, `PagedKVCacheCompressed`. A forward
+        never handed to a sequence), `litgpt.kv_cache.PagedKVCache` or, for MLA, `PagedKVCacheCompressed`, in the
+        model's dtype or kv_cache_dtype ("fp8_e4m3", as `set_kv_cache`). A forward
         then takes a block table (see `forward`); `clear_kv_cache` removes it. Positions stay below max_seq_length
         (the rope tables)."""
         device = self.lm_head.weight.device if device is None else device
         dtype = self.transformer.wte.weight.dtype if dtype is None else dtype
         for block in self.transformer.h:
-            block.attn.kv_cache = block.attn.build_paged_kv_cache(num_pages, page_size, device, dtype)
+            block.attn.kv_cache = block.attn.build_paged_kv_cache(num_pages, page_size, device, dtype, kv_cache_dtype)
         self.kv_cache_length = self.max_seq_length
 
     def _check_block_table(self, cache: PagedCache, idx: torch.Tensor, block_table: Optional[torch.Tensor]) -> int:

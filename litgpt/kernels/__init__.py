@@ -28,6 +28,7 @@ from litgpt.kernels.decode_attention import (
     roped_heads,
     set_kernels,
     split_heads,
+    write_entries,
     write_pages,
     write_positions,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "roped_heads",
     "set_kernels",
     "split_heads",
+    "write_entries",
     "write_pages",
     "write_positions",
 ]

@@ -22,6 +22,7 @@ import torch
 
 from litgpt.kernels._ops import define_op
 from litgpt.kernels._triton import kernel_applies
+from litgpt.kernels.fp8_cache import E4M3, Fp8Rows, as_dense, quantize_rows
 from litgpt.rope import apply_partial_rope, apply_rope, apply_rope_last
 
 if TYPE_CHECKING:
@@ -34,9 +35,12 @@ def key_mask(input_pos: torch.Tensor, S: int) -> torch.Tensor:
     return mask.unsqueeze(1) if mask.dim() == 3 else mask
 
 
-def gather_pages(pool: torch.Tensor, block_table: torch.Tensor, length: Optional[int] = None) -> torch.Tensor:
+def gather_pages(pool: torch.Tensor | Fp8Rows, block_table: torch.Tensor, length: Optional[int] = None) -> torch.Tensor:
     """Each row's pages of a pool (num_pages, page_size, ...) in block-table order, as one contiguous copy
-    (B, P * page_size, ...), or its first `length` positions (only the pages that hold them are copied)."""
+    (B, P * page_size, ...), or its first `length` positions (only the pages that hold them are copied). An FP8
+    pool's pages are gathered, then dequantized."""
+    if isinstance(pool, Fp8Rows):
+        return pool.map(lambda part: gather_pages(part, block_table, length)).dequantize()
     page_size = pool.size(1)
     if length is not None:
         block_table = block_table[:, : -(-length // page_size)]  # (B, pages holding positions < length)
@@ -54,18 +58,36 @@ def write_pages(pool: torch.Tensor, block_table: torch.Tensor, input_pos: torch.
     pool.index_put_((pages, positions % page_size), values.to(pool.dtype))
 
 
+def write_entries(
+    cache: torch.Tensor | Fp8Rows, input_pos: torch.Tensor, values: torch.Tensor, seq_dim: int,
+    block_table: Optional[torch.Tensor] = None,
+) -> None:
+    """The torch path's cache write: values at input_pos along seq_dim of a static cache (`write_positions`), or
+    with block_table at each position's page and slot of a pool (`write_pages`, values (B, T, ...)). An FP8 cache
+    quantizes the values first (`quantize_rows`: the scales come from the tokens written) and writes every part."""
+    if isinstance(cache, Fp8Rows):
+        for part, part_values in zip(cache.parts(), quantize_rows(values, cache.block, cache.tail_width)):
+            write_entries(part, input_pos, part_values, seq_dim, block_table)
+    elif block_table is None:
+        write_positions(cache, input_pos, values, seq_dim)
+    else:
+        write_pages(cache, block_table, input_pos, values)
+
+
 def mla_decode_attention_reference(
-    q: torch.Tensor, kv: torch.Tensor, input_pos: torch.Tensor, kv_lora_rank: int, scale: float,
+    q: torch.Tensor, kv: torch.Tensor | Fp8Rows, input_pos: torch.Tensor, kv_lora_rank: int, scale: float,
     block_table: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Absorbed MLA attention in pure torch (softmax in fp32 or wider); the torch decode path and the test reference.
 
     q: (B, h, T, d_c + d_R) = [q_nope absorbed into latent space | roped q_rope]; kv: (B, S, d_c + d_R) = [c | k_rope],
-    or with block_table (B, P) a page pool (num_pages, page_size, d_c + d_R), gathered here.
+    or with block_table (B, P) a page pool (num_pages, page_size, d_c + d_R), gathered here. An FP8 cache
+    (`Fp8Rows`) is dequantized to its model dtype first, so both formats compute the same function.
     scores = q . kv * scale over keys 0..input_pos; output = softmax(scores) @ c: (B, h, T, d_c) in q.dtype.
     """
     if block_table is not None:
         kv = gather_pages(kv, block_table)  # (B, P * page_size, d_c + d_R)
+    kv = as_dense(kv)  # (B, S, d_c + d_R)
     B, h, T, D = q.shape
     S = kv.size(1)
     compute = torch.promote_types(q.dtype, torch.float32)
@@ -78,17 +100,19 @@ def mla_decode_attention_reference(
 
 
 def gqa_decode_attention_reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor, scale: float,
+    q: torch.Tensor, k: torch.Tensor | Fp8Rows, v: torch.Tensor | Fp8Rows, input_pos: torch.Tensor, scale: float,
     block_table: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Grouped-query attention over a KV cache in pure torch (softmax in fp32 or wider).
 
     q: (B, H, T, d); k: (B, G, S, d); v: (B, G, S, d_v) with H a multiple of G, or with block_table (B, P) page
-    pools k (num_pages, page_size, G, d) and v (num_pages, page_size, G, d_v), gathered here.
+    pools k (num_pages, page_size, G, d) and v (num_pages, page_size, G, d_v), gathered here. FP8 caches
+    (`Fp8Rows`) are dequantized to their model dtype first.
     Returns (B, H, T, d_v) in q.dtype.
     """
     if block_table is not None:
         k, v = gather_pages(k, block_table).transpose(1, 2), gather_pages(v, block_table).transpose(1, 2)
+    k, v = as_dense(k), as_dense(v)  # (B, G, S, d), (B, G, S, d_v)
     B, H, T, d = q.shape
     G, S = k.size(1), k.size(2)
     compute = torch.promote_types(q.dtype, torch.float32)
@@ -115,15 +139,18 @@ def _check_block_table(block_table: torch.Tensor, B: int) -> None:
                          f"got {block_table.dtype} {tuple(block_table.shape)}")
 
 
-def _paged_kernel_applies(tensors: tuple[torch.Tensor, ...], widths: tuple[int, ...],
+def _paged_kernel_applies(tensors: tuple[torch.Tensor | Fp8Rows, ...], widths: tuple[int, ...],
                           block_table: Optional[torch.Tensor]) -> bool:
-    """`kernel_applies`, and with a block table, the table on the same device with unit last stride."""
+    """`kernel_applies`, and with a block table, the table on the same device with unit last stride. FP8 caches
+    take the torch path."""
+    if any(isinstance(t, Fp8Rows) for t in tensors):
+        return False
     return kernel_applies(tensors, widths) and (
         block_table is None or (block_table.device == tensors[0].device and block_table.stride(-1) == 1))
 
 
 def mla_decode_attention(
-    q: torch.Tensor, kv: torch.Tensor, input_pos: torch.Tensor, kv_lora_rank: int, scale: float,
+    q: torch.Tensor, kv: torch.Tensor | Fp8Rows, input_pos: torch.Tensor, kv_lora_rank: int, scale: float,
     block_table: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Absorbed MLA attention over the latent cache: the Triton kernel where it applies, else the reference.
@@ -149,7 +176,7 @@ def mla_decode_attention(
 
 
 def gqa_decode_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor, scale: float,
+    q: torch.Tensor, k: torch.Tensor | Fp8Rows, v: torch.Tensor | Fp8Rows, input_pos: torch.Tensor, scale: float,
     block_table: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """MHA/GQA/MQA attention over `KVCache` buffers (or, with block_table, `PagedKVCache` pools read through it):
@@ -191,7 +218,7 @@ def latent_entries(
 
 def mla_cache_write(
     kv_a: torch.Tensor,
-    cache: torch.Tensor,
+    cache: torch.Tensor | Fp8Rows,
     input_pos: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
@@ -220,10 +247,7 @@ def mla_cache_write(
     )
     if not fused:
         entries = latent_entries(kv_a, cos, sin, norm_weight, eps, interleave)  # (B, T, d_c + d_R)
-        if block_table is None:
-            write_positions(cache, input_pos, entries, seq_dim=1)
-        else:
-            write_pages(cache, block_table, input_pos, entries)
+        write_entries(cache, input_pos, entries, 1, block_table)
         return None if query is None else apply_rope_last(query, cos, sin, interleave)  # (B, h, T, d_c + d_R)
     positions = _positions(input_pos, B, 1)[:, 0]  # (B,)
     args = (cos.reshape(-1, d_r), sin.reshape(-1, d_r), norm_weight, eps, interleave)
@@ -258,8 +282,8 @@ def roped_heads(
 
 def gqa_cache_write(
     qkv: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
+    k_cache: torch.Tensor | Fp8Rows,
+    v_cache: torch.Tensor | Fp8Rows,
     input_pos: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
@@ -293,12 +317,10 @@ def gqa_cache_write(
     )
     if not fused:
         q, k, v = roped_heads(qkv, n_head, n_groups, head_size, cos, sin, rope_n_elem, interleave)
-        if block_table is None:
-            write_positions(k_cache, input_pos, k, seq_dim=2)
-            write_positions(v_cache, input_pos, v, seq_dim=2)
-        else:
-            write_pages(k_cache, block_table, input_pos, k.transpose(1, 2))  # (B, T, ng, hs) into the K pool
-            write_pages(v_cache, block_table, input_pos, v.transpose(1, 2))
+        if block_table is not None:
+            k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, T, ng, hs) into the K and V pools
+        write_entries(k_cache, input_pos, k, 2, block_table)
+        write_entries(v_cache, input_pos, v, 2, block_table)
         return q
     positions = _positions(input_pos, B, 1)[:, 0]  # (B,)
     tables = (cos.reshape(-1, rope_n_elem), sin.reshape(-1, rope_n_elem)) if rope_n_elem else (qkv, qkv)  # unread
@@ -316,6 +338,8 @@ def write_positions(buffer: torch.Tensor, input_pos: torch.Tensor, values: torch
     then position), so the indexed shape equals the values' shape.
     """
     values = values.to(buffer.dtype)
+    if buffer.dtype == E4M3:  # index_copy_ has no float8 kernel on the CPU: copy the bytes
+        buffer, values = buffer.view(torch.uint8), values.view(torch.uint8)
     if input_pos.dim() == 1:
         buffer.index_copy_(seq_dim, input_pos, values)
         return
