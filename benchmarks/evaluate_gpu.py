@@ -1,7 +1,7 @@
 """`litgpt evaluate` beside lm-eval's own Hugging Face model (`HFLM`) on the same weights, in one process: the
 checkpoint converted to Hugging Face (`litgpt.scripts.convert_lit_checkpoint`), both scored on the same tasks with the
 same settings, each one's load and evaluation wall time, both results and their relative difference per metric.
-Prints a markdown table and writes JSON.
+Prints a markdown table and writes it (OUT with the suffix .md) and JSON (--out).
 
     python benchmarks/evaluate_gpu.py --checkpoint_dir out/pretrain/pythia-160m/final \\
         --tasks python_syntax,python_code --include_path config_hub/evaluate --out out/evaluate_gpu.json
@@ -119,16 +119,20 @@ def main() -> None:
     )
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     opts.out.write_text(json.dumps(record, indent=2))
-    print(f"# litgpt evaluate vs lm-eval HFLM ({record['device']}, torch {record['torch']}, {opts.precision}, "
-          f"batch {opts.batch_size}, {record['date']})\n")
-    print("| runner | load (s) | evaluate (s) |\n|---|---|---|")
+    lines = [f"# litgpt evaluate vs lm-eval HFLM ({record['device']}, torch {record['torch']}, {opts.precision}, "
+             f"batch {opts.batch_size}, {record['date']})", "", f"Command: `{record['command']}`", "",
+             "| runner | load (s) | evaluate (s) |", "|---|---|---|"]
     for name in order:
-        print(f"| {'litgpt evaluate' if name == 'ours' else 'HFLM'} | {measured[name]['load_s']:.2f} "
-              f"| {measured[name]['evaluate_s']:.2f} |")
-    print(f"\nlargest |ours - HFLM| / |HFLM| over the metrics: {record['max_relative_difference']}\n")
+        lines.append(f"| {'litgpt evaluate' if name == 'ours' else 'HFLM'} | {measured[name]['load_s']:.2f} "
+                     f"| {measured[name]['evaluate_s']:.2f} |")
+    lines += ["", f"largest |ours - HFLM| / |HFLM| over the metrics: {record['max_relative_difference']}", ""]
     for name in order:
-        print(f"## {name}\n\n{measured[name]['table']}")
-    print(f"wrote {opts.out}")
+        lines += [f"## {name}", "", measured[name]["table"]]
+    report = "\n".join(lines) + "\n"
+    md = opts.out.with_suffix(".md")
+    md.write_text(report)
+    print(report)
+    print(f"wrote {opts.out} and {md}")
 
 
 if __name__ == "__main__":

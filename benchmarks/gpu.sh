@@ -28,6 +28,17 @@
 #             4K and 32 x 4K tokens (tokens/s, MFU) with kernel profiles of the batch-1 and batch-8 decode steps,
 #             `litgpt benchmark generate` of 256 tokens (phases) from a random-init checkpoint (needs DATA's Pythia
 #             tokenizer), then HF transformers' generate (dynamic and static cache) while time is left
+#   serve     `litgpt benchmark serve` on random-init pythia-160m-mla and pythia-160m in one run: 1,024-token prompts
+#             of the corpus's held-out literature, 256 new tokens, concurrency 1, 16, 64 and 256, both at one
+#             --kv_cache_gib (SERVE_KV_GIB, default 2.15: every MLA sequence fits, MHA admits at most 61), upstream
+#             litgpt 0.5.13's `litgpt serve` on the MHA checkpoint at concurrency 1; first `litgpt benchmark generate`
+#             of the benchmark's first prompt at batch 1 (the decode rate concurrency 1 is compared with). About 10
+#             minutes (upstream serves one request at a time): start it with --background
+#   evaluate  pythia-160m and pythia-160m-mla pretrained for PRETRAIN_TOKENS (finetune's runs in KEEP, resumed or
+#             reused), `litgpt evaluate` of both on two tasks made from the corpus's held-out text by
+#             benchmarks/evaluate_tasks.py (its perplexity; which of 4 definitions belongs to a GCIDE word), then
+#             benchmarks/evaluate_gpu.py: ours against lm-eval's HFLM on the HF-converted pythia-160m. Pretraining
+#             takes about 9 minutes: start it with --background. Page: tutorials/results/evaluate/README.md
 #   kernels   MLA decode kernel bandwidth (and over an MHA cache), its split/merge breakdown, the batch-1 GEMV
 #             against cuBLAS, the training loss's cross-entropy passes, SDPA at MLA's head widths, the sampler draw
 #   tests     every CUDA-marked test
@@ -36,16 +47,19 @@
 # (OUT set) they go to /tmp/gpu-results and come back as one archive, $OUT/<date>_<device>_<topics>.tar.gz. Checkpoints
 # and token caches: KEEP (default /tmp/keep); topics resume or skip what it holds. DEADLINE_S (default 560) bounds
 # the run: each command gets what is left of it. A device call runs at most 600 s; finetune, moe and convert take
-# longer, so start them with --background and send --collect calls until the steps log says done.
+# longer, so start them with --background and send --collect calls until the steps log says done; so do serve and
+# evaluate.
 #
 # Inputs, carried with the device tool (carry [".whl", ".peer", ".gpu"]):
 #   .whl/  wheels the image lacks (jsonargparse, ...): benchmarks/gpu_setup.sh installs them
-#   .peer/ upstream litgpt 0.5.13's wheel, for `generate` (it runs from its own PYTHONPATH, never beside ours)
+#   .whl/  also lm-eval and its dependencies (evaluate), fastapi, uvicorn, pydantic and theirs (serve)
+#   .peer/ upstream litgpt 0.5.13's wheel, for `generate` and `serve` (it runs from its own PYTHONPATH, never beside
+#          ours), with the wheels it needs that the image lacks: its jsonargparse (<= 4.41), litserve, fastapi, ...
 #   .gpu/  DATA: the offline corpus of `python benchmarks/offline_corpus.py --out .gpu/offline_corpus --tokenizers`
 #          (or .gpu/corpus.tar.xz of its corpus/, instruct/ and tokenizers/), and wheels/ (bitsandbytes, for QLoRA)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-TOPICS="decode generate training finetune moe moe_model convert kernels tests"
+TOPICS="decode generate serve training finetune evaluate moe moe_model convert kernels tests"
 pack() {  # DIR ARCHIVE: DIR without weights or token caches; split into 15 MiB parts (a returned file's limit)
   tar -C "$1" --exclude='*.pth' --exclude='*.pth.lora' --exclude='*.bin' --exclude='tokens' --exclude='*.ckpt' \
     --exclude='*.safetensors' --exclude='tokenizer*.json' -czf "$2" . 2>/dev/null
@@ -165,15 +179,17 @@ random_bases() {
   [ $LIST = 0 ] && [ -f "$KEEP/random/ds/lit_model.pth" ] && return 0
   x python3 benchmarks/gpu_helpers.py random-bases $KEEP/random $D/tokenizers/pythia
 }
+peer_python() {  # /tmp/peer_python: python3 with upstream litgpt 0.5.13 (and .peer's wheels) alone on its path
+  [ $LIST = 1 ] && return 0
+  [ -d /tmp/peersite/litgpt ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --target /tmp/peersite .peer/*.whl
+  printf '#!/bin/sh\nPYTHONPATH=/tmp/peersite exec %s "$@"\n' "$(command -v python3)" > /tmp/peer_python
+  chmod +x /tmp/peer_python
+}
 topic_generate() {
   topic_dir generate
   random_bases
-  if [ $LIST = 0 ]; then  # /tmp/peer_python: python3 with upstream litgpt 0.5.13 alone on its path
-    [ -d /tmp/peersite/litgpt ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-      --target /tmp/peersite .peer/*.whl
-    printf '#!/bin/sh\nPYTHONPATH=/tmp/peersite exec %s "$@"\n' "$(command -v python3)" > /tmp/peer_python
-    chmod +x /tmp/peer_python
-  fi
+  peer_python
   x python3 -m litgpt benchmark decode --models '[pythia-160m-mla, pythia-160m]' --batch_sizes '[1, 8]' \
     --context_lengths '[1024]' --mode cuda_graph --decode_steps 300 --warmup 10 --out_dir $R/decode
   x python3 -m litgpt benchmark decode --models '[pythia-160m-mla, pythia-160m]' --batch_sizes '[1]' \
@@ -192,6 +208,46 @@ topic_generate() {
   for i in 1 2; do x python3 -m litgpt generate $KEEP/random/mla --max_new_tokens 100 --temperature 0; done
   x python3 -X importtime -m litgpt generate $KEEP/random/mla --max_new_tokens 100 --temperature 0
   x python3 benchmarks/gpu_helpers.py profile-generate $KEEP/random/mla $R
+}
+
+# ------------------------------------------------------------------------------------------------------------ serve
+topic_serve() {
+  topic_dir serve
+  random_bases
+  peer_python
+  local text=$D/corpus/val/literature.txt prompt=$R/prompt_1024.txt p m
+  x python3 benchmarks/gpu_helpers.py prompt-text $text $D/tokenizers/pythia 1024 $prompt
+  if [ $LIST = 1 ]; then p="\$(cat $prompt)"; else p=$(cat "$prompt" 2>/dev/null); fi
+  log "litgpt generate at batch 1 of the first prompt the serve benchmark sends, 256 new tokens (two timed runs)"
+  for m in mla mha; do
+    x python3 -m litgpt benchmark generate $KEEP/random/$m --prompt "$p" --new_tokens '[256]' --batches '[1]' \
+      --repeats 2 --chat false --hf false --out_dir $R/generate_$m
+  done
+  log "benchmark serve: ours on MLA then MHA at one --kv_cache_gib, then upstream's litgpt serve on MHA"
+  x python3 -m litgpt benchmark serve --checkpoint_dirs "[$KEEP/random/mla, $KEEP/random/mha]" --text_file $text \
+    --concurrency '[1, 16, 64, 256]' --prompt_tokens 1024 --max_tokens 256 --max_batch_size 256 \
+    --kv_cache_gib ${SERVE_KV_GIB:-2.15} --peer_python /tmp/peer_python --peer_checkpoint_dir $KEEP/random/mha \
+    --peer_concurrency '[1]' --out_dir $R/benchmark
+}
+
+# --------------------------------------------------------------------------------------------------------- evaluate
+topic_evaluate() {
+  topic_dir evaluate
+  x python3 benchmarks/gpu_helpers.py tokenize $D $KEEP/tokens
+  log "pretrain pythia-160m and pythia-160m-mla at once (finetune's runs: a finished one is only reloaded)"
+  pretrain_base pythia-160m
+  pretrain_base pythia-160m-mla
+  xwait
+  local tasks=$KEEP/evaluate_tasks names=corpus_heldout,gcide_definitions m
+  x python3 benchmarks/evaluate_tasks.py --corpus $D/corpus/val --out $tasks
+  x cp $tasks/corpus_heldout.yaml $tasks/gcide_definitions.yaml $R/
+  for m in pythia-160m pythia-160m-mla; do
+    x python3 -m litgpt evaluate $KEEP/pretrain/$m/final --tasks $names --include_path $tasks --batch_size 32 \
+      --out_dir $R/$m
+  done
+  log "ours against lm-eval's HFLM on the HF-converted pythia-160m, same tasks, same process"
+  x python3 benchmarks/evaluate_gpu.py --checkpoint_dir $KEEP/pretrain/pythia-160m/final --tasks $names \
+    --include_path $tasks --batch_size 32 --out $R/evaluate_gpu.json
 }
 
 # --------------------------------------------------------------------------------------------------------- training

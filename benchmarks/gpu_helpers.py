@@ -1,6 +1,7 @@
 """Small steps of `benchmarks/gpu.sh` that need Python: each is one subcommand.
 
-    python3 benchmarks/gpu_helpers.py random-bases OUT_DIR TOKENIZER_DIR   # random-init mha / mla / ds checkpoints
+    python3 benchmarks/gpu_helpers.py random-bases OUT_DIR TOKENIZER_DIR [SIZE]  # random-init mha / mla (/ ds)
+    python3 benchmarks/gpu_helpers.py prompt-text TEXT_FILE TOKENIZER_DIR TOKENS OUT_FILE  # a prompt of TOKENS tokens
     python3 benchmarks/gpu_helpers.py scratch-config RANK FILE             # pythia-70m's MLA shape at kv_lora_rank RANK
     python3 benchmarks/gpu_helpers.py tokenize DATA_DIR CACHE_DIR          # tokenize the offline corpus once
     python3 benchmarks/gpu_helpers.py held-out-words VAL_JSON [N]          # the first N instructions of val.json
@@ -27,21 +28,37 @@ DS_CONFIG = dict(
 )
 
 
-def random_bases(out_dir: str, tokenizer_dir: str) -> None:
-    """Random-init bf16 checkpoints of pythia-160m (mha), pythia-160m-mla (mla) and DS_CONFIG (ds), each with the
-    tokenizer's files: random weights never stop early, so every generated text runs to its full length."""
+def random_bases(out_dir: str, tokenizer_dir: str, size: str = "160m") -> None:
+    """Random-init bf16 checkpoints of pythia-SIZE (mha), pythia-SIZE-mla (mla) and, at 160m, DS_CONFIG (ds), each
+    with the tokenizer's files: random weights never stop early, so every generated text runs to its full length.
+    A smaller SIZE (14m) makes CPU-sized stand-ins for dry runs of the GPU commands."""
     import torch
 
     from litgpt import GPT, Config
     from litgpt.checkpoint import save_checkpoint
 
-    for short, config in (("mha", Config.from_name("pythia-160m")), ("mla", Config.from_name("pythia-160m-mla")),
-                          ("ds", Config(**DS_CONFIG))):
+    models = [("mha", Config.from_name(f"pythia-{size}")), ("mla", Config.from_name(f"pythia-{size}-mla"))]
+    for short, config in models + ([("ds", Config(**DS_CONFIG))] if size == "160m" else []):
         out = Path(out_dir) / short
         torch.manual_seed(0)
         save_checkpoint(GPT(config).to(torch.bfloat16), out)
         for f in Path(tokenizer_dir).iterdir():
             shutil.copy(f, out / f.name)
+
+
+def prompt_text(text_file: str, tokenizer_dir: str, tokens: str, out_file: str) -> None:
+    """The first prompt `litgpt benchmark serve` cuts from TEXT_FILE at its default seed (a window of TOKENS tokens),
+    decoded to text into OUT_FILE: `litgpt generate --prompt "$(cat OUT_FILE)"` then reads the request that
+    the serve benchmark sends first (re-encoding the text may give a token or two more or fewer)."""
+    from litgpt.benchmark.serve import prompt_windows
+    from litgpt.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(Path(tokenizer_dir))
+    ids = tokenizer.encode(Path(text_file).read_text(encoding="utf-8", errors="replace")).tolist()
+    window = prompt_windows(ids, int(tokens), 1, seed=1234)[0]
+    text = tokenizer.decode(window)
+    Path(out_file).write_text(text, encoding="utf-8")
+    print(f"wrote {out_file}: {len(window)} tokens ({len(tokenizer.encode(text))} once re-encoded), {len(text)} chars")
 
 
 def scratch_config(rank: str, file: str) -> None:
@@ -99,8 +116,8 @@ def profile_generate(checkpoint: str, out_dir: str) -> None:
         Path(out_dir, f"cprofile_{key}.txt").write_text(text.getvalue())
 
 
-COMMANDS = {"random-bases": random_bases, "scratch-config": scratch_config, "tokenize": tokenize,
-            "held-out-words": held_out_words, "profile-generate": profile_generate}
+COMMANDS = {"random-bases": random_bases, "prompt-text": prompt_text, "scratch-config": scratch_config,
+            "tokenize": tokenize, "held-out-words": held_out_words, "profile-generate": profile_generate}
 
 if __name__ == "__main__":  # the spawned tokenizer workers import this file: nothing runs at import
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
