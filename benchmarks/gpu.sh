@@ -51,8 +51,9 @@
 # evaluate.
 #
 # Inputs, carried with the device tool (carry [".whl", ".peer", ".gpu"]):
-#   .whl/  wheels the image lacks (jsonargparse, ...): benchmarks/gpu_setup.sh installs them
-#   .whl/  also lm-eval and its dependencies (evaluate), fastapi, uvicorn, pydantic and theirs (serve)
+#   (`bash benchmarks/gpu_carry.sh CORPUS_DIR`, on a machine with PyPI, downloads .whl and .peer and packs .gpu)
+#   .whl/  wheels the image lacks (jsonargparse, ...): benchmarks/gpu_setup.sh installs them; also lm-eval and what it
+#          imports (evaluate), fastapi, uvicorn, pydantic and theirs (serve)
 #   .peer/ upstream litgpt 0.5.13's wheel, for `generate` and `serve` (it runs from its own PYTHONPATH, never beside
 #          ours), with the wheels it needs that the image lacks: its jsonargparse (<= 4.41), litserve, fastapi, ...
 #   .gpu/  DATA: the offline corpus of `python benchmarks/offline_corpus.py --out .gpu/offline_corpus --tokenizers`
