@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
+import time
 
 import pytest
 
 from litgpt.benchmark.serve import (
     ROW_KEYS,
     RequestResult,
+    Server,
     benchmark_serve,
     format_table,
     level_row,
@@ -92,3 +96,28 @@ def test_benchmark_serve_refuses_bad_options(tmp_path):
         benchmark_serve([checkpoint], text, concurrency=[])
     with pytest.raises(ValueError, match="has no lit_model.pth"):
         benchmark_serve([tmp_path], text)
+
+
+def test_stop_ends_the_processes_a_server_leaves_behind(tmp_path):
+    """A server whose main process exits on SIGTERM but leaves a child running (as upstream's LitServe does): stop()
+    ends the child too, so no server of an earlier checkpoint holds the device or the CPU."""
+    pid_file = tmp_path / "child.pid"
+    script = (f"import subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', 'import time; "
+              f"time.sleep(600)']); open({str(pid_file)!r}, 'w').write(str(child.pid)); time.sleep(600)")
+    server = Server([sys.executable, "-c", script], port=0, ours=False)
+    deadline = time.monotonic() + 60
+    while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    server.stop()
+    assert server.process.returncode is not None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # killed; reaped by init once it is an orphan
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, 9)
+        pytest.fail("the server's child outlived stop()")

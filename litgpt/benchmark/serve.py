@@ -153,7 +153,8 @@ class Server:
         raise RuntimeError(f"the server was not ready after {timeout_s:.0f} s: {self.log_tail()}")
 
     def stop(self) -> None:
-        """SIGTERM (the server finishes what is in flight), then SIGKILL after 60 s."""
+        """SIGTERM (the server finishes what is in flight), then SIGKILL after 60 s; then the same for what is left of
+        its process group (upstream's LitServe leaves its server processes running when its main process exits)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -161,7 +162,24 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._end_group()
         self.log.close()
+
+    def _end_group(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL, the processes left in the server's own session (start_new_session: its group id
+        is its pid), each signal given timeout_s to take."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.process.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                return
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(self.process.pid, 0)
+                except (ProcessLookupError, PermissionError):
+                    return
+                time.sleep(0.1)
 
 
 async def send_ours(client: Any, url: str, prompt: list[int], max_tokens: int, temperature: float,
