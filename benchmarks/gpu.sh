@@ -79,6 +79,8 @@ if [ "${1:-}" = "--collect" ] || [ "${1:-}" = "--background" ]; then
   if [ "$1" = "--background" ]; then
     shift
     rm -rf /tmp/gpu-src && mkdir -p /tmp/gpu-src /tmp/keep && cp -r . /tmp/gpu-src/
+    # an earlier pipeline's log (its "done" would end this one's --collect at once) is kept under another name
+    [ -f /tmp/keep/steps.log ] && mv /tmp/keep/steps.log "/tmp/keep/steps-$(date +%H%M%S).log"
     (cd /tmp/gpu-src && KEEP=/tmp/keep RESULTS=/tmp/keep/results DEADLINE_S=${PIPELINE_S:-1500} \
       setsid nohup bash benchmarks/gpu.sh "$@" > /tmp/keep/pipeline.log 2>&1 < /dev/null &)
     sleep 5
