@@ -39,6 +39,8 @@
 #             benchmarks/evaluate_tasks.py (its perplexity; which of 4 definitions belongs to a GCIDE word), then
 #             benchmarks/evaluate_gpu.py: ours against lm-eval's HFLM on the HF-converted pythia-160m. Pretraining
 #             takes about 9 minutes: start it with --background. Page: tutorials/results/evaluate/README.md
+#   moe_modes DeepSeek-V2-Lite's decode step at batch 1 and 8 x 1K in each capture mode: the captured eager step
+#             (cuda_graph), torch.compile with CUDA graphs (compile) and the compiled step captured (compile+cuda_graph)
 #   kernels   MLA decode kernel bandwidth (and over an MHA cache), its split/merge breakdown, the batch-1 GEMV
 #             against cuBLAS, the training loss's cross-entropy passes, SDPA at MLA's head widths, the sampler draw
 #   tests     every CUDA-marked test
@@ -60,7 +62,7 @@
 #          (or .gpu/corpus.tar.xz of its corpus/, instruct/ and tokenizers/), and wheels/ (bitsandbytes, for QLoRA)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-TOPICS="decode generate serve training finetune evaluate moe moe_model convert kernels tests"
+TOPICS="decode generate serve training finetune evaluate moe moe_model moe_modes convert kernels tests"
 pack() {  # DIR ARCHIVE: DIR without weights or token caches; split into 15 MiB parts (a returned file's limit)
   tar -C "$1" --exclude='*.pth' --exclude='*.pth.lora' --exclude='*.bin' --exclude='tokens' --exclude='*.ckpt' \
     --exclude='*.safetensors' --exclude='tokenizer*.json' -czf "$2" . 2>/dev/null
@@ -328,6 +330,17 @@ topic_moe() {
   xwait
   x python3 -m litgpt compare "${args[@]}"
   x cp -r $KEEP/moe_compare/results.json $KEEP/moe_compare/results.md $R/
+}
+
+# -------------------------------------------------------------------------------------------------------- moe_modes
+topic_moe_modes() {
+  topic_dir moe_modes
+  local mode
+  for mode in cuda_graph compile compile+cuda_graph; do
+    x python3 -m litgpt benchmark decode --models '[DeepSeek-V2-Lite]' --batch_sizes '[1, 8]' \
+      --context_lengths '[1024]' --mode $mode --decode_steps 50 --warmup 5 --memory_budget_gib 40 \
+      --out_dir $R/decode_${mode//+/_}
+  done
 }
 
 # -------------------------------------------------------------------------------------------------------- moe_model
