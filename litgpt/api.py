@@ -36,6 +36,7 @@ from litgpt.generate.session import DecodeSession, decode_mode
 from litgpt.hub import CHECKPOINTS_ROOT, is_repo_id, resolve_checkpoint_dir
 from litgpt.quantize import check_inference_quantize, has_quantized_weights, quantize_linears
 from litgpt.kernels._triton import start_warm_up
+from litgpt.kv_cache import check_kv_cache_dtype
 from litgpt.model import GPT
 from litgpt.prompts import PromptStyle, load_prompt_style, prompt_uses_bos
 from litgpt.tokenizer import Tokenizer
@@ -83,6 +84,7 @@ class LLM(torch.nn.Module):
         self.checkpoint_dir = checkpoint_dir
         self.session: Optional[DecodeSession] = None
         self.fixed_kv_cache_size: Optional[int] = None  # set by `distribute`: every session's cache length
+        self.kv_cache_dtype: Optional[str] = None  # set by `load`/`distribute`: every session's KV-cache format
         self._generation = 0  # counts generate calls: a stream started before the latest call stops with an error
         self._session_weights: Optional[tuple] = None  # `weights_key` of the model when the session was built
 
@@ -130,6 +132,7 @@ class LLM(torch.nn.Module):
 
         self.session = None
         self.fixed_kv_cache_size = None
+        self.kv_cache_dtype = None
         if trainer_ckpt is not None:
             checkpoint = read_checkpoint_file(trainer_ckpt)
             if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
@@ -160,6 +163,7 @@ class LLM(torch.nn.Module):
         device: Optional[Union[str, torch.device]] = "auto",
         precision: Optional[str] = None,
         prompt_style: Optional[str] = None,
+        kv_cache_dtype: Optional[str] = None,
     ) -> "LLM":
         """Load a checkpoint directory (lit_model.pth, model_config.yaml, tokenizer files), or the hub id ORG/NAME
         of a model `litgpt download ORG/NAME` put in checkpoints/ORG/NAME; or build a named config.
@@ -171,15 +175,18 @@ class LLM(torch.nn.Module):
         (default: $HF_TOKEN) for gated repositories. distribute: "auto"
         places the model on `device` now; None leaves it unplaced (`llm.model` is None) until `llm.distribute(...)`.
         device: "auto" (CUDA when available), "cpu", "cuda"...; precision: 32-true, bf16-true, 16-true, 64-true
-        (default bf16 on CUDA, else float32); prompt_style: a name from `litgpt.prompts.prompt_styles`.
+        (default bf16 on CUDA, else float32); prompt_style: a name from `litgpt.prompts.prompt_styles`;
+        kv_cache_dtype: the KV cache's format when the model is placed now (with distribute=None, pass it to
+        `distribute`): None (the model's dtype) or "fp8_e4m3" (e4m3 values with float32 scales, `litgpt.kv_cache`).
         """
         if init not in ("pretrained", "random"):
             raise ValueError(f"init must be 'pretrained' or 'random', got {init!r}")
         if distribute not in ("auto", None):
             raise ValueError(f"distribute must be 'auto' or None (then call llm.distribute(...)), got {distribute!r}")
-        if distribute is None and (device != "auto" or precision is not None):
+        if distribute is None and (device != "auto" or precision is not None or kv_cache_dtype is not None):
             raise ValueError("with distribute=None pass the device and precision to llm.distribute(accelerator=..., "
-                             "precision=...), not to LLM.load")
+                             "precision=...), and kv_cache_dtype too, not to LLM.load")
+        check_kv_cache_dtype(kv_cache_dtype)
         if tokenizer_dir is not None:
             tokenizer_dir = resolve_checkpoint_dir(tokenizer_dir, option="tokenizer_dir")
         if init == "random":
@@ -191,7 +198,7 @@ class LLM(torch.nn.Module):
             style = load_prompt_style(tokenizer_dir, prompt_style)
             llm = cls(None, tokenizer, style, None, config)
             if distribute == "auto":
-                llm.distribute(accelerator=device, precision=precision)
+                llm.distribute(accelerator=device, precision=precision, kv_cache_dtype=kv_cache_dtype)
             return llm
         if is_repo_id(str(model)) and not Path(model).exists() and not (CHECKPOINTS_ROOT / str(model)).is_dir():
             from litgpt.scripts.download import download
@@ -220,7 +227,9 @@ class LLM(torch.nn.Module):
         if distribute is None:
             return cls(None, tokenizer, style, checkpoint_dir, Config.from_checkpoint(checkpoint_dir))
         loaded = load_checkpoint(checkpoint_dir, device=device, dtype=resolve_dtype(precision, device))
-        return cls(loaded, tokenizer, style, checkpoint_dir)
+        llm = cls(loaded, tokenizer, style, checkpoint_dir)
+        llm.kv_cache_dtype = kv_cache_dtype
+        return llm
 
     def distribute(
         self,
@@ -230,6 +239,7 @@ class LLM(torch.nn.Module):
         quantize: Optional[str] = None,
         generate_strategy: Optional[Literal["sequential", "tensor_parallel"]] = None,
         fixed_kv_cache_size: Optional[Union[int, Literal["max_model_supported"]]] = None,
+        kv_cache_dtype: Optional[str] = None,
     ) -> None:
         """Place the model on one device: load the checkpoint's weights there (or build random ones for
         init="random"), replacing any model placed before.
@@ -241,9 +251,12 @@ class LLM(torch.nn.Module):
         max_new_tokens must fit in it. quantize: "bnb.nf4", "bnb.nf4-dq", "bnb.fp4", "bnb.fp4-dq" or "bnb.int8"
         loads the weights, then swaps the linear layers for bitsandbytes' quantized ones
         (`litgpt.quantize.quantize_linears`); such a model decodes on its own modules, unfolded. generate_strategy
-        ("sequential", "tensor_parallel") is refused: decoding runs on one device.
+        ("sequential", "tensor_parallel") is refused: decoding runs on one device. kv_cache_dtype: every
+        generation's KV-cache format, None (the model's dtype) or "fp8_e4m3" (e4m3 values with float32 scales,
+        `litgpt.kv_cache`).
         """
         check_inference_quantize(quantize)
+        check_kv_cache_dtype(kv_cache_dtype)
         if generate_strategy is not None:
             raise ValueError(f"generate_strategy={generate_strategy!r} is not supported: the LLM decodes on one "
                              "device; leave generate_strategy=None")
@@ -275,6 +288,7 @@ class LLM(torch.nn.Module):
         self.model = model.eval()
         self.config = model.config
         self.fixed_kv_cache_size = model.max_seq_length if cache == "max_model_supported" else cache
+        self.kv_cache_dtype = kv_cache_dtype
 
     # ------------------------------------------------------------------------------------------------ generation
     def generate(
@@ -486,12 +500,13 @@ class LLM(torch.nn.Module):
             cache_len = self.fixed_kv_cache_size
         elif mode != "eager":
             cache_len = model.max_seq_length
-        if (self.session is None or not self.session.matches(batch_size, cache_len, params, mode, kernels)
+        if (self.session is None
+                or not self.session.matches(batch_size, cache_len, params, mode, kernels, self.kv_cache_dtype)
                 or self._session_weights != weights_key(model)):
             self.session = None  # drop the old step (and its graph) before building the new cache
             # quantized weights cannot be folded: such a model decodes on its own modules
             self.session = DecodeSession(model, batch_size, cache_len, params, mode, kernels,
-                                         fold=not has_quantized_weights(model))
+                                         fold=not has_quantized_weights(model), kv_cache_dtype=self.kv_cache_dtype)
             self._session_weights = weights_key(model)  # after the build, which may merge LoRA weights in place
         return self.session
 
@@ -610,22 +625,27 @@ class LLM(torch.nn.Module):
         mode = mode or ("compile" if compile else "eager")
         return benchmark_decode(
             self._placed_model(), batch_size, context_length, decode_steps, warmup, mode,
-            SamplingParams(temperature, top_k),
+            SamplingParams(temperature, top_k), kv_cache_dtype=self.kv_cache_dtype,
         )
 
     @classmethod
     def from_config(
-        cls, config: Union[str, Config], device: Optional[Union[str, torch.device]] = "auto", precision: Optional[str] = None
+        cls, config: Union[str, Config], device: Optional[Union[str, torch.device]] = "auto", precision: Optional[str] = None,
+        kv_cache_dtype: Optional[str] = None,
     ) -> "LLM":
-        """A randomly initialised model with no tokenizer (for `benchmark`): a config or a named config."""
+        """A randomly initialised model with no tokenizer (for `benchmark`): a config or a named config; kv_cache_dtype
+        as in `distribute`."""
         from litgpt.model import init_weights
 
+        check_kv_cache_dtype(kv_cache_dtype)
         config = Config.from_name(config) if isinstance(config, str) else config
         device = resolve_device(device)
         with torch.device(device):
             model = GPT(config)
         init_weights(model)
-        return cls(model.to(dtype=resolve_dtype(precision, device)))
+        llm = cls(model.to(dtype=resolve_dtype(precision, device)))
+        llm.kv_cache_dtype = kv_cache_dtype
+        return llm
 
 
 def benchmark_dict_to_markdown_table(data: dict[str, list]) -> str:

@@ -90,6 +90,14 @@ class CacheEntries(nn.Module):
                                  persistent=False)
         self._formats[name] = (block, tail_width, dtype)
 
+    def _apply(self, fn, recurse: bool = True) -> "CacheEntries":
+        """`nn.Module._apply` (`.to`, `.cuda`, ...); an fp8 cache's values then read back in the dtype its model
+        dtype became (a cast to float64 also casts the e4m3 buffers, which keep their e4m3-rounded values)."""
+        super()._apply(fn, recurse)
+        self._formats = {name: (block, tail, fn(torch.empty(0, dtype=dtype)).dtype)
+                         for name, (block, tail, dtype) in self._formats.items()}
+        return self
+
     def entries(self, name: str) -> Union[torch.Tensor, Fp8Rows]:
         """The buffer `name` ("k", "v" or "kv"): the tensor, or in fp8 its `Fp8Rows`."""
         if self.kv_cache_dtype is None:

@@ -34,6 +34,8 @@ import torch
 from litgpt.attention import AttentionBase, AttentionInputs, CausalSelfAttention, MultiheadLatentAttention
 from litgpt.config import Config
 from litgpt.kernels import KERNEL_DTYPES, TRITON_AVAILABLE, key_mask
+from litgpt.kernels.fp8_cache import E4M3
+from litgpt.kv_cache import check_kv_cache_dtype, kv_cache_bytes_per_token
 from litgpt.rope import build_rope_cache
 from litgpt.utils import command_line, format_number, parse_device, positive_ints
 
@@ -46,7 +48,8 @@ TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torc
 REFERENCE_QUERY_CHUNK = 1024  # query rows per block in the explicit float64 softmax (bounds its memory)
 CSV_COLUMNS = (
     "impl", "mode", "batch", "seq_len", "n_embd", "n_head", "head_size", "n_query_groups", "kv_lora_rank",
-    "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "q_lora_rank", "dtype", "device", "latency_ms",
+    "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "q_lora_rank", "dtype", "kv_cache_dtype", "device",
+    "latency_ms",
     "latency_min_ms", "tokens_per_s", "peak_mem_mib", "kv_values_per_token", "kv_cache_bytes", "max_abs_err",
     "max_rel_err", "status",
 )
@@ -87,6 +90,7 @@ def benchmark_attention(
     v_head_dim: Optional[int] = None,
     q_lora_rank: Optional[int] = None,
     dtype: Optional[str] = None,
+    kv_cache_dtype: Optional[str] = None,
     device: Optional[str] = None,
     warmup: int = 5,
     trials: int = 20,
@@ -117,6 +121,8 @@ def benchmark_attention(
         v_head_dim: MLA per-head value width d_v (default: head_size).
         q_lora_rank: MLA query compression rank (default: none, a full-rank query projection).
         dtype: float32, bfloat16, float16 or float64 (default: bfloat16 on CUDA, float32 on CPU).
+        kv_cache_dtype: the decode mode's cache format: null (dtype) or fp8_e4m3 (e4m3 values with float32 scales,
+            `litgpt.kv_cache`); its --check reference reads the same quantized cache in float64.
         device: cuda, cuda:N or cpu (default: cuda when available).
         warmup: untimed calls before timing each configuration.
         trials: timed calls per configuration; latency is their median.
@@ -128,6 +134,7 @@ def benchmark_attention(
     command = command_line(locals(), "litgpt benchmark attention")
     from tqdm import tqdm
 
+    check_kv_cache_dtype(kv_cache_dtype)
     torch_device = parse_device(device)
     cuda = torch_device.type == "cuda"
     torch_dtype = _dtype(dtype, cuda)
@@ -149,14 +156,15 @@ def benchmark_attention(
     for impl, mode, batch, seq_len in progress:
         progress.set_postfix_str(f"{impl} {mode} B={batch} T={seq_len}")
         rows.append(measure(shapes, impl, mode, batch, seq_len, torch_dtype, torch_device, warmup, trials, check,
-                            seed))
+                            seed, kv_cache_dtype))
     failures = [r for r in rows if r["status"] == "check failed"]
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out_dir / "results.csv")
     for metric in ("latency", "throughput", "memory"):
         plot(rows, metric, out_dir / f"{metric}.png")
-    write_summary(rows, shapes, torch_dtype, torch_device, warmup, trials, check, command, out_dir / "summary.md")
+    write_summary(rows, shapes, torch_dtype, torch_device, warmup, trials, check, command, out_dir / "summary.md",
+                  kv_cache_dtype)
     print(f"wrote {out_dir}/results.csv, latency.png, throughput.png, memory.png, summary.md")
     if failures:
         r = failures[0]
@@ -171,9 +179,10 @@ def benchmark_attention(
 # ---------------------------------------------------------------------------------------- one configuration
 def measure(
     shapes: Shapes, impl: str, mode: str, batch: int, seq_len: int, dtype: torch.dtype, device: torch.device,
-    warmup: int, trials: int, check: bool, seed: int = 0,
+    warmup: int, trials: int, check: bool, seed: int = 0, kv_cache_dtype: Optional[str] = None,
 ) -> dict:
-    """Time one (implementation, mode, batch, seq_len) and, with `check`, compare it to the float64 reference."""
+    """Time one (implementation, mode, batch, seq_len) and, with `check`, compare it to the float64 reference.
+    kv_cache_dtype: the decode cache's format (a prefill has no cache)."""
     cuda = device.type == "cuda"
     config = shapes.config(impl, block_size=seq_len)
     if cuda:
@@ -184,15 +193,16 @@ def measure(
         impl=impl, mode=mode, batch=batch, seq_len=seq_len, n_embd=shapes.n_embd, n_head=shapes.n_head,
         head_size=shapes.head_size, n_query_groups=config.n_query_groups if config.mla is None else "",
         **{k: "" if v is None else v for k, v in (shapes.mla if config.mla is not None else {}).items()},
-        dtype=str(dtype).removeprefix("torch."), device=str(device), latency_ms=math.nan, latency_min_ms=math.nan,
+        dtype=str(dtype).removeprefix("torch."), kv_cache_dtype=kv_cache_dtype if mode == "decode" else None,
+        device=str(device), latency_ms=math.nan, latency_min_ms=math.nan,
         tokens_per_s=math.nan, peak_mem_mib=math.nan, kv_values_per_token=config.kv_values_per_token,
-        kv_cache_bytes=batch * seq_len * config.kv_values_per_token * torch.empty((), dtype=dtype).element_size(),
+        kv_cache_bytes=batch * seq_len * kv_cache_bytes_per_token(config, dtype, kv_cache_dtype),  # one layer
         max_abs_err=math.nan, max_rel_err=math.nan, status="ok",
     )
     torch.manual_seed(seed)
     module = build_module(impl, config, device, dtype)
     try:
-        inputs = make_inputs(module, mode, batch, seq_len, device, dtype)
+        inputs = make_inputs(module, mode, batch, seq_len, device, dtype, kv_cache_dtype)
         with torch.inference_mode():
             times = time_calls(lambda: module(**inputs), warmup, trials, device)
     except torch.OutOfMemoryError:
@@ -224,12 +234,14 @@ def build_module(impl: str, config: Config, device: torch.device, dtype: torch.d
 
 
 def make_inputs(
-    module: AttentionBase, mode: str, batch: int, seq_len: int, device: torch.device, dtype: torch.dtype
+    module: AttentionBase, mode: str, batch: int, seq_len: int, device: torch.device, dtype: torch.dtype,
+    kv_cache_dtype: Optional[str] = None,
 ) -> dict:
     """Keyword arguments of the module's forward: x and the `AttentionInputs` that `GPT.forward` would pass.
 
-    decode fills a static cache of seq_len positions with random values (attention cost does not depend on them)
-    and writes one new token at position seq_len - 1, so it attends over all seq_len positions.
+    decode fills a static cache of seq_len positions (in kv_cache_dtype) with random values (attention cost does
+    not depend on them; an fp8 cache's scales are 1) and writes one new token at position seq_len - 1, so it
+    attends over all seq_len positions.
     """
     config = module.config
     cos, sin = build_rope_cache(seq_len, config.rope_n_elem, device, config.rope_base, config.rope_condense_ratio)
@@ -237,9 +249,14 @@ def make_inputs(
     if mode == "prefill":
         x = torch.randn(batch, seq_len, config.n_embd, device=device, dtype=dtype)  # (B, T, n_embd)
         return dict(x=x, ctx=AttentionInputs(cos, sin))
-    module.kv_cache = module.build_kv_cache(batch, seq_len, device=device, dtype=dtype)
-    for buffer in module.kv_cache.buffers():
-        buffer.normal_()
+    module.kv_cache = module.build_kv_cache(batch, seq_len, device=device, dtype=dtype, kv_cache_dtype=kv_cache_dtype)
+    for name, buffer in module.kv_cache.named_buffers():
+        if name.endswith("_scale"):
+            buffer.fill_(1.0)
+        elif buffer.dtype == E4M3:
+            buffer.copy_(torch.randn(buffer.shape, device=device))
+        else:
+            buffer.normal_()
     input_pos = torch.tensor([seq_len - 1], device=device)  # (1,)
     x = torch.randn(batch, 1, config.n_embd, device=device, dtype=dtype)  # (B, 1, n_embd)
     return dict(x=x, ctx=AttentionInputs(cos[input_pos], sin[input_pos], input_pos))
@@ -371,7 +388,7 @@ def plot(rows: list[dict], metric: str, path: Path) -> None:
 
 def write_summary(
     rows: list[dict], shapes: Shapes, dtype: torch.dtype, device: torch.device, warmup: int, trials: int,
-    check: bool, command: str, path: Path,
+    check: bool, command: str, path: Path, kv_cache_dtype: Optional[str] = None,
 ) -> None:
     """Markdown: setup, one table per mode, and what each column means."""
     cuda = device.type == "cuda"
@@ -381,7 +398,8 @@ def write_summary(
         "# Attention benchmark",
         "",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; device: {name}; "
-        f"torch {torch.__version__}; dtype {str(dtype).removeprefix('torch.')}",
+        f"torch {torch.__version__}; dtype {str(dtype).removeprefix('torch.')}; "
+        f"decode KV cache {kv_cache_dtype or str(dtype).removeprefix('torch.')}",
         f"- command: `{command}`",
         f"- shapes: n_embd {shapes.n_embd}, {shapes.n_head} heads of {shapes.head_size}, gqa {shapes.gqa_groups} "
         f"groups; MLA {mla}",
@@ -413,7 +431,8 @@ def write_summary(
         "- decode: one new token at position seq_len - 1 over a static KV cache of seq_len positions; "
         "tokens/s = batch / latency.",
         "- KV cache MiB: what a cache holding batch x seq_len tokens of this one layer takes in this dtype "
-        "(KV values/token x element size).",
+        "(KV values/token x element size; in fp8_e4m3, 1 byte a value plus float32 scales, MLA's rope key in the "
+        "dtype: `litgpt.kv_cache.kv_cache_bytes_per_token`).",
         "- peak MiB: `torch.cuda.max_memory_allocated` after a reset per configuration (weights, inputs, cache, "
         "activations)." if cuda else
         "- peak MiB: not measured on CPU (there is no allocator peak counter), so the column is empty.",

@@ -41,6 +41,7 @@ from litgpt.generate.base import (
 )
 from litgpt.generate.session import DecodeSession
 from litgpt.kernels import set_kernels
+from litgpt.kv_cache import check_kv_cache_dtype, kv_cache_bytes_per_token
 from litgpt.checkpoint import SkipInit
 from litgpt.model import GPT, init_weights
 from litgpt.moe import Experts
@@ -61,9 +62,11 @@ def benchmark_decode(
     profile_path: Optional[Path] = None,
     fold: bool = True,
     kernels: bool = True,
+    kv_cache_dtype: Optional[str] = None,
 ) -> dict:
     """Time `decode_steps` steps (after `warmup` untimed ones) of batch_size rows at positions ending at
-    context_length - 1. Returns tokens/s, ms/step, prefill time, peak memory, KV-cache bytes and the floor."""
+    context_length - 1, the cache in the model's dtype or kv_cache_dtype ("fp8_e4m3"). Returns tokens/s, ms/step,
+    prefill time, peak memory, KV-cache bytes and the floor."""
     if batch_size < 1 or decode_steps < 1 or warmup < 0:
         raise ValueError("batch_size and decode_steps must be >= 1 and warmup >= 0")
     if context_length > model.config.block_size:
@@ -77,7 +80,8 @@ def benchmark_decode(
     device = model.lm_head.weight.device
     model.clear_kv_cache()
     model.max_seq_length = context_length
-    session = DecodeSession(model, batch_size, context_length, params, mode, kernels, fold=fold)
+    session = DecodeSession(model, batch_size, context_length, params, mode, kernels, fold=fold,
+                            kv_cache_dtype=kv_cache_dtype)
     sampler, step = session.sampler, session.step
     generator = torch.Generator().manual_seed(0)
     prompts = list(torch.randint(model.config.vocab_size, (batch_size, prompt_len), generator=generator))
@@ -118,6 +122,7 @@ def benchmark_decode(
         batch=batch_size,
         context=context_length,
         dtype=str(model.lm_head.weight.dtype).removeprefix("torch."),
+        kv_cache_dtype=kv_cache_dtype,
         decode_tokens_per_s=batch_size * decode_steps / elapsed,
         ms_per_step=ms_per_step,
         time_to_first_token_s=prefill_s,
@@ -189,12 +194,12 @@ def _profile(step: DecodeStep, token: torch.Tensor, input_pos: torch.Tensor, pat
 # ---------------------------------------------------------------------------------------- `litgpt benchmark decode`
 DEFAULT_MODELS = ["pythia-160m", "pythia-160m-gqa", "pythia-160m-mqa", "pythia-160m-mla"]
 RESULTS_COLUMNS = (
-    "model", "batch", "context", "mode", "kernels", "dtype", "tokens_per_s", "ms_per_step", "floor_ms", "gap",
+    "model", "batch", "context", "mode", "kernels", "dtype", "kv_cache_dtype", "tokens_per_s", "ms_per_step", "floor_ms", "gap",
     "step_weight_bytes", "kv_bytes_per_token", "kv_cache_bytes", "peak_memory_bytes", "decode_peak_memory_bytes",
     "accounted_bytes", "status",
 )
 CAPACITY_COLUMNS = (
-    "model", "dtype", "memory_budget_bytes", "weights_bytes", "kv_bytes_per_token", "step_bytes_per_token",
+    "model", "dtype", "kv_cache_dtype", "memory_budget_bytes", "weights_bytes", "kv_bytes_per_token", "step_bytes_per_token",
     "step_bytes_per_row", "step_bytes_fixed", "rope_bytes_per_position", "reserve_bytes", "longest_context_batch1",
     "fit_context", "largest_batch", "verified", "verified_peak_bytes", "verified_batch", "verified_batch_peak_bytes",
 )
@@ -210,6 +215,7 @@ def benchmark_decode_command(
     decode_steps: int = 50,
     warmup: int = 5,
     precision: Optional[str] = None,
+    kv_cache_dtype: Optional[str] = None,
     device: Optional[str] = None,
     memory_budget_gib: float = 16.0,
     reserve_gib: float = 1.0,
@@ -235,6 +241,8 @@ def benchmark_decode_command(
         warmup: untimed decode steps first (compilation and graph capture happen here).
         precision: weight and cache dtype as in `litgpt generate`: bf16-true, 16-true, 32-true, ... (default:
             bf16 on CUDA, float32 on CPU).
+        kv_cache_dtype: the KV cache's format: null (the precision's dtype) or fp8_e4m3 (e4m3 values with float32
+            scales, `litgpt.kv_cache`); the bytes per token, the floor and the capacity table count it.
         device: cuda, cuda:N or cpu (default: cuda when available).
         memory_budget_gib: the memory budget of the capacity table, in GiB.
         reserve_gib: fixed memory held back from the budget for the CUDA workspace, allocator slack and logits.
@@ -246,6 +254,7 @@ def benchmark_decode_command(
     command = command_line(locals(), "litgpt benchmark decode")
     from tqdm import tqdm
 
+    check_kv_cache_dtype(kv_cache_dtype)
     torch_device = parse_device(device)
     cuda = torch_device.type == "cuda"
     dtype = resolve_dtype(precision, torch_device)
@@ -287,20 +296,20 @@ def benchmark_decode_command(
         for batch in batch_sizes:
             for context in context_lengths:
                 progress.set_postfix_str(f"{name} B={batch} T={context}")
-                rows.append(measure(model, name, batch, context, mode, kernels, decode_steps, warmup))
+                rows.append(measure(model, name, batch, context, mode, kernels, decode_steps, warmup, kv_cache_dtype))
                 write_csv(rows, RESULTS_COLUMNS, out_dir / "results.csv")
                 progress.update()
-        capacities.append(capacity(model, name, memory_budget_gib, reserve_gib, fit_context))
+        capacities.append(capacity(model, name, memory_budget_gib, reserve_gib, fit_context, kv_cache_dtype))
         del model
         _free(torch_device)
     progress.close()
     if cuda:
         for cap in tqdm(capacities, desc="verify capacity", unit="model"):
-            verify_capacity(cap, torch_device, dtype, kernels, seed)
+            verify_capacity(cap, torch_device, dtype, kernels, seed, kv_cache_dtype)
     write_csv(capacities, CAPACITY_COLUMNS, out_dir / "capacity.csv")
     plot_throughput(rows, out_dir / "throughput.png")
     write_summary(rows, capacities, raised, torch_device, dtype, mode, kernels, decode_steps, warmup,
-                  memory_budget_gib, command, out_dir / "summary.md")
+                  memory_budget_gib, command, out_dir / "summary.md", kv_cache_dtype)
     print(f"wrote {out_dir}/results.csv, throughput.png, capacity.csv, summary.md")
     return dict(results=rows, capacity=capacities)
 
@@ -320,27 +329,24 @@ def build_model(config: Config, device: torch.device, dtype: torch.dtype, kernel
     return model
 
 
-def kv_bytes_per_token(config: Config, dtype: torch.dtype) -> int:
-    """KV-cache bytes one token takes over all layers: n_layer * (2*groups*head_size or d_c + d_R) * elem size."""
-    return config.n_layer * config.kv_values_per_token * torch.empty((), dtype=dtype).element_size()
-
-
 def measure(
-    model: GPT, name: str, batch: int, context: int, mode: str, kernels: bool, decode_steps: int, warmup: int
+    model: GPT, name: str, batch: int, context: int, mode: str, kernels: bool, decode_steps: int, warmup: int,
+    kv_cache_dtype: Optional[str] = None,
 ) -> dict:
     """One (batch, context) row of results.csv; out of memory is recorded as a status and the run goes on."""
     device = model.lm_head.weight.device
     dtype = model.lm_head.weight.dtype
-    per_token = kv_bytes_per_token(model.config, dtype)
+    per_token = kv_cache_bytes_per_token(model.config, dtype, kv_cache_dtype)
     row = dict(model=name, batch=batch, context=context, mode=mode, kernels=kernels,
-               dtype=str(dtype).removeprefix("torch."), tokens_per_s=math.nan, ms_per_step=math.nan,
+               dtype=str(dtype).removeprefix("torch."), kv_cache_dtype=kv_cache_dtype, tokens_per_s=math.nan, ms_per_step=math.nan,
                floor_ms=math.nan, gap=math.nan, step_weight_bytes=step_weight_bytes(model, batch),
                kv_bytes_per_token=per_token,
                kv_cache_bytes=batch * context * per_token, peak_memory_bytes=math.nan,
                decode_peak_memory_bytes=math.nan, accounted_bytes=math.nan, status="ok")
     torch._dynamo.reset()  # each shape compiles its own static graph
     try:
-        r = benchmark_decode(model, batch, context, decode_steps, warmup, mode, kernels=kernels)
+        r = benchmark_decode(model, batch, context, decode_steps, warmup, mode, kernels=kernels,
+                             kv_cache_dtype=kv_cache_dtype)
     except torch.OutOfMemoryError:
         row["status"] = "out of memory"
         return row
@@ -349,7 +355,7 @@ def measure(
         _free(device)
     if r["kv_cache_bytes"] != row["kv_cache_bytes"]:
         raise RuntimeError(f"{name}: the cache holds {r['kv_cache_bytes']} bytes, not the {row['kv_cache_bytes']} "
-                           "that kv_values_per_token predicts")
+                           "that kv_cache_bytes_per_token predicts")
     row.update(tokens_per_s=r["decode_tokens_per_s"], ms_per_step=r["ms_per_step"], floor_ms=r["floor_ms"],
                gap=r["gap"], accounted_bytes=r["accounted_bytes"])
     if device.type == "cuda":  # on CPU the only peak is the process RSS, which is not this configuration's
@@ -358,16 +364,18 @@ def measure(
 
 
 # ---------------------------------------------------------------------------------------- capacity
-def capacity(model: GPT, name: str, memory_budget_gib: float, reserve_gib: float, fit_context: int) -> dict:
+def capacity(model: GPT, name: str, memory_budget_gib: float, reserve_gib: float, fit_context: int,
+             kv_cache_dtype: Optional[str] = None) -> dict:
     """The longest batch-1 context and the largest batch at fit_context that the budget holds, by the formula
     weights + B*S*(kv + step_per_token) + B*step_per_row + step_fixed + S*rope + reserve <= budget."""
     dtype = model.lm_head.weight.dtype
     config = model.config
-    per_token, per_row, fixed = measure_step_bytes(model)
+    per_token, per_row, fixed = measure_step_bytes(model, kv_cache_dtype)
     cap = dict(
-        model=name, dtype=str(dtype).removeprefix("torch."), memory_budget_bytes=int(memory_budget_gib * 2**30),
+        model=name, dtype=str(dtype).removeprefix("torch."), kv_cache_dtype=kv_cache_dtype,
+        memory_budget_bytes=int(memory_budget_gib * 2**30),
         weights_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
-        kv_bytes_per_token=kv_bytes_per_token(config, dtype), step_bytes_per_token=per_token,
+        kv_bytes_per_token=kv_cache_bytes_per_token(config, dtype, kv_cache_dtype), step_bytes_per_token=per_token,
         step_bytes_per_row=per_row, step_bytes_fixed=fixed,
         rope_bytes_per_position=2 * config.rope_n_elem * 4,  # float32 cos and sin tables, one row per position
         reserve_bytes=int(reserve_gib * 2**30), fit_context=fit_context, verified="skipped (CPU)",
@@ -400,14 +408,14 @@ def largest_batch(cap: dict, context: int) -> int:
 
 
 @torch.inference_mode()
-def decode_one_step(model: GPT, batch: int, context: int) -> int:
+def decode_one_step(model: GPT, batch: int, context: int, kv_cache_dtype: Optional[str] = None) -> int:
     """Set a zeroed cache of batch x context tokens, run one eager decode step at its last position and return
     the peak CUDA memory allocated meanwhile (weights, cache, rope tables and the step's transients)."""
     device = model.lm_head.weight.device
     model.clear_kv_cache()
     _free(device)
     model.max_seq_length = context
-    model.set_kv_cache(batch, context)
+    model.set_kv_cache(batch, context, kv_cache_dtype=kv_cache_dtype)
     for block in model.transformer.h:
         for buffer in block.attn.kv_cache.buffers():
             buffer.zero_()
@@ -423,16 +431,16 @@ def decode_one_step(model: GPT, batch: int, context: int) -> int:
     return peak
 
 
-def measure_step_bytes(model: GPT) -> tuple[int, int, int]:
+def measure_step_bytes(model: GPT, kv_cache_dtype: Optional[str] = None) -> tuple[int, int, int]:
     """A decode step's memory beyond weights, cache and rope tables, fitted as per_token*B*S + per_row*B + fixed
     from eager steps at the (batch, context) pairs of PROBES. (0, 0, 0) on CPU: no allocator peak to read."""
     device = model.lm_head.weight.device
     if device.type != "cuda":
         return 0, 0, 0
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    kv = kv_bytes_per_token(model.config, model.lm_head.weight.dtype)
+    kv = kv_cache_bytes_per_token(model.config, model.lm_head.weight.dtype, kv_cache_dtype)
     rope = 2 * model.config.rope_n_elem * 4
-    extra = {(b, t): decode_one_step(model, b, t) - weights - b * t * kv - t * rope for b, t in PROBES}
+    extra = {(b, t): decode_one_step(model, b, t, kv_cache_dtype) - weights - b * t * kv - t * rope for b, t in PROBES}
     (b0, t0), (_, t1), (b2, _) = PROBES
     per_token = max(0.0, (extra[(b0, t1)] - extra[(b0, t0)]) / (b0 * (t1 - t0)))
     per_row = max(0.0, (extra[(b2, t0)] - extra[(b0, t0)]) / (b2 - b0) - per_token * t0)
@@ -440,7 +448,8 @@ def measure_step_bytes(model: GPT) -> tuple[int, int, int]:
     return math.ceil(per_token), math.ceil(per_row), math.ceil(fixed)
 
 
-def verify_capacity(cap: dict, device: torch.device, dtype: torch.dtype, kernels: bool, seed: int) -> None:
+def verify_capacity(cap: dict, device: torch.device, dtype: torch.dtype, kernels: bool, seed: int,
+                    kv_cache_dtype: Optional[str] = None) -> None:
     """On CUDA, with the allocator capped at the budget, really allocate the batch-1 longest-context cache (then
     the largest batch at fit_context) and run one decode step; record whether it fit and its peak."""
     if device.index is None:  # the allocator's cap needs an explicit device index
@@ -460,7 +469,7 @@ def verify_capacity(cap: dict, device: torch.device, dtype: torch.dtype, kernels
                 block_size = max(context, Config.from_name(cap["model"]).block_size)
                 config = Config.from_name(cap["model"], block_size=block_size)
                 model = build_model(config, device, dtype, kernels, seed)
-                peak = decode_one_step(model, batch, context)
+                peak = decode_one_step(model, batch, context, kv_cache_dtype)
                 cap[peak_key] = peak
                 cap[flag] = "true" if peak <= cap["memory_budget_bytes"] else "false"
             except torch.OutOfMemoryError:
@@ -509,7 +518,8 @@ def plot_throughput(rows: list[dict], path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     r = rows[0]
-    ax.set_title(f"decode throughput, {r['mode']}, kernels {r['kernels']}, {r['dtype']}")
+    ax.set_title(f"decode throughput, {r['mode']}, kernels {r['kernels']}, {r['dtype']}, "
+                 f"KV cache {r['kv_cache_dtype'] or r['dtype']}")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -518,6 +528,7 @@ def plot_throughput(rows: list[dict], path: Path) -> None:
 def write_summary(
     rows: list[dict], capacities: list[dict], raised: dict[str, int], device: torch.device, dtype: torch.dtype,
     mode: str, kernels: bool, decode_steps: int, warmup: int, memory_budget_gib: float, command: str, path: Path,
+    kv_cache_dtype: Optional[str] = None,
 ) -> None:
     """Markdown: setup, the throughput table, the capacity table with its formula, and notes."""
     cuda = device.type == "cuda"
@@ -526,7 +537,8 @@ def write_summary(
         "# Decode benchmark",
         "",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; device: {name}; "
-        f"torch {torch.__version__}; dtype {str(dtype).removeprefix('torch.')}; mode {mode}; kernels {kernels}",
+        f"torch {torch.__version__}; dtype {str(dtype).removeprefix('torch.')}; "
+        f"KV cache {kv_cache_dtype or str(dtype).removeprefix('torch.')}; mode {mode}; kernels {kernels}",
         f"- command: `{command}`",
         f"- timing: {decode_steps} decode steps after {warmup} warmup steps at the last positions of a cache filled "
         "by a prefill of random tokens; random weights",
@@ -574,7 +586,8 @@ def write_summary(
         "`weights + B*S*(kv_bytes_per_token + step_bytes_per_token) + B*step_bytes_per_row + step_bytes_fixed"
         f" + S*rope_bytes_per_position + reserve <= budget`, with reserve = {reserve_gib:g} GiB (workspace, "
         "allocator slack), kv_bytes_per_token = n_layer * (2 * n_query_groups * head_size, or kv_lora_rank + "
-        "qk_rope_head_dim for MLA) * element size, rope_bytes_per_position = 2 * rope_n_elem * 4 (float32 cos/sin).",
+        "qk_rope_head_dim for MLA) * element size (fp8_e4m3: 1 byte a value plus float32 scales, the rope key in the "
+        "model's dtype; `litgpt.kv_cache.kv_cache_bytes_per_token`), rope_bytes_per_position = 2 * rope_n_elem * 4 (float32 cos/sin).",
         "",
         "- step_bytes_*: transients of one eager decode step (logits, scores, sampler), fitted on CUDA from steps at "
         f"(batch, context) = {', '.join(str(p) for p in PROBES)}; see capacity.csv."

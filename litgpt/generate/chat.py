@@ -20,6 +20,7 @@ import torch
 from litgpt.api import LLM
 from litgpt.generate.base import SamplingParams, resolve_device
 from litgpt.generate.loading import load_llm
+from litgpt.kv_cache import check_kv_cache_dtype
 from litgpt.quantize import check_inference_quantize
 from litgpt.generate.session import decode_mode
 from litgpt.prompts import ChatTemplate
@@ -135,6 +136,7 @@ def main(
     kernels: bool = True,
     prompt_style: Optional[str] = None,
     quantize: Optional[str] = None,
+    kv_cache_dtype: Optional[str] = None,
 ) -> None:
     """Chat with a checkpoint: type a message, read the streamed reply; an empty line or EOF (Ctrl-D) quits.
 
@@ -157,13 +159,16 @@ def main(
         quantize: store the linear layers' weights quantized by bitsandbytes: bnb.nf4, bnb.nf4-dq, bnb.fp4,
             bnb.fp4-dq (4-bit) or bnb.int8 (LLM.int8()); the LM head stays in --precision. The weights load in full
             first; a quantized model decodes unfolded (see `litgpt.quantize.quantize_linears`).
+        kv_cache_dtype: the KV cache's format: null (the weights' dtype) or fp8_e4m3 (e4m3 values with float32
+            scales, `litgpt.kv_cache`); the conversation's later turns read the cached turns in that format.
     """
     params = SamplingParams(temperature, top_k, top_p)
     if max_new_tokens is not None and max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     warn_compile_on_cpu(compile, resolve_device(device))
     check_inference_quantize(quantize)
-    llm = load_llm(checkpoint_dir, device, precision, prompt_style, quantize)
+    check_kv_cache_dtype(kv_cache_dtype)
+    llm = load_llm(checkpoint_dir, device, precision, prompt_style, quantize, kv_cache_dtype)
     if max_new_tokens is None:
         max_new_tokens = default_max_new_tokens(llm.model.max_seq_length)
     conversation = Conversation(llm, params, seed, compile, max_new_tokens, kernels)

@@ -14,6 +14,7 @@ from typing import Optional
 
 from litgpt.generate.base import SamplingParams, resolve_device
 from litgpt.generate.loading import load_llm
+from litgpt.kv_cache import check_kv_cache_dtype
 from litgpt.quantize import check_inference_quantize
 from litgpt.utils import process_start_time, synchronize, warn_compile_on_cpu
 
@@ -38,6 +39,7 @@ def main(
     kernels: bool = True,
     prompt_style: Optional[str] = None,
     quantize: Optional[str] = None,
+    kv_cache_dtype: Optional[str] = None,
 ) -> None:
     """Generate text from a checkpoint, streaming it to stdout; timings and memory go to stderr.
 
@@ -65,6 +67,9 @@ def main(
         quantize: store the linear layers' weights quantized by bitsandbytes: bnb.nf4, bnb.nf4-dq, bnb.fp4,
             bnb.fp4-dq (4-bit) or bnb.int8 (LLM.int8()); the LM head stays in --precision. The weights load in full
             first; a quantized model decodes unfolded (see `litgpt.quantize.quantize_linears`).
+        kv_cache_dtype: the KV cache's format: null (the weights' dtype) or fp8_e4m3 (e4m3 values with float32
+            scales, quantized as each token is written: for MLA the latent in blocks of 128 and the rope key in the
+            weights' dtype, for MHA/GQA/MQA K and V per token and head; `litgpt.kv_cache`).
 
     After each batch one line goes to stderr (see `format_phases`): start-up and load (on the first batch's line;
     0.000 on later ones), prepare, first token, decode tokens, seconds and tokens/s, peak memory and KV-cache size.
@@ -76,9 +81,10 @@ def main(
     if not prompt:
         raise ValueError("the prompt is empty; pass some text with --prompt")
     check_inference_quantize(quantize)
+    check_kv_cache_dtype(kv_cache_dtype)
     warn_compile_on_cpu(compile, resolve_device(device))
     t0 = time.perf_counter()
-    llm = load_llm(checkpoint_dir, device, precision, prompt_style, quantize)
+    llm = load_llm(checkpoint_dir, device, precision, prompt_style, quantize, kv_cache_dtype)
     synchronize(llm.device)  # the weights are on the device when the clock stops
     load_s = time.perf_counter() - t0
     for first in range(0, num_samples, batch_size):

@@ -55,7 +55,8 @@ class DecodeSession:
     counts the build and the step's `prepare_s`, which callers report as a phase of its own and leave out of the
     decode rate. A LoRA model is merged first, in place (`litgpt.lora.merge_lora`, with a warning), so the folded step
     decodes the fine-tuned weights: generate from a copy, or with an unfolded `DecodeStep`, to keep training it.
-    `fold=False` decodes on the blocks' own modules instead (an earlier fold is undone).
+    `fold=False` decodes on the blocks' own modules instead (an earlier fold is undone). `kv_cache_dtype`: the KV
+    cache's format, None (the model's dtype) or "fp8_e4m3" (`litgpt.kv_cache`).
     """
 
     def __init__(
@@ -67,10 +68,12 @@ class DecodeSession:
         mode: str = "eager",
         kernels: bool = True,
         fold: bool = True,
+        kv_cache_dtype: Optional[str] = None,
     ) -> None:
         t0 = time.perf_counter()
         self.model = model
         self.key = (batch_size, cache_len, params, mode, kernels)
+        self.kv_cache_dtype = kv_cache_dtype
         device = model.lm_head.weight.device
         model.max_seq_length = max(model.max_seq_length, cache_len)
         set_kernels(model, kernels)
@@ -79,7 +82,7 @@ class DecodeSession:
             check_foldable(model)  # a model the fold would get wrong fails here, before the prefill
         else:
             unfold(model)
-        model.set_kv_cache(batch_size, max_seq_length=cache_len)
+        model.set_kv_cache(batch_size, max_seq_length=cache_len, kv_cache_dtype=kv_cache_dtype)
         self._cache = model.transformer.h[0].attn.kv_cache  # the buffers the step is captured or compiled on
         self.sampler = Sampler(params, model.config.vocab_size, batch_size, device, use_kernel=kernels)
         # folding at the step's first call keeps it (0.2 s of a pythia-160m generate on the H200) off the first token
@@ -101,11 +104,13 @@ class DecodeSession:
     def cache_len(self) -> int:
         return self.key[1]
 
-    def matches(self, batch_size: int, cache_len: int, params: SamplingParams, mode: str, kernels: bool) -> bool:
-        """Whether this session serves a request: the same shapes, settings and mode, and its own cache still the
-        model's (not cleared or replaced since)."""
+    def matches(self, batch_size: int, cache_len: int, params: SamplingParams, mode: str, kernels: bool,
+                kv_cache_dtype: Optional[str] = None) -> bool:
+        """Whether this session serves a request: the same shapes, settings, mode and cache format, and its own cache
+        still the model's (not cleared or replaced since)."""
         own_cache = self.model.transformer.h[0].attn.kv_cache is self._cache
-        return own_cache and self.key == (batch_size, cache_len, params, mode, kernels)
+        return (own_cache and self.key == (batch_size, cache_len, params, mode, kernels)
+                and self.kv_cache_dtype == kv_cache_dtype)
 
     def seed(self, seed: int) -> None:
         self.sampler.seed(seed)

@@ -48,7 +48,7 @@ from litgpt.generate.base import (
 )
 from litgpt.kernels import set_kernels
 from litgpt.kernels.sampling import token_hashes
-from litgpt.kv_cache import kv_cache_bytes_per_token
+from litgpt.kv_cache import check_kv_cache_dtype, kv_cache_bytes_per_token
 from litgpt.lora import merge_for_decoding
 from litgpt.model import GPT
 from litgpt.quantize import has_quantized_weights
@@ -195,7 +195,9 @@ class Engine:
     page. max_prefill_tokens: prompt tokens prefilled per step. max_queue: requests that may wait before `submit`
     raises QueueFull. stop_token_ids: ids that end a sequence (e.g. the tokenizer's eos_id), unless a request
     ignores them. prefix_caching: share full pages of equal prompt prefixes. mode: the decode step's mode
-    (`litgpt.generate.base.DECODE_MODES`; default "cuda_graph" on CUDA, "eager" on the CPU).
+    (`litgpt.generate.base.DECODE_MODES`; default "cuda_graph" on CUDA, "eager" on the CPU). kv_cache_dtype: the
+    pool's format, None (the model's dtype) or "fp8_e4m3" (e4m3 values with float32 scales, `litgpt.kv_cache`); the
+    pool's size in pages counts its bytes per token.
 
     The model is put in eval mode, gets its kernels switched on, a LoRA model is merged, and its decode weights are
     folded at the first decode step (unless quantized), as in `litgpt.generate.session.DecodeSession`; the model's
@@ -214,7 +216,9 @@ class Engine:
         stop_token_ids: Sequence[int] = (),
         prefix_caching: bool = True,
         mode: Optional[str] = None,
+        kv_cache_dtype: Optional[str] = None,
     ) -> None:
+        check_kv_cache_dtype(kv_cache_dtype)
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if page_size < 1:
@@ -240,9 +244,9 @@ class Engine:
         else:
             unfold(model)
         dtype = model.transformer.wte.weight.dtype
-        self.bytes_per_token = kv_cache_bytes_per_token(model.config, dtype)
+        self.bytes_per_token = kv_cache_bytes_per_token(model.config, dtype, kv_cache_dtype)
         num_pages = self._num_pages(kv_cache_gib, max_batch_size, page_size)
-        model.set_paged_kv_cache(num_pages, page_size, device=self.device, dtype=dtype)
+        model.set_paged_kv_cache(num_pages, page_size, device=self.device, dtype=dtype, kv_cache_dtype=kv_cache_dtype)
         self.pool = PagePool(num_pages, page_size)
         self.scheduler = Scheduler(self.pool, max_batch_size, max_prefill_tokens, prefix_caching)
         self.max_pages = self.pool.pages_for(self.context)
