@@ -32,6 +32,13 @@ from litgpt.norm import RMSNorm
 from litgpt.projection import Projection, as_dtype, linear_map, stack_outputs
 from litgpt.rope import apply_rope_last, softmax_scale_multiplier
 
+# A folded MLA step (`decode_projections`) takes W_UK into the query map and W_UV into the output map when that adds
+# at most this many parameters a layer over the unfolded maps plus W_UK and W_UV: folding saves the two per-head
+# products' launches (a few microseconds) but reads the larger maps every step. 8M parameters are 16 MB in bf16, about
+# those launches' time at 3 TB/s. pythia-160m-mla adds 3.1M (folded); DeepSeek-V2-Lite 23M and DeepSeek-V3, whose
+# output map would grow by 344M a layer, keep their maps and apply W_UK and W_UV in the step.
+ABSORB_EXTRA_PARAMS = 8_000_000
+
 
 @dataclass(frozen=True)
 class AttentionInputs:
@@ -368,13 +375,31 @@ class MultiheadLatentAttention(AttentionBase):
         d, h = self.dims, self.config.n_head
         B, T, _ = h_in.shape
         q_part, kv_a = h_in.split((h_in.size(-1) - d.cache_width, d.cache_width), dim=-1)
-        if d.q_lora_rank is None:
+        folds = self.folds_absorption()
+        if d.q_lora_rank is None and folds:
             q = q_part.view(B, T, h, d.cache_width).transpose(1, 2)  # (B, h, T, d_c+d_R)
             return self.absorbed(q, kv_a, ctx, prefolded=True)
-        q = self.q_b_proj(self.q_a_norm(q_part)).view(B, T, h, d.qk_head_dim).transpose(1, 2)  # (B, h, T, d_n+d_R)
+        if d.q_lora_rank is not None:
+            q_part = self.q_b_proj(self.q_a_norm(q_part))  # (B, T, h * (d_n+d_R))
+        q = q_part.view(B, T, h, d.qk_head_dim).transpose(1, 2)  # (B, h, T, d_n+d_R)
+        if not folds:  # W_UK and W_UV applied here; the output map is the unfolded one
+            y = self.absorbed(q, kv_a, ctx, prefolded=False)  # (B, T, h * d_v)
+            return self.output_latent(y) if d.o_latent_norm else y
         q_nope, q_rope = q.split((d.qk_nope_head_dim, d.qk_rope_head_dim), dim=-1)
         q = torch.cat((torch.einsum("bhtn,hnc->bhtc", q_nope, self.absorbed_weights()[0]), q_rope), dim=-1)
         return self.absorbed(q, kv_a, ctx, prefolded=True)
+
+    def folds_absorption(self) -> bool:
+        """Whether `decode_projections` folds W_UK into the query map (without q_lora_rank) and W_UV into the output
+        map: only where the folded maps hold at most ABSORB_EXTRA_PARAMS more parameters than the unfolded ones plus
+        W_UK and W_UV (a pure function of the shapes, so `attend_projected` agrees with the maps it is given)."""
+        d, h, n_embd = self.dims, self.config.n_head, self.config.n_embd
+        extra = 0
+        if d.q_lora_rank is None:  # [W_UK q_nope | q_rope] per head against q_proj and W_UK
+            extra += h * d.cache_width * n_embd - (h * d.qk_head_dim * n_embd + h * d.qk_nope_head_dim * d.kv_lora_rank)
+        if not d.o_latent_norm:  # proj . W_UV (MLA-o: o_b . o_a . W_UV) against `output_map` and W_UV
+            extra += h * d.kv_lora_rank * n_embd - (h * d.v_head_dim * n_embd + h * d.v_head_dim * d.kv_lora_rank)
+        return extra <= ABSORB_EXTRA_PARAMS
 
     def absorbed_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """W_UK (h, d_n, d_c) and W_UV (h, d_v, d_c): views of the weight kv_b_proj applies (`linear_map`: with an
@@ -396,9 +421,16 @@ class MultiheadLatentAttention(AttentionBase):
     def decode_projections(self) -> tuple[Projection, Projection]:
         """The absorbed path's input map [q_proj with W_UK folded in per head | kv_a] (or [q_a | kv_a] with
         q_lora_rank) and output map proj . W_UV (MLA-o: o_b_proj . o_a_proj . W_UV; with its norm, o_b_proj alone,
-        `attend_projected` then applying W_UV, o_a_proj and the norm), computed in float32 or wider."""
+        `attend_projected` then applying W_UV, o_a_proj and the norm), computed in float32 or wider. Where folding
+        would grow the maps too much (`folds_absorption`), [q_proj | kv_a] (or [q_a | kv_a]) and `output_map` (with
+        MLA-o's norm, o_b_proj) instead: `attend_projected` applies W_UK and W_UV itself."""
         d, h = self.dims, self.config.n_head
         compute = torch.promote_types(self.kv_a_proj_with_mqa.weight.dtype, torch.float32)
+        kv_a = linear_map(self.kv_a_proj_with_mqa)
+        if not self.folds_absorption():  # the modules' own maps; `attend_projected` applies W_UK and W_UV
+            query = linear_map(self.q_proj if d.q_lora_rank is None else self.q_a_proj)
+            out = linear_map(self.o_b_proj) if d.o_latent_norm else self.output_map(compute)
+            return stack_outputs(query, kv_a), out
         w_uk, w_uv = (w.to(compute) for w in self.absorbed_weights())  # (h, d_n, d_c), (h, d_v, d_c)
         if d.q_lora_rank is None:
             n_embd = self.config.n_embd
@@ -412,7 +444,6 @@ class MultiheadLatentAttention(AttentionBase):
                 query = (query[0], torch.cat((b_latent, b_q[:, d.qk_nope_head_dim :]), dim=1).flatten())
         else:
             query = linear_map(self.q_a_proj)
-        kv_a = linear_map(self.kv_a_proj_with_mqa)
         if d.o_latent_norm:
             return stack_outputs(query, kv_a), linear_map(self.o_b_proj)
         w_proj, b_proj = self.output_map(compute)

@@ -8,7 +8,9 @@ current weights, products that let each block's one-token step (`Block.folded_st
     so the step normalises once, to unit gain, for both the attention and the MLP (inside the input map's GEMV,
     `litgpt.kernels.linear(norm=...)`, as is the MLP activation inside the output map's);
   - MLA: W_UK goes into the query projection and W_UV into the output projection: the absorbed path with its
-    two per-head products done once, ahead of time (`MultiheadLatentAttention.decode_projections`);
+    two per-head products done once, ahead of time (`MultiheadLatentAttention.decode_projections`), where that
+    keeps the maps small (`folds_absorption`: pythia-160m-mla yes; DeepSeek-V2-Lite, whose folded maps would read
+    1.2 GB more a step, and DeepSeek-V3 no: their step applies the two products to the unfolded maps' outputs);
   - with a parallel residual (GPT-NeoX, Pythia) the attention and MLP input maps stack into one GEMM and their
     output maps into another: x + [W_o | W_proj] [attention(h_a); act(h_m)] + biases.
   - a mixture-of-experts MLP (`litgpt.moe.LLaMAMoE`) is not folded: which experts run depends on the token, so an

@@ -20,6 +20,17 @@ FOLD_CASES = {
 }
 
 
+# how a folded MLA step treats W_UK and W_UV: folded into the maps (small models), or applied in the step (models
+# whose folded maps would be much larger, `MultiheadLatentAttention.folds_absorption`); the limit forced either way
+ABSORPTION = {"folded": 10**12, "in the step": -(10**12)}
+
+
+@pytest.fixture(params=sorted(ABSORPTION))
+def absorption(request, monkeypatch):
+    monkeypatch.setattr("litgpt.attention.ABSORB_EXTRA_PARAMS", ABSORPTION[request.param])
+    return request.param
+
+
 KERNEL_MLA = dict(latent_attention={**MLA_DIMS, "q_lora_rank": None, "qk_rope_head_dim": 16})  # widths the kernels take
 
 
@@ -36,7 +47,7 @@ def decode_logits(model: GPT, prompt: torch.Tensor, steps: torch.Tensor) -> torc
 
 
 @pytest.mark.parametrize("case", sorted(FOLD_CASES))
-def test_folded_decode_equals_unfolded_float64(case):
+def test_folded_decode_equals_unfolded_float64(case, absorption):
     torch.manual_seed(0)
     config = Config.from_name("debug", block_size=64, **FOLD_CASES[case])
     model = randomize(GPT(config)).to(torch.float64).eval()
@@ -157,7 +168,7 @@ def test_folded_decode_step_on_cuda_matches_unfolded(mode, name, overrides, batc
 
 
 @pytest.mark.parametrize("case", sorted(FOLD_CASES))
-def test_block_folded_step_equals_its_forward(case):
+def test_block_folded_step_equals_its_forward(case, absorption):
     """One block, one cached token: `Block.folded_step` on the folded maps == `Block.forward` on its modules (float64),
     and the cache holds the same after either."""
     from litgpt.attention import AttentionInputs
@@ -180,3 +191,29 @@ def test_block_folded_step_equals_its_forward(case):
     assert block.folded is not None and outputs[0].abs().max() > 1e-2
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(caches[1], caches[0], rtol=1e-9, atol=1e-9)
+
+
+def test_mla_folds_w_uk_and_w_uv_only_where_the_maps_stay_small():
+    """By the parameter count: pythia-160m-mla's folded maps add 3.1M a layer (folded); DeepSeek-V2-Lite's 23M and
+    DeepSeek-V3's output map 344M (W_UK and W_UV applied in the step, the maps as trained)."""
+    from litgpt.attention import ABSORB_EXTRA_PARAMS, MultiheadLatentAttention
+    from litgpt.fold import fold_block
+
+    decisions = {}
+    for name in ("pythia-160m-mla", "DeepSeek-V2-Lite", "DeepSeek-V3", "debug-mla"):
+        with torch.device("meta"):
+            decisions[name] = MultiheadLatentAttention(Config.from_name(name)).folds_absorption()
+    assert decisions == {"pythia-160m-mla": True, "DeepSeek-V2-Lite": False, "DeepSeek-V3": False, "debug-mla": True}
+    lite = Config.from_name("DeepSeek-V2-Lite")
+    d, h, C = lite.mla, lite.n_head, lite.n_embd
+    extra = (h * (d.kv_lora_rank + d.qk_rope_head_dim) * C - h * d.qk_head_dim * C - h * d.qk_nope_head_dim * d.kv_lora_rank
+             + h * d.kv_lora_rank * C - h * d.v_head_dim * C - h * d.v_head_dim * d.kv_lora_rank)
+    assert extra == 23_068_672 > ABSORB_EXTRA_PARAMS
+    # a V2-Lite layer (on the meta device): the maps are the modules' own
+    with torch.device("meta"):
+        model = GPT(Config.from_name("DeepSeek-V2-Lite", n_layer=2))
+    attn = model.transformer.h[0].attn
+    assert not attn.folds_absorption()
+    query_and_kv_a, out = attn.decode_projections()
+    assert query_and_kv_a[0].shape == (h * d.qk_head_dim + d.kv_lora_rank + d.qk_rope_head_dim, C)
+    assert out[0].shape == (C, h * d.v_head_dim)

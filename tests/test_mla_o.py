@@ -28,8 +28,10 @@ def model_for(case: str) -> GPT:
     return randomize(GPT(config)).to(torch.float64).eval()
 
 
+@pytest.mark.parametrize("absorb_limit", [10**12, -(10**12)], ids=["w_uv-folded", "w_uv-in-the-step"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_cached_and_folded_decode_equal_the_full_forward_float64(case):
+def test_cached_and_folded_decode_equal_the_full_forward_float64(case, absorb_limit, monkeypatch):
+    monkeypatch.setattr("litgpt.attention.ABSORB_EXTRA_PARAMS", absorb_limit)  # `folds_absorption` either way
     model = model_for(case)
     prompt, steps = torch.randint(0, 100, (2, 7)), torch.randint(0, 100, (2, 4))
     with torch.no_grad():
