@@ -36,6 +36,12 @@ def kernel_applies(tensors: tuple[torch.Tensor, ...], widths: tuple[int, ...]) -
     )
 
 
+def fp8_kernels_run(t: torch.Tensor) -> bool:
+    """Whether the Triton kernels read and write e4m3 caches on t's device: CUDA with compute capability 8.9 or
+    newer (Ada, Hopper and later). Elsewhere (the CPU, older GPUs) fp8 caches take the torch path."""
+    return TRITON_AVAILABLE and t.is_cuda and torch.cuda.get_device_capability(t.device) >= (8, 9)
+
+
 def on_device(t: torch.Tensor) -> ContextManager:
     """The CUDA device of `t` as the current one for a launch (Triton launches on the current device)."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()

@@ -12,6 +12,10 @@ Paged caches (`litgpt.kv_cache.PagedKVCache`, `PagedKVCacheCompressed`): every f
 d_c + d_R) for MLA, (num_pages, page_size, G, hs) for K and V): row b's position p lives in page
 block_table[b, p // page_size], slot p % page_size. The Triton kernels walk the pages through the table; the torch
 path writes with `write_pages` and reads with `gather_pages` (a contiguous copy of each row's pages).
+
+FP8 caches (`litgpt.kernels.fp8_cache.Fp8Rows`, `kv_cache_dtype="fp8_e4m3"`): every function here also takes one
+where it takes a cache. The torch path quantizes as it writes (`write_entries`) and dequantizes as it reads; on GPUs
+with e4m3 (`fp8_kernels_run`) the same kernels run with their FP8 switch (the `*fp8*` operators below).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 import torch
 
 from litgpt.kernels._ops import define_op
-from litgpt.kernels._triton import kernel_applies
+from litgpt.kernels._triton import fp8_kernels_run, kernel_applies
 from litgpt.kernels.fp8_cache import E4M3, Fp8Rows, as_dense, quantize_rows
 from litgpt.rope import apply_partial_rope, apply_rope, apply_rope_last
 
@@ -141,11 +145,20 @@ def _check_block_table(block_table: torch.Tensor, B: int) -> None:
 
 def _paged_kernel_applies(tensors: tuple[torch.Tensor | Fp8Rows, ...], widths: tuple[int, ...],
                           block_table: Optional[torch.Tensor]) -> bool:
-    """`kernel_applies`, and with a block table, the table on the same device with unit last stride. FP8 caches
-    take the torch path."""
-    if any(isinstance(t, Fp8Rows) for t in tensors):
-        return False
-    return kernel_applies(tensors, widths) and (
+    """`kernel_applies`, and with a block table, the table on the same device with unit last stride. An fp8 cache
+    (`Fp8Rows`) takes the kernels only where the device has e4m3 (`fp8_kernels_run`), read as the model's dtype
+    (its rope key stands for it in `kernel_applies`), its e4m3 values and scales on the same device with unit last
+    strides."""
+    plain = tuple(t for t in tensors if not isinstance(t, Fp8Rows))
+    caches = [t for t in tensors if isinstance(t, Fp8Rows)]
+    if caches:
+        first = plain[0]
+        if not fp8_kernels_run(first) or not all(
+                c.dtype == first.dtype and all(p.device == first.device and p.stride(-1) == 1 for p in c.parts()[:2])
+                for c in caches):
+            return False
+        plain += tuple(c.tail for c in caches if c.tail is not None)
+    return kernel_applies(plain, widths) and (
         block_table is None or (block_table.device == tensors[0].device and block_table.stride(-1) == 1))
 
 
@@ -169,6 +182,13 @@ def mla_decode_attention(
         _check_block_table(block_table, B)
     if not _paged_kernel_applies((q, kv), (kv_lora_rank, D - kv_lora_rank), block_table):
         return mla_decode_attention_reference(q, kv, input_pos, kv_lora_rank, scale, block_table)
+    if isinstance(kv, Fp8Rows):  # V is the dequantized latent
+        if block_table is not None:
+            return _paged_fp8_decode_attention_op(q, kv.data, kv.scale, kv.tail, kv.data, None, positions, block_table,
+                                                  kv_lora_rank, kv_lora_rank, scale, True, kv.block)
+        k, k_scale, k_rope = (part.unsqueeze(1) for part in kv.parts())  # (B, 1, S, ...): one latent group
+        return _fp8_decode_attention_op(q, k, k_scale, k_rope, k, None, positions, kv_lora_rank, kv_lora_rank, scale,
+                                        True, kv.block)
     if block_table is not None:
         return _paged_decode_attention_op(q, kv, kv, positions, block_table, kv_lora_rank, kv_lora_rank, scale, True)
     k = kv.unsqueeze(1)  # (B, 1, S, D): one latent group shared by all heads
@@ -196,8 +216,15 @@ def gqa_decode_attention(
     positions = _positions(input_pos, B, T)
     if block_table is not None:
         _check_block_table(block_table, B)
-    if not _paged_kernel_applies((q, k, v), (d, v.size(-1)), block_table):
+    if not _paged_kernel_applies((q, k, v), (d, v.size(-1)), block_table) or (
+            isinstance(v, Fp8Rows) and v.scale.size(-1) != 1):
         return gqa_decode_attention_reference(q, k, v, input_pos, scale, block_table)
+    if isinstance(k, Fp8Rows):
+        if block_table is not None:
+            return _paged_fp8_decode_attention_op(q, k.data, k.scale, None, v.data, v.scale, positions, block_table, d,
+                                                  v.size(-1), scale, False, k.block)
+        return _fp8_decode_attention_op(q, k.data, k.scale, None, v.data, v.scale, positions, d, v.size(-1), scale,
+                                        False, k.block)
     if block_table is not None:
         return _paged_decode_attention_op(q, k, v, positions, block_table, d, v.size(-1), scale, False)
     return _decode_attention_op(q, k, v, positions, d, v.size(-1), scale, False)
@@ -251,6 +278,12 @@ def mla_cache_write(
         return None if query is None else apply_rope_last(query, cos, sin, interleave)  # (B, h, T, d_c + d_R)
     positions = _positions(input_pos, B, 1)[:, 0]  # (B,)
     args = (cos.reshape(-1, d_r), sin.reshape(-1, d_r), norm_weight, eps, interleave)
+    if isinstance(cache, Fp8Rows):  # quantized in the same launch
+        query = query.view(B, query.size(1), D)
+        if block_table is not None:
+            return _paged_fp8_mla_cache_write_op(query, kv_a.view(B, D), *cache.parts(), positions, block_table, *args,
+                                                 cache.block)
+        return _fp8_mla_cache_write_op(query, kv_a.view(B, D), *cache.parts(), positions, *args, cache.block)
     if block_table is not None:
         return _paged_mla_cache_write_op(query.view(B, query.size(1), D), kv_a.view(B, D), cache, positions,
                                          block_table, *args)
@@ -324,6 +357,13 @@ def gqa_cache_write(
         return q
     positions = _positions(input_pos, B, 1)[:, 0]  # (B,)
     tables = (cos.reshape(-1, rope_n_elem), sin.reshape(-1, rope_n_elem)) if rope_n_elem else (qkv, qkv)  # unread
+    if isinstance(k_cache, Fp8Rows):  # quantized in the same launch
+        caches = (k_cache.data, k_cache.scale, v_cache.data, v_cache.scale)
+        if block_table is not None:
+            return _paged_fp8_gqa_cache_write_op(qkv.select(1, 0), *caches, positions, block_table, *tables, n_head,
+                                                 rope_n_elem, interleave)  # (B, nh, 1, hs)
+        return _fp8_gqa_cache_write_op(qkv.select(1, 0), *caches, positions, *tables, n_head, rope_n_elem,
+                                       interleave)  # (B, nh, 1, hs)
     if block_table is not None:
         return _paged_gqa_cache_write_op(qkv.select(1, 0), k_cache, v_cache, positions, block_table, *tables, n_head,
                                          rope_n_elem, interleave)  # (B, nh, 1, hs)
@@ -416,6 +456,47 @@ _paged_gqa_cache_write_op = define_op("paged_gqa_cache_write", (
     "(Tensor qkv, Tensor(a!) k_pool, Tensor(b!) v_pool, Tensor positions, Tensor block_table, Tensor cos, "
     "Tensor sin, int n_head, int rope_n_elem, bool interleave) -> Tensor"), _launcher("paged_gqa_cache_write"),
     _paged_gqa_cache_write_fake)
+
+
+def _fp8_decode_attention_fake(q: torch.Tensor, k: torch.Tensor, k_scale: torch.Tensor, k_rope: Optional[torch.Tensor],
+                               v: torch.Tensor, v_scale: Optional[torch.Tensor], positions: torch.Tensor,
+                               *args: object) -> torch.Tensor:
+    d_v = args[-4]  # ([block_table,] d_main, d_v, scale, shared_v, scale_block)
+    B, H, T, _ = q.shape
+    return q.new_empty(B, H, T, int(d_v))  # (B, H, T, d_v)
+
+
+def _fp8_gqa_cache_write_fake(qkv: torch.Tensor, k_cache: torch.Tensor, *args: object) -> torch.Tensor:
+    n_head = args[-3]  # (..., n_head, rope_n_elem, interleave)
+    return qkv.new_empty(qkv.size(0), int(n_head), 1, k_cache.size(-1))  # (B, nh, 1, hs)
+
+
+# The fp8 caches' launches (`litgpt.kernels.fp8_cache.Fp8Rows`: e4m3 values, float32 scales, MLA's rope key in the
+# model's dtype), static and paged: the same kernels with their FP8 switch on.
+_fp8_decode_attention_op = define_op("fp8_decode_attention", (
+    "(Tensor q, Tensor k, Tensor k_scale, Tensor? k_rope, Tensor v, Tensor? v_scale, Tensor positions, int d_main, "
+    "int d_v, float scale, bool shared_v, int scale_block) -> Tensor"), _launcher("fp8_decode_attention"),
+    _fp8_decode_attention_fake)
+_paged_fp8_decode_attention_op = define_op("paged_fp8_decode_attention", (
+    "(Tensor q, Tensor k_pool, Tensor k_scale, Tensor? k_rope, Tensor v_pool, Tensor? v_scale, Tensor positions, "
+    "Tensor block_table, int d_main, int d_v, float scale, bool shared_v, int scale_block) -> Tensor"),
+    _launcher("paged_fp8_decode_attention"), _fp8_decode_attention_fake)
+_fp8_mla_cache_write_op = define_op("fp8_mla_cache_write", (
+    "(Tensor query, Tensor kv_a, Tensor(a!) cache, Tensor(b!) scale, Tensor(c!) rope, Tensor positions, Tensor cos, "
+    "Tensor sin, Tensor norm_weight, float eps, bool interleave, int scale_block) -> Tensor"),
+    _launcher("fp8_mla_cache_write"), _mla_cache_write_fake)
+_paged_fp8_mla_cache_write_op = define_op("paged_fp8_mla_cache_write", (
+    "(Tensor query, Tensor kv_a, Tensor(a!) pool, Tensor(b!) scale, Tensor(c!) rope, Tensor positions, "
+    "Tensor block_table, Tensor cos, Tensor sin, Tensor norm_weight, float eps, bool interleave, int scale_block) "
+    "-> Tensor"), _launcher("paged_fp8_mla_cache_write"), _mla_cache_write_fake)
+_fp8_gqa_cache_write_op = define_op("fp8_gqa_cache_write", (
+    "(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) k_scale, Tensor(c!) v_cache, Tensor(d!) v_scale, Tensor positions, "
+    "Tensor cos, Tensor sin, int n_head, int rope_n_elem, bool interleave) -> Tensor"),
+    _launcher("fp8_gqa_cache_write"), _fp8_gqa_cache_write_fake)
+_paged_fp8_gqa_cache_write_op = define_op("paged_fp8_gqa_cache_write", (
+    "(Tensor qkv, Tensor(a!) k_pool, Tensor(b!) k_scale, Tensor(c!) v_pool, Tensor(d!) v_scale, Tensor positions, "
+    "Tensor block_table, Tensor cos, Tensor sin, int n_head, int rope_n_elem, bool interleave) -> Tensor"),
+    _launcher("paged_fp8_gqa_cache_write"), _fp8_gqa_cache_write_fake)
 
 
 def set_kernels(model: "GPT", enabled: bool) -> int:

@@ -21,6 +21,12 @@ Paged caches (`litgpt.kv_cache.PagedKVCache`, `PagedKVCacheCompressed`) go throu
 the cache is then a pool of pages, and row b's position p lives in page block_table[b, p // PAGE_SIZE], slot
 p % PAGE_SIZE (`_slot_offset`). The split-KV loop walks a row's pages through its block table, tile by tile, so
 nothing is gathered into a contiguous copy; the cache writes find their (page, slot) the same way.
+
+FP8 caches (`litgpt.kernels.fp8_cache.Fp8Rows`, e4m3 values with float32 scales) go through the same kernels with
+FP8 set: stage 1 loads each K tile in e4m3, multiplies it by its scales (one per SCALE_BLOCK columns of a token) in
+registers and feeds the dequantized tile, in the query's dtype, to the same products; MLA's rope key comes from its
+own buffer (the tail, in the model's dtype), MHA/GQA's V tiles by their per-token scale. The cache writes quantize
+in the same launch: each block's absolute maximum / 448 is its scale.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ import triton.language as tl
 from litgpt.kernels._triton import on_device
 
 LOG2E = 1.4426950408889634
+E4M3_MAX = tl.constexpr(448.0)  # as `litgpt.kernels.fp8_cache`
+MIN_AMAX = tl.constexpr(448.0 * 1.1754943508222875e-38)  # E4M3_MAX * float32's smallest normal: scales >= 2**-126
 MERGE_BLOCK_S = 128  # at most this many splits per merge tile
 MERGE_TILE = 8192  # about this many partial outputs per merge tile: (splits, columns)
 
@@ -54,11 +62,14 @@ def _slot_offset(pos, b, BT, stride_btb, stride_b, stride_s, mask, PAGED: tl.con
 
 @triton.jit
 def _split_kernel(
-    Q, K, V, POS, BT, OUT, PART_O, PART_LSE,
+    Q, K, V, KS, KR, VS, POS, BT, OUT, PART_O, PART_LSE,
     qk_scale,  # softmax scale * log2(e)
     stride_qb, stride_qh, stride_qt,
     stride_kb, stride_kg, stride_ks,
     stride_vb, stride_vg, stride_vs,
+    stride_ksb, stride_ksg, stride_kss,  # FP8: K's scales (rows or pages, G, positions or slots, blocks)
+    stride_krb, stride_krg, stride_krs,  # FP8 with D_ROPE: the rope key, its own buffer
+    stride_vsb, stride_vsg, stride_vss,  # FP8 without SHARED_V: V's scales, one per token
     stride_pb, stride_pt, stride_btb,
     stride_ob, stride_oh, stride_ot,
     n_groups, heads_per_group, T, n_rows, S, split_len, n_splits,
@@ -66,6 +77,7 @@ def _split_kernel(
     BLOCK_DM: tl.constexpr, BLOCK_DR: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
     SHARED_V: tl.constexpr, SINGLE_SPLIT: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
+    FP8: tl.constexpr, SCALE_BLOCK: tl.constexpr,
 ):
     pid_rows = tl.program_id(0)  # fastest-varying: row blocks that share a KV tile run side by side (L2 reuse)
     pid_bg = tl.program_id(1)
@@ -107,9 +119,21 @@ def _split_kernel(
             k_main = tl.load(k_rows[:, None] + offs_dm[None, :], mask=n_ok[:, None], other=0.0)
         else:
             k_main = tl.load(k_rows[:, None] + offs_dm[None, :], mask=n_ok[:, None] & dm_ok[None, :], other=0.0)
+        if FP8:  # e4m3 times its block's scale, dequantized in registers to the query's dtype
+            ks_rows = KS + g * stride_ksg + _slot_offset(offs_n, b, BT, stride_btb, stride_ksb, stride_kss, n_ok,
+                                                         PAGED, PAGE_SIZE)
+            k_scale = tl.load(ks_rows[:, None] + (offs_dm // SCALE_BLOCK)[None, :],
+                              mask=n_ok[:, None] & dm_ok[None, :], other=0.0)  # (BLOCK_N, BLOCK_DM)
+            k_main = (k_main.to(tl.float32) * k_scale).to(q_main.dtype)
         scores = tl.dot(q_main, tl.trans(k_main))  # (BLOCK_H, BLOCK_N) fp32
         if D_ROPE > 0:
-            k_rope = tl.load(k_rows[:, None] + D_MAIN + offs_dr[None, :], mask=n_ok[:, None] & dr_ok[None, :], other=0.0)
+            if FP8:
+                kr_rows = KR + g * stride_krg + _slot_offset(offs_n, b, BT, stride_btb, stride_krb, stride_krs, n_ok,
+                                                             PAGED, PAGE_SIZE)
+                k_rope = tl.load(kr_rows[:, None] + offs_dr[None, :], mask=n_ok[:, None] & dr_ok[None, :], other=0.0)
+            else:
+                k_rope = tl.load(k_rows[:, None] + D_MAIN + offs_dr[None, :], mask=n_ok[:, None] & dr_ok[None, :],
+                                 other=0.0)
             scores = tl.dot(q_rope, tl.trans(k_rope), scores)
         scores = tl.where(offs_n[None, :] < valid[:, None], scores * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
@@ -121,6 +145,11 @@ def _split_kernel(
         else:
             v_rows = v_base + _slot_offset(offs_n, b, BT, stride_btb, stride_vb, stride_vs, n_ok, PAGED, PAGE_SIZE)
             v = tl.load(v_rows[:, None] + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
+            if FP8:  # one scale per token
+                vs_rows = VS + g * stride_vsg + _slot_offset(offs_n, b, BT, stride_btb, stride_vsb, stride_vss, n_ok,
+                                                             PAGED, PAGE_SIZE)
+                v_scale = tl.load(vs_rows, mask=n_ok, other=0.0)  # (BLOCK_N,)
+                v = (v.to(tl.float32) * v_scale[:, None]).to(q_main.dtype)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])  # (BLOCK_H, BLOCK_DV)
         m_i = m_new
 
@@ -177,18 +206,32 @@ def _merge_kernel(
 
 
 @triton.jit
+def _store_e4m3(dst, scale_dst, x, ok, in_cache):
+    """x (BLOCK,) quantized with one scale, amax(|x| where ok) / 448: e4m3 values at dst, the scale at scale_dst."""
+    xf = x.to(tl.float32)
+    s = tl.maximum(tl.max(tl.where(ok, tl.abs(xf), 0.0), axis=0), MIN_AMAX) / E4M3_MAX
+    values = tl.minimum(tl.maximum(xf / s, -E4M3_MAX), E4M3_MAX)
+    tl.store(dst, values.to(dst.dtype.element_ty), mask=ok & in_cache)
+    tl.store(scale_dst, s, mask=in_cache)
+
+
+@triton.jit
 def _mla_prologue_kernel(
-    Q_IN, KV_A, CACHE, POS, BT, COS, SIN, NORM_W, Q_OUT,
+    Q_IN, KV_A, CACHE, CS, CR, POS, BT, COS, SIN, NORM_W, Q_OUT,
     eps,
-    stride_qib, stride_qih, stride_kvb, stride_cb, stride_cs, stride_pb, stride_btb, stride_cos, stride_sin,
+    stride_qib, stride_qih, stride_kvb, stride_cb, stride_cs, stride_csb, stride_css, stride_crb, stride_crs,
+    stride_pb, stride_btb, stride_cos, stride_sin,
     stride_qob, stride_qoh,
     n_head, S,
     D_C: tl.constexpr, D_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, INTERLEAVE: tl.constexpr,
-    PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
+    PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, FP8: tl.constexpr, SCALE_BLOCK: tl.constexpr,
+    N_BLOCKS: tl.constexpr,
 ):
     """Program (b, j < n_head): query head j of row b, latent part copied, rope part rotated into Q_OUT.
     Program (b, n_head): the new token of row b, [RMSNorm(latent) * gain | rotated rope key], written into CACHE at
-    POS[b] (row b's page and slot when PAGED; nothing written outside positions 0..S-1)."""
+    POS[b] (row b's page and slot when PAGED; nothing written outside positions 0..S-1). FP8: the latent (rounded
+    to the model's dtype, as the torch path) in e4m3 into CACHE with one scale per SCALE_BLOCK values into CS, the
+    rope key into CR."""
     b = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1)
     offs_c = tl.arange(0, BLOCK_C)
@@ -211,16 +254,27 @@ def _mla_prologue_kernel(
         src = Q_IN + b * stride_qib + j * stride_qih
         dst = Q_OUT + b * stride_qob + j * stride_qoh
         tl.store(dst + offs_c, tl.load(src + offs_c, mask=c_ok), mask=c_ok)
+        rope_dst = dst + D_C
     else:
         src = KV_A + b * stride_kvb
-        dst = CACHE + _slot_offset(pos, b, BT, stride_btb, stride_cb, stride_cs, in_cache, PAGED, PAGE_SIZE)
+        slot = _slot_offset(pos, b, BT, stride_btb, stride_cb, stride_cs, in_cache, PAGED, PAGE_SIZE)
         latent = tl.load(src + offs_c, mask=c_ok, other=0.0).to(tl.float32)
         gain = tl.load(NORM_W + offs_c, mask=c_ok, other=0.0).to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(latent * latent, axis=0) / D_C + eps)
-        tl.store(dst + offs_c, (latent * rstd * gain).to(CACHE.dtype.element_ty), mask=c_ok & in_cache)
+        normed = latent * rstd * gain  # (BLOCK_C,) fp32
+        if FP8:
+            normed = normed.to(KV_A.dtype.element_ty).to(tl.float32)
+            scale_dst = CS + _slot_offset(pos, b, BT, stride_btb, stride_csb, stride_css, in_cache, PAGED, PAGE_SIZE)
+            for blk in tl.static_range(N_BLOCKS):
+                in_block = c_ok & (offs_c >= blk * SCALE_BLOCK) & (offs_c < (blk + 1) * SCALE_BLOCK)
+                _store_e4m3(CACHE + slot + offs_c, scale_dst + blk, normed, in_block, in_cache)
+            rope_dst = CR + _slot_offset(pos, b, BT, stride_btb, stride_crb, stride_crs, in_cache, PAGED, PAGE_SIZE)
+        else:
+            tl.store(CACHE + slot + offs_c, normed.to(CACHE.dtype.element_ty), mask=c_ok & in_cache)
+            rope_dst = CACHE + slot + D_C
     x = tl.load(src + D_C + offs_r, mask=r_ok, other=0.0).to(tl.float32)
     x_partner = tl.load(src + D_C + partner, mask=r_ok, other=0.0).to(tl.float32)
-    tl.store(dst + D_C + offs_r, (x * cos + sign * x_partner * sin).to(dst.dtype.element_ty), mask=r_ok & in_cache)
+    tl.store(rope_dst + offs_r, (x * cos + sign * x_partner * sin).to(rope_dst.dtype.element_ty), mask=r_ok & in_cache)
 
 
 @triton.jit
@@ -248,16 +302,17 @@ def _rope_row(src, offs, d_ok, cos_row, sin_row, N_ROPE: tl.constexpr, INTERLEAV
 
 @triton.jit
 def _gqa_prologue_kernel(
-    QKV, K_CACHE, V_CACHE, POS, BT, COS, SIN, Q_OUT,
-    stride_xb, stride_kb, stride_kg, stride_ks, stride_vb, stride_vg, stride_vs, stride_pb, stride_btb, stride_cos,
+    QKV, K_CACHE, V_CACHE, KS, VS, POS, BT, COS, SIN, Q_OUT,
+    stride_xb, stride_kb, stride_kg, stride_ks, stride_vb, stride_vg, stride_vs,
+    stride_ksb, stride_ksg, stride_kss, stride_vsb, stride_vsg, stride_vss, stride_pb, stride_btb, stride_cos,
     stride_sin, stride_qob, stride_qoh,
     n_head, n_groups, S,
     HS: tl.constexpr, N_ROPE: tl.constexpr, BLOCK_D: tl.constexpr, INTERLEAVE: tl.constexpr,
-    PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
+    PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, FP8: tl.constexpr,
 ):
     """Program (b, j < n_head): query head j of row b, roped into Q_OUT. Program (b, n_head + g): key group g of
     row b roped into K_CACHE and value group g copied into V_CACHE, both at POS[b] (row b's page and slot when
-    PAGED; nothing written outside 0..S-1).
+    PAGED; nothing written outside 0..S-1). FP8: each in e4m3 with its one scale into KS and VS.
 
     The qkv row is [Q heads | K groups | V groups] of HS each, so program j's head starts at j * HS either way.
     """
@@ -275,10 +330,16 @@ def _gqa_prologue_kernel(
         in_cache = (pos >= 0) & (pos < S)
         ok = d_ok & in_cache
         k_slot = _slot_offset(pos, b, BT, stride_btb, stride_kb, stride_ks, in_cache, PAGED, PAGE_SIZE)
-        tl.store(K_CACHE + k_slot + g * stride_kg + offs, x.to(K_CACHE.dtype.element_ty), mask=ok)
         v = tl.load(src + n_groups * HS + offs, mask=d_ok, other=0.0)  # V group g sits n_groups heads after K's
         v_slot = _slot_offset(pos, b, BT, stride_btb, stride_vb, stride_vs, in_cache, PAGED, PAGE_SIZE)
-        tl.store(V_CACHE + v_slot + g * stride_vg + offs, v.to(V_CACHE.dtype.element_ty), mask=ok)
+        if FP8:
+            ks_slot = _slot_offset(pos, b, BT, stride_btb, stride_ksb, stride_kss, in_cache, PAGED, PAGE_SIZE)
+            vs_slot = _slot_offset(pos, b, BT, stride_btb, stride_vsb, stride_vss, in_cache, PAGED, PAGE_SIZE)
+            _store_e4m3(K_CACHE + k_slot + g * stride_kg + offs, KS + ks_slot + g * stride_ksg, x, d_ok, in_cache)
+            _store_e4m3(V_CACHE + v_slot + g * stride_vg + offs, VS + vs_slot + g * stride_vsg, v, d_ok, in_cache)
+        else:
+            tl.store(K_CACHE + k_slot + g * stride_kg + offs, x.to(K_CACHE.dtype.element_ty), mask=ok)
+            tl.store(V_CACHE + v_slot + g * stride_vg + offs, v.to(V_CACHE.dtype.element_ty), mask=ok)
 
 
 @dataclass(frozen=True)
@@ -318,6 +379,31 @@ def split_plan(programs: int, S: int, n_sms: int, config: LaunchConfig) -> tuple
     block_n = config.block_n
     split_len = min(triton.cdiv(split_len, block_n) * block_n, triton.cdiv(S, block_n) * block_n)
     return split_len, triton.cdiv(S, split_len)
+
+
+@dataclass(frozen=True)
+class Fp8Parts:
+    """What an fp8 cache adds to a launch, each part laid out as its values (rows or pages, G, positions or slots,
+    ...): K's scales, one per `block` columns of a token; MLA's rope key in the model's dtype (None: K has no rope
+    part); V's scales, one per token (None: V is K's latent)."""
+
+    k_scale: torch.Tensor
+    k_rope: Optional[torch.Tensor]
+    v_scale: Optional[torch.Tensor]
+    block: int
+
+
+def _groups(part: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """A pool's part as (num_pages, G, page_size, ...): MLA's (num_pages, page_size, X) gets G = 1, a K or V pool's
+    (num_pages, page_size, G, X) is transposed."""
+    if part is None:
+        return None
+    return part.unsqueeze(1) if part.dim() == 3 else part.transpose(1, 2)
+
+
+def _strides(t: Optional[torch.Tensor], n: int) -> tuple[int, ...]:
+    """The first n strides of t (zeros for a part a launch does not read)."""
+    return tuple(t.stride(i) for i in range(n)) if t is not None else (0,) * n
 
 
 def decode_attention(
@@ -361,10 +447,37 @@ def paged_decode_attention(
     (num_pages, page_size, G, d_v); block_table: (B, P) page ids with unit last stride, row b's position p in page
     block_table[b, p // page_size], so each row holds up to P * page_size positions.
     """
-    k = k_pool.unsqueeze(1) if k_pool.dim() == 3 else k_pool.transpose(1, 2)  # (num_pages, G, page_size, d)
-    v = k if shared_v else v_pool.transpose(1, 2)
+    k = _groups(k_pool)  # (num_pages, G, page_size, d)
+    v = k if shared_v else _groups(v_pool)
     return _split_kv(q, k, v, positions, block_table, block_table.size(1) * k.size(2), d_main, d_v, scale, shared_v,
                      config)
+
+
+def fp8_decode_attention(
+    q: torch.Tensor, k: torch.Tensor, k_scale: torch.Tensor, k_rope: Optional[torch.Tensor], v: torch.Tensor,
+    v_scale: Optional[torch.Tensor], positions: torch.Tensor, d_main: int, d_v: int, scale: float, shared_v: bool,
+    scale_block: int,
+) -> torch.Tensor:
+    """`decode_attention` over an fp8 static cache, dequantized in registers: k (B, G, S, d_main) e4m3 (MLA: the
+    latent) with k_scale (B, G, S, ceil(d_main / scale_block)) float32 and, with a rope part, k_rope (B, G, S,
+    d_rope) in q.dtype; v (B, G, S, d_v) e4m3 with v_scale (B, G, S, 1), or with shared_v k's first d_v columns
+    (v and v_scale unread). Returns (B, H, T, d_v) in q.dtype."""
+    parts = Fp8Parts(k_scale, k_rope, None if shared_v else v_scale, scale_block)
+    return _split_kv(q, k, k if shared_v else v, positions, None, k.size(2), d_main, d_v, scale, shared_v, None,
+                     parts)
+
+
+def paged_fp8_decode_attention(
+    q: torch.Tensor, k_pool: torch.Tensor, k_scale: torch.Tensor, k_rope: Optional[torch.Tensor],
+    v_pool: torch.Tensor, v_scale: Optional[torch.Tensor], positions: torch.Tensor, block_table: torch.Tensor,
+    d_main: int, d_v: int, scale: float, shared_v: bool, scale_block: int,
+) -> torch.Tensor:
+    """`fp8_decode_attention` over page pools read through the block table (as `paged_decode_attention`): MLA's
+    parts (num_pages, page_size, X), or K and V pools and their scales (num_pages, page_size, G, X)."""
+    k = _groups(k_pool)
+    parts = Fp8Parts(_groups(k_scale), _groups(k_rope), None if shared_v else _groups(v_scale), scale_block)
+    return _split_kv(q, k, k if shared_v else _groups(v_pool), positions, block_table,
+                     block_table.size(1) * k.size(2), d_main, d_v, scale, shared_v, None, parts)
 
 
 def _split_kv(
@@ -379,9 +492,10 @@ def _split_kv(
     scale: float,
     shared_v: bool,
     config: Optional[LaunchConfig],
+    fp8: Optional[Fp8Parts] = None,
 ) -> torch.Tensor:
-    """Both launches: k, v (rows or pages, G, positions or slots, d); S the most positions a row holds; with a
-    block table, the kernel's PAGED switch on and the page size k.size(2)."""
+    """Every launch: k, v (rows or pages, G, positions or slots, d); S the most positions a row holds; with a
+    block table, the kernel's PAGED switch on and the page size k.size(2); with `fp8`, its FP8 switch and parts."""
     B, H, T, Dq = q.shape
     G = k.size(1)
     d_rope = Dq - d_main
@@ -402,13 +516,16 @@ def _split_kv(
     pos_strides = (positions.stride(0), positions.stride(1))
     out_strides = (out.stride(0), out.stride(1), out.stride(2))
     paged = block_table is not None
+    k_scale, k_rope, v_scale = (fp8.k_scale, fp8.k_rope, fp8.v_scale) if fp8 is not None else (None, None, None)
     with on_device(q):
         _split_kernel[(row_blocks, B * G, n_splits)](
-            q, k, v, positions, block_table if paged else positions, out, part_o, part_lse,  # static: BT unread
+            q, k, v, *(q if t is None else t for t in (k_scale, k_rope, v_scale)),  # q: a part not read
+            positions, block_table if paged else positions, out, part_o, part_lse,  # static: BT unread
             scale * LOG2E,
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2),
+            *_strides(k_scale, 3), *_strides(k_rope, 3), *_strides(v_scale, 3),
             *pos_strides, block_table.stride(0) if paged else 0, *out_strides, *sizes,
             D_MAIN=d_main, D_ROPE=d_rope, D_V=d_v,
             BLOCK_DM=triton.next_power_of_2(d_main),
@@ -416,6 +533,7 @@ def _split_kv(
             BLOCK_DV=block_dv,
             BLOCK_H=config.block_h, BLOCK_N=config.block_n,
             SHARED_V=shared_v, SINGLE_SPLIT=n_splits == 1, PAGED=paged, PAGE_SIZE=k.size(2) if paged else 1,
+            FP8=fp8 is not None, SCALE_BLOCK=fp8.block if fp8 is not None else 1,
             num_warps=config.num_warps, num_stages=config.num_stages,
         )
         if n_splits > 1:
@@ -469,27 +587,55 @@ def paged_mla_cache_write(
                       norm_weight, eps, interleave)
 
 
+def fp8_mla_cache_write(
+    query: torch.Tensor, kv_a: torch.Tensor, cache: torch.Tensor, scale: torch.Tensor, rope: torch.Tensor,
+    positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, norm_weight: torch.Tensor, eps: float,
+    interleave: bool, scale_block: int,
+) -> torch.Tensor:
+    """`mla_cache_write` into an fp8 cache, quantized in the same launch: the latent in e4m3 into cache
+    (B, S, d_c) with one scale per scale_block values into scale (B, S, ceil(d_c / scale_block)), the roped key
+    into rope (B, S, d_R) in the model's dtype."""
+    return _mla_write(query, kv_a, cache, positions, None, cache.size(1), cos, sin, norm_weight, eps, interleave,
+                      Fp8Parts(scale, rope, None, scale_block))
+
+
+def paged_fp8_mla_cache_write(
+    query: torch.Tensor, kv_a: torch.Tensor, pool: torch.Tensor, scale: torch.Tensor, rope: torch.Tensor,
+    positions: torch.Tensor, block_table: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    norm_weight: torch.Tensor, eps: float, interleave: bool, scale_block: int,
+) -> torch.Tensor:
+    """`fp8_mla_cache_write` into page pools (num_pages, page_size, ...), addressed as `paged_mla_cache_write`."""
+    return _mla_write(query, kv_a, pool, positions, block_table, block_table.size(1) * pool.size(1), cos, sin,
+                      norm_weight, eps, interleave, Fp8Parts(scale, rope, None, scale_block))
+
+
 def _mla_write(
     query: torch.Tensor, kv_a: torch.Tensor, cache: torch.Tensor, positions: torch.Tensor,
     block_table: Optional[torch.Tensor], S: int, cos: torch.Tensor, sin: torch.Tensor, norm_weight: torch.Tensor,
-    eps: float, interleave: bool,
+    eps: float, interleave: bool, fp8: Optional[Fp8Parts] = None,
 ) -> torch.Tensor:
-    """Both MLA writes: cache (rows or pages, positions or slots, d_c + d_R); S the most positions a row holds."""
+    """Every MLA write: cache (rows or pages, positions or slots, d_c + d_R; with `fp8`, d_c values and its scale
+    and rope parts); S the most positions a row holds."""
     B, h, D = query.shape
     d_c, d_r = norm_weight.size(0), D - norm_weight.size(0)
     q_out = torch.empty(B, h, 1, D, device=query.device, dtype=query.dtype)
     paged = block_table is not None
+    scale, rope = (fp8.k_scale, fp8.k_rope) if fp8 is not None else (None, None)
     with on_device(query):
         _mla_prologue_kernel[(B, h + 1)](
-            query, kv_a, cache, positions, block_table if paged else positions, cos, sin, norm_weight, q_out,
+            query, kv_a, cache, *(query if t is None else t for t in (scale, rope)), positions,
+            block_table if paged else positions, cos, sin, norm_weight, q_out,
             eps,
-            query.stride(0), query.stride(1), kv_a.stride(0), cache.stride(0), cache.stride(1), positions.stride(0),
+            query.stride(0), query.stride(1), kv_a.stride(0), cache.stride(0), cache.stride(1),
+            *_strides(scale, 2), *_strides(rope, 2), positions.stride(0),
             block_table.stride(0) if paged else 0,
             cos.stride(0) if cos.size(0) > 1 else 0, sin.stride(0) if sin.size(0) > 1 else 0,
             q_out.stride(0), q_out.stride(1),
             h, S,
             D_C=d_c, D_R=d_r, BLOCK_C=triton.next_power_of_2(d_c), BLOCK_R=triton.next_power_of_2(d_r),
             INTERLEAVE=interleave, PAGED=paged, PAGE_SIZE=cache.size(1) if paged else 1,
+            FP8=fp8 is not None, SCALE_BLOCK=fp8.block if fp8 is not None else 1,
+            N_BLOCKS=scale.size(-1) if fp8 is not None else 1,
             num_warps=2,
         )
     return q_out
@@ -538,28 +684,54 @@ def paged_gqa_cache_write(
                       rope_n_elem, interleave)
 
 
+def fp8_gqa_cache_write(
+    qkv: torch.Tensor, k_cache: torch.Tensor, k_scale: torch.Tensor, v_cache: torch.Tensor, v_scale: torch.Tensor,
+    positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_head: int, rope_n_elem: int, interleave: bool,
+) -> torch.Tensor:
+    """`gqa_cache_write` into fp8 caches, quantized in the same launch: keys and values in e4m3 (B, G, S, hs), each
+    token and group with its one scale in k_scale, v_scale (B, G, S, 1)."""
+    return _gqa_write(qkv, k_cache, v_cache, positions, None, k_cache.size(2), cos, sin, n_head, rope_n_elem,
+                      interleave, Fp8Parts(k_scale, None, v_scale, k_cache.size(-1)))
+
+
+def paged_fp8_gqa_cache_write(
+    qkv: torch.Tensor, k_pool: torch.Tensor, k_scale: torch.Tensor, v_pool: torch.Tensor, v_scale: torch.Tensor,
+    positions: torch.Tensor, block_table: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_head: int,
+    rope_n_elem: int, interleave: bool,
+) -> torch.Tensor:
+    """`fp8_gqa_cache_write` into page pools (num_pages, page_size, G, hs) and their scales (num_pages, page_size,
+    G, 1), addressed as `paged_gqa_cache_write`."""
+    k = k_pool.transpose(1, 2)  # (num_pages, G, page_size, hs)
+    return _gqa_write(qkv, k, v_pool.transpose(1, 2), positions, block_table, block_table.size(1) * k.size(2), cos,
+                      sin, n_head, rope_n_elem, interleave,
+                      Fp8Parts(k_scale.transpose(1, 2), None, v_scale.transpose(1, 2), k.size(-1)))
+
+
 def _gqa_write(
     qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor,
     block_table: Optional[torch.Tensor], S: int, cos: torch.Tensor, sin: torch.Tensor, n_head: int, rope_n_elem: int,
-    interleave: bool,
+    interleave: bool, fp8: Optional[Fp8Parts] = None,
 ) -> torch.Tensor:
-    """Both MHA/GQA writes: k_cache, v_cache (rows or pages, G, positions or slots, hs); S the most positions a row
-    holds."""
+    """Every MHA/GQA write: k_cache, v_cache (rows or pages, G, positions or slots, hs), with `fp8` their scales
+    laid out alike; S the most positions a row holds."""
     B = qkv.size(0)
     G, hs = k_cache.size(1), k_cache.size(3)
     q_out = torch.empty(B, n_head, 1, hs, device=qkv.device, dtype=qkv.dtype)
     paged = block_table is not None
+    k_scale, v_scale = (fp8.k_scale, fp8.v_scale) if fp8 is not None else (None, None)
     with on_device(qkv):
         _gqa_prologue_kernel[(B, n_head + G)](
-            qkv, k_cache, v_cache, positions, block_table if paged else positions, cos, sin, q_out,
+            qkv, k_cache, v_cache, *(qkv if t is None else t for t in (k_scale, v_scale)), positions,
+            block_table if paged else positions, cos, sin, q_out,
             qkv.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), positions.stride(0),
+            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+            *_strides(k_scale, 3), *_strides(v_scale, 3), positions.stride(0),
             block_table.stride(0) if paged else 0,
             cos.stride(0) if cos.size(0) > 1 else 0, sin.stride(0) if sin.size(0) > 1 else 0,
             q_out.stride(0), q_out.stride(1),
             n_head, G, S,
             HS=hs, N_ROPE=rope_n_elem, BLOCK_D=triton.next_power_of_2(hs), INTERLEAVE=interleave,
-            PAGED=paged, PAGE_SIZE=k_cache.size(2) if paged else 1,
+            PAGED=paged, PAGE_SIZE=k_cache.size(2) if paged else 1, FP8=fp8 is not None,
             num_warps=1,
         )
     return q_out
