@@ -572,3 +572,57 @@ def test_model_decode_on_the_fp8_kernels_matches_the_torch_path_cuda(case, paged
         assert launches == []
     error = ((out.float() - expected.float()).norm() / expected.float().norm()).item()
     assert error < 2e-2, error
+
+
+@pytest.mark.parametrize("case", ["mla", "mla-qlora", "gqa"])
+def test_folded_decode_over_an_fp8_cache_equals_the_unfolded_one_float64(case):
+    """The folded decode step (`litgpt.fold`: the block's maps around `attend_projected`) writes and reads an fp8
+    cache as the unfolded modules do: the same logits to 1e-9 in float64, static and paged."""
+    from litgpt.fold import fold_for_decode
+
+    torch.manual_seed(10)
+    model = make(case, torch.float64)
+    ids = torch.randint(0, 100, (2, 12))
+    expected = [decode_logits(model, ids, 5, FP8, paged) for paged in (False, True)]
+    fold_for_decode(model)
+    for paged, logits in zip((False, True), expected):
+        torch.testing.assert_close(decode_logits(model, ids, 5, FP8, paged), logits, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("case", ["mla", "gqa"])
+@pytest.mark.parametrize("paged", [False, True])
+def test_decode_step_over_an_fp8_cache_compiles_as_one_graph(case, paged):
+    """The folded decode step traced by dynamo (fullgraph: the fp8 cache's parts, its writes and reads make no
+    graph break; no recompile across steps) gives the eager step's greedy tokens."""
+    import torch._dynamo
+
+    from litgpt.fold import fold_for_decode
+    from litgpt.generate.base import DecodeStep, Sampler, SamplingParams
+
+    torch._dynamo.reset()
+    torch.manual_seed(11)
+    model = make(case, torch.float64)
+    fold_for_decode(model)
+    prompt, steps = torch.randint(0, 100, (2, 6)), 5
+    sampler = Sampler(SamplingParams(0.0), model.config.vocab_size, 2, torch.device("cpu"))
+    table = torch.tensor([[3, 1, 5], [2, 6, 4]], dtype=torch.int32) if paged else None
+    results = []
+    for compiled in (False, True):
+        if paged:
+            model.set_paged_kv_cache(num_pages=7, page_size=PAGE, kv_cache_dtype=FP8)
+            extra, pos = dict(block_table=table), torch.arange(6).expand(2, 6)
+        else:
+            model.set_kv_cache(2, max_seq_length=6 + steps, kv_cache_dtype=FP8)
+            extra, pos = {}, torch.arange(6)
+        step = DecodeStep(model, sampler)
+        if compiled:
+            step.compile(backend="eager", fullgraph=True, dynamic=False)
+        with torch.inference_mode(), torch._dynamo.config.patch(error_on_recompile=True):
+            token = sampler(model(prompt, input_pos=pos, **extra)[:, -1], torch.zeros(2, 1, dtype=torch.int64))
+            tokens = [token]
+            for p in range(6, 6 + steps - 1):
+                token = step(token, torch.full((2, 1), p), *((table,) if paged else ()))
+                tokens.append(token)
+        results.append(torch.cat(tokens, dim=1))
+        model.clear_kv_cache()
+    assert torch.equal(results[0], results[1])
