@@ -630,8 +630,8 @@ class LLM(torch.nn.Module):
 
     @classmethod
     def from_config(
-        cls, config: Union[str, Config], device: Optional[Union[str, torch.device]] = "auto", precision: Optional[str] = None,
-        kv_cache_dtype: Optional[str] = None,
+        cls, config: Union[str, Config], device: Optional[Union[str, torch.device]] = "auto",
+        precision: Optional[str] = None, kv_cache_dtype: Optional[str] = None,
     ) -> "LLM":
         """A randomly initialised model with no tokenizer (for `benchmark`): a config or a named config; kv_cache_dtype
         as in `distribute`."""

@@ -194,13 +194,13 @@ def _profile(step: DecodeStep, token: torch.Tensor, input_pos: torch.Tensor, pat
 # ---------------------------------------------------------------------------------------- `litgpt benchmark decode`
 DEFAULT_MODELS = ["pythia-160m", "pythia-160m-gqa", "pythia-160m-mqa", "pythia-160m-mla"]
 RESULTS_COLUMNS = (
-    "model", "batch", "context", "mode", "kernels", "dtype", "kv_cache_dtype", "tokens_per_s", "ms_per_step", "floor_ms", "gap",
-    "step_weight_bytes", "kv_bytes_per_token", "kv_cache_bytes", "peak_memory_bytes", "decode_peak_memory_bytes",
+    "model", "batch", "context", "mode", "kernels", "dtype", "kv_cache_dtype", "tokens_per_s", "ms_per_step",
+    "floor_ms", "gap", "step_weight_bytes", "kv_bytes_per_token", "kv_cache_bytes", "peak_memory_bytes", "decode_peak_memory_bytes",
     "accounted_bytes", "status",
 )
 CAPACITY_COLUMNS = (
-    "model", "dtype", "kv_cache_dtype", "memory_budget_bytes", "weights_bytes", "kv_bytes_per_token", "step_bytes_per_token",
-    "step_bytes_per_row", "step_bytes_fixed", "rope_bytes_per_position", "reserve_bytes", "longest_context_batch1",
+    "model", "dtype", "kv_cache_dtype", "memory_budget_bytes", "weights_bytes", "kv_bytes_per_token",
+    "step_bytes_per_token", "step_bytes_per_row", "step_bytes_fixed", "rope_bytes_per_position", "reserve_bytes", "longest_context_batch1",
     "fit_context", "largest_batch", "verified", "verified_peak_bytes", "verified_batch", "verified_batch_peak_bytes",
 )
 PROBES = ((1, 1024), (1, 4096), (2, 1024))  # (batch, context) of the eager steps that measure a step's transients
@@ -338,8 +338,8 @@ def measure(
     dtype = model.lm_head.weight.dtype
     per_token = kv_cache_bytes_per_token(model.config, dtype, kv_cache_dtype)
     row = dict(model=name, batch=batch, context=context, mode=mode, kernels=kernels,
-               dtype=str(dtype).removeprefix("torch."), kv_cache_dtype=kv_cache_dtype, tokens_per_s=math.nan, ms_per_step=math.nan,
-               floor_ms=math.nan, gap=math.nan, step_weight_bytes=step_weight_bytes(model, batch),
+               dtype=str(dtype).removeprefix("torch."), kv_cache_dtype=kv_cache_dtype, tokens_per_s=math.nan,
+               ms_per_step=math.nan, floor_ms=math.nan, gap=math.nan, step_weight_bytes=step_weight_bytes(model, batch),
                kv_bytes_per_token=per_token,
                kv_cache_bytes=batch * context * per_token, peak_memory_bytes=math.nan,
                decode_peak_memory_bytes=math.nan, accounted_bytes=math.nan, status="ok")
