@@ -148,14 +148,14 @@ def _paged_kernel_applies(tensors: tuple[torch.Tensor | Fp8Rows, ...], widths: t
     """`kernel_applies`, and with a block table, the table on the same device with unit last stride. An fp8 cache
     (`Fp8Rows`) takes the kernels only where the device has e4m3 (`fp8_kernels_run`), read as the model's dtype
     (its rope key stands for it in `kernel_applies`), its e4m3 values and scales on the same device with unit last
-    strides."""
+    strides, one scale per row or per a power of 2 of values."""
     plain = tuple(t for t in tensors if not isinstance(t, Fp8Rows))
     caches = [t for t in tensors if isinstance(t, Fp8Rows)]
     if caches:
         first = plain[0]
         if not fp8_kernels_run(first) or not all(
                 c.dtype == first.dtype and all(p.device == first.device and p.stride(-1) == 1 for p in c.parts()[:2])
-                for c in caches):
+                and (c.scale.size(-1) == 1 or c.block & (c.block - 1) == 0) for c in caches):  # blocks: powers of 2
             return False
         plain += tuple(c.tail for c in caches if c.tail is not None)
     return kernel_applies(plain, widths) and (

@@ -77,7 +77,7 @@ def _split_kernel(
     BLOCK_DM: tl.constexpr, BLOCK_DR: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
     SHARED_V: tl.constexpr, SINGLE_SPLIT: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
-    FP8: tl.constexpr, SCALE_BLOCK: tl.constexpr,
+    FP8: tl.constexpr, SCALE_BLOCK: tl.constexpr, N_SCALES: tl.constexpr,
 ):
     pid_rows = tl.program_id(0)  # fastest-varying: row blocks that share a KV tile run side by side (L2 reuse)
     pid_bg = tl.program_id(1)
@@ -122,9 +122,15 @@ def _split_kernel(
         if FP8:  # e4m3 times its block's scale, dequantized in registers to the query's dtype
             ks_rows = KS + g * stride_ksg + _slot_offset(offs_n, b, BT, stride_btb, stride_ksb, stride_kss, n_ok,
                                                          PAGED, PAGE_SIZE)
-            k_scale = tl.load(ks_rows[:, None] + (offs_dm // SCALE_BLOCK)[None, :],
-                              mask=n_ok[:, None] & dm_ok[None, :], other=0.0)  # (BLOCK_N, BLOCK_DM)
-            k_main = (k_main.to(tl.float32) * k_scale).to(q_main.dtype)
+            if SCALE_BLOCK >= D_MAIN:  # one scale per token (a head of K)
+                k_scale = tl.load(ks_rows, mask=n_ok, other=0.0)  # (BLOCK_N,)
+                k_main = (k_main.to(tl.float32) * k_scale[:, None]).to(q_main.dtype)
+            else:  # MLA's latent: one scale per SCALE_BLOCK (a power of 2) values, broadcast over its block
+                offs_blk = tl.arange(0, BLOCK_DM // SCALE_BLOCK)
+                k_scale = tl.load(ks_rows[:, None] + offs_blk[None, :], other=0.0,
+                                  mask=n_ok[:, None] & (offs_blk < N_SCALES)[None, :])  # (BLOCK_N, blocks)
+                blocks = tl.reshape(k_main.to(tl.float32), (BLOCK_N, BLOCK_DM // SCALE_BLOCK, SCALE_BLOCK))
+                k_main = tl.reshape(blocks * k_scale[:, :, None], (BLOCK_N, BLOCK_DM)).to(q_main.dtype)
         scores = tl.dot(q_main, tl.trans(k_main))  # (BLOCK_H, BLOCK_N) fp32
         if D_ROPE > 0:
             if FP8:
@@ -385,12 +391,17 @@ def split_plan(programs: int, S: int, n_sms: int, config: LaunchConfig) -> tuple
 class Fp8Parts:
     """What an fp8 cache adds to a launch, each part laid out as its values (rows or pages, G, positions or slots,
     ...): K's scales, one per `block` columns of a token; MLA's rope key in the model's dtype (None: K has no rope
-    part); V's scales, one per token (None: V is K's latent)."""
+    part); V's scales, one per token (None: V is K's latent). A block narrower than K's values is a power of 2
+    (the attention kernel broadcasts each scale over its block in registers)."""
 
     k_scale: torch.Tensor
     k_rope: Optional[torch.Tensor]
     v_scale: Optional[torch.Tensor]
     block: int
+
+    def __post_init__(self) -> None:
+        if self.block < 1 or (self.k_scale.size(-1) > 1 and self.block & (self.block - 1)):
+            raise ValueError(f"an fp8 cache's scale block of {self.block} values is not a power of 2")
 
 
 def _groups(part: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -534,6 +545,7 @@ def _split_kv(
             BLOCK_H=config.block_h, BLOCK_N=config.block_n,
             SHARED_V=shared_v, SINGLE_SPLIT=n_splits == 1, PAGED=paged, PAGE_SIZE=k.size(2) if paged else 1,
             FP8=fp8 is not None, SCALE_BLOCK=fp8.block if fp8 is not None else 1,
+            N_SCALES=k_scale.size(-1) if fp8 is not None else 1,
             num_warps=config.num_warps, num_stages=config.num_stages,
         )
         if n_splits > 1:
