@@ -22,7 +22,7 @@ cache's `entries(name)` is an `Fp8Rows` where the model's dtype gives the tensor
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 from torch import nn
@@ -90,7 +90,7 @@ class CacheEntries(nn.Module):
                                  persistent=False)
         self._formats[name] = (block, tail_width, dtype)
 
-    def _apply(self, fn, recurse: bool = True) -> "CacheEntries":
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> "CacheEntries":
         """`nn.Module._apply` (`.to`, `.cuda`, ...); an fp8 cache's values then read back in the dtype its model
         dtype became (a cast to float64 also casts the e4m3 buffers, which keep their e4m3-rounded values)."""
         super()._apply(fn, recurse)

@@ -81,9 +81,7 @@ class Fp8Rows:
         return values if self.tail is None else torch.cat((values, self.tail.to(self.dtype)), dim=-1)
 
 
-def quantize_rows(
-    x: torch.Tensor, block: int, tail_width: int = 0
-) -> tuple[torch.Tensor, ...]:
+def quantize_rows(x: torch.Tensor, block: int, tail_width: int = 0) -> tuple[torch.Tensor, ...]:
     """Rows x (..., D_q + D_t) -> (data (..., D_q) e4m3, scale (..., ceil(D_q / block)) float32) and, with a tail,
     its last D_t values unchanged: `Fp8Rows.parts` order. Each scale is amax(|block|) / 448 in float32."""
     width = x.size(-1) - tail_width
