@@ -57,12 +57,6 @@ def kv_cache_bytes_per_token(config: Config, dtype: torch.dtype, kv_cache_dtype:
     return config.n_layer * 2 * config.n_query_groups * (config.head_size + SCALE_BYTES)
 
 
-def _check_static(block_table: Optional[torch.Tensor]) -> None:
-    if block_table is not None:
-        raise TypeError("block_table addresses a paged KV cache, but this layer's cache is static: call "
-                        "model.set_paged_kv_cache(num_pages, page_size) first, or leave block_table out")
-
-
 class CacheEntries(nn.Module):
     """What every cache shares: its entry buffers, dense in the model's dtype or in e4m3 with float32 scales
     (`kv_cache_dtype="fp8_e4m3"`), and `entries(name)`, the buffer as the cache writes and attention read it."""
@@ -106,6 +100,13 @@ class CacheEntries(nn.Module):
         tail = getattr(self, f"{name}_tail") if tail_width else None
         return Fp8Rows(getattr(self, f"{name}_fp8"), getattr(self, f"{name}_scale"), tail, block, dtype)
 
+    def address(self, block_table: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """How a write finds its entries: a static cache by row, so no block table (a paged cache needs one)."""
+        if block_table is not None:
+            raise TypeError("block_table addresses a paged KV cache, but this layer's cache is static: call "
+                            "model.set_paged_kv_cache(num_pages, page_size) first, or leave block_table out")
+        return None
+
 
 class PagedCache(CacheEntries):
     """What the paged caches share: the pool's geometry and the check that a forward passes a block table."""
@@ -117,15 +118,77 @@ class PagedCache(CacheEntries):
                              f"num_pages={num_pages}, page_size={page_size}")
         self.num_pages, self.page_size = num_pages, page_size
 
-    @staticmethod
-    def _check(block_table: Optional[torch.Tensor]) -> torch.Tensor:
+    def address(self, block_table: Optional[torch.Tensor]) -> torch.Tensor:
+        """A paged cache's writes go through the block table (B, P), which a forward must pass."""
         if block_table is None:
             raise TypeError("this layer's KV cache is paged: pass block_table= (B, pages) int32 page ids with "
                             "input_pos, or set a static cache with model.set_kv_cache(batch_size)")
         return block_table
 
 
-class KVCache(CacheEntries):
+class KVWrite:
+    """The K/V write of `KVCache` and `PagedKVCache` (a mixin over `CacheEntries`: `entries`, `address`)."""
+
+    def write_qkv(
+        self,
+        input_pos: torch.Tensor,
+        qkv: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        n_head: int,
+        rope_n_elem: int,
+        interleave: bool,
+        use_kernel: bool = True,
+        block_table: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Write the new tokens' roped keys and values from the qkv rows (B, T, (nh + 2 G) hs) at input_pos; return
+        their query (B, nh, T, hs), roped at the same positions, and the full caches (B, G, S, hs).
+
+        One launch for a one-token step on CUDA (`litgpt.kernels.gqa_cache_write`). cos, sin: the rope rows at
+        input_pos ((T, rope_n_elem) or (B, T, rope_n_elem)), which rotate the first rope_n_elem dims of each query
+        head and key group. block_table: None for a static cache (addressed by row), (B, P) page ids for a paged one
+        (each new token at its row's page and slot; the "caches" are then the whole pools (num_pages, page_size, G,
+        hs)).
+        """
+        block_table = self.address(block_table)
+        k_cache, v_cache = self.entries("k"), self.entries("v")
+        q = gqa_cache_write(qkv, k_cache, v_cache, input_pos, cos, sin, n_head, rope_n_elem, interleave, use_kernel,
+                            block_table)
+        return q, k_cache, v_cache
+
+
+class LatentWrite:
+    """The latent write of `KVCacheCompressed` and `PagedKVCacheCompressed` (a mixin over `CacheEntries`)."""
+
+    def write(
+        self,
+        input_pos: torch.Tensor,
+        kv_a: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        norm: nn.Module,
+        interleave: bool,
+        query: Optional[torch.Tensor] = None,
+        use_kernel: bool = True,
+        block_table: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Write the new tokens' [norm(latent) | rope(k_R)] from kv_a_proj's output kv_a (B, T, d_c + d_R) at
+        input_pos; return the whole buffer (B, S, d_c + d_R) and, if given, `query` (B, h, T, d_c + d_R) with its
+        rope part roped at the same positions (the kernel rotates it in the same launch; `litgpt.kernels`).
+
+        norm: kv_a_norm (an RMSNorm: its weight and eps are read); cos, sin: the rope rows at input_pos; use_kernel
+        False keeps the write on the torch path; block_table: None for a static cache (addressed by row), (B, P)
+        page ids for a paged one (each new token at its row's page and slot; the buffer returned is then the whole
+        pool (num_pages, page_size, d_c + d_R)).
+        """
+        block_table = self.address(block_table)
+        kv = self.entries("kv")
+        query = mla_cache_write(kv_a, kv, input_pos, cos, sin, norm.weight, norm.eps, interleave, query, use_kernel,
+                                block_table)
+        return kv, query
+
+
+class KVCache(KVWrite, CacheEntries):
     """Keys and values of shape (B, n_query_groups, max_seq_length, head_size) (in fp8: one scale per token and
     group, (B, n_query_groups, max_seq_length, 1))."""
 
@@ -153,32 +216,8 @@ class KVCache(CacheEntries):
         write_entries(v_cache, input_pos, v, seq_dim=2)
         return k_cache, v_cache
 
-    def write_qkv(
-        self,
-        input_pos: torch.Tensor,
-        qkv: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        n_head: int,
-        rope_n_elem: int,
-        interleave: bool,
-        use_kernel: bool = True,
-        block_table: Optional[torch.Tensor] = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Write the new tokens' roped keys and values from the qkv rows (B, T, (nh + 2 G) hs) at input_pos; return
-        their query (B, nh, T, hs), roped at the same positions, and the full caches (B, G, S, hs).
 
-        One launch for a one-token step on CUDA (`litgpt.kernels.gqa_cache_write`). cos, sin: the rope rows at
-        input_pos ((T, rope_n_elem) or (B, T, rope_n_elem)), which rotate the first rope_n_elem dims of each query
-        head and key group. block_table: None (a static cache is addressed by row; `PagedKVCache` takes one).
-        """
-        _check_static(block_table)
-        k_cache, v_cache = self.entries("k"), self.entries("v")
-        q = gqa_cache_write(qkv, k_cache, v_cache, input_pos, cos, sin, n_head, rope_n_elem, interleave, use_kernel)
-        return q, k_cache, v_cache
-
-
-class PagedKVCache(PagedCache):
+class PagedKVCache(KVWrite, PagedCache):
     """Keys and values in page pools of shape (num_pages, page_size, n_query_groups, head_size), read and written
     through a block table."""
 
@@ -197,28 +236,8 @@ class PagedKVCache(PagedCache):
         self.allocate("k", shape, head_size, 0, device, dtype)
         self.allocate("v", shape, head_size, 0, device, dtype)
 
-    def write_qkv(
-        self,
-        input_pos: torch.Tensor,
-        qkv: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        n_head: int,
-        rope_n_elem: int,
-        interleave: bool,
-        use_kernel: bool = True,
-        block_table: Optional[torch.Tensor] = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`KVCache.write_qkv` into the pools, each new token at its row's page and slot (block_table (B, P),
-        required); returns the roped query (B, nh, T, hs) and the whole pools (num_pages, page_size, G, hs)."""
-        block_table = self._check(block_table)
-        k_pool, v_pool = self.entries("k"), self.entries("v")
-        q = gqa_cache_write(qkv, k_pool, v_pool, input_pos, cos, sin, n_head, rope_n_elem, interleave, use_kernel,
-                            block_table)
-        return q, k_pool, v_pool
 
-
-class KVCacheCompressed(CacheEntries):
+class KVCacheCompressed(LatentWrite, CacheEntries):
     """MLA cache: one buffer `kv` of shape (B, max_seq_length, kv_lora_rank + qk_rope_head_dim).
 
     `kv[..., :kv_lora_rank]` is the normalised latent c = kv_a_norm(latent) (it serves as both keys and values in
@@ -240,33 +259,8 @@ class KVCacheCompressed(CacheEntries):
         shape = (batch_size, max_seq_length, kv_lora_rank + qk_rope_head_dim)
         self.allocate("kv", shape, LATENT_BLOCK, qk_rope_head_dim, device, dtype)
 
-    def write(
-        self,
-        input_pos: torch.Tensor,
-        kv_a: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        norm: nn.Module,
-        interleave: bool,
-        query: Optional[torch.Tensor] = None,
-        use_kernel: bool = True,
-        block_table: Optional[torch.Tensor] = None,
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Write the new tokens' [norm(latent) | rope(k_R)] from kv_a_proj's output kv_a (B, T, d_c + d_R) at
-        input_pos; return the whole buffer (B, S, d_c + d_R) and, if given, `query` (B, h, T, d_c + d_R) with its
-        rope part roped at the same positions (the kernel rotates it in the same launch; `litgpt.kernels`).
 
-        norm: kv_a_norm (an RMSNorm: its weight and eps are read); cos, sin: the rope rows at input_pos; use_kernel
-        False keeps the write on the torch path; block_table: None (a static cache is addressed by row;
-        `PagedKVCacheCompressed` takes one).
-        """
-        _check_static(block_table)
-        kv = self.entries("kv")
-        query = mla_cache_write(kv_a, kv, input_pos, cos, sin, norm.weight, norm.eps, interleave, query, use_kernel)
-        return kv, query
-
-
-class PagedKVCacheCompressed(PagedCache):
+class PagedKVCacheCompressed(LatentWrite, PagedCache):
     """MLA cache in one page pool `kv` of shape (num_pages, page_size, kv_lora_rank + qk_rope_head_dim), each entry
     [normalised latent | roped key] as in `KVCacheCompressed`, read and written through a block table."""
 
@@ -283,23 +277,3 @@ class PagedKVCacheCompressed(PagedCache):
         super().__init__(num_pages, page_size, kv_cache_dtype)
         shape = (num_pages, page_size, kv_lora_rank + qk_rope_head_dim)
         self.allocate("kv", shape, LATENT_BLOCK, qk_rope_head_dim, device, dtype)
-
-    def write(
-        self,
-        input_pos: torch.Tensor,
-        kv_a: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        norm: nn.Module,
-        interleave: bool,
-        query: Optional[torch.Tensor] = None,
-        use_kernel: bool = True,
-        block_table: Optional[torch.Tensor] = None,
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """`KVCacheCompressed.write` into the pool, each new token at its row's page and slot (block_table (B, P),
-        required); returns the whole pool (num_pages, page_size, d_c + d_R) and the roped query if given."""
-        block_table = self._check(block_table)
-        kv = self.entries("kv")
-        query = mla_cache_write(kv_a, kv, input_pos, cos, sin, norm.weight, norm.eps, interleave, query, use_kernel,
-                                block_table)
-        return kv, query
