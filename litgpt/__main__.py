@@ -62,6 +62,7 @@ COMMANDS: CommandTable = {
         "generate": "litgpt.benchmark.generate:benchmark_generate",
         "finetune": "litgpt.benchmark.finetune:benchmark_finetune",
         "serve": "litgpt.benchmark.serve:benchmark_serve",
+        "cache_loss": "litgpt.benchmark.cache_loss:benchmark_cache_loss",
     },
     "compare": "litgpt.benchmark.compare:compare",
     "evaluate": "litgpt.evaluate:evaluate",

@@ -16,6 +16,12 @@ memory is merged first).
 - `generate_until`: the decode session `LLM.generate` uses (greedy unless the task samples), ended at the stop
   strings or the tokenizer's stop ids.
 
+With `cache_chunk` (`--cache_chunk N`) both log-likelihood kinds are scored through the KV cache instead of by a
+plain forward: each batch is written into a fresh cache in the LLM's `kv_cache_dtype` (`--kv_cache_dtype
+fp8_e4m3`, else the model's dtype) N tokens at a time, each chunk a prefill over the cached prefix
+(`litgpt.generate.scoring`), so the scores show what the cache format costs. A plain forward never reads the cache,
+so an fp8 cache without `cache_chunk` is refused for them.
+
 Tasks are lm-eval's, by name, or the user's own task YAMLs in `--include_path` (a task whose data is a local file,
 `dataset_path: json` with `data_files`, needs no hub access). Results go to `--out_dir` as lm-eval's results JSON
 (`results.json`) and its markdown table (`results.md`), which is also printed.
@@ -23,13 +29,12 @@ Tasks are lm-eval's, by name, or the user's own task YAMLs in `--include_path` (
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import functools
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +45,9 @@ from tqdm import tqdm
 
 from litgpt.api import LLM
 from litgpt.generate.base import SamplingParams, check_lengths
+from litgpt.generate.scoring import check_cache_chunk, head_at, logits_through_cache
 from litgpt.generate.session import decode_mode
+from litgpt.kv_cache import check_kv_cache_dtype
 from litgpt.lora import merge_for_decoding
 from litgpt.model import GPT
 from litgpt.files import atomic_write
@@ -63,6 +70,9 @@ class GPTLM(TemplateLM):
     batch_size: rows per forward pass (and per generation batch). max_length: the longest input of a forward pass
     (default: the model's block_size); longer inputs keep their last max_length tokens, as lm-eval's HF model does.
     max_gen_toks: new tokens per generation unless the task sets its own. seed: the seed of sampled generations.
+    cache_chunk: score log-likelihoods through a KV cache in the LLM's kv_cache_dtype, written this many tokens at a
+    time (`litgpt.generate.scoring.logits_through_cache`); None: by the plain forward, which an LLM with an fp8
+    kv_cache_dtype refuses for log-likelihoods (it would not read the cache).
     """
 
     def __init__(
@@ -72,6 +82,7 @@ class GPTLM(TemplateLM):
         max_length: Optional[int] = None,
         max_gen_toks: int = 256,
         seed: int = 1234,
+        cache_chunk: Optional[int] = None,
     ) -> None:
         super().__init__()
         if llm.model is None:
@@ -86,6 +97,8 @@ class GPTLM(TemplateLM):
             raise ValueError(f"max_length must be within 1..{block_size} (the model's block_size), got {max_length}")
         if max_gen_toks < 1:
             raise ValueError(f"max_gen_toks must be >= 1, got {max_gen_toks}")
+        if cache_chunk is not None:
+            check_cache_chunk(cache_chunk)
         merge_for_decoding(llm.model, "GPTLM")  # scoring and decoding read the merged weights
         llm.model.eval()
         if llm.model.max_seq_length < max_length:
@@ -96,6 +109,7 @@ class GPTLM(TemplateLM):
         self._max_length = max_length
         self._max_gen_toks = max_gen_toks
         self.seed = seed
+        self.cache_chunk = cache_chunk
 
     # ------------------------------------------------------------------------------------------- properties
     @property
@@ -157,6 +171,9 @@ class GPTLM(TemplateLM):
         batches of `batch_size` rows sorted longest first; one row serves every request whose context +
         continuation[:-1] is the same (a multiple-choice question's one-token answers). The host reads a batch's
         answers once, after the batch."""
+        if self.cache_chunk is None and self.llm.kv_cache_dtype is not None:
+            raise ValueError(f"kv_cache_dtype {self.llm.kv_cache_dtype!r} is not read by log-likelihood scores "
+                             "without cache_chunk (a plain forward reads no cache); pass cache_chunk (--cache_chunk N)")
         order = Collator(
             requests,
             sort_fn=lambda req: (-len(req[1] + req[2]), tuple(req[1] + req[2])),
@@ -193,7 +210,8 @@ class GPTLM(TemplateLM):
         """Per request of the batch, the logits (C, V) at the positions that predict its C continuation tokens and
         their log-sum-exp (C,) in float32 (a log-probability is a logit minus it). The rows are context +
         continuation without the last token, cut to the last max_length tokens and right-padded; the LM head maps
-        only the continuation's positions (`head_at`), and float32 is taken one request at a time."""
+        only the continuation's positions (`head_at`), and float32 is taken one request at a time. With cache_chunk
+        the rows go through a KV cache in chunks of that many tokens (`logits_through_cache`)."""
         inputs, spans = [], []
         for _, context, continuation in chunk:
             if not context or not continuation:
@@ -209,8 +227,13 @@ class GPTLM(TemplateLM):
         rows = torch.cat([torch.full((end - start,), i) for i, (start, end) in enumerate(spans)])  # (N,)
         cols = torch.cat([torch.arange(start, end) for start, end in spans])  # (N,)
         device = self.device
-        with head_at(self.model, rows.to(device), cols.to(device)):
-            logits = self.model(idx.to(device))  # (N, V): the continuation positions only, in the model's dtype
+        if self.cache_chunk is not None:
+            self.llm.session = None  # its cache is replaced by the scoring cache (and rebuilt by the next generation)
+            logits = logits_through_cache(self.model, idx, rows, cols, self.cache_chunk,
+                                          self.llm.kv_cache_dtype)  # (N, V), in the model's dtype
+        else:
+            with head_at(self.model, rows.to(device), cols.to(device)):
+                logits = self.model(idx.to(device))  # (N, V): the continuation positions only, in the model's dtype
         per_request = logits.split([end - start for start, end in spans])  # (C, V) each
         return [(row_logits, torch.logsumexp(row_logits.float(), dim=-1)) for row_logits in per_request]
 
@@ -316,22 +339,6 @@ class GPTLM(TemplateLM):
             if all(done):
                 break
         return rows
-
-
-@contextlib.contextmanager
-def head_at(model: GPT, rows: torch.Tensor, cols: torch.Tensor) -> Iterator[None]:
-    """Within it, `model(idx)` returns the logits (N, V) of the N positions (rows[n], cols[n]) only: the LM head's
-    input (B, T, n_embd) is cut to those positions before it is mapped (a forward pre-hook on `model.lm_head`)."""
-
-    def select(module: torch.nn.Module, args: tuple) -> tuple:
-        (hidden,) = args  # (B, T, n_embd)
-        return (hidden[rows, cols],)  # (N, n_embd)
-
-    handle = model.lm_head.register_forward_pre_hook(select)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 # ------------------------------------------------------------------------------------------------ tasks
@@ -441,20 +448,43 @@ class EvaluateArgs:
         return int(self.limit) if self.limit >= 1 else self.limit
 
 
-def evaluate_llm(llm: LLM, args: EvaluateArgs, tasks: Optional[tuple[list, "TaskManager"]] = None) -> dict:
+def evaluate_llm(
+    llm: LLM, args: EvaluateArgs, tasks: Optional[tuple[list, "TaskManager"]] = None, cache_chunk: Optional[int] = None,
+) -> dict:
     """lm-eval's results dict (`simple_evaluate`) of `llm` on `args.tasks`; `tasks` loaded already
-    (`load_tasks`) saves loading them again."""
+    (`load_tasks`) saves loading them again. cache_chunk: score log-likelihoods through the KV cache (`GPTLM`)."""
     from lm_eval.evaluator import simple_evaluate
 
     args.validate()
     items, manager = tasks if tasks is not None else load_tasks(args.task_names(), args.include_path)
-    lm = GPTLM(llm, batch_size=args.batch_size, seed=args.seed)
+    lm = GPTLM(llm, batch_size=args.batch_size, seed=args.seed, cache_chunk=cache_chunk)
     results = simple_evaluate(
         model=lm, tasks=items, task_manager=manager, num_fewshot=args.num_fewshot, limit=args.lm_eval_limit(),
         random_seed=args.seed, numpy_random_seed=args.seed, torch_random_seed=args.seed,
         fewshot_random_seed=args.seed, log_samples=False,
     )
     return results
+
+
+SCORED_TYPES = ("loglikelihood", "loglikelihood_rolling", "multiple_choice")  # the output types GPTLM scores
+
+
+def output_types(items: list) -> dict[str, str]:
+    """{task name: its lm-eval output type} of every task in `items` (tasks and groups, as `load_tasks` gives)."""
+    tasks = [t for item in items for t in (item.get_all_tasks() if hasattr(item, "get_all_tasks") else [item])]
+    return {t.config.task: t.OUTPUT_TYPE for t in tasks}
+
+
+def check_cache_options(types: dict[str, str], kv_cache_dtype: Optional[str], cache_chunk: Optional[int]) -> None:
+    """One-line errors for cache options that would do nothing with these tasks ({name: output type}): --cache_chunk
+    where no task is scored by log-likelihood, an fp8 --kv_cache_dtype without --cache_chunk where one is."""
+    scored = sorted(name for name, kind in types.items() if kind in SCORED_TYPES)
+    if cache_chunk is not None and not scored:
+        raise ValueError(f"--cache_chunk scores log-likelihoods through the KV cache, but tasks {sorted(types)} only "
+                         "generate (which always decodes through it); leave --cache_chunk out")
+    if kv_cache_dtype is not None and cache_chunk is None and scored:
+        raise ValueError(f"--kv_cache_dtype {kv_cache_dtype} is not read when tasks {scored} are scored by a plain "
+                         "forward; pass --cache_chunk N (e.g. 256) to score them through the KV cache")
 
 
 def scores(results: dict) -> dict[str, dict[str, float]]:
@@ -540,6 +570,8 @@ def evaluate(
     precision: Optional[str] = None,
     out_dir: Optional[Path] = None,
     include_path: Optional[Path] = None,
+    kv_cache_dtype: Optional[str] = None,
+    cache_chunk: Optional[int] = None,
 ) -> Optional[dict]:
     """Score a checkpoint on lm-evaluation-harness tasks (our model behind lm-eval's `LM`; no conversion).
 
@@ -558,18 +590,30 @@ def evaluate(
             checkpoint_dir/evaluate.
         include_path: a folder of lm-eval task YAMLs of your own; a task whose data is a local file
             (`dataset_path: json` with `data_files`) runs with no hub access.
+        kv_cache_dtype: the KV cache's format: null (the precision's dtype) or fp8_e4m3 (e4m3 values with float32
+            scales, `litgpt.kv_cache`), for generation and, with --cache_chunk, for log-likelihood scores.
+        cache_chunk: score log-likelihood and perplexity tasks through the KV cache, the text written into it this
+            many tokens at a time (each chunk a prefill over the cached prefix, as chat's later turns), so the
+            scores show what the cache format costs; default: a plain forward, which reads no cache.
     """
     args = EvaluateArgs(tasks, num_fewshot, batch_size, limit, include_path, seed)
     args.validate()
+    check_kv_cache_dtype(kv_cache_dtype)
+    if cache_chunk is not None:
+        check_cache_chunk(cache_chunk, "--cache_chunk")
     llm = LLM.load(checkpoint_dir, distribute=None)  # the files and the tokenizer are checked before anything else
     names = args.task_names()
     if not names:
+        if kv_cache_dtype is not None or cache_chunk is not None:
+            raise ValueError("--kv_cache_dtype and --cache_chunk apply to scoring tasks; pass --tasks, or leave them "
+                             "out to list the task names")
         manager = task_manager(None if include_path is None else str(include_path), True)
         print("\n".join(sorted(manager.all_tasks)))
         return None
     loaded = load_tasks(names, include_path)
-    llm.distribute(accelerator=device, precision=precision)
-    results = evaluate_llm(llm, args, loaded)
+    check_cache_options(output_types(loaded[0]), kv_cache_dtype, cache_chunk)
+    llm.distribute(accelerator=device, precision=precision, kv_cache_dtype=kv_cache_dtype)
+    results = evaluate_llm(llm, args, loaded, cache_chunk)
     out_dir = Path(checkpoint_dir) / "evaluate" if out_dir is None else Path(out_dir)
     json_path, md_path = write_results(results, out_dir)
     print(markdown_table(results))
