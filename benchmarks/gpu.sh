@@ -39,6 +39,15 @@
 #             benchmarks/evaluate_tasks.py (its perplexity; which of 4 definitions belongs to a GCIDE word), then
 #             benchmarks/evaluate_gpu.py: ours against lm-eval's HFLM on the HF-converted pythia-160m. Pretraining
 #             takes about 9 minutes: start it with --background. Page: tutorials/results/evaluate/README.md
+#   fp8       the fp8 KV cache (kv_cache_dtype fp8_e4m3) against the bf16 cache on pythia-160m-mla and pythia-160m:
+#             `litgpt benchmark decode` of random weights at 1 x 1K, 32 x 4K and 8 x 32K (block_size raised to 32K), each
+#             cache with its capacity table (longest context, largest batch at 4K in 16 GiB); `litgpt benchmark serve`
+#             of the random-init checkpoints at concurrency 256 (SERVE_KV_GIB, default 2.15) with the default cache and
+#             with `--extra_args '[--kv_cache_dtype, fp8_e4m3]'`; then quality on the PRETRAIN_TOKENS pretrains
+#             (finetune's and evaluate's runs in KEEP, resumed or reused): `litgpt benchmark cache_loss` (validation
+#             loss of FP8_LOSS_TOKENS, default 1M, of the held-out text by the plain forward and through each cache, 256
+#             tokens per prefill) and `litgpt evaluate --cache_chunk 256` on evaluate's two local tasks with each cache.
+#             Start it with --background
 #   moe_modes DeepSeek-V2-Lite's decode step at batch 1 and 8 x 1K in each capture mode: the captured eager step
 #             (cuda_graph), torch.compile with CUDA graphs (compile) and the compiled step captured (compile+cuda_graph)
 #   kernels   MLA decode kernel bandwidth (and over an MHA cache), its split/merge breakdown, the batch-1 GEMV
@@ -62,7 +71,7 @@
 #          (or .gpu/corpus.tar.xz of its corpus/, instruct/ and tokenizers/), and wheels/ (bitsandbytes, for QLoRA)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-TOPICS="decode generate serve training finetune evaluate moe moe_model moe_modes convert kernels tests"
+TOPICS="decode generate serve training finetune evaluate fp8 moe moe_model moe_modes convert kernels tests"
 pack() {  # DIR ARCHIVE: DIR without weights or token caches; split into 15 MiB parts (a returned file's limit)
   tar -C "$1" --exclude='*.pth' --exclude='*.pth.lora' --exclude='*.bin' --exclude='tokens' --exclude='*.ckpt' \
     --exclude='*.safetensors' --exclude='tokenizer*.json' -czf "$2" . 2>/dev/null
@@ -253,6 +262,43 @@ topic_evaluate() {
   log "ours against lm-eval's HFLM on the HF-converted pythia-160m, same tasks, same process"
   x python3 benchmarks/evaluate_gpu.py --checkpoint_dir $KEEP/pretrain/pythia-160m/final --tasks $names \
     --include_path $tasks --batch_size 32 --out $R/evaluate_gpu.json
+}
+
+# -------------------------------------------------------------------------------------------------------------- fp8
+topic_fp8() {
+  topic_dir fp8
+  random_bases
+  local text=$D/corpus/val/literature.txt kv shape m
+  log "benchmark decode: bf16 cache (kv_cache_dtype null) then fp8 cache, capacity in 16 GiB (largest batch at 4K)"
+  for kv in null fp8_e4m3; do
+    for shape in 1x1024 32x4096 8x32768; do
+      x python3 -m litgpt benchmark decode --models '[pythia-160m-mla, pythia-160m]' --batch_sizes "[${shape%x*}]" \
+        --context_lengths "[${shape#*x}]" --kv_cache_dtype $kv --mode cuda_graph --decode_steps 200 --warmup 10 \
+        --memory_budget_gib 16 --fit_batch_at_context 4096 --out_dir $R/decode_${kv}_$shape
+    done
+  done
+  log "benchmark serve at concurrency 256: the default (bf16) cache, then the fp8 cache, at one --kv_cache_gib"
+  local serve=(--checkpoint_dirs "[$KEEP/random/mla, $KEEP/random/mha]" --text_file $text --concurrency '[256]'
+               --prompt_tokens 1024 --max_tokens 256 --max_batch_size 256 --kv_cache_gib ${SERVE_KV_GIB:-2.15})
+  x python3 -m litgpt benchmark serve "${serve[@]}" --out_dir $R/serve_bf16
+  x python3 -m litgpt benchmark serve "${serve[@]}" --extra_args '[--kv_cache_dtype, fp8_e4m3]' --out_dir $R/serve_fp8
+  log "quality: the pretrained pythia-160m-mla and pythia-160m (finetune's and evaluate's runs)"
+  x python3 benchmarks/gpu_helpers.py tokenize $D $KEEP/tokens
+  pretrain_base pythia-160m
+  pretrain_base pythia-160m-mla
+  xwait
+  x python3 -m litgpt benchmark cache_loss --checkpoint_dirs \
+    "[$KEEP/pretrain/pythia-160m-mla/final, $KEEP/pretrain/pythia-160m/final]" --text $D/corpus/val \
+    --kv_cache_dtypes '[null, fp8_e4m3]' --cache_chunk 256 --batch_size 8 --max_tokens ${FP8_LOSS_TOKENS:-1000000} \
+    --out_dir $R/cache_loss
+  local tasks=$KEEP/evaluate_tasks names=corpus_heldout,gcide_definitions
+  x python3 benchmarks/evaluate_tasks.py --corpus $D/corpus/val --out $tasks
+  for m in pythia-160m-mla pythia-160m; do
+    for kv in null fp8_e4m3; do
+      x python3 -m litgpt evaluate $KEEP/pretrain/$m/final --tasks $names --include_path $tasks --batch_size 32 \
+        --cache_chunk 256 --kv_cache_dtype $kv --out_dir $R/evaluate_${m}_$kv
+    done
+  done
 }
 
 # --------------------------------------------------------------------------------------------------------- training

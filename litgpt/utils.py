@@ -89,13 +89,14 @@ def hyperparameters(args: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def command_line(args: Mapping[str, Any], command: str) -> str:
-    """`command --key value ...` reproducing `args` (None values left out, lists written as '[a, b]')."""
+    """`command --key value ...` reproducing `args` (None values left out, lists written as '[a, b]', a None in a
+    list as null)."""
     parts = [command]
     for key, value in args.items():
         if value is None:
             continue
         if isinstance(value, (list, tuple)):
-            value = "'[" + ", ".join(str(v) for v in value) + "]'"
+            value = "'[" + ", ".join("null" if v is None else str(v) for v in value) + "]'"
         parts.append(f"--{key} {value}")
     return " ".join(parts)
 

@@ -24,7 +24,7 @@ def test_losses_side_by_side(ckpt, tmp_path, capsys):
     (tmp_path / "val.txt").write_text(TEXT)
     out = tmp_path / "out"
     main(["benchmark", "cache_loss", "--checkpoint_dirs", f"[{ckpt}, {ckpt}]", "--text", str(tmp_path / "val.txt"),
-          "--cache_chunk", "5", "--batch_size", "3", "--device", "cpu", "--out_dir", str(out)])
+          "--kv_cache_dtypes", "[null, fp8_e4m3]", "--cache_chunk", "5", "--batch_size", "3", "--device", "cpu", "--out_dir", str(out)])
     results = json.loads((out / "results.json").read_text())
     row = results["rows"][0]
     losses = row["losses"]
@@ -35,6 +35,7 @@ def test_losses_side_by_side(ckpt, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert (out / "results.md").read_text() in printed
     assert "| fp8_e4m3 change |" in printed and len(re.findall(r"\| [+-]\d\.\d{3}% \|", printed)) == 2
+    assert "--kv_cache_dtypes '[null, fp8_e4m3]' --cache_chunk 5" in results["command"]  # as it reparses
 
     main(["benchmark", "cache_loss", "--checkpoint_dirs", f"[{ckpt}]", "--text", str(tmp_path),
           "--kv_cache_dtypes", "[fp8_e4m3]", "--window", "16", "--max_tokens", "40", "--device", "cpu",
@@ -62,3 +63,27 @@ def test_bad_options_are_one_line_errors(args, message, ckpt, tmp_path, capsys):
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(errors) == 1 and re.fullmatch(f"litgpt: error: {message}", errors[0]), errors
     assert not (tmp_path / "out").exists()
+
+
+def test_readme_fp8_quality_commands_run_as_written(tmp_path, monkeypatch, capsys):
+    """The README's commands that measure an fp8 cache's quality, run as written in a scratch copy of the files they
+    name, on a tiny checkpoint where the quick start's would be."""
+    import shlex
+    import shutil
+
+    from test_evaluate import REPO
+
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"```bash\n(litgpt benchmark cache_loss [^\n]*\nlitgpt evaluate [^\n]*)\n```", readme).group(1)
+    lines = [shlex.split(line) for line in block.splitlines()]
+    shutil.copytree(REPO / "config_hub" / "evaluate", tmp_path / "config_hub" / "evaluate")
+    (tmp_path / "litgpt").mkdir()
+    shutil.copy(REPO / "litgpt" / "model.py", tmp_path / "litgpt" / "model.py")
+    checkpoint(tmp_path / lines[1][2], tiny("debug-mla", block_size=256))
+    monkeypatch.chdir(tmp_path)
+    for words in lines:
+        main(words[1:] + ["--device", "cpu"])
+    losses = json.loads((tmp_path / "out" / "benchmark" / "cache_loss" / "results.json").read_text())["rows"][0]
+    assert losses["window"] == 256 and losses["losses"]["fp8_e4m3"] != losses["losses"]["model dtype cache"]
+    results = json.loads((tmp_path / "out" / "evaluate" / "debug-fp8" / "results.json").read_text())
+    assert sorted(results["results"]) == ["python_code", "python_syntax"]

@@ -127,8 +127,8 @@ def test_evaluate_tasks_read_only_shipped_repository_files(path):
 
 
 # ------------------------------------------------------------------------------------------------------ gpu.sh
-TOPICS = ("decode", "generate", "serve", "training", "finetune", "evaluate", "moe", "moe_model", "convert", "kernels",
-          "tests")
+TOPICS = ("decode", "generate", "serve", "training", "finetune", "evaluate", "fp8", "moe", "moe_model", "convert",
+          "kernels", "tests")
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
