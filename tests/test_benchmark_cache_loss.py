@@ -86,4 +86,4 @@ def test_readme_fp8_quality_commands_run_as_written(tmp_path, monkeypatch, capsy
     losses = json.loads((tmp_path / "out" / "benchmark" / "cache_loss" / "results.json").read_text())["rows"][0]
     assert losses["window"] == 256 and losses["losses"]["fp8_e4m3"] != losses["losses"]["model dtype cache"]
     results = json.loads((tmp_path / "out" / "evaluate" / "debug-fp8" / "results.json").read_text())
-    assert sorted(results["results"]) == ["python_code", "python_syntax"]
+    assert sorted(results["results"]) == ["python_code"]
