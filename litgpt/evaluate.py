@@ -163,6 +163,17 @@ class GPTLM(TemplateLM):
     def tok_decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """lm-eval's split (the pair encoded whole, the context's tokens cut off the front), except where the
+        tokenizer merges across the boundary (`def main(` + `):` as one token): then the whole encoding does not
+        start with the context's tokens, or leaves the continuation no token of its own, and the two parts are
+        encoded apart (the continuation without special tokens), so the continuation's own text is scored."""
+        context_enc, continuation_enc = super()._encode_pair(context, continuation)
+        if continuation_enc and self.tok_encode(context + continuation)[: len(context_enc)] == context_enc:
+            return context_enc, continuation_enc
+        cut = len(context.rstrip())  # the context's trailing spaces go with the continuation, as lm-eval moves them
+        return self.tok_encode(context[:cut]), self.tok_encode(context[cut:] + continuation, add_special_tokens=False)
+
     # ------------------------------------------------------------------------------------------- scoring
     def _loglikelihood_tokens(
         self, requests: list[TokenRequest], disable_tqdm: bool = False, **kwargs: Any

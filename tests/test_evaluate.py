@@ -106,6 +106,22 @@ def test_loglikelihood_and_rolling_agree_with_lm_evals_hf_model(layout, tmp_path
         assert abs(g - w) < 1e-4 and g < -1.0
 
 
+def test_a_continuation_merged_into_the_contexts_last_token_is_scored_as_its_own_tokens(tmp_path):
+    """"The ca" + "t": the whole encodes "cat" as one token, so lm-eval's split would leave the continuation no token
+    (or start it mid-merge); the pair is then encoded apart and the continuation's own tokens are scored."""
+    model = tiny()
+    lm = GPTLM(load(checkpoint(tmp_path / "ckpt", model)), batch_size=2, max_length=16)
+    context, continuation = "The ca", "t saw"
+    assert lm.tok_encode(context + continuation)[: len(lm.tok_encode(context))] != lm.tok_encode(context)  # merged
+    context_enc, continuation_enc = lm._encode_pair(context, continuation)
+    assert context_enc == lm.tok_encode(context)
+    assert continuation_enc == lm.tok_encode(continuation, add_special_tokens=False) and continuation_enc
+    whole, cut = lm.tok_encode("The cat saw"), len(lm.tok_encode("The cat"))  # no merge: lm-eval's split as is
+    assert lm._encode_pair("The cat", " saw") == (whole[:cut], whole[cut:])
+    (score, _), = lm.loglikelihood(requests("loglikelihood", [(context, continuation)]), disable_tqdm=True)
+    assert score == pytest.approx(reference_loglikelihood(model, context_enc, continuation_enc), abs=1e-5)
+
+
 # ------------------------------------------------------------------------------------------------ generation
 def test_generate_until_equals_llm_generate_greedy(tmp_path):
     llm = load(checkpoint(tmp_path, tiny("debug-mla")))
