@@ -38,7 +38,7 @@ def test_the_table_has_every_command():
                         "benchmark decode", "benchmark pretrain", "benchmark generate", "compare", "merge_lora",
                         "finetune_lora", "finetune", "finetune_full", "benchmark finetune", "convert_to_mla",
                         "convert_to_litgpt", "convert_from_litgpt", "convert_pretrained_checkpoint", "serve",
-                        "benchmark serve", "evaluate"}
+                        "benchmark serve", "evaluate", "benchmark cache_loss"}
 
 
 @pytest.mark.parametrize("words, fn", COMMANDS, ids=IDS)
