@@ -164,15 +164,17 @@ class GPTLM(TemplateLM):
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """lm-eval's split (the pair encoded whole, the context's tokens cut off the front), except where the
-        tokenizer merges across the boundary (`def main(` + `):` as one token): then the whole encoding does not
-        start with the context's tokens, or leaves the continuation no token of its own, and the two parts are
-        encoded apart (the continuation without special tokens), so the continuation's own text is scored."""
-        context_enc, continuation_enc = super()._encode_pair(context, continuation)
-        if continuation_enc and self.tok_encode(context + continuation)[: len(context_enc)] == context_enc:
-            return context_enc, continuation_enc
-        cut = len(context.rstrip())  # the context's trailing spaces go with the continuation, as lm-eval moves them
-        return self.tok_encode(context[:cut]), self.tok_encode(context[cut:] + continuation, add_special_tokens=False)
+        """lm-eval's split (the context's trailing spaces moved to the continuation, the pair encoded whole and the
+        context's tokens cut off the front), except where the tokenizer merges across the boundary (`def main(` +
+        `):` as one token): then the whole encoding does not start with the context's tokens, or leaves the
+        continuation no token of its own, and the continuation is encoded apart (without special tokens), so its
+        own text is scored."""
+        cut = len(context.rstrip())
+        context, continuation = context[:cut], context[cut:] + continuation
+        context_enc, whole_enc = self.tok_encode(context), self.tok_encode(context + continuation)
+        if len(whole_enc) > len(context_enc) and whole_enc[: len(context_enc)] == context_enc:
+            return context_enc, whole_enc[len(context_enc):]
+        return context_enc, self.tok_encode(continuation, add_special_tokens=False)
 
     # ------------------------------------------------------------------------------------------- scoring
     def _loglikelihood_tokens(
