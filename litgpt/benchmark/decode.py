@@ -108,13 +108,12 @@ def benchmark_decode(
     elapsed = time.perf_counter() - t1
     if profile_path is not None:
         _profile(step, token, input_pos - decode_steps, profile_path)
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    accounted = memory_accounting(model, batch_size)
     step_bytes = step_weight_bytes(model, batch_size)
-    kv_bytes = model.kv_cache_bytes()
+    kv_bytes = accounted["kv_cache"]
     floor_ms = (step_bytes + kv_bytes) / BANDWIDTH * 1e3
     ms_per_step = elapsed / decode_steps * 1e3
     decode_peak, kind = peak_memory_bytes(device)
-    accounted = memory_accounting(model, batch_size)
     return dict(
         model=model.config.name,
         mode=mode,
@@ -133,7 +132,7 @@ def benchmark_decode(
         accounted_bytes=sum(accounted.values()),
         accounted=accounted,
         kv_cache_bytes=kv_bytes,
-        weight_bytes=weight_bytes,
+        weight_bytes=accounted["weights"],
         step_weight_bytes=step_bytes,
         floor_ms=floor_ms,
         gap=ms_per_step / floor_ms,
