@@ -855,3 +855,54 @@ def test_triton_warm_up_hashes_its_key_in_a_background_thread_for_cuda_only():
     assert triton_key.cache_info().currsize == 1  # computed once; the first launch finds it
     if torch.cuda.is_available():
         assert torch.cuda.is_initialized()
+
+
+# ------------------------------------------------------------------ the decode kernel compiled for Hopper (no GPU)
+SPLIT_VARIANTS = {  # name: (FP8, SHARED_V, D_MAIN, D_ROPE, N_BLK, PAGED, SINGLE_SPLIT)
+    "mla": (False, True, 256, 32, 1, True, False),
+    "mla-fp8-2-blocks": (True, True, 256, 32, 2, True, False),
+    "mla-fp8-3-blocks": (True, True, 384, 64, 3, True, False),
+    "mla-fp8-4-blocks": (True, True, 512, 64, 4, False, True),
+    "gqa": (False, False, 64, 0, 1, False, True),
+    "gqa-fp8": (True, False, 64, 0, 1, True, False),
+}
+
+
+def split_kernel_ptx(variant: str) -> str:
+    """`_split_kernel` compiled to PTX for sm_90 (no GPU needed), as `_split_kv` would launch it."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from litgpt.kernels.triton_decode import _split_kernel
+
+    fp8, shared_v, d_main, d_rope, n_blk, paged, single = SPLIT_VARIANTS[variant]
+    block_dm = triton.next_power_of_2(d_main)
+    constexprs = dict(D_MAIN=d_main, D_ROPE=d_rope, D_V=d_main, BLOCK_DM=block_dm,
+                      BLOCK_DR=triton.next_power_of_2(max(d_rope, 16)), BLOCK_DV=block_dm, BLOCK_H=16, BLOCK_N=64,
+                      SHARED_V=shared_v, SINGLE_SPLIT=single, PAGED=paged, PAGE_SIZE=16 if paged else 1, FP8=fp8,
+                      BLOCK_SB=128 if n_blk > 1 else block_dm, N_BLK=n_blk)
+    pointers = {"Q": "*bf16", "OUT": "*bf16", "KR": "*bf16", "K": "*fp8e4nv" if fp8 else "*bf16",
+                "V": "*fp8e4nv" if fp8 else "*bf16", "KS": "*fp32", "VS": "*fp32", "PART_O": "*fp32",
+                "PART_LSE": "*fp32", "POS": "*i64", "BT": "*i32", "qk_scale": "fp32"}
+    signature = {a: "constexpr" if a in constexprs else pointers.get(a, "i32") for a in _split_kernel.arg_names}
+    compiled = triton.compile(ASTSource(_split_kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32),
+                              options=dict(num_warps=4, num_stages=3))
+    return compiled.asm["ptx"]
+
+
+@pytest.mark.parametrize("variant", SPLIT_VARIANTS)
+def test_the_split_kernel_compiles_for_hopper(variant):
+    """The Triton interpreter runs the kernel as Python, so it cannot see what only the compiler rejects (a value
+    defined under a constexpr branch, an accumulator per scale block carried through the loop): every variant is
+    compiled to PTX for sm_90 here, with no GPU. The fp8 ones convert e4m3, the others never do."""
+    ptx = split_kernel_ptx(variant)
+    assert "mma" in ptx
+    assert ("e4m3" in ptx) == SPLIT_VARIANTS[variant][0]
+
+
+def test_the_fp8_mla_kernel_runs_one_product_per_scale_block():
+    """The scales multiply scores and probabilities, never a K tile: a latent of 512 in 4 blocks of 128 compiles to
+    twice the matrix instructions of 256 in 2 (the same tile sizes per product)."""
+    two, four = (split_kernel_ptx(v).count("mma") for v in ("mla-fp8-2-blocks", "mla-fp8-4-blocks"))
+    assert four == 2 * two

@@ -26,7 +26,7 @@ import torch
 
 from litgpt.kernels._ops import define_op
 from litgpt.kernels._triton import fp8_kernels_run, kernel_applies
-from litgpt.kernels.fp8_cache import E4M3, Fp8Rows, as_dense, quantize_rows
+from litgpt.kernels.fp8_cache import E4M3, MAX_SCALE_BLOCKS, Fp8Rows, as_dense, quantize_rows
 from litgpt.rope import apply_partial_rope, apply_rope, apply_rope_last
 
 if TYPE_CHECKING:
@@ -148,14 +148,15 @@ def _paged_kernel_applies(tensors: tuple[torch.Tensor | Fp8Rows, ...], widths: t
     """`kernel_applies`, and with a block table, the table on the same device with unit last stride. An fp8 cache
     (`Fp8Rows`) takes the kernels only where the device has e4m3 (`fp8_kernels_run`), read as the model's dtype
     (its rope key stands for it in `kernel_applies`), its e4m3 values and scales on the same device with unit last
-    strides, one scale per row or per a power of 2 of values."""
+    strides, one scale per row or per a power of 2 (at least 16) of values, at most MAX_SCALE_BLOCKS of them."""
     plain = tuple(t for t in tensors if not isinstance(t, Fp8Rows))
     caches = [t for t in tensors if isinstance(t, Fp8Rows)]
     if caches:
         first = plain[0]
         if not fp8_kernels_run(first) or not all(
                 c.dtype == first.dtype and all(p.device == first.device and p.stride(-1) == 1 for p in c.parts()[:2])
-                and (c.scale.size(-1) == 1 or c.block & (c.block - 1) == 0) for c in caches):  # blocks: powers of 2
+                and (c.scale.size(-1) == 1 or (c.block & (c.block - 1) == 0 and c.block >= 16  # powers of 2
+                                               and c.scale.size(-1) <= MAX_SCALE_BLOCKS)) for c in caches):
             return False
         plain += tuple(c.tail for c in caches if c.tail is not None)
     return kernel_applies(plain, widths) and (

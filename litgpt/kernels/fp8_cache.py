@@ -22,6 +22,7 @@ import torch.nn.functional as F
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0  # the largest finite e4m3fn value
 LATENT_BLOCK = 128  # MLA: one scale per block of at most this many latent values
+MAX_SCALE_BLOCKS = 4  # scales per token the Triton decode kernel takes (DeepSeek's 512-wide latent in 4 blocks)
 # The smallest scale: a block whose absolute maximum is 0 (or below 448 * 2**-126) gets 2**-126, so the division
 # never sees 0 and its values stay exactly 0 (or within e4m3's subnormal step of it).
 MIN_SCALE = torch.finfo(torch.float32).tiny

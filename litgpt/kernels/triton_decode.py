@@ -23,10 +23,13 @@ p % PAGE_SIZE (`_slot_offset`). The split-KV loop walks a row's pages through it
 nothing is gathered into a contiguous copy; the cache writes find their (page, slot) the same way.
 
 FP8 caches (`litgpt.kernels.fp8_cache.Fp8Rows`, e4m3 values with float32 scales) go through the same kernels with
-FP8 set: stage 1 loads each K tile in e4m3, multiplies it by its scales (one per SCALE_BLOCK columns of a token) in
-registers and feeds the dequantized tile, in the query's dtype, to the same products; MLA's rope key comes from its
-own buffer (the tail, in the model's dtype), MHA/GQA's V tiles by their per-token scale. The cache writes quantize
-in the same launch: each block's absolute maximum / 448 is its scale.
+FP8 set: stage 1 never multiplies a tile by its scales. The e4m3 values enter the products as they are (each is
+exact in the query's dtype), one product per block of columns that shares a scale (MLA's latent: up to
+MAX_SCALE_BLOCKS blocks; MHA/GQA: one per token and head), and the scales multiply the small results instead: a
+block's scale times its column of scores, and times the probabilities that weigh its values (MLA's latent doubles
+as V, so each block keeps its own accumulator; MHA/GQA's V scale is one per token). MLA's rope key comes from its
+own buffer (the tail, in the model's dtype). The cache writes quantize in the same launch: each block's absolute
+maximum / 448 is its scale.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import triton
 import triton.language as tl
 
 from litgpt.kernels._triton import on_device
+from litgpt.kernels.fp8_cache import MAX_SCALE_BLOCKS
 
 LOG2E = 1.4426950408889634
 E4M3_MAX = tl.constexpr(448.0)  # as `litgpt.kernels.fp8_cache`
@@ -61,6 +65,29 @@ def _slot_offset(pos, b, BT, stride_btb, stride_b, stride_s, mask, PAGED: tl.con
 
 
 @triton.jit
+def _cols(rows, offs, row_ok, COL0: tl.constexpr, LIMIT: tl.constexpr, WIDTH: tl.constexpr):
+    """The (rows, WIDTH) tile of columns COL0 + offs of each row pointer, columns from LIMIT on read as 0."""
+    if COL0 + WIDTH <= LIMIT:
+        return tl.load(rows[:, None] + COL0 + offs[None, :], mask=row_ok[:, None], other=0.0)
+    return tl.load(rows[:, None] + COL0 + offs[None, :], mask=row_ok[:, None] & (COL0 + offs < LIMIT)[None, :],
+                   other=0.0)
+
+
+@triton.jit
+def _store_cols(o, row_ok, offs, OUT, stride_ob, stride_oh, stride_ot, PART_O, b, head, t, part,
+                COL0: tl.constexpr, D_V: tl.constexpr, BLOCK_DV: tl.constexpr, SINGLE_SPLIT: tl.constexpr):
+    """Output columns COL0 + offs of the program's rows: normalised into OUT (one split), or into the split's
+    partial output."""
+    cols = COL0 + offs
+    if SINGLE_SPLIT:
+        o_rows = OUT + b * stride_ob + head * stride_oh + t * stride_ot
+        tl.store(o_rows[:, None] + cols[None, :], o.to(OUT.dtype.element_ty),
+                 mask=row_ok[:, None] & (cols < D_V)[None, :])
+    else:
+        tl.store(PART_O + part[:, None] * BLOCK_DV + cols[None, :], o, mask=row_ok[:, None])
+
+
+@triton.jit
 def _split_kernel(
     Q, K, V, KS, KR, VS, POS, BT, OUT, PART_O, PART_LSE,
     qk_scale,  # softmax scale * log2(e)
@@ -77,7 +104,7 @@ def _split_kernel(
     BLOCK_DM: tl.constexpr, BLOCK_DR: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
     SHARED_V: tl.constexpr, SINGLE_SPLIT: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
-    FP8: tl.constexpr, SCALE_BLOCK: tl.constexpr, N_SCALES: tl.constexpr,
+    FP8: tl.constexpr, BLOCK_SB: tl.constexpr, N_BLK: tl.constexpr,
 ):
     pid_rows = tl.program_id(0)  # fastest-varying: row blocks that share a KV tile run side by side (L2 reuse)
     pid_bg = tl.program_id(1)
@@ -95,79 +122,120 @@ def _split_kernel(
     start = pid_split * split_len
     end = tl.minimum(start + split_len, block_valid)
 
-    offs_dm = tl.arange(0, BLOCK_DM)
-    dm_ok = offs_dm < D_MAIN
     q_rows = Q + b * stride_qb + head * stride_qh + t * stride_qt  # (BLOCK_H,) row pointers
-    q_main = tl.load(q_rows[:, None] + offs_dm[None, :], mask=row_ok[:, None] & dm_ok[None, :], other=0.0)
+    if FP8:  # the query in column blocks of BLOCK_SB, one per K scale (N_BLK <= 4)
+        offs_sb = tl.arange(0, BLOCK_SB)
+        q0 = _cols(q_rows, offs_sb, row_ok, 0, D_MAIN, BLOCK_SB)
+        if N_BLK > 1:
+            q1 = _cols(q_rows, offs_sb, row_ok, BLOCK_SB, D_MAIN, BLOCK_SB)
+        if N_BLK > 2:
+            q2 = _cols(q_rows, offs_sb, row_ok, 2 * BLOCK_SB, D_MAIN, BLOCK_SB)
+        if N_BLK > 3:
+            q3 = _cols(q_rows, offs_sb, row_ok, 3 * BLOCK_SB, D_MAIN, BLOCK_SB)
+    else:
+        offs_dm = tl.arange(0, BLOCK_DM)
+        q_main = _cols(q_rows, offs_dm, row_ok, 0, D_MAIN, BLOCK_DM)
     if D_ROPE > 0:
         offs_dr = tl.arange(0, BLOCK_DR)
-        dr_ok = offs_dr < D_ROPE
-        q_rope = tl.load(q_rows[:, None] + D_MAIN + offs_dr[None, :], mask=row_ok[:, None] & dr_ok[None, :], other=0.0)
+        q_rope = _cols(q_rows, offs_dr, row_ok, D_MAIN, D_MAIN + D_ROPE, BLOCK_DR)
     offs_dv = tl.arange(0, BLOCK_DV)
-    dv_ok = offs_dv < D_V
 
     k_base = K + g * stride_kg  # K and V rows: their (page, slot) or (row, position) offsets add on
     v_base = V + g * stride_vg
     m_i = tl.full([BLOCK_H], -1.0e30, dtype=tl.float32)  # finite: a row with no key in a tile stays NaN-free
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_DV], dtype=tl.float32)
+    if FP8 and SHARED_V:  # MLA: the output in the latent's column blocks, each with its own accumulator
+        acc = tl.zeros([BLOCK_H, BLOCK_SB], dtype=tl.float32)
+        if N_BLK > 1:
+            acc1 = tl.zeros([BLOCK_H, BLOCK_SB], dtype=tl.float32)
+        if N_BLK > 2:
+            acc2 = tl.zeros([BLOCK_H, BLOCK_SB], dtype=tl.float32)
+        if N_BLK > 3:
+            acc3 = tl.zeros([BLOCK_H, BLOCK_SB], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_H, BLOCK_DV], dtype=tl.float32)
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_ok = offs_n < end
         k_rows = k_base + _slot_offset(offs_n, b, BT, stride_btb, stride_kb, stride_ks, n_ok, PAGED, PAGE_SIZE)
-        if BLOCK_DM == D_MAIN:
-            k_main = tl.load(k_rows[:, None] + offs_dm[None, :], mask=n_ok[:, None], other=0.0)
-        else:
-            k_main = tl.load(k_rows[:, None] + offs_dm[None, :], mask=n_ok[:, None] & dm_ok[None, :], other=0.0)
-        if FP8:  # e4m3 times its block's scale, dequantized in registers to the query's dtype
+        if FP8:
+            # e4m3 values enter the products as they are (exact in the query's dtype); each block's scale
+            # multiplies its column of scores, and below the probabilities that weigh its values
             ks_rows = KS + g * stride_ksg + _slot_offset(offs_n, b, BT, stride_btb, stride_ksb, stride_kss, n_ok,
                                                          PAGED, PAGE_SIZE)
-            if SCALE_BLOCK >= D_MAIN:  # one scale per token (a head of K)
-                k_scale = tl.load(ks_rows, mask=n_ok, other=0.0)  # (BLOCK_N,)
-                k_main = (k_main.to(tl.float32) * k_scale[:, None]).to(q_main.dtype)
-            else:  # MLA's latent: one scale per SCALE_BLOCK (a power of 2) values, broadcast over its block
-                offs_blk = tl.arange(0, BLOCK_DM // SCALE_BLOCK)
-                k_scale = tl.load(ks_rows[:, None] + offs_blk[None, :], other=0.0,
-                                  mask=n_ok[:, None] & (offs_blk < N_SCALES)[None, :])  # (BLOCK_N, blocks)
-                blocks = tl.reshape(k_main.to(tl.float32), (BLOCK_N, BLOCK_DM // SCALE_BLOCK, SCALE_BLOCK))
-                k_main = tl.reshape(blocks * k_scale[:, :, None], (BLOCK_N, BLOCK_DM)).to(q_main.dtype)
-        scores = tl.dot(q_main, tl.trans(k_main))  # (BLOCK_H, BLOCK_N) fp32
+            k0 = _cols(k_rows, offs_sb, n_ok, 0, D_MAIN, BLOCK_SB).to(Q.dtype.element_ty)
+            s0 = tl.load(ks_rows, mask=n_ok, other=0.0)  # (BLOCK_N,)
+            scores = tl.dot(q0, tl.trans(k0)) * s0[None, :]  # (BLOCK_H, BLOCK_N) fp32
+            if N_BLK > 1:
+                k1 = _cols(k_rows, offs_sb, n_ok, BLOCK_SB, D_MAIN, BLOCK_SB).to(Q.dtype.element_ty)
+                s1 = tl.load(ks_rows + 1, mask=n_ok, other=0.0)
+                scores += tl.dot(q1, tl.trans(k1)) * s1[None, :]
+            if N_BLK > 2:
+                k2 = _cols(k_rows, offs_sb, n_ok, 2 * BLOCK_SB, D_MAIN, BLOCK_SB).to(Q.dtype.element_ty)
+                s2 = tl.load(ks_rows + 2, mask=n_ok, other=0.0)
+                scores += tl.dot(q2, tl.trans(k2)) * s2[None, :]
+            if N_BLK > 3:
+                k3 = _cols(k_rows, offs_sb, n_ok, 3 * BLOCK_SB, D_MAIN, BLOCK_SB).to(Q.dtype.element_ty)
+                s3 = tl.load(ks_rows + 3, mask=n_ok, other=0.0)
+                scores += tl.dot(q3, tl.trans(k3)) * s3[None, :]
+        else:
+            k_main = _cols(k_rows, offs_dm, n_ok, 0, D_MAIN, BLOCK_DM)
+            scores = tl.dot(q_main, tl.trans(k_main))  # (BLOCK_H, BLOCK_N) fp32
         if D_ROPE > 0:
             if FP8:
                 kr_rows = KR + g * stride_krg + _slot_offset(offs_n, b, BT, stride_btb, stride_krb, stride_krs, n_ok,
                                                              PAGED, PAGE_SIZE)
-                k_rope = tl.load(kr_rows[:, None] + offs_dr[None, :], mask=n_ok[:, None] & dr_ok[None, :], other=0.0)
+                k_rope = _cols(kr_rows, offs_dr, n_ok, 0, D_ROPE, BLOCK_DR)
             else:
-                k_rope = tl.load(k_rows[:, None] + D_MAIN + offs_dr[None, :], mask=n_ok[:, None] & dr_ok[None, :],
-                                 other=0.0)
+                k_rope = _cols(k_rows, offs_dr, n_ok, D_MAIN, D_MAIN + D_ROPE, BLOCK_DR)
             scores = tl.dot(q_rope, tl.trans(k_rope), scores)
         scores = tl.where(offs_n[None, :] < valid[:, None], scores * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(scores - m_new[:, None])  # (BLOCK_H, BLOCK_N)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        if SHARED_V:
-            v = k_main  # MLA: the latent doubles as V, already in on-chip memory
+        if FP8 and SHARED_V:  # MLA: the latent doubles as V, block by block, already in on-chip memory
+            acc = tl.dot((p * s0[None, :]).to(Q.dtype.element_ty), k0, acc * alpha[:, None])  # (BLOCK_H, BLOCK_SB)
+            if N_BLK > 1:
+                acc1 = tl.dot((p * s1[None, :]).to(Q.dtype.element_ty), k1, acc1 * alpha[:, None])
+            if N_BLK > 2:
+                acc2 = tl.dot((p * s2[None, :]).to(Q.dtype.element_ty), k2, acc2 * alpha[:, None])
+            if N_BLK > 3:
+                acc3 = tl.dot((p * s3[None, :]).to(Q.dtype.element_ty), k3, acc3 * alpha[:, None])
+        elif SHARED_V:
+            acc = tl.dot(p.to(Q.dtype.element_ty), k_main, acc * alpha[:, None])  # (BLOCK_H, BLOCK_DV)
         else:
             v_rows = v_base + _slot_offset(offs_n, b, BT, stride_btb, stride_vb, stride_vs, n_ok, PAGED, PAGE_SIZE)
-            v = tl.load(v_rows[:, None] + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
-            if FP8:  # one scale per token
+            v = _cols(v_rows, offs_dv, n_ok, 0, D_V, BLOCK_DV)
+            if FP8:  # one scale per token, on the probabilities
                 vs_rows = VS + g * stride_vsg + _slot_offset(offs_n, b, BT, stride_btb, stride_vsb, stride_vss, n_ok,
                                                              PAGED, PAGE_SIZE)
                 v_scale = tl.load(vs_rows, mask=n_ok, other=0.0)  # (BLOCK_N,)
-                v = (v.to(tl.float32) * v_scale[:, None]).to(q_main.dtype)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])  # (BLOCK_H, BLOCK_DV)
+                acc = tl.dot((p * v_scale[None, :]).to(Q.dtype.element_ty), v.to(Q.dtype.element_ty), acc * alpha[:, None])
+            else:
+                acc = tl.dot(p.to(Q.dtype.element_ty), v, acc * alpha[:, None])  # (BLOCK_H, BLOCK_DV)
         m_i = m_new
 
     has_keys = row_ok & (start < valid)
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
-    o = acc / l_safe[:, None]
-    if SINGLE_SPLIT:
-        o_rows = OUT + b * stride_ob + head * stride_oh + t * stride_ot
-        tl.store(o_rows[:, None] + offs_dv[None, :], o.to(OUT.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
+    part = ((pid_bg * n_rows + rows) * n_splits + pid_split).to(tl.int64)  # (BLOCK_H,) index into (B*G, rows, splits)
+    kept = row_ok if SINGLE_SPLIT else has_keys
+    if FP8 and SHARED_V:
+        _store_cols(acc / l_safe[:, None], kept, offs_sb, OUT, stride_ob, stride_oh, stride_ot, PART_O, b, head, t,
+                    part, 0, D_V, BLOCK_DV, SINGLE_SPLIT)
+        if N_BLK > 1:
+            _store_cols(acc1 / l_safe[:, None], kept, offs_sb, OUT, stride_ob, stride_oh, stride_ot, PART_O, b, head, t,
+                        part, BLOCK_SB, D_V, BLOCK_DV, SINGLE_SPLIT)
+        if N_BLK > 2:
+            _store_cols(acc2 / l_safe[:, None], kept, offs_sb, OUT, stride_ob, stride_oh, stride_ot, PART_O, b, head, t,
+                        part, 2 * BLOCK_SB, D_V, BLOCK_DV, SINGLE_SPLIT)
+        if N_BLK > 3:
+            _store_cols(acc3 / l_safe[:, None], kept, offs_sb, OUT, stride_ob, stride_oh, stride_ot, PART_O, b, head, t,
+                        part, 3 * BLOCK_SB, D_V, BLOCK_DV, SINGLE_SPLIT)
     else:
-        part = ((pid_bg * n_rows + rows) * n_splits + pid_split).to(tl.int64)  # (BLOCK_H,) index into (B*G, rows, splits)
-        tl.store(PART_O + part[:, None] * BLOCK_DV + offs_dv[None, :], o, mask=has_keys[:, None])
+        _store_cols(acc / l_safe[:, None], kept, offs_dv, OUT, stride_ob, stride_oh, stride_ot, PART_O, b, head, t,
+                    part, 0, D_V, BLOCK_DV, SINGLE_SPLIT)
+    if not SINGLE_SPLIT:
         tl.store(PART_LSE + part, m_i + tl.log2(l_safe), mask=has_keys)
 
 
@@ -528,6 +596,13 @@ def _split_kv(
     out_strides = (out.stride(0), out.stride(1), out.stride(2))
     paged = block_table is not None
     k_scale, k_rope, v_scale = (fp8.k_scale, fp8.k_rope, fp8.v_scale) if fp8 is not None else (None, None, None)
+    block_dm = triton.next_power_of_2(d_main)
+    block_sb, n_blk = block_dm, 1  # fp8: the K scales' column blocks (one per token: the whole row)
+    if fp8 is not None and k_scale.size(-1) > 1:
+        block_sb, n_blk = fp8.block, k_scale.size(-1)
+        if not (n_blk <= MAX_SCALE_BLOCKS and block_sb >= 16 and (not shared_v or d_v == d_main)):
+            raise ValueError(f"the fp8 decode kernel takes up to {MAX_SCALE_BLOCKS} scales per token in blocks of "
+                             f"at least 16 values, got {n_blk} of {block_sb}")
     with on_device(q):
         _split_kernel[(row_blocks, B * G, n_splits)](
             q, k, v, *(q if t is None else t for t in (k_scale, k_rope, v_scale)),  # q: a part not read
@@ -539,13 +614,12 @@ def _split_kv(
             *_strides(k_scale, 3), *_strides(k_rope, 3), *_strides(v_scale, 3),
             *pos_strides, block_table.stride(0) if paged else 0, *out_strides, *sizes,
             D_MAIN=d_main, D_ROPE=d_rope, D_V=d_v,
-            BLOCK_DM=triton.next_power_of_2(d_main),
+            BLOCK_DM=block_dm,
             BLOCK_DR=triton.next_power_of_2(max(d_rope, 16)),
             BLOCK_DV=block_dv,
             BLOCK_H=config.block_h, BLOCK_N=config.block_n,
             SHARED_V=shared_v, SINGLE_SPLIT=n_splits == 1, PAGED=paged, PAGE_SIZE=k.size(2) if paged else 1,
-            FP8=fp8 is not None, SCALE_BLOCK=fp8.block if fp8 is not None else 1,
-            N_SCALES=k_scale.size(-1) if fp8 is not None else 1,
+            FP8=fp8 is not None, BLOCK_SB=block_sb, N_BLK=n_blk,
             num_warps=config.num_warps, num_stages=config.num_stages,
         )
         if n_splits > 1:
