@@ -93,6 +93,22 @@ def test_concurrent_requests_each_equal_the_request_alone(llms, case, sampled):
         assert [tokens(a) for a in again] != [tokens(b) for b in reseeded]
 
 
+def test_the_decode_step_runs_the_smallest_row_bucket_that_covers_the_rows_in_use(llms):
+    """A step runs a power of 2 of rows (at most max_batch_size), not every row: one request decodes in a 1-row
+    step, three at once in a 4-row step, and each gives the tokens it gives alone."""
+    llm = llms["debug-mla"]
+    engine = engine_for(llm, max_batch_size=6, page_size=4)
+    assert [engine.row_bucket(n) for n in range(1, 7)] == [1, 2, 4, 4, 6, 6]
+    one = GenerationRequest(prompt_ids(1, 9), max_tokens=5, ignore_eos=True)
+    assert tokens(engine.generate([one])[0]) == alone(llm, one.prompt_ids, 5)
+    assert sorted(engine._steps) == [("greedy", 0, 1)]
+    three = [GenerationRequest(prompt_ids(i, 4 + i), max_tokens=6, ignore_eos=True) for i in range(3)]
+    for request, out in zip(three, engine.generate(three)):
+        assert tokens(out) == alone(llm, request.prompt_ids, 6)
+    assert ("greedy", 0, 4) in engine._steps and all(rows <= 4 for _, _, rows in engine._steps)
+    assert engine.pool.free_pages == engine.pool.capacity
+
+
 def test_a_seeded_request_draws_the_same_beside_anything(llms):
     llm = llms["debug-mla"]
     target = GenerationRequest(prompt_ids(1, 9), max_tokens=12, temperature=1.0, top_p=0.95, seed=7,
@@ -203,6 +219,37 @@ def test_async_iteration_gets_every_event_in_order(llms):
     assert all(e[-1].finish_reason == "length" for e in got)
 
 
+def test_a_steps_events_reach_an_asyncio_loop_in_one_wake_up(llms):
+    """Eight streams consumed in one asyncio loop: the engine posts each step's events to the loop together, so the
+    loop is woken at most about once per step, not once per event, and every stream still gets its events in
+    order."""
+    llm = llms["debug-mla"]
+    engine = engine_for(llm, max_batch_size=8)
+    requests = [GenerationRequest(prompt_ids(i, 4 + i), max_tokens=12, ignore_eos=True) for i in range(8)]
+    wake_ups = []
+
+    async def collect():
+        loop = asyncio.get_running_loop()
+        post = loop.call_soon_threadsafe
+        loop.call_soon_threadsafe = lambda *args: wake_ups.append(args) or post(*args)
+        streams = [engine.submit(r) for r in requests]  # all queued before the engine starts: one batch
+        engine.start()
+
+        async def one(stream):
+            return [e async for e in stream]
+
+        return await asyncio.gather(*(one(s) for s in streams))
+
+    try:
+        got = asyncio.run(collect())
+    finally:
+        engine.shutdown()
+    assert [tokens(e) for e in got] == [alone(llm, r.prompt_ids, 12) for r in requests]
+    events = sum(len(e) for e in got)
+    assert events == 8 * 12
+    assert 0 < len(wake_ups) <= engine.steps + 1 < events / 4
+
+
 def test_stop_strings_end_the_text_before_them(llms):
     llm = llms["debug-mla"]
     engine = engine_for(llm, max_batch_size=2)
@@ -280,7 +327,7 @@ def test_shutdown_without_drain_aborts_what_is_accepted(llms):
 @pytest.mark.cuda
 @pytest.mark.parametrize("case", CASES)
 def test_the_captured_step_on_cuda_decodes_as_the_eager_one(llms, case):
-    """On CUDA the decode step over all rows is one CUDA graph: greedy and seeded requests (with top-k, top-p and
+    """On CUDA each row bucket's decode step is one CUDA graph: greedy and seeded requests (with top-k, top-p and
     logprobs mixed in) give the eager step's tokens, and every page comes back."""
     llm = llms[case]
     requests = [GenerationRequest(r.prompt_ids, r.max_tokens, r.temperature, r.top_k, r.top_p, r.seed,
@@ -292,6 +339,8 @@ def test_the_captured_step_on_cuda_decodes_as_the_eager_one(llms, case):
         model.clear_kv_cache()
         engine = Engine(model, llm.tokenizer, max_batch_size=5, page_size=16, max_prefill_tokens=24,
                         kv_cache_gib=0.01, mode=mode)
+        engine.capture()  # the greedy step of rows 1, 2, 4 and 5 before any request (nothing in eager mode)
+        assert sorted(engine._steps) == ([] if mode == "eager" else [("greedy", 0, n) for n in (1, 2, 4, 5)])
         outputs[mode] = [tokens(e) for e in engine.generate(requests)]
         assert engine.pool.free_pages == engine.pool.capacity
     assert outputs["cuda_graph"] == outputs["eager"]

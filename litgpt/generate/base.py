@@ -228,25 +228,31 @@ class RowSampler(nn.Module):
     row's top-k and top-p, over the logits sorted. A row gets the same token from each draw that serves it.
     `top_logprobs` n > 0: each step also writes, into the buffers `logprobs` (B, 1 + n) and `top_ids` (B, n), the
     chosen token's log-probability and the n likeliest tokens' (under the model's distribution, before temperature
-    and filtering), read after the step."""
+    and filtering), read after the step. `rows`: the sampler serves the first `rows` rows of `params` (default:
+    all), for a step over that many rows."""
 
-    def __init__(self, params: RowSamplingParams, draw: str = "sample", top_logprobs: int = 0) -> None:
+    def __init__(self, params: RowSamplingParams, draw: str = "sample", top_logprobs: int = 0,
+                 rows: Optional[int] = None) -> None:
         super().__init__()
         if draw not in ROW_DRAWS:
             raise ValueError(f"draw must be one of {ROW_DRAWS}, got {draw!r}")
-        self.params, self.draw, self.top_logprobs = params, draw, min(top_logprobs, params.vocab_size)
+        all_rows = params.row_seeds.size(0)
+        B = all_rows if rows is None else rows
+        if not 1 <= B <= all_rows:
+            raise ValueError(f"rows must be within 1..{all_rows} (the rows of the sampling params), got {rows}")
+        self.params, self.draw, self.top_logprobs, self.rows = params, draw, min(top_logprobs, params.vocab_size), B
         vocab_size, device = params.vocab_size, params.row_seeds.device
         token_ids = torch.arange(vocab_size, dtype=torch.int64, device=device)
         self.register_buffer("token_hash", token_hashes(token_ids).view(1, vocab_size), persistent=False)
-        B, n = params.row_seeds.size(0), self.top_logprobs
+        n = self.top_logprobs
         self.register_buffer("logprobs", torch.zeros(B, 1 + n, dtype=torch.float32, device=device), persistent=False)
         self.register_buffer("top_ids", torch.zeros(B, n, dtype=torch.int64, device=device), persistent=False)
 
     def forward(self, logits: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """logits (B, V_padded) for the tokens at `position` (B, 1) -> token ids (B, 1)."""
-        p = self.params
-        token = sample_rows(logits, position, p.temperature, p.top_k, p.top_p, p.row_seeds, self.token_hash,
-                            self.draw)
+        p, B = self.params, self.rows
+        token = sample_rows(logits, position, p.temperature[:B], p.top_k[:B], p.top_p[:B], p.row_seeds[:B],
+                            self.token_hash, self.draw)
         if self.top_logprobs:
             self.logprobs.copy_(token_logprobs(logits, token, self.top_ids, p.vocab_size))
         return token

@@ -547,8 +547,9 @@ class OpenAIServer:
 
             async def pump(i: int) -> None:
                 try:
-                    async for event in streams[i]:
-                        queue.put_nowait((i, event))
+                    async for batch in streams[i].batches():  # a step's events at once
+                        for event in batch:
+                            queue.put_nowait((i, event))
                     queue.put_nowait((i, None))
                 except Exception as e:  # the engine failed: the client gets an error event, not a silent end
                     queue.put_nowait((i, e))

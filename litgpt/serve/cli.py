@@ -121,6 +121,7 @@ def serve(
     engine = Engine(llm.model, tokenizer, max_batch_size=max_batch_size, kv_cache_gib=kv_cache_gib,
                     page_size=page_size, max_prefill_tokens=max_prefill_tokens, max_queue=max_queue,
                     stop_token_ids=stop_ids, prefix_caching=prefix_caching, kv_cache_dtype=kv_cache_dtype)
+    engine.capture()  # every row bucket's decode step before the first request, not while requests wait
     name, aliases = model_names(checkpoint_dir)
 
     def memory() -> dict:

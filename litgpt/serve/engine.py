@@ -112,18 +112,22 @@ class RequestStream:
         self._async: Optional[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = None
 
     def _put(self, item: Union[TokenEvent, BaseException]) -> None:
-        """Hand over an event (or the engine's failure), from the engine's thread."""
+        """Hand over an event (or the engine's failure) now, from the engine's thread."""
+        target = self._route(item)
+        if target is not None:
+            _post_to_loop(target[0], [(target[1], item)])
+
+    def _route(self, item: Union[TokenEvent, BaseException]) -> Optional[tuple[asyncio.AbstractEventLoop,
+                                                                              asyncio.Queue]]:
+        """Take an event: a consumer that iterates from a thread has it at once (None); for one that iterates in an
+        asyncio loop, the (loop, queue) it must be posted to (`Outbox` posts a step's events at once)."""
         with self._lock:
             if isinstance(item, BaseException) or item.finish_reason is not None:
                 self.finished = True
             if self._async is None:
                 self._events.put(item)
-                return
-            loop, events = self._async
-        try:
-            loop.call_soon_threadsafe(events.put_nowait, item)
-        except RuntimeError:  # the consumer's loop is closed: nobody listens any more
-            pass
+                return None
+            return self._async
 
     @staticmethod
     def _last(item: Union[TokenEvent, BaseException]) -> bool:
@@ -143,6 +147,14 @@ class RequestStream:
         return self._aiter()
 
     async def _aiter(self) -> AsyncIterator[TokenEvent]:
+        async for batch in self.batches():
+            for item in batch:
+                yield item
+
+    async def batches(self) -> AsyncIterator[list[TokenEvent]]:
+        """The events from an asyncio loop in lists, each holding every event that had come when the consumer
+        asked (a consumer that lags behind the engine catches up in one write). If the engine fails, the events
+        before the failure come first, then iteration raises RuntimeError."""
         events: asyncio.Queue = asyncio.Queue()
         with self._lock:  # what came before this consumer first, then the engine posts to the loop directly
             if self._async is not None:
@@ -154,11 +166,51 @@ class RequestStream:
                     break
             self._async = (asyncio.get_running_loop(), events)
         while True:
-            item = await events.get()
-            last = self._last(item)
-            yield item
-            if last:
-                return
+            items = [await events.get()]
+            while not events.empty():
+                items.append(events.get_nowait())
+            batch = []
+            for item in items:
+                if isinstance(item, BaseException) and batch:
+                    yield batch
+                    batch = []
+                last = self._last(item)  # raises on the engine's failure
+                batch.append(item)
+                if last:
+                    yield batch
+                    return
+            yield batch
+
+
+def _deliver(items: list[tuple[asyncio.Queue, Union[TokenEvent, BaseException]]]) -> None:
+    for events, item in items:
+        events.put_nowait(item)
+
+
+def _post_to_loop(loop: asyncio.AbstractEventLoop,
+                  items: list[tuple[asyncio.Queue, Union[TokenEvent, BaseException]]]) -> None:
+    try:
+        loop.call_soon_threadsafe(_deliver, items)
+    except RuntimeError:  # the consumer's loop is closed: nobody listens any more
+        pass
+
+
+class Outbox:
+    """The events of one engine step for consumers in asyncio loops, posted with one wake-up per loop (a
+    `call_soon_threadsafe` per event cost a write to the loop's self-pipe and a wake-up per token), in order."""
+
+    def __init__(self) -> None:
+        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Union[TokenEvent, BaseException]]]] = {}
+
+    def put(self, stream: RequestStream, item: Union[TokenEvent, BaseException]) -> None:
+        target = stream._route(item)
+        if target is not None:
+            self._pending.setdefault(target[0], []).append((target[1], item))
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for loop, items in pending.items():
+            _post_to_loop(loop, items)
 
 
 @dataclass(eq=False)
@@ -259,12 +311,14 @@ class Engine:
         self._inputs = self._host_inputs.to(self.device)
         self._tokens, self._pos = self._inputs  # (B, 1) each
         self._table_rows: dict[int, Seq] = {}  # rows whose block table is set: the sequence it is set for
-        # one decode step per (draw, logprobs) kind, made at its first use; the first one made folds the weights
-        self._steps: dict[tuple[str, int], DecodeStep] = {}
+        # one decode step per (draw, logprobs, rows) kind, made at its first use; the first one made folds the
+        # weights. A step runs `rows` rows, the smallest bucket (`row_bucket`) that covers the rows in use
+        self._steps: dict[tuple[str, int, int], DecodeStep] = {}
         self._fold_pending = fold
         # decoded tokens whose text and events are handled once the next decode step is queued, so the device
         # computes while the host decodes text: (request, token, logprob, top logprobs)
         self._deferred: list[tuple[_Live, int, Optional[float], Optional[dict[int, float]]]] = []
+        self._outbox = Outbox()  # events for asyncio consumers, posted together after each batch of work
 
         self._live: dict[int, _Live] = {}  # request id -> request, from submit until its last event
         self._inbox: list[_Live] = []
@@ -440,6 +494,7 @@ class Engine:
             with self._cond:
                 self._failed = error
                 live, self._live, self._inbox = list(self._live.values()), {}, []
+            self._outbox.flush()
             for item in live:
                 item.stream._put(error)
 
@@ -464,6 +519,7 @@ class Engine:
             self._decode(decoding)
         else:
             self._release_deferred()
+        self._outbox.flush()
         self.steps += 1
 
     def _prefill(self, chunk: PrefillChunk) -> None:
@@ -515,14 +571,35 @@ class Engine:
             values, ids = logprobs.topk(min(n, self.vocab_size), dim=-1)  # (t, n)
             item.prompt_top.extend(dict(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist()))
 
-    def _decode_step(self, draw: str, top_logprobs: int) -> DecodeStep:
-        key = (draw, top_logprobs)
+    def row_bucket(self, rows_in_use: int) -> int:
+        """The rows a decode step runs when rows 0..rows_in_use-1 may hold sequences: the next power of 2, at most
+        max_batch_size (rows are handed out lowest first, so the step follows the load, not the capacity)."""
+        return min(self.max_batch_size, 1 << max(rows_in_use - 1, 0).bit_length())
+
+    def _decode_step(self, draw: str, top_logprobs: int, rows: int) -> DecodeStep:
+        key = (draw, top_logprobs, rows)
         if key not in self._steps:
             first_call = partial(fold_for_decode, self.model) if self._fold_pending else None
             self._fold_pending = False
-            sampler = RowSampler(self.row_params, draw, top_logprobs)
+            sampler = RowSampler(self.row_params, draw, top_logprobs, rows)
             self._steps[key] = DecodeStep(self.model, sampler, self.mode, first_call=first_call)
         return self._steps[key]
+
+    def capture(self) -> None:
+        """Prepare the greedy decode step of every row bucket now (its CUDA graph or compiled code), rather than
+        at each bucket's first use while requests wait; nothing to do in eager mode. Before `start`: the steps run
+        on the scratch page."""
+        if self.mode == "eager":
+            return
+        with self._cond:
+            if self._thread is not None:
+                raise RuntimeError("capture the decode steps before starting the engine")
+        rows = 1
+        while True:
+            self._decode_step("greedy", 0, rows).prepare(rows, self.max_pages)
+            if rows >= self.max_batch_size:
+                break
+            rows = min(2 * rows, self.max_batch_size)
 
     def _decode(self, decoding: list[Seq]) -> None:
         """One token for every decoding sequence, in one forward over all rows."""
@@ -545,10 +622,12 @@ class Engine:
         draws = {item.draw for item in items}
         draw = "filter" if "filter" in draws else "sample" if "sample" in draws else "greedy"
         top_logprobs = MAX_TOP_LOGPROBS if any(item.request.logprobs is not None for item in items) else 0
-        step = self._decode_step(draw, top_logprobs)
-        next_tokens = step(self._tokens, self._pos, table)  # (B, 1), queued on the device
+        rows = self.row_bucket(max(seq.row for seq in decoding) + 1)
+        step = self._decode_step(draw, top_logprobs, rows)
+        next_tokens = step(self._tokens[:rows], self._pos[:rows], table[:rows])  # (rows, 1), queued on the device
         self._release_deferred()  # the last step's text, while this step runs
-        tokens = next_tokens.view(-1).tolist()  # (B,): waits for the step
+        self._outbox.flush()
+        tokens = next_tokens.view(-1).tolist()  # (rows,): waits for the step
         logprobs = top_ids = None
         if top_logprobs:
             logprobs, top_ids = step.sampler.logprobs.tolist(), step.sampler.top_ids.tolist()
@@ -601,7 +680,7 @@ class Engine:
             finish = "stop" if stopped else finish
         event = TokenEvent(token, text, logprob, top, finish_reason=finish, **first)
         if finish is None:
-            item.stream._put(event)
+            self._outbox.put(item.stream, event)
         else:
             self._finish(item, event)
 
@@ -629,4 +708,4 @@ class Engine:
             if item in self._inbox:
                 self._inbox.remove(item)
         item.pending = ""
-        item.stream._put(event)
+        self._outbox.put(item.stream, event)
