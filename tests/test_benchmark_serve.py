@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
 import time
+from typing import Optional
 
+import httpx
 import pytest
 
 from litgpt.benchmark.serve import (
+    FAILURES_KEPT,
     ROW_KEYS,
     RequestResult,
     Server,
@@ -18,9 +22,43 @@ from litgpt.benchmark.serve import (
     level_row,
     percentile,
     prompt_windows,
+    send_ours,
+    server_log_name,
     token_gaps,
 )
+from litgpt.serve.api import ChunkEncoder, error_body, sse
 from test_generate import make_checkpoint
+
+ENCODER = ChunkEncoder({"id": "cmpl-1", "object": "text_completion", "created": 0, "model": "m"})
+
+
+def token_event(text: str) -> bytes:
+    """A token chunk as our server streams it."""
+    return ENCODER.choice({"index": 0, "text": text, "logprobs": None, "finish_reason": None})
+
+
+def send_to_stub(reads: list[bytes], status: int = 200, error: Optional[Exception] = None) -> RequestResult:
+    """`send_ours` against an in-process stub that answers with `reads` (one network read each), or raises `error`."""
+    bodies = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        if error is not None:
+            raise error
+
+        async def stream():
+            for read in reads:
+                yield read
+
+        return httpx.Response(status, content=stream(), headers={"content-type": "text/event-stream"})
+
+    async def main() -> RequestResult:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            return await send_ours(client, "http://stub", [1, 2, 3], 3, 0.0, 7)
+
+    result = asyncio.run(main())
+    assert bodies and bodies[0]["prompt"] == [1, 2, 3] and bodies[0]["stream_options"] == {"include_usage": True}
+    return result
 
 
 def test_percentile_interpolates_between_ranks():
@@ -51,6 +89,56 @@ def test_level_row_counts_tokens_and_latencies():
     assert row["itl_p50_ms"] == pytest.approx(100.0)  # gaps 100, 200, 50 ms
     assert row["itl_p99_ms"] == pytest.approx(198.0)
     assert row["error"] == "HTTP 429: full"
+    assert row["failures"] == [{"error": "HTTP 429: full", "tokens": None, "after_s": None}]
+
+
+def test_level_row_lists_the_first_failures_with_their_tokens_and_time():
+    results = [RequestResult(ok=True, ttft_s=0.1, token_times_s=[0.1], output_tokens=1)]
+    results += [RequestResult(error=f"ReadError: {i}", tokens_at_failure=i, failed_after_s=0.5 + i / 3000)
+                for i in range(FAILURES_KEPT + 2)]
+    row = level_row(results, 1.0)
+    assert row["failed"] == FAILURES_KEPT + 2
+    assert row["failures"] == [{"error": f"ReadError: {i}", "tokens": i, "after_s": round(0.5 + i / 3000, 3)}
+                               for i in range(FAILURES_KEPT)]
+    assert row["error"] == "ReadError: 0; ReadError: 1; ReadError: 2"  # the notes column as before
+    assert level_row(results[:1], 1.0)["failures"] == []
+
+
+def test_send_ours_counts_a_token_whose_text_is_usage():
+    """A token chunk holding `"text": "usage"` is a token, not the usage chunk (it once failed with KeyError)."""
+    events = [token_event("the"), token_event("usage"), token_event(" usage"),
+              ENCODER.usage({"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}), sse("[DONE]")]
+    stream = b"".join(events)
+    reads = [stream[:50], stream[50:len(events[0]) + 30], stream[len(events[0]) + 30:]]  # events cut across reads
+    result = send_to_stub(reads)
+    assert (result.ok, result.error, result.output_tokens) == (True, None, 3)
+    assert len(result.token_times_s) == 3 and result.ttft_s == result.token_times_s[0] > 0
+    assert (result.tokens_at_failure, result.failed_after_s) == (None, None)
+
+
+def test_send_ours_fails_a_request_on_an_error_event_with_its_message():
+    result = send_to_stub([token_event("a") + token_event("b"),
+                           sse(error_body("the request failed: out of pages", "server_error"))])
+    assert not result.ok
+    assert result.error == "server error: the request failed: out of pages"
+    assert result.tokens_at_failure == 2 and len(result.token_times_s) == 2
+    assert 0 < result.failed_after_s < 60
+
+
+def test_send_ours_tells_a_stream_cut_midway_from_a_refused_connection():
+    cut = send_to_stub([token_event("a"), token_event("b") + token_event("c")])  # no usage, no [DONE]
+    assert (cut.ok, cut.error, cut.tokens_at_failure) == (False, "the stream ended without [DONE]", 3)
+    refused = send_to_stub([], error=httpx.ConnectError("refused"))
+    assert (refused.ok, refused.error, refused.tokens_at_failure) == (False, "ConnectError: refused", 0)
+    assert refused.ttft_s is None and refused.failed_after_s >= 0
+    full = send_to_stub([json.dumps(error_body("queue full")).encode()], status=429)
+    assert (full.ok, full.error, full.tokens_at_failure) == (False, "HTTP 429: queue full", 0)
+
+
+def test_server_log_name_is_numbered_and_sanitized(tmp_path):
+    assert server_log_name(1, tmp_path / "Llama-3.2-1B") == "server_1_Llama-3.2-1B.log"
+    assert server_log_name(2, tmp_path / "my model (v2)", peer=True) == "server_2_upstream-my-model-v2.log"
+    assert server_log_name(3, tmp_path / ("x" * 80)) == f"server_3_{'x' * 48}.log"
 
 
 def test_prompt_windows_have_the_length_asked_and_repeat_a_short_text():
@@ -78,12 +166,31 @@ def test_benchmark_serve_against_our_server(tmp_path, capsys):
         assert 0 < row["ttft_p50_ms"] <= row["ttft_p99_ms"]
         assert 0 <= row["itl_p50_ms"] <= row["itl_p99_ms"]
         assert row["peak_memory_gb"] > 0
+        assert row["failures"] == []
     assert rows[0]["peak_running"] <= 1 and rows[1]["peak_running"] <= 4
     saved = json.loads((out_dir / "results.json").read_text())
     assert saved["rows"] == rows and saved["meta"]["prompt_tokens"] == 24
+    assert saved["meta"]["server_logs"] == [{"file": "server_1_checkpoint.log", "tool": "litgpt serve",
+                                             "checkpoint": str(checkpoint)}]
+    log = (out_dir / "server_1_checkpoint.log").read_text()
+    assert "litgpt serve:" in log and "Application startup complete" in log
+    assert "Finished server process" in log  # the whole log, up to its stop
     assert (out_dir / "serve.png").stat().st_size > 0
     assert format_table(rows) in (out_dir / "results.md").read_text()
     assert format_table(rows) in capsys.readouterr().out
+
+
+def test_benchmark_serve_keeps_the_log_of_a_server_that_fails(tmp_path):
+    checkpoint = make_checkpoint(tmp_path)
+    text = tmp_path / "text.txt"
+    text.write_text("The small happy cat saw the big sun. " * 20)
+    out_dir = tmp_path / "out"
+    rows = benchmark_serve([checkpoint], text, concurrency=[1], num_requests=1, prompt_tokens=8, max_tokens=2,
+                           accelerator="cpu", out_dir=out_dir, extra_args=["--no_such_option", "1"])
+    assert len(rows) == 1 and rows[0]["error"].startswith("the server exited with status 2")
+    meta = json.loads((out_dir / "results.json").read_text())["meta"]
+    assert [log["file"] for log in meta["server_logs"]] == ["server_1_checkpoint.log"]
+    assert "unrecognized option '--no_such_option'" in (out_dir / "server_1_checkpoint.log").read_text()
 
 
 def test_benchmark_serve_refuses_bad_options(tmp_path):

@@ -18,7 +18,9 @@ wall time), requests/s, time to first token (send to the first streamed token) p
 gaps between consecutive streamed tokens, over all requests; `token_gaps`) p50/p99, and, polled from our server's
 /health every 0.05 s, the most sequences running at once and the device's peak memory. Ours counts tokens from the
 response's usage; the peer's are counted by tokenizing its text. results.json (rows and meta), results.md (the table)
-and serve.png (the plots) are written to out_dir after every level.
+and serve.png (the plots) are written to out_dir after every level; each row's `failures` lists the first few failed
+requests (error, tokens received, seconds after the send). Each server's output goes to out_dir as it runs
+(`server_<n>_<checkpoint>.log`, named in the meta's `server_logs`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import shlex
 import signal
 import socket
@@ -45,9 +48,10 @@ from litgpt.utils import atomic_write
 TOOL_OURS, TOOL_UPSTREAM = "litgpt serve", "upstream litgpt serve"
 HEALTH_POLL_S = 0.05
 WARMUP_REQUESTS = 4
+FAILURES_KEPT = 5  # the failed requests a level's row describes one by one
 ROW_KEYS = ("tool", "model", "checkpoint", "mode", "level", "requests", "completed", "failed", "prompt_tokens",
             "max_tokens", "wall_s", "output_tokens", "output_tokens_per_s", "requests_per_s", "ttft_p50_ms",
-            "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "peak_running", "peak_memory_gb", "error")
+            "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "peak_running", "peak_memory_gb", "error", "failures")
 
 
 # ---------------------------------------------------------------------------------------------------- statistics
@@ -71,6 +75,14 @@ class RequestResult:
     token_times_s: list[float] = field(default_factory=list)  # arrival of each streamed token chunk
     output_tokens: int = 0
     error: Optional[str] = None
+    tokens_at_failure: Optional[int] = None  # token chunks received before it failed
+    failed_after_s: Optional[float] = None  # when it failed
+
+    def fail(self, message: str, t0: float) -> None:
+        """Mark the request failed with `message`, now (t0: its send, on `time.perf_counter`)."""
+        self.ok, self.error = False, message
+        self.tokens_at_failure = len(self.token_times_s)
+        self.failed_after_s = time.perf_counter() - t0
 
 
 def token_gaps(times: list[float]) -> list[float]:
@@ -87,12 +99,17 @@ def token_gaps(times: list[float]) -> list[float]:
 
 
 def level_row(results: list[RequestResult], wall_s: float, **base: Any) -> dict:
-    """The table row of one level from its requests."""
+    """The table row of one level from its requests; its `failures` tell the first few failed requests apart (a
+    refused connection has no tokens; a stream cut midway has some): error, tokens received, seconds after the
+    send."""
     done = [r for r in results if r.ok]
     gaps = [gap for r in done for gap in token_gaps(r.token_times_s)]
     ttfts = [r.ttft_s for r in done if r.ttft_s is not None]
     tokens = sum(r.output_tokens for r in done)
     errors = sorted({r.error for r in results if r.error})
+    failures = [{"error": r.error, "tokens": r.tokens_at_failure,
+                 "after_s": None if r.failed_after_s is None else round(r.failed_after_s, 3)}
+                for r in results if not r.ok][:FAILURES_KEPT]
 
     def ms(value: Optional[float]) -> Optional[float]:
         return None if value is None else round(1000 * value, 3)
@@ -104,7 +121,7 @@ def level_row(results: list[RequestResult], wall_s: float, **base: Any) -> dict:
                requests_per_s=round(len(done) / wall_s, 3) if wall_s > 0 else None,
                ttft_p50_ms=ms(percentile(ttfts, 50)), ttft_p99_ms=ms(percentile(ttfts, 99)),
                itl_p50_ms=ms(percentile(gaps, 50)), itl_p99_ms=ms(percentile(gaps, 99)),
-               error="; ".join(errors[:3]) or None)
+               error="; ".join(errors[:3]) or None, failures=failures)
     return row
 
 
@@ -122,18 +139,24 @@ def prompt_windows(ids: list[int], prompt_tokens: int, count: int, seed: int) ->
 # ---------------------------------------------------------------------------------------------------- clients
 class Server:
     """A server process the benchmark started: its base URL, its kind (ours answers /v1/completions and /health
-    with counters; the peer /predict) and its stderr, kept in a file for the error message."""
+    with counters; the peer /predict) and its output (stdout and stderr), written to `log_path` as it comes (a
+    temporary file without one), for the error message and for reading after the run."""
 
     def __init__(self, command: list[str], port: int, ours: bool, env: Optional[dict] = None,
-                 cwd: Optional[str] = None) -> None:
-        self.url, self.ours = f"http://127.0.0.1:{port}", ours
-        self.log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                        start_new_session=True)
+                 cwd: Optional[str] = None, log_path: Optional[Path] = None) -> None:
+        self.url, self.ours, self.log_path = f"http://127.0.0.1:{port}", ours, log_path
+        self.log = open(log_path, "w+b") if log_path is not None else tempfile.TemporaryFile()
+        try:
+            self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                            start_new_session=True)
+        except BaseException:
+            self.log.close()
+            raise
 
     def log_tail(self, lines: int = 5) -> str:
-        self.log.seek(0)
-        text = self.log.read().decode(errors="replace").strip().splitlines()
+        """The log's last `lines` lines, joined by " / " (read without moving the offset the server writes at)."""
+        fd = self.log.fileno()
+        text = os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace").strip().splitlines()
         return " / ".join(line.strip() for line in text[-lines:])
 
     async def wait_ready(self, timeout_s: float) -> None:
@@ -184,7 +207,8 @@ class Server:
 
 async def send_ours(client: Any, url: str, prompt: list[int], max_tokens: int, temperature: float,
                     seed: int) -> RequestResult:
-    """One streamed completion from our server: the arrival time of each token chunk and the usage's count."""
+    """One streamed completion from our server: the arrival time of each token chunk (an event with choices), the
+    usage's count (the event with a usage), and a failure for an error event or a stream that ends before [DONE]."""
     body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature, "seed": seed, "stream": True,
             "stream_options": {"include_usage": True}, "ignore_eos": True}
     result, t0, buffer = RequestResult(), time.perf_counter(), b""
@@ -192,23 +216,38 @@ async def send_ours(client: Any, url: str, prompt: list[int], max_tokens: int, t
         async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
             if response.status_code != 200:
                 message = json.loads(await response.aread()).get("error", {}).get("message", "")
-                result.error = f"HTTP {response.status_code}: {message}"
+                result.fail(f"HTTP {response.status_code}: {message}", t0)
                 return result
             async for data in response.aiter_bytes():
                 now = time.perf_counter() - t0
                 buffer += data
                 *events, buffer = buffer.split(b"\n\n")
                 for event in events:
-                    payload = event.removeprefix(b"data: ")
+                    payload = event.removeprefix(b"data: ").strip()
+                    if not payload or payload.startswith(b":"):  # an SSE comment (keep-alive)
+                        continue
                     if payload == b"[DONE]":
                         result.ok = True
-                    elif b'"usage"' in payload:
-                        result.output_tokens = json.loads(payload)["usage"]["completion_tokens"]
-                    elif payload:
+                        continue
+                    chunk = json.loads(payload)
+                    if chunk.get("error") is not None:
+                        error = chunk["error"]
+                        result.fail(f"server error: {error.get('message') if isinstance(error, dict) else error}",
+                                    t0)
+                        return result
+                    if chunk.get("usage") is not None:
+                        result.output_tokens = chunk["usage"]["completion_tokens"]
+                    if chunk.get("choices"):
                         result.token_times_s.append(now)
+        if not result.ok:
+            result.fail("the stream ended without [DONE]", t0)
     except Exception as e:  # a dropped connection is this request's failure, not the benchmark's
-        result.error = f"{type(e).__name__}: {e}"
-    result.ttft_s = result.token_times_s[0] if result.token_times_s else None
+        if result.ok:  # answered in full ([DONE] came) before the connection broke
+            result.error = f"{type(e).__name__}: {e}"
+        else:
+            result.fail(f"{type(e).__name__}: {e}", t0)
+    finally:
+        result.ttft_s = result.token_times_s[0] if result.token_times_s else None
     return result
 
 
@@ -219,7 +258,7 @@ async def send_peer(client: Any, url: str, prompt: str, count_tokens: Any) -> Re
     try:
         async with client.stream("POST", f"{url}/predict", json={"prompt": prompt}) as response:
             if response.status_code != 200:
-                result.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
+                result.fail(f"HTTP {response.status_code}: {(await response.aread())[:200]!r}", t0)
                 return result
             async for text in response.aiter_text():
                 now = time.perf_counter() - t0
@@ -236,7 +275,7 @@ async def send_peer(client: Any, url: str, prompt: str, count_tokens: Any) -> Re
                         result.token_times_s.append(now)
         result.ok = True
     except Exception as e:
-        result.error = f"{type(e).__name__}: {e}"
+        result.fail(f"{type(e).__name__}: {e}", t0)
     result.output_tokens = count_tokens("".join(pieces))
     result.ttft_s = result.token_times_s[0] if result.token_times_s else None
     return result
@@ -344,7 +383,8 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xlabel("concurrency, or requests/s")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_lines():  # a level that failed has no points
+            ax.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -379,6 +419,13 @@ def _check_checkpoint(checkpoint_dir: Path, option: str) -> None:
             raise ValueError(f"--{option} {str(checkpoint_dir)!r} has no {name}; point at a checkpoint directory")
 
 
+def server_log_name(number: int, checkpoint_dir: Path, peer: bool = False) -> str:
+    """`server_<number>_<label>.log`: the label is the checkpoint directory's name (`upstream-` before it for the
+    peer), with what is not a letter, digit, `.`, `_` or `-` replaced by `-`, at most 48 characters."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(checkpoint_dir).resolve().name).strip("-.")[:48] or "checkpoint"
+    return f"server_{number}_{'upstream-' if peer else ''}{name}.log"
+
+
 def _model_name(checkpoint_dir: Path) -> str:
     from litgpt.config import Config
 
@@ -408,7 +455,7 @@ def benchmark_serve(
     seed: int = 1234,
 ) -> list[dict]:
     """Serve each checkpoint (and upstream's server with --peer_python) and drive it at each level; print the table,
-    write results.json, results.md and serve.png to out_dir.
+    write results.json, results.md, serve.png and the servers' logs to out_dir.
 
     Args:
         checkpoint_dirs: the checkpoints our server serves, one after the other, with the same settings.
@@ -427,7 +474,8 @@ def benchmark_serve(
         peer_concurrency: the concurrency levels the peer runs (null: every level; it serves one request at a time,
             about 10 tokens/s on an H200, so its levels take long).
         extra_args: more options for our `litgpt serve` (`--extra_args '[--page_size, "32"]'`).
-        out_dir: where results.json, results.md and serve.png go.
+        out_dir: where results.json, results.md, serve.png and each server's log (`server_<n>_<checkpoint>.log`,
+            named in results.json's meta `server_logs`) go.
         startup_timeout_s: how long a server may take to answer /health.
         seed: the prompts' offsets and the requests' seeds.
     """
@@ -467,7 +515,7 @@ def benchmark_serve(
                 device=torch.cuda.get_device_name() if device.startswith("cuda") else "CPU", torch=torch.__version__,
                 git_commit=git_commit(), command_line=shlex.join(sys.argv), text_file=str(text_file),
                 prompt_tokens=prompt_tokens, max_tokens=max_tokens, temperature=temperature,
-                max_batch_size=max_batch_size, kv_cache_gib=kv_cache_gib, servers={})
+                max_batch_size=max_batch_size, kv_cache_gib=kv_cache_gib, servers={}, server_logs=[])
     rows: list[dict] = []
 
     def count_for(mode: str, level: float) -> int:
@@ -520,7 +568,9 @@ def benchmark_serve(
     def serve_and_drive(command: list[str], port: int, ours: bool, tool: str, checkpoint_dir: Path,
                         levels: list[tuple[str, float]], env: Optional[dict] = None, cwd: Optional[str] = None) -> None:
         tokenizer = Tokenizer(checkpoint_dir)
-        server = Server(command, port, ours, env, cwd)
+        log_name = server_log_name(len(meta["server_logs"]) + 1, checkpoint_dir, peer=not ours)
+        meta["server_logs"].append({"file": log_name, "tool": tool, "checkpoint": str(checkpoint_dir)})
+        server = Server(command, port, ours, env, cwd, log_path=out_dir / log_name)
         try:
             drive(server, tool, checkpoint_dir, tokenizer, levels)
         except RuntimeError as e:
@@ -556,5 +606,6 @@ def benchmark_serve(
         progress.close()
     write_results(out_dir, meta, rows)
     print(format_table(rows))
-    print(f"wrote {out_dir / 'results.json'}, {out_dir / 'results.md'} and {out_dir / 'serve.png'}")
+    print(f"wrote {out_dir / 'results.json'}, {out_dir / 'results.md'}, {out_dir / 'serve.png'} and the servers' "
+          f"logs ({', '.join(log['file'] for log in meta['server_logs'])})")
     return rows
