@@ -45,7 +45,8 @@ from tqdm import tqdm
 
 from litgpt.api import LLM
 from litgpt.generate.base import SamplingParams, check_lengths
-from litgpt.generate.scoring import check_cache_chunk, head_at, logits_through_cache
+from litgpt.generate.base import head_at
+from litgpt.generate.scoring import check_cache_chunk, logits_through_cache
 from litgpt.generate.session import decode_mode
 from litgpt.kv_cache import check_kv_cache_dtype
 from litgpt.lora import merge_for_decoding

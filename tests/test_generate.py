@@ -438,3 +438,28 @@ def test_generate_on_a_lora_checkpoint_without_merged_weights_says_to_merge(tmp_
 
     with pytest.raises(FileNotFoundError, match=r"run `litgpt merge_lora .*` to write it"):
         load_checkpoint(checkpoint_dir)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_prefill_maps_only_each_prompts_last_position_and_draws_its_first_token(case):
+    """Right-padded prompts of 5, 9 and 12 tokens in chunks of 4 positions: the LM head maps, per chunk, only the
+    rows whose prompt ends in it (0, 1 and 2 rows), and each first token is the argmax of its prompt's last logits
+    from a plain forward."""
+    from litgpt.generate.base import prefill
+
+    model = make_model(case)
+    prompts = [torch.randint(model.config.vocab_size, (n,)) for n in (5, 9, 12)]
+    model.set_kv_cache(3, max_seq_length=16)
+    sampler = Sampler(SamplingParams(0.0), model.config.vocab_size, 3, torch.device("cpu"))
+    mapped = []
+    hook = model.lm_head.register_forward_hook(lambda m, args, out: mapped.append(args[0].shape[:-1].numel()))
+    try:
+        with torch.inference_mode():
+            token, next_pos = prefill(model, prompts, sampler, tokens_per_chunk=12)
+    finally:
+        hook.remove()
+    assert mapped == [0, 1, 2]
+    assert next_pos.view(-1).tolist() == [5, 9, 12]
+    with torch.inference_mode():
+        expected = [int(model(p.view(1, -1))[0, -1, : model.config.vocab_size].argmax()) for p in prompts]
+    assert token.view(-1).tolist() == expected

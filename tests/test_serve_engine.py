@@ -109,6 +109,26 @@ def test_the_decode_step_runs_the_smallest_row_bucket_that_covers_the_rows_in_us
     assert engine.pool.free_pages == engine.pool.capacity
 
 
+def test_prefill_maps_only_the_last_prompt_position_through_the_lm_head(llms):
+    """Without prompt logprobs a prefill chunk's LM head maps its last position if the prompt ends there and none
+    otherwise (a 40-token prompt in 16-token chunks: 0, 0, 1 rows), never (T, vocab) logits; with prompt logprobs,
+    every position."""
+    llm = llms["debug-mla"]
+    engine = engine_for(llm, max_batch_size=2, max_prefill_tokens=16)
+    mapped = []
+    hook = engine.model.lm_head.register_forward_hook(lambda m, args, out: mapped.append(args[0].shape[:-1].numel()))
+    try:
+        request = GenerationRequest(prompt_ids(3, 40), max_tokens=3, ignore_eos=True)
+        assert tokens(engine.generate([request])[0]) == alone(llm, request.prompt_ids, 3)
+        assert mapped == [0, 0, 1, 1, 1]  # three prefill chunks, then two decode steps of the 1-row bucket
+        mapped.clear()
+        scored = GenerationRequest(prompt_ids(3, 40), max_tokens=3, ignore_eos=True, prompt_logprobs=True)
+        assert tokens(engine.generate([scored])[0]) == alone(llm, request.prompt_ids, 3)
+        assert mapped == [16, 16, 8, 1, 1]
+    finally:
+        hook.remove()
+
+
 def test_a_seeded_request_draws_the_same_beside_anything(llms):
     llm = llms["debug-mla"]
     target = GenerationRequest(prompt_ids(1, 9), max_tokens=12, temperature=1.0, top_p=0.95, seed=7,

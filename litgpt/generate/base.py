@@ -16,6 +16,7 @@ identical in eager and compiled runs, and the same seed always gives the same te
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import time
 from dataclasses import dataclass
@@ -414,6 +415,22 @@ class DecodeStep:
 
 
 # ------------------------------------------------------------------------------------------------ prefill and loop
+@contextlib.contextmanager
+def head_at(model: GPT, rows: torch.Tensor, cols: torch.Tensor) -> Iterator[None]:
+    """Within it, `model(idx)` returns the logits (N, V) of the N positions (rows[n], cols[n]) only: the LM head's
+    input (B, T, n_embd) is cut to those positions before it is mapped (a forward pre-hook on `model.lm_head`)."""
+
+    def select(module: torch.nn.Module, args: tuple) -> tuple:
+        (hidden,) = args  # (B, T, n_embd)
+        return (hidden[rows, cols],)  # (N, n_embd)
+
+    handle = model.lm_head.register_forward_pre_hook(select)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def check_lengths(model: GPT, prompt_lengths: list[int], max_new_tokens: int) -> int:
     """The cache length a generation needs, or a ValueError naming the limit it breaks."""
     if not prompt_lengths or min(prompt_lengths) < 1:
@@ -453,10 +470,13 @@ def prefill(
     for begin in range(0, T, chunk):
         end = min(T, begin + chunk)
         input_pos = torch.arange(start + begin, start + end, device=device)  # (t,)
-        logits = model(idx[:, begin:end], input_pos=input_pos, input_pos_maxp1=start + end)  # (B, t, V_padded)
-        for row in range(B):
-            if begin <= lengths[row] - 1 < end:
-                last_logits[row] = logits[row, lengths[row] - 1 - begin]
+        ending = [row for row in range(B) if begin <= lengths[row] - 1 < end]  # rows whose prompt ends here
+        rows = torch.tensor(ending, dtype=torch.int64, device=device)  # (n,)
+        cols = torch.tensor([lengths[row] - 1 - begin for row in ending], dtype=torch.int64, device=device)  # (n,)
+        with head_at(model, rows, cols):  # the LM head maps only the prompts' last positions
+            logits = model(idx[:, begin:end], input_pos=input_pos, input_pos_maxp1=start + end)  # (n, V_padded)
+        if ending:
+            last_logits[rows] = logits.to(last_logits.dtype)
     next_pos = start + torch.tensor(lengths, device=device).view(B, 1)  # (B, 1)
     return sampler(last_logits, next_pos), next_pos
 

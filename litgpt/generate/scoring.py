@@ -11,13 +11,13 @@ forward, chunk None), over pretraining's validation windows.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from litgpt.generate.base import head_at
 from litgpt.kv_cache import check_kv_cache_dtype
 from litgpt.model import GPT
 
@@ -27,22 +27,6 @@ def check_cache_chunk(chunk: int, option: str = "cache_chunk") -> int:
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"{option} must be a positive number of tokens per prefill through the KV cache, got {chunk!r}")
     return chunk
-
-
-@contextlib.contextmanager
-def head_at(model: GPT, rows: torch.Tensor, cols: torch.Tensor) -> Iterator[None]:
-    """Within it, `model(idx)` returns the logits (N, V) of the N positions (rows[n], cols[n]) only: the LM head's
-    input (B, T, n_embd) is cut to those positions before it is mapped (a forward pre-hook on `model.lm_head`)."""
-
-    def select(module: torch.nn.Module, args: tuple) -> tuple:
-        (hidden,) = args  # (B, T, n_embd)
-        return (hidden[rows, cols],)  # (N, n_embd)
-
-    handle = model.lm_head.register_forward_pre_hook(select)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 @torch.inference_mode()

@@ -43,6 +43,7 @@ from litgpt.generate.base import (
     RowSamplingParams,
     SamplingParams,
     StopMatcher,
+    head_at,
     sample_rows,
     token_logprobs,
 )
@@ -532,10 +533,15 @@ class Engine:
         idx = torch.tensor(seq.tokens[chunk.start : chunk.end], device=self.device).view(1, T)  # (1, T)
         input_pos = torch.arange(chunk.start, chunk.end, device=self.device).view(1, T)  # (1, T)
         table = torch.tensor(seq.pages, dtype=torch.int32, device=self.device).view(1, -1)  # (1, pages)
-        logits = self.model(idx, input_pos, block_table=table)[0]  # (T, V_padded)
-        self.scheduler.computed(seq, chunk.end)
-        if item.request.prompt_logprobs and not item.started:
+        if item.request.prompt_logprobs and not item.started:  # every position's logits
+            logits = self.model(idx, input_pos, block_table=table)[0]  # (T, V_padded)
             self._prompt_logprobs(item, chunk, logits)
+        else:  # the LM head maps the last position of the last chunk, nothing before
+            keep = [T - 1] if chunk.last else []
+            cols = torch.tensor(keep, dtype=torch.int64, device=self.device)  # (0 or 1,)
+            with head_at(self.model, torch.zeros_like(cols), cols):
+                logits = self.model(idx, input_pos, block_table=table)  # (0 or 1, V_padded)
+        self.scheduler.computed(seq, chunk.end)
         if not chunk.last:
             return
         row, p = seq.row, self.row_params
