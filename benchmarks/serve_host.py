@@ -1,0 +1,122 @@
+"""The serving stack's host side alone: `litgpt serve`'s HTTP API and engine with the model replaced by a stub.
+
+The stub's decode step sleeps `--step_ms` (the GIL is free meanwhile, as while the host waits for a GPU step) and
+returns random tokens; a prefill takes no time. What is left is the work per token on the host: scheduling, text,
+events, SSE chunks and HTTP, against `litgpt benchmark serve`'s own client in another process. Output tokens/s at a
+concurrency is the most the server can stream there whatever the GPU does.
+
+    python benchmarks/serve_host.py --checkpoint_dir CKPT --concurrency 1 16 64 --step_ms 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from litgpt.serve import engine as engine_module
+
+
+class StubStep:
+    """A decode step that waits `step_s` and draws random tokens for its rows."""
+
+    step_s = 0.0
+
+    def __init__(self, model, sampler, mode, first_call=None) -> None:
+        self.sampler = sampler
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.step_s)
+        return torch.randint(100, 1000, (tokens.size(0), 1))  # (rows, 1)
+
+    def prepare(self, *args) -> None:
+        pass
+
+
+def serve(checkpoint_dir: Path, port: int, step_ms: float, max_batch_size: int) -> None:
+    """Run the API over an engine whose steps are stubs (this process is the server)."""
+    import uvicorn
+
+    from litgpt.api import LLM
+    from litgpt.serve.api import ServedModel, create_app
+
+    StubStep.step_s = step_ms / 1000
+    engine_module.DecodeStep = StubStep
+    llm = LLM.load(checkpoint_dir, device="cpu")
+    engine = engine_module.Engine(llm.model, llm.tokenizer, max_batch_size=max_batch_size, mode="eager")
+
+    def prefill(chunk) -> None:  # no forward: the bookkeeping and a first token
+        seq, item = chunk.seq, engine._live[chunk.seq.seq_id]
+        if chunk.start == seq.cached_tokens:
+            engine.row_params.set_row(seq.row, item.params, item.seed)
+        engine.scheduler.computed(seq, chunk.end)
+        if chunk.last:
+            seq.tokens.append(100)
+            engine.scheduler.prefilled(seq)
+            engine._emit(item, 100, None, None)
+
+    engine._prefill = prefill
+    served = ServedModel("stub", llm.tokenizer, llm.prompt_style, llm.model.max_seq_length,
+                         llm.model.config.vocab_size)
+    uvicorn.run(create_app(engine, served), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+async def drive(url: str, concurrency: int, count: int, prompt_tokens: int, max_tokens: int) -> dict:
+    """`count` streamed completions, `concurrency` at a time, sent and timed by the benchmark's client."""
+    from types import SimpleNamespace
+
+    from litgpt.benchmark.serve import level_row, run_level, send_ours
+
+    prompt = list(range(1, prompt_tokens + 1))
+    server = SimpleNamespace(url=url, ours=True)
+    progress = SimpleNamespace(update=lambda n: None)
+    results, wall, _ = await run_level(server, lambda client, i: send_ours(client, url, prompt, max_tokens, 0.0, i),
+                                       count, concurrency, None, 0, progress)
+    row = level_row(results, wall, level=concurrency)
+    return {k: row[k] for k in ("level", "completed", "output_tokens_per_s", "ttft_p50_ms", "itl_p50_ms", "error")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint_dir", type=Path, required=True)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--step_ms", type=float, default=0.5)
+    parser.add_argument("--prompt_tokens", type=int, default=64)
+    parser.add_argument("--max_tokens", type=int, default=256)
+    parser.add_argument("--serve_on_port", type=int, default=None, help=argparse.SUPPRESS)
+    opts = parser.parse_args()
+    max_batch = max(opts.concurrency)
+    if opts.serve_on_port is not None:
+        serve(opts.checkpoint_dir, opts.serve_on_port, opts.step_ms, max_batch)
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--serve_on_port", str(port)])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import httpx
+
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        for concurrency in opts.concurrency:
+            row = asyncio.run(drive(url, concurrency, 2 * concurrency, opts.prompt_tokens, opts.max_tokens))
+            print(json.dumps(dict(row, step_ms=opts.step_ms)), flush=True)
+    finally:
+        server.terminate()
+        server.wait()
+
+
+if __name__ == "__main__":
+    main()
