@@ -308,8 +308,9 @@ class Engine:
         self._token_hash = token_hashes(torch.arange(self.vocab_size, device=self.device)).view(1, -1)  # (1, V)
         pin = self.device.type == "cuda"
         # the decode step's inputs, each row's token and its position: one host-to-device copy a step
-        self._host_inputs = torch.zeros(2, max_batch_size, 1, dtype=torch.int64, pin_memory=pin)  # (2, B, 1)
-        self._inputs = self._host_inputs.to(self.device)
+        self._host_inputs = torch.zeros(2, max_batch_size, dtype=torch.int64, pin_memory=pin)  # (2, B)
+        self._host_view = self._host_inputs.numpy()  # the same memory, written row by row without a tensor per step
+        self._inputs = self._host_inputs.to(self.device).view(2, max_batch_size, 1)  # (2, B, 1)
         self._tokens, self._pos = self._inputs  # (B, 1) each
         self._table_rows: dict[int, Seq] = {}  # rows whose block table is set: the sequence it is set for
         # one decode step per (draw, logprobs, rows) kind, made at its first use; the first one made folds the
@@ -614,21 +615,23 @@ class Engine:
             if rows.get(row) is not seq:
                 self.block_tables.clear(row)
                 del self._table_rows[row]
-        inputs = [[0] * self.max_batch_size, [0] * self.max_batch_size]  # idle rows: token 0 at position 0
         items = []
         for seq in decoding:
             self.block_tables.assign(seq.row, seq.pages)
             self._table_rows[seq.row] = seq
-            inputs[0][seq.row], inputs[1][seq.row] = seq.tokens[-1], len(seq.tokens) - 1
             items.append(self._live[seq.seq_id])
-        self._host_inputs.view(2, -1).copy_(torch.tensor(inputs))
-        self._inputs.copy_(self._host_inputs, non_blocking=True)
+        rows = self.row_bucket(max(seq.row for seq in decoding) + 1)
+        host = self._host_view[:, :rows]  # (2, rows): idle rows decode token 0 at position 0
+        host.fill(0)
+        used = [seq.row for seq in decoding]
+        host[0, used] = [seq.tokens[-1] for seq in decoding]
+        host[1, used] = [len(seq.tokens) - 1 for seq in decoding]
+        self._inputs.view(2, -1)[:, :rows].copy_(self._host_inputs[:, :rows], non_blocking=True)
         self.row_params.sync()
         table = self.block_tables.sync()
         draws = {item.draw for item in items}
         draw = "filter" if "filter" in draws else "sample" if "sample" in draws else "greedy"
         top_logprobs = MAX_TOP_LOGPROBS if any(item.request.logprobs is not None for item in items) else 0
-        rows = self.row_bucket(max(seq.row for seq in decoding) + 1)
         step = self._decode_step(draw, top_logprobs, rows)
         next_tokens = step(self._tokens[:rows], self._pos[:rows], table[:rows])  # (rows, 1), queued on the device
         self._release_deferred()  # the last step's text, while this step runs
