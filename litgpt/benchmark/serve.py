@@ -48,6 +48,7 @@ from litgpt.utils import atomic_write
 TOOL_OURS, TOOL_UPSTREAM = "litgpt serve", "upstream litgpt serve"
 HEALTH_POLL_S = 0.05
 WARMUP_REQUESTS = 4
+CLIENT_KEEPALIVE_S = 1.0  # the client's keep-alive expiry, below every server's timeout
 FAILURES_KEPT = 5  # the failed requests a level's row describes one by one
 ROW_KEYS = ("tool", "model", "checkpoint", "mode", "level", "requests", "completed", "failed", "prompt_tokens",
             "max_tokens", "wall_s", "output_tokens", "output_tokens_per_s", "requests_per_s", "ttft_p50_ms",
@@ -307,7 +308,10 @@ async def run_level(server: Server, send: Any, count: int, concurrency: Optional
     stats: dict = {}
     results: list[Optional[RequestResult]] = [None] * count
     limit = concurrency if concurrency is not None else count
-    limits = httpx.Limits(max_connections=limit + 2, max_keepalive_connections=limit + 2)
+    # idle connections are dropped by the client before a server's keep-alive timeout can close them (uvicorn's
+    # is 5 s, httpx's own expiry too): a request sent on a connection the server is closing fails mid-read
+    limits = httpx.Limits(max_connections=limit + 2, max_keepalive_connections=limit + 2,
+                          keepalive_expiry=CLIENT_KEEPALIVE_S)
     async with httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits) as client:
         stop = asyncio.Event()
         poller = asyncio.create_task(poll_health(client, server.url, stats, stop)) if server.ours else None
