@@ -223,7 +223,7 @@ def test_updates_land_on_the_flagged_rows_mla(variant, flags):
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_merged_logits_equal_unmerged(variant):
     base, model = make_lora(variant)
-    idx = torch.randint(0, 100, (2, 16))
+    idx = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         unmerged = model(idx)
         assert (unmerged - base(idx)).abs().max() > 1e-2  # the updates matter
@@ -233,7 +233,8 @@ def test_merged_logits_equal_unmerged(variant):
         assert is_lora(model) and not has_unmerged_lora(model)
         merge_lora(model)  # idempotent
         torch.testing.assert_close(model(idx), merged, rtol=0, atol=0)
-    torch.testing.assert_close(merged, unmerged, rtol=1e-5, atol=1e-5)
+    # float32 rounding of two summation orders (W + s B A against W x + s B (A x)): 1.2e-5 was seen on one logit
+    torch.testing.assert_close(merged, unmerged, rtol=1e-5, atol=5e-5)
     assert list(model.state_dict()) == list(base.state_dict())  # exactly the plain keys, in the plain order
     plain = GPT(base.config)
     plain.load_state_dict(model.state_dict())  # strict: a merged checkpoint loads as a plain model
