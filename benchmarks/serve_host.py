@@ -25,16 +25,17 @@ from litgpt.serve import engine as engine_module
 
 
 class StubStep:
-    """A decode step that waits `step_s` and draws random tokens for its rows."""
+    """A decode step that waits `step_s` and draws random tokens (ids from `low` up to the vocabulary) for its
+    rows."""
 
-    step_s = 0.0
+    step_s, low, high = 0.0, 0, 1
 
     def __init__(self, model, sampler, mode, first_call=None) -> None:
         self.sampler = sampler
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         time.sleep(self.step_s)
-        return torch.randint(100, 1000, (tokens.size(0), 1))  # (rows, 1)
+        return torch.randint(self.low, self.high, (tokens.size(0), 1))  # (rows, 1)
 
     def prepare(self, *args) -> None:
         pass
@@ -50,6 +51,8 @@ def serve(checkpoint_dir: Path, port: int, step_ms: float, max_batch_size: int) 
     StubStep.step_s = step_ms / 1000
     engine_module.DecodeStep = StubStep
     llm = LLM.load(checkpoint_dir, device="cpu")
+    StubStep.high = llm.tokenizer.vocab_size  # ids that decode to text, as a model's would
+    StubStep.low = StubStep.high // 4  # past the special and byte tokens
     engine = engine_module.Engine(llm.model, llm.tokenizer, max_batch_size=max_batch_size, mode="eager")
 
     def prefill(chunk) -> None:  # no forward: the bookkeeping and a first token
