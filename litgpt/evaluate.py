@@ -425,7 +425,8 @@ class EvaluateArgs:
     tasks: comma-separated task, group or tag names (lm-eval's, or your own YAMLs' in include_path).
     num_fewshot: examples in each prompt (default: the task's own). batch_size: rows per forward pass.
     limit: examples per task (a fraction of each task when below 1; default: all). include_path: a folder of task
-    YAMLs of your own. seed: the seed of lm-eval's sampling of examples and of sampled generations.
+    YAMLs of your own. seed: the seed of lm-eval's sampling of examples and of sampled generations. max_length: the
+    longest input of a forward pass, and the window of perplexity tasks (default: the model's block_size).
     """
 
     tasks: Optional[str] = None
@@ -434,6 +435,7 @@ class EvaluateArgs:
     limit: Optional[float] = None
     include_path: Optional[Path] = None
     seed: int = 1234
+    max_length: Optional[int] = None
 
     def task_names(self) -> list[str]:
         names = [t.strip() for t in (self.tasks or "").split(",") if t.strip()]
@@ -450,6 +452,9 @@ class EvaluateArgs:
             raise ValueError(f"--num_fewshot must be >= 0, got {self.num_fewshot}")
         if isinstance(self.batch_size, bool) or self.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
+        if self.max_length is not None and (isinstance(self.max_length, bool) or self.max_length < 1):
+            raise ValueError(f"--max_length must be >= 1 token, got {self.max_length}; leave it out for the model's "
+                             "block_size")
 
     def settings(self) -> dict:
         """The settings as JSON values (what a recorded score was computed with)."""
@@ -471,7 +476,7 @@ def evaluate_llm(
 
     args.validate()
     items, manager = tasks if tasks is not None else load_tasks(args.task_names(), args.include_path)
-    lm = GPTLM(llm, batch_size=args.batch_size, seed=args.seed, cache_chunk=cache_chunk)
+    lm = GPTLM(llm, batch_size=args.batch_size, max_length=args.max_length, seed=args.seed, cache_chunk=cache_chunk)
     results = simple_evaluate(
         model=lm, tasks=items, task_manager=manager, num_fewshot=args.num_fewshot, limit=args.lm_eval_limit(),
         random_seed=args.seed, numpy_random_seed=args.seed, torch_random_seed=args.seed,
@@ -586,6 +591,7 @@ def evaluate(
     include_path: Optional[Path] = None,
     kv_cache_dtype: Optional[str] = None,
     cache_chunk: Optional[int] = None,
+    max_length: Optional[int] = None,
 ) -> Optional[dict]:
     """Score a checkpoint on lm-evaluation-harness tasks (our model behind lm-eval's `LM`; no conversion).
 
@@ -609,8 +615,10 @@ def evaluate(
         cache_chunk: score log-likelihood and perplexity tasks through the KV cache, the text written into it this
             many tokens at a time (each chunk a prefill over the cached prefix, as chat's later turns), so the
             scores show what the cache format costs; default: a plain forward, which reads no cache.
+        max_length: the longest input of a forward pass, and the window of perplexity tasks' rolling
+            log-likelihoods (default: the model's block_size; e.g. the sequence length it was trained at).
     """
-    args = EvaluateArgs(tasks, num_fewshot, batch_size, limit, include_path, seed)
+    args = EvaluateArgs(tasks, num_fewshot, batch_size, limit, include_path, seed, max_length)
     args.validate()
     check_kv_cache_dtype(kv_cache_dtype)
     if cache_chunk is not None:

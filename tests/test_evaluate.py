@@ -274,6 +274,26 @@ def test_local_multiple_choice_and_perplexity_tasks_score_as_computed_by_hand(tm
     assert json.loads((out / "results.json").read_text())["n-samples"]["local_mc"]["effective"] == 1
 
 
+def test_max_length_sets_the_perplexity_window(tmp_path, capsys):
+    """--max_length 8: the rolling log-likelihoods are scored in windows of 8 tokens (as computed by hand), not of
+    the block size, and the setting is recorded with the scores."""
+    model = tiny("debug-mla")
+    ckpt = checkpoint(tmp_path / "ckpt", model)
+    tasks = write_local_tasks(tmp_path / "tasks")
+    out = tmp_path / "out"
+    main(["evaluate", str(ckpt), "--tasks", "local_ppl", "--include_path", str(tasks), "--out_dir", str(out),
+          "--device", "cpu", "--max_length", "8"])
+    results = json.loads((out / "results.json").read_text())
+    tokenizer = Tokenizer(ckpt)
+    logliks = [rolling_by_hand(model, tokenizer.encode(t).tolist(), tokenizer.eos_id, 8) for t in PPL_DOCS]
+    full = [rolling_by_hand(model, tokenizer.encode(t).tolist(), tokenizer.eos_id, model.config.block_size)
+            for t in PPL_DOCS]
+    n_bytes = sum(len(t.encode("utf-8")) for t in PPL_DOCS)
+    assert results["results"]["local_ppl"]["bits_per_byte,none"] == pytest.approx(
+        -sum(logliks) / n_bytes / math.log(2), rel=1e-4)
+    assert abs(sum(logliks) - sum(full)) > 1e-3  # a window of 8 scores the text otherwise
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 @pytest.fixture(scope="module")
 def shared_tasks(tmp_path_factory) -> Path:
@@ -292,6 +312,7 @@ def offline(monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [
+    (["--max_length", "0"], r"--max_length must be >= 1 token, got 0; leave it out for the model's block_size"),
     (["--limit", "0"], r"--limit must be > 0 \(examples per task, or a fraction of each task below 1\), got 0; leave it "
                              r"out to score every example"),
     (["--tasks", "hellaswagg"], r"unknown task 'hellaswagg' \(did you mean 'hellaswag'\?\); run `litgpt evaluate "
