@@ -265,6 +265,11 @@ topic_evaluate() {
     x python3 -m litgpt evaluate $KEEP/pretrain/$m/final --tasks $names --include_path $tasks --batch_size 32 \
       --out_dir $R/$m
   done
+  log "the same at the 1,024 tokens the models trained at (perplexity windows of 1,024, not the block size)"
+  for m in pythia-160m pythia-160m-mla; do
+    x python3 -m litgpt evaluate $KEEP/pretrain/$m/final --tasks $names --include_path $tasks --batch_size 32 \
+      --max_length 1024 --out_dir $R/${m}_1024
+  done
   log "ours against lm-eval's HFLM on the HF-converted pythia-160m, same tasks, same process"
   x python3 benchmarks/evaluate_gpu.py --checkpoint_dir $KEEP/pretrain/pythia-160m/final --tasks $names \
     --include_path $tasks --batch_size 32 --out $R/evaluate_gpu.json
