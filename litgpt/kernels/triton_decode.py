@@ -211,7 +211,8 @@ def _split_kernel(
                 vs_rows = VS + g * stride_vsg + _slot_offset(offs_n, b, BT, stride_btb, stride_vsb, stride_vss, n_ok,
                                                              PAGED, PAGE_SIZE)
                 v_scale = tl.load(vs_rows, mask=n_ok, other=0.0)  # (BLOCK_N,)
-                acc = tl.dot((p * v_scale[None, :]).to(Q.dtype.element_ty), v.to(Q.dtype.element_ty), acc * alpha[:, None])
+                p_v = (p * v_scale[None, :]).to(Q.dtype.element_ty)  # (BLOCK_H, BLOCK_N)
+                acc = tl.dot(p_v, v.to(Q.dtype.element_ty), acc * alpha[:, None])
             else:
                 acc = tl.dot(p.to(Q.dtype.element_ty), v, acc * alpha[:, None])  # (BLOCK_H, BLOCK_DV)
         m_i = m_new

@@ -183,13 +183,17 @@ class RequestStream:
             yield batch
 
 
-def _deliver(items: list[tuple[asyncio.Queue, Union[TokenEvent, BaseException]]]) -> None:
+Posting = tuple[asyncio.Queue, Union[TokenEvent, BaseException]]  # an event and the consumer's queue it goes to
+
+
+def _deliver(items: list[Posting]) -> None:
+    """In the consumer's loop: each event into its queue."""
     for events, item in items:
         events.put_nowait(item)
 
 
-def _post_to_loop(loop: asyncio.AbstractEventLoop,
-                  items: list[tuple[asyncio.Queue, Union[TokenEvent, BaseException]]]) -> None:
+def _post_to_loop(loop: asyncio.AbstractEventLoop, items: list[Posting]) -> None:
+    """Hand `items` to `loop` with one wake-up."""
     try:
         loop.call_soon_threadsafe(_deliver, items)
     except RuntimeError:  # the consumer's loop is closed: nobody listens any more
@@ -201,14 +205,16 @@ class Outbox:
     `call_soon_threadsafe` per event cost a write to the loop's self-pipe and a wake-up per token), in order."""
 
     def __init__(self) -> None:
-        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Union[TokenEvent, BaseException]]]] = {}
+        self._pending: dict[asyncio.AbstractEventLoop, list[Posting]] = {}
 
     def put(self, stream: RequestStream, item: Union[TokenEvent, BaseException]) -> None:
+        """Hold `item` for `stream` until `flush` (a consumer iterating from a thread has it at once)."""
         target = stream._route(item)
         if target is not None:
             self._pending.setdefault(target[0], []).append((target[1], item))
 
     def flush(self) -> None:
+        """Post what is held, one wake-up per loop."""
         pending, self._pending = self._pending, {}
         for loop, items in pending.items():
             _post_to_loop(loop, items)
