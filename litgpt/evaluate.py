@@ -636,8 +636,9 @@ def evaluate(
     check_cache_options(output_types(loaded[0]), kv_cache_dtype, cache_chunk)
     llm.distribute(accelerator=device, precision=precision, kv_cache_dtype=kv_cache_dtype)
     results = evaluate_llm(llm, args, loaded, cache_chunk)
-    # lm-eval's slot for how the model was built: which KV cache the scores went through (if any)
-    results.setdefault("config", {})["model_args"] = {"kv_cache_dtype": kv_cache_dtype, "cache_chunk": cache_chunk}
+    # lm-eval's slot for how the model was built: which KV cache the scores went through (if any), its window
+    results.setdefault("config", {})["model_args"] = {"kv_cache_dtype": kv_cache_dtype, "cache_chunk": cache_chunk,
+                                                      "max_length": max_length}
     out_dir = Path(checkpoint_dir) / "evaluate" if out_dir is None else Path(out_dir)
     json_path, md_path = write_results(results, out_dir)
     print(markdown_table(results))

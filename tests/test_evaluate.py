@@ -232,15 +232,22 @@ def rolling_by_hand(model: GPT, ids: list[int], prefix: int, window: int) -> flo
     return total
 
 
-def test_local_multiple_choice_and_perplexity_tasks_score_as_computed_by_hand(tmp_path, capsys):
+def evaluate_locally(tmp_path: Path, task_names: str, *options: str) -> tuple[GPT, Path, Path, dict]:
+    """`litgpt evaluate` of a tiny random debug-mla checkpoint on the local tasks: (model, checkpoint, out_dir,
+    lm-eval's results)."""
     model = tiny("debug-mla")
     ckpt = checkpoint(tmp_path / "ckpt", model)
     tasks = write_local_tasks(tmp_path / "tasks")
     out = tmp_path / "out"
-    main(["evaluate", str(ckpt), "--tasks", "local_mc,local_ppl", "--include_path", str(tasks), "--out_dir", str(out),
-          "--device", "cpu", "--batch_size", "3"])
+    main(["evaluate", str(ckpt), "--tasks", task_names, "--include_path", str(tasks), "--out_dir", str(out),
+          "--device", "cpu", *options])
+    return model, ckpt, out, json.loads((out / "results.json").read_text())
+
+
+def test_local_multiple_choice_and_perplexity_tasks_score_as_computed_by_hand(tmp_path, capsys):
+    model, ckpt, out, results = evaluate_locally(tmp_path, "local_mc,local_ppl", "--batch_size", "3")
+    tasks = tmp_path / "tasks"
     printed = capsys.readouterr().out
-    results = json.loads((out / "results.json").read_text())
     assert "|local_mc" in printed and "|local_ppl" in printed and (out / "results.md").read_text() in printed
 
     tokenizer = Tokenizer(ckpt)
@@ -277,13 +284,8 @@ def test_local_multiple_choice_and_perplexity_tasks_score_as_computed_by_hand(tm
 def test_max_length_sets_the_perplexity_window(tmp_path, capsys):
     """--max_length 8: the rolling log-likelihoods are scored in windows of 8 tokens (as computed by hand), not of
     the block size, and the setting is recorded with the scores."""
-    model = tiny("debug-mla")
-    ckpt = checkpoint(tmp_path / "ckpt", model)
-    tasks = write_local_tasks(tmp_path / "tasks")
-    out = tmp_path / "out"
-    main(["evaluate", str(ckpt), "--tasks", "local_ppl", "--include_path", str(tasks), "--out_dir", str(out),
-          "--device", "cpu", "--max_length", "8"])
-    results = json.loads((out / "results.json").read_text())
+    model, ckpt, _, results = evaluate_locally(tmp_path, "local_ppl", "--max_length", "8")
+    assert results["config"]["model_args"]["max_length"] == 8
     tokenizer = Tokenizer(ckpt)
     logliks = [rolling_by_hand(model, tokenizer.encode(t).tolist(), tokenizer.eos_id, 8) for t in PPL_DOCS]
     full = [rolling_by_hand(model, tokenizer.encode(t).tolist(), tokenizer.eos_id, model.config.block_size)
