@@ -58,7 +58,7 @@ def test_the_command_scores_local_tasks_through_the_cache(ckpt, tmp_path):
               "--out_dir", str(tmp_path / name), *extra])
         written = json.loads((tmp_path / name / "results.json").read_text())
         results[name] = written["results"]
-    assert written["config"]["model_args"] == {"kv_cache_dtype": FP8, "cache_chunk": 8}  # the last run's cache
+    assert written["config"]["model_args"] == {"kv_cache_dtype": FP8, "cache_chunk": 8, "max_length": None}
     ppl = {name: r["local_ppl"]["word_perplexity,none"] for name, r in results.items()}
     assert ppl["cache"] == pytest.approx(ppl["plain"], rel=1e-4)
     assert ppl["fp8"] != ppl["cache"] and ppl["fp8"] == pytest.approx(ppl["cache"], rel=0.05)
