@@ -311,7 +311,8 @@ class DecodeStep:
     """
 
     def __init__(
-        self, model: GPT, sampler: Sampler, mode: str = "eager", first_call: Optional[Callable[[], None]] = None
+        self, model: GPT, sampler: Sampler, mode: str = "eager", first_call: Optional[Callable[[], None]] = None,
+        graph_pool: Optional[tuple] = None,
     ) -> None:
         if mode not in DECODE_MODES:
             raise ValueError(f"decode mode must be one of {DECODE_MODES}, got {mode!r}")
@@ -322,6 +323,9 @@ class DecodeStep:
         self._fn: Callable[..., torch.Tensor] = self.forward
         self._graph: Optional[torch.cuda.CUDAGraph] = None
         self._first_call = first_call  # work before the first step (the session's fold), counted in prepare_s
+        # the memory pool of the captured graph (`torch.cuda.graph_pool_handle()`), shared by steps that never run at
+        # once, such as the serving engine's row buckets: each replay's output is cloned before another step runs
+        self._graph_pool = graph_pool
         self.prepared = mode == "eager" and first_call is None  # done by the first call (or `prepare`)
         self.prepare_s = 0.0  # seconds the first call spent preparing: first_call, compile/capture, its one step
         if mode in ("compile", "max-autotune"):
@@ -402,7 +406,7 @@ class DecodeStep:
                     self._fn(*self._static_inputs)
             torch.cuda.current_stream().wait_stream(stream)
             self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph):
+            with torch.cuda.graph(self._graph, pool=self._graph_pool):
                 self._static_out = self._fn(*self._static_inputs)
             # the warm-up and capture wrote this position's cache entry; replaying below writes it again, the same
         if len(inputs) != len(self._static_inputs):

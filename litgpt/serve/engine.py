@@ -322,6 +322,9 @@ class Engine:
         # one decode step per (draw, logprobs, rows) kind, made at its first use; the first one made folds the
         # weights. A step runs `rows` rows, the smallest bucket (`row_bucket`) that covers the rows in use
         self._steps: dict[tuple[str, int, int], DecodeStep] = {}
+        # one memory pool for every captured step (they never run at once), sized by the largest, captured first
+        captured = mode in ("cuda_graph", "compile+cuda_graph") and self.device.type == "cuda"
+        self._graph_pool = torch.cuda.graph_pool_handle() if captured else None
         self._fold_pending = fold
         # decoded tokens whose text and events are handled once the next decode step is queued, so the device
         # computes while the host decodes text: (request, token, logprob, top logprobs)
@@ -595,7 +598,8 @@ class Engine:
             first_call = partial(fold_for_decode, self.model) if self._fold_pending else None
             self._fold_pending = False
             sampler = RowSampler(self.row_params, draw, top_logprobs, rows)
-            self._steps[key] = DecodeStep(self.model, sampler, self.mode, first_call=first_call)
+            self._steps[key] = DecodeStep(self.model, sampler, self.mode, first_call=first_call,
+                                          graph_pool=self._graph_pool)
         return self._steps[key]
 
     def capture(self) -> None:
@@ -607,12 +611,9 @@ class Engine:
         with self._cond:
             if self._thread is not None:
                 raise RuntimeError("capture the decode steps before starting the engine")
-        rows = 1
-        while True:
+        buckets = sorted({self.row_bucket(n) for n in range(1, self.max_batch_size + 1)}, reverse=True)
+        for rows in buckets:  # the largest first: the shared pool takes its size, the smaller ones fit in it
             self._decode_step("greedy", 0, rows).prepare(rows, self.max_pages)
-            if rows >= self.max_batch_size:
-                break
-            rows = min(2 * rows, self.max_batch_size)
 
     def _decode(self, decoding: list[Seq]) -> None:
         """One token for every decoding sequence, in one forward over all rows."""
