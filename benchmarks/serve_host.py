@@ -30,7 +30,7 @@ class StubStep:
 
     step_s, low, high = 0.0, 0, 1
 
-    def __init__(self, model, sampler, mode, first_call=None) -> None:
+    def __init__(self, model, sampler, mode, first_call=None, graph_pool=None) -> None:
         self.sampler = sampler
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
