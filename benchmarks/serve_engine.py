@@ -26,6 +26,7 @@ from litgpt.api import LLM
 from litgpt.benchmark.serve import prompt_windows
 from litgpt.serve.engine import Engine, GenerationRequest
 from litgpt.serve.scheduler import PrefillChunk, Sequence
+from litgpt.tokenizer import Tokenizer
 
 
 class TimedEngine(Engine):
@@ -108,7 +109,7 @@ def main() -> None:
         sys.exit("serve_engine.py: error: --concurrency, --prompt_tokens and --max_tokens must be >= 1")
     if not opts.text_file.is_file():
         sys.exit(f"serve_engine.py: error: --text_file {opts.text_file} is not a file")
-    tokenizer = LLM.load(opts.checkpoint_dir, device="cpu").tokenizer
+    tokenizer = Tokenizer(opts.checkpoint_dir)  # the prompts' ids; each level loads the model itself
     ids = tokenizer.encode(opts.text_file.read_text(encoding="utf-8")).tolist()
     rows = []
     for concurrency in opts.concurrency:

@@ -44,8 +44,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from litgpt.api import LLM
-from litgpt.generate.base import SamplingParams, check_lengths
-from litgpt.generate.base import head_at
+from litgpt.generate.base import SamplingParams, check_lengths, head_at
 from litgpt.generate.scoring import check_cache_chunk, logits_through_cache
 from litgpt.generate.session import decode_mode
 from litgpt.kv_cache import check_kv_cache_dtype

@@ -616,10 +616,10 @@ class Engine:
             self._decode_step("greedy", 0, rows).prepare(rows, self.max_pages)
 
     def _decode(self, decoding: list[Seq]) -> None:
-        """One token for every decoding sequence, in one forward over all rows."""
-        rows = {seq.row: seq for seq in decoding}
+        """One token for every decoding sequence, in one forward over the rows of its bucket (`row_bucket`)."""
+        by_row = {seq.row: seq for seq in decoding}
         for row, seq in list(self._table_rows.items()):
-            if rows.get(row) is not seq:
+            if by_row.get(row) is not seq:
                 self.block_tables.clear(row)
                 del self._table_rows[row]
         items = []
