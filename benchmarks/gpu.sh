@@ -33,7 +33,8 @@
 #             --kv_cache_gib (SERVE_KV_GIB, default 2.15: every MLA sequence fits, MHA admits at most 61), upstream
 #             litgpt 0.5.13's `litgpt serve` on the MHA checkpoint at concurrency 1; first `litgpt benchmark generate`
 #             of the benchmark's first prompt at batch 1 (the decode rate concurrency 1 is compared with), and
-#             benchmarks/serve_engine.py (the engine without HTTP: prefill, decode and host time per step). About 10
+#             benchmarks/serve_engine.py (the engine without HTTP: prefill, decode and host time per step, and host and
+#             kernel profiles at concurrency 64). About 10
 #             minutes (upstream serves one request at a time): start it with --background
 #   evaluate  pythia-160m and pythia-160m-mla pretrained for PRETRAIN_TOKENS (finetune's runs in KEEP, resumed or
 #             reused), `litgpt evaluate` of both on two tasks made from the corpus's held-out text by
@@ -47,8 +48,8 @@
 #             with `--extra_args '[--kv_cache_dtype, fp8_e4m3]'`; then quality on the PRETRAIN_TOKENS pretrains
 #             (finetune's and evaluate's runs in KEEP, resumed or reused): `litgpt benchmark cache_loss` (validation
 #             loss of FP8_LOSS_TOKENS, default 1M, of the held-out text by the plain forward and through each cache, 256
-#             tokens per prefill) and `litgpt evaluate --cache_chunk 256` on evaluate's two local tasks with each cache.
-#             Start it with --background
+#             tokens per prefill) and `litgpt evaluate --cache_chunk 256` on evaluate's two local tasks with each cache
+#             (FP8_QUALITY=0 stops before the quality half). Start it with --background
 #   moe_modes DeepSeek-V2-Lite's decode step at batch 1 and 8 x 1K in each capture mode: the captured eager step
 #             (cuda_graph), torch.compile with CUDA graphs (compile) and the compiled step captured (compile+cuda_graph)
 #   kernels   MLA decode kernel bandwidth (and over an MHA cache), its split/merge breakdown, the batch-1 GEMV
@@ -241,7 +242,7 @@ topic_serve() {
   log "the engine alone (no HTTP): where a step's time goes at each concurrency, same prompts and --kv_cache_gib"
   for m in mla mha; do
     x python3 benchmarks/serve_engine.py --checkpoint_dir $KEEP/random/$m --text_file $text \
-      --concurrency 1 16 64 256 --kv_cache_gib ${SERVE_KV_GIB:-2.15} --out $R/engine_$m.json
+      --concurrency 1 16 64 256 --kv_cache_gib ${SERVE_KV_GIB:-2.15} --profile 64 --out $R/engine_$m.json
   done
   log "benchmark serve: ours on MLA then MHA at one --kv_cache_gib, then upstream's litgpt serve on MHA"
   x python3 -m litgpt benchmark serve --checkpoint_dirs "[$KEEP/random/mla, $KEEP/random/mha]" --text_file $text \
@@ -293,6 +294,7 @@ topic_fp8() {
                --prompt_tokens 1024 --max_tokens 256 --max_batch_size 256 --kv_cache_gib ${SERVE_KV_GIB:-2.15})
   x python3 -m litgpt benchmark serve "${serve[@]}" --out_dir $R/serve_bf16
   x python3 -m litgpt benchmark serve "${serve[@]}" --extra_args '[--kv_cache_dtype, fp8_e4m3]' --out_dir $R/serve_fp8
+  [ "${FP8_QUALITY:-1}" = 1 ] || return 0
   log "quality: the pretrained pythia-160m-mla and pythia-160m (finetune's and evaluate's runs)"
   x python3 benchmarks/gpu_helpers.py tokenize $D $KEEP/tokens
   pretrain_base pythia-160m

@@ -1,5 +1,5 @@
-"""benchmarks/serve_engine.py: the engine alone at a concurrency, its steps' time split into prefill, decode and the
-rest, on a tiny checkpoint (CPU)."""
+"""benchmarks/serve_engine.py: the engine alone at a concurrency, its steps' time split into prefill, queueing the
+decode step, reading it back and the rest, on a tiny checkpoint (CPU)."""
 
 from __future__ import annotations
 
@@ -29,9 +29,12 @@ def test_a_level_decodes_every_token_and_splits_its_steps(checkpoint):
     row = serve_engine.run_level(checkpoint, prompts, concurrency=2, max_tokens=6, kv_cache_gib=None, device="cpu")
     assert row["output_tokens"] == 8 * 6 and row["requests"] == 8 and row["peak_running"] == 2
     assert row["prefill_chunks"] == 8  # one chunk per 12-token prompt
-    parts = row["prefill_ms_per_step"] + row["decode_ms_per_step"] + row["other_ms_per_step"]
-    assert parts == pytest.approx(row["ms_per_step"], abs=0.003)
-    assert row["decode_ms_per_step"] > 0 and row["prefill_ms_per_step"] > 0
+    parts = (row["prefill_ms_per_step"] + row["queue_ms_per_step"] + row["read_ms_per_step"]
+             + row["other_ms_per_step"])
+    assert parts == pytest.approx(row["ms_per_step"], abs=0.004)
+    assert row["queue_ms_per_step"] > 0 and row["read_ms_per_step"] > 0 and row["prefill_ms_per_step"] > 0
+    # 2 rows x 6 tokens x 4 rounds: the first token of each comes from its prefill, the other 5 from decode steps
+    assert row["decode_steps"] == 4 * 5
     assert row["output_tokens_per_s"] == pytest.approx(row["output_tokens"] / row["wall_s"], rel=0.02)
 
 

@@ -109,6 +109,39 @@ def test_the_decode_step_runs_the_smallest_row_bucket_that_covers_the_rows_in_us
     assert engine.pool.free_pages == engine.pool.capacity
 
 
+def test_the_next_step_is_queued_before_the_last_one_is_read(llms):
+    """The host queues a decode step before it reads the last one's tokens: between steps each decoding sequence
+    has one token in flight. A stop token read back ends its sequence though the step queued meanwhile drew one more
+    token for it (dropped, and read the step after); max_tokens is known ahead, so no step draws past it."""
+    llm = llms["debug-mla"]
+    ids = prompt_ids(3, 7)
+    drawn = tokens(engine_for(llm).generate([GenerationRequest(ids, max_tokens=12, ignore_eos=True)])[0])
+    stop = drawn[4]
+    engine = engine_for(llm, max_batch_size=2, page_size=4, stop_token_ids=[stop])
+    stream = engine.submit(GenerationRequest(ids, max_tokens=12))
+    seq = engine._live[stream.request_id].seq
+    engine._step()  # the prefill draws the first token; the first decode step is queued, not read
+    assert (len(seq.tokens), seq.inflight) == (7 + 1, 1) and engine._queued is not None
+    engine._step()  # the second step queued, the first read
+    assert (len(seq.tokens), seq.inflight) == (7 + 2, 1)
+    while not stream.finished:
+        engine._step()
+    events = list(stream)
+    assert tokens(events) == drawn[: drawn.index(stop)] and events[-1].finish_reason == "stop"
+    assert engine._queued is not None  # the step that drew past the stop token, still to be read
+    engine._step()
+    assert engine._queued is None and engine.pool.free_pages == engine.pool.capacity
+    assert len(seq.tokens) == 7 + drawn.index(stop) + 1  # the dropped token never joined the sequence
+
+    capped = engine.submit(GenerationRequest(ids, max_tokens=3, ignore_eos=True))
+    seq = engine._live[capped.request_id].seq
+    engine._step()  # prefill (token 1) and the step of token 2 queued
+    engine._step()  # token 2 read, the step of token 3 queued: the last
+    assert seq.inflight == 1 and not seq.drawing
+    engine._step()  # token 3 read: nothing queued after it
+    assert capped.finished and engine._queued is None and tokens(list(capped)) == drawn[:3]
+
+
 def test_prefill_maps_only_the_last_prompt_position_through_the_lm_head(llms):
     """Without prompt logprobs a prefill chunk's LM head maps its last position if the prompt ends there and none
     otherwise (a 40-token prompt in 16-token chunks: 0, 0, 1 rows), never (T, vocab) logits; with prompt logprobs,

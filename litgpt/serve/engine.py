@@ -2,13 +2,15 @@
 
 One loop, in a background thread, repeats a step: take new requests and aborts, run this step's prefill chunks
 (`litgpt.serve.scheduler.Scheduler` decides which: at most `max_prefill_tokens` tokens, so a long prompt delays the
-running decodes by a bounded time), then decode one token for every decoding sequence in one forward over all
-`max_batch_size` rows (captured as a CUDA graph on CUDA; rows without a decoding sequence read and write the scratch
-page at position 0 and their outputs are ignored), then hand each request its token. A sequence retires the step it
-finishes (a stop token, max_tokens) and its row and pages are free for the next step's admissions. The text work of
-a step's tokens (incremental detokenizing, stop strings, events) runs once the next step is queued on the device, so
-the host works while the device computes; a stop string found then retires its sequence one step late (the token it
-drew meanwhile is dropped).
+running decodes by a bounded time), then queue one decode step for every decoding sequence, one forward over the
+smallest bucket of rows that holds them (captured as a CUDA graph per bucket on CUDA; rows without a decoding
+sequence read and write the scratch page at position 0 and their outputs are ignored), then read back the previous
+decode step's tokens and hand each request its token. The host never waits for the step it just queued: a step's
+input tokens are the last step's outputs where they are, on the device, so the device runs the next step while the
+host does a step's text work (incremental detokenizing, stop strings, events) and plans the one after. A sequence
+retires when the host reads the token that ends it (a stop token, a stop string, max_tokens); a step queued
+meanwhile drew one more token for it, which is dropped (max_tokens is known ahead, so no step draws past it). Its
+row and pages are free for the next step's admissions (the device runs the queued step before any later use).
 
 Each row samples with its own settings, held as device tensors (`litgpt.generate.base.RowSampler`). The noise of a
 draw is a hash of (the request's seed, the position of the token drawn, the token id), so a request with a seed
@@ -220,6 +222,52 @@ class Outbox:
             _post_to_loop(loop, items)
 
 
+class _StepOutputs:
+    """Host copies of one decode step's outputs (pinned on CUDA, so the copies are queued behind the step): its
+    tokens and, when asked, its logprobs and top ids. `read` waits for them."""
+
+    def __init__(self, max_batch_size: int, pin: bool) -> None:
+        self.pin = pin
+        self.tokens = torch.zeros(max_batch_size, dtype=torch.int64, pin_memory=pin)  # (B,)
+        self.logprobs: Optional[torch.Tensor] = None  # (B, 1 + n), allocated at the first step that asks
+        self.top_ids: Optional[torch.Tensor] = None  # (B, n)
+        self.rows, self.with_logprobs = 0, False
+        self.done: Optional[torch.cuda.Event] = None
+
+    def copy_from(self, tokens: torch.Tensor, sampler: Optional[RowSampler]) -> "_StepOutputs":
+        """Queue the copies of a step's tokens (rows, 1) and, with `sampler`, of its logprobs and top ids."""
+        self.rows, self.with_logprobs = tokens.size(0), sampler is not None
+        self.tokens[: self.rows].copy_(tokens.view(-1), non_blocking=True)
+        if sampler is not None:
+            if self.logprobs is None or self.logprobs.shape[1:] != sampler.logprobs.shape[1:]:
+                B = self.tokens.size(0)
+                self.logprobs = torch.zeros(B, *sampler.logprobs.shape[1:], pin_memory=self.pin)
+                self.top_ids = torch.zeros(B, *sampler.top_ids.shape[1:], dtype=torch.int64, pin_memory=self.pin)
+            self.logprobs[: self.rows].copy_(sampler.logprobs, non_blocking=True)
+            self.top_ids[: self.rows].copy_(sampler.top_ids, non_blocking=True)
+        if tokens.is_cuda:
+            self.done = torch.cuda.Event()
+            self.done.record()
+        return self
+
+    def read(self) -> tuple[list[int], Optional[list[list[float]]], Optional[list[list[int]]]]:
+        """The step's tokens per row, and its logprobs and top ids per row (None when not asked), once copied."""
+        if self.done is not None:
+            self.done.synchronize()
+        rows = self.rows
+        if not self.with_logprobs:
+            return self.tokens[:rows].tolist(), None, None
+        return self.tokens[:rows].tolist(), self.logprobs[:rows].tolist(), self.top_ids[:rows].tolist()
+
+
+@dataclass
+class _Queued:
+    """A decode step on the device whose tokens the host has not read: each request in it with its row."""
+
+    entries: list[tuple["_Live", int]]
+    out: _StepOutputs
+
+
 @dataclass(eq=False)
 class _Live:
     """A request the engine holds: its sequence, its stream, and the state of its text."""
@@ -313,11 +361,18 @@ class Engine:
         self.row_params = RowSamplingParams(max_batch_size, self.vocab_size, self.device)
         self._token_hash = token_hashes(torch.arange(self.vocab_size, device=self.device)).view(1, -1)  # (1, V)
         pin = self.device.type == "cuda"
-        # the decode step's inputs, each row's token and its position: one host-to-device copy a step
-        self._host_inputs = torch.zeros(2, max_batch_size, dtype=torch.int64, pin_memory=pin)  # (2, B)
+        # the decode step's inputs from the host, one host-to-device copy a step: each row's token where the host
+        # knows it (a sequence's first decode step), its position, and whether the token is given (else the row's
+        # input is the last step's output, already in self._tokens)
+        self._host_inputs = torch.zeros(3, max_batch_size, dtype=torch.int64, pin_memory=pin)  # (3, B)
         self._host_view = self._host_inputs.numpy()  # the same memory, written row by row without a tensor per step
-        self._inputs = self._host_inputs.to(self.device).view(2, max_batch_size, 1)  # (2, B, 1)
-        self._tokens, self._pos = self._inputs  # (B, 1) each
+        self._staged = torch.zeros(3, max_batch_size, 1, dtype=torch.int64, device=self.device)  # (3, B, 1)
+        self._tokens = torch.zeros(max_batch_size, 1, dtype=torch.int64, device=self.device)  # (B, 1) next inputs
+        # the host copies of two steps' outputs (the one being read and the one queued): tokens, logprobs, top ids
+        self._outputs = [_StepOutputs(max_batch_size, pin) for _ in range(2)]
+        self._queued: Optional[_Queued] = None  # the decode step on the device whose tokens are not read yet
+        # recorded after a step's host-to-device copies: pinned host buffers are written again only once it passed
+        self._staging_done: Optional[torch.cuda.Event] = None
         self._table_rows: dict[int, Seq] = {}  # rows whose block table is set: the sequence it is set for
         # one decode step per (draw, logprobs, rows) kind, made at its first use; the first one made folds the
         # weights. A step runs `rows` rows, the smallest bucket (`row_bucket`) that covers the rows in use
@@ -326,9 +381,6 @@ class Engine:
         captured = mode in ("cuda_graph", "compile+cuda_graph") and self.device.type == "cuda"
         self._graph_pool = torch.cuda.graph_pool_handle() if captured else None
         self._fold_pending = fold
-        # decoded tokens whose text and events are handled once the next decode step is queued, so the device
-        # computes while the host decodes text: (request, token, logprob, top logprobs)
-        self._deferred: list[tuple[_Live, int, Optional[float], Optional[dict[int, float]]]] = []
         self._outbox = Outbox()  # events for asyncio consumers, posted together after each batch of work
 
         self._live: dict[int, _Live] = {}  # request id -> request, from submit until its last event
@@ -386,7 +438,8 @@ class Engine:
             request_id = self._next_id
             self._next_id += 1
             stream = RequestStream(request_id, len(seq_tokens))
-            seq = Seq(request_id, seq_tokens, len(seq_tokens), cacheable=not request.prompt_logprobs)
+            seq = Seq(request_id, seq_tokens, len(seq_tokens), len(seq_tokens) + request.max_tokens,
+                      cacheable=not request.prompt_logprobs)
             live = _Live(request, stream, seq, params, seed, IncrementalDecoder(self.tokenizer), matcher)
             self._live[request_id] = live
             self._inbox.append(live)
@@ -515,10 +568,12 @@ class Engine:
         with self._cond:
             inbox, self._inbox = self._inbox, []
             aborts, self._aborts = self._aborts, []
+        if self._staging_done is not None:  # the last step's copies from pinned memory have run: it may be rewritten
+            self._staging_done.synchronize()
         for item in inbox:
             self.scheduler.add(item.seq)
         if aborts:
-            self._release_deferred()  # an aborted request's last tokens go out before its final event
+            self._read_back()  # an aborted request's tokens in flight go out before its final event
         for request_id in aborts:
             item = self._live.get(request_id)
             if item is not None:
@@ -526,10 +581,9 @@ class Engine:
         for chunk in self.scheduler.schedule_prefill():
             self._prefill(chunk)
         decoding, _ = self.scheduler.schedule_decode()
-        if decoding:
-            self._decode(decoding)
-        else:
-            self._release_deferred()
+        queued = self._queue_decode(decoding) if decoding else None
+        self._read_back()  # the last step's tokens, while this one runs
+        self._queued = queued
         self._outbox.flush()
         self.steps += 1
 
@@ -615,8 +669,10 @@ class Engine:
         for rows in buckets:  # the largest first: the shared pool takes its size, the smaller ones fit in it
             self._decode_step("greedy", 0, rows).prepare(rows, self.max_pages)
 
-    def _decode(self, decoding: list[Seq]) -> None:
-        """One token for every decoding sequence, in one forward over the rows of its bucket (`row_bucket`)."""
+    def _queue_decode(self, decoding: list[Seq]) -> "_Queued":
+        """Queue one decode step for every decoding sequence, in one forward over the rows of its bucket
+        (`row_bucket`), without waiting for it: its tokens come to the host at the next `_read_back`. A sequence's
+        input is its last token: from the host on its first decode step, else the last step's output on the device."""
         by_row = {seq.row: seq for seq in decoding}
         for row, seq in list(self._table_rows.items()):
             if by_row.get(row) is not seq:
@@ -628,50 +684,55 @@ class Engine:
             self._table_rows[seq.row] = seq
             items.append(self._live[seq.seq_id])
         rows = self.row_bucket(max(seq.row for seq in decoding) + 1)
-        host = self._host_view[:, :rows]  # (2, rows): idle rows decode token 0 at position 0
+        host = self._host_view[:, :rows]  # (3, rows): idle rows decode their last token again at position 0
         host.fill(0)
-        used = [seq.row for seq in decoding]
-        host[0, used] = [seq.tokens[-1] for seq in decoding]
-        host[1, used] = [len(seq.tokens) - 1 for seq in decoding]
-        self._inputs.view(2, -1)[:, :rows].copy_(self._host_inputs[:, :rows], non_blocking=True)
+        fresh = [seq for seq in decoding if not seq.inflight]
+        host[0, [seq.row for seq in fresh]] = [seq.tokens[-1] for seq in fresh]
+        host[2, [seq.row for seq in fresh]] = 1
+        host[1, list(by_row)] = [len(seq.tokens) - 1 + seq.inflight for seq in decoding]
+        staged = self._staged[:, :rows]  # (3, rows, 1)
+        staged.view(3, rows).copy_(self._host_inputs[:, :rows], non_blocking=True)
         self.row_params.sync()
         table = self.block_tables.sync()
+        if self.device.type == "cuda":
+            self._staging_done = torch.cuda.Event()
+            self._staging_done.record()
+        tokens = self._tokens[:rows]  # (rows, 1)
+        torch.where(staged[2].bool(), staged[0], tokens, out=tokens)
         draws = {item.draw for item in items}
         draw = "filter" if "filter" in draws else "sample" if "sample" in draws else "greedy"
         top_logprobs = MAX_TOP_LOGPROBS if any(item.request.logprobs is not None for item in items) else 0
         step = self._decode_step(draw, top_logprobs, rows)
-        next_tokens = step(self._tokens[:rows], self._pos[:rows], table[:rows])  # (rows, 1), queued on the device
-        self._release_deferred()  # the last step's text, while this step runs
-        self._outbox.flush()
-        tokens = next_tokens.view(-1).tolist()  # (rows,): waits for the step
-        logprobs = top_ids = None
-        if top_logprobs:
-            logprobs, top_ids = step.sampler.logprobs.tolist(), step.sampler.top_ids.tolist()
-        for item in items:
+        next_tokens = step(tokens, staged[1], table[:rows])  # (rows, 1), queued on the device
+        tokens.copy_(next_tokens)  # the next step's inputs
+        for seq in decoding:
+            seq.inflight += 1
+        out = self._outputs[1] if self._queued is not None and self._queued.out is self._outputs[0] else self._outputs[0]
+        return _Queued([(item, item.seq.row) for item in items], out.copy_from(next_tokens,
+                                                                               step.sampler if top_logprobs else None))
+
+    def _read_back(self) -> None:
+        """Hand out the tokens of the queued decode step (waiting for it): each sequence's token is appended and
+        emitted, unless it finished meanwhile (its token is dropped). A sequence preempted meanwhile keeps its token
+        (it is recomputed with it)."""
+        queued, self._queued = self._queued, None
+        if queued is None:
+            return
+        tokens, logprobs, top_ids = queued.out.read()
+        for item, row in queued.entries:
             seq = item.seq
-            if seq.status is not Status.DECODE:  # a stop string in its last token's text ended it
+            if seq.status is Status.FINISHED:  # a stop token or stop string ended it, or it was aborted
                 continue
-            self.scheduler.computed(seq, len(seq.tokens))
-            token = tokens[seq.row]
+            seq.inflight -= 1
+            if seq.status is Status.DECODE:
+                self.scheduler.computed(seq, len(seq.tokens))
+            token = tokens[row]
             seq.tokens.append(token)
             logprob = top = None
             if item.request.logprobs is not None:
-                values, n = logprobs[seq.row], item.request.logprobs
-                logprob, top = values[0], dict(zip(top_ids[seq.row][:n], values[1 : 1 + n]))
-            if seq.num_generated >= item.request.max_tokens or (
-                    token in self.stop_token_ids and not item.request.ignore_eos):
-                self._emit(item, token, logprob, top)  # it ends here: retired before the next step is planned
-            else:
-                self._deferred.append((item, token, logprob, top))
-
-    def _release_deferred(self) -> None:
-        """Hand out the tokens whose text work (decoding, stop strings, events) waited for the next step to be
-        queued on the device; a stop string found now retires its sequence (the token it drew meanwhile is
-        dropped)."""
-        deferred, self._deferred = self._deferred, []
-        for item, token, logprob, top in deferred:
-            if item.seq.status is not Status.FINISHED:
-                self._emit(item, token, logprob, top)
+                values, n = logprobs[row], item.request.logprobs
+                logprob, top = values[0], dict(zip(top_ids[row][:n], values[1 : 1 + n]))
+            self._emit(item, token, logprob, top)
 
     # ------------------------------------------------------------------------------------------------ events
     def _emit(self, item: _Live, token: int, logprob: Optional[float], top: Optional[dict[int, float]]) -> None:

@@ -29,14 +29,18 @@ class Status(Enum):
 
 @dataclass(eq=False)
 class Sequence:
-    """One request's tokens and where they live. `tokens` is the prompt then the tokens generated so far; the cache
-    holds the first `num_computed` of them. While decoding, num_computed == len(tokens) - 1: the last token is the
-    next step's input. `cacheable`: whether its prompt may be taken from the prefix cache (False while its prompt's
-    logprobs are still to be computed, which need every prompt position's logits)."""
+    """One request's tokens and where they live. `tokens` is the prompt then the tokens generated so far (as the host
+    knows them); the cache holds the first `num_computed` of them. While decoding, num_computed == len(tokens) - 1:
+    the last token is the next step's input. `inflight`: tokens drawn by decode steps queued on the device and not
+    yet read back (the engine queues a step before reading the last one's tokens), which the next step's position
+    and pages count. `max_len`: the prompt and every token it may draw (prompt_len + max_tokens; None: no bound). `cacheable`:
+    whether its prompt may be taken from the prefix cache (False while its prompt's logprobs are still to be
+    computed, which need every prompt position's logits)."""
 
     seq_id: int
     tokens: list[int]
     prompt_len: int
+    max_len: Optional[int] = None  # None: no bound
     cacheable: bool = True
     status: Status = Status.WAITING
     row: Optional[int] = None
@@ -46,10 +50,16 @@ class Sequence:
     keys: list[PrefixKey] = field(default_factory=list)  # prefix keys of its registered full pages, in order
     admitted: int = -1  # admission order: the largest is the newest running sequence
     preemptions: int = 0
+    inflight: int = 0
 
     @property
     def num_generated(self) -> int:
         return len(self.tokens) - self.prompt_len
+
+    @property
+    def drawing(self) -> bool:
+        """It has tokens left to draw beyond those known and in flight."""
+        return self.max_len is None or len(self.tokens) + self.inflight < self.max_len
 
 
 @dataclass(frozen=True)
@@ -166,14 +176,15 @@ class Scheduler:
 
     # ------------------------------------------------------------------------------------------------ decode
     def schedule_decode(self) -> tuple[list[Sequence], list[Sequence]]:
-        """The sequences that decode this step (each with the page its token goes to), and those preempted to make
-        room. Pages are found oldest sequence first; when none is free the newest running sequence is preempted,
-        possibly the one asking."""
+        """The sequences that decode this step (each with the page its input token goes to: the one at position
+        len(tokens) - 1 + inflight), and those preempted to make room. A sequence whose last token is already in
+        flight does not decode. Pages are found oldest sequence first; when none is free the newest running sequence
+        is preempted, possibly the one asking."""
         preempted: list[Sequence] = []
         for seq in list(self.running):
-            if seq.status is not Status.DECODE:
+            if seq.status is not Status.DECODE or not seq.drawing:
                 continue
-            while seq.status is Status.DECODE and len(seq.pages) < self.pool.pages_for(len(seq.tokens)):
+            while seq.status is Status.DECODE and len(seq.pages) < self.pool.pages_for(len(seq.tokens) + seq.inflight):
                 page = self.pool.allocate(1)
                 if page is not None:
                     seq.pages.extend(page)
@@ -181,7 +192,7 @@ class Scheduler:
                 victim = max(self.running, key=lambda s: s.admitted)
                 self.preempt(victim)
                 preempted.append(victim)
-        return [s for s in self.running if s.status is Status.DECODE], preempted
+        return [s for s in self.running if s.status is Status.DECODE and s.drawing], preempted
 
     def preempt(self, seq: Sequence) -> None:
         """Free seq's row and pages and queue it first, to be recomputed from its tokens."""
