@@ -28,7 +28,7 @@
 #             4K and 32 x 4K tokens (tokens/s, MFU) with kernel profiles of the batch-1 and batch-8 decode steps,
 #             `litgpt benchmark generate` of 256 tokens (phases) from a random-init checkpoint (needs DATA's Pythia
 #             tokenizer), then HF transformers' generate (dynamic and static cache) while time is left
-#   serve     `litgpt benchmark serve` on random-init pythia-160m-mla and pythia-160m in one run: 1,024-token prompts
+#   serve     the engine's CUDA tests, then `litgpt benchmark serve` on random-init pythia-160m-mla and pythia-160m in one run: 1,024-token prompts
 #             of the corpus's held-out literature, 256 new tokens, concurrency 1, 16, 64 and 256, both at one
 #             --kv_cache_gib (SERVE_KV_GIB, default 2.15: every MLA sequence fits, MHA admits at most 61), upstream
 #             litgpt 0.5.13's `litgpt serve` on the MHA checkpoint at concurrency 1; first `litgpt benchmark generate`
@@ -41,7 +41,7 @@
 #             benchmarks/evaluate_tasks.py (its perplexity; which of 4 definitions belongs to a GCIDE word), then
 #             benchmarks/evaluate_gpu.py: ours against lm-eval's HFLM on the HF-converted pythia-160m. Pretraining
 #             takes about 9 minutes: start it with --background. Page: tutorials/results/evaluate/README.md
-#   fp8       the fp8 KV cache (kv_cache_dtype fp8_e4m3) against the bf16 cache on pythia-160m-mla and pythia-160m:
+#   fp8       the fp8 cache's CUDA tests, then the fp8 KV cache (kv_cache_dtype fp8_e4m3) against the bf16 cache on pythia-160m-mla and pythia-160m:
 #             `litgpt benchmark decode` of random weights at 1 x 1K, 32 x 4K and 8 x 32K (block_size raised to 32K), each
 #             cache with its capacity table (longest context, largest batch at 4K in 16 GiB); `litgpt benchmark serve`
 #             of the random-init checkpoints at concurrency 256 (SERVE_KV_GIB, default 2.15) with the default cache and
@@ -234,6 +234,8 @@ topic_serve() {
   local text=$D/corpus/val/literature.txt prompt=$R/prompt_1024.txt p m
   x python3 benchmarks/gpu_helpers.py prompt-text $text $D/tokenizers/pythia 1024 $prompt
   if [ $LIST = 1 ]; then p="\$(cat $prompt)"; else p=$(cat "$prompt" 2>/dev/null); fi
+  log "the engine's captured steps against its eager ones on this GPU"
+  x python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_serve_engine.py
   log "litgpt generate at batch 1 of the first prompt the serve benchmark sends, 256 new tokens (two timed runs)"
   for m in mla mha; do
     x python3 -m litgpt benchmark generate $KEEP/random/$m --prompt "$p" --new_tokens '[256]' --batches '[1]' \
@@ -281,6 +283,8 @@ topic_fp8() {
   topic_dir fp8
   random_bases
   local text=$D/corpus/val/literature.txt kv shape m
+  log "the fp8 kernels against the torch path on this GPU"
+  x python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_kv_cache_fp8.py
   log "benchmark decode: bf16 cache (kv_cache_dtype null) then fp8 cache, capacity in 16 GiB (largest batch at 4K)"
   for kv in null fp8_e4m3; do
     for shape in 1x1024 32x4096 8x32768; do
