@@ -28,8 +28,8 @@
 #             4K and 32 x 4K tokens (tokens/s, MFU) with kernel profiles of the batch-1 and batch-8 decode steps,
 #             `litgpt benchmark generate` of 256 tokens (phases) from a random-init checkpoint (needs DATA's Pythia
 #             tokenizer), then HF transformers' generate (dynamic and static cache) while time is left
-#   serve     the engine's CUDA tests, then `litgpt benchmark serve` on random-init pythia-160m-mla and pythia-160m in one run: 1,024-token prompts
-#             of the corpus's held-out literature, 256 new tokens, concurrency 1, 16, 64 and 256, both at one
+#   serve     the engine's CUDA tests, then `litgpt benchmark serve` on random-init pythia-160m-mla and pythia-160m
+#             in one run: 1,024-token prompts of the corpus's held-out literature, 256 new tokens, concurrency 1, 16, 64 and 256, both at one
 #             --kv_cache_gib (SERVE_KV_GIB, default 2.15: every MLA sequence fits, MHA admits at most 61), upstream
 #             litgpt 0.5.13's `litgpt serve` on the MHA checkpoint at concurrency 1; first `litgpt benchmark generate`
 #             of the benchmark's first prompt at batch 1 (the decode rate concurrency 1 is compared with), and
@@ -41,7 +41,8 @@
 #             benchmarks/evaluate_tasks.py (its perplexity; which of 4 definitions belongs to a GCIDE word), then
 #             benchmarks/evaluate_gpu.py: ours against lm-eval's HFLM on the HF-converted pythia-160m. Pretraining
 #             takes about 9 minutes: start it with --background. Page: tutorials/results/evaluate/README.md
-#   fp8       the fp8 cache's CUDA tests, then the fp8 KV cache (kv_cache_dtype fp8_e4m3) against the bf16 cache on pythia-160m-mla and pythia-160m:
+#   fp8       the fp8 cache's CUDA tests, then the fp8 KV cache (kv_cache_dtype fp8_e4m3) against the bf16 cache on
+#             pythia-160m-mla and pythia-160m:
 #             `litgpt benchmark decode` of random weights at 1 x 1K, 32 x 4K and 8 x 32K (block_size raised to 32K), each
 #             cache with its capacity table (longest context, largest batch at 4K in 16 GiB); `litgpt benchmark serve`
 #             of the random-init checkpoints at concurrency 256 (SERVE_KV_GIB, default 2.15) with the default cache and
