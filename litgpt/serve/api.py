@@ -28,7 +28,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Literal, Optional, Sequence
+from typing import Any, AsyncIterator, Callable, Literal, Optional, Sequence, Union
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -391,6 +391,45 @@ def usage(prompts: Sequence[Sequence[int]], choices: Sequence[Choice]) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
+StreamItem = tuple[int, Union[TokenEvent, Exception, None]]  # (stream index, event | the engine's failure | None: ended)
+
+
+async def merged_events(streams: Sequence[RequestStream]) -> AsyncIterator[list[StreamItem]]:
+    """The events of several streams as they come, in lists of every item already there (a server behind the engine
+    catches up in fewer, larger sends); a stream's end is (i, None), an engine failure (i, exception). One stream is
+    read directly, without a task and a queue between it and the response."""
+    if len(streams) == 1:
+        try:
+            async for batch in streams[0].batches():  # a step's events at once
+                yield [(0, event) for event in batch]
+        except Exception as e:  # the engine failed: the client gets an error event, not a silent end
+            yield [(0, e)]
+            return
+        yield [(0, None)]
+        return
+
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def read(i: int) -> None:
+        try:
+            async for batch in streams[i].batches():
+                queue.put_nowait([(i, event) for event in batch])
+            queue.put_nowait([(i, None)])
+        except Exception as e:
+            queue.put_nowait([(i, e)])
+
+    tasks = [asyncio.ensure_future(read(i)) for i in range(len(streams))]
+    try:
+        while True:
+            items = list(await queue.get())
+            while not queue.empty():
+                items.extend(queue.get_nowait())
+            yield items
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
 def sse(data: Any) -> bytes:
     """One server-sent event."""
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
@@ -543,26 +582,9 @@ class OpenAIServer:
         async def events() -> AsyncIterator[bytes]:
             if first:
                 yield b"".join(first)
-            queue: asyncio.Queue = asyncio.Queue()
-
-            async def pump(i: int) -> None:
-                try:
-                    async for batch in streams[i].batches():  # a step's events at once
-                        for event in batch:
-                            queue.put_nowait((i, event))
-                    queue.put_nowait((i, None))
-                except Exception as e:  # the engine failed: the client gets an error event, not a silent end
-                    queue.put_nowait((i, e))
-
-            tasks = [asyncio.ensure_future(pump(i)) for i in range(len(streams))]
-            try:
-                open_streams = len(streams)
-                while open_streams:
-                    # every event that is already there goes out in one write (a server behind the engine
-                    # catches up in fewer, larger sends)
-                    items = [await queue.get()]
-                    while not queue.empty():
-                        items.append(queue.get_nowait())
+            open_streams = len(streams)
+            async with contextlib.aclosing(merged_events(streams)) as merged:  # its readers end with the response
+                async for items in merged:
                     out = []
                     for i, event in items:
                         if event is None:
@@ -579,9 +601,8 @@ class OpenAIServer:
                         out.append(sse("[DONE]"))
                     if out:
                         yield b"".join(out)
-            finally:
-                for task in tasks:
-                    task.cancel()
+                    if open_streams == 0:
+                        return
 
         return ClosingStreamingResponse(events(), lambda: self.abort(streams, finished),
                                         media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
