@@ -284,13 +284,11 @@ class _Live:
     prompt_logprobs: list[Optional[float]] = field(default_factory=list)
     prompt_top: list[Optional[dict[int, float]]] = field(default_factory=list)
 
-    @property
-    def draw(self) -> str:
-        """The least work that draws this request's tokens (`litgpt.generate.base.ROW_DRAWS`)."""
+    draw: str = field(init=False)  # the least work that draws its tokens (`litgpt.generate.base.ROW_DRAWS`)
+
+    def __post_init__(self) -> None:
         p = self.params
-        if p.greedy:
-            return "greedy"
-        return "filter" if p.top_k is not None or p.top_p < 1.0 else "sample"
+        self.draw = "greedy" if p.greedy else "filter" if p.top_k is not None or p.top_p < 1.0 else "sample"
 
 
 class Engine:

@@ -142,12 +142,9 @@ class BlockTables:
         pin = device.type == "cuda"
         self.host = torch.zeros(max_batch, max_pages, dtype=torch.int32, pin_memory=pin)  # (max_batch, max_pages)
         self.device = torch.zeros(max_batch, max_pages, dtype=torch.int32, device=device)
+        self.max_pages = max_pages
         self._lengths = [0] * max_batch  # pages written into each host row
         self._dirty = False
-
-    @property
-    def max_pages(self) -> int:
-        return self.host.size(1)
 
     def assign(self, row: int, pages: Sequence[int]) -> None:
         """Row `row` reads `pages`. A row's pages only grow until it is cleared, so only the new ones are written:
