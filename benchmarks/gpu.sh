@@ -33,8 +33,8 @@
 #             --kv_cache_gib (SERVE_KV_GIB, default 2.15: every MLA sequence fits, MHA admits at most 61), upstream
 #             litgpt 0.5.13's `litgpt serve` on the MHA checkpoint at concurrency 1; first `litgpt benchmark generate`
 #             of the benchmark's first prompt at batch 1 (the decode rate concurrency 1 is compared with), and
-#             benchmarks/serve_engine.py (the engine without HTTP: prefill, decode and host time per step, and host and
-#             kernel profiles at concurrency 64). About 10
+#             benchmarks/serve_engine.py on MLA (the engine without HTTP: prefill, decode and host time per step, and
+#             host and kernel profiles at concurrency 64). About 10
 #             minutes (upstream serves one request at a time): start it with --background
 #   evaluate  pythia-160m and pythia-160m-mla pretrained for PRETRAIN_TOKENS (finetune's runs in KEEP, resumed or
 #             reused), `litgpt evaluate` of both on two tasks made from the corpus's held-out text by
@@ -242,11 +242,9 @@ topic_serve() {
     x python3 -m litgpt benchmark generate $KEEP/random/$m --prompt "$p" --new_tokens '[256]' --batches '[1]' \
       --repeats 2 --chat false --hf false --out_dir $R/generate_$m
   done
-  log "the engine alone (no HTTP): where a step's time goes at each concurrency, same prompts and --kv_cache_gib"
-  for m in mla mha; do
-    x python3 benchmarks/serve_engine.py --checkpoint_dir $KEEP/random/$m --text_file $text \
-      --concurrency 1 16 64 256 --kv_cache_gib ${SERVE_KV_GIB:-2.15} --profile 64 --out $R/engine_$m.json
-  done
+  log "the engine alone (no HTTP) on MLA: where a step's time goes at each concurrency, same prompts and --kv_cache_gib"
+  x python3 benchmarks/serve_engine.py --checkpoint_dir $KEEP/random/mla --text_file $text \
+    --concurrency 1 16 64 256 --kv_cache_gib ${SERVE_KV_GIB:-2.15} --profile 64 --out $R/engine_mla.json
   log "benchmark serve: ours on MLA then MHA at one --kv_cache_gib, then upstream's litgpt serve on MHA"
   x python3 -m litgpt benchmark serve --checkpoint_dirs "[$KEEP/random/mla, $KEEP/random/mha]" --text_file $text \
     --concurrency '[1, 16, 64, 256]' --prompt_tokens 1024 --max_tokens 256 --max_batch_size 256 \
