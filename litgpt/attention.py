@@ -45,8 +45,8 @@ class AttentionInputs:
     """What every layer of one forward reads, built once by `GPT.forward`.
 
     cos, sin: rope rows of the new tokens, (T, n) or per row (B, T, n). input_pos: their positions, (T,) or (B, T),
-    when they go into a KV cache (None: a causal pass over the new tokens alone, as in training).
-    input_pos_maxp1: with a cache, read only its first input_pos_maxp1 positions.
+    consecutive in each row, when they go into a KV cache (None: a causal pass over the new tokens alone, as in
+    training). input_pos_maxp1: with a cache, read only its first input_pos_maxp1 positions.
     block_table: with a paged cache, (B, P) page ids: row b's position p lives in page block_table[b, p // page_size].
     """
 
@@ -61,9 +61,13 @@ class AttentionInputs:
         return self.input_pos is not None
 
     def mask(self, key_len: int) -> Optional[torch.Tensor]:
-        """For SDPA over key_len cached keys: True where a query may attend ((T, S) or (B, 1, T, S)); None for a
-        causal pass without a cache (SDPA's is_causal)."""
-        return None if self.input_pos is None else key_mask(self.input_pos, key_len)
+        """For SDPA over key_len cached keys: True where a query may attend ((T, S) or (B, 1, T, S)); None where
+        SDPA's is_causal says the same: a pass without a cache, or a prefill from position 0 that reads just its T
+        keys (input_pos_maxp1 == T: its positions are 0..T-1), which then runs SDPA's causal kernels (cuDNN, flash)
+        instead of a masked one."""
+        if self.input_pos is None or self.input_pos_maxp1 == key_len == self.input_pos.size(-1):
+            return None
+        return key_mask(self.input_pos, key_len)
 
     def cache_view(self, cache: torch.Tensor | Fp8Rows, seq_dim: int) -> torch.Tensor:
         """The part of a whole cache buffer this forward reads, positions along seq_dim: its first input_pos_maxp1

@@ -140,6 +140,11 @@ def test_attention_inputs_mask_and_cache_view():
     per_row = AttentionInputs(cos, sin, torch.tensor([[0], [2]]), input_pos_maxp1=3)
     assert per_row.mask(3).shape == (2, 1, 1, 3)
     assert per_row.mask(3)[:, 0, 0].tolist() == [[True, False, False], [True, True, True]]
+    # a prefill from position 0 reading just its own keys: SDPA's causal mask, not a built one
+    from_zero = AttentionInputs(cos, sin, torch.arange(4), input_pos_maxp1=4)
+    assert from_zero.mask(4) is None and AttentionInputs(cos, sin, torch.arange(4).view(1, 4), 4).mask(4) is None
+    assert from_zero.mask(6).tolist() == [[True] * (p + 1) + [False] * (5 - p) for p in range(4)]
+    assert AttentionInputs(cos, sin, torch.arange(4)).mask(4).shape == (4, 4)  # no maxp1: nothing promised
     cache = torch.arange(2 * 5).view(1, 2, 5)
     assert per_row.cache_view(cache, seq_dim=2).tolist() == [[[0, 1, 2], [5, 6, 7]]]
     assert shared.cache_view(cache, seq_dim=2) is cache

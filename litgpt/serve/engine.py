@@ -594,15 +594,17 @@ class Engine:
         T = chunk.end - chunk.start
         idx = torch.tensor(seq.tokens[chunk.start : chunk.end], device=self.device).view(1, T)  # (1, T)
         input_pos = torch.arange(chunk.start, chunk.end, device=self.device).view(1, T)  # (1, T)
+        # input_pos_maxp1: the attention gathers the sequence's first chunk.end positions, not all its pages (and
+        # a first chunk from position 0 runs SDPA's causal kernels, no mask)
         table = torch.tensor(seq.pages, dtype=torch.int32, device=self.device).view(1, -1)  # (1, pages)
         if item.request.prompt_logprobs and not item.started:  # every position's logits
-            logits = self.model(idx, input_pos, block_table=table)[0]  # (T, V_padded)
+            logits = self.model(idx, input_pos, input_pos_maxp1=chunk.end, block_table=table)[0]  # (T, V_padded)
             self._prompt_logprobs(item, chunk, logits)
         else:  # the LM head maps the last position of the last chunk, nothing before
             keep = [T - 1] if chunk.last else []
             cols = torch.tensor(keep, dtype=torch.int64, device=self.device)  # (0 or 1,)
             with head_at(self.model, torch.zeros_like(cols), cols):
-                logits = self.model(idx, input_pos, block_table=table)  # (0 or 1, V_padded)
+                logits = self.model(idx, input_pos, input_pos_maxp1=chunk.end, block_table=table)  # (0|1, V_padded)
         self.scheduler.computed(seq, chunk.end)
         if not chunk.last:
             return
