@@ -40,7 +40,7 @@ from torch import nn
 
 from litgpt.activations import swiglu
 from litgpt.config import Config
-from litgpt.kernels.moe_grouped import grouped_experts, kernel_applies
+from litgpt.kernels.moe_grouped import fused_route, grouped_experts, kernel_applies, route_kernel_applies
 
 EXPERT_PATHS = ("grouped", "loop", "sorted")
 _STACKED_KEY = re.compile(r"(.*\.experts\.)(fc|proj)_(weight|bias)")
@@ -72,11 +72,18 @@ class Router(nn.Module):
             self.e_score_correction_bias = (old if exact else new).to(device=new.device, dtype=torch.float32)
         return self
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """x (N, C) -> routing weights (N, k) in fp32 or wider, expert indices (N, k), and each token's probabilities
         over all experts (N, E) (what the auxiliary losses weigh; for sigmoid scoring the scores normalised to sum to
-        one)."""
+        one). In eval mode, where the fused router applies (`litgpt.kernels.moe_grouped.route_kernel_applies`:
+        decode-sized inputs on CUDA, no expert groups), one launch computes the weights and indices, and the
+        probabilities, which only training reads, are None."""
         c = self.config
+        if not self.training and not self.limits_groups and route_kernel_applies(x, self.weight,
+                                                                                 self.e_score_correction_bias):
+            weights, indices = fused_route(x, self.weight, self.e_score_correction_bias, c.n_expert_per_token,
+                                           c.moe_scoring, c.norm_topk_prob, c.routed_scaling_factor)
+            return weights, indices, None
         dtype = torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(x.device.type, enabled=False):
             logits = F.linear(x.to(dtype), self.weight.to(dtype))  # (N, E)
@@ -86,7 +93,7 @@ class Router(nn.Module):
         else:
             scores = logits.softmax(dim=-1) if c.moe_scoring == "softmax" else logits.sigmoid()  # (N, E)
             choice = scores if self.e_score_correction_bias is None else scores + self.e_score_correction_bias
-            if c.n_expert_groups:
+            if self.limits_groups:
                 choice = self.limit_to_groups(choice)
             indices = choice.topk(c.n_expert_per_token, dim=-1).indices  # (N, k)
             weights = scores.gather(-1, indices)  # (N, k)
@@ -96,6 +103,12 @@ class Router(nn.Module):
         if c.routed_scaling_factor != 1.0:
             weights = weights * c.routed_scaling_factor
         return weights, indices, probs
+
+    @property
+    def limits_groups(self) -> bool:
+        """Experts come in groups and a token may choose from only some of them."""
+        c = self.config
+        return bool(c.n_expert_groups) and c.n_topk_groups < c.n_expert_groups
 
     def limit_to_groups(self, choice: torch.Tensor) -> torch.Tensor:
         """choice (N, E) with the experts outside each token's n_topk_groups best groups set to -inf."""

@@ -141,6 +141,70 @@ def test_kernels_match_the_reference_interpreted(interpreted, N, k, E, used, C, 
     torch.testing.assert_close(got.double(), want, rtol=tolerance, atol=tolerance)
 
 
+# ---------------------------------------------------------------- the fused router under the interpreter (CPU)
+@pytest.fixture
+def interpreted_router(interpreted_moe, monkeypatch):
+    """Route `Router.forward`'s fused path (`litgpt::moe_route`) to the interpreted kernel on CPU tensors; returns
+    the list of launches."""
+    import litgpt.moe
+
+    def gate(x, weight, bias):
+        return x.size(0) <= 256 and interpreter_gate((x, weight))
+
+    return route_to_interpreted(monkeypatch, interpreted_moe, "triton_moe", litgpt.moe, "fused_route", gate,
+                                gate_name="route_kernel_applies")
+
+
+@pytest.mark.parametrize("scoring", ["v2-greedy", "v3-no-groups", "mixtral", "v2-groups"])
+@pytest.mark.parametrize("N, E, k, C", [(1, 8, 2, 32), (5, 6, 3, 48), (64, 64, 6, 160)])  # 160: 2 tiles of 128
+def test_the_fused_router_equals_the_torch_router_interpreted(interpreted_router, scoring, N, E, k, C):
+    """Weights to 1e-6 and the same experts in the same order (best first), for softmax, sigmoid with V3's bias,
+    normalised and scaled, and topk_softmax; an expert count that is not a power of 2 and widths that end inside a
+    tile. Group-limited routing keeps the torch path (its groups are not in the kernel)."""
+    overrides = dict(SCORINGS[scoring], n_embd=C, n_expert=E, n_expert_per_token=k)
+    if "n_expert_groups" in overrides:
+        overrides["n_expert_groups"] = 2
+        overrides["n_topk_groups"] = 1
+    layer = moe_layers(randomized(moe_config(**overrides)))[0]
+    router = layer.gate
+    if scoring == "v3-no-groups":  # normalised and scaled too
+        router.config.norm_topk_prob, router.config.routed_scaling_factor = True, 2.5
+    x = torch.randn(N, C)
+    with torch.no_grad():
+        weights, indices, probs = router.eval()(x)
+        want_weights, want_indices, want_probs = router.train()(x)
+    if scoring == "v2-groups":
+        assert interpreted_router == [] and probs is not None
+        return
+    assert interpreted_router == ["fused_route"] and probs is None and want_probs.shape == (N, E)
+    assert weights.dtype == torch.float32 and indices.dtype == torch.int64
+    assert torch.equal(indices, want_indices)
+    torch.testing.assert_close(weights, want_weights.float(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("scoring", ["v2-greedy", "v3-no-groups", "mixtral"])
+def test_the_fused_router_equals_the_torch_router_on_cuda_at_deepseek_v2_lite_widths(scoring):
+    """bf16 inputs, 64 experts of 2,048 inputs, top 6, 1 and 64 tokens: the same experts as the torch router (float32
+    logits both) except where its k-th and next scores tie to 1e-5, and weights to 1e-5."""
+    layer = moe_layers(randomized(moe_config(**SCORINGS[scoring], n_embd=2048, n_head=16, n_expert=64,
+                                             n_expert_per_token=6, moe_intermediate_size=64)))[0]
+    router = layer.gate.cuda().bfloat16()
+    for N in (1, 64):
+        x = torch.randn(N, 2048, device="cuda").bfloat16()
+        with torch.no_grad():
+            weights, indices, probs = router.eval()(x)
+            want_weights, want_indices, _ = router.train()(x)
+            scores = F.linear(x.float(), router.weight.float())
+            scores = scores.sigmoid() + router.e_score_correction_bias if scoring == "v3-no-groups" else scores
+        assert probs is None
+        top = scores.topk(7, dim=-1).values  # (N, 7)
+        tied = (top[:, 5] - top[:, 6]).abs() < 1e-5
+        same = (indices == want_indices).all(dim=-1)
+        assert bool((same | tied).all())
+        torch.testing.assert_close(weights[same], want_weights[same].float(), rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------- a decode step as one static graph
 def test_decode_step_is_one_static_graph_equal_to_the_full_forward():
     """A small DeepSeek-MoE model (MLA, a dense first layer, shared experts, V2 group-limited routing), float64:

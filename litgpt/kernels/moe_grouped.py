@@ -110,3 +110,39 @@ def _moe_experts_fake(x: torch.Tensor, fc_weight: torch.Tensor, proj_weight: tor
 _moe_experts_op = define_op("moe_experts", (
     "(Tensor x, Tensor fc_weight, Tensor proj_weight, Tensor? fc_bias, Tensor? proj_bias, Tensor weights,"
     " Tensor indices) -> Tensor"), _moe_experts, _moe_experts_fake)
+
+
+# ------------------------------------------------------------------------------------------------ the router
+MAX_ROUTE_TOKENS = 256  # tokens the fused router takes: each of its programs reads the whole router matrix
+
+
+def route_kernel_applies(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """The fused router runs: Triton on x and the router's weight (one CUDA device, bf16/fp16, no autograd), at
+    most MAX_ROUTE_TOKENS tokens and 1,024 experts, unit strides along C."""
+    return (
+        x.size(0) <= MAX_ROUTE_TOKENS
+        and weight.size(0) <= 1024
+        and triton_can_run((x, weight))
+        and x.stride(-1) == 1
+        and weight.is_contiguous()
+        and (bias is None or bias.is_cuda)
+    )
+
+
+def _route(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], k: int, scoring: str,
+           norm_topk_prob: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    from litgpt.kernels.triton_moe import route
+
+    return route(x, weight, bias, k, scoring, norm_topk_prob, scale)
+
+
+def _route_fake(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], k: int, scoring: str,
+                norm_topk_prob: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    N = x.size(0)
+    return x.new_empty(N, k, dtype=torch.float32), x.new_empty(N, k, dtype=torch.int64)
+
+
+# x (N, C), weight (E, C), bias (E,) float32 or None -> routing weights (N, k) float32, expert indices (N, k)
+fused_route = define_op("moe_route", (
+    "(Tensor x, Tensor weight, Tensor? bias, int k, str scoring, bool norm_topk_prob, float scale) -> (Tensor, Tensor)"
+), _route, _route_fake)

@@ -164,3 +164,83 @@ def moe_experts(
             HAS_BIAS=proj_bias is not None, BLOCK_S=block_s, BLOCK_M=BLOCK_M,
         )
     return out.view(N, k, C).sum(dim=1).to(x.dtype)  # (N, C)
+
+
+SCORINGS = {"softmax": 0, "sigmoid": 1, "topk_softmax": 2}  # the router's scoring, as the kernel's constant
+
+
+@triton.jit
+def _route_kernel(
+    X, W, BIAS, WEIGHTS, INDICES,
+    C, stride_x, stride_w, scale,
+    E: tl.constexpr, K: tl.constexpr, SCORING: tl.constexpr, HAS_BIAS: tl.constexpr, NORM: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    n = tl.program_id(0).to(tl.int64)  # one token per program
+    offs_e = tl.arange(0, BLOCK_E)
+    e_ok = offs_e < E
+    logits = tl.zeros([BLOCK_E], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        c_ok = offs_c < C
+        x = tl.load(X + n * stride_x + offs_c, mask=c_ok, other=0.0).to(tl.float32)  # (BLOCK_C,)
+        w = tl.load(W + offs_e[:, None] * stride_w + offs_c[None, :], mask=e_ok[:, None] & c_ok[None, :],
+                    other=0.0).to(tl.float32)  # (BLOCK_E, BLOCK_C)
+        logits += tl.sum(w * x[None, :], axis=1)
+    logits = tl.where(e_ok, logits, float("-inf"))  # (BLOCK_E,)
+    if SCORING == 0:  # softmax over all experts
+        ex = tl.exp(logits - tl.max(logits, axis=0))
+        scores = ex / tl.sum(ex, axis=0)
+    elif SCORING == 1:
+        scores = tl.where(e_ok, tl.sigmoid(logits), 0.0)
+    else:  # topk_softmax: the top logits, softmaxed below
+        scores = logits
+    choice = scores
+    if HAS_BIAS:  # chooses, does not weigh
+        choice += tl.load(BIAS + offs_e, mask=e_ok, other=0.0).to(tl.float32)
+    choice = tl.where(e_ok, choice, float("-inf"))
+    offs_k = tl.arange(0, BLOCK_K)
+    k_ok = offs_k < K
+    picked = tl.zeros([BLOCK_K], dtype=tl.float32)
+    chosen = tl.zeros([BLOCK_K], dtype=tl.int64)
+    for j in tl.static_range(K):  # the k best, best first (ties: the lowest expert)
+        best = tl.max(choice, axis=0)
+        e = tl.min(tl.where(choice == best, offs_e, BLOCK_E), axis=0)
+        picked = tl.where(offs_k == j, tl.sum(tl.where(offs_e == e, scores, 0.0), axis=0), picked)
+        chosen = tl.where(offs_k == j, e, chosen)
+        choice = tl.where(offs_e == e, float("-inf"), choice)
+    if SCORING == 2:
+        ex = tl.where(k_ok, tl.exp(picked - tl.max(tl.where(k_ok, picked, float("-inf")), axis=0)), 0.0)
+        picked = ex / tl.sum(ex, axis=0)
+    elif NORM:
+        picked = picked / (tl.sum(tl.where(k_ok, picked, 0.0), axis=0) + 1e-20)
+    tl.store(WEIGHTS + n * K + offs_k, picked * scale, mask=k_ok)
+    tl.store(INDICES + n * K + offs_k, chosen, mask=k_ok)
+
+
+def route(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    k: int,
+    scoring: str,
+    norm_topk_prob: bool,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A router's inference step in one launch: x (N, C) and the router's weight (E, C) -> routing weights (N, k)
+    in float32 and expert indices (N, k), as `litgpt.moe.Router` computes them without expert groups: the logits in
+    float32, the scores (softmax or sigmoid over the experts; topk_softmax: the logits), the k best by score (+ bias
+    where given), their scores, normalised (norm_topk_prob) or softmaxed (topk_softmax), times scale."""
+    N, C = x.shape
+    E = weight.size(0)
+    weights = torch.empty(N, k, device=x.device, dtype=torch.float32)  # (N, k)
+    indices = torch.empty(N, k, device=x.device, dtype=torch.int64)  # (N, k)
+    block_e = triton.next_power_of_2(E)
+    with on_device(x):
+        _route_kernel[(N,)](
+            x, weight, bias if bias is not None else weight, weights, indices,
+            C, x.stride(0), weight.stride(0), scale,
+            E=E, K=k, SCORING=SCORINGS[scoring], HAS_BIAS=bias is not None, NORM=norm_topk_prob,
+            BLOCK_E=block_e, BLOCK_C=max(16, min(256, 8192 // block_e)), BLOCK_K=max(2, triton.next_power_of_2(k)),
+        )
+    return weights, indices
