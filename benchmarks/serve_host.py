@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -41,8 +42,9 @@ class StubStep:
         pass
 
 
-def serve(checkpoint_dir: Path, port: int, step_ms: float, max_batch_size: int) -> None:
-    """Run the API over an engine whose steps are stubs (this process is the server)."""
+def serve(checkpoint_dir: Path, port: int, step_ms: float, max_batch_size: int, profile_to: Path | None) -> None:
+    """Run the API over an engine whose steps are stubs (this process is the server); with `profile_to`, under
+    cProfile (the asyncio loop's thread: HTTP and SSE), its functions by own time written there at exit."""
     import uvicorn
 
     from litgpt.api import LLM
@@ -68,7 +70,20 @@ def serve(checkpoint_dir: Path, port: int, step_ms: float, max_batch_size: int) 
     engine._prefill = prefill
     served = ServedModel("stub", llm.tokenizer, llm.prompt_style, llm.model.max_seq_length,
                          llm.model.config.vocab_size)
-    uvicorn.run(create_app(engine, served), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    app = create_app(engine, served)
+    if profile_to is None:
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        return
+    import cProfile
+    import pstats
+    profiler = cProfile.Profile()  # this thread's: the asyncio loop's (HTTP, SSE), not the engine's
+    profiler.enable()
+    try:
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    finally:
+        profiler.disable()
+        with open(profile_to, "w") as f:
+            pstats.Stats(profiler, stream=f).sort_stats("tottime").print_stats(40)
 
 
 async def drive(url: str, concurrency: int, count: int, prompt_tokens: int, max_tokens: int) -> dict:
@@ -93,11 +108,13 @@ def main() -> None:
     parser.add_argument("--step_ms", type=float, default=0.5)
     parser.add_argument("--prompt_tokens", type=int, default=64)
     parser.add_argument("--max_tokens", type=int, default=256)
+    parser.add_argument("--profile_server", type=Path, default=None,
+                        help="write the server's cProfile (its asyncio thread, by own time) to this file")
     parser.add_argument("--serve_on_port", type=int, default=None, help=argparse.SUPPRESS)
     opts = parser.parse_args()
     max_batch = max(opts.concurrency)
     if opts.serve_on_port is not None:
-        serve(opts.checkpoint_dir, opts.serve_on_port, opts.step_ms, max_batch)
+        serve(opts.checkpoint_dir, opts.serve_on_port, opts.step_ms, max_batch, opts.profile_server)
         return
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -117,7 +134,7 @@ def main() -> None:
             row = asyncio.run(drive(url, concurrency, 2 * concurrency, opts.prompt_tokens, opts.max_tokens))
             print(json.dumps(dict(row, step_ms=opts.step_ms)), flush=True)
     finally:
-        server.terminate()
+        server.send_signal(signal.SIGINT)  # uvicorn's graceful exit: the profile is written
         server.wait()
 
 

@@ -363,7 +363,7 @@ class TokenTexts:
 class Choice:
     """One request's outcome, gathered from its events."""
 
-    text: str = ""
+    pieces: list[str] = field(default_factory=list)  # the events' texts (joined once, by `text`)
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[Optional[float]] = field(default_factory=list)
     top_logprobs: list[Optional[dict[int, float]]] = field(default_factory=list)
@@ -371,8 +371,12 @@ class Choice:
     prompt_top_logprobs: Optional[list[Optional[dict[int, float]]]] = None
     finish_reason: Optional[str] = None
 
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
     def add(self, event: TokenEvent) -> None:
-        self.text += event.text
+        self.pieces.append(event.text)
         if event.prompt_logprobs is not None:
             self.prompt_logprobs = list(event.prompt_logprobs)
             self.prompt_top_logprobs = event.prompt_top_logprobs
@@ -391,17 +395,17 @@ def usage(prompts: Sequence[Sequence[int]], choices: Sequence[Choice]) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-StreamItem = tuple[int, Union[TokenEvent, Exception, None]]  # (stream index, event | the engine's failure | None: ended)
+StreamItem = tuple[int, Union[list[TokenEvent], Exception, None]]  # (stream index, events | the failure | None: end)
 
 
 async def merged_events(streams: Sequence[RequestStream]) -> AsyncIterator[list[StreamItem]]:
     """The events of several streams as they come, in lists of every item already there (a server behind the engine
-    catches up in fewer, larger sends); a stream's end is (i, None), an engine failure (i, exception). One stream is
-    read directly, without a task and a queue between it and the response."""
+    catches up in fewer, larger sends): (i, stream i's events in order), (i, None) at its end, (i, exception) if the
+    engine failed. One stream is read directly, without a task and a queue between it and the response."""
     if len(streams) == 1:
         try:
             async for batch in streams[0].batches():  # a step's events at once
-                yield [(0, event) for event in batch]
+                yield [(0, batch)]
         except Exception as e:  # the engine failed: the client gets an error event, not a silent end
             yield [(0, e)]
             return
@@ -413,17 +417,17 @@ async def merged_events(streams: Sequence[RequestStream]) -> AsyncIterator[list[
     async def read(i: int) -> None:
         try:
             async for batch in streams[i].batches():
-                queue.put_nowait([(i, event) for event in batch])
-            queue.put_nowait([(i, None)])
+                queue.put_nowait((i, batch))
+            queue.put_nowait((i, None))
         except Exception as e:
-            queue.put_nowait([(i, e)])
+            queue.put_nowait((i, e))
 
     tasks = [asyncio.ensure_future(read(i)) for i in range(len(streams))]
     try:
         while True:
-            items = list(await queue.get())
+            items = [await queue.get()]
             while not queue.empty():
-                items.extend(queue.get_nowait())
+                items.append(queue.get_nowait())
             yield items
     finally:
         for task in tasks:
@@ -444,6 +448,13 @@ class ChunkEncoder:
 
     def choice(self, choice: dict) -> bytes:
         return b"".join((self.head, b'"choices": [', json.dumps(choice).encode(), b"]}\n\n"))
+
+    def plain(self, opening: bytes, text: str, closing: bytes = b"") -> bytes:
+        """The most common chunk, a token's text without logprobs or a finish reason, serialized without its dict:
+        the choice is `opening` (its fields up to the text's), the text as a JSON string, `closing`, then
+        `"logprobs": null, "finish_reason": null`."""
+        return b"".join((self.head, b'"choices": [', opening, json.dumps(text).encode(), closing,
+                         b', "logprobs": null, "finish_reason": null}]}\n\n'))
 
     def usage(self, counts: dict) -> bytes:
         return b"".join((self.head, b'"choices": [], "usage": ', json.dumps(counts).encode(), b"}\n\n"))
@@ -586,16 +597,17 @@ class OpenAIServer:
             async with contextlib.aclosing(merged_events(streams)) as merged:  # its readers end with the response
                 async for items in merged:
                     out = []
-                    for i, event in items:
-                        if event is None:
+                    for i, events in items:
+                        if events is None:
                             finished[i] = True
                             open_streams -= 1
-                        elif isinstance(event, Exception):
-                            logger.error("a streamed request failed: %s", event)
-                            yield b"".join(out) + sse(error_body(f"the request failed: {event}", "server_error"))
+                        elif isinstance(events, Exception):
+                            logger.error("a streamed request failed: %s", events)
+                            yield b"".join(out) + sse(error_body(f"the request failed: {events}", "server_error"))
                             return
                         else:
-                            out.extend(chunks(i, event))
+                            for event in events:
+                                out.extend(chunks(i, event))
                     if open_streams == 0:
                         out.extend(last())
                         out.append(sse("[DONE]"))
@@ -681,7 +693,11 @@ class OpenAIServer:
         choices = [Choice() for _ in streams]
         echoed = [False] * len(streams)
 
+        openings = [b'{"index": %d, "text": ' % i for i in range(len(streams))]
+
         def chunk(index: int, text: str, logprobs: Optional[dict], finish: Optional[str]) -> bytes:
+            if logprobs is None and finish is None:
+                return encoder.plain(openings[index], text)
             return encoder.choice({"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish})
 
         def events(i: int, event: TokenEvent) -> list[bytes]:
@@ -754,6 +770,8 @@ class OpenAIServer:
         choice = Choice()
 
         def chunk(delta: dict, logprobs: Optional[dict] = None, finish: Optional[str] = None) -> bytes:
+            if logprobs is None and finish is None and list(delta) == ["content"]:
+                return encoder.plain(b'{"index": 0, "delta": {"content": ', delta["content"], b"}")
             return encoder.choice({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
 
         def events(_: int, event: TokenEvent) -> list[bytes]:

@@ -112,7 +112,7 @@ class RequestStream:
         self.finished = False  # the last event was handed over
         self._lock = threading.Lock()
         self._events: queue.SimpleQueue = queue.SimpleQueue()
-        self._async: Optional[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = None
+        self._async: Optional[tuple[asyncio.AbstractEventLoop, _LoopInbox]] = None
 
     def _put(self, item: Union[TokenEvent, BaseException]) -> None:
         """Hand over an event (or the engine's failure) now, from the engine's thread."""
@@ -121,7 +121,7 @@ class RequestStream:
             _post_to_loop(target[0], [(target[1], item)])
 
     def _route(self, item: Union[TokenEvent, BaseException]) -> Optional[tuple[asyncio.AbstractEventLoop,
-                                                                              asyncio.Queue]]:
+                                                                              "_LoopInbox"]]:
         """Take an event: a consumer that iterates from a thread has it at once (None); for one that iterates in an
         asyncio loop, the (loop, queue) it must be posted to (`Outbox` posts a step's events at once)."""
         with self._lock:
@@ -158,20 +158,18 @@ class RequestStream:
         """The events from an asyncio loop in lists, each holding every event that had come when the consumer
         asked (a consumer that lags behind the engine catches up in one write). If the engine fails, the events
         before the failure come first, then iteration raises RuntimeError."""
-        events: asyncio.Queue = asyncio.Queue()
+        events = _LoopInbox()
         with self._lock:  # what came before this consumer first, then the engine posts to the loop directly
             if self._async is not None:
                 raise RuntimeError(f"request {self.request_id}'s stream is already being iterated")
             while True:
                 try:
-                    events.put_nowait(self._events.get_nowait())
+                    events.put(self._events.get_nowait())
                 except queue.Empty:
                     break
             self._async = (asyncio.get_running_loop(), events)
         while True:
-            items = [await events.get()]
-            while not events.empty():
-                items.append(events.get_nowait())
+            items = await events.take()
             batch = []
             for item in items:
                 if isinstance(item, BaseException) and batch:
@@ -185,13 +183,37 @@ class RequestStream:
             yield batch
 
 
-Posting = tuple[asyncio.Queue, Union[TokenEvent, BaseException]]  # an event and the consumer's queue it goes to
+class _LoopInbox:
+    """A consumer's events in its asyncio loop: `put` (in the loop) appends, `take` waits for some and takes them
+    all (a list and one future: an asyncio.Queue's per-item bookkeeping is what it saves)."""
+
+    def __init__(self) -> None:
+        self._items: list[Union[TokenEvent, BaseException]] = []
+        self._waiter: Optional[asyncio.Future] = None
+
+    def put(self, item: Union[TokenEvent, BaseException]) -> None:
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def take(self) -> list[Union[TokenEvent, BaseException]]:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        items, self._items = self._items, []
+        return items
+
+
+Posting = tuple[_LoopInbox, Union[TokenEvent, BaseException]]  # an event and the consumer's inbox it goes to
 
 
 def _deliver(items: list[Posting]) -> None:
-    """In the consumer's loop: each event into its queue."""
+    """In the consumer's loop: each event into its inbox."""
     for events, item in items:
-        events.put_nowait(item)
+        events.put(item)
 
 
 def _post_to_loop(loop: asyncio.AbstractEventLoop, items: list[Posting]) -> None:
