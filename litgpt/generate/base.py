@@ -51,7 +51,10 @@ PRECISION_DTYPES = {
     "64-true": torch.float64,
 }
 DECODE_MODES = ("eager", "compile", "max-autotune", "cuda_graph", "compile+cuda_graph")
-PREFILL_TOKENS_PER_CHUNK = 8192  # rows x tokens per prefill forward: bounds the logits and mask memory
+# rows x tokens per prefill forward: bounds its activations (the LM head maps only the prompts' last positions, and
+# a first chunk from position 0 needs no mask). Each later chunk re-reads the cached prefix (MLA decompresses it), so
+# fewer, larger chunks do less work: 32 prompts of 4K take 4 chunks, not 16
+PREFILL_TOKENS_PER_CHUNK = 32768
 
 
 # ------------------------------------------------------------------------------------------------ device and dtype
@@ -461,7 +464,7 @@ def prefill(
     """Write the prompts (right-padded) into the cache at positions start.. and sample each row's first token.
 
     Returns the first new tokens (B, 1) and each row's next position (B, 1). Long prompts run in chunks of at
-    most `tokens_per_chunk` rows x tokens, which bounds the memory of the logits and masks.
+    most `tokens_per_chunk` rows x tokens, which bounds the activations of a forward.
     """
     device = model.lm_head.weight.device
     B, lengths = len(prompts), [len(p) for p in prompts]
