@@ -284,9 +284,10 @@ topic_fp8() {
   local text=$D/corpus/val/literature.txt kv shape m
   log "the fp8 kernels against the torch path on this GPU"
   x python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_kv_cache_fp8.py
-  log "benchmark decode: bf16 cache (kv_cache_dtype null) then fp8 cache, capacity in 16 GiB (largest batch at 4K)"
-  for kv in null fp8_e4m3; do
-    for shape in 1x1024 32x4096 8x32768; do
+  log "benchmark decode, each shape with the bf16 cache (kv_cache_dtype null) then the fp8 cache, the 8 x 32K target first;"
+  log "capacity in 16 GiB (largest batch at 4K)"
+  for shape in 8x32768 32x4096 1x1024; do
+    for kv in null fp8_e4m3; do
       x python3 -m litgpt benchmark decode --models '[pythia-160m-mla, pythia-160m]' --batch_sizes "[${shape%x*}]" \
         --context_lengths "[${shape#*x}]" --kv_cache_dtype $kv --mode cuda_graph --decode_steps 200 --warmup 10 \
         --memory_budget_gib 16 --fit_batch_at_context 4096 --out_dir $R/decode_${kv}_$shape
