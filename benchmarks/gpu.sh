@@ -242,14 +242,14 @@ topic_serve() {
     x python3 -m litgpt benchmark generate $KEEP/random/$m --prompt "$p" --new_tokens '[256]' --batches '[1]' \
       --repeats 2 --chat false --hf false --out_dir $R/generate_$m
   done
-  log "the engine alone (no HTTP) on MLA: where a step's time goes at each concurrency, same prompts and --kv_cache_gib"
-  x python3 benchmarks/serve_engine.py --checkpoint_dir $KEEP/random/mla --text_file $text \
-    --concurrency 1 16 64 256 --kv_cache_gib ${SERVE_KV_GIB:-2.15} --profile 64 --out $R/engine_mla.json
   log "benchmark serve: ours on MLA then MHA at one --kv_cache_gib, then upstream's litgpt serve on MHA"
   x python3 -m litgpt benchmark serve --checkpoint_dirs "[$KEEP/random/mla, $KEEP/random/mha]" --text_file $text \
     --concurrency '[1, 16, 64, 256]' --prompt_tokens 1024 --max_tokens 256 --max_batch_size 256 \
     --kv_cache_gib ${SERVE_KV_GIB:-2.15} --peer_python /tmp/peer_python --peer_checkpoint_dir $KEEP/random/mha \
     --peer_concurrency '[1]' --out_dir $R/benchmark
+  log "the engine alone (no HTTP) on MLA: where a step's time goes at each concurrency, same prompts and --kv_cache_gib"
+  x python3 benchmarks/serve_engine.py --checkpoint_dir $KEEP/random/mla --text_file $text \
+    --concurrency 1 16 64 256 --kv_cache_gib ${SERVE_KV_GIB:-2.15} --profile 64 --out $R/engine_mla.json
 }
 
 # --------------------------------------------------------------------------------------------------------- evaluate
