@@ -5,8 +5,8 @@
 #   bash benchmarks/gpu_carry.sh [CORPUS_DIR]
 #
 #   .whl/   what the GPU image (Python 3.12, torch, transformers, accelerate, httpx, pandas, pyarrow, ...) lacks for our
-#           commands: jsonargparse; lm-eval and the packages it imports (evaluate); fastapi, uvicorn, pydantic and
-#           theirs (serve). benchmarks/gpu_setup.sh installs them into /tmp/site.
+#           commands: jsonargparse; lm-eval and the packages it imports (evaluate); fastapi, uvicorn (with uvloop and
+#           httptools, as our install has them), pydantic and theirs (serve; upstream's server gets the same). benchmarks/gpu_setup.sh installs them into /tmp/site.
 #   .peer/  upstream litgpt 0.5.13 with what it needs beyond the image (its own jsonargparse, at most 4.41; litserve,
 #           fastapi, uvicorn, pyzmq, ... for `litgpt serve`), installed alone into /tmp/peersite (generate, serve).
 #   .gpu/   corpus.tar.xz of CORPUS_DIR's corpus/, instruct/ and tokenizers/ (an offline corpus, as
@@ -20,7 +20,8 @@ PLATFORM=(--no-deps --only-binary=:all: --python-version 3.12 --implementation c
           --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
           --platform manylinux1_x86_64)
 SERVER=(fastapi==0.165.0 starlette==1.10.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0
-        typing-inspection==0.4.5 typing-extensions==4.16.0 opentelemetry-api==1.45.3 uvicorn==0.55.0)
+        typing-inspection==0.4.5 typing-extensions==4.16.0 opentelemetry-api==1.45.3 uvicorn==0.55.0
+        uvloop==0.23.0 httptools==0.9.0)
 OURS=(jsonargparse==4.53.0 docstring-parser==0.18.0 typeshed-client==2.15.0 "${SERVER[@]}"
       lm-eval==0.4.13 datasets==5.2.0 evaluate==0.4.6 dill==0.4.1 multiprocess==0.70.19 more-itertools==11.2.1
       pytablewriter==1.2.1 dataproperty==1.1.1 mbstrdecoder==1.1.5 chardet==6.0.0.post1 pathvalidate==3.3.1

@@ -3,7 +3,9 @@
 The stub's decode step sleeps `--step_ms` (the GIL is free meanwhile, as while the host waits for a GPU step) and
 returns random tokens; a prefill takes no time. What is left is the work per token on the host: scheduling, text,
 events, SSE chunks and HTTP, against `litgpt benchmark serve`'s own client in another process. Output tokens/s at a
-concurrency is the most the server can stream there whatever the GPU does.
+concurrency is the most the server can stream there whatever the GPU does, on a machine where the client does not
+compete for the cores; the server's CPU time per token (all its threads, from psutil) is its cost whatever the client
+does.
 
     python benchmarks/serve_host.py --checkpoint_dir CKPT --concurrency 1 16 64 --step_ms 0.5
 """
@@ -20,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import torch
 
 from litgpt.serve import engine as engine_module
@@ -86,7 +89,7 @@ def serve(checkpoint_dir: Path, port: int, step_ms: float, max_batch_size: int, 
             pstats.Stats(profiler, stream=f).sort_stats("tottime").print_stats(40)
 
 
-async def drive(url: str, concurrency: int, count: int, prompt_tokens: int, max_tokens: int) -> dict:
+async def drive(url: str, concurrency: int, count: int, prompt_tokens: int, max_tokens: int) -> tuple[dict, int]:
     """`count` streamed completions, `concurrency` at a time, sent and timed by the benchmark's client."""
     from types import SimpleNamespace
 
@@ -98,7 +101,8 @@ async def drive(url: str, concurrency: int, count: int, prompt_tokens: int, max_
     results, wall, _ = await run_level(server, lambda client, i: send_ours(client, url, prompt, max_tokens, 0.0, i),
                                        count, concurrency, None, 0, progress)
     row = level_row(results, wall, level=concurrency)
-    return {k: row[k] for k in ("level", "completed", "output_tokens_per_s", "ttft_p50_ms", "itl_p50_ms", "error")}
+    keys = ("level", "completed", "output_tokens_per_s", "ttft_p50_ms", "itl_p50_ms", "error")
+    return {k: row[k] for k in keys}, row["output_tokens"]
 
 
 def main() -> None:
@@ -130,9 +134,13 @@ def main() -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
+        process = psutil.Process(server.pid)
         for concurrency in opts.concurrency:
-            row = asyncio.run(drive(url, concurrency, 2 * concurrency, opts.prompt_tokens, opts.max_tokens))
-            print(json.dumps(dict(row, step_ms=opts.step_ms)), flush=True)
+            cpu = sum(process.cpu_times()[:2])  # user + system seconds, every thread of the server
+            row, tokens = asyncio.run(drive(url, concurrency, 2 * concurrency, opts.prompt_tokens, opts.max_tokens))
+            cpu_us = 1e6 * (sum(process.cpu_times()[:2]) - cpu)
+            print(json.dumps(dict(row, step_ms=opts.step_ms,
+                                  server_cpu_us_per_token=round(cpu_us / tokens, 2) if tokens else None)), flush=True)
     finally:
         server.send_signal(signal.SIGINT)  # uvicorn's graceful exit: the profile is written
         server.wait()
