@@ -449,13 +449,6 @@ class ChunkEncoder:
     def choice(self, choice: dict) -> bytes:
         return b"".join((self.head, b'"choices": [', json.dumps(choice).encode(), b"]}\n\n"))
 
-    def plain(self, opening: bytes, text: str, closing: bytes = b"") -> bytes:
-        """The most common chunk, a token's text without logprobs or a finish reason, serialized without its dict:
-        the choice is `opening` (its fields up to the text's), the text as a JSON string, `closing`, then
-        `"logprobs": null, "finish_reason": null`."""
-        return b"".join((self.head, b'"choices": [', opening, json.dumps(text).encode(), closing,
-                         b', "logprobs": null, "finish_reason": null}]}\n\n'))
-
     def usage(self, counts: dict) -> bytes:
         return b"".join((self.head, b'"choices": [], "usage": ', json.dumps(counts).encode(), b"}\n\n"))
 
@@ -693,11 +686,7 @@ class OpenAIServer:
         choices = [Choice() for _ in streams]
         echoed = [False] * len(streams)
 
-        openings = [b'{"index": %d, "text": ' % i for i in range(len(streams))]
-
         def chunk(index: int, text: str, logprobs: Optional[dict], finish: Optional[str]) -> bytes:
-            if logprobs is None and finish is None:
-                return encoder.plain(openings[index], text)
             return encoder.choice({"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish})
 
         def events(i: int, event: TokenEvent) -> list[bytes]:
@@ -770,8 +759,6 @@ class OpenAIServer:
         choice = Choice()
 
         def chunk(delta: dict, logprobs: Optional[dict] = None, finish: Optional[str] = None) -> bytes:
-            if logprobs is None and finish is None and list(delta) == ["content"]:
-                return encoder.plain(b'{"index": 0, "delta": {"content": ', delta["content"], b"}")
             return encoder.choice({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
 
         def events(_: int, event: TokenEvent) -> list[bytes]:
