@@ -4,8 +4,9 @@
 thread with the same prompts (1,024-token windows of a text, greedy, `ignore_eos`), C sequences at a time
 (max_batch_size C, 4 x C requests, each admitted as a row frees), and splits the wall time of its steps into
 prefill (the chunks' forwards and first tokens), queueing the decode step (planning, inputs, launch), reading back
-the last decode step (the wait for the device, then the tokens' text and events) and the rest (scheduling). Tokens/s here is the ceiling the HTTP server works under; the gap to the server's is the cost of the
-API side. With --profile C, the level of concurrency C is run once more under cProfile and the torch profiler: the
+the last decode step (the wait for the device, then the tokens' text and events) and the rest (scheduling).
+Tokens/s here is the ceiling the HTTP server works under; the gap to the server's is the cost of the API side.
+With --profile C, the level of concurrency C is run once more under cProfile and the torch profiler: the
 host's functions by own time and the device's kernels by time, beside the JSON (OUT_profile_C_host.txt, _device.txt).
 
     python benchmarks/serve_engine.py --checkpoint_dir CKPT --text_file TEXT --concurrency 1 16 64 256 \
@@ -82,17 +83,18 @@ def run_level(checkpoint_dir: Path, prompts: list[list[int]], concurrency: int, 
     engine.generate(requests)
     wall = time.perf_counter() - t0
     steps, tokens = engine.steps - steps0, engine.generated_tokens - tokens0
+    other_s = wall - engine.prefill_s - engine.queue_s - engine.read_s
     row = dict(concurrency=concurrency, requests=len(requests), output_tokens=tokens, wall_s=round(wall, 4),
-                output_tokens_per_s=round(tokens / wall, 1), steps=steps,
-                ms_per_step=round(1000 * wall / steps, 3),
-                prefill_ms_per_step=round(1000 * engine.prefill_s / steps, 3),
-                queue_ms_per_step=round(1000 * engine.queue_s / steps, 3),
-                read_ms_per_step=round(1000 * engine.read_s / steps, 3),
-                other_ms_per_step=round(1000 * (wall - engine.prefill_s - engine.queue_s - engine.read_s) / steps, 3),
-                prefill_chunks=engine.prefill_chunks,
-                ms_per_prefill_chunk=round(1000 * engine.prefill_s / max(engine.prefill_chunks, 1), 3),
-                decode_steps=engine.decode_steps,
-                peak_running=engine.scheduler.peak_running, preemptions=engine.scheduler.preemptions)
+               output_tokens_per_s=round(tokens / wall, 1), steps=steps,
+               ms_per_step=round(1000 * wall / steps, 3),
+               prefill_ms_per_step=round(1000 * engine.prefill_s / steps, 3),
+               queue_ms_per_step=round(1000 * engine.queue_s / steps, 3),
+               read_ms_per_step=round(1000 * engine.read_s / steps, 3),
+               other_ms_per_step=round(1000 * other_s / steps, 3),
+               prefill_chunks=engine.prefill_chunks,
+               ms_per_prefill_chunk=round(1000 * engine.prefill_s / max(engine.prefill_chunks, 1), 3),
+               decode_steps=engine.decode_steps,
+               peak_running=engine.scheduler.peak_running, preemptions=engine.scheduler.preemptions)
     if profile_to is not None:
         profile_level(engine, requests, profile_to)
     return row
@@ -158,7 +160,8 @@ def main() -> None:
     rows = []
     for concurrency in opts.concurrency:
         prompts = prompt_windows(ids, opts.prompt_tokens, 4 * concurrency, opts.seed + concurrency)
-        profile_to = opts.out.with_name(f"{opts.out.stem}_profile_{concurrency}") if concurrency == opts.profile else None
+        profiled = concurrency == opts.profile
+        profile_to = opts.out.with_name(f"{opts.out.stem}_profile_{concurrency}") if profiled else None
         rows.append(run_level(opts.checkpoint_dir, prompts, concurrency, opts.max_tokens, opts.kv_cache_gib,
                               opts.device, profile_to))
         print(json.dumps(rows[-1]), flush=True)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
+import pstats
 import signal
 import socket
 import subprocess
@@ -73,20 +75,16 @@ def serve(checkpoint_dir: Path, port: int, step_ms: float, max_batch_size: int, 
     engine._prefill = prefill
     served = ServedModel("stub", llm.tokenizer, llm.prompt_style, llm.model.max_seq_length,
                          llm.model.config.vocab_size)
-    app = create_app(engine, served)
-    if profile_to is None:
-        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-        return
-    import cProfile
-    import pstats
-    profiler = cProfile.Profile()  # this thread's: the asyncio loop's (HTTP, SSE), not the engine's
-    profiler.enable()
+    profiler = cProfile.Profile() if profile_to is not None else None  # this thread's: the asyncio loop's
+    if profiler is not None:
+        profiler.enable()
     try:
-        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        uvicorn.run(create_app(engine, served), host="127.0.0.1", port=port, log_level="warning", access_log=False)
     finally:
-        profiler.disable()
-        with open(profile_to, "w") as f:
-            pstats.Stats(profiler, stream=f).sort_stats("tottime").print_stats(40)
+        if profiler is not None:
+            profiler.disable()
+            with open(profile_to, "w") as f:
+                pstats.Stats(profiler, stream=f).sort_stats("tottime").print_stats(40)
 
 
 async def drive(url: str, concurrency: int, count: int, prompt_tokens: int, max_tokens: int) -> tuple[dict, int]:

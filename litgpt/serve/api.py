@@ -401,25 +401,15 @@ StreamItem = tuple[int, Union[list[TokenEvent], Exception, None]]  # (stream ind
 async def merged_events(streams: Sequence[RequestStream]) -> AsyncIterator[list[StreamItem]]:
     """The events of several streams as they come, in lists of every item already there (a server behind the engine
     catches up in fewer, larger sends): (i, stream i's events in order), (i, None) at its end, (i, exception) if the
-    engine failed. One stream is read directly, without a task and a queue between it and the response."""
-    if len(streams) == 1:
-        try:
-            async for batch in streams[0].batches():  # a step's events at once
-                yield [(0, batch)]
-        except Exception as e:  # the engine failed: the client gets an error event, not a silent end
-            yield [(0, e)]
-            return
-        yield [(0, None)]
-        return
-
+    engine failed."""
     queue: asyncio.Queue = asyncio.Queue()
 
     async def read(i: int) -> None:
         try:
-            async for batch in streams[i].batches():
+            async for batch in streams[i].batches():  # a step's events at once
                 queue.put_nowait((i, batch))
             queue.put_nowait((i, None))
-        except Exception as e:
+        except Exception as e:  # the engine failed: the client gets an error event, not a silent end
             queue.put_nowait((i, e))
 
     tasks = [asyncio.ensure_future(read(i)) for i in range(len(streams))]

@@ -709,8 +709,9 @@ class Engine:
         host = self._host_view[:, :rows]  # (3, rows): idle rows decode their last token again at position 0
         host.fill(0)
         fresh = [seq for seq in decoding if not seq.inflight]
-        host[0, [seq.row for seq in fresh]] = [seq.tokens[-1] for seq in fresh]
-        host[2, [seq.row for seq in fresh]] = 1
+        fresh_rows = [seq.row for seq in fresh]
+        host[0, fresh_rows] = [seq.tokens[-1] for seq in fresh]
+        host[2, fresh_rows] = 1
         host[1, list(by_row)] = [len(seq.tokens) - 1 + seq.inflight for seq in decoding]
         staged = self._staged[:, :rows]  # (3, rows, 1)
         staged.view(3, rows).copy_(self._host_inputs[:, :rows], non_blocking=True)
@@ -729,9 +730,9 @@ class Engine:
         tokens.copy_(next_tokens)  # the next step's inputs
         for seq in decoding:
             seq.inflight += 1
-        out = self._outputs[1] if self._queued is not None and self._queued.out is self._outputs[0] else self._outputs[0]
-        return _Queued([(item, item.seq.row) for item in items], out.copy_from(next_tokens,
-                                                                               step.sampler if top_logprobs else None))
+        out = next(o for o in self._outputs if self._queued is None or o is not self._queued.out)  # the free one
+        out.copy_from(next_tokens, step.sampler if top_logprobs else None)
+        return _Queued([(item, item.seq.row) for item in items], out)
 
     def _read_back(self) -> None:
         """Hand out the tokens of the queued decode step (waiting for it): each sequence's token is appended and

@@ -33,9 +33,9 @@ class Sequence:
     knows them); the cache holds the first `num_computed` of them. While decoding, num_computed == len(tokens) - 1:
     the last token is the next step's input. `inflight`: tokens drawn by decode steps queued on the device and not
     yet read back (the engine queues a step before reading the last one's tokens), which the next step's position
-    and pages count. `max_len`: the prompt and every token it may draw (prompt_len + max_tokens; None: no bound). `cacheable`:
-    whether its prompt may be taken from the prefix cache (False while its prompt's logprobs are still to be
-    computed, which need every prompt position's logits)."""
+    and pages count. `max_len`: the prompt and every token it may draw (prompt_len + max_tokens; None: no bound).
+    `cacheable`: whether its prompt may be taken from the prefix cache (False while its prompt's logprobs are still
+    to be computed, which need every prompt position's logits)."""
 
     seq_id: int
     tokens: list[int]
