@@ -50,7 +50,8 @@
 #             (finetune's and evaluate's runs in KEEP, resumed or reused): `litgpt benchmark cache_loss` (validation
 #             loss of FP8_LOSS_TOKENS, default 1M, of the held-out text by the plain forward and through each cache, 256
 #             tokens per prefill) and `litgpt evaluate --cache_chunk 256` on evaluate's two local tasks with each cache
-#             (FP8_QUALITY=0 stops before the quality half). Start it with --background
+#             (FP8_SERVE=0 stops after the decode tables, FP8_QUALITY=0 before the quality half). Start it with
+#             --background
 #   moe_modes DeepSeek-V2-Lite's decode step at batch 1 and 8 x 1K in each capture mode: the captured eager step
 #             (cuda_graph), torch.compile with CUDA graphs (compile) and the compiled step captured (compile+cuda_graph)
 #   kernels   MLA decode kernel bandwidth (and over an MHA cache), its split/merge breakdown, the batch-1 GEMV
@@ -293,6 +294,7 @@ topic_fp8() {
         --memory_budget_gib 16 --fit_batch_at_context 4096 --out_dir $R/decode_${kv}_$shape
     done
   done
+  [ "${FP8_SERVE:-1}" = 1 ] || return 0
   log "benchmark serve at concurrency 256: the default (bf16) cache, then the fp8 cache, at one --kv_cache_gib"
   local serve=(--checkpoint_dirs "[$KEEP/random/mla, $KEEP/random/mha]" --text_file $text --concurrency '[256]'
                --prompt_tokens 1024 --max_tokens 256 --max_batch_size 256 --kv_cache_gib ${SERVE_KV_GIB:-2.15})
