@@ -35,7 +35,7 @@ from litgpt.tokenizer import Tokenizer
 
 
 class TimedEngine(Engine):
-    """An engine that adds up the wall seconds of its prefill chunks, of queueing its decode steps and of reading
+    """An engine that adds up the wall seconds of its prefill (counting chunks and forwards), of queueing its decode steps and of reading
     them back."""
 
     def __init__(self, *args, **kwargs) -> None:
@@ -44,13 +44,17 @@ class TimedEngine(Engine):
 
     def reset(self) -> None:
         self.prefill_s = self.queue_s = self.read_s = 0.0
-        self.prefill_chunks = self.decode_steps = 0
+        self.prefill_chunks = self.prefill_forwards = self.decode_steps = 0
 
-    def _prefill(self, chunk: PrefillChunk) -> None:
+    def _prefill(self, chunks: list[PrefillChunk]) -> None:
         t0 = time.perf_counter()
-        super()._prefill(chunk)
+        super()._prefill(chunks)
         self.prefill_s += time.perf_counter() - t0
-        self.prefill_chunks += 1
+        self.prefill_chunks += len(chunks)
+
+    def _prefill_group(self, chunks: list[PrefillChunk]) -> None:
+        super()._prefill_group(chunks)
+        self.prefill_forwards += 1
 
     def _queue_decode(self, decoding: list[Sequence]):
         t0 = time.perf_counter()
@@ -91,8 +95,8 @@ def run_level(checkpoint_dir: Path, prompts: list[list[int]], concurrency: int, 
                queue_ms_per_step=round(1000 * engine.queue_s / steps, 3),
                read_ms_per_step=round(1000 * engine.read_s / steps, 3),
                other_ms_per_step=round(1000 * other_s / steps, 3),
-               prefill_chunks=engine.prefill_chunks,
-               ms_per_prefill_chunk=round(1000 * engine.prefill_s / max(engine.prefill_chunks, 1), 3),
+               prefill_chunks=engine.prefill_chunks, prefill_forwards=engine.prefill_forwards,
+               ms_per_prefill_forward=round(1000 * engine.prefill_s / max(engine.prefill_forwards, 1), 3),
                decode_steps=engine.decode_steps,
                peak_running=engine.scheduler.peak_running, preemptions=engine.scheduler.preemptions)
     if profile_to is not None:
@@ -125,12 +129,13 @@ def markdown(record: dict) -> str:
     lines = [f"# Serving engine without HTTP ({record['device']}, torch {record['torch']}, {record['date']})", "",
              f"Command: `{record['command']}`", "",
              "| concurrency | output tok/s | ms/step | prefill ms/step | queue decode ms/step | read back ms/step | "
-             "other ms/step | ms/prefill chunk | decode steps | peak running |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "other ms/step | prefill chunks / forwards | ms/prefill forward | decode steps | peak running |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in record["rows"]:
         lines.append(f"| {r['concurrency']} | {r['output_tokens_per_s']:,.0f} | {r['ms_per_step']} | "
                      f"{r['prefill_ms_per_step']} | {r['queue_ms_per_step']} | {r['read_ms_per_step']} | "
-                     f"{r['other_ms_per_step']} | {r['ms_per_prefill_chunk']} | {r['decode_steps']} | "
+                     f"{r['other_ms_per_step']} | {r['prefill_chunks']} / {r['prefill_forwards']} | "
+                     f"{r['ms_per_prefill_forward']} | {r['decode_steps']} | "
                      f"{r['peak_running']} |")
     return "\n".join(lines) + "\n"
 

@@ -62,17 +62,16 @@ def serve(checkpoint_dir: Path, port: int, step_ms: float, max_batch_size: int, 
     StubStep.low = StubStep.high // 4  # past the special and byte tokens
     engine = engine_module.Engine(llm.model, llm.tokenizer, max_batch_size=max_batch_size, mode="eager")
 
-    def prefill(chunk) -> None:  # no forward: the bookkeeping and a first token
-        seq, item = chunk.seq, engine._live[chunk.seq.seq_id]
-        if chunk.start == seq.cached_tokens:
-            engine.row_params.set_row(seq.row, item.params, item.seed)
-        engine.scheduler.computed(seq, chunk.end)
-        if chunk.last:
-            seq.tokens.append(100)
-            engine.scheduler.prefilled(seq)
-            engine._emit(item, 100, None, None)
+    def prefill(chunks) -> None:  # no forward: the bookkeeping and a first token
+        for chunk in chunks:
+            seq = chunk.seq
+            engine.scheduler.computed(seq, chunk.end)
+            if chunk.last:
+                seq.tokens.append(100)
+                engine.scheduler.prefilled(seq)
+                engine._emit(engine._live[seq.seq_id], 100, None, None)
 
-    engine._prefill = prefill
+    engine._prefill_group = prefill
     served = ServedModel("stub", llm.tokenizer, llm.prompt_style, llm.model.max_seq_length,
                          llm.model.config.vocab_size)
     profiler = cProfile.Profile() if profile_to is not None else None  # this thread's: the asyncio loop's

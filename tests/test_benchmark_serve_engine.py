@@ -29,6 +29,7 @@ def test_a_level_decodes_every_token_and_splits_its_steps(checkpoint):
     row = serve_engine.run_level(checkpoint, prompts, concurrency=2, max_tokens=6, kv_cache_gib=None, device="cpu")
     assert row["output_tokens"] == 8 * 6 and row["requests"] == 8 and row["peak_running"] == 2
     assert row["prefill_chunks"] == 8  # one chunk per 12-token prompt
+    assert row["prefill_forwards"] == 4  # the two prompts of a round arrive together: one forward
     parts = (row["prefill_ms_per_step"] + row["queue_ms_per_step"] + row["read_ms_per_step"]
              + row["other_ms_per_step"])
     assert parts == pytest.approx(row["ms_per_step"], abs=0.004)

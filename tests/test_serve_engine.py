@@ -162,6 +162,38 @@ def test_prefill_maps_only_the_last_prompt_position_through_the_lm_head(llms):
         hook.remove()
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_a_steps_prompts_of_one_length_prefill_in_one_forward(llms, case):
+    """Five 12-token prompts and two 7-token ones arriving together prefill in one forward per length (rows 5 and
+    2), the one that asks for prompt logprobs alone; greedy, sampled and filtered draws and logprobs come out as
+    each request's own alone."""
+    llm = llms[case]
+    same = [GenerationRequest(prompt_ids(i, 12), max_tokens=5, ignore_eos=True, **sampling) for i, sampling in
+            enumerate([{}, dict(temperature=0.9, seed=3), dict(temperature=0.8, top_k=5, seed=4), {},
+                       dict(temperature=1.1, top_p=0.9, seed=5)])]
+    same[3] = GenerationRequest(same[3].prompt_ids, max_tokens=5, ignore_eos=True, logprobs=3)
+    short = [GenerationRequest(prompt_ids(10 + i, 7), max_tokens=5, ignore_eos=True) for i in range(2)]
+    scored = GenerationRequest(prompt_ids(20, 12), max_tokens=5, ignore_eos=True, prompt_logprobs=True)
+    requests = same + short + [scored]
+    engine = engine_for(llm, max_batch_size=8, max_prefill_tokens=128)
+    shapes = []
+    hook = engine.model.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape)))
+    try:
+        out = engine.generate(requests)
+    finally:
+        hook.remove()
+    assert shapes[:3] == [(5, 12), (2, 7), (1, 12)] and all(s[1] == 1 for s in shapes[3:])
+    for request, events in zip(requests, out):
+        own = engine_for(llm, max_batch_size=1).generate([request])[0]
+        assert tokens(events) == tokens(own) and len(tokens(events)) == 5
+        if request.logprobs is not None:
+            assert [e.logprob for e in events] == pytest.approx([e.logprob for e in own], abs=1e-9)
+            assert all(e.top_logprobs == pytest.approx(o.top_logprobs, abs=1e-9) for e, o in zip(events, own))
+        if request.prompt_logprobs:
+            assert events[0].prompt_logprobs[1:] == pytest.approx(own[0].prompt_logprobs[1:], abs=1e-9)
+    assert tokens(out[0]) == alone(llm, same[0].prompt_ids, 5) and tokens(out[5]) == alone(llm, short[0].prompt_ids, 5)
+
+
 def test_a_seeded_request_draws_the_same_beside_anything(llms):
     llm = llms["debug-mla"]
     target = GenerationRequest(prompt_ids(1, 9), max_tokens=12, temperature=1.0, top_p=0.95, seed=7,

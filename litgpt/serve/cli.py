@@ -55,7 +55,7 @@ def serve(
     kv_cache_gib: Optional[float] = None,
     page_size: int = 16,
     kv_cache_dtype: Optional[str] = None,
-    max_prefill_tokens: int = 2048,
+    max_prefill_tokens: int = 8192,
     prefix_caching: bool = True,
     api_key: Optional[str] = None,
     accelerator: str = "auto",
@@ -82,7 +82,7 @@ def serve(
             scales: for MLA 256 + 32, 328 bytes per token and layer against 576 in bf16; `litgpt.kv_cache`), so
             the same kv_cache_gib holds more tokens.
         max_prefill_tokens: the most prompt tokens prefilled between two decode steps (chunked prefill), which bounds
-            how long a long prompt delays the running requests.
+            how long a long prompt delays the running requests; new prompts of one length prefill in one forward.
         prefix_caching: requests that share a prompt prefix share its cache pages.
         api_key: when set, every /v1 request must send `Authorization: Bearer <api_key>` (401 otherwise).
         accelerator: "auto" (CUDA when available), "cpu", "cuda", "gpu" or "cuda:N".

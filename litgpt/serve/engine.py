@@ -2,7 +2,8 @@
 
 One loop, in a background thread, repeats a step: take new requests and aborts, run this step's prefill chunks
 (`litgpt.serve.scheduler.Scheduler` decides which: at most `max_prefill_tokens` tokens, so a long prompt delays the
-running decodes by a bounded time), then queue one decode step for every decoding sequence, one forward over the
+running decodes by a bounded time; chunks over the same positions, such as new prompts of one length, share one
+forward), then queue one decode step for every decoding sequence, one forward over the
 smallest bucket of rows that holds them (captured as a CUDA graph per bucket on CUDA; rows without a decoding
 sequence read and write the scratch page at position 0 and their outputs are ignored), then read back the previous
 decode step's tokens and hand each request its token. The host never waits for the step it just queued: a step's
@@ -313,6 +314,13 @@ class _Live:
         self.draw = "greedy" if p.greedy else "filter" if p.top_k is not None or p.top_p < 1.0 else "sample"
 
 
+def widest_draw(items: Sequence[_Live]) -> str:
+    """The draw that serves every one of items in one batch: a row's own settings make a wider draw give the
+    tokens its own would (greedy rows take the argmax in any draw)."""
+    draws = {item.draw for item in items}
+    return "filter" if "filter" in draws else "sample" if "sample" in draws else "greedy"
+
+
 class Engine:
     """Continuous batching of `GenerationRequest`s over `model` with a paged KV cache.
 
@@ -338,7 +346,7 @@ class Engine:
         max_batch_size: int = 64,
         kv_cache_gib: Optional[float] = None,
         page_size: int = 16,
-        max_prefill_tokens: int = 2048,
+        max_prefill_tokens: int = 8192,
         max_queue: int = 1024,
         stop_token_ids: Sequence[int] = (),
         prefix_caching: bool = True,
@@ -598,8 +606,9 @@ class Engine:
             item = self._live.get(request_id)
             if item is not None:
                 self._finish(item, TokenEvent(None, "", finish_reason="abort"))
-        for chunk in self.scheduler.schedule_prefill():
-            self._prefill(chunk)
+        chunks = self.scheduler.schedule_prefill()
+        if chunks:
+            self._prefill(chunks)
         decoding, _ = self.scheduler.schedule_decode()
         queued = self._queue_decode(decoding) if decoding else None
         self._read_back()  # the last step's tokens, while this one runs
@@ -607,44 +616,61 @@ class Engine:
         self._outbox.flush()
         self.steps += 1
 
-    def _prefill(self, chunk: PrefillChunk) -> None:
-        """Run one prefill chunk; at the end of a sequence's tokens, draw its next token."""
-        seq, item = chunk.seq, self._live[chunk.seq.seq_id]
-        if chunk.start == seq.cached_tokens:  # its first chunk since it was admitted to this row
-            self.row_params.set_row(seq.row, item.params, item.seed)
-            self.row_params.sync()
-        T = chunk.end - chunk.start
-        idx = torch.tensor(seq.tokens[chunk.start : chunk.end], device=self.device).view(1, T)  # (1, T)
-        input_pos = torch.arange(chunk.start, chunk.end, device=self.device).view(1, T)  # (1, T)
-        # input_pos_maxp1: the attention gathers the sequence's first chunk.end positions, not all its pages (and
-        # a first chunk from position 0 runs SDPA's causal kernels, no mask)
-        table = torch.tensor(seq.pages, dtype=torch.int32, device=self.device).view(1, -1)  # (1, pages)
-        if item.request.prompt_logprobs and not item.started:  # every position's logits
-            logits = self.model(idx, input_pos, input_pos_maxp1=chunk.end, block_table=table)[0]  # (T, V_padded)
-            self._prompt_logprobs(item, chunk, logits)
-        else:  # the LM head maps the last position of the last chunk, nothing before
-            keep = [T - 1] if chunk.last else []
-            cols = torch.tensor(keep, dtype=torch.int64, device=self.device)  # (0 or 1,)
-            with head_at(self.model, torch.zeros_like(cols), cols):
-                logits = self.model(idx, input_pos, input_pos_maxp1=chunk.end, block_table=table)  # (0|1, V_padded)
-        self.scheduler.computed(seq, chunk.end)
-        if not chunk.last:
+    def _prefill(self, chunks: list[PrefillChunk]) -> None:
+        """Run this step's prefill chunks: chunks over the same positions share one forward, one row each (a step's
+        new prompts of one length are one forward, not one each); a chunk whose prompt logprobs are asked for runs
+        alone. At the end of a sequence's tokens, its next token is drawn."""
+        groups: dict[tuple[int, int, int], list[PrefillChunk]] = {}
+        for chunk in chunks:
+            item = self._live[chunk.seq.seq_id]
+            if chunk.start == chunk.seq.cached_tokens:  # its first chunk since it was admitted to this row
+                self.row_params.set_row(chunk.seq.row, item.params, item.seed)
+            alone = chunk.seq.seq_id if item.request.prompt_logprobs and not item.started else -1
+            groups.setdefault((chunk.start, chunk.end, alone), []).append(chunk)
+        self.row_params.sync()
+        for group in groups.values():
+            self._prefill_group(group)
+
+    def _prefill_group(self, chunks: list[PrefillChunk]) -> None:
+        """One forward over chunks of the same positions start..end-1, one row each; the sequences whose tokens
+        end there draw their next token (one draw for all of them)."""
+        start, end = chunks[0].start, chunks[0].end
+        B, T, pages = len(chunks), end - start, self.pool.pages_for(end)
+        idx = torch.tensor([c.seq.tokens[start:end] for c in chunks], device=self.device)  # (B, T)
+        input_pos = torch.arange(start, end, device=self.device).repeat(B, 1)  # (B, T)
+        # input_pos_maxp1: the attention gathers each sequence's first `end` positions, not all its pages (and a
+        # first chunk from position 0 runs SDPA's causal kernels, no mask)
+        table = torch.tensor([c.seq.pages[:pages] for c in chunks], dtype=torch.int32, device=self.device)  # (B, P)
+        first = self._live[chunks[0].seq.seq_id]
+        if first.request.prompt_logprobs and not first.started:  # alone: every position's logits
+            logits = self.model(idx, input_pos, input_pos_maxp1=end, block_table=table)[0]  # (T, V_padded)
+            self._prompt_logprobs(first, chunks[0], logits)
+            logits = logits[-1:]  # (1, V_padded)
+        else:  # the LM head maps the last position of the chunks that end their sequence's tokens, nothing else
+            rows = torch.tensor([b for b, c in enumerate(chunks) if c.last], dtype=torch.int64)  # (N,)
+            with head_at(self.model, rows.to(self.device), torch.full_like(rows, T - 1).to(self.device)):
+                logits = self.model(idx, input_pos, input_pos_maxp1=end, block_table=table)  # (N, V_padded)
+        for chunk in chunks:
+            self.scheduler.computed(chunk.seq, end)
+        ending = [c for c in chunks if c.last]
+        if not ending:
             return
-        row, p = seq.row, self.row_params
-        last = logits[-1:]  # (1, V_padded)
-        position = torch.full((1, 1), chunk.end, dtype=torch.int64, device=self.device)  # (1, 1)
-        rows = slice(row, row + 1)
-        token = sample_rows(last, position, p.temperature[rows], p.top_k[rows], p.top_p[rows], p.row_seeds[rows],
-                            self._token_hash, item.draw)  # (1, 1)
-        logprob, top = None, None
-        if item.request.logprobs is not None:
-            n = item.request.logprobs
-            top_ids = torch.zeros(1, n, dtype=torch.int64, device=self.device)
-            values = token_logprobs(last, token, top_ids, self.vocab_size)[0].tolist()  # [token, top n...]
-            logprob, top = values[0], dict(zip(top_ids[0].tolist(), values[1:]))
-        seq.tokens.append(int(token))
-        self.scheduler.prefilled(seq)
-        self._emit(item, seq.tokens[-1], logprob, top)
+        items = [self._live[c.seq.seq_id] for c in ending]
+        p = self.row_params
+        rows = torch.tensor([c.seq.row for c in ending], device=self.device)  # (N,)
+        position = torch.full((len(ending), 1), end, dtype=torch.int64, device=self.device)  # (N, 1)
+        tokens = sample_rows(logits, position, p.temperature[rows], p.top_k[rows], p.top_p[rows], p.row_seeds[rows],
+                             self._token_hash, widest_draw(items))  # (N, 1)
+        for n, (item, token) in enumerate(zip(items, tokens.view(-1).tolist())):
+            logprob, top = None, None
+            if item.request.logprobs is not None:
+                k = item.request.logprobs
+                top_ids = torch.zeros(1, k, dtype=torch.int64, device=self.device)
+                values = token_logprobs(logits[n : n + 1], tokens[n : n + 1], top_ids, self.vocab_size)[0].tolist()
+                logprob, top = values[0], dict(zip(top_ids[0].tolist(), values[1:]))
+            item.seq.tokens.append(token)
+            self.scheduler.prefilled(item.seq)
+            self._emit(item, token, logprob, top)
 
     def _prompt_logprobs(self, item: _Live, chunk: PrefillChunk, logits: torch.Tensor) -> None:
         """The logprobs of the prompt tokens this chunk's logits (T, V_padded) predict (the first prompt token has
@@ -722,10 +748,8 @@ class Engine:
             self._staging_done.record()
         tokens = self._tokens[:rows]  # (rows, 1)
         torch.where(staged[2].bool(), staged[0], tokens, out=tokens)
-        draws = {item.draw for item in items}
-        draw = "filter" if "filter" in draws else "sample" if "sample" in draws else "greedy"
         top_logprobs = MAX_TOP_LOGPROBS if any(item.request.logprobs is not None for item in items) else 0
-        step = self._decode_step(draw, top_logprobs, rows)
+        step = self._decode_step(widest_draw(items), top_logprobs, rows)
         next_tokens = step(tokens, staged[1], table[:rows])  # (rows, 1), queued on the device
         tokens.copy_(next_tokens)  # the next step's inputs
         for seq in decoding:
