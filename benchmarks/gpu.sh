@@ -34,7 +34,7 @@
 #             litgpt 0.5.13's `litgpt serve` on the MHA checkpoint at concurrency 1; first `litgpt benchmark generate`
 #             of the benchmark's first prompt at batch 1 (the decode rate concurrency 1 is compared with), and
 #             benchmarks/serve_engine.py on MLA (the engine without HTTP: prefill, decode and host time per step, and
-#             host and kernel profiles at concurrency 64). About 10
+#             host and kernel profiles at concurrency 1 and 64). About 10
 #             minutes (upstream serves one request at a time): start it with --background
 #   evaluate  pythia-160m and pythia-160m-mla pretrained for PRETRAIN_TOKENS (finetune's runs in KEEP, resumed or
 #             reused), `litgpt evaluate` of both on two tasks made from the corpus's held-out text by
@@ -250,7 +250,7 @@ topic_serve() {
     --peer_concurrency '[1]' --out_dir $R/benchmark
   log "the engine alone (no HTTP) on MLA: where a step's time goes at each concurrency, same prompts and --kv_cache_gib"
   x python3 benchmarks/serve_engine.py --checkpoint_dir $KEEP/random/mla --text_file $text \
-    --concurrency 1 16 64 256 --kv_cache_gib ${SERVE_KV_GIB:-2.15} --profile 64 --out $R/engine_mla.json
+    --concurrency 1 16 64 256 --kv_cache_gib ${SERVE_KV_GIB:-2.15} --profile 1 64 --out $R/engine_mla.json
 }
 
 # --------------------------------------------------------------------------------------------------------- evaluate

@@ -6,11 +6,12 @@ thread with the same prompts (1,024-token windows of a text, greedy, `ignore_eos
 prefill (the chunks' forwards and first tokens), queueing the decode step (planning, inputs, launch), reading back
 the last decode step (the wait for the device, then the tokens' text and events) and the rest (scheduling).
 Tokens/s here is the ceiling the HTTP server works under; the gap to the server's is the cost of the API side.
-With --profile C, the level of concurrency C is run once more under cProfile and the torch profiler: the
-host's functions by own time and the device's kernels by time, beside the JSON (OUT_profile_C_host.txt, _device.txt).
+With --profile C [C ...], each of those levels is run once more, on fresh prompts, under cProfile and the torch
+profiler: the host's functions by own time and the device's kernels by time, beside the JSON
+(OUT_profile_C_host.txt, _device.txt).
 
     python benchmarks/serve_engine.py --checkpoint_dir CKPT --text_file TEXT --concurrency 1 16 64 256 \
-        --kv_cache_gib 2.15 --profile 64 --out out/serve_engine.json
+        --kv_cache_gib 2.15 --profile 1 64 --out out/serve_engine.json
 """
 
 from __future__ import annotations
@@ -70,9 +71,11 @@ class TimedEngine(Engine):
 
 
 def run_level(checkpoint_dir: Path, prompts: list[list[int]], concurrency: int, max_tokens: int,
-              kv_cache_gib: float | None, device: str, profile_to: Path | None = None) -> dict:
+              kv_cache_gib: float | None, device: str, profile_to: Path | None = None,
+              profile_prompts: list[list[int]] | None = None) -> dict:
     """One concurrency: a fresh model and engine, its decode steps captured before the clock starts; with
-    `profile_to`, the same requests once more under the profilers (after the timed run, which they do not touch)."""
+    `profile_to`, `profile_prompts` (default: the same prompts, which then come from the prefix cache) once more
+    under the profilers (after the timed run, which they do not touch)."""
     llm = LLM.load(checkpoint_dir, device=device)
     engine = TimedEngine(llm.model, llm.tokenizer, max_batch_size=concurrency, kv_cache_gib=kv_cache_gib,
                          max_queue=len(prompts))
@@ -100,7 +103,8 @@ def run_level(checkpoint_dir: Path, prompts: list[list[int]], concurrency: int, 
                decode_steps=engine.decode_steps,
                peak_running=engine.scheduler.peak_running, preemptions=engine.scheduler.preemptions)
     if profile_to is not None:
-        profile_level(engine, requests, profile_to)
+        again = [GenerationRequest(tuple(p), max_tokens=max_tokens, ignore_eos=True) for p in profile_prompts or prompts]
+        profile_level(engine, again, profile_to)
     return row
 
 
@@ -150,25 +154,28 @@ def main() -> None:
     parser.add_argument("--kv_cache_gib", type=float, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--profile", type=int, default=None, metavar="C",
-                        help="profile the level of concurrency C (one of --concurrency) after timing it")
+    parser.add_argument("--profile", type=int, nargs="+", default=[], metavar="C",
+                        help="profile the levels of these concurrencies (of --concurrency) after timing each, on fresh "
+                             "prompts (not from the prefix cache)")
     parser.add_argument("--out", type=Path, default=Path("out/serve_engine.json"))
     opts = parser.parse_args()
     if min(opts.concurrency) < 1 or opts.prompt_tokens < 1 or opts.max_tokens < 1:
         sys.exit("serve_engine.py: error: --concurrency, --prompt_tokens and --max_tokens must be >= 1")
     if not opts.text_file.is_file():
         sys.exit(f"serve_engine.py: error: --text_file {opts.text_file} is not a file")
-    if opts.profile is not None and opts.profile not in opts.concurrency:
-        sys.exit(f"serve_engine.py: error: --profile {opts.profile} is not one of --concurrency {opts.concurrency}")
+    if not set(opts.profile) <= set(opts.concurrency):
+        sys.exit(f"serve_engine.py: error: --profile {opts.profile} is not within --concurrency {opts.concurrency}")
     tokenizer = Tokenizer(opts.checkpoint_dir)  # the prompts' ids; each level loads the model itself
     ids = tokenizer.encode(opts.text_file.read_text(encoding="utf-8")).tolist()
     rows = []
     for concurrency in opts.concurrency:
         prompts = prompt_windows(ids, opts.prompt_tokens, 4 * concurrency, opts.seed + concurrency)
-        profiled = concurrency == opts.profile
-        profile_to = opts.out.with_name(f"{opts.out.stem}_profile_{concurrency}") if profiled else None
+        profile_to, fresh = None, None
+        if concurrency in opts.profile:
+            profile_to = opts.out.with_name(f"{opts.out.stem}_profile_{concurrency}")
+            fresh = prompt_windows(ids, opts.prompt_tokens, 4 * concurrency, opts.seed + concurrency + 1)
         rows.append(run_level(opts.checkpoint_dir, prompts, concurrency, opts.max_tokens, opts.kv_cache_gib,
-                              opts.device, profile_to))
+                              opts.device, profile_to, fresh))
         print(json.dumps(rows[-1]), flush=True)
     record = dict(date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                   device=torch.cuda.get_device_name() if opts.device.startswith("cuda") else "cpu",

@@ -55,8 +55,12 @@ def test_the_script_writes_its_table(checkpoint, tmp_path):
     out = tmp_path / "engine.json"
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "serve_engine.py"), "--checkpoint_dir", str(checkpoint),
                     "--text_file", str(text), "--concurrency", "1", "3", "--prompt_tokens", "16", "--max_tokens", "4",
-                    "--device", "cpu", "--out", str(out)], check=True, capture_output=True, cwd=tmp_path)
+                    "--device", "cpu", "--profile", "1", "3", "--out", str(out)], check=True, capture_output=True,
+                   cwd=tmp_path)
     record = json.loads(out.read_text())
+    for c in (1, 3):  # each profiled level's host and kernel tables
+        assert "tottime" in (tmp_path / f"engine_profile_{c}_host.txt").read_text()
+        assert "Self CPU" in (tmp_path / f"engine_profile_{c}_device.txt").read_text()
     assert [r["concurrency"] for r in record["rows"]] == [1, 3]
     assert [r["output_tokens"] for r in record["rows"]] == [4 * 4, 12 * 4]
     table = out.with_suffix(".md").read_text()
