@@ -641,24 +641,24 @@ class Engine:
         # input_pos_maxp1: the attention gathers each sequence's first `end` positions, not all its pages (and a
         # first chunk from position 0 runs SDPA's causal kernels, no mask)
         table = torch.tensor([c.seq.pages[:pages] for c in chunks], dtype=torch.int32, device=self.device)  # (B, P)
+        ending = [b for b, c in enumerate(chunks) if c.last]  # the rows whose sequence's tokens end here
         first = self._live[chunks[0].seq.seq_id]
         if first.request.prompt_logprobs and not first.started:  # alone: every position's logits
             logits = self.model(idx, input_pos, input_pos_maxp1=end, block_table=table)[0]  # (T, V_padded)
             self._prompt_logprobs(first, chunks[0], logits)
             logits = logits[-1:]  # (1, V_padded)
-        else:  # the LM head maps the last position of the chunks that end their sequence's tokens, nothing else
-            rows = torch.tensor([b for b, c in enumerate(chunks) if c.last], dtype=torch.int64)  # (N,)
-            with head_at(self.model, rows.to(self.device), torch.full_like(rows, T - 1).to(self.device)):
+        else:  # the LM head maps the last position of the ending rows, nothing else
+            batch_rows = torch.tensor(ending, dtype=torch.int64, device=self.device)  # (N,)
+            with head_at(self.model, batch_rows, torch.full_like(batch_rows, T - 1)):
                 logits = self.model(idx, input_pos, input_pos_maxp1=end, block_table=table)  # (N, V_padded)
         for chunk in chunks:
             self.scheduler.computed(chunk.seq, end)
-        ending = [c for c in chunks if c.last]
         if not ending:
             return
-        items = [self._live[c.seq.seq_id] for c in ending]
+        items = [self._live[chunks[b].seq.seq_id] for b in ending]
         p = self.row_params
-        rows = torch.tensor([c.seq.row for c in ending], device=self.device)  # (N,)
-        position = torch.full((len(ending), 1), end, dtype=torch.int64, device=self.device)  # (N, 1)
+        rows = torch.tensor([item.seq.row for item in items], device=self.device)  # (N,) their sampler rows
+        position = torch.full((len(items), 1), end, dtype=torch.int64, device=self.device)  # (N, 1)
         tokens = sample_rows(logits, position, p.temperature[rows], p.top_k[rows], p.top_p[rows], p.row_seeds[rows],
                              self._token_hash, widest_draw(items))  # (N, 1)
         for n, (item, token) in enumerate(zip(items, tokens.view(-1).tolist())):
