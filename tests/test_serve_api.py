@@ -23,9 +23,9 @@ import uvicorn
 
 from litgpt.api import LLM
 from litgpt.prompts import ChatTemplate, PromptStyle
-from litgpt.serve.api import ChatMessage, SamplingDefaults, ServedModel, chat_prompt_ids, create_app
+from litgpt.serve.api import ChatMessage, SamplingDefaults, ServedModel, chat_prompt_ids, create_app, merged_events
 from litgpt.serve.cli import listen
-from litgpt.serve.engine import Engine, GenerationRequest, QueueFull
+from litgpt.serve.engine import Engine, GenerationRequest, QueueFull, RequestStream, TokenEvent
 from test_generate import make_checkpoint
 
 PROMPTS = ["The cat", "A big happy dog saw the small sun and then", "Moon", "Once upon a time there was a",
@@ -165,6 +165,55 @@ def test_completion_and_chat_with_the_openai_client(server, reference):
     health = httpx.get(f"{url}/health").json()
     assert health["status"] == "ok" and health["total_pages"] > 0
     assert settle(engine)["free_pages"] == engine.stats()["total_pages"]
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_merged_events_hand_over_each_streams_events_then_its_end_or_failure(count):
+    """One stream (read directly) and several (a reader task each): every event in order, then (i, None) for a
+    stream that finished or (i, the error) for one whose engine failed, after the events that came before it."""
+
+    async def run() -> tuple[dict, dict]:
+        streams = [RequestStream(i, 4) for i in range(count)]
+        seen, ends = {i: [] for i in range(count)}, {}
+
+        async def feed() -> None:
+            for t in range(3):
+                for stream in streams:
+                    stream._put(TokenEvent(t, str(t)))
+                await asyncio.sleep(0)
+            streams[0]._put(TokenEvent(None, "", finish_reason="stop"))
+            for stream in streams[1:]:
+                stream._put(RuntimeError("the device is gone"))
+
+        feeder = asyncio.ensure_future(feed())
+        async with contextlib.aclosing(merged_events(streams)) as merged:
+            async for items in merged:
+                for i, events in items:
+                    if isinstance(events, list):
+                        seen[i].extend(e.token_id for e in events)
+                    else:
+                        ends[i] = events
+                if len(ends) == count:
+                    break
+        await feeder
+        return seen, ends
+
+    seen, ends = asyncio.run(run())
+    assert seen == {0: [0, 1, 2, None], **{i: [0, 1, 2] for i in range(1, count)}}
+    assert ends[0] is None
+    assert all("the engine failed: the device is gone" in str(ends[i]) for i in range(1, count))
+
+
+def test_a_streamed_list_of_prompts_gives_each_choice_its_own_text(server):
+    url, _ = server
+    body = dict(prompt=PROMPTS[:3], max_tokens=6, temperature=0, ignore_eos=True)
+    whole = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()["choices"]
+    texts = {}
+    with httpx.stream("POST", f"{url}/v1/completions", json=dict(body, stream=True), timeout=60) as response:
+        for event in sse_events(response.iter_lines()):
+            for choice in [] if event == "[DONE]" else event["choices"]:
+                texts[choice["index"]] = texts.get(choice["index"], "") + choice["text"]
+    assert texts == {c["index"]: c["text"] for c in whole} and len(texts) == 3
 
 
 def test_stop_strings_end_the_text_before_them(server):

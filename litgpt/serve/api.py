@@ -398,19 +398,32 @@ def usage(prompts: Sequence[Sequence[int]], choices: Sequence[Choice]) -> dict:
 StreamItem = tuple[int, Union[list[TokenEvent], Exception, None]]  # (stream index, events | the failure | None: end)
 
 
+async def stream_items(i: int, stream: RequestStream) -> AsyncIterator[StreamItem]:
+    """Stream i's items: (i, events) per batch that came at once, then (i, None), or (i, exception) if the engine
+    failed (the client gets an error event, not a silent end)."""
+    try:
+        async for batch in stream.batches():  # a step's events at once
+            yield i, batch
+        yield i, None
+    except Exception as e:
+        yield i, e
+
+
 async def merged_events(streams: Sequence[RequestStream]) -> AsyncIterator[list[StreamItem]]:
-    """The events of several streams as they come, in lists of every item already there (a server behind the engine
-    catches up in fewer, larger sends): (i, stream i's events in order), (i, None) at its end, (i, exception) if the
-    engine failed."""
+    """The items of several streams (`stream_items`) as they come, in lists of every item already there (a server
+    behind the engine catches up in fewer, larger sends). One stream, the common case, is read directly; several
+    through a reader task each and a queue."""
+    if len(streams) == 1:
+        async with contextlib.aclosing(stream_items(0, streams[0])) as items:
+            async for item in items:
+                yield [item]
+        return
     queue: asyncio.Queue = asyncio.Queue()
 
     async def read(i: int) -> None:
-        try:
-            async for batch in streams[i].batches():  # a step's events at once
-                queue.put_nowait((i, batch))
-            queue.put_nowait((i, None))
-        except Exception as e:  # the engine failed: the client gets an error event, not a silent end
-            queue.put_nowait((i, e))
+        async with contextlib.aclosing(stream_items(i, streams[i])) as items:
+            async for item in items:
+                queue.put_nowait(item)
 
     tasks = [asyncio.ensure_future(read(i)) for i in range(len(streams))]
     try:
