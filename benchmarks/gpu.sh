@@ -285,7 +285,7 @@ topic_fp8() {
   local text=$D/corpus/val/literature.txt kv shape m
   log "the fp8 kernels against the torch path on this GPU"
   x python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_kv_cache_fp8.py
-  log "benchmark decode, each shape with the bf16 cache (kv_cache_dtype null) then the fp8 cache, the 8 x 32K target first;"
+  log "benchmark decode, each shape with the bf16 cache (kv_cache_dtype null) then the fp8 cache, 8 x 32K first;"
   log "capacity in 16 GiB (largest batch at 4K)"
   for shape in 8x32768 32x4096 1x1024; do
     for kv in null fp8_e4m3; do

@@ -6,7 +6,8 @@
 #
 #   .whl/   what the GPU image (Python 3.12, torch, transformers, accelerate, httpx, pandas, pyarrow, ...) lacks for our
 #           commands: jsonargparse; lm-eval and the packages it imports (evaluate); fastapi, uvicorn (with uvloop and
-#           httptools, as our install has them), pydantic and theirs (serve; upstream's server gets the same). benchmarks/gpu_setup.sh installs them into /tmp/site.
+#           httptools, as our install has them), pydantic and theirs (serve; upstream's server gets the same).
+#           benchmarks/gpu_setup.sh installs them into /tmp/site.
 #   .peer/  upstream litgpt 0.5.13 with what it needs beyond the image (its own jsonargparse, at most 4.41; litserve,
 #           fastapi, uvicorn, pyzmq, ... for `litgpt serve`), installed alone into /tmp/peersite (generate, serve).
 #   .gpu/   corpus.tar.xz of CORPUS_DIR's corpus/, instruct/ and tokenizers/ (an offline corpus, as

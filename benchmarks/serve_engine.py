@@ -36,8 +36,8 @@ from litgpt.tokenizer import Tokenizer
 
 
 class TimedEngine(Engine):
-    """An engine that adds up the wall seconds of its prefill (counting chunks and forwards), of queueing its decode steps and of reading
-    them back."""
+    """An engine that adds up the wall seconds of its prefill (counting chunks and forwards), of queueing its decode
+    steps and of reading them back."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -103,7 +103,8 @@ def run_level(checkpoint_dir: Path, prompts: list[list[int]], concurrency: int, 
                decode_steps=engine.decode_steps,
                peak_running=engine.scheduler.peak_running, preemptions=engine.scheduler.preemptions)
     if profile_to is not None:
-        again = [GenerationRequest(tuple(p), max_tokens=max_tokens, ignore_eos=True) for p in profile_prompts or prompts]
+        again = [GenerationRequest(tuple(p), max_tokens=max_tokens, ignore_eos=True)
+                 for p in profile_prompts or prompts]
         profile_level(engine, again, profile_to)
     return row
 

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from litgpt.prompts import PromptStyle, prompt_uses_bos
-from litgpt.serve.engine import GenerationRequest, QueueFull, RequestStream, TokenEvent
+from litgpt.serve.engine import GenerationRequest, LoopInbox, QueueFull, RequestStream, TokenEvent
 from litgpt.tokenizer import IncrementalDecoder, Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -412,26 +412,23 @@ async def stream_items(i: int, stream: RequestStream) -> AsyncIterator[StreamIte
 async def merged_events(streams: Sequence[RequestStream]) -> AsyncIterator[list[StreamItem]]:
     """The items of several streams (`stream_items`) as they come, in lists of every item already there (a server
     behind the engine catches up in fewer, larger sends). One stream, the common case, is read directly; several
-    through a reader task each and a queue."""
+    through a reader task each into one inbox."""
     if len(streams) == 1:
         async with contextlib.aclosing(stream_items(0, streams[0])) as items:
             async for item in items:
                 yield [item]
         return
-    queue: asyncio.Queue = asyncio.Queue()
+    inbox: LoopInbox[StreamItem] = LoopInbox()
 
     async def read(i: int) -> None:
         async with contextlib.aclosing(stream_items(i, streams[i])) as items:
             async for item in items:
-                queue.put_nowait(item)
+                inbox.put(item)
 
     tasks = [asyncio.ensure_future(read(i)) for i in range(len(streams))]
     try:
         while True:
-            items = [await queue.get()]
-            while not queue.empty():
-                items.append(queue.get_nowait())
-            yield items
+            yield await inbox.take()
     finally:
         for task in tasks:
             task.cancel()

@@ -34,7 +34,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import AsyncIterator, Iterator, Optional, Sequence, Union
+from typing import AsyncIterator, Generic, Iterator, Optional, Sequence, TypeVar, Union
 
 import torch
 
@@ -113,7 +113,7 @@ class RequestStream:
         self.finished = False  # the last event was handed over
         self._lock = threading.Lock()
         self._events: queue.SimpleQueue = queue.SimpleQueue()
-        self._async: Optional[tuple[asyncio.AbstractEventLoop, _LoopInbox]] = None
+        self._async: Optional[tuple[asyncio.AbstractEventLoop, LoopInbox]] = None
 
     def _put(self, item: Union[TokenEvent, BaseException]) -> None:
         """Hand over an event (or the engine's failure) now, from the engine's thread."""
@@ -122,9 +122,9 @@ class RequestStream:
             _post_to_loop(target[0], [(target[1], item)])
 
     def _route(self, item: Union[TokenEvent, BaseException]) -> Optional[tuple[asyncio.AbstractEventLoop,
-                                                                              "_LoopInbox"]]:
+                                                                              "LoopInbox"]]:
         """Take an event: a consumer that iterates from a thread has it at once (None); for one that iterates in an
-        asyncio loop, the (loop, queue) it must be posted to (`Outbox` posts a step's events at once)."""
+        asyncio loop, the (loop, inbox) it must be posted to (`Outbox` posts a step's events at once)."""
         with self._lock:
             if isinstance(item, BaseException) or item.finish_reason is not None:
                 self.finished = True
@@ -159,7 +159,7 @@ class RequestStream:
         """The events from an asyncio loop in lists, each holding every event that had come when the consumer
         asked (a consumer that lags behind the engine catches up in one write). If the engine fails, the events
         before the failure come first, then iteration raises RuntimeError."""
-        events = _LoopInbox()
+        events: LoopInbox[Union[TokenEvent, BaseException]] = LoopInbox()
         with self._lock:  # what came before this consumer first, then the engine posts to the loop directly
             if self._async is not None:
                 raise RuntimeError(f"request {self.request_id}'s stream is already being iterated")
@@ -184,20 +184,23 @@ class RequestStream:
             yield batch
 
 
-class _LoopInbox:
-    """A consumer's events in its asyncio loop: `put` (in the loop) appends, `take` waits for some and takes them
+Item = TypeVar("Item")
+
+
+class LoopInbox(Generic[Item]):
+    """Items for one consumer in its asyncio loop: `put` (in the loop) appends, `take` waits for some and takes them
     all (a list and one future: an asyncio.Queue's per-item bookkeeping is what it saves)."""
 
     def __init__(self) -> None:
-        self._items: list[Union[TokenEvent, BaseException]] = []
+        self._items: list[Item] = []
         self._waiter: Optional[asyncio.Future] = None
 
-    def put(self, item: Union[TokenEvent, BaseException]) -> None:
+    def put(self, item: Item) -> None:
         self._items.append(item)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def take(self) -> list[Union[TokenEvent, BaseException]]:
+    async def take(self) -> list[Item]:
         while not self._items:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -208,7 +211,7 @@ class _LoopInbox:
         return items
 
 
-Posting = tuple[_LoopInbox, Union[TokenEvent, BaseException]]  # an event and the consumer's inbox it goes to
+Posting = tuple[LoopInbox, Union[TokenEvent, BaseException]]  # an event and the consumer's inbox it goes to
 
 
 def _deliver(items: list[Posting]) -> None:
